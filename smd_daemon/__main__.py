@@ -1,0 +1,3 @@
+from smd_daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""What the engine is asked to draw: regions, a background, a seed, steps.
+
+Plain data: the server and the CLI build these; the engine only reads them.
+Masks are float arrays in [0, 1] at canvas size (H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Limits that keep one request from exhausting the machine. The daemon
+# advertises them in its handshake; ``validate`` enforces them everywhere.
+MAX_REGIONS = 16
+MAX_SIDE = 4096
+MIN_SIDE = 64
+MAX_STEPS = 50
+MAX_PROMPT_CHARS = 1000
+
+
+class SceneError(ValueError):
+    """A scene the engine cannot draw, with a message fit for an artist."""
+
+
+@dataclass
+class Region:
+    prompt: str
+    mask: np.ndarray  # float32 (H, W) in [0, 1], canvas size
+    negative_prompt: str = ""
+    mask_strength: float = 1.0
+    mask_std: float = 8.0  # Gaussian blur std in canvas pixels; 0 = none
+    prompt_strength: float = 0.95  # lerp(background embedding, region embedding)
+    name: str = ""  # the layer it came from, for messages
+
+
+@dataclass
+class Background:
+    prompt: str = ""
+    negative_prompt: str = ""
+    image: np.ndarray | None = None  # uint8 (H, W, 3) at canvas size
+    strength: float = 0.0  # how strongly uncovered area follows the image
+
+
+@dataclass
+class Scene:
+    width: int
+    height: int
+    regions: list[Region] = field(default_factory=list)  # bottom to top
+    background: Background = field(default_factory=Background)
+    seed: int = 0
+    steps: int = 4
+    bootstrap_steps: int = 1
+    guidance_scale: float = 1.0
+    mask_mode: str = "continuous"  # or "discrete"
+    cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
+
+    def validate(self) -> "Scene":
+        if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
+            raise SceneError(f"canvas {self.width}x{self.height} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side")
+        if self.width % 8 or self.height % 8:
+            raise SceneError(f"canvas {self.width}x{self.height}: width and height must be multiples of 8")
+        if len(self.regions) > MAX_REGIONS:
+            raise SceneError(f"{len(self.regions)} regions: at most {MAX_REGIONS} are allowed")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise SceneError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.bootstrap_steps <= self.steps:
+            raise SceneError(f"bootstrap steps must be between 0 and steps ({self.steps}), got {self.bootstrap_steps}")
+        if self.mask_mode not in ("continuous", "discrete"):
+            raise SceneError(f"mask mode must be 'continuous' or 'discrete', got {self.mask_mode!r}")
+        if not (np.isfinite(self.guidance_scale) and 0 <= self.guidance_scale <= 30):
+            raise SceneError("guidance scale must be between 0 and 30")
+        if not (np.isfinite(self.cover_alpha) and 0 <= self.cover_alpha <= 1):
+            raise SceneError("cover alpha must be between 0 and 1")
+        if not 0 <= int(self.seed) < 2**63:
+            raise SceneError("seed must be a non-negative 63-bit integer")
+        for p in [self.background.prompt, self.background.negative_prompt]:
+            _check_prompt(p, "background")
+        if not (np.isfinite(self.background.strength) and 0 <= self.background.strength <= 1):
+            raise SceneError("background strength must be between 0 and 1")
+        img = self.background.image
+        if img is not None and (img.dtype != np.uint8 or img.shape != (self.height, self.width, 3)):
+            raise SceneError(
+                f"background image must be uint8 {self.height}x{self.width}x3, got {img.dtype} {tuple(img.shape)}"
+            )
+        for r in self.regions:
+            label = r.name or r.prompt[:40]
+            _check_prompt(r.prompt, label)
+            _check_prompt(r.negative_prompt, label)
+            if r.mask.shape != (self.height, self.width):
+                raise SceneError(f"region {label!r}: mask is {r.mask.shape}, canvas is {(self.height, self.width)}")
+            for what, v, hi in [("mask strength", r.mask_strength, 1), ("prompt strength", r.prompt_strength, 1),
+                                ("blur", r.mask_std, 256)]:
+                if not (np.isfinite(v) and 0 <= v <= hi):
+                    raise SceneError(f"region {label!r}: {what} must be between 0 and {hi}, got {v}")
+        return self
+
+
+def _check_prompt(p: str, label: str) -> None:
+    if not isinstance(p, str):
+        raise SceneError(f"{label}: prompt must be text")
+    if len(p) > MAX_PROMPT_CHARS:
+        raise SceneError(f"{label}: prompt is {len(p)} characters, at most {MAX_PROMPT_CHARS} allowed")

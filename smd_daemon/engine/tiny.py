@@ -1,0 +1,240 @@
+"""Offline model presets: a tiny SD-1.5-shaped pipeline and the real SD-1.5
+architecture, both with random weights.
+
+Neither produces meaningful images. They exist so that tests, demos and
+benchmarks run with no network: shapes, code paths and FLOPs are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+
+import torch
+
+# A small corpus so the generated BPE merges look like CLIP's on prompts.
+_CORPUS = (
+    "a red fox sitting in snowy pine forest at dusk, a blue sky with white clouds, "
+    "mountains river lake castle tree house cat dog bird flower garden city street "
+    "portrait of a woman man girl boy painting photo highly detailed sharp focus "
+    "golden hour sunlight beautiful landscape ocean beach sand rock stone grass field "
+    "night stars moon fire water ice dark light green yellow orange purple black brown"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP/GPT-2's reversible byte -> printable-unicode table.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def _learn_merges(corpus: str, n_merges: int) -> list[tuple[str, str]]:
+    words = Counter(re.findall(r"[a-z]+", corpus.lower()))
+    vocab = {tuple(w[:-1]) + (w[-1] + "</w>",): c for w, c in words.items()}
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        pairs: Counter = Counter()
+        for sym, c in vocab.items():
+            for a, b in zip(sym, sym[1:]):
+                pairs[(a, b)] += c
+        if not pairs:
+            break
+        best = max(sorted(pairs), key=lambda p: pairs[p])
+        merges.append(best)
+        new_vocab = {}
+        for sym, c in vocab.items():
+            out, i = [], 0
+            while i < len(sym):
+                if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+                    out.append(sym[i] + sym[i + 1])
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            new_vocab[tuple(out)] = c
+        vocab = new_vocab
+    return merges
+
+
+def write_tokenizer_files(folder: str, n_merges: int = 300) -> None:
+    """Write vocab.json, merges.txt and tokenizer_config.json in CLIP's layout."""
+    os.makedirs(folder, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    merges = _learn_merges(_CORPUS, n_merges)
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab: dict[str, int] = {}
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for a, b in merges:
+            f.write(f"{a} {b}\n")
+    config = {
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+
+
+def make_tokenizer():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        write_tokenizer_files(d)
+        return CLIPTokenizer.from_pretrained(d, local_files_only=True)
+
+
+def lcm_scheduler():
+    from diffusers import LCMScheduler
+
+    return LCMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        original_inference_steps=50,
+    )
+
+
+def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden,
+    )
+    return CLIPTextModel(cfg)
+
+
+def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
+    """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    text_encoder = _text_encoder(tokenizer, 32, 37, 2, 4)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        norm_num_groups=32,
+        attention_head_dim=1,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if tiny_vae:
+        pipe.vae = build_tiny_autoencoder(seed)
+    return pipe
+
+
+def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
+    """A TAESD-layout ``AutoencoderTiny`` (scale factor 8, random weights)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed + 1)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(channels,) * 4,
+        decoder_block_out_channels=(channels,) * 4,
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+        scaling_factor=1.0,
+    )
+
+
+def build_random_sd15(seed: int = 0):
+    """The real SD-1.5 architecture (860M UNet) with random weights and TAESD.
+
+    Costs exactly the FLOPs of trained SD-1.5 weights: for benchmarks where
+    no weights can be downloaded.
+    """
+    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    text_encoder = _text_encoder(tokenizer, 768, 3072, 12, 12)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.vae = AutoencoderTiny(scaling_factor=1.0)
+    return pipe
