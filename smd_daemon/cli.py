@@ -25,7 +25,11 @@ class UsageError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported: ``render`` never pays for
+    the server's imports and vice versa."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
     parser = argparse.ArgumentParser(prog="smd-daemon", description="StreamMultiDiffusion daemon for Krita")
     parser.add_argument("--version", action="version", version=f"smd-daemon {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -33,12 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure(p)
+        if name == chosen:
+            importlib.import_module(module).configure(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
