@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""Install the Krita plugin (and optionally the daemon) for the current user.
+
+    python install.py                 copy the plugin into Krita's pykrita folder and enable it
+    python install.py --dev           symlink instead of copying (edit the checkout, restart Krita)
+    python install.py --uninstall     remove exactly what an earlier install put there
+    python install.py --dry-run       print every step without changing anything
+    python install.py --daemon-venv DIR
+                                      also create a virtual environment with the daemon installed
+
+The plugin talks to the daemon through ``smd_daemon/protocol.py`` and
+``smd_daemon/client.py``; they are vendored unchanged into the installed
+package (``smd_krita/vendor/``) so plugin and daemon always speak the same
+protocol. pyzmq must import in the Python that Krita embeds: when it does not,
+a wheel matching that Python is installed into ``smd_krita/deps/``, which the
+plugin puts on ``sys.path``.
+
+Only the standard library is used, so any Python 3.8+ can run this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+NAME = "smd_krita"
+ROOT = Path(__file__).resolve().parent
+PLUGIN_SRC = ROOT / "krita_plugin"
+VENDORED = ("protocol.py", "client.py")  # from smd_daemon/, byte for byte
+MANIFEST = NAME + ".install.json"  # beside the plugin in pykrita/: what we created, for --uninstall
+FLATPAK_ID = "org.kde.krita"
+
+
+class InstallError(Exception):
+    """A problem the user can fix; printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------- locations
+
+def krita_dirs(system: str, env: dict, home: Path) -> dict:
+    """Where Krita keeps plugins (pykrita) and its config (kritarc) on ``system``.
+
+    Linux prefers a Flatpak install when its data folder exists and no native
+    Krita folder does, since Flatpak Krita cannot see ~/.local/share.
+    """
+    if system == "Windows":
+        appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
+        local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        return {"pykrita": appdata / "krita" / "pykrita", "kritarc": local / "kritarc", "kind": "windows"}
+    if system == "Darwin":
+        return {"pykrita": home / "Library" / "Application Support" / "krita" / "pykrita",
+                "kritarc": home / "Library" / "Preferences" / "kritarc", "kind": "macos"}
+    data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    flatpak = home / ".var" / "app" / FLATPAK_ID
+    if flatpak.is_dir() and not (data / "krita").is_dir():
+        return {"pykrita": flatpak / "data" / "krita" / "pykrita", "kritarc": flatpak / "config" / "kritarc",
+                "kind": "flatpak"}
+    return {"pykrita": data / "krita" / "pykrita", "kritarc": config / "kritarc", "kind": "linux"}
+
+
+def find_krita(system: str, env: dict, home: Path) -> Path | None:
+    """The Krita program (or Flatpak folder), or None when Krita is not installed."""
+    exe = shutil.which("krita", path=env.get("PATH"))
+    if exe:
+        return Path(exe)
+    candidates = []
+    if system == "Windows":
+        for var in ("ProgramFiles", "ProgramFiles(x86)", "LOCALAPPDATA"):
+            if env.get(var):
+                candidates += [Path(env[var]) / "Krita (x64)" / "bin" / "krita.exe",
+                               Path(env[var]) / "Krita" / "bin" / "krita.exe",
+                               Path(env[var]) / "Programs" / "Krita (x64)" / "bin" / "krita.exe"]
+    elif system == "Darwin":
+        candidates += [Path("/Applications/krita.app"), home / "Applications" / "krita.app"]
+    else:
+        candidates += [home / ".var" / "app" / FLATPAK_ID, Path("/var/lib/flatpak/app") / FLATPAK_ID]
+        candidates += sorted(Path(p) for p in glob.glob(str(home / "Applications" / "krita*.appimage")))
+    for c in candidates:
+        if c.exists():
+            return c
+    return None
+
+
+def krita_python_version(krita: Path | None, system: str) -> str | None:
+    """'3.11' for the Python that Krita embeds, found from its libraries; None if unknown."""
+    if krita is None:
+        return None
+    patterns = []
+    if system == "Windows":
+        patterns.append(str(krita.parent / "python3*.dll"))
+    elif system == "Darwin":
+        patterns.append(str(krita / "Contents" / "Frameworks" / "Python.framework" / "Versions" / "3.*"))
+    elif krita.is_file():
+        # A native Linux build links libpython through its pykrita plugin.
+        prefix = krita.resolve().parent.parent
+        patterns += [str(prefix / "lib*" / "*" / "kritaplugins" / "kritapykrita.so"),
+                     str(prefix / "lib*" / "kritaplugins" / "kritapykrita.so"), str(prefix / "lib*" / "libpython3.*")]
+    for pat in patterns:
+        for hit in sorted(glob.glob(pat, recursive=True)):
+            m = re.search(r"python3\.?(\d+)", os.path.basename(hit))
+            if m:
+                return f"3.{m.group(1)}"
+            try:
+                data = Path(hit).read_bytes()
+            except OSError:
+                continue
+            m = re.search(rb"libpython3\.(\d+)", data)
+            if m:
+                return f"3.{int(m.group(1))}"
+    return None
+
+
+# ---------------------------------------------------------------- kritarc
+
+def enable_in_kritarc(text: str, name: str = NAME) -> tuple[str, dict]:
+    """Set ``[python] enable_<name>=true``, keeping every other line as it was.
+
+    Returns the new text and what changed, so uninstall can undo exactly that.
+    Keys before the first section header stay there (Krita reads its general
+    keys only from that default group).
+    """
+    key = f"enable_{name}"
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == "[python]"), None)
+    if start is None:
+        out = list(lines)
+        if out and out[-1].strip():
+            out.append("")
+        out += ["[python]", f"{key}=true"]
+        return "\n".join(out) + "\n", {"section_added": True, "previous": None}
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        k, sep, v = lines[i].partition("=")
+        if sep and k.strip() == key:
+            previous = v.strip()
+            lines[i] = f"{key}=true"
+            return "\n".join(lines) + "\n", {"section_added": False, "previous": previous}
+    # Insert after the section's last key, before trailing blank lines.
+    at = end
+    while at > start + 1 and not lines[at - 1].strip():
+        at -= 1
+    lines.insert(at, f"{key}=true")
+    return "\n".join(lines) + "\n", {"section_added": False, "previous": None}
+
+
+def restore_kritarc(text: str, change: dict, name: str = NAME) -> str:
+    """Undo what enable_in_kritarc changed (and nothing else)."""
+    key = f"enable_{name}"
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == "[python]"), None)
+    if start is None:
+        return text
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    for i in range(start + 1, end):
+        k, sep, _ = lines[i].partition("=")
+        if sep and k.strip() == key:
+            if change.get("previous") is not None:
+                lines[i] = f"{key}={change['previous']}"
+            else:
+                del lines[i]
+                end -= 1
+            break
+    if change.get("section_added") and all(not l.strip() for l in lines[start + 1:end]):
+        del lines[start:end]
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# ---------------------------------------------------------------- steps
+
+class Installer:
+    def __init__(self, pykrita: Path, kritarc: Path, *, dev: bool, dry_run: bool, krita_python: str | None,
+                 out=sys.stdout):
+        self.pykrita = pykrita
+        self.kritarc = kritarc
+        self.dev = dev
+        self.dry = dry_run
+        self.krita_python = krita_python
+        self.out = out
+        self.created: list[str] = []
+
+    def say(self, msg: str) -> None:
+        print(("[dry-run] " if self.dry else "") + msg, file=self.out)
+
+    def _place(self, src: Path, dst: Path) -> None:
+        if self.dev:
+            self.say(f"link {dst} -> {src}")
+            if not self.dry:
+                dst.symlink_to(src, target_is_directory=src.is_dir())
+        else:
+            self.say(f"copy {src} -> {dst}")
+            if not self.dry:
+                if src.is_dir():
+                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps"))
+                else:
+                    shutil.copy2(src, dst)
+        self.created.append(str(dst))
+
+    def install(self) -> None:
+        manifest = self.pykrita / MANIFEST
+        if manifest.exists() or (self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists():
+            raise InstallError(f"the plugin is already installed in {self.pykrita}; run with --uninstall first")
+        for f in VENDORED:
+            if not (ROOT / "smd_daemon" / f).is_file():
+                raise InstallError(f"smd_daemon/{f} is missing from this checkout")
+        self.say(f"plugin folder: {self.pykrita}")
+        if not self.pykrita.is_dir():
+            self.say(f"create {self.pykrita}")
+            if not self.dry:
+                self.pykrita.mkdir(parents=True)
+        self._place(PLUGIN_SRC / (NAME + ".desktop"), self.pykrita / (NAME + ".desktop"))
+        self._place(PLUGIN_SRC / NAME, self.pykrita / NAME)
+        # In --dev mode the package is a link into the checkout, so vendor/ lands
+        # there (git-ignored) and holds links back to the daemon's sources.
+        pkg = (PLUGIN_SRC / NAME) if self.dev else (self.pykrita / NAME)
+        self._vendor(pkg / "vendor")
+        self._ensure_zmq(pkg / "deps")
+        change = self._enable()
+        self._write_manifest(change)
+        self.say("done: restart Krita, then open Settings > Dockers > SMD Live")
+
+    def _vendor(self, vendor: Path) -> None:
+        self.say(f"vendor {', '.join(VENDORED)} into {vendor}")
+        if self.dry:
+            return
+        if vendor.exists() or vendor.is_symlink():
+            shutil.rmtree(vendor) if vendor.is_dir() and not vendor.is_symlink() else vendor.unlink()
+        vendor.mkdir()
+        (vendor / "__init__.py").write_text('"""protocol.py and client.py from smd_daemon, unchanged."""\n')
+        for f in VENDORED:
+            src = ROOT / "smd_daemon" / f
+            if self.dev:
+                (vendor / f).symlink_to(src)
+            else:
+                shutil.copyfile(src, vendor / f)
+        if self.dev:
+            self.created.append(str(vendor))
+
+    def _ensure_zmq(self, deps: Path) -> None:
+        ver = self.krita_python
+        if ver and zmq_importable(ver):
+            self.say(f"pyzmq: already importable by Python {ver}")
+            return
+        if ver is None:
+            ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+            self.say(f"Krita's Python version not found; assuming {ver}")
+        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--only-binary=:all:",
+               "--python-version", ver, "--target", str(deps), "pyzmq"]
+        self.say(f"pyzmq: installing a wheel for Python {ver} into {deps}")
+        self.say("run " + " ".join(cmd))
+        if self.dry:
+            return
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise InstallError(f"could not install pyzmq for Python {ver}: {tail[0]}")
+        if self.dev:
+            self.created.append(str(deps))
+
+    def _enable(self) -> dict:
+        self.say(f"enable plugin in {self.kritarc} ([python] enable_{NAME}=true)")
+        text = self.kritarc.read_text(encoding="utf-8") if self.kritarc.exists() else ""
+        new, change = enable_in_kritarc(text)
+        change["file_created"] = not self.kritarc.exists()
+        if not self.dry:
+            self.kritarc.parent.mkdir(parents=True, exist_ok=True)
+            self.kritarc.write_text(new, encoding="utf-8")
+        return change
+
+    def _write_manifest(self, change: dict) -> None:
+        data = {"name": NAME, "dev": self.dev, "created": self.created, "kritarc": str(self.kritarc),
+                "kritarc_change": change}
+        self.say(f"record what was installed in {self.pykrita / MANIFEST}")
+        if not self.dry:
+            (self.pykrita / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    def uninstall(self) -> None:
+        manifest = self.pykrita / MANIFEST
+        if not manifest.exists():
+            raise InstallError(f"nothing to uninstall: {manifest} not found")
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        for p in reversed(data["created"]):
+            path = Path(p)
+            self.say(f"remove {path}")
+            if self.dry or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        kritarc = Path(data["kritarc"])
+        change = data["kritarc_change"]
+        if kritarc.exists():
+            self.say(f"restore {kritarc}")
+            if not self.dry:
+                new = restore_kritarc(kritarc.read_text(encoding="utf-8"), change)
+                if change.get("file_created") and not new.strip():
+                    kritarc.unlink()
+                else:
+                    kritarc.write_text(new, encoding="utf-8")
+        self.say(f"remove {manifest}")
+        if not self.dry:
+            manifest.unlink()
+        self.say("done")
+
+
+def zmq_importable(version: str) -> bool:
+    """Whether a system Python of that version (the one Krita uses on Linux) imports zmq."""
+    exe = shutil.which(f"python{version}")
+    if not exe or platform.system() != "Linux":
+        return False
+    try:
+        return subprocess.run([exe, "-c", "import zmq"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> None:
+    """Create a virtual environment with the daemon installed from this checkout."""
+    tag = "[dry-run] " if dry else ""
+    py = venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
+    for cmd in steps:
+        print(f"{tag}run {' '.join(cmd)}", file=out)
+        if not dry and subprocess.run(cmd).returncode != 0:
+            raise InstallError(f"failed: {' '.join(cmd)}")
+    exe = venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
+    print(f"{tag}daemon: start it with  {exe} serve", file=out)
+
+
+def main(argv: list[str] | None = None, env: dict | None = None, system: str | None = None,
+         home: Path | None = None) -> int:
+    p = argparse.ArgumentParser(description="Install the SMD Live plugin into Krita.")
+    p.add_argument("--pykrita", type=Path, help="Krita's pykrita folder (default: found for this platform)")
+    p.add_argument("--kritarc", type=Path, help="Krita's kritarc file (default: found for this platform)")
+    p.add_argument("--dev", action="store_true", help="symlink the plugin from this checkout instead of copying")
+    p.add_argument("--uninstall", action="store_true", help="remove what an earlier install created")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.add_argument("--krita-python", metavar="X.Y", help="Python version Krita embeds (default: detected)")
+    p.add_argument("--daemon-venv", type=Path, metavar="DIR", help="also create a venv with the daemon in DIR")
+    args = p.parse_args(argv)
+    env = dict(os.environ) if env is None else env
+    system = system or platform.system()
+    home = home or Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    try:
+        if args.krita_python and not re.fullmatch(r"3\.\d+", args.krita_python):
+            raise InstallError(f"--krita-python must look like 3.11, not {args.krita_python!r}")
+        dirs = krita_dirs(system, env, home)
+        krita = find_krita(system, env, home)
+        if args.pykrita is None and krita is None and not args.uninstall:
+            raise InstallError("Krita was not found (not on PATH, no known install folder); install Krita "
+                               "or give its plugin folder with --pykrita DIR")
+        pykrita = args.pykrita or dirs["pykrita"]
+        kritarc = args.kritarc or dirs["kritarc"]
+        if krita is not None and not args.uninstall:
+            print(f"Krita: {krita}")
+        inst = Installer(pykrita.absolute(), kritarc.absolute(), dev=args.dev, dry_run=args.dry_run,
+                         krita_python=args.krita_python or krita_python_version(krita, system))
+        if args.uninstall:
+            inst.uninstall()
+        else:
+            inst.install()
+            if args.daemon_venv:
+                setup_daemon_venv(args.daemon_venv.absolute(), args.dry_run)
+    except InstallError as e:
+        print(f"install.py: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"install.py: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

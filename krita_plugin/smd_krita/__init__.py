@@ -1,0 +1,56 @@
+"""SMD Live: paint on layers named with prompts, watch StreamMultiDiffusion draw them.
+
+Imports only the standard library, PyQt5 and pyzmq (vendored protocol and
+client from the daemon). Where this Krita cannot run it, a docker says why
+instead of a script error.
+"""
+
+import os
+import sys
+
+SUPPORTED_KRITA = ("5.1", "5.2")
+_DEPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deps")
+if os.path.isdir(_DEPS) and _DEPS not in sys.path:
+    sys.path.append(_DEPS)  # pyzmq installed by install.py for this Krita's Python
+
+
+def _problem(version: str):
+    if not version.startswith(SUPPORTED_KRITA):
+        return f"SMD Live supports Krita {' and '.join(SUPPORTED_KRITA)}; this is Krita {version}."
+    try:
+        import PyQt5  # noqa: F401
+    except ImportError:
+        return "SMD Live needs PyQt5 (Krita 5); this Krita's Python has no PyQt5."
+    try:
+        import zmq  # noqa: F401
+    except ImportError as e:
+        return f"SMD Live cannot import pyzmq ({e}): run install.py again to install it for Krita's Python."
+    try:
+        from .transport import client  # noqa: F401
+    except ImportError as e:
+        return f"SMD Live is incompletely installed ({e}): run install.py again."
+    return None
+
+
+def _register():
+    from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita
+
+    app = Krita.instance()
+    problem = _problem(app.version())
+    if problem is None:
+        from .docker import DOCKER_ID, SMDDocker
+        from .extension import SMDExtension
+
+        app.addExtension(SMDExtension(app))
+        app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SMDDocker))
+        return
+    sys.stderr.write(problem + "\n")
+    try:  # the message docker needs some Qt binding; PyQt5 may be the missing piece
+        from .docker import DOCKER_ID, UnsupportedDocker
+    except ImportError:
+        return
+    UnsupportedDocker.message = problem
+    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, UnsupportedDocker))
+
+
+_register()

@@ -1,0 +1,79 @@
+"""Pixel helpers on QImage (no numpy inside Krita).
+
+Planes travel as tightly packed bytes: alpha planes one byte per pixel,
+frames three (RGB) or four (BGRA, Krita's order for RGBA/U8 documents).
+"""
+
+from __future__ import annotations
+
+from PyQt5.QtCore import QRectF, Qt
+from PyQt5.QtGui import QImage, QPainter
+
+
+def packed_bytes(img: QImage, bytes_per_pixel: int) -> bytes:
+    """The image's pixels without the padding Qt may add at the end of each row."""
+    w, h = img.width(), img.height()
+    row = w * bytes_per_pixel
+    ptr = img.constBits()
+    ptr.setsize(img.bytesPerLine() * h)
+    data = bytes(ptr)
+    if img.bytesPerLine() == row:
+        return data
+    bpl = img.bytesPerLine()
+    return b"".join(data[y * bpl:y * bpl + row] for y in range(h))
+
+
+def from_bytes(data: bytes, width: int, height: int, fmt: QImage.Format, bytes_per_pixel: int) -> QImage:
+    """A QImage that owns a copy of ``data`` (tightly packed rows)."""
+    if len(data) != width * height * bytes_per_pixel:
+        raise ValueError(f"{len(data)} bytes do not make a {width}x{height} image of {bytes_per_pixel} bytes/pixel")
+    return QImage(data, width, height, width * bytes_per_pixel, fmt).copy()
+
+
+def place(pieces, out_w: int, out_h: int, scale_x: float, scale_y: float) -> QImage:
+    """Draw (QImage, canvas QRect, opacity) pieces onto a transparent out_w x out_h image.
+
+    Each piece covers its rectangle in canvas pixels; the canvas maps to the
+    output by (scale_x, scale_y). Anything outside the canvas is clipped.
+    """
+    out = QImage(out_w, out_h, QImage.Format_ARGB32_Premultiplied)
+    out.fill(Qt.transparent)
+    p = QPainter(out)
+    p.setRenderHint(QPainter.SmoothPixmapTransform, True)
+    for img, rect, opacity in pieces:
+        p.setOpacity(opacity)
+        target = QRectF(rect.x() * scale_x, rect.y() * scale_y, rect.width() * scale_x, rect.height() * scale_y)
+        p.drawImage(target, img)
+    p.end()
+    return out
+
+
+def alpha_of(img: QImage) -> bytes:
+    """The alpha channel as one byte per pixel."""
+    return packed_bytes(img.convertToFormat(QImage.Format_Alpha8), 1)
+
+
+def rgb_of(img: QImage) -> bytes:
+    """RGB bytes (alpha dropped; transparent pixels come out black)."""
+    return packed_bytes(img.convertToFormat(QImage.Format_RGB888), 3)
+
+
+def frame_image(data: bytes, width: int, height: int, channels: int = 3) -> QImage:
+    """A daemon frame (RGB or RGBA bytes) as a QImage."""
+    fmt = QImage.Format_RGB888 if channels == 3 else QImage.Format_RGBA8888
+    return from_bytes(data, width, height, fmt, channels)
+
+
+def to_canvas_bgra(img: QImage, width: int, height: int) -> bytes:
+    """Scale to the canvas and return B,G,R,A bytes (Krita's RGBA/U8 pixel order)."""
+    if (img.width(), img.height()) != (width, height):
+        img = img.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    # ARGB32 is stored as B,G,R,A on little-endian machines, exactly Krita's order.
+    return packed_bytes(img.convertToFormat(QImage.Format_ARGB32), 4)
+
+
+def to_canvas_bgra16(img: QImage, width: int, height: int) -> bytes:
+    """As to_canvas_bgra for RGBA/U16 documents (B,G,R,A little-endian 16-bit)."""
+    if (img.width(), img.height()) != (width, height):
+        img = img.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    return packed_bytes(img.rgbSwapped().convertToFormat(QImage.Format_RGBA64), 8)
