@@ -7,7 +7,7 @@ from PyQt5.QtCore import Qt
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                              QLineEdit, QPushButton, QSpinBox, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from . import live, settings
+from . import settings
 
 DOCKER_ID = "smd_live_docker"
 TITLE = "SMD Live"
@@ -17,6 +17,8 @@ class SMDDocker(DockWidget):
     def __init__(self):
         super().__init__()
         self.setWindowTitle(TITLE)
+        from . import live  # needs pyzmq; UnsupportedDocker must import without it
+
         self.ctl = live.controller()
         root = QWidget(self)
         box = QVBoxLayout(root)

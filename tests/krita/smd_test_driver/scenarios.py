@@ -1,0 +1,186 @@
+"""Scenarios run inside Krita by the test driver.
+
+Each is a generator: ``yield seconds`` sleeps, ``yield (what, predicate,
+timeout)`` waits until predicate() is true. Results go into ``out["checks"]``.
+Coordination with the test process (kill/restart the daemon) goes through
+files in ``args["sync"]``.
+"""
+
+import os
+import time
+
+from krita import Krita
+from PyQt5.QtWidgets import QLabel, QLineEdit, QPushButton, QSpinBox
+
+DOCKER_ID = "smd_live_docker"
+
+
+def docker():
+    for d in Krita.instance().dockers():
+        if d.objectName() == DOCKER_ID:
+            return d
+    return None
+
+
+def status():
+    d = docker()
+    label = d.findChild(QLabel, "smd_status") if d else None
+    return label.text() if label else ""
+
+
+def controller():
+    from smd_krita import live  # the product's public state, read-only here
+    return live.controller()
+
+
+def startup(args, out):
+    app = Krita.instance()
+    d = docker()
+    out["checks"]["krita_version"] = app.version()
+    out["checks"]["docker_present"] = d is not None
+    out["checks"]["status"] = status()
+    out["checks"]["actions"] = [n for n in ("smd_live_toggle", "smd_generate", "smd_apply") if app.action(n)]
+    yield 0.1
+
+
+def _square(w, h, color_bgra):
+    return bytes(color_bgra) * (w * h)
+
+
+def make_document(size):
+    app = Krita.instance()
+    doc = app.createDocument(size, size, "e2e", "RGBA", "U8", "", 300.0)
+    doc.setBatchmode(True)
+    app.activeWindow().addView(doc)
+    root = doc.rootNode()
+    bg = root.childNodes()[0]
+    bg.setPixelData(_square(size, size, (200, 220, 240, 255)), 0, 0, size, size)
+    fox = doc.createNode("a red fox", "paintlayer")
+    root.addChildNode(fox, bg)
+    q = size // 2
+    fox.setPixelData(_square(q, q, (0, 0, 255, 255)), 0, size // 4, q, q)
+    tree = doc.createNode("a green tree | blur: 2", "paintlayer")
+    root.addChildNode(tree, fox)
+    # partly outside the canvas on purpose
+    tree.setPixelData(_square(q, q, (0, 255, 0, 255)), size - q // 2, size // 4, q, q)
+    doc.refreshProjection()
+    doc.waitForDone()
+    return doc, [bg, fox, tree]
+
+
+def snapshot(doc, nodes):
+    return [(n.name(), bytes(n.pixelData(-64, -64, doc.width() + 128, doc.height() + 128))) for n in nodes]
+
+
+def rgb_to_bgra(data):
+    out = bytearray(len(data) // 3 * 4)
+    out[0::4] = data[2::3]
+    out[1::4] = data[1::3]
+    out[2::4] = data[0::3]
+    out[3::4] = b"\xff" * (len(data) // 3)
+    return bytes(out)
+
+
+def top_names(doc):
+    return [n.name() for n in doc.rootNode().childNodes()]
+
+
+def live(args, out):
+    app = Krita.instance()
+    c = out["checks"]
+    size = args["size"]
+    sync = args["sync"]
+    doc, artist = make_document(size)
+    yield ("document active", lambda: app.activeDocument() == doc, 10)
+    before = snapshot(doc, artist)
+    doc.setModified(False)
+
+    # Through the docker, as an artist would: address, size, connect.
+    d = docker()
+    addr = d.findChild(QLineEdit)
+    addr.setText(args["address"])
+    addr.editingFinished.emit()
+    for sb in d.findChildren(QSpinBox):
+        if sb.maximum() == 4096:
+            sb.setValue(size)
+        elif sb.maximum() == 50:
+            sb.setValue(args.get("steps", 2))
+    [b for b in d.findChildren(QPushButton) if b.text() == "Connect"][0].click()
+    yield ("connected", lambda: status().startswith("connected"), 60)
+    c["status_connected"] = status()
+
+    app.action("smd_live_toggle").trigger()
+    ctl = controller()
+    yield ("first frame", lambda: ctl.frame_event is not None and "SMD Preview" in top_names(doc), 90)
+    # let the stream settle on the initial scene, then compare what is shown
+    yield ("settled frame", lambda: ctl.frame_event.settled, 60)
+    ev = ctl.frame_event
+    preview = [n for n in doc.rootNode().childNodes() if n.name() == "SMD Preview"][0]
+    c["frame_size"] = [ev.width, ev.height, ev.channels, ev.encoding]
+    c["preview_on_top"] = top_names(doc)[-1] == "SMD Preview"
+    c["preview_locked"] = preview.locked()
+    c["preview_equals_frame"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
+    c["modified_after_preview"] = doc.modified()
+    c["parsed"] = ctl.parsed
+    c["timings"] = dict(ctl.timings)
+
+    # Paint on a region layer: a frame reflecting the edit must follow.
+    fox = artist[1]
+    old_frame = ev.data
+    t_edit = time.monotonic()
+    fox.setPixelData(_square(size // 2, size // 2, (0, 0, 255, 255)), size // 2, size // 2, size // 2, size // 2)
+    before[1] = (fox.name(), bytes(fox.pixelData(-64, -64, size + 128, size + 128)))
+    rev0 = ev.revision
+    yield ("frame after edit", lambda: ctl.frame_event.revision > rev0 and ctl.frame_event.settled, 60)
+    c["edit_latency_s"] = time.monotonic() - t_edit
+    c["frame_changed_after_edit"] = ctl.frame_event.data != old_frame
+    ev = ctl.frame_event
+    c["preview_equals_frame_after_edit"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
+
+    # Apply: one new layer, removed by one undo.
+    n_before = len(doc.rootNode().childNodes())
+    app.action("smd_apply").trigger()
+    yield 0.2
+    names = top_names(doc)
+    c["apply_added_layer"] = len(names) == n_before + 1 and any(n.startswith("SMD Result") for n in names)
+    app.action("edit_undo").trigger()
+    yield ("undo done", lambda: not any(n.startswith("SMD Result") for n in top_names(doc)), 10)
+    c["undo_removed_layer"] = True
+
+    # The daemon dies: "disconnected", document untouched; it comes back by itself.
+    open(os.path.join(sync, "kill_daemon"), "w").close()
+    yield ("disconnected", lambda: status().startswith("disconnected"), 30)
+    c["status_after_kill"] = status()
+    yield 0.5
+    c["preview_after_kill_unchanged"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
+    open(os.path.join(sync, "restart_daemon"), "w").close()
+    seq = ctl.frame_event.seq
+    frames_before = id(ctl.frame_event)
+    yield ("reconnected", lambda: status().startswith("connected"), 90)
+    yield ("frame after restart", lambda: id(ctl.frame_event) != frames_before, 90)
+    c["frames_after_restart"] = True
+
+    # Stop live: the preview goes away.
+    app.action("smd_live_toggle").trigger()
+    yield 0.2
+    c["preview_removed"] = "SMD Preview" not in top_names(doc)
+    c["artist_layers_unchanged"] = snapshot(doc, artist) == before
+    c["layer_names"] = top_names(doc)
+
+    # Per-document settings travel inside the .kra.
+    for sb in docker().findChildren(QSpinBox):
+        if sb.maximum() == 2**31 - 1:
+            sb.setValue(args["seed"])
+    doc.setFileName(args["save_as"])
+    c["saved"] = doc.save()
+    yield 0.2
+
+
+def reopen(args, out):
+    app = Krita.instance()
+    yield ("document opened", lambda: app.activeDocument() is not None, 30)
+    yield 0.3  # the plugin follows the active document on its next tick
+    seeds = [sb.value() for sb in docker().findChildren(QSpinBox) if sb.maximum() == 2**31 - 1]
+    out["checks"]["seed_in_docker"] = seeds[0] if seeds else None
+    out["checks"]["seed_in_controller"] = controller().settings["seed"]
+    out["checks"]["layer_names"] = top_names(app.activeDocument())

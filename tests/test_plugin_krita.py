@@ -1,0 +1,122 @@
+"""End-to-end: the plugin inside real Krita (under Xvfb) against a real daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
+import harness  # noqa: E402
+
+pytestmark = [pytest.mark.krita, pytest.mark.skipif(bool(harness.available()), reason=harness.available() or "ok")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def krita_home(tmp_path_factory):
+    """An empty HOME, the plugin installed by install.py, Krita started once."""
+    home = harness.new_home(tmp_path_factory.mktemp("krita") / "home")
+    res = harness.install_plugin(home)
+    assert res.returncode == 0, res.stderr + res.stdout
+    harness.install_driver(home)
+    result = harness.run(home, "startup", timeout=120)
+    return home, res, result
+
+
+def fresh(home: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "home"
+    subprocess.run(["cp", "-a", str(home), str(dst)], check=True)
+    return dst
+
+
+def test_install_into_empty_home_then_krita_shows_docker(krita_home):
+    home, res, result = krita_home
+    assert "enable" in res.stdout and "vendor" in res.stdout
+    assert "enable_smd_krita=true" in (home / ".config/kritarc").read_text()
+    pkg = home / ".local/share/krita/pykrita/smd_krita"
+    for f in ("protocol.py", "client.py"):
+        assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
+    assert result["errors"] == [], result
+    c = result["checks"]
+    assert c["docker_present"], c
+    assert c["status"].startswith("disconnected"), c
+    assert c["actions"] == ["smd_live_toggle", "smd_generate", "smd_apply"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(port: int, log) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind",
+                             f"tcp://127.0.0.1:{port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_live_preview_apply_undo_reconnect_and_saved_settings(krita_home, tmp_path):
+    home = fresh(krita_home[0], tmp_path)
+    port = free_port()
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    log = open(tmp_path / "daemon.log", "w")
+    daemons = [start_daemon(port, log)]
+    state = {"killed": False, "restarted": False}
+
+    def during(proc):
+        if not state["killed"] and (sync / "kill_daemon").exists():
+            stop(daemons[-1])
+            state["killed"] = True
+        if state["killed"] and not state["restarted"] and (sync / "restart_daemon").exists():
+            daemons.append(start_daemon(port, log))
+            state["restarted"] = True
+
+    kra = tmp_path / "saved.kra"
+    args = {"address": f"tcp://127.0.0.1:{port}", "size": 256, "steps": 2, "sync": str(sync), "seed": 1234,
+            "save_as": str(kra)}
+    try:
+        result = harness.run(home, "live", args, timeout=240, during=during)
+    finally:
+        for d in daemons:
+            stop(d)
+        log.close()
+    assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
+    c = result["checks"]
+    assert c["status_connected"].startswith("connected")
+    assert c["frame_size"] == [256, 256, 3, "raw"]
+    assert c["preview_on_top"] and c["preview_locked"]
+    assert c["preview_equals_frame"] and c["preview_equals_frame_after_edit"]
+    assert c["modified_after_preview"] is False
+    roles = {d["name"]: d["role"] for d in c["parsed"]}
+    assert roles["a red fox"] == "region" and roles["a green tree | blur: 2"] == "region"
+    assert roles["Background"] == "ignored"
+    assert c["frame_changed_after_edit"]
+    assert c["apply_added_layer"] and c["undo_removed_layer"]
+    assert c["status_after_kill"].startswith("disconnected")
+    assert c["preview_after_kill_unchanged"]
+    assert c["frames_after_restart"]
+    assert c["preview_removed"]
+    assert c["artist_layers_unchanged"]
+    assert c["saved"] and kra.exists()
+
+    again = fresh(krita_home[0], tmp_path / "second")
+    result = harness.run(again, "reopen", {}, files=[str(kra)], timeout=90)
+    assert result["errors"] == [], result
+    assert result["checks"]["seed_in_docker"] == 1234
+    assert result["checks"]["seed_in_controller"] == 1234
+    assert "SMD Preview" not in result["checks"]["layer_names"]
