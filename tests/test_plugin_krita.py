@@ -32,6 +32,7 @@ def krita_home(tmp_path_factory):
 
 
 def fresh(home: Path, tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     dst = tmp_path / "home"
     subprocess.run(["cp", "-a", str(home), str(dst)], check=True)
     return dst

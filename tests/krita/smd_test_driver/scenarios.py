@@ -109,6 +109,8 @@ def live(args, out):
     yield ("connected", lambda: status().startswith("connected"), 60)
     c["status_connected"] = status()
 
+    yield 0.2
+    doc.setModified(False)  # the settings above are stored in the document; live mode must not mark it
     app.action("smd_live_toggle").trigger()
     ctl = controller()
     yield ("first frame", lambda: ctl.frame_event is not None and "SMD Preview" in top_names(doc), 90)
