@@ -106,9 +106,9 @@ def krita_python_version(krita: Path | None, system: str) -> str | None:
                      str(prefix / "lib*" / "kritaplugins" / "kritapykrita.so"), str(prefix / "lib*" / "libpython3.*")]
     for pat in patterns:
         for hit in sorted(glob.glob(pat, recursive=True)):
-            m = re.search(r"python3\.?(\d+)", os.path.basename(hit))
+            m = re.search(r"python3\.?(\d+)|^3\.(\d+)$", os.path.basename(hit))
             if m:
-                return f"3.{m.group(1)}"
+                return f"3.{m.group(1) or m.group(2)}"
             try:
                 data = Path(hit).read_bytes()
             except OSError:

@@ -1,0 +1,130 @@
+"""install.py: folder logic per platform, kritarc editing, install/uninstall/dry-run on real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import install  # noqa: E402
+
+
+def test_folders_per_platform(tmp_path):
+    home = tmp_path
+    lin = install.krita_dirs("Linux", {}, home)
+    assert lin["pykrita"] == home / ".local/share/krita/pykrita" and lin["kritarc"] == home / ".config/kritarc"
+    xdg = install.krita_dirs("Linux", {"XDG_DATA_HOME": "/d", "XDG_CONFIG_HOME": "/c"}, home)
+    assert xdg["pykrita"] == Path("/d/krita/pykrita") and xdg["kritarc"] == Path("/c/kritarc")
+    (home / ".var/app/org.kde.krita").mkdir(parents=True)
+    flat = install.krita_dirs("Linux", {}, home)
+    assert flat["kind"] == "flatpak"
+    assert flat["pykrita"] == home / ".var/app/org.kde.krita/data/krita/pykrita"
+    assert flat["kritarc"] == home / ".var/app/org.kde.krita/config/kritarc"
+    (home / ".local/share/krita").mkdir(parents=True)  # a native Krita was used here: prefer it
+    assert install.krita_dirs("Linux", {}, home)["kind"] == "linux"
+    win = install.krita_dirs("Windows", {"APPDATA": r"C:\U\AppData\Roaming", "LOCALAPPDATA": r"C:\U\AppData\Local"},
+                             home)
+    assert win["pykrita"] == Path(r"C:\U\AppData\Roaming") / "krita" / "pykrita"
+    assert win["kritarc"] == Path(r"C:\U\AppData\Local") / "kritarc"
+    mac = install.krita_dirs("Darwin", {}, home)
+    assert mac["pykrita"] == home / "Library/Application Support/krita/pykrita"
+    assert mac["kritarc"] == home / "Library/Preferences/kritarc"
+
+
+def test_kritarc_keeps_every_other_line():
+    text = "AutoSaveInterval=0\n\n[General]\nfoo=1\n\n[python]\nenable_other=true\n\n[Tail]\nx=y\n"
+    new, change = install.enable_in_kritarc(text)
+    lines = new.splitlines()
+    assert lines[:5] == ["AutoSaveInterval=0", "", "[General]", "foo=1", ""]
+    assert lines[5:8] == ["[python]", "enable_other=true", "enable_smd_krita=true"]
+    assert lines[-2:] == ["[Tail]", "x=y"]
+    assert change == {"section_added": False, "previous": None}
+    assert install.restore_kritarc(new, change) == text
+
+
+def test_kritarc_new_section_and_existing_key():
+    new, change = install.enable_in_kritarc("AutoSaveInterval=0\n")
+    assert new == "AutoSaveInterval=0\n\n[python]\nenable_smd_krita=true\n" and change["section_added"]
+    assert install.restore_kritarc(new, change) == "AutoSaveInterval=0\n"
+    off = "[python]\nenable_smd_krita=false\n"
+    new, change = install.enable_in_kritarc(off)
+    assert new == "[python]\nenable_smd_krita=true\n" and change["previous"] == "false"
+    assert install.restore_kritarc(new, change) == off
+
+
+def run_install(tmp_path, *args):
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, str(REPO / "install.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_krita_not_found_is_a_clear_error(tmp_path):
+    code = install.main([], env={"PATH": str(tmp_path)}, system="Linux", home=tmp_path)
+    assert code == 1
+    res = subprocess.run([sys.executable, str(REPO / "install.py")], env={"HOME": str(tmp_path), "PATH": str(tmp_path)},
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "Krita was not found" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("dev", [False, True])
+def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
+    pykrita = tmp_path / "pykrita"
+    pykrita.mkdir()
+    (pykrita / "other_plugin.desktop").write_text("x")
+    kritarc = tmp_path / "kritarc"
+    original = "AutoSaveInterval=0\n\n[python]\nenable_other_plugin=true\n"
+    kritarc.write_text(original)
+    flags = ["--pykrita", str(pykrita), "--kritarc", str(kritarc), "--krita-python",
+             f"{sys.version_info.major}.{sys.version_info.minor}"] + (["--dev"] if dev else [])
+    # pyzmq is importable here, so no wheel is fetched: point the check at this interpreter's version
+    before_repo = sorted(p.name for p in (REPO / "krita_plugin/smd_krita").iterdir())
+    res = run_install(tmp_path, *flags, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "[dry-run]" in res.stdout and "enable_smd_krita=true" in res.stdout
+    assert sorted(p.name for p in pykrita.iterdir()) == ["other_plugin.desktop"] and kritarc.read_text() == original
+
+    res = install.Installer(pykrita, kritarc, dev=dev, dry_run=False, krita_python="3.11")
+    res._ensure_zmq = lambda deps: None  # no network in unit tests; the real Krita test covers pyzmq
+    res.install()
+    pkg = pykrita / "smd_krita"
+    assert (pykrita / "smd_krita.desktop").exists() and (pkg / "__init__.py").exists()
+    assert pkg.is_symlink() == dev
+    for f in ("protocol.py", "client.py"):
+        assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
+    assert "enable_smd_krita=true" in kritarc.read_text()
+    again = run_install(tmp_path, *flags)
+    assert again.returncode == 1 and "already installed" in again.stderr
+
+    res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(kritarc), "--uninstall")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in pykrita.iterdir()) == ["other_plugin.desktop"]
+    assert kritarc.read_text() == original
+    assert sorted(p.name for p in (REPO / "krita_plugin/smd_krita").iterdir()) == before_repo
+
+
+def test_uninstall_without_install_says_so(tmp_path):
+    res = run_install(tmp_path, "--pykrita", str(tmp_path), "--uninstall")
+    assert res.returncode == 1 and "nothing to uninstall" in res.stderr
+
+
+def test_krita_python_version_from_the_pykrita_library(tmp_path):
+    prefix = tmp_path / "usr"
+    (prefix / "bin").mkdir(parents=True)
+    exe = prefix / "bin" / "krita"
+    exe.write_text("")
+    lib = prefix / "lib" / "x86_64-linux-gnu" / "kritaplugins"
+    lib.mkdir(parents=True)
+    (lib / "kritapykrita.so").write_bytes(b"\x7fELF...libpython3.10.so.1.0\x00...")
+    assert install.krita_python_version(exe, "Linux") == "3.10"
+    win = tmp_path / "Krita (x64)" / "bin"
+    win.mkdir(parents=True)
+    (win / "krita.exe").write_text("")
+    (win / "python310.dll").write_text("")
+    assert install.krita_python_version(win / "krita.exe", "Windows") == "3.10"
+    app = tmp_path / "krita.app" / "Contents/Frameworks/Python.framework/Versions/3.10"
+    app.mkdir(parents=True)
+    assert install.krita_python_version(tmp_path / "krita.app", "Darwin") == "3.10"
