@@ -1,0 +1,206 @@
+"""A small fake of Krita's Python API for unit tests of the plugin.
+
+Like real Krita: childNodes() bottom to top; RGBA/U8 pixelData is B,G,R,A
+(U16: 16-bit little-endian, same order); setPixelData is ignored on
+groups; a group's projection composites its visible children; adding a
+layer marks the document modified, setPixelData does not.
+"""
+
+import uuid
+
+from PyQt5.QtCore import QByteArray, QRect
+from PyQt5.QtGui import QImage
+from PyQt5.QtWidgets import QDockWidget
+
+_BPP = {"U8": 4, "U16": 8}
+
+
+class _Uuid:
+    def __init__(self):
+        self._s = "{%s}" % uuid.uuid4()
+
+    def toString(self):
+        return self._s
+
+
+class Node:
+    def __init__(self, doc, name, kind):
+        self.doc, self._name, self._type = doc, name, kind
+        self._visible, self._locked, self._opacity = True, False, 255
+        self._uuid = _Uuid()
+        self._children, self._parent = [], None
+        self._px = {}  # (x, y) -> pixel bytes, only where painted
+
+    # identity and flags
+    def name(self): return self._name
+    def setName(self, n): self._name = n
+    def type(self): return self._type
+    def visible(self): return self._visible
+    def setVisible(self, v): self._visible = v
+    def locked(self): return self._locked
+    def setLocked(self, v): self._locked = v
+    def opacity(self): return self._opacity
+    def uniqueId(self): return self._uuid
+    def childNodes(self): return list(self._children)
+
+    def addChildNode(self, child, above):
+        i = 0 if above is None else self._children.index(above) + 1
+        child._parent = self
+        self._children.insert(i, child)
+        self.doc._modified = True
+        return True
+
+    def remove(self):
+        self._parent._children.remove(self)
+        self._parent = None
+        self.doc._modified = True
+        return True
+
+    # pixels
+    def _pixels(self):
+        if self._type != "grouplayer":
+            return self._px
+        out = {}
+        for c in self._children:
+            if c._visible:
+                for k, v in c._pixels().items():
+                    if any(v):
+                        out[k] = v
+        return out
+
+    def _read(self, px, x, y, w, h):
+        bpp = _BPP[self.doc._depth]
+        zero = bytes(bpp)
+        return QByteArray(b"".join(px.get((i, j), zero) for j in range(y, y + h) for i in range(x, x + w)))
+
+    def pixelData(self, x, y, w, h):
+        if self._type == "grouplayer":
+            return QByteArray()
+        return self._read(self._px, x, y, w, h)
+
+    def projectionPixelData(self, x, y, w, h):
+        return self._read(self._pixels(), x, y, w, h)
+
+    def setPixelData(self, data, x, y, w, h):
+        if self._type == "grouplayer":
+            return False
+        bpp = _BPP[self.doc._depth]
+        data = bytes(data)
+        assert len(data) == w * h * bpp, "wrong size for setPixelData"
+        for j in range(h):
+            for i in range(w):
+                o = (j * w + i) * bpp
+                self._px[(x + i, y + j)] = data[o:o + bpp]
+        self.doc._pixels_written += 1
+        return True
+
+    def bounds(self):
+        bpp = _BPP[self.doc._depth]
+        pts = [k for k, v in self._pixels().items() if (v[3] if bpp == 4 else v[6] or v[7])]
+        if not pts:
+            return QRect()
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        return QRect(min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1)
+
+    def thumbnail(self, w, h):
+        # Any image that changes when the pixels change will do for the plugin.
+        img = QImage(w, h, QImage.Format_ARGB32)
+        img.fill(hash(tuple(sorted(self._pixels().items()))) & 0xFFFFFFFF)
+        return img
+
+
+class Document:
+    def __init__(self, w, h, model="RGBA", depth="U8"):
+        self._w, self._h, self._model, self._depth = w, h, model, depth
+        self._modified = False
+        self._annotations = {}
+        self._pixels_written = 0
+        self._root = Node(self, "root", "grouplayer")
+        self._active = None
+        self._file = ""
+
+    def width(self): return self._w
+    def height(self): return self._h
+    def colorModel(self): return self._model
+    def colorDepth(self): return self._depth
+    def rootNode(self): return self._root
+    def createNode(self, name, kind): return Node(self, name, kind)
+    def createGroupLayer(self, name): return Node(self, name, "grouplayer")
+    def modified(self): return self._modified
+    def setModified(self, v): self._modified = v
+    def refreshProjection(self): pass
+    def waitForDone(self): pass
+    def fileName(self): return self._file
+    def setActiveNode(self, n): self._active = n
+    def activeNode(self): return self._active
+    def annotation(self, kind): return QByteArray(self._annotations.get(kind, b""))
+
+    def setAnnotation(self, kind, description, data):
+        self._annotations[kind] = bytes(data)
+        self._modified = True
+
+
+class _Action:
+    def __init__(self, app, name):
+        self.app, self.name = app, name
+
+    def trigger(self):
+        doc = self.app._doc
+        if self.name == "add_new_paint_layer":
+            above = doc._active
+            parent = above._parent if above is not None else doc._root
+            node = Node(doc, f"Paint Layer {len(parent._children) + 1}", "paintlayer")
+            parent.addChildNode(node, above)
+            self.app.undo_stack.append(node)
+        elif self.name == "edit_undo" and self.app.undo_stack:
+            self.app.undo_stack.pop().remove()
+
+
+class _View:
+    def __init__(self, doc): self._doc = doc
+    def document(self): return self._doc
+
+
+class _Window:
+    def __init__(self, app): self.app = app
+    def activeView(self): return _View(self.app._doc) if self.app._doc else None
+
+
+class Krita:
+    _inst = None
+
+    def __init__(self):
+        self._doc = None
+        self.settings = {}
+        self.undo_stack = []
+
+    @classmethod
+    def instance(cls):
+        if cls._inst is None:
+            cls._inst = Krita()
+        return cls._inst
+
+    def version(self): return "5.2.2"
+    def addExtension(self, ext): self.extensions = getattr(self, "extensions", []) + [ext]
+    def addDockWidgetFactory(self, f): self.dockers = getattr(self, "dockers", []) + [f]
+    def activeDocument(self): return self._doc
+    def activeWindow(self): return _Window(self)
+    def action(self, name): return _Action(self, name)
+    def readSetting(self, group, key, default): return self.settings.get((group, key), default)
+    def writeSetting(self, group, key, value): self.settings[(group, key)] = value
+
+
+class Extension:
+    def __init__(self, parent=None): self.parent = parent
+
+
+class DockWidget(QDockWidget):
+    pass
+
+
+class DockWidgetFactoryBase:
+    DockRight = 2
+
+
+class DockWidgetFactory:
+    def __init__(self, *a): self.args = a
