@@ -3,10 +3,12 @@ connection, reading the document into scene updates, live mode and results.
 
 Everything runs on Krita's main thread. A 50 ms timer (plus a socket
 notifier, so frames are picked up as soon as they arrive) services the
-client without blocking; the document is scanned for changes every other
-tick (~10 Hz) with a fingerprint Krita makes cheap (cached thumbnails), and
-only changed layers are read and sent, debounced so a brush stroke does not
-flood the daemon, with at most MAX_IN_FLIGHT revisions unanswered.
+client without blocking; the document is scanned for changes on every tick
+(~20 Hz) with a fingerprint Krita makes cheap (cached thumbnails), and only
+changed layers are read and sent. The first change after a pause goes out at
+once (low latency); while a stroke goes on, changes are held until the
+artist pauses or MAX_WAIT_S passes, never closer than MIN_GAP_S, and never
+more than MAX_IN_FLIGHT revisions without a frame answering them.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from .transport import client as client_mod
 log = logging.getLogger(__name__)
 
 TICK_MS = 50
-SCAN_EVERY = 2  # ticks: ~10 Hz
 DEBOUNCE_S = 0.06  # quiet time after the last change before sending it
 MAX_WAIT_S = 0.25  # during a long stroke, send at least this often
+MIN_GAP_S = 0.1  # at most ~10 updates a second
 MAX_IN_FLIGHT = 2  # sent revisions without a frame reflecting them yet
 # Names the daemon told us it ignores for good: their pixels are not needed.
 _NO_PIXELS_NEEDED = ("automatic layer name", "marked with #", "made by the plugin", "no name")
@@ -70,6 +72,7 @@ class Controller(QObject):
         self.fps = 0.0
         self.latency_ms = 0.0
         self.timings = {"read_ms": 0.0, "write_ms": 0.0}
+        self.trace: dict = {}  # revision -> timestamps of its way through the plugin
         self._tick = 0
         self._reset_sent()
         self.timer = QTimer(self)
@@ -206,7 +209,7 @@ class Controller(QObject):
             if self.client is not None:
                 self._service()
                 self._watch_socket()
-            if self.live and self._tick % SCAN_EVERY == 0:
+            if self.live:
                 self._scan()
         except Exception as e:  # one bad tick must not kill the timer with a script error
             log.exception("SMD Live tick failed")
@@ -259,6 +262,7 @@ class Controller(QObject):
         self.changed.emit()
 
     def _on_frame(self, ev) -> None:
+        handled = time.monotonic()
         if ev.encoding == "raw":
             img = pixels.frame_image(ev.data, ev.width, ev.height, ev.channels)
         else:
@@ -277,9 +281,7 @@ class Controller(QObject):
             self.fps = 1.0 / dt if not self.fps else 0.8 * self.fps + 0.2 / max(dt, 1e-3)
         self._last_frame_t = now
         self._frame_revision = max(self._frame_revision, ev.revision)
-        sent_at = self._revision_times.get(ev.revision)
-        if sent_at is not None:
-            self.latency_ms = (now - sent_at) * 1000
+        detected = self._revision_times.pop(ev.revision, None)
         for r in [r for r in self._revision_times if r < ev.revision]:
             del self._revision_times[r]
         t0 = time.perf_counter()
@@ -290,6 +292,12 @@ class Controller(QObject):
             return
         self.timings["write_ms"] = (time.perf_counter() - t0) * 1000
         self.frame, self.frame_event = img, ev
+        if detected is not None:  # the first frame showing this revision
+            self.latency_ms = (time.monotonic() - detected) * 1000
+        trace = self.trace.get(ev.revision)
+        if trace is not None and "written" not in trace:
+            trace.update(received_wall=ev.received_at, daemon_sent_wall=ev.header.get("sent_at"),
+                         engine_ms=ev.header.get("engine_ms"), handled=handled, written=time.monotonic())
 
     # ---------------------------------------------------------- reading the document
 
@@ -306,6 +314,7 @@ class Controller(QObject):
         self._bg_dirty = True
         self._frame_revision = 0
         self._revision_times: dict = {}
+        self._last_send = 0.0
         self._last_frame_t = 0.0
 
     def scene_settings(self) -> dict:
@@ -345,7 +354,10 @@ class Controller(QObject):
             quiet = now - self._last_change >= DEBOUNCE_S
             overdue = now - self._dirty_since >= MAX_WAIT_S
             in_flight = sum(1 for r in self._revision_times if r > self._frame_revision)
-            if not (quiet or overdue) or (self.live and in_flight >= MAX_IN_FLIGHT):
+            idle = in_flight == 0 and now - self._last_send >= MIN_GAP_S
+            if self.live and in_flight >= MAX_IN_FLIGHT:
+                return
+            if not (idle or quiet or overdue) or now - self._last_send < MIN_GAP_S:
                 return
         self._send(layers, fps, order, size, force)
         self.timings["read_ms"] = (time.perf_counter() - t0) * 1000
@@ -377,7 +389,12 @@ class Controller(QObject):
                                         "strength": sset["background_strength"]}}
             rev = self.client.update_scene(out, order=order if order != self._sent_order else None,
                                            background_image=bg_image, **delta)
-        self._revision_times[rev] = self._last_change or time.monotonic()
+        self._last_send = time.monotonic()
+        self._revision_times[rev] = self._last_change or self._last_send
+        # Where the time goes, for the latency shown and docs/benchmarks.md.
+        self.trace[rev] = {"detected": self._last_change, "sent": self._last_send, "sent_wall": time.time()}
+        for r in [r for r in self.trace if r < rev - 20]:
+            del self.trace[r]
         self._sent_fp, self._sent_order, self._sent_size, self._sent_settings = dict(fps), list(order), size, sset
         self._bg_dirty = False
 

@@ -18,6 +18,11 @@ import krita  # noqa: E402  (the fake)
 from smd_krita import kritaapi, live, settings  # noqa: E402
 
 
+def pause():
+    """Long enough for a held-back change to be sent."""
+    time.sleep(max(live.DEBOUNCE_S, live.MIN_GAP_S) + 0.01)
+
+
 def bgra(b, g, r, a, n):
     return bytes((b, g, r, a)) * n
 
@@ -210,21 +215,33 @@ class Controller(unittest.TestCase):
         self.ctl._scan()
         self.assertEqual(len(self.client.calls), n, "nothing changed: nothing sent")
         self.fox.setPixelData(bgra(0, 0, 255, 255, 1), 5, 5, 1, 1)
-        self.ctl._scan()  # the change is seen but not sent while the artist is still painting
+        self.ctl._scan()  # seen, but held back: too soon after the last update
         self.assertEqual(len(self.client.calls), n)
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
         kind, layers, order, kw = self.client.calls[-1]
         self.assertEqual((kind, layers, order), ("update", [("a fox", True)], None))
+
+    def test_first_change_after_a_pause_goes_out_at_once(self):
+        self.ctl._scan(force=True)
+        self.frame(self.client.revision)
+        pause()
+        n = len(self.client.calls)
+        self.fox.setPixelData(bgra(0, 0, 255, 255, 1), 9, 9, 1, 1)
+        self.ctl._scan()
+        self.assertEqual(len(self.client.calls), n + 1)
+        self.fox.setPixelData(bgra(0, 0, 255, 255, 1), 10, 9, 1, 1)
+        self.ctl._scan()  # mid-stroke: held back
+        self.assertEqual(len(self.client.calls), n + 1)
 
     def test_in_flight_updates_are_bounded(self):
         self.ctl._scan(force=True)
         sent = len(self.client.calls)
         for i in range(6):
             self.fox.setName(f"a fox {i}")
-            time.sleep(live.DEBOUNCE_S + 0.01)
+            pause()
             self.ctl._scan()
-            time.sleep(live.DEBOUNCE_S + 0.01)
+            pause()
             self.ctl._scan()
         self.assertEqual(len(self.client.calls) - sent, live.MAX_IN_FLIGHT - 1)
         self.frame(self.client.revision)  # the daemon caught up: the newest name goes out
@@ -238,7 +255,7 @@ class Controller(unittest.TestCase):
         self.ctl._handle(SceneEvent(1, [{"name": "Background", "role": "ignored", "reason": "automatic layer name"},
                                         {"name": "a fox", "role": "region", "prompt": "a fox"}]))
         self.assertTrue(self.ctl._bg_dirty)
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
         kind, layers, order, kw = self.client.calls[-1]
         self.assertEqual(layers, [])
@@ -246,9 +263,9 @@ class Controller(unittest.TestCase):
         self.assertEqual(bg[:3], b"\xff\xff\xff", "the red fox region is not part of the canvas image")
         self.frame(self.client.revision)
         self.bg.setPixelData(bgra(0, 0, 0, 255, 1), 15, 15, 1, 1)
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
         kind, layers, order, kw = self.client.calls[-1]
         self.assertEqual(layers, [("Background", False)])
@@ -259,9 +276,9 @@ class Controller(unittest.TestCase):
         self.assertIsNotNone(kritaapi.find_preview(self.doc))
         self.ctl.set_setting("background_source", "prompt")
         self.ctl.set_setting("background_prompt", "a meadow")
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
-        time.sleep(live.DEBOUNCE_S + 0.01)
+        pause()
         self.ctl._scan()
         kw = self.client.calls[-1][-1]
         self.assertEqual(kw["background"]["prompt"], "a meadow")
