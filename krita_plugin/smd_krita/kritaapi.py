@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 from krita import Krita
-from PyQt5.QtCore import QByteArray, QRect, Qt
+from PyQt5.QtCore import QByteArray, QRect, Qt, QTimer
 from PyQt5.QtGui import QImage
 
 from . import pixels
@@ -205,13 +205,16 @@ def write_preview(doc, frame: QImage):
     node = find_preview(doc)
     root = doc.rootNode()
     children = root.childNodes()
+    moved = True
     if node is None:
         node = doc.createNode(PREVIEW_NAME, "paintlayer")
         root.addChildNode(node, children[-1] if children else None)
-    elif children and children[-1] is not None and children[-1].name() != PREVIEW_NAME:
+    elif children and children[-1].name() != PREVIEW_NAME:
         # Someone added a layer above it: move the preview back on top.
         node.remove()
         root.addChildNode(node, root.childNodes()[-1] if root.childNodes() else None)
+    else:
+        moved = False
     w, h = doc.width(), doc.height()
     if doc.colorDepth() == "U16":
         data = pixels.to_canvas_bgra16(frame, w, h)
@@ -223,8 +226,8 @@ def write_preview(doc, frame: QImage):
     if not node.visible():
         node.setVisible(True)
     doc.refreshProjection()
-    if not was_modified and doc.modified():
-        doc.setModified(False)
+    if moved:  # only layer changes touch the modified flag; an artist's edit must keep it
+        _keep_unmodified(doc, was_modified)
     return node
 
 
@@ -235,9 +238,21 @@ def remove_preview(doc) -> bool:
     was_modified = doc.modified()
     node.remove()
     doc.refreshProjection()
-    if not was_modified and doc.modified():
-        doc.setModified(False)
+    _keep_unmodified(doc, was_modified)
     return True
+
+
+def _keep_unmodified(doc, was_modified: bool) -> None:
+    """Adding or removing the preview is not an edit: leave the modified flag as it was.
+
+    Krita sets the flag through a queued signal after a layer is added or
+    removed, so it is cleared again once that signal has been delivered.
+    """
+    if was_modified:
+        return
+    if doc.modified():
+        doc.setModified(False)
+    QTimer.singleShot(0, lambda: doc.setModified(False) if doc.modified() else None)
 
 
 def apply_frame(doc, frame: QImage, name: str = RESULT_NAME):

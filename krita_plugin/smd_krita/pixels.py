@@ -6,21 +6,26 @@ frames three (RGB) or four (BGRA, Krita's order for RGBA/U8 documents).
 
 from __future__ import annotations
 
-from PyQt5.QtCore import QRectF, Qt
+from PyQt5.QtCore import QByteArray, QRectF, Qt
 from PyQt5.QtGui import QImage, QPainter
 
 
-def packed_bytes(img: QImage, bytes_per_pixel: int) -> bytes:
-    """The image's pixels without the padding Qt may add at the end of each row."""
+def packed_bytes(img: QImage, bytes_per_pixel: int, qt: bool = False):
+    """The image's pixels without the padding Qt may add at the end of each row.
+
+    ``qt=True`` gives a QByteArray, which Krita's setPixelData takes without
+    converting it again (a 16 MB copy saved per frame at 2048x2048).
+    """
     w, h = img.width(), img.height()
     row = w * bytes_per_pixel
     ptr = img.constBits()
     ptr.setsize(img.bytesPerLine() * h)
-    data = bytes(ptr)
     if img.bytesPerLine() == row:
-        return data
+        return QByteArray(ptr.asstring(row * h)) if qt else ptr.asstring(row * h)
+    data = bytes(ptr)
     bpl = img.bytesPerLine()
-    return b"".join(data[y * bpl:y * bpl + row] for y in range(h))
+    data = b"".join(data[y * bpl:y * bpl + row] for y in range(h))
+    return QByteArray(data) if qt else data
 
 
 def from_bytes(data: bytes, width: int, height: int, fmt: QImage.Format, bytes_per_pixel: int) -> QImage:
@@ -69,11 +74,11 @@ def to_canvas_bgra(img: QImage, width: int, height: int) -> bytes:
     if (img.width(), img.height()) != (width, height):
         img = img.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
     # ARGB32 is stored as B,G,R,A on little-endian machines, exactly Krita's order.
-    return packed_bytes(img.convertToFormat(QImage.Format_ARGB32), 4)
+    return packed_bytes(img.convertToFormat(QImage.Format_ARGB32), 4, qt=True)
 
 
 def to_canvas_bgra16(img: QImage, width: int, height: int) -> bytes:
     """As to_canvas_bgra for RGBA/U16 documents (B,G,R,A little-endian 16-bit)."""
     if (img.width(), img.height()) != (width, height):
         img = img.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
-    return packed_bytes(img.rgbSwapped().convertToFormat(QImage.Format_RGBA64), 8)
+    return packed_bytes(img.rgbSwapped().convertToFormat(QImage.Format_RGBA64), 8, qt=True)

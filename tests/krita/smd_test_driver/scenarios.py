@@ -186,3 +186,122 @@ def reopen(args, out):
     out["checks"]["seed_in_docker"] = seeds[0] if seeds else None
     out["checks"]["seed_in_controller"] = controller().settings["seed"]
     out["checks"]["layer_names"] = top_names(app.activeDocument())
+
+
+def _median_ms(fn, n):
+    import statistics
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def bench(args, out):
+    """Numbers for docs/benchmarks.md (run by benchmarks/bench_krita.py)."""
+    import statistics
+
+    from smd_krita import kritaapi
+    from smd_krita.transport import client as client_mod
+    from PyQt5.QtGui import QImage
+
+    app = Krita.instance()
+    c = out["checks"]
+    side, blob, out_side, n = args["side"], args["blob"], args["out"], args["repeats"]
+    doc = app.createDocument(side, side, "bench", "RGBA", "U8", "", 300.0)
+    doc.setBatchmode(True)
+    app.activeWindow().addView(doc)
+    root = doc.rootNode()
+    bg = root.childNodes()[0]
+    bg.setPixelData(_square(side, side, (200, 220, 240, 255)), 0, 0, side, side)
+    regions = []
+    for i in range(8):
+        node = doc.createNode(f"region {i} | blur: 2", "paintlayer")
+        root.addChildNode(node, root.childNodes()[-1])
+        x, y = (i % 4) * (side - blob) // 3, (i // 4) * (side - blob)
+        node.setPixelData(_square(blob, blob, (0, 0, 255, 255)), x, y, blob, blob)
+        regions.append(node)
+    doc.waitForDone()
+    yield ("document active", lambda: app.activeDocument() == doc, 10)
+    yield 0.5
+
+    def read_all():
+        layers = kritaapi.layers(doc)
+        [kritaapi.fingerprint(l) for l in layers]
+        msg = [client_mod.Layer(l.uid, l.name, kritaapi.read_alpha(doc, l, out_side, out_side), l.visible)
+               for l in layers if l.name.startswith("region")]
+        kritaapi.read_composite(doc, [l for l in layers if not l.name.startswith("region")], out_side, out_side)
+        return msg
+
+    def scan_only():
+        [kritaapi.fingerprint(l) for l in kritaapi.layers(doc)]
+
+    c["read_8_regions_ms"] = _median_ms(read_all, n)
+    c["scan_no_change_ms"] = _median_ms(scan_only, n)
+    frame = QImage(bytes(range(256)) * (out_side * out_side * 3 // 256), out_side, out_side, out_side * 3,
+                   QImage.Format_RGB888).copy()
+    kritaapi.write_preview(doc, frame)
+    c["write_frame_ms"] = _median_ms(lambda: kritaapi.write_preview(doc, frame), n)
+    from smd_krita import pixels
+    data = pixels.to_canvas_bgra(frame, side, side)
+    prev = kritaapi.find_preview(doc)
+    c["write_parts_ms"] = {"scale_convert": _median_ms(lambda: pixels.to_canvas_bgra(frame, side, side), n),
+                           "set_pixel_data": _median_ms(lambda: prev.setPixelData(data, 0, 0, side, side), n),
+                           "refresh_projection": _median_ms(doc.refreshProjection, n)}
+    kritaapi.remove_preview(doc)
+    full = _square(side, side, (0, 0, 255, 128))
+    for node in regions:
+        node.setPixelData(full, 0, 0, side, side)
+    doc.waitForDone()
+    yield 0.3
+    c["read_8_full_canvas_regions_ms"] = _median_ms(read_all, n)
+    for node in regions:  # back to blobs for the live run
+        node.setPixelData(bytes(len(full)), 0, 0, side, side)
+    for i, node in enumerate(regions):
+        x, y = (i % 4) * (side - blob) // 3, (i // 4) * (side - blob)
+        node.setPixelData(_square(blob, blob, (0, 0, 255, 255)), x, y, blob, blob)
+    doc.waitForDone()
+
+    # End to end against the daemon: setPixelData -> first preview frame showing it.
+    ctl = controller()
+    ctl.set_setting("address", args["address"])
+    ctl.set_setting("size", args["live_out"])
+    ctl.set_setting("steps", args.get("steps", 2))
+    ctl.connect_daemon()
+    yield ("connected", lambda: ctl.state == "connected", 60)
+    ctl.set_live(True)
+    yield ("first frame", lambda: ctl.frame_event is not None and ctl.frame_event.settled, 120)
+    rows = []
+    for k in range(n):
+        yield 0.4  # let the previous edit settle
+        t_edit = time.monotonic()
+        patch = 128
+        color = (0, 0, 255, 255) if k % 2 == 0 else (0, 0, 0, 0)
+        regions[0].setPixelData(_square(patch, patch, color), side // 2, side // 2, patch, patch)
+
+        def shown():
+            for rev, tr in ctl.trace.items():
+                if tr["detected"] >= t_edit and "written" in tr:
+                    return True
+            return False
+        yield ("edit shown", shown, 30)
+        tr = min((tr for tr in ctl.trace.values() if tr["detected"] >= t_edit and "written" in tr),
+                 key=lambda tr: tr["detected"])
+        daemon = (tr["daemon_sent_wall"] - tr["sent_wall"]) * 1000 if tr.get("daemon_sent_wall") else None
+        rows.append({
+            "detect": (tr["detected"] - t_edit) * 1000,
+            "read_send": (tr["sent"] - tr["detected"]) * 1000,
+            "daemon": daemon,
+            "engine_step": tr.get("engine_ms"),
+            "receive": ((tr["received_wall"] - tr["daemon_sent_wall"]) * 1000) if daemon is not None else None,
+            "write": (tr["written"] - tr["handled"]) * 1000,
+            "total": (tr["written"] - t_edit) * 1000,
+        })
+    keys = rows[0].keys()
+    c["e2e_ms"] = {k: (round(statistics.median([r[k] for r in rows]), 2) if rows[0][k] is not None else None)
+                   for k in keys}
+    c["e2e_rows"] = rows
+    c["live_read_ms"] = ctl.timings["read_ms"]
+    ctl.set_live(False)
+    yield 0.2
