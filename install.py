@@ -180,7 +180,8 @@ def restore_kritarc(text: str, change: dict, name: str = NAME) -> str:
 
 class Installer:
     def __init__(self, pykrita: Path, kritarc: Path, *, dev: bool, dry_run: bool, krita_python: str | None,
-                 out=sys.stdout):
+                 krita: Path | None = None, out=sys.stdout):
+        self.krita = krita
         self.pykrita = pykrita
         self.kritarc = kritarc
         self.dev = dev
@@ -248,7 +249,7 @@ class Installer:
 
     def _ensure_zmq(self, deps: Path) -> None:
         ver = self.krita_python
-        if ver and zmq_importable(ver):
+        if ver and zmq_importable(ver, self.krita):
             self.say(f"pyzmq: already importable by Python {ver}")
             return
         if ver is None:
@@ -314,13 +315,19 @@ class Installer:
         self.say("done")
 
 
-def zmq_importable(version: str) -> bool:
-    """Whether a system Python of that version (the one Krita uses on Linux) imports zmq."""
-    exe = shutil.which(f"python{version}")
-    if not exe or platform.system() != "Linux":
+def zmq_importable(version: str, krita: Path | None = None) -> bool:
+    """Whether the system Python that a native Linux Krita embeds imports zmq.
+
+    That Python lives beside Krita (e.g. /usr/bin/python3.11 for /usr/bin/krita);
+    bundled builds (Windows, macOS, AppImage, Flatpak) need the wheel.
+    """
+    if platform.system() != "Linux" or krita is None or not krita.is_file():
+        return False
+    exe = krita.resolve().parent / f"python{version}"
+    if not exe.exists():
         return False
     try:
-        return subprocess.run([exe, "-c", "import zmq"], capture_output=True, timeout=30).returncode == 0
+        return subprocess.run([str(exe), "-c", "import zmq"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
         if krita is not None and not args.uninstall:
             print(f"Krita: {krita}")
         inst = Installer(pykrita.absolute(), kritarc.absolute(), dev=args.dev, dry_run=args.dry_run,
-                         krita_python=args.krita_python or krita_python_version(krita, system))
+                         krita_python=args.krita_python or krita_python_version(krita, system), krita=krita)
         if args.uninstall:
             inst.uninstall()
         else:

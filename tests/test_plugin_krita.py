@@ -41,6 +41,7 @@ def fresh(home: Path, tmp_path: Path) -> Path:
 def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     home, res, result = krita_home
     assert "enable" in res.stdout and "vendor" in res.stdout
+    assert "pyzmq: already importable by Python 3." in res.stdout, res.stdout
     assert "enable_smd_krita=true" in (home / ".config/kritarc").read_text()
     pkg = home / ".local/share/krita/pykrita/smd_krita"
     for f in ("protocol.py", "client.py"):
@@ -108,6 +109,7 @@ def test_live_preview_apply_undo_reconnect_and_saved_settings(krita_home, tmp_pa
     assert roles["Background"] == "ignored"
     assert c["frame_changed_after_edit"]
     assert c["apply_added_layer"] and c["undo_removed_layer"]
+    assert c["generate_applied"]
     assert c["status_after_kill"].startswith("disconnected")
     assert c["preview_after_kill_unchanged"]
     assert c["frames_after_restart"]

@@ -173,6 +173,8 @@ class Controller(QObject):
             self.connect_daemon()
         if self.client is None:
             return
+        if not self.settings["seed_locked"]:
+            self.randomize_seed()  # an unlocked seed means a new picture each time
         self._scan(force=True)
         self.progress = "queued"
         self.client.generate(encoding="png")

@@ -166,6 +166,14 @@ class Settings(unittest.TestCase):
         self.assertEqual(live.output_size(100, 10000, 512), (64, 512))
 
 
+class Compatibility(unittest.TestCase):
+    def test_unsupported_krita_is_named_in_words(self):
+        import smd_krita
+        self.assertIsNone(smd_krita._problem("5.2.2"))
+        self.assertIn("this is Krita 6.0.0", smd_krita._problem("6.0.0"))
+        self.assertIn("this is Krita 4.4.8", smd_krita._problem("4.4.8"))
+
+
 class FakeClient:
     """Records what the controller sends; frames are fed by the test."""
 

@@ -149,6 +149,16 @@ def live(args, out):
     yield ("undo done", lambda: not any(n.startswith("SMD Result") for n in top_names(doc)), 10)
     c["undo_removed_layer"] = True
 
+    # Generate once (one-shot) and apply that result.
+    app.action("smd_generate").trigger()
+    yield ("generate result", lambda: ctl.result is not None, 90)
+    n_before = len(doc.rootNode().childNodes())
+    app.action("smd_apply").trigger()
+    yield 0.2
+    c["generate_applied"] = len(doc.rootNode().childNodes()) == n_before + 1
+    app.action("edit_undo").trigger()
+    yield ("undo generate", lambda: not any(n.startswith("SMD Result") for n in top_names(doc)), 10)
+
     # The daemon dies: "disconnected", document untouched; it comes back by itself.
     open(os.path.join(sync, "kill_daemon"), "w").close()
     yield ("disconnected", lambda: status().startswith("disconnected"), 30)
