@@ -220,9 +220,11 @@ def write_preview(doc, frame: QImage):
         data = pixels.to_canvas_bgra16(frame, w, h)
     else:
         data = pixels.to_canvas_bgra(frame, w, h)
-    node.setLocked(False)
+    # setPixelData writes into locked layers too; the lock keeps the artist's brush off it.
+    # Flags are only touched when they are wrong: each change makes Krita redraw its layer list.
     node.setPixelData(data, 0, 0, w, h)
-    node.setLocked(True)
+    if not node.locked():
+        node.setLocked(True)
     if not node.visible():
         node.setVisible(True)
     doc.refreshProjection()

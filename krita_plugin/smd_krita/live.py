@@ -396,7 +396,8 @@ class Controller(QObject):
         self._last_send = time.monotonic()
         self._revision_times[rev] = self._last_change or self._last_send
         # Where the time goes, for the latency shown and docs/benchmarks.md.
-        self.trace[rev] = {"detected": self._last_change, "sent": self._last_send, "sent_wall": time.time()}
+        self.trace[rev] = {"first_seen": self._dirty_since or self._last_send, "detected": self._last_change,
+                           "sent": self._last_send, "sent_wall": time.time()}
         for r in [r for r in self.trace if r < rev - 20]:
             del self.trace[r]
         self._sent_fp, self._sent_order, self._sent_size, self._sent_settings = dict(fps), list(order), size, sset

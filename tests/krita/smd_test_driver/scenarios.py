@@ -47,14 +47,19 @@ def _square(w, h, color_bgra):
     return bytes(color_bgra) * (w * h)
 
 
-def make_document(size):
+def new_document(size, name):
+    """A size x size RGBA/U8 document in a view, with a light blue "Background"."""
     app = Krita.instance()
-    doc = app.createDocument(size, size, "e2e", "RGBA", "U8", "", 300.0)
+    doc = app.createDocument(size, size, name, "RGBA", "U8", "", 300.0)
     doc.setBatchmode(True)
     app.activeWindow().addView(doc)
-    root = doc.rootNode()
-    bg = root.childNodes()[0]
+    bg = doc.rootNode().childNodes()[0]
     bg.setPixelData(_square(size, size, (200, 220, 240, 255)), 0, 0, size, size)
+    return doc, doc.rootNode(), bg
+
+
+def make_document(size):
+    doc, root, bg = new_document(size, "e2e")
     fox = doc.createNode("a red fox", "paintlayer")
     root.addChildNode(fox, bg)
     q = size // 2
@@ -219,12 +224,7 @@ def bench(args, out):
     app = Krita.instance()
     c = out["checks"]
     side, blob, out_side, n = args["side"], args["blob"], args["out"], args["repeats"]
-    doc = app.createDocument(side, side, "bench", "RGBA", "U8", "", 300.0)
-    doc.setBatchmode(True)
-    app.activeWindow().addView(doc)
-    root = doc.rootNode()
-    bg = root.childNodes()[0]
-    bg.setPixelData(_square(side, side, (200, 220, 240, 255)), 0, 0, side, side)
+    doc, root, _ = new_document(side, "bench")
     regions = []
     for i in range(8):
         node = doc.createNode(f"region {i} | blur: 2", "paintlayer")
@@ -292,16 +292,16 @@ def bench(args, out):
 
         def shown():
             for rev, tr in ctl.trace.items():
-                if tr["detected"] >= t_edit and "written" in tr:
+                if tr["first_seen"] >= t_edit and "written" in tr:
                     return True
             return False
         yield ("edit shown", shown, 30)
-        tr = min((tr for tr in ctl.trace.values() if tr["detected"] >= t_edit and "written" in tr),
-                 key=lambda tr: tr["detected"])
+        tr = min((tr for tr in ctl.trace.values() if tr["first_seen"] >= t_edit and "written" in tr),
+                 key=lambda tr: tr["first_seen"])
         daemon = (tr["daemon_sent_wall"] - tr["sent_wall"]) * 1000 if tr.get("daemon_sent_wall") else None
         rows.append({
-            "detect": (tr["detected"] - t_edit) * 1000,
-            "read_send": (tr["sent"] - tr["detected"]) * 1000,
+            "detect": (tr["first_seen"] - t_edit) * 1000,  # until a scan noticed the edit
+            "hold_read_send": (tr["sent"] - tr["first_seen"]) * 1000,  # throttling, reading, sending
             "daemon": daemon,
             "engine_step": tr.get("engine_ms"),
             "receive": ((tr["received_wall"] - tr["daemon_sent_wall"]) * 1000) if daemon is not None else None,
