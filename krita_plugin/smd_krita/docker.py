@@ -98,6 +98,7 @@ class SMDDocker(DockWidget):
         self.setWidget(root)
 
         self._loading = False
+        self._shown_parsed = None
         self.connect_btn.clicked.connect(self._connect)
         self.live_btn.toggled.connect(self.ctl.set_live)
         self.generate_btn.clicked.connect(self.ctl.generate)
@@ -150,16 +151,21 @@ class SMDDocker(DockWidget):
         self.status.setText(status_text(ctl))
         w, h = ctl.output_size()
         self.size_label.setText(f"{w} x {h}" if w else "no document open")
+        if ctl.parsed != self._shown_parsed:  # refresh() runs per frame: rebuild the list only on change
+            self._show_layers(ctl.parsed)
+        self.stats.setText(f"{ctl.fps:.1f} frames/s, latency {ctl.latency_ms:.0f} ms"
+                           + (f" · {ctl.progress}" if ctl.progress else ""))
+        self.error.setText(ctl.error)
+
+    def _show_layers(self, parsed):
+        self._shown_parsed = parsed
         self.regions.clear()
-        for d in ctl.parsed:
+        for d in parsed:
             if d.get("role") == "ignored" and d.get("reason") in ("automatic layer name", "made by the plugin"):
                 continue
             item = QTreeWidgetItem([d.get("name", ""), describe_layer(d)])
             item.setToolTip(1, "\n".join(d.get("warnings", [])))
             self.regions.addTopLevelItem(item)
-        self.stats.setText(f"{ctl.fps:.1f} frames/s, latency {ctl.latency_ms:.0f} ms"
-                           + (f" · {ctl.progress}" if ctl.progress else ""))
-        self.error.setText(ctl.error)
 
 
 def status_text(ctl) -> str:

@@ -295,6 +295,25 @@ class Controller(unittest.TestCase):
         self.assertIsNone(kritaapi.find_preview(self.doc))
         self.assertEqual(self.client.calls[-1], ("stop",))
 
+    def test_switching_documents_moves_the_preview_and_resends_everything(self):
+        self.ctl._scan(force=True)
+        self.frame(self.client.revision)
+        old = self.doc
+        self.assertIsNotNone(kritaapi.find_preview(old))
+        other, _ = new_doc(32, 16)
+        hidden = add(other, "a hidden cat")
+        hidden.setVisible(False)
+        hidden.setLocked(True)
+        self.ctl._follow_document()
+        self.assertIsNone(kritaapi.find_preview(old))
+        self.ctl.settings["size"] = 128
+        self.assertEqual(self.ctl.output_size(), (128, 64))
+        self.ctl._scan()
+        kind, layers, kw = self.client.calls[-1]
+        self.assertEqual(kind, "full")
+        self.assertEqual(layers, [("Background", True), ("a hidden cat", False)])
+        self.assertTrue(hidden.locked())  # read, never changed
+
     def test_no_document(self):
         krita.Krita.instance()._doc = None
         self.ctl._follow_document()

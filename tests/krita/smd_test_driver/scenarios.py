@@ -200,6 +200,7 @@ def reopen(args, out):
     seeds = [sb.value() for sb in docker().findChildren(QSpinBox) if sb.maximum() == 2**31 - 1]
     out["checks"]["seed_in_docker"] = seeds[0] if seeds else None
     out["checks"]["seed_in_controller"] = controller().settings["seed"]
+    out["checks"]["address"] = docker().findChild(QLineEdit).text()
     out["checks"]["layer_names"] = top_names(app.activeDocument())
 
 
