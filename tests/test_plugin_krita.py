@@ -112,7 +112,8 @@ def test_live_preview_apply_undo_reconnect_and_saved_settings(krita_home, tmp_pa
     assert c["apply_added_layer"] and c["undo_removed_layer"], why
     assert c["generate_applied"], why
     assert c["status_after_kill"].startswith("disconnected"), why
-    assert c["preview_after_kill_unchanged"], why
+    assert c["preview_is_last_frame"] and c["preview_after_kill_unchanged"], why
+    assert c["layers_after_kill_unchanged"], why
     assert c["frames_after_restart"], why
     assert c["preview_removed"], why
     assert c["artist_layers_unchanged"], why

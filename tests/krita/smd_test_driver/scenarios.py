@@ -168,8 +168,12 @@ def live(args, out):
     open(os.path.join(sync, "kill_daemon"), "w").close()
     yield ("disconnected", lambda: status().startswith("disconnected"), 30)
     c["status_after_kill"] = status()
-    yield 0.5
-    c["preview_after_kill_unchanged"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
+    shown = bytes(preview.pixelData(0, 0, size, size))
+    c["preview_is_last_frame"] = shown == rgb_to_bgra(ctl.frame_event.data)
+    names = top_names(doc)
+    yield 1.0  # disconnected for a while: nothing in the document changes
+    c["preview_after_kill_unchanged"] = bytes(preview.pixelData(0, 0, size, size)) == shown
+    c["layers_after_kill_unchanged"] = top_names(doc) == names and snapshot(doc, artist) == before
     open(os.path.join(sync, "restart_daemon"), "w").close()
     seq = ctl.frame_event.seq
     frames_before = id(ctl.frame_event)
