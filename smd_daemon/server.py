@@ -483,6 +483,7 @@ class Server:
             if s.latest is None or s.closed or s.seq - s.acked >= self.limits.frame_window:
                 return
             (frame, engine_ms, batch), s.latest = s.latest, None
+            steps = int(getattr(s.stream, "steps_in_flight", 0) or 0)
             s.seq += 1
             seq = s.seq
             live, encoding, quality = s.live, s.encoding, s.quality
@@ -493,8 +494,8 @@ class Server:
         data = encode_frame(frame.image, encoding, quality)
         h, w = frame.image.shape[:2]
         self._send(s.identity, "frame", [data], seq=seq, revision=int(frame.revision), settled=bool(frame.settled),
-                   index=int(frame.index), width=w, height=h, encoding=encoding, channels=3, part=0,
-                   engine_ms=round(engine_ms, 3), batch=batch,
+                   index=int(frame.index), steps_in_flight=steps, width=w, height=h, encoding=encoding, channels=3,
+                   part=0, engine_ms=round(engine_ms, 3), batch=batch,
                    encode_ms=round((time.perf_counter() - t0) * 1000, 3), sent_at=time.time())
 
     # --- receiving ------------------------------------------------------------
@@ -769,6 +770,10 @@ class Server:
                 background_strength=bg.get("strength", 0.0), seed=settings.get("seed", 0),
                 steps=settings.get("steps", 4),
                 **{k: settings[k] for k in ("guidance_scale", "mask_mode") if k in settings})
+            for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
+                if len(text) > lim.max_prompt_chars:
+                    raise ProtocolError(ErrorCode.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
+                                                             f"{lim.max_prompt_chars} allowed ({text[:40]!r}...)")
             if len(scene.regions) > lim.max_regions:
                 raise ProtocolError(ErrorCode.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most "
                                                                 f"{lim.max_regions} allowed")
@@ -800,6 +805,8 @@ OPTIONS = {
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
     "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
+    "max_message_mb": (float, Limits.max_message_bytes / 2**20, "largest message part accepted, in MiB"),
+    "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
 }
 
 
@@ -834,9 +841,14 @@ def run(args) -> int:
     if opts.get("log_level"):
         logging.getLogger().setLevel(opts["log_level"].upper())
     limits = Limits(max_sessions=opts["max_sessions"], max_fps=opts["max_fps"],
-                    heartbeat_timeout=opts["heartbeat_timeout"])
-    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600:
-        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s")
+                    heartbeat_timeout=opts["heartbeat_timeout"],
+                    max_message_bytes=int(opts["max_message_mb"] * 2**20))
+    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600 \
+            or not 2**16 <= limits.max_message_bytes <= 2**32:
+        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
+                         "max-message-mb in [0.0625, 4096]")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise UsageError("threads must be >= 1")
     bind = opts["bind"]
     if not bind.startswith(("tcp://", "ipc://")):
         raise UsageError(f"bind address {bind!r} must look like tcp://HOST:PORT or ipc://PATH")
@@ -850,8 +862,13 @@ def run(args) -> int:
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
+    import torch
+
     from smd_daemon.engine.core import Engine
     from smd_daemon.engine.models import load_model
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
 
     log.info("loading model %s ...", opts["model"])
     t0 = time.perf_counter()
