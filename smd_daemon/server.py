@@ -45,6 +45,7 @@ class Limits:
     """What one daemon allows; sent to every client in the handshake."""
 
     max_sessions: int = 8
+    max_clients: int = 128  # handshaken connections, with or without a session
     max_layers: int = 64  # layers per scene, regions or not
     max_regions: int = scene_limits.MAX_REGIONS
     min_side: int = scene_limits.MIN_SIDE
@@ -564,7 +565,7 @@ class Server:
                 raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol {msg.header['protocol']} is not supported; "
                                                            f"this daemon speaks {protocol.PROTOCOL_VERSION}")
             if peer is None:
-                if len(self.peers) >= 4 * self.limits.max_sessions:
+                if len(self.peers) >= self.limits.max_clients:
                     raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
                 peer = self.peers[identity] = Peer(identity, now, tokens=2 * self.limits.max_requests_per_s,
                                                    refilled=now)
