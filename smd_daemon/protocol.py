@@ -55,7 +55,6 @@ class ErrorCode:
     BUSY = "busy"  # no free session, or too many jobs queued
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
-    SHUTTING_DOWN = "shutting_down"
 
 
 class ProtocolError(ValueError):

@@ -798,7 +798,7 @@ class Server:
 OPTIONS = {
     # name: (type, default, help)
     "model": (str, "tiny", "model: a preset (tiny, random-sd15), a local diffusers folder or file"),
-    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on (loopback by default)"),
+    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "device": (str, None, "torch device (default: cuda if available, else cpu)"),
