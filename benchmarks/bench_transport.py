@@ -30,25 +30,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def painting(side: int):
+def test_image(side: int, kind: str = "painting"):
     import numpy as np
 
     rng = np.random.default_rng(0)
+    if kind == "noise":  # worst case for compression (what random-weight models draw)
+        return rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
     img = np.stack([0.5 + 0.4 * np.sin(3 * x + 1), 0.4 + 0.3 * y, 0.6 - 0.4 * x * y], -1)
     for _ in range(12):  # soft blobs of colour, like painted regions
         cx, cy, r = rng.random(3) * [1, 1, 0.3] + [0, 0, 0.05]
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))[..., None]
         img = img * (1 - blob) + blob * rng.random(3)
-    img += rng.normal(0, 0.015, img.shape)  # grain and texture
+    # Brush-like texture at several scales, then grain.
+    for f in (12, 40, 110):
+        img += 0.04 * np.sin(f * x + 2 * np.sin(f * y / 3))[..., None] * rng.random(3)
+    img += rng.normal(0, 0.02, img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 class StillEngine:
     """Returns the same frame at once: the engine costs nothing, only the daemon is measured."""
 
-    def __init__(self, side: int):
-        self.image = painting(side)
+    def __init__(self, side: int, kind: str):
+        self.image = test_image(side, kind)
 
     def open_stream(self, scene, revision=0):
         return _StillStream(self, revision)
@@ -73,10 +78,10 @@ class _StillStream:
         return StreamFrame(self.engine.image, self.index, self.revision, True)
 
 
-def serve_still(port: int, side: int) -> None:
+def serve_still(port: int, side: int, kind: str) -> None:
     from smd_daemon.server import Limits, Server
 
-    srv = Server(StillEngine(side), {"name": "still"}, f"tcp://127.0.0.1:{port}", Limits(max_fps=1000))
+    srv = Server(StillEngine(side, kind), {"name": "still"}, f"tcp://127.0.0.1:{port}", Limits(max_fps=1000))
     srv.start()
     print("serving", flush=True)
     try:
@@ -138,20 +143,20 @@ def stream(address: str, side: int, encoding: str, seconds: float, quality: int 
             "engine": med(engine), "interval": med(intervals) if intervals else float("nan"), "frames": len(lat)}
 
 
-def transport(sides, encodings, seconds):
+def transport(sides, encodings, seconds, kind):
     print("| frame | encoding | frames/s | added latency ms (encode + send→pixels) | encode ms | decode ms | "
           "size KB |")
     print("|---|---|---|---|---|---|---|")
     for side in sides:
         port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT)
-        proc = subprocess.Popen([sys.executable, __file__, "--serve-still", str(port), str(side)], env=env,
+        proc = subprocess.Popen([sys.executable, __file__, "--serve-still", str(port), str(side), "--image", kind], env=env,
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "serving"
             for enc in encodings:
                 r = stream(f"tcp://127.0.0.1:{port}", side, enc, seconds)
-                print(f"| {side}² | {enc} | {r['fps']:.0f} | {r['latency']:.2f} | {r['encode']:.2f} | "
+                print(f"| {side}² {kind} | {enc} | {r['fps']:.0f} | {r['latency']:.2f} | {r['encode']:.2f} | "
                       f"{r['decode']:.2f} | {r['size'] / 1000:.1f} |", flush=True)
         finally:
             proc.terminate()
@@ -190,13 +195,15 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--skip-transport", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--image", choices=["painting", "noise"], default="painting",
+                   help="the still frame: painting-like (default) or uniform noise (worst case for compression)")
     p.add_argument("--serve-still", nargs=2, type=int, metavar=("PORT", "SIDE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_still:
-        serve_still(*args.serve_still)
+        serve_still(*args.serve_still, args.image)
         return
     if not args.skip_transport:
-        transport(args.sides, args.encodings, args.seconds)
+        transport(args.sides, args.encodings, args.seconds, args.image)
         print()
     if not args.skip_overhead:
         overhead(args.model, args.engine_side, args.seconds, args.device, args.threads)

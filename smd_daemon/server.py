@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
 import io
 import itertools
@@ -100,6 +101,7 @@ class Session:
     acked: int = 0
     jobs: collections.deque = field(default_factory=collections.deque)
     closed: bool = False
+    encoding_busy: bool = False  # a compressed frame is being encoded (I/O thread)
     stream: object = None  # GPU thread only
 
 
@@ -128,7 +130,7 @@ def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
     elif encoding == "jpeg":
         im.save(buf, "JPEG", quality=quality)
     else:
-        im.save(buf, "WEBP", quality=quality, method=2)
+        im.save(buf, "WEBP", quality=quality, method=1)
     return buf.getvalue()
 
 
@@ -317,6 +319,7 @@ class Server:
         self._unknown_tokens = 100.0
         self._unknown_refilled = time.monotonic()
         self._thread_wake = threading.local()
+        self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.sock = None
 
     # The GPU thread talks to the I/O thread through these two.
@@ -431,6 +434,7 @@ class Server:
                 self._send(identity, "bye", reason="daemon shutting down")
         if getattr(self, "gpu", None) is not None:
             self.gpu.join(timeout=30)
+        self._encoders.shutdown(wait=True, cancel_futures=True)
         if self.sock is not None:
             self.sock.close(linger=500)
             self.wake_sock.close(linger=0)
@@ -470,34 +474,64 @@ class Server:
                 self._send(s.identity, "live", active=payload[0])
             elif kind == "result":
                 job, image, engine_ms = payload
-                data = encode_frame(image, job.encoding, job.quality)
                 h, w = image.shape[:2]
-                self._send(s.identity, "result", [data], job=job.id, revision=job.revision, width=w, height=h,
-                           encoding=job.encoding, channels=3, part=0, engine_ms=round(engine_ms, 3),
-                           sent_at=time.time())
+                self._send_image(s, "result", image, job.encoding, job.quality,
+                                 dict(job=job.id, revision=job.revision, width=w, height=h, encoding=job.encoding,
+                                      channels=3, part=0, engine_ms=round(engine_ms, 3)))
+            elif kind == "encoded":
+                type_, data, encode_ms, fields = payload
+                if type_ == "frame":
+                    s.encoding_busy = False
+                self._send(s.identity, type_, [data], encode_ms=encode_ms, sent_at=time.time(), **fields)
         for s in list(self.sessions.values()):
             self._deliver(s)
+
+    def _send_image(self, s: Session, type_: str, image: np.ndarray, encoding: str, quality: int,
+                    fields: dict) -> None:
+        """Encode and send a frame or result; compression runs on the encoder
+        threads (Pillow releases the GIL), so it never holds up other clients."""
+        if encoding == "raw":
+            t0 = time.perf_counter()
+            data = encode_frame(image, "raw", quality)
+            self._send(s.identity, type_, [data], encode_ms=round((time.perf_counter() - t0) * 1000, 3),
+                       sent_at=time.time(), **fields)
+            return
+        if type_ == "frame":
+            s.encoding_busy = True  # one at a time per session keeps its frames in order
+
+        def work():
+            t0 = time.perf_counter()
+            try:
+                data = encode_frame(image, encoding, quality)
+            except Exception as e:  # Pillow failures: this client only
+                log.error("could not encode a %s %s: %s", encoding, type_, e)
+                s.encoding_busy = False
+                self.post(s, "error", ErrorCode.ENGINE_ERROR, f"could not encode the {type_} as {encoding}: {e}",
+                          {"job": fields["job"]} if "job" in fields else {})
+                return
+            self.post(s, "encoded", type_, data, round((time.perf_counter() - t0) * 1000, 3), fields)
+
+        self._encoders.submit(work)
 
     def _deliver(self, s: Session) -> None:
         """Send the newest live frame if the client's window has room (latest frame wins)."""
         with self.cv:
-            if s.latest is None or s.closed or s.seq - s.acked >= self.limits.frame_window:
+            if s.latest is None or s.closed or s.encoding_busy or s.seq - s.acked >= self.limits.frame_window:
+                return
+            if not s.live:
+                s.latest = None
                 return
             (frame, engine_ms, batch), s.latest = s.latest, None
             steps = int(getattr(s.stream, "steps_in_flight", 0) or 0)
             s.seq += 1
             seq = s.seq
-            live, encoding, quality = s.live, s.encoding, s.quality
+            encoding, quality = s.encoding, s.quality
             self.cv.notify()  # this session may be stepped again
-        if not live:
-            return
-        t0 = time.perf_counter()
-        data = encode_frame(frame.image, encoding, quality)
         h, w = frame.image.shape[:2]
-        self._send(s.identity, "frame", [data], seq=seq, revision=int(frame.revision), settled=bool(frame.settled),
-                   index=int(frame.index), steps_in_flight=steps, width=w, height=h, encoding=encoding, channels=3,
-                   part=0, engine_ms=round(engine_ms, 3), batch=batch,
-                   encode_ms=round((time.perf_counter() - t0) * 1000, 3), sent_at=time.time())
+        self._send_image(s, "frame", frame.image, encoding, quality,
+                         dict(seq=seq, revision=int(frame.revision), settled=bool(frame.settled),
+                              index=int(frame.index), steps_in_flight=steps, width=w, height=h, encoding=encoding,
+                              channels=3, part=0, engine_ms=round(engine_ms, 3), batch=batch))
 
     # --- receiving ------------------------------------------------------------
 

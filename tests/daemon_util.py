@@ -57,15 +57,15 @@ class Daemon:
         with open(self.log.name) as f:
             return f.read()
 
-    def stop(self, timeout: float = 30) -> int:
+    def stop(self, timeout: float = 30, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"daemon ignored SIGTERM:\n{self.text()}")
+                raise AssertionError(f"daemon ignored signal {sig}:\n{self.text()}")
         return self.proc.returncode
 
     def close(self) -> None:

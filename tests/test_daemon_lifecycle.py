@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
             assert frame is not None and frame.revision == rev
             client.close()
             client = None
-            assert second.stop() == 0
+            assert second.stop(sig=signal.SIGINT) == 0  # Ctrl+C is as clean as SIGTERM
+            assert "SIGINT received" in second.text()
         finally:
             second.close()
     finally:
