@@ -477,6 +477,10 @@ class Client:
                 self._retry_at, self._hello_at = float("inf"), None
                 return
             self.info = h
+            # Ping often enough for this daemon's timeout, whatever we were told.
+            timeout = h["limits"].get("heartbeat_timeout")
+            if isinstance(timeout, (int, float)) and timeout > 0:
+                self.heartbeat_interval = min(self.heartbeat_interval, timeout / 3)
             if not self._open_sent:  # one open per handshake, however many welcomes arrive
                 self._open_sent = self._send("open")
         elif t == "opened":

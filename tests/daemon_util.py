@@ -90,6 +90,7 @@ class Raw:
     def __init__(self, address: str, ctx: zmq.Context | None = None, **sockopts):
         self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, 5000)  # a refused connection must fail the test, not hang it
         for k, v in sockopts.items():
             setattr(self.sock, k, v)
         self.sock.connect(address)
@@ -129,8 +130,8 @@ class Raw:
     def close(self) -> None:
         # Free the session now rather than at the heartbeat timeout, so
         # tests do not use up the daemon's sessions.
-        try:
-            self.send("close")
+        try:  # without blocking: a socket the daemon refused has nowhere to send
+            self.sock.send_multipart(protocol.encode("close"), flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         self.sock.close(linger=100)
