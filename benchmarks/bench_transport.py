@@ -115,7 +115,7 @@ def stream(address: str, side: int, encoding: str, seconds: float, quality: int 
     for _ in range(10):  # warm up
         c.wait_for(lambda e: isinstance(e, FrameEvent), 60)
     lat, decode, sizes, encode, engine, intervals = [], [], [], [], [], []
-    start_seq, t0, last_t = None, time.perf_counter(), None
+    start_seq, last_seq, t0, last_t = None, None, time.perf_counter(), None
     end = t0 + seconds
     while time.perf_counter() < end:
         for ev in c.poll(timeout_ms=5):
@@ -150,8 +150,8 @@ def transport(sides, encodings, seconds, kind):
     for side in sides:
         port = free_port()
         env = dict(os.environ, PYTHONPATH=ROOT)
-        proc = subprocess.Popen([sys.executable, __file__, "--serve-still", str(port), str(side), "--image", kind], env=env,
-                                stdout=subprocess.PIPE, text=True)
+        cmd = [sys.executable, __file__, "--serve-still", str(port), str(side), "--image", kind]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "serving"
             for enc in encodings:

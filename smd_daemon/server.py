@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import io
 import itertools
+import json
 import logging
 import os
 import signal
@@ -28,12 +29,20 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import zmq
+from PIL import Image, UnidentifiedImageError, features
+from zmq.auth import load_certificate
+from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon import __version__, protocol
 from smd_daemon.cli import UsageError
+from smd_daemon.config import load_config
 from smd_daemon.engine import scene as scene_limits
+from smd_daemon.engine.core import Cancelled, Engine
+from smd_daemon.engine.models import load_model
 from smd_daemon.engine.scene import SceneError
+from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("smd_daemon.server")
@@ -105,13 +114,27 @@ class Session:
     stream: object = None  # GPU thread only
 
 
+class TokenBucket:
+    """At most ``rate`` requests per second on average, bursts of twice that."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.refilled = rate, 2 * rate, time.monotonic()
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @dataclass
 class Peer:
     identity: bytes
     last_seen: float
+    bucket: TokenBucket
     session: Session | None = None
-    tokens: float = 0.0
-    refilled: float = 0.0
     warned_at: float = 0.0
 
 
@@ -121,8 +144,6 @@ def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
     """An HxWx3 uint8 frame as bytes in the requested encoding."""
     if encoding == "raw":
         return np.ascontiguousarray(image).tobytes()
-    from PIL import Image
-
     buf = io.BytesIO()
     im = Image.fromarray(image)
     if encoding == "png":
@@ -155,16 +176,13 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
                 raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(raw)} bytes, expected {width}x{height}"
                                                          f"x{channels} = {expected}")
         return np.frombuffer(raw, np.uint8).reshape(shape).copy()
-    from PIL import Image, UnidentifiedImageError
-
     try:
         im = Image.open(io.BytesIO(data))
         # Check the size from the file header before decoding any pixels.
         if im.size != (width, height):
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, "
                                                      f"expected {width}x{height}")
-        if im.format is None or im.format.lower() not in ({"jpeg": "jpeg", "png": "png", "webp": "webp"}[encoding],
-                                                          "mpo"):
+        if im.format not in {"jpeg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}[encoding]:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: data is {im.format}, not {encoding}")
         im = im.convert("L" if channels == 1 else "RGB")
     except ProtocolError:
@@ -192,7 +210,8 @@ class GpuLoop(threading.Thread):
                 now = time.monotonic()
                 updates, ready, job, wait = [], [], None, 0.1
                 for s in list(srv.sessions.values()):
-                    if s.pending_scene is not None:
+                    # Streams are opened only for live sessions: generate alone needs none.
+                    if s.pending_scene is not None and (s.live or s.stream is not None):
                         updates.append((s, s.pending_scene))
                         s.pending_scene = None
                     if s.live and s.latest is None and (s.stream is not None or updates and updates[-1][0] is s):
@@ -205,7 +224,8 @@ class GpuLoop(threading.Thread):
                     srv.cv.wait(wait)
                     continue
             for s, (scene, revision) in updates:
-                self._apply(s, scene, revision)
+                if not s.closed:
+                    self._apply(s, scene, revision)
             ready = [s for s in ready if s.stream is not None and not s.closed]
             if ready:
                 self._step(ready)
@@ -262,9 +282,9 @@ class GpuLoop(threading.Thread):
         t0 = time.perf_counter()
         try:
             if job.cancelled or s.closed:
-                raise self._cancelled_type()
+                raise Cancelled()
             image = self.engine.generate(job.scene, progress=progress, cancel=lambda: job.cancelled or s.closed)
-        except self._cancelled_type():
+        except Cancelled:
             self.server.post(s, "cancelled", job.id)
         except SceneError as e:
             self.server.post(s, "error", ErrorCode.BAD_SCENE, str(e), {"job": job.id})
@@ -276,12 +296,6 @@ class GpuLoop(threading.Thread):
             with self.server.cv:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
-
-    @staticmethod
-    def _cancelled_type():
-        from smd_daemon.engine.core import Cancelled
-
-        return Cancelled
 
     def _failed(self, s: Session, e: Exception, job: Job | None = None) -> None:
         log.error("engine failed for session %s: %s: %s", s.id[:8], type(e).__name__, e)
@@ -316,8 +330,7 @@ class Server:
         self._wake_addr = f"inproc://wake-{uuid.uuid4().hex}"
         self._auth = None
         self._jobs = itertools.count(1)
-        self._unknown_tokens = 100.0
-        self._unknown_refilled = time.monotonic()
+        self._unknown_bucket = TokenBucket(self.limits.max_requests_per_s)  # shared by peers before hello
         self._thread_wake = threading.local()
         self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.sock = None
@@ -340,8 +353,6 @@ class Server:
             pass  # a wake-up is already pending
 
     def capabilities(self) -> dict:
-        from PIL import features
-
         encodings = ["raw", "png", "jpeg"] + (["webp"] if features.check("webp") else [])
         return {"frame_encodings": encodings, "plane_encodings": list(protocol.PLANE_ENCODINGS),
                 "image_encodings": ["raw", "zlib"] + encodings[1:], "partial_updates": True,
@@ -370,9 +381,6 @@ class Server:
         self.gpu.start()
 
     def _setup_curve(self, sock) -> None:
-        from zmq.auth import load_certificate
-        from zmq.auth.thread import ThreadAuthenticator
-
         secret_file = os.path.join(self.keys_dir, "server.key_secret")
         allowed = os.path.join(self.keys_dir, "authorized")
         if not os.path.isfile(secret_file):
@@ -535,23 +543,6 @@ class Server:
 
     # --- receiving ------------------------------------------------------------
 
-    def _allow(self, peer: Peer | None, now: float) -> bool:
-        """Token bucket per client (and one shared by unknown peers)."""
-        rate = self.limits.max_requests_per_s
-        if peer is None:
-            self._unknown_tokens = min(2 * rate, self._unknown_tokens + (now - self._unknown_refilled) * rate)
-            self._unknown_refilled = now
-            if self._unknown_tokens < 1:
-                return False
-            self._unknown_tokens -= 1
-            return True
-        peer.tokens = min(2 * rate, peer.tokens + (now - peer.refilled) * rate)
-        peer.refilled = now
-        if peer.tokens < 1:
-            return False
-        peer.tokens -= 1
-        return True
-
     def _on_message(self, frames) -> None:
         if len(frames) < 2:
             log.warning("dropped a message with no header")
@@ -559,7 +550,7 @@ class Server:
         identity = frames[0].bytes
         now = time.monotonic()
         peer = self.peers.get(identity)
-        if not self._allow(peer, now):
+        if not (peer.bucket if peer is not None else self._unknown_bucket).allow(now):
             if peer is not None and now - peer.warned_at > 1.0:
                 peer.warned_at = now
                 self._error(identity, ErrorCode.RATE_LIMITED,
@@ -585,11 +576,10 @@ class Server:
 
     @staticmethod
     def _header_id(frame):
+        """The request id of a message that failed its checks, if it can be read at all."""
         try:
-            import json
-
             return protocol.request_id(json.loads(frame.bytes[:protocol.MAX_HEADER_BYTES]))
-        except Exception:
+        except (ValueError, RecursionError):
             return None
 
     def _dispatch(self, identity: bytes, peer: Peer | None, msg, rid, now: float) -> None:
@@ -601,8 +591,7 @@ class Server:
             if peer is None:
                 if len(self.peers) >= self.limits.max_clients:
                     raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
-                peer = self.peers[identity] = Peer(identity, now, tokens=2 * self.limits.max_requests_per_s,
-                                                   refilled=now)
+                peer = self.peers[identity] = Peer(identity, now, TokenBucket(self.limits.max_requests_per_s))
                 log.info("client %s (%s) connected", identity.hex()[:8], msg.header.get("client", "?"))
             self._send(identity, "welcome", re=rid, protocol=protocol.PROTOCOL_VERSION,
                        daemon={"name": "smd-daemon", "version": __version__}, model=self.model_info,
@@ -726,8 +715,6 @@ class Server:
 
     def _update(self, s: Session, msg, rid) -> None:
         """Apply a full or partial update, all or nothing; reply with how each layer was read."""
-        from smd_daemon.grammar import LayerInput, build_scene
-
         h = msg.header
         lim = self.limits
         revision = h["revision"]
@@ -860,8 +847,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve_options(args) -> dict:
     """Flags, then the config file, then defaults."""
-    from smd_daemon.config import load_config
-
     config = load_config(args.config, {**OPTIONS, "log_level": (str, None, "")}) if args.config else {}
     out = {}
     for name, (_, default, _) in OPTIONS.items():
@@ -896,11 +881,6 @@ def run(args) -> int:
                         "can use this GPU and see the frames", bind)
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
-
-    import torch
-
-    from smd_daemon.engine.core import Engine
-    from smd_daemon.engine.models import load_model
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])

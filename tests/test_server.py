@@ -7,13 +7,11 @@ import io
 import time
 
 import pytest
-import zmq
 from PIL import Image
 
 from daemon_util import Daemon, Raw, S, connect, half_mask
 from smd_daemon import protocol
-from smd_daemon.client import (CancelledEvent, ErrorEvent, FrameEvent, Layer, ProgressEvent, SceneEvent,
-                               StateEvent)
+from smd_daemon.client import CancelledEvent, ErrorEvent, FrameEvent, Layer, ProgressEvent, SceneEvent
 
 E = protocol.ErrorCode
 
