@@ -55,6 +55,7 @@ class ErrorCode:
     BUSY = "busy"  # no free session, or too many jobs queued
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
+    INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
 
 
 class ProtocolError(ValueError):

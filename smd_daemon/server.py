@@ -204,33 +204,41 @@ class GpuLoop(threading.Thread):
         self._job_turn = 0
 
     def run(self) -> None:
+        while not self.server.stopping.is_set():
+            try:
+                self._round()
+            except Exception:  # a bug must not silently stop every stream
+                log.exception("GPU loop error; continuing")
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        """One round: apply pending scenes, step every ready stream once, run one job."""
         srv = self.server
-        while not srv.stopping.is_set():
-            with srv.cv:
-                now = time.monotonic()
-                updates, ready, job, wait = [], [], None, 0.1
-                for s in list(srv.sessions.values()):
-                    # Streams are opened only for live sessions: generate alone needs none.
-                    if s.pending_scene is not None and (s.live or s.stream is not None):
-                        updates.append((s, s.pending_scene))
-                        s.pending_scene = None
-                    if s.live and s.latest is None and (s.stream is not None or updates and updates[-1][0] is s):
-                        if now >= s.next_step_at:
-                            ready.append(s)
-                        else:
-                            wait = min(wait, s.next_step_at - now)
-                job = self._next_job()
-                if not (updates or ready or job):
-                    srv.cv.wait(wait)
-                    continue
-            for s, (scene, revision) in updates:
-                if not s.closed:
-                    self._apply(s, scene, revision)
-            ready = [s for s in ready if s.stream is not None and not s.closed]
-            if ready:
-                self._step(ready)
-            if job is not None:
-                self._generate(*job)
+        with srv.cv:
+            now = time.monotonic()
+            updates, ready, job, wait = [], [], None, 0.1
+            for s in list(srv.sessions.values()):
+                # Streams are opened only for live sessions: generate alone needs none.
+                if s.pending_scene is not None and (s.live or s.stream is not None):
+                    updates.append((s, s.pending_scene))
+                    s.pending_scene = None
+                if s.live and s.latest is None and (s.stream is not None or updates and updates[-1][0] is s):
+                    if now >= s.next_step_at:
+                        ready.append(s)
+                    else:
+                        wait = min(wait, s.next_step_at - now)
+            job = self._next_job()
+            if not (updates or ready or job):
+                srv.cv.wait(wait)
+                return
+        for s, (scene, revision) in updates:
+            if not s.closed:
+                self._apply(s, scene, revision)
+        ready = [s for s in ready if s.stream is not None and not s.closed]
+        if ready:
+            self._step(ready)
+        if job is not None:
+            self._generate(*job)
 
     def _next_job(self):
         """The next queued job, taking sessions in turn (called under the lock)."""
@@ -573,6 +581,9 @@ class Server:
         except ProtocolError as e:
             extra = {"revision": msg.header["revision"]} if msg.type == "update" else {}
             self._error(identity, e.code, e.message, rid, **extra)
+        except Exception as e:  # a bug must cost one request, not the daemon
+            log.exception("internal error handling %s", msg.type)
+            self._error(identity, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}", rid)
 
     @staticmethod
     def _header_id(frame):

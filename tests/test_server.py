@@ -155,6 +155,21 @@ def test_two_clients_stream_at_once(daemon):
             for name, c in (("a", a), ("b", b)):
                 got[name] += sum(isinstance(e, FrameEvent) for e in c.poll(timeout_ms=10))
         assert min(got.values()) >= 3, got
+        # The busiest client (streaming and keeping its job queue full) does not starve the other.
+        pending, done, b_seqs = set(), 0, []
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            while len(pending) < 3:
+                pending.add(a.generate("jpeg", steps=2))
+            for e in a.poll(timeout_ms=5):
+                if isinstance(e, (FrameEvent, ErrorEvent, CancelledEvent)) and getattr(e, "job", None) in pending:
+                    pending.discard(e.job)
+                    done += isinstance(e, FrameEvent)
+                elif isinstance(e, ErrorEvent) and e.re in pending:
+                    pending.discard(e.re)
+            b_seqs += [e.seq for e in b.poll(timeout_ms=5) if isinstance(e, FrameEvent)]
+        assert done >= 3, done
+        assert len(b_seqs) >= 2 and b_seqs[-1] - b_seqs[0] >= 5, b_seqs
     finally:
         a.close()
         b.close()
@@ -297,6 +312,52 @@ def test_bad_request_gets_error_and_daemon_keeps_serving(daemon, client, frames,
         # The same connection still works, and so does everyone else.
         raw.send("hello", protocol=protocol.PROTOCOL_VERSION)
         raw.expect("welcome")
+    finally:
+        raw.close()
+    fox_scene(client)
+    assert client.wait_for(lambda e: isinstance(e, SceneEvent), 10) is not None
+
+
+JUNK = [None, -1, 0, 1e308, -1e308, "x", "", [], {}, True, 2**64, "a" * 5000, [1, "b"], {"part": 0}, 3.5, 65]
+
+
+def _mutate(fields: dict, rng) -> None:
+    value = rng.choice(JUNK)
+    where = rng.choice(["top", "layer", "alpha", "background"])
+    layer = fields["layers"][0] if isinstance(fields.get("layers"), list) and fields["layers"] \
+        and isinstance(fields["layers"][0], dict) else None
+    if where == "top":
+        fields[rng.choice(["revision", "full", "width", "height", "seed", "steps", "guidance_scale", "mask_mode",
+                           "negative_prompt", "layers", "order", "background"])] = value
+    elif where == "layer" and layer is not None:
+        layer[rng.choice(["key", "name", "visible", "alpha"])] = value
+    elif where == "alpha" and layer is not None and isinstance(layer.get("alpha"), dict):
+        layer["alpha"][rng.choice(["part", "encoding"])] = value
+    else:
+        fields["background"] = {rng.choice(["prompt", "negative_prompt", "strength", "image"]): value}
+
+
+def test_random_malformed_updates_each_get_one_reply_and_break_nothing(daemon, client):
+    import json
+    import random
+
+    rng = random.Random(3)
+    raw = Raw(daemon.address)
+    n = 150
+    try:
+        raw.handshake()
+        for i in range(n):
+            fields = json.loads(json.dumps(_update(revision=i + 1)))
+            for _ in range(rng.randint(1, 3)):
+                _mutate(fields, rng)
+            raw.send("update", [half_mask()] * rng.randint(0, 2), id=i, **fields)
+        replies = {}
+        while len(replies) < n and (m := raw.recv(10)) is not None:
+            if m.type in ("scene", "error"):
+                replies[m.header.get("re")] = m.header.get("code", "ok")
+        assert len(replies) == n, f"{n - len(replies)} requests got no reply"
+        assert "internal_error" not in replies.values()
+        assert set(replies.values()) - {"ok"}, "the mutations should have produced errors"
     finally:
         raw.close()
     fox_scene(client)
