@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -60,9 +59,6 @@ class Components:
     name: str
     meaningful: bool = True  # False for random-weight presets
     info: dict = field(default_factory=dict)
-    # prompt -> embedding [77, dim]; bounded so a long session cannot grow it forever.
-    _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    prompt_cache_size: int = 256
 
     def describe(self) -> dict:
         return {
@@ -80,23 +76,6 @@ class Components:
         if hasattr(cfg, "block_out_channels"):
             return 2 ** (len(cfg.block_out_channels) - 1)
         return 8
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings ``[len(prompts), 77, dim]`` as diffusers' pipeline computes
-        them; a prompt already seen is never encoded again."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        if missing:
-            tok = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt")
-            emb = self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
-            for p, e in zip(missing, emb):
-                self._prompt_cache[p] = e
-        for p in prompts:
-            self._prompt_cache.move_to_end(p)
-        while len(self._prompt_cache) > max(self.prompt_cache_size, len(prompts)):
-            self._prompt_cache.popitem(last=False)
-        return torch.stack([self._prompt_cache[p] for p in prompts])
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -196,17 +175,18 @@ def _from_hub(what: str, repo: str, load):
 
 
 def _check_checkpoint_file(path: str) -> None:
-    if path.endswith(".safetensors"):
+    if path.lower().endswith(".safetensors"):
         from safetensors import safe_open
 
         try:
             with safe_open(path, framework="pt") as f:
-                if not list(f.keys()):
-                    raise ModelLoadError(f"checkpoint {path!r} holds no tensors")
-        except ModelLoadError:
-            raise
+                keys = list(f.keys())
         except Exception as e:  # noqa: BLE001 - safetensors raises several types
             raise ModelLoadError(f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}") from None
+        # Checked here because diffusers would otherwise guess an architecture for it.
+        if not any(k.startswith("model.diffusion_model.") for k in keys):
+            raise ModelLoadError(f"checkpoint {path!r} holds no Stable Diffusion UNet (model.diffusion_model.*): "
+                                 f"not a full SD-1.5 checkpoint (a LoRA goes to --lora)")
 
 
 def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
