@@ -280,3 +280,15 @@ def test_uncached_downloads_fail_fast_offline_with_one_line(tmp_path, tiny_folde
     assert DEFAULT_TINY_VAE in vae and "--tiny-vae none" in vae
     assert "lcm-lora-sdv1-5" in lora and "--lora" in lora
     assert str(ckpt) in single and "--model-config" in single
+
+
+@pytest.mark.slow
+def test_random_sd15_is_the_real_architecture(caplog):
+    from diffusers import AutoencoderTiny
+
+    with caplog.at_level(logging.WARNING):
+        c = load_model("random-sd15")
+    assert "no meaningful images" in caplog.text and c.meaningful is False
+    assert abs(sum(p.numel() for p in c.unet.parameters()) / 1e6 - 859.5) < 1
+    assert isinstance(c.vae, AutoencoderTiny) and c.describe()["native_size"] == 512
+    assert c.text_encoder.config.hidden_size == c.unet.config.cross_attention_dim == 768
