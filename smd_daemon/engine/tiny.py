@@ -3,6 +3,8 @@ architecture, both with random weights.
 
 Neither produces meaningful images. They exist so that tests, demos and
 benchmarks run with no network: shapes, code paths and FLOPs are real.
+``save_single_file`` writes any SD-1.x pipeline as the one-file checkpoint
+layout community models use, so that loading path is testable offline too.
 """
 
 from __future__ import annotations
