@@ -61,13 +61,17 @@ class Components:
     info: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
+        """What clients may be told about the model: local paths are cut to
+        their file name, so the server's file system layout never leaks."""
+        info = {k: (os.path.basename(os.path.normpath(v)) if isinstance(v, str) and os.path.exists(v) else v)
+                for k, v in self.info.items()}
         return {
             "name": self.name,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "meaningful": self.meaningful,
             "native_size": int(self.unet.config.sample_size) * self.vae_scale_factor,
-            **self.info,
+            **info,
         }
 
     @property
