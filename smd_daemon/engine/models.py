@@ -80,7 +80,9 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
 def components_from_pipeline(pipe, name: str, device: torch.device, dtype: torch.dtype,
                              meaningful: bool = True, **info) -> Components:
     for part in (pipe.text_encoder, pipe.unet, pipe.vae):
-        part.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
+            part.to(dtype=dtype)
+        part.to(device=device).eval().requires_grad_(False)
     return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler,
                       device, dtype, name, meaningful, dict(info))
 
