@@ -28,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="output width (default: the document's; multiple of 8)")
     parser.add_argument("--height", type=int, help="output height (default: the document's; multiple of 8)")
     parser.add_argument("--bootstrap-steps", type=int, help="mask-centering bootstrap steps (default 1)")
-    parser.add_argument("--background-prompt", help="background prompt (a 'bg:' layer overrides it)")
+    parser.add_argument("--background-prompt",
+                        help="background prompt (overrides the scene's and any 'bg:' layer's)")
     parser.add_argument("--negative-prompt", help="negative prompt for regions without their own")
     parser.add_argument("--background-strength", type=float,
                         help="how strongly the uncovered area follows the non-region layers' image, 0..1 "
@@ -119,8 +120,7 @@ class _ProgressBar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="render", unit="step", leave=False)
-        self.bar.n = step
-        self.bar.refresh()
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -137,9 +137,10 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             if parse_layer_name(layer.name, layer.visible).role == "region":  # decode only what is needed
                 alpha = _resize_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], width, height)
             inputs.append(LayerInput(layer.name, alpha, layer.visible))
-        scene, parsed = build_scene(
-            inputs, width, height, background_prompt=o.background_prompt or "",
-            negative_prompt=o.negative_prompt or "", **opts)
+        scene, parsed = build_scene(inputs, width, height, negative_prompt=o.negative_prompt or "", **opts)
+        # The command line wins over the file, a `bg:` layer included.
+        if o.background_prompt is not None:
+            scene.background.prompt = o.background_prompt
         if o.background_strength is not None:
             scene.background.strength = o.background_strength
         if scene.background.strength > 0:
@@ -280,7 +281,7 @@ def _composite(zf, layers: list[OraLayer], doc_w, doc_h, width, height, path) ->
     out = out.convert("RGB")
     if out.size != (width, height):
         out = out.resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(out)
+    return np.array(out)  # a writable copy: the engine hands it to torch
 
 
 # ---------------------------------------------------------------- JSON
@@ -322,7 +323,7 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
     if image_path is not None and bg.strength > 0:
         im = _decode(_read_file(path, image_path, "background image"), ("PNG", "JPEG", "WEBP"),
                      f"{path}: background image {image_path!r}", MAX_SIDE)
-        bg.image = np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
+        bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
 
     entries = where.get(doc, "regions", list)
     if len(entries) > MAX_LAYERS:

@@ -6,6 +6,7 @@ subprocess on the offline ``tiny`` model.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -97,6 +98,17 @@ def run_render(*args, timeout=240):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "smd_daemon", "render", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def render_here(*args):
+    """The same CLI entry point, in this process: for the many bad-input cases, which fail before any
+    model is loaded, without paying a fresh interpreter each (a few cases also run as a subprocess)."""
+    from smd_daemon.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["render", *map(str, args)])
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
 
 def assert_one_line_error(proc):
@@ -209,6 +221,10 @@ def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
     path = make_ora(tmp_path / "t.ora", W, H, [Layer("a red fox", rgba(W, H)), Layer("Background", rgba(W, H))])
     assert load_scene(path).scene.background.image is None
     assert load_scene(path, Overrides(background_strength=0.3)).scene.background.image is not None
+
+    # The command line wins over a bg: layer.
+    bg = load_scene(path, Overrides(background_prompt="dunes", background_strength=0)).scene.background
+    assert (bg.prompt, bg.strength, bg.image) == ("dunes", 0, None)
 
 
 def test_output_size_follows_document_and_flags(tmp_path):
@@ -335,9 +351,17 @@ def test_cli_bad_ora_one_line_error(tmp_path, case):
     path = tmp_path / "bad.ora"
     BAD_ORA[case](path)
     out = tmp_path / "out.png"
-    line = assert_one_line_error(run_render(path, "-o", out, "--model", "tiny"))
+    line = assert_one_line_error(render_here(path, "-o", out, "--model", "tiny"))
     assert EXPECTED[case] in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["not a zip", "no region layers"])
+def test_cli_bad_ora_one_line_error_subprocess(tmp_path, case):
+    path = tmp_path / "bad.ora"
+    BAD_ORA[case](path)
+    line = assert_one_line_error(run_render(path, "-o", tmp_path / "out.png", "--model", "tiny"))
+    assert EXPECTED[case] in line
 
 
 def test_cli_bad_json_one_line_error(tmp_path):
@@ -346,7 +370,7 @@ def test_cli_bad_json_one_line_error(tmp_path):
     assert "not valid JSON" in line
     path = make_json(tmp_path, {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "none.png"}]},
                      {})
-    line = assert_one_line_error(run_render(path, "-o", tmp_path / "o.png", "--model", "tiny"))
+    line = assert_one_line_error(render_here(path, "-o", tmp_path / "o.png", "--model", "tiny"))
     assert "'none.png' not found" in line
 
 
@@ -368,7 +392,7 @@ def test_cli_bad_arguments_one_line_error(tmp_path, case):
         args[2] = tmp_path / "o.xyz"
     elif case == "bad size flag":
         args += ["--width", "100"]
-    line = assert_one_line_error(run_render(*args))
+    line = assert_one_line_error(render_here(*args))
     expected = {"missing scene": "no such file", "unknown extension": "unknown scene type",
                 "missing output folder": "does not exist", "output is a folder": "is a folder",
                 "unknown output format": "cannot write", "bad size flag": "multiples of 8"}[case]
@@ -382,17 +406,19 @@ def test_cli_unwritable_output_one_line_error(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        line = assert_one_line_error(run_render(scene, "-o", locked / "o.png", "--model", "tiny"))
+        line = assert_one_line_error(render_here(scene, "-o", locked / "o.png", "--model", "tiny"))
     finally:
         locked.chmod(0o700)
     assert "not writable" in line
 
 
-def test_cli_unknown_model_one_line_error(tmp_path):
+def test_cli_unknown_model_one_line_error_keeps_old_output(tmp_path):
     scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
-    line = assert_one_line_error(run_render(scene, "-o", tmp_path / "o.png", "--model",
-                                            tmp_path / "no-such-model.safetensors"))
+    out = tmp_path / "o.png"
+    out.write_bytes(b"an earlier render")
+    line = assert_one_line_error(run_render(scene, "-o", out, "--model", tmp_path / "no-such-model.safetensors"))
     assert "no-such-model" in line
+    assert out.read_bytes() == b"an earlier render"
 
 
 # ---------------------------------------------------------------- the CLI, real renders
@@ -410,18 +436,8 @@ def test_cli_renders_ora(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as im:
         assert im.size == (W, H) and im.mode == "RGB"
-        first = np.asarray(im)
+        assert np.asarray(im).std() > 0  # an image, not a blank
     assert "no meaningful images" in proc.stderr  # the tiny preset says what it is
-
-    # Same seed, same picture; output size flag honoured.
-    out2 = tmp_path / "out2.png"
-    proc = run_render(path, "-o", out2, "--model", "tiny", "--seed", "5", "--steps", "2", "--width", "96")
-    assert proc.returncode == 0, proc.stderr
-    with Image.open(out2) as im:
-        assert im.size == (96, 64)
-    proc = run_render(path, "-o", out2, "--model", "tiny", "--seed", "5", "--steps", "2", "--no-progress")
-    with Image.open(out2) as im:
-        np.testing.assert_array_equal(np.asarray(im), first)
 
 
 def test_cli_renders_json(tmp_path):
@@ -435,8 +451,8 @@ def test_cli_renders_json(tmp_path):
                                             {"prompt": "a tree", "mask": "r.png", "blur": 2}]},
                      {"l.png": left, "r.png": right})
     out = tmp_path / "out.png"
-    proc = run_render(path, "-o", out, "--model", "tiny")
+    proc = run_render(path, "-o", out, "--model", "tiny", "--width", "64")  # size flag: aspect ratio kept
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as im:
-        assert im.size == (W, H)
+        assert im.size == (64, 64)
         assert np.asarray(im).std() > 0  # an image, not a blank
