@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("layer %r: %s", p.name, w)
     log.info("rendering %dx%d, %d region(s), %d steps, seed %d on %s", scene.width, scene.height,
              len(scene.regions), scene.steps, scene.seed, components.describe())
-    bar = _ProgressBar(disable=args.no_progress)
+    bar = _ProgressBar(disable=True if args.no_progress else None)
     try:
         image = Engine(components).generate(scene, progress=bar.update)
     finally:
@@ -107,10 +107,11 @@ def _write_image(image, path: str, fmt: str) -> None:
 
 
 class _ProgressBar:
-    """A tqdm bar created at the first step (the engine knows the total)."""
+    """A tqdm bar on stderr, created at the first step (the engine knows the total). By default it
+    shows only on a terminal, so piped logs stay clean."""
 
-    def __init__(self, disable: bool):
-        self.disable = disable
+    def __init__(self, disable: bool | None = None, file=None):
+        self.disable, self.file = disable, file
         self.bar = None
 
     def update(self, step: int, total: int) -> None:
@@ -119,7 +120,8 @@ class _ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="render", unit="step", leave=False)
+            self.bar = tqdm(total=total, desc="render", unit="step", leave=False, disable=self.disable,
+                            file=self.file)
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:

@@ -424,6 +424,20 @@ def test_cli_unknown_model_one_line_error_keeps_old_output(tmp_path):
 # ---------------------------------------------------------------- the CLI, real renders
 
 
+def test_progress_bar_counts_steps():
+    from smd_daemon.render import _ProgressBar
+
+    out = io.StringIO()
+    bar = _ProgressBar(disable=False, file=out)
+    for step in range(1, 4):
+        bar.update(step, 3)
+    assert bar.bar.n == 3 and "render:" in out.getvalue() and "/3" in out.getvalue()
+    bar.close()
+    quiet = _ProgressBar(disable=True)
+    quiet.update(1, 3)
+    assert quiet.bar is None
+
+
 def test_cli_renders_ora(tmp_path):
     W, H = 192, 128
     path = make_ora(tmp_path / "scene.ora", W, H, [
