@@ -278,39 +278,56 @@ class Engine:
             x0 = (x_in - s1 * eps) / sa
         x0 = c_out * x0 + c_skip * x_in
 
-        # Latent pre-averaging: weight each region's x̂0 by its mask at this
-        # step *before* re-noising; uncovered area takes the background.
+        return self._pre_average(plan, x0, items, levels)
+
+    def _pre_average(self, plan: _Plan, x0: torch.Tensor, items: list[tuple[int, int, int]],
+                     levels: list[int]) -> list[torch.Tensor]:
+        """Latent pre-averaging: weight each region's x̂0 by its mask at this
+        step *before* re-noising; uncovered area takes the background."""
+        dev, dt = self.c.device, self.c.dtype
         h, w = plan.latent_hw
-        num = [torch.zeros((1, 4, h, w), device=dev, dtype=dt) for _ in xs]
-        den = [torch.zeros((1, 1, h, w), device=dev, dtype=dt) for _ in xs]
-        bnum = [torch.zeros((1, 4, h, w), device=dev, dtype=dt) for _ in xs]
-        bden = [torch.zeros((1, 1, h, w), device=dev, dtype=dt) for _ in xs]
-        tw = plan.tile_weight
-        for j, (k, ti, p) in enumerate(items):
-            y, x0_, a, b = plan.tiles[ti]
-            est = x0[j:j + 1]
-            if p < 0:
-                bnum[k][..., y:y + a, x0_:x0_ + b] += tw * est
-                bden[k][..., y:y + a, x0_:x0_ + b] += tw
-                continue
-            i = levels[k]
-            if i < len(plan.offsets):
-                est = M.uncenter(est, plan.offsets[i][p])
-            wgt = tw * plan.masks[i, p][None, None, y:y + a, x0_:x0_ + b]
-            num[k][..., y:y + a, x0_:x0_ + b] += wgt * est
-            den[k][..., y:y + a, x0_:x0_ + b] += wgt
-        out = []
-        for k, i in enumerate(levels):
-            fg = num[k] / den[k].clamp_min(1e-8)
-            if any(plan.need_bg[i]):
-                bgx = bnum[k] / bden[k].clamp_min(1e-8)
-                if plan.bg_image is not None:
-                    s = plan.scene.background.strength
-                    bgx = (1 - s) * bgx + s * plan.bg_image
-                B = plan.uncovered[i][None]
-                fg = (1 - B) * fg + B * bgx
-            out.append(fg)
-        return out
+        S = len(levels)
+        for j, (k, _, p) in enumerate(items):
+            if p >= 0 and levels[k] < len(plan.offsets) and plan.offsets[levels[k]][p] != (0, 0):
+                x0[j] = M.uncenter(x0[j], plan.offsets[levels[k]][p])
+        num = torch.zeros((S, 4, h, w), device=dev, dtype=dt)
+        den = torch.zeros((S, 1, h, w), device=dev, dtype=dt)
+        bnum = torch.zeros((S, 4, h, w), device=dev, dtype=dt)
+        bden = torch.zeros((S, 1, h, w), device=dev, dtype=dt)
+        if len(plan.tiles) == 1:
+            # One window: a handful of batched kernels, whatever the batch.
+            reg = [j for j, it in enumerate(items) if it[2] >= 0]
+            bgs = [j for j, it in enumerate(items) if it[2] < 0]
+            if reg:
+                idx = torch.tensor(reg, device=dev)
+                k = torch.tensor([items[j][0] for j in reg], device=dev)
+                wgt = plan.masks[torch.tensor([levels[items[j][0]] for j in reg], device=dev),
+                                 torch.tensor([items[j][2] for j in reg], device=dev)][:, None]
+                num.index_add_(0, k, wgt * x0[idx])
+                den.index_add_(0, k, wgt)
+            if bgs:
+                k = torch.tensor([items[j][0] for j in bgs], device=dev)
+                bnum.index_add_(0, k, x0[torch.tensor(bgs, device=dev)])
+                bden[k] = 1
+        else:
+            tw = plan.tile_weight
+            for j, (k, ti, p) in enumerate(items):
+                y, x, a, b = plan.tiles[ti]
+                if p < 0:
+                    bnum[k:k + 1, :, y:y + a, x:x + b] += tw * x0[j:j + 1]
+                    bden[k:k + 1, :, y:y + a, x:x + b] += tw
+                else:
+                    wgt = tw * plan.masks[levels[k], p][None, None, y:y + a, x:x + b]
+                    num[k:k + 1, :, y:y + a, x:x + b] += wgt * x0[j:j + 1]
+                    den[k:k + 1, :, y:y + a, x:x + b] += wgt
+        fg = num / den.clamp_min(1e-8)
+        B = plan.uncovered[torch.tensor(levels, device=dev)]  # (S, 1, h, w)
+        bgx = bnum / bden.clamp_min(1e-8)
+        if plan.bg_image is not None:
+            s = plan.scene.background.strength
+            bgx = (1 - s) * bgx + s * plan.bg_image
+        fg = torch.where(bden > 0, (1 - B) * fg + B * bgx, fg)
+        return list(fg.split(1))
 
     def _renoise(self, plan: _Plan, x0: torch.Tensor, level: int, noise: torch.Tensor) -> torch.Tensor:
         return plan.sqrt_ab[level] * x0 + plan.sqrt_1mab[level] * noise
