@@ -18,11 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    default_model = getattr(models, "DEFAULT_MODEL", "tiny")
     parser.add_argument("scene", metavar="SCENE", help="an OpenRaster file (.ora) or a JSON scene (.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the image to write")
-    parser.add_argument("--model", default=default_model,
-                        help=f"preset, hub id, diffusers folder or checkpoint file (default: {default_model})")
     parser.add_argument("--seed", type=int, help="random seed (default: the scene's, else 0)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the scene's, else 4)")
     parser.add_argument("--width", type=int, help="output width (default: the document's; multiple of 8)")
@@ -34,9 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-strength", type=float,
                         help="how strongly the uncovered area follows the non-region layers' image, 0..1 "
                              "(overrides the scene's)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPUs, fp32 on CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    models.add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from smd_daemon.engine.core import Engine
 
-    components = models.load_model(args.model, device=args.device, dtype=args.dtype)
+    components = models.load_model_from_args(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
     for p in loaded.layers:
         how = p.role if p.role != "ignored" else f"ignored ({p.reason})"
