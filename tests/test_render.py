@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -475,3 +476,78 @@ def test_cli_renders_json(tmp_path):
     with Image.open(out) as im:
         assert im.size == (64, 64)
         assert np.asarray(im).std() > 0  # an image, not a blank
+
+
+# ---------------------------------------------------------------- a file written by real Krita
+
+KRITA_EXPORT = '''
+import os
+import shutil
+from krita import Krita, InfoObject
+
+
+def export(*_):
+    k = Krita.instance()
+    k.setBatchmode(True)
+    doc = k.createDocument(128, 96, "scene", "RGBA", "U8", "", 300.0)  # comes with a white "Background"
+    doc.setBatchmode(True)
+    root = doc.rootNode()
+
+    def paint(name, x, y, w, h, parent, bgra=(255, 0, 0, 255)):
+        node = doc.createNode(name, "paintlayer")
+        node.setPixelData(bytes(bgra) * (w * h), x, y, w, h)
+        parent.addChildNode(node, None)
+        return node
+
+    paint("a red fox | blur: 2", -10, -20, 40, 30, root)  # sticks out of the canvas
+    group = doc.createNode("Group 1", "grouplayer")
+    root.addChildNode(group, None)
+    paint("a star", 60, 40, 20, 10, group)
+    hidden = doc.createNode("hidden group", "grouplayer")
+    root.addChildNode(hidden, None)
+    paint("a ghost", 0, 0, 10, 10, hidden)
+    hidden.setVisible(False)
+    paint("a mist", 100, 80, 50, 50, root, bgra=(0, 0, 0, 128)).setOpacity(100)
+    doc.refreshProjection()
+    doc.waitForDone()
+    ok = doc.exportImage(os.environ["ORA_OUT"], InfoObject())
+    doc.setModified(False)
+    doc.close()
+    print("exported", ok)
+'''
+
+
+@pytest.mark.krita
+@pytest.mark.skipif(not shutil.which("kritarunner"), reason="Krita is not installed (tests/run.sh installs it)")
+def test_reads_an_ora_written_by_krita(tmp_path):
+    (tmp_path / "krita_export.py").write_text(KRITA_EXPORT)
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # Krita's Python must find the system python3 first
+           "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(tmp_path), "ORA_OUT": str(tmp_path / "k.ora"),
+           "HOME": str(home)}
+    for var, sub in [("XDG_CONFIG_HOME", "cfg"), ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"),
+                     ("XDG_RUNTIME_DIR", "run"), ("TMPDIR", "tmp")]:
+        (home / sub).mkdir(parents=True)
+        env[var] = str(home / sub)
+    (home / "run").chmod(0o700)
+    proc = subprocess.run(["kritarunner", "-s", "krita_export", "-f", "export"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert (tmp_path / "k.ora").exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    loaded = load_scene(str(tmp_path / "k.ora"), Overrides(background_strength=0.5))
+    scene = loaded.scene
+    assert [r.prompt for r in scene.regions] == ["a red fox", "a star", "a mist"]
+    fox, star, mist = (r.mask for r in scene.regions)
+    expect = np.zeros((96, 128), np.float32)
+    expect[0:10, 0:30] = 1
+    np.testing.assert_array_equal(fox, expect)
+    expect[:] = 0
+    expect[40:50, 60:80] = 1
+    np.testing.assert_array_equal(star, expect)
+    expect[:] = 0
+    expect[80:96, 100:128] = 128 / 255
+    np.testing.assert_allclose(mist, expect)
+    assert scene.regions[0].mask_std == 2
+    reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
+    assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
+    np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
