@@ -25,8 +25,7 @@ import numpy as np
 from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
-from smd_daemon.grammar import (DEFAULT_MASK_STD, DEFAULT_PROMPT_STRENGTH, OWN_PREFIX, LayerInput, ParsedLayer,
-                                build_scene, parse_layer_name)
+from smd_daemon.grammar import OWN_PREFIX, LayerInput, ParsedLayer, build_scene, parse_layer_name
 
 log = logging.getLogger(__name__)
 
@@ -333,19 +332,19 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
         label = f"region {i + 1}"
         if not isinstance(entry, dict):
             raise SceneError(f"{path}: {label} must be an object {{\"prompt\": ..., \"mask\": ...}}")
-        prompt = where.get(entry, "prompt", str, None, label)
-        if prompt is None or not prompt.strip():
-            raise SceneError(f"{path}: {label} has no prompt")
+        base = _json_region_base(where, entry, label)
         mask_path = where.get(entry, "mask", str, None, label)
         if mask_path is None:
             raise SceneError(f"{path}: {label} has no \"mask\" (a PNG path relative to the JSON file)")
         mask = _json_mask(path, mask_path, doc_w, doc_h, width, height, label)
+        # Fields given in the JSON win over the defaults and over options in a layer name.
         p = ParsedLayer(
-            name=where.get(entry, "name", str, prompt, label), role="region", prompt=prompt,
-            negative_prompt=where.get(entry, "negative_prompt", str, negative, label),
-            mask_strength=where.get(entry, "strength", float, 1.0, label),
-            mask_std=where.get(entry, "blur", float, DEFAULT_MASK_STD, label),
-            prompt_strength=where.get(entry, "prompt_strength", float, DEFAULT_PROMPT_STRENGTH, label),
+            name=where.get(entry, "name", str, base.name, label), role="region", prompt=base.prompt,
+            negative_prompt=where.get(entry, "negative_prompt", str, base.negative_prompt or negative, label),
+            mask_strength=where.get(entry, "strength", float, base.mask_strength, label),
+            mask_std=where.get(entry, "blur", float, base.mask_std, label),
+            prompt_strength=where.get(entry, "prompt_strength", float, base.prompt_strength, label),
+            warnings=base.warnings,
         )
         if not mask.any():
             p.role, p.reason = "ignored", "empty mask"
@@ -356,6 +355,23 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
         parsed.append(p)
     return LoadedScene(Scene(width=width, height=height, regions=regions, background=bg, **opts), parsed,
                        (doc_w, doc_h))
+
+
+def _json_region_base(where: "_Where", entry: dict, label: str) -> ParsedLayer:
+    """A region's prompt: literal text (``prompt``), or a layer name read by the grammar (``layer``)."""
+    prompt = where.get(entry, "prompt", str, None, label)
+    layer = where.get(entry, "layer", str, None, label)
+    if prompt is not None and layer is not None:
+        raise SceneError(f"{where.path}: {label} gives both \"prompt\" and \"layer\"; give one")
+    if layer is not None:
+        p = parse_layer_name(layer)
+        if p.role != "region":
+            why = p.reason or "a background layer: use the \"background\" field"
+            raise SceneError(f"{where.path}: {label}: layer name {layer!r} is not a region ({why})")
+        return p
+    if prompt is None or not prompt.strip():
+        raise SceneError(f"{where.path}: {label} has no prompt")
+    return ParsedLayer(name=prompt, role="region", prompt=prompt)
 
 
 class _Where:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,13 +261,16 @@ def test_json_scene(tmp_path):
         "regions": [
             {"prompt": "a red fox | not an option", "mask": "masks/left.png", "blur": 0, "strength": 0.8},
             {"prompt": "a tree", "mask": "masks/right.png", "negative_prompt": "snow", "prompt_strength": 1},
+            {"layer": "a bird | neg: cage | blur: 3 | strength: 0.5", "mask": "masks/right.png", "strength": 0.9},
         ],
     }
     path = make_json(tmp_path, doc, {"masks/left.png": grey, "masks/right.png": alpha_mask,
                                      "bg.png": rgba(W, H, color=(10, 20, 30))[..., :3]})
     scene = load_scene(path).scene
-    fox, tree = scene.regions
+    fox, tree, bird = scene.regions
     assert fox.prompt == "a red fox | not an option"  # JSON prompts are literal: no layer-name grammar
+    # A layer name goes through the grammar; a JSON field wins over the name's option.
+    assert (bird.prompt, bird.negative_prompt, bird.mask_std, bird.mask_strength) == ("a bird", "cage", 3, 0.9)
     assert (fox.mask_std, fox.mask_strength, fox.negative_prompt) == (0, 0.8, "blurry")
     assert (tree.negative_prompt, tree.prompt_strength) == ("snow", 1.0)
     assert fox.mask[:, :48].min() == 1 and fox.mask[:, 48:].max() == 0
@@ -292,10 +296,15 @@ def test_json_scene(tmp_path):
     ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "strength": 2}]},
      "mask strength must be between 0 and 1"),
     ([1, 2], "a JSON scene is an object"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
+     "layer name 'Paint Layer 2' is not a region (automatic layer name)"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, "use the \"background\" field"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
+     "gives both"),
 ])
 def test_json_bad_fields(tmp_path, doc, message):
     path = make_json(tmp_path, doc, {"m.png": np.full((64, 64), 255, np.uint8)})
-    with pytest.raises(SceneError, match=".*" + message.replace("(", r"\(").replace("|", r"\|")):
+    with pytest.raises(SceneError, match=re.escape(message)):
         load_scene(path)
 
 
