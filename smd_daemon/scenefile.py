@@ -161,7 +161,10 @@ def _read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer
     try:
         info = zf.getinfo("stack.xml")
     except KeyError:
-        raise SceneError(f"{path}: not an OpenRaster file (stack.xml is missing)") from None
+        hint = ""
+        if "maindoc.xml" in zf.namelist():
+            hint = "; this is a Krita document (.kra): export it with File > Export as OpenRaster (.ora)"
+        raise SceneError(f"{path}: not an OpenRaster file (stack.xml is missing){hint}") from None
     if info.file_size > MAX_XML_BYTES:
         raise SceneError(f"{path}: stack.xml is {info.file_size} bytes, at most {MAX_XML_BYTES} allowed")
     try:
@@ -423,7 +426,12 @@ def _json_mask(json_path, rel, doc_w, doc_h, width, height, label) -> np.ndarray
     if im.size != (doc_w, doc_h):
         raise SceneError(f"{what} is {im.size[0]}x{im.size[1]}, the scene is {doc_w}x{doc_h}")
     has_alpha = "A" in im.getbands() or "transparency" in im.info
-    alpha = np.asarray(im.convert("RGBA").getchannel("A") if has_alpha else im.convert("L"))
+    if has_alpha:
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+    elif im.mode.startswith("I"):  # 16-bit grey: Pillow's convert("L") would clip, not scale
+        alpha = np.round(np.asarray(im).astype(np.float64) / 257).clip(0, 255).astype(np.uint8)
+    else:
+        alpha = np.asarray(im.convert("L"))
     return _resize_alpha(alpha, width, height)
 
 

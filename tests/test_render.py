@@ -281,6 +281,22 @@ def test_json_scene(tmp_path):
     assert (scene.seed, scene.width, scene.height, scene.regions[0].mask.shape) == (9, 192, 128, (128, 192))
 
 
+def test_json_mask_kinds(tmp_path):
+    """Masks from alpha, 8-bit grey, 16-bit grey (scaled, not clipped) and palette transparency."""
+    W = H = 64
+    ramp16 = np.tile(np.linspace(0, 65535, W).round().astype(np.uint16), (H, 1))
+    Image.fromarray(ramp16).save(tmp_path / "grey16.png")
+    pal = Image.new("P", (W, H), 1)
+    pal.putpalette([0, 0, 0, 255, 255, 255])
+    pal.paste(0, (0, 0, 32, 64))
+    pal.save(tmp_path / "pal.png", transparency=0)
+    path = make_json(tmp_path, {"width": W, "height": H, "regions": [
+        {"prompt": "a", "mask": "grey16.png"}, {"prompt": "b", "mask": "pal.png"}]}, {})
+    grey16, pal = (r.mask for r in load_scene(path).scene.regions)
+    np.testing.assert_allclose(grey16[0], np.linspace(0, 1, W), atol=1 / 255)
+    assert pal[:, :32].max() == 0 and pal[:, 32:].min() == 1
+
+
 @pytest.mark.parametrize("doc, message", [
     ({"height": 64, "regions": []}, "'width' is missing"),
     ({"width": "64", "height": 64, "regions": []}, "'width' must be a whole number"),
@@ -318,6 +334,7 @@ def _ok_layers(w=64, h=64):
 BAD_ORA = {
     "not a zip": lambda p: p.write_bytes(b"this is not a zip file") and str(p),
     "missing stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml=False),
+    "a Krita .kra renamed": lambda p: make_ora(p, 64, 64, [], stack_xml=False, members={"maindoc.xml": b"<DOC/>"}),
     "malformed stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='64' h='64'><stack>"),
     "layer PNG that does not decode": lambda p: make_ora(p, 64, 64, [Layer("a fox", src="data/x.png")],
                                                          members={"data/x.png": b"\x89PNG\r\n\x1a\nbroken"}),
@@ -351,6 +368,7 @@ EXPECTED = {
     "not a zip": "not a zip archive",
     "missing stack.xml": "stack.xml is missing",
     "malformed stack.xml": "not valid XML",
+    "a Krita .kra renamed": "export it with File > Export as OpenRaster",
     "layer PNG that does not decode": "not a PNG image",
     "layer PNG missing from the zip": "is missing from the file",
     "no region layers": "no region layers",
