@@ -74,10 +74,15 @@ def load_scene(path: str, overrides: Overrides | None = None) -> LoadedScene:
         loaded = read_json(path, overrides)
     else:
         raise SceneError(f"{path}: unknown scene type {ext or '(no extension)'!r}; use an .ora or .json file")
-    if not loaded.scene.regions:
-        raise SceneError(f"{path}: no region layers; {_explain_no_regions(loaded.layers)}")
-    loaded.scene.validate()
+    loaded.scene.validate()  # again: the background image has been added since
     return loaded
+
+
+def _check_scene(path: str, scene: Scene, parsed: list[ParsedLayer]) -> None:
+    """Before the background image is decoded: the scene must be drawable without it."""
+    if not scene.regions:
+        raise SceneError(f"{path}: no region layers; {_explain_no_regions(parsed)}")
+    scene.validate()
 
 
 def output_size(doc_w: int, doc_h: int, width: int | None, height: int | None) -> tuple[int, int]:
@@ -142,6 +147,7 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             scene.background.prompt = o.background_prompt
         if o.background_strength is not None:
             scene.background.strength = o.background_strength
+        _check_scene(path, scene, parsed)
         if scene.background.strength > 0:
             joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(lay.visible, p)]
             scene.background.image = _composite(zf, joins, doc_w, doc_h, width, height, path)
@@ -322,10 +328,6 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
                   else where.get(bg_doc, "strength", float, 0.0, "background")),
     )
     image_path = where.get(bg_doc, "image", str, None, "background")
-    if image_path is not None and bg.strength > 0:
-        im = _decode(_read_file(path, image_path, "background image"), ("PNG", "JPEG", "WEBP"),
-                     f"{path}: background image {image_path!r}", MAX_SIDE)
-        bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
 
     entries = where.get(doc, "regions", list)
     if len(entries) > MAX_LAYERS:
@@ -356,8 +358,13 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
                                   negative_prompt=p.negative_prompt, mask_strength=p.mask_strength,
                                   mask_std=p.mask_std, prompt_strength=p.prompt_strength, name=p.name))
         parsed.append(p)
-    return LoadedScene(Scene(width=width, height=height, regions=regions, background=bg, **opts), parsed,
-                       (doc_w, doc_h))
+    scene = Scene(width=width, height=height, regions=regions, background=bg, **opts)
+    _check_scene(path, scene, parsed)
+    if image_path is not None and bg.strength > 0:
+        im = _decode(_read_file(path, image_path, "background image"), ("PNG", "JPEG", "WEBP"),
+                     f"{path}: background image {image_path!r}", MAX_SIDE)
+        bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
+    return LoadedScene(scene, parsed, (doc_w, doc_h))
 
 
 def _json_region_base(where: "_Where", entry: dict, label: str) -> ParsedLayer:

@@ -234,6 +234,16 @@ def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
     assert (bg.prompt, bg.strength, bg.image) == ("dunes", 0, None)
 
 
+def test_ora_scene_checked_before_background_pixels_are_decoded(tmp_path):
+    path = make_ora(tmp_path / "s.ora", 64, 64, [Layer("a fox", rgba(64, 64)), Layer("Background", src="data/bad.png")],
+                    members={"data/bad.png": b"not a png"})
+    with pytest.raises(SceneError, match="background strength must be between 0 and 1"):
+        load_scene(path, Overrides(background_strength=5))
+    with pytest.raises(SceneError, match="'Background': 'data/bad.png' is not a PNG image"):
+        load_scene(path, Overrides(background_strength=0.5))
+    assert load_scene(path).scene.background.image is None  # not needed, not read
+
+
 def test_output_size_follows_document_and_flags(tmp_path):
     path = make_ora(tmp_path / "s.ora", 200, 100, [Layer("a fox", rgba(200, 100, box=(100, 0, 200, 100)))])
     scene = load_scene(path).scene
