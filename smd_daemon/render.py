@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 
+from smd_daemon.cli import UsageError
 from smd_daemon.engine import models
 from smd_daemon.scenefile import Overrides, load_scene
 
@@ -36,9 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smd_daemon.cli import UsageError
-
-    out_format = _check_output(args.output, UsageError)
+    out_format = _check_output(args.output)
     loaded = load_scene(args.scene, Overrides(
         width=args.width, height=args.height, seed=args.seed, steps=args.steps,
         bootstrap_steps=args.bootstrap_steps, background_prompt=args.background_prompt,
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(path: str, UsageError) -> str:
+def _check_output(path: str) -> str:
     """Fail now, not after the render, for an output we could not write."""
     from PIL import Image
 
