@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import tempfile
+import time
 
 from smd_daemon.cli import UsageError
 from smd_daemon.engine import models
@@ -53,15 +54,17 @@ def run(args: argparse.Namespace) -> int:
         log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
-    log.info("rendering %dx%d, %d region(s), %d steps, seed %d on %s", scene.width, scene.height,
-             len(scene.regions), scene.steps, scene.seed, components.describe())
+    d = components.describe()
+    log.info("rendering %dx%d, %d region(s), %d steps, seed %d with %s on %s %s", scene.width, scene.height,
+             len(scene.regions), scene.steps, scene.seed, d["name"], d["device"], d["dtype"])
     bar = _ProgressBar(disable=True if args.no_progress else None)
+    start = time.perf_counter()
     try:
         image = Engine(components).generate(scene, progress=bar.update)
     finally:
         bar.close()
     _write_image(image, args.output, out_format)
-    log.info("wrote %s", args.output)
+    log.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
 
 
