@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
-from smd_daemon.grammar import OWN_PREFIX, LayerInput, ParsedLayer, build_scene, parse_layer_name
+from smd_daemon.grammar import LayerInput, ParsedLayer, build_scene, joins_background_image, parse_layer_name
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +152,6 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(lay.visible, p)]
             scene.background.image = _composite(zf, joins, doc_w, doc_h, width, height, path)
     return LoadedScene(scene, parsed, (doc_w, doc_h))
-
-
-def joins_background_image(visible: bool, parsed: ParsedLayer) -> bool:
-    """Which layers make the background image: every visible layer that is not a region,
-    except those marked ``#`` and the plugin's own (its preview must never feed back)."""
-    if not visible or parsed.role == "region":
-        return False
-    name = parsed.name.strip()
-    return not (name.startswith("#") or parsed.name.startswith(OWN_PREFIX))
 
 
 def _read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer]]:

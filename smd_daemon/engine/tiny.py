@@ -142,7 +142,7 @@ def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
 
 def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
     """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
-    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
