@@ -253,3 +253,16 @@ def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engi
     for got, expect in zip(pair, solo):
         assert got.index == expect.index and _diff(got.image, expect.image) <= 1
     assert _diff(pair[0].image, pair[1].image) > 10
+
+
+def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
+    unet = engine.c.unet
+    orig = unet.forward
+    unet.forward = lambda sample, *a, **k: (orig(sample, *a, **k)[0] * float("nan"),)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            engine.open_stream(_two_regions()).step()
+        with pytest.raises(FloatingPointError):
+            engine.generate(_two_regions())
+    finally:
+        unet.forward = orig

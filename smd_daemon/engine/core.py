@@ -388,6 +388,7 @@ class Engine:
                 x = self._renoise(plan, x0, i + 1, self._noise(plan, gen))
             if progress is not None:
                 progress(i + 1, T)
+        _check_finite(x0)
         return self.decode(x0)
 
     def open_stream(self, scene: Scene, revision: int = 0) -> "StreamSession":
@@ -401,6 +402,12 @@ class Engine:
         jobs = [s._begin() for s in streams]
         x0s = self._denoise_many(jobs)
         return [s._finish(x0) for s, x0 in zip(streams, x0s)]
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    # fp16 overflow or a broken model gives NaN: say so rather than show black.
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError("the model produced non-finite values (NaN/inf); try --dtype fp32")
 
 
 class StreamSession:
@@ -467,6 +474,7 @@ class StreamSession:
     def _finish(self, x0s: list[torch.Tensor]) -> StreamFrame:
         """Show the deepest level's estimate; re-noise the rest one level down."""
         e, plan, live = self.engine, self.plan, self._live
+        _check_finite(x0s[-1])
         T = len(plan.timesteps)
         deepest = live[-1]
         image = e.decode(x0s[-1])
