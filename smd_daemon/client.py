@@ -288,6 +288,10 @@ class Client:
             raise ClientError("set_scene() must come before update_scene()")
         for layer in layers:
             self._check_layer(layer, settings.get("width"), settings.get("height"))
+        # A layer whose pixels did not change travels without its plane (a rename costs no pixels).
+        same_pixels = {layer.key for layer in layers
+                       if layer.key in self._layers and layer.alpha is not None
+                       and self._layers[layer.key].alpha == layer.alpha}
         bg = settings.pop("background", None)
         self._settings.update(settings)
         if bg is not None:
@@ -313,7 +317,7 @@ class Client:
         if background_image is not None:
             header["background"] = {**header.get("background", self._settings["background"]),
                                     "image": self._image_ref(parts)}
-        header["layers"] = [self._layer_ref(layer, parts) for layer in layers]
+        header["layers"] = [self._layer_ref(layer, parts, layer.key not in same_pixels) for layer in layers]
         if order is not None:
             header["order"] = list(self._order)
         if not self._send("update", parts, revision=self.revision, full=False, **header):
@@ -327,8 +331,11 @@ class Client:
             raise ClientError(f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
                               f"expected {w}x{h} = {w * h}")
 
-    def _layer_ref(self, layer: Layer, parts: list) -> dict:
-        ref = {"key": layer.key, "name": layer.name, "visible": layer.visible, "alpha": None}
+    def _layer_ref(self, layer: Layer, parts: list, with_alpha: bool = True) -> dict:
+        ref = {"key": layer.key, "name": layer.name, "visible": layer.visible}
+        if not with_alpha:
+            return ref  # the daemon keeps the plane it has
+        ref["alpha"] = None
         if layer.alpha is not None:
             data, enc = layer.alpha, "raw"
             if self.compress_planes:

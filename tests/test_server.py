@@ -94,6 +94,22 @@ def test_stream_reflects_midstream_partial_update_within_bound(client):
     assert g.seq > seqs_before
 
 
+def test_partial_updates_rename_reorder_and_remove(client):
+    fox_scene(client)
+    client.wait_for(lambda e: isinstance(e, SceneEvent), 10)
+    parts_before = client.revision
+    # Rename only: the alpha plane is not resent, the daemon keeps it.
+    rev = client.update_scene([Layer("1", "a grey wolf", half_mask())])
+    ev = client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 10)
+    assert isinstance(ev, SceneEvent) and ev.revision == rev == parts_before + 1
+    assert [d["prompt"] for d in ev.layers] == ["a grey wolf", ""] and ev.regions == 1
+    # A new layer on top, then a new order without layer "2".
+    rev = client.update_scene([Layer("3", "a red kite", half_mask(left=False))], order=["3", "1"], seed=9)
+    ev = client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 10)
+    assert isinstance(ev, SceneEvent) and ev.revision == rev
+    assert [d["name"] for d in ev.layers] == ["a red kite", "a grey wolf"] and ev.regions == 2
+
+
 def test_compressed_frames_decode(client):
     fox_scene(client)
     for enc in ("png", "jpeg", "webp"):
