@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from smd_daemon import __version__
@@ -43,6 +44,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers prints notes about optional packages (torchvision) at
+    # import; they are noise to a user and break one-line error output.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",

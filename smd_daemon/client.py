@@ -156,7 +156,10 @@ class Client:
         self._events: list = []
         self._last_rx = 0.0
         self._last_tx = 0.0
-        self._hello_due = 0.0
+        self._hello_at: float | None = None  # when hello went out on this socket
+        self._retry_at = 0.0
+        self._open_sent = False
+        self._ack_pending: int | None = None
         # What the daemon must know again after a reconnect.
         self._layers: dict[str, Layer] = {}
         self._order: list[str] = []
@@ -179,7 +182,7 @@ class Client:
         if self._sock is None:
             self._open_socket()
         self._set_state(CONNECTING, f"connecting to {self.address}")
-        self._hello_due = 0.0
+        self._hello_at, self._retry_at = None, 0.0
 
     def fileno(self) -> int:
         """The ZeroMQ socket's fd for a read notifier (edge-triggered: also poll on a timer)."""
@@ -199,9 +202,10 @@ class Client:
     def _open_socket(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        # Queue nothing while there is no connection: a restarted daemon must
-        # not receive stale requests meant for the old one.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        # Not IMMEDIATE: with it, messages already received (the daemon's
+        # "bye") are discarded when the connection drops. Stale requests
+        # cannot reach a restarted daemon anyway: only hello is sent before
+        # a session exists, and the socket is replaced after a timeout.
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.server_public_key is not None:
@@ -224,11 +228,16 @@ class Client:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        self.session = None
-        self._live_sent = False
+        self._forget_session()
         self._set_state(DISCONNECTED, reason)
         self._open_socket()
-        self._hello_due = time.monotonic() + self.retry_interval
+
+    def _forget_session(self, retry_at: float = 0.0) -> None:
+        self.session = None
+        self._live_sent = False
+        self._open_sent = False
+        self._ack_pending = None
+        self._hello_at, self._retry_at = None, retry_at
 
     def _set_state(self, state: str, reason: str) -> None:
         if state != self.state or reason != self.state_reason:
@@ -279,6 +288,10 @@ class Client:
             raise ClientError("set_scene() must come before update_scene()")
         for layer in layers:
             self._check_layer(layer, settings.get("width"), settings.get("height"))
+        # A layer whose pixels did not change travels without its plane (a rename costs no pixels).
+        same_pixels = {layer.key for layer in layers
+                       if layer.key in self._layers and layer.alpha is not None
+                       and self._layers[layer.key].alpha == layer.alpha}
         bg = settings.pop("background", None)
         self._settings.update(settings)
         if bg is not None:
@@ -304,7 +317,7 @@ class Client:
         if background_image is not None:
             header["background"] = {**header.get("background", self._settings["background"]),
                                     "image": self._image_ref(parts)}
-        header["layers"] = [self._layer_ref(layer, parts) for layer in layers]
+        header["layers"] = [self._layer_ref(layer, parts, layer.key not in same_pixels) for layer in layers]
         if order is not None:
             header["order"] = list(self._order)
         if not self._send("update", parts, revision=self.revision, full=False, **header):
@@ -318,8 +331,11 @@ class Client:
             raise ClientError(f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
                               f"expected {w}x{h} = {w * h}")
 
-    def _layer_ref(self, layer: Layer, parts: list) -> dict:
-        ref = {"key": layer.key, "name": layer.name, "visible": layer.visible, "alpha": None}
+    def _layer_ref(self, layer: Layer, parts: list, with_alpha: bool = True) -> dict:
+        ref = {"key": layer.key, "name": layer.name, "visible": layer.visible}
+        if not with_alpha:
+            return ref  # the daemon keeps the plane it has
+        ref["alpha"] = None
         if layer.alpha is not None:
             data, enc = layer.alpha, "raw"
             if self.compress_planes:
@@ -414,8 +430,11 @@ class Client:
                 continue
             if msg.type == "frame":
                 latest_frame = self._frame_event(msg, now)
-                self._send("ack", seq=msg.header["seq"])
+                self._ack_pending = None if self._send("ack", seq=msg.header["seq"]) else msg.header["seq"]
                 continue
+            if latest_frame is not None:  # keep the order: that frame came first
+                self._events.append(latest_frame)
+                latest_frame = None
             self._handle(msg, now)
         if latest_frame is not None:
             self._events.append(latest_frame)
@@ -433,13 +452,18 @@ class Client:
                 self._reset(f"no reply from the daemon for {self.timeout:g} s")
             elif now - self._last_tx >= self.heartbeat_interval:
                 self._send("ping")
+            if self._ack_pending is not None and self._send("ack", seq=self._ack_pending):
+                self._ack_pending = None
             self._flush_scene()
             self._flush_live()
-        elif self.state in (CONNECTING, DISCONNECTED) and self._sock is not None and now >= self._hello_due:
-            if self.state_reason == "closed":
-                return
-            self._send("hello", protocol=protocol.PROTOCOL_VERSION, client=self.name)
-            self._hello_due = now + self.retry_interval
+        elif self._sock is not None and self.state_reason != "closed":
+            if self._hello_at is None:
+                if now >= self._retry_at and self._send("hello", protocol=protocol.PROTOCOL_VERSION,
+                                                        client=self.name):
+                    self._hello_at = now
+            elif now - self._hello_at > self.timeout:
+                # One hello per socket: a fresh socket drops anything queued for a daemon that is gone.
+                self._reset(f"no reply from the daemon at {self.address} for {self.timeout:g} s")
 
     def _frame_event(self, msg, now: float) -> FrameEvent:
         h = msg.header
@@ -457,10 +481,15 @@ class Client:
             if h["protocol"] != protocol.PROTOCOL_VERSION:
                 self._set_state(DISCONNECTED, f"daemon speaks protocol {h['protocol']}, "
                                               f"this client {protocol.PROTOCOL_VERSION}")
-                self._hello_due = float("inf")
+                self._retry_at, self._hello_at = float("inf"), None
                 return
             self.info = h
-            self._send("open")
+            # Ping often enough for this daemon's timeout, whatever we were told.
+            timeout = h["limits"].get("heartbeat_timeout")
+            if isinstance(timeout, (int, float)) and timeout > 0:
+                self.heartbeat_interval = min(self.heartbeat_interval, timeout / 3)
+            if not self._open_sent:  # one open per handshake, however many welcomes arrive
+                self._open_sent = self._send("open")
         elif t == "opened":
             self.session = h["session"]
             self._need_full = bool(self._settings)
@@ -472,14 +501,12 @@ class Client:
             code = h["code"]
             if code in (protocol.ErrorCode.HANDSHAKE_REQUIRED, protocol.ErrorCode.NO_SESSION):
                 # The daemon restarted or freed our session: start over.
-                self.session = None
-                self._live_sent = False
+                self._forget_session()
                 self._set_state(DISCONNECTED, "the daemon restarted or dropped the session; reconnecting")
-                self._hello_due = 0.0
                 return
             if code == protocol.ErrorCode.BUSY and not self.session:
+                self._forget_session(time.monotonic() + 5 * self.retry_interval)
                 self._set_state(DISCONNECTED, h["message"])
-                self._hello_due = time.monotonic() + 5 * self.retry_interval
             self._events.append(ErrorEvent(code, h["message"], h.get("re"), h))
         elif t == "bye":
             self._reset(f"daemon closed the connection: {h.get('reason', '')}".rstrip(": "))

@@ -146,6 +146,15 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     return out
 
 
+def joins_background_image(visible: bool, parsed: ParsedLayer) -> bool:
+    """Which layers make the background image: every visible layer that is not a region,
+    except those marked ``#`` and the plugin's own (its preview must never feed back)."""
+    if not visible or parsed.role == "region":
+        return False
+    name = parsed.name.strip()
+    return not (name.startswith("#") or parsed.name.startswith(OWN_PREFIX))
+
+
 def build_scene(
     layers: list[LayerInput],
     width: int,

@@ -55,7 +55,7 @@ class ErrorCode:
     BUSY = "busy"  # no free session, or too many jobs queued
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
-    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
 
 
 class ProtocolError(ValueError):
@@ -106,22 +106,17 @@ def _check(value, spec: F, where: str):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a number")
         if not math.isfinite(value):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be finite")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a string")
-        if len(value) > (spec.max_len or MAX_STRING):
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"{where} is {len(value)} characters, "
-                                                     f"at most {spec.max_len or MAX_STRING} allowed")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be true or false")
-    elif kind == "list":
-        if not isinstance(value, list):
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a list")
-        if len(value) > (spec.max_len or MAX_LIST):
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"{where} has {len(value)} entries, "
-                                                     f"at most {spec.max_len or MAX_LIST} allowed")
-        if spec.items is not None:
+    elif kind in ("str", "list"):
+        if not isinstance(value, str if kind == "str" else list):
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be a {'string' if kind == 'str' else 'list'}")
+        limit = spec.max_len or (MAX_STRING if kind == "str" else MAX_LIST)
+        if len(value) > limit:
+            unit = "characters" if kind == "str" else "entries"
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{where} has {len(value)} {unit}, at most {limit} allowed")
+        if kind == "list" and spec.items is not None:
             for i, item in enumerate(value):
                 _check(item, spec.items, f"{where}[{i}]")
     elif kind == "obj":

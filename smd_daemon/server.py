@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
 import io
 import itertools
+import json
 import logging
 import os
 import signal
@@ -27,12 +29,20 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import zmq
+from PIL import Image, UnidentifiedImageError, features
+from zmq.auth import load_certificate
+from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon import __version__, protocol
 from smd_daemon.cli import UsageError
+from smd_daemon.config import load_config
 from smd_daemon.engine import scene as scene_limits
+from smd_daemon.engine.core import Cancelled, Engine
+from smd_daemon.engine.models import load_model
 from smd_daemon.engine.scene import SceneError
+from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("smd_daemon.server")
@@ -45,6 +55,7 @@ class Limits:
     """What one daemon allows; sent to every client in the handshake."""
 
     max_sessions: int = 8
+    max_clients: int = 128  # handshaken connections, with or without a session
     max_layers: int = 64  # layers per scene, regions or not
     max_regions: int = scene_limits.MAX_REGIONS
     min_side: int = scene_limits.MIN_SIDE
@@ -99,16 +110,31 @@ class Session:
     acked: int = 0
     jobs: collections.deque = field(default_factory=collections.deque)
     closed: bool = False
+    encoding_busy: bool = False  # a compressed frame is being encoded (I/O thread)
     stream: object = None  # GPU thread only
+
+
+class TokenBucket:
+    """At most ``rate`` requests per second on average, bursts of twice that."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.refilled = rate, 2 * rate, time.monotonic()
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass
 class Peer:
     identity: bytes
     last_seen: float
+    bucket: TokenBucket
     session: Session | None = None
-    tokens: float = 0.0
-    refilled: float = 0.0
     warned_at: float = 0.0
 
 
@@ -118,8 +144,6 @@ def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
     """An HxWx3 uint8 frame as bytes in the requested encoding."""
     if encoding == "raw":
         return np.ascontiguousarray(image).tobytes()
-    from PIL import Image
-
     buf = io.BytesIO()
     im = Image.fromarray(image)
     if encoding == "png":
@@ -127,7 +151,7 @@ def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
     elif encoding == "jpeg":
         im.save(buf, "JPEG", quality=quality)
     else:
-        im.save(buf, "WEBP", quality=quality, method=2)
+        im.save(buf, "WEBP", quality=quality, method=1)
     return buf.getvalue()
 
 
@@ -152,16 +176,13 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
                 raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(raw)} bytes, expected {width}x{height}"
                                                          f"x{channels} = {expected}")
         return np.frombuffer(raw, np.uint8).reshape(shape).copy()
-    from PIL import Image, UnidentifiedImageError
-
     try:
         im = Image.open(io.BytesIO(data))
         # Check the size from the file header before decoding any pixels.
         if im.size != (width, height):
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, "
                                                      f"expected {width}x{height}")
-        if im.format is None or im.format.lower() not in ({"jpeg": "jpeg", "png": "png", "webp": "webp"}[encoding],
-                                                          "mpo"):
+        if im.format not in {"jpeg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}[encoding]:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: data is {im.format}, not {encoding}")
         im = im.convert("L" if channels == 1 else "RGB")
     except ProtocolError:
@@ -183,31 +204,41 @@ class GpuLoop(threading.Thread):
         self._job_turn = 0
 
     def run(self) -> None:
+        while not self.server.stopping.is_set():
+            try:
+                self._round()
+            except Exception:  # a bug must not silently stop every stream
+                log.exception("GPU loop error; continuing")
+                time.sleep(0.1)
+
+    def _round(self) -> None:
+        """One round: apply pending scenes, step every ready stream once, run one job."""
         srv = self.server
-        while not srv.stopping.is_set():
-            with srv.cv:
-                now = time.monotonic()
-                updates, ready, job, wait = [], [], None, 0.1
-                for s in list(srv.sessions.values()):
-                    if s.pending_scene is not None:
-                        updates.append((s, s.pending_scene))
-                        s.pending_scene = None
-                    if s.live and s.latest is None and (s.stream is not None or updates and updates[-1][0] is s):
-                        if now >= s.next_step_at:
-                            ready.append(s)
-                        else:
-                            wait = min(wait, s.next_step_at - now)
-                job = self._next_job()
-                if not (updates or ready or job):
-                    srv.cv.wait(wait)
-                    continue
-            for s, (scene, revision) in updates:
+        with srv.cv:
+            now = time.monotonic()
+            updates, ready, job, wait = [], [], None, 0.1
+            for s in list(srv.sessions.values()):
+                # Streams are opened only for live sessions: generate alone needs none.
+                if s.pending_scene is not None and (s.live or s.stream is not None):
+                    updates.append((s, s.pending_scene))
+                    s.pending_scene = None
+                if s.live and s.latest is None and (s.stream is not None or updates and updates[-1][0] is s):
+                    if now >= s.next_step_at:
+                        ready.append(s)
+                    else:
+                        wait = min(wait, s.next_step_at - now)
+            job = self._next_job()
+            if not (updates or ready or job):
+                srv.cv.wait(wait)
+                return
+        for s, (scene, revision) in updates:
+            if not s.closed:
                 self._apply(s, scene, revision)
-            ready = [s for s in ready if s.stream is not None and not s.closed]
-            if ready:
-                self._step(ready)
-            if job is not None:
-                self._generate(*job)
+        ready = [s for s in ready if s.stream is not None and not s.closed]
+        if ready:
+            self._step(ready)
+        if job is not None:
+            self._generate(*job)
 
     def _next_job(self):
         """The next queued job, taking sessions in turn (called under the lock)."""
@@ -259,9 +290,9 @@ class GpuLoop(threading.Thread):
         t0 = time.perf_counter()
         try:
             if job.cancelled or s.closed:
-                raise self._cancelled_type()
+                raise Cancelled()
             image = self.engine.generate(job.scene, progress=progress, cancel=lambda: job.cancelled or s.closed)
-        except self._cancelled_type():
+        except Cancelled:
             self.server.post(s, "cancelled", job.id)
         except SceneError as e:
             self.server.post(s, "error", ErrorCode.BAD_SCENE, str(e), {"job": job.id})
@@ -273,12 +304,6 @@ class GpuLoop(threading.Thread):
             with self.server.cv:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
-
-    @staticmethod
-    def _cancelled_type():
-        from smd_daemon.engine.core import Cancelled
-
-        return Cancelled
 
     def _failed(self, s: Session, e: Exception, job: Job | None = None) -> None:
         log.error("engine failed for session %s: %s: %s", s.id[:8], type(e).__name__, e)
@@ -313,9 +338,9 @@ class Server:
         self._wake_addr = f"inproc://wake-{uuid.uuid4().hex}"
         self._auth = None
         self._jobs = itertools.count(1)
-        self._unknown_tokens = 100.0
-        self._unknown_refilled = time.monotonic()
+        self._unknown_bucket = TokenBucket(self.limits.max_requests_per_s)  # shared by peers before hello
         self._thread_wake = threading.local()
+        self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.sock = None
 
     # The GPU thread talks to the I/O thread through these two.
@@ -336,8 +361,6 @@ class Server:
             pass  # a wake-up is already pending
 
     def capabilities(self) -> dict:
-        from PIL import features
-
         encodings = ["raw", "png", "jpeg"] + (["webp"] if features.check("webp") else [])
         return {"frame_encodings": encodings, "plane_encodings": list(protocol.PLANE_ENCODINGS),
                 "image_encodings": ["raw", "zlib"] + encodings[1:], "partial_updates": True,
@@ -366,9 +389,6 @@ class Server:
         self.gpu.start()
 
     def _setup_curve(self, sock) -> None:
-        from zmq.auth import load_certificate
-        from zmq.auth.thread import ThreadAuthenticator
-
         secret_file = os.path.join(self.keys_dir, "server.key_secret")
         allowed = os.path.join(self.keys_dir, "authorized")
         if not os.path.isfile(secret_file):
@@ -430,6 +450,7 @@ class Server:
                 self._send(identity, "bye", reason="daemon shutting down")
         if getattr(self, "gpu", None) is not None:
             self.gpu.join(timeout=30)
+        self._encoders.shutdown(wait=True, cancel_futures=True)
         if self.sock is not None:
             self.sock.close(linger=500)
             self.wake_sock.close(linger=0)
@@ -469,52 +490,66 @@ class Server:
                 self._send(s.identity, "live", active=payload[0])
             elif kind == "result":
                 job, image, engine_ms = payload
-                data = encode_frame(image, job.encoding, job.quality)
                 h, w = image.shape[:2]
-                self._send(s.identity, "result", [data], job=job.id, revision=job.revision, width=w, height=h,
-                           encoding=job.encoding, channels=3, part=0, engine_ms=round(engine_ms, 3),
-                           sent_at=time.time())
+                self._send_image(s, "result", image, job.encoding, job.quality,
+                                 dict(job=job.id, revision=job.revision, width=w, height=h, encoding=job.encoding,
+                                      channels=3, part=0, engine_ms=round(engine_ms, 3)))
+            elif kind == "encoded":
+                type_, data, encode_ms, fields = payload
+                if type_ == "frame":
+                    s.encoding_busy = False
+                self._send(s.identity, type_, [data], encode_ms=encode_ms, sent_at=time.time(), **fields)
         for s in list(self.sessions.values()):
             self._deliver(s)
+
+    def _send_image(self, s: Session, type_: str, image: np.ndarray, encoding: str, quality: int,
+                    fields: dict) -> None:
+        """Encode and send a frame or result; compression runs on the encoder
+        threads (Pillow releases the GIL), so it never holds up other clients."""
+        if encoding == "raw":
+            t0 = time.perf_counter()
+            data = encode_frame(image, "raw", quality)
+            self._send(s.identity, type_, [data], encode_ms=round((time.perf_counter() - t0) * 1000, 3),
+                       sent_at=time.time(), **fields)
+            return
+        if type_ == "frame":
+            s.encoding_busy = True  # one at a time per session keeps its frames in order
+
+        def work():
+            t0 = time.perf_counter()
+            try:
+                data = encode_frame(image, encoding, quality)
+            except Exception as e:  # Pillow failures: this client only
+                log.error("could not encode a %s %s: %s", encoding, type_, e)
+                s.encoding_busy = False
+                self.post(s, "error", ErrorCode.ENGINE_ERROR, f"could not encode the {type_} as {encoding}: {e}",
+                          {"job": fields["job"]} if "job" in fields else {})
+                return
+            self.post(s, "encoded", type_, data, round((time.perf_counter() - t0) * 1000, 3), fields)
+
+        self._encoders.submit(work)
 
     def _deliver(self, s: Session) -> None:
         """Send the newest live frame if the client's window has room (latest frame wins)."""
         with self.cv:
-            if s.latest is None or s.closed or s.seq - s.acked >= self.limits.frame_window:
+            if s.latest is None or s.closed or s.encoding_busy or s.seq - s.acked >= self.limits.frame_window:
+                return
+            if not s.live:
+                s.latest = None
                 return
             (frame, engine_ms, batch), s.latest = s.latest, None
+            steps = int(getattr(s.stream, "steps_in_flight", 0) or 0)
             s.seq += 1
             seq = s.seq
-            live, encoding, quality = s.live, s.encoding, s.quality
+            encoding, quality = s.encoding, s.quality
             self.cv.notify()  # this session may be stepped again
-        if not live:
-            return
-        t0 = time.perf_counter()
-        data = encode_frame(frame.image, encoding, quality)
         h, w = frame.image.shape[:2]
-        self._send(s.identity, "frame", [data], seq=seq, revision=int(frame.revision), settled=bool(frame.settled),
-                   index=int(frame.index), width=w, height=h, encoding=encoding, channels=3, part=0,
-                   engine_ms=round(engine_ms, 3), batch=batch,
-                   encode_ms=round((time.perf_counter() - t0) * 1000, 3), sent_at=time.time())
+        self._send_image(s, "frame", frame.image, encoding, quality,
+                         dict(seq=seq, revision=int(frame.revision), settled=bool(frame.settled),
+                              index=int(frame.index), steps_in_flight=steps, width=w, height=h, encoding=encoding,
+                              channels=3, part=0, engine_ms=round(engine_ms, 3), batch=batch))
 
     # --- receiving ------------------------------------------------------------
-
-    def _allow(self, peer: Peer | None, now: float) -> bool:
-        """Token bucket per client (and one shared by unknown peers)."""
-        rate = self.limits.max_requests_per_s
-        if peer is None:
-            self._unknown_tokens = min(2 * rate, self._unknown_tokens + (now - self._unknown_refilled) * rate)
-            self._unknown_refilled = now
-            if self._unknown_tokens < 1:
-                return False
-            self._unknown_tokens -= 1
-            return True
-        peer.tokens = min(2 * rate, peer.tokens + (now - peer.refilled) * rate)
-        peer.refilled = now
-        if peer.tokens < 1:
-            return False
-        peer.tokens -= 1
-        return True
 
     def _on_message(self, frames) -> None:
         if len(frames) < 2:
@@ -523,7 +558,7 @@ class Server:
         identity = frames[0].bytes
         now = time.monotonic()
         peer = self.peers.get(identity)
-        if not self._allow(peer, now):
+        if not (peer.bucket if peer is not None else self._unknown_bucket).allow(now):
             if peer is not None and now - peer.warned_at > 1.0:
                 peer.warned_at = now
                 self._error(identity, ErrorCode.RATE_LIMITED,
@@ -546,14 +581,16 @@ class Server:
         except ProtocolError as e:
             extra = {"revision": msg.header["revision"]} if msg.type == "update" else {}
             self._error(identity, e.code, e.message, rid, **extra)
+        except Exception as e:  # a bug must cost one request, not the daemon
+            log.exception("internal error handling %s", msg.type)
+            self._error(identity, ErrorCode.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}", rid)
 
     @staticmethod
     def _header_id(frame):
+        """The request id of a message that failed its checks, if it can be read at all."""
         try:
-            import json
-
             return protocol.request_id(json.loads(frame.bytes[:protocol.MAX_HEADER_BYTES]))
-        except Exception:
+        except (ValueError, RecursionError):
             return None
 
     def _dispatch(self, identity: bytes, peer: Peer | None, msg, rid, now: float) -> None:
@@ -563,10 +600,9 @@ class Server:
                 raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol {msg.header['protocol']} is not supported; "
                                                            f"this daemon speaks {protocol.PROTOCOL_VERSION}")
             if peer is None:
-                if len(self.peers) >= 4 * self.limits.max_sessions:
+                if len(self.peers) >= self.limits.max_clients:
                     raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
-                peer = self.peers[identity] = Peer(identity, now, tokens=2 * self.limits.max_requests_per_s,
-                                                   refilled=now)
+                peer = self.peers[identity] = Peer(identity, now, TokenBucket(self.limits.max_requests_per_s))
                 log.info("client %s (%s) connected", identity.hex()[:8], msg.header.get("client", "?"))
             self._send(identity, "welcome", re=rid, protocol=protocol.PROTOCOL_VERSION,
                        daemon={"name": "smd-daemon", "version": __version__}, model=self.model_info,
@@ -690,8 +726,6 @@ class Server:
 
     def _update(self, s: Session, msg, rid) -> None:
         """Apply a full or partial update, all or nothing; reply with how each layer was read."""
-        from smd_daemon.grammar import LayerInput, build_scene
-
         h = msg.header
         lim = self.limits
         revision = h["revision"]
@@ -769,6 +803,10 @@ class Server:
                 background_strength=bg.get("strength", 0.0), seed=settings.get("seed", 0),
                 steps=settings.get("steps", 4),
                 **{k: settings[k] for k in ("guidance_scale", "mask_mode") if k in settings})
+            for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
+                if len(text) > lim.max_prompt_chars:
+                    raise ProtocolError(ErrorCode.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
+                                                             f"{lim.max_prompt_chars} allowed ({text[:40]!r}...)")
             if len(scene.regions) > lim.max_regions:
                 raise ProtocolError(ErrorCode.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most "
                                                                 f"{lim.max_regions} allowed")
@@ -792,7 +830,7 @@ class Server:
 OPTIONS = {
     # name: (type, default, help)
     "model": (str, "tiny", "model: a preset (tiny, random-sd15), a local diffusers folder or file"),
-    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on (loopback by default)"),
+    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "device": (str, None, "torch device (default: cuda if available, else cpu)"),
@@ -800,6 +838,8 @@ OPTIONS = {
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
     "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
+    "max_message_mb": (float, Limits.max_message_bytes / 2**20, "largest message part accepted, in MiB"),
+    "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
 }
 
 
@@ -818,8 +858,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve_options(args) -> dict:
     """Flags, then the config file, then defaults."""
-    from smd_daemon.config import load_config
-
     config = load_config(args.config, {**OPTIONS, "log_level": (str, None, "")}) if args.config else {}
     out = {}
     for name, (_, default, _) in OPTIONS.items():
@@ -834,9 +872,14 @@ def run(args) -> int:
     if opts.get("log_level"):
         logging.getLogger().setLevel(opts["log_level"].upper())
     limits = Limits(max_sessions=opts["max_sessions"], max_fps=opts["max_fps"],
-                    heartbeat_timeout=opts["heartbeat_timeout"])
-    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600:
-        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s")
+                    heartbeat_timeout=opts["heartbeat_timeout"],
+                    max_message_bytes=int(opts["max_message_mb"] * 2**20))
+    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600 \
+            or not 2**16 <= limits.max_message_bytes <= 2**32:
+        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
+                         "max-message-mb in [0.0625, 4096]")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise UsageError("threads must be >= 1")
     bind = opts["bind"]
     if not bind.startswith(("tcp://", "ipc://")):
         raise UsageError(f"bind address {bind!r} must look like tcp://HOST:PORT or ipc://PATH")
@@ -850,8 +893,8 @@ def run(args) -> int:
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
-    from smd_daemon.engine.core import Engine
-    from smd_daemon.engine.models import load_model
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
 
     log.info("loading model %s ...", opts["model"])
     t0 = time.perf_counter()

@@ -234,3 +234,35 @@ def test_lcm_distilled_unet_gets_the_guidance_embedding_like_diffusers():
     ours = engine.generate(Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=2,
                                  bootstrap_steps=0))
     assert _diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
+
+
+def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engine):
+    a_scene, b_scene = _two_regions(seed=1), _two_regions(prompt_a="a hot air balloon", seed=2)
+    together = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
+    alone = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
+    calls, restore = _count_unet_forwards(engine)
+    try:
+        for _ in range(6):
+            n = len(calls)
+            pair = engine.step_streams(together)
+            assert len(calls) == n + 1
+    finally:
+        restore()
+    for _ in range(6):
+        solo = [s.step() for s in alone]
+    for got, expect in zip(pair, solo):
+        assert got.index == expect.index and _diff(got.image, expect.image) <= 1
+    assert _diff(pair[0].image, pair[1].image) > 10
+
+
+def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
+    unet = engine.c.unet
+    orig = unet.forward
+    unet.forward = lambda sample, *a, **k: (orig(sample, *a, **k)[0] * float("nan"),)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            engine.open_stream(_two_regions()).step()
+        with pytest.raises(FloatingPointError):
+            engine.generate(_two_regions())
+    finally:
+        unet.forward = orig

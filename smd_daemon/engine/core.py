@@ -217,11 +217,10 @@ class Engine:
                                     return_dict=False, **kw)[0])
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-    @torch.no_grad()
-    def _denoise(self, plan: _Plan, xs: list[torch.Tensor], levels: list[int],
-                 white_noise: torch.Tensor | None) -> list[torch.Tensor]:
-        """Latents ``xs[k]`` (1, 4, h, w) at step ``levels[k]`` -> their
-        pre-averaged clean estimates x̄0, all in one batched UNet call."""
+    def _inputs(self, plan: _Plan, xs: list[torch.Tensor], levels: list[int], white_noise: torch.Tensor | None):
+        """The UNet samples for latents ``xs[k]`` at step ``levels[k]``: one per
+        (latent, window, region touching it), plus the background where any
+        pixel of the window is uncovered."""
         ins, ts, embs, negs, items = [], [], [], [], []
         for k, (x, i) in enumerate(zip(xs, levels)):
             t = plan.timesteps[i]
@@ -249,21 +248,11 @@ class Engine:
                     negs.append(plan.bg_neg)
                     ts.append(t)
                     items.append((k, ti, -1))
+        return torch.cat(ins), ts, embs, negs, items
 
+    def _clean_estimate(self, plan: _Plan, x_in: torch.Tensor, eps: torch.Tensor, items, levels) -> torch.Tensor:
+        """x̂0 per sample with the LCM boundary condition."""
         dev, dt = self.c.device, self.c.dtype
-        x_in = torch.cat(ins)
-        e_in = torch.cat(embs)
-        t_in = torch.tensor(ts, device=dev)
-        if plan.cfg:
-            # Classifier-free guidance only when asked for (guidance > 1 on a
-            # UNet without a guidance embedding): never a doubled batch at 1.0.
-            eps_u, eps_c = self._unet(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
-                                      torch.cat([torch.cat(negs), e_in]), None).chunk(2)
-            eps = eps_u + plan.scene.guidance_scale * (eps_c - eps_u)
-        else:
-            eps = self._unet(x_in, t_in, e_in, plan.time_cond)
-
-        # x̂0 per sample with the LCM boundary condition.
         lv = torch.tensor([levels[k] for k, _, _ in items], device=dev)
         sa = plan.sqrt_ab[lv].view(-1, 1, 1, 1)
         s1 = plan.sqrt_1mab[lv].view(-1, 1, 1, 1)
@@ -276,41 +265,98 @@ class Engine:
             x0 = eps
         else:
             x0 = (x_in - s1 * eps) / sa
-        x0 = c_out * x0 + c_skip * x_in
+        return c_out * x0 + c_skip * x_in
 
-        # Latent pre-averaging: weight each region's x̂0 by its mask at this
-        # step *before* re-noising; uncovered area takes the background.
+    @torch.no_grad()
+    def _denoise_many(self, jobs: list[tuple[_Plan, list[torch.Tensor], list[int], torch.Tensor | None]]):
+        """Several ``_denoise`` jobs (e.g. different clients' streams) with one
+        UNet call per group of jobs whose samples can share a batch."""
+        dev = self.c.device
+        built = [self._inputs(*job) for job in jobs]
+        groups: dict[tuple, list[int]] = {}
+        for n, (plan, *_rest) in enumerate(jobs):
+            t = plan.tiles[0]
+            key = (t[2], t[3], plan.cfg, plan.scene.guidance_scale if plan.cfg or plan.time_cond is not None else 0)
+            groups.setdefault(key, []).append(n)
+        results: list[list[torch.Tensor] | None] = [None] * len(jobs)
+        for members in groups.values():
+            plan0 = jobs[members[0]][0]
+            x_in = torch.cat([built[n][0] for n in members])
+            t_in = torch.tensor([t for n in members for t in built[n][1]], device=dev)
+            e_in = torch.cat([e for n in members for e in built[n][2]])
+            if plan0.cfg:
+                # Classifier-free guidance only when asked for (guidance > 1 on a
+                # UNet without a guidance embedding): never a doubled batch at 1.0.
+                neg = torch.cat([e for n in members for e in built[n][3]])
+                eps_u, eps_c = self._unet(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
+                                          torch.cat([neg, e_in]), None).chunk(2)
+                eps = eps_u + plan0.scene.guidance_scale * (eps_c - eps_u)
+            else:
+                eps = self._unet(x_in, t_in, e_in, plan0.time_cond)
+            start = 0
+            for n in members:
+                plan, _, levels, _ = jobs[n]
+                xi, _, _, _, items = built[n]
+                end = start + xi.shape[0]
+                x0 = self._clean_estimate(plan, xi, eps[start:end], items, levels)
+                results[n] = self._pre_average(plan, x0, items, levels)
+                start = end
+        return results
+
+    def _denoise(self, plan: _Plan, xs: list[torch.Tensor], levels: list[int],
+                 white_noise: torch.Tensor | None) -> list[torch.Tensor]:
+        """Latents ``xs[k]`` (1, 4, h, w) at step ``levels[k]`` -> their
+        pre-averaged clean estimates x̄0, all in one batched UNet call."""
+        return self._denoise_many([(plan, xs, levels, white_noise)])[0]
+
+    def _pre_average(self, plan: _Plan, x0: torch.Tensor, items: list[tuple[int, int, int]],
+                     levels: list[int]) -> list[torch.Tensor]:
+        """Latent pre-averaging: weight each region's x̂0 by its mask at this
+        step *before* re-noising; uncovered area takes the background."""
+        dev, dt = self.c.device, self.c.dtype
         h, w = plan.latent_hw
-        num = [torch.zeros((1, 4, h, w), device=dev, dtype=dt) for _ in xs]
-        den = [torch.zeros((1, 1, h, w), device=dev, dtype=dt) for _ in xs]
-        bnum = [torch.zeros((1, 4, h, w), device=dev, dtype=dt) for _ in xs]
-        bden = [torch.zeros((1, 1, h, w), device=dev, dtype=dt) for _ in xs]
-        tw = plan.tile_weight
-        for j, (k, ti, p) in enumerate(items):
-            y, x0_, a, b = plan.tiles[ti]
-            est = x0[j:j + 1]
-            if p < 0:
-                bnum[k][..., y:y + a, x0_:x0_ + b] += tw * est
-                bden[k][..., y:y + a, x0_:x0_ + b] += tw
-                continue
-            i = levels[k]
-            if i < len(plan.offsets):
-                est = M.uncenter(est, plan.offsets[i][p])
-            wgt = tw * plan.masks[i, p][None, None, y:y + a, x0_:x0_ + b]
-            num[k][..., y:y + a, x0_:x0_ + b] += wgt * est
-            den[k][..., y:y + a, x0_:x0_ + b] += wgt
-        out = []
-        for k, i in enumerate(levels):
-            fg = num[k] / den[k].clamp_min(1e-8)
-            if any(plan.need_bg[i]):
-                bgx = bnum[k] / bden[k].clamp_min(1e-8)
-                if plan.bg_image is not None:
-                    s = plan.scene.background.strength
-                    bgx = (1 - s) * bgx + s * plan.bg_image
-                B = plan.uncovered[i][None]
-                fg = (1 - B) * fg + B * bgx
-            out.append(fg)
-        return out
+        S = len(levels)
+        for j, (k, _, p) in enumerate(items):
+            if p >= 0 and levels[k] < len(plan.offsets) and plan.offsets[levels[k]][p] != (0, 0):
+                x0[j] = M.uncenter(x0[j], plan.offsets[levels[k]][p])
+        num = torch.zeros((S, 4, h, w), device=dev, dtype=dt)
+        den = torch.zeros((S, 1, h, w), device=dev, dtype=dt)
+        bnum = torch.zeros((S, 4, h, w), device=dev, dtype=dt)
+        bden = torch.zeros((S, 1, h, w), device=dev, dtype=dt)
+        if len(plan.tiles) == 1:
+            # One window: a handful of batched kernels, whatever the batch.
+            reg = [j for j, it in enumerate(items) if it[2] >= 0]
+            bgs = [j for j, it in enumerate(items) if it[2] < 0]
+            if reg:
+                idx = torch.tensor(reg, device=dev)
+                k = torch.tensor([items[j][0] for j in reg], device=dev)
+                wgt = plan.masks[torch.tensor([levels[items[j][0]] for j in reg], device=dev),
+                                 torch.tensor([items[j][2] for j in reg], device=dev)][:, None]
+                num.index_add_(0, k, wgt * x0[idx])
+                den.index_add_(0, k, wgt)
+            if bgs:
+                k = torch.tensor([items[j][0] for j in bgs], device=dev)
+                bnum.index_add_(0, k, x0[torch.tensor(bgs, device=dev)])
+                bden[k] = 1
+        else:
+            tw = plan.tile_weight
+            for j, (k, ti, p) in enumerate(items):
+                y, x, a, b = plan.tiles[ti]
+                if p < 0:
+                    bnum[k:k + 1, :, y:y + a, x:x + b] += tw * x0[j:j + 1]
+                    bden[k:k + 1, :, y:y + a, x:x + b] += tw
+                else:
+                    wgt = tw * plan.masks[levels[k], p][None, None, y:y + a, x:x + b]
+                    num[k:k + 1, :, y:y + a, x:x + b] += wgt * x0[j:j + 1]
+                    den[k:k + 1, :, y:y + a, x:x + b] += wgt
+        fg = num / den.clamp_min(1e-8)
+        B = plan.uncovered[torch.tensor(levels, device=dev)]  # (S, 1, h, w)
+        bgx = bnum / bden.clamp_min(1e-8)
+        if plan.bg_image is not None:
+            s = plan.scene.background.strength
+            bgx = (1 - s) * bgx + s * plan.bg_image
+        fg = torch.where(bden > 0, (1 - B) * fg + B * bgx, fg)
+        return list(fg.split(1))
 
     def _renoise(self, plan: _Plan, x0: torch.Tensor, level: int, noise: torch.Tensor) -> torch.Tensor:
         return plan.sqrt_ab[level] * x0 + plan.sqrt_1mab[level] * noise
@@ -342,14 +388,26 @@ class Engine:
                 x = self._renoise(plan, x0, i + 1, self._noise(plan, gen))
             if progress is not None:
                 progress(i + 1, T)
+        _check_finite(x0)
         return self.decode(x0)
 
     def open_stream(self, scene: Scene, revision: int = 0) -> "StreamSession":
         return StreamSession(self, scene, revision)
 
+    @torch.no_grad()
     def step_streams(self, streams: list["StreamSession"]) -> list[StreamFrame]:
-        """Advance several sessions one frame each, in turn (fair round-robin)."""
-        return [s.step() for s in streams]
+        """Advance several sessions one frame each. Sessions whose samples fit
+        one batch (same window size and guidance) share a single UNet call, so
+        every client gets a frame per round and none waits behind another."""
+        jobs = [s._begin() for s in streams]
+        x0s = self._denoise_many(jobs)
+        return [s._finish(x0) for s, x0 in zip(streams, x0s)]
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    # fp16 overflow or a broken model gives NaN: say so rather than show black.
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError("the model produced non-finite values (NaN/inf); try --dtype fp32")
 
 
 class StreamSession:
@@ -402,14 +460,22 @@ class StreamSession:
 
     @torch.no_grad()
     def step(self) -> StreamFrame:
+        return self._finish(self.engine._denoise(*self._begin()))
+
+    def _begin(self):
+        """Apply a pending edit and fill level 0: the job for ``_denoise``."""
         if self._pending is not None:
             self._apply_pending()
-        e, plan = self.engine, self.plan
-        T = len(plan.timesteps)
         self._slots[0] = self._entry
         self._since[0] = self.revision
-        live = [i for i in range(T) if self._slots[i] is not None]
-        x0s = e._denoise(plan, [self._slots[i] for i in live], live, self._white_noise)
+        self._live = [i for i in range(len(self._slots)) if self._slots[i] is not None]
+        return self.plan, [self._slots[i] for i in self._live], self._live, self._white_noise
+
+    def _finish(self, x0s: list[torch.Tensor]) -> StreamFrame:
+        """Show the deepest level's estimate; re-noise the rest one level down."""
+        e, plan, live = self.engine, self.plan, self._live
+        _check_finite(x0s[-1])
+        T = len(plan.timesteps)
         deepest = live[-1]
         image = e.decode(x0s[-1])
         settled = deepest == T - 1 and self._since[deepest] == self.revision

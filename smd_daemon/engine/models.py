@@ -5,12 +5,17 @@
     DIR             a local diffusers folder (model_index.json)
     FILE            a single .safetensors / .ckpt checkpoint
     owner/name      a Hugging Face hub id (downloaded with progress, then cached)
+
+An LCM-LoRA (hub id, folder or file) can be fused at load, and a tiny
+autoencoder (TAESD-style ``AutoencoderTiny``) can replace the VAE. The
+scheduler is always an ``LCMScheduler`` built from the model's own config.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +23,22 @@ import torch
 log = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "random-sd15")
+
+# What an artist gets with no --model: an LCM-distilled SD-1.5 model and TAESD.
+DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
+DEFAULT_TINY_VAE = "madebyollin/taesd"
+# For plain SD-1.5 models: makes them few-step capable.
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
+
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# How to do without the hub, per kind of download.
+_OFFLINE_HINTS = {
+    "model": "point --model at a local diffusers folder or a .safetensors/.ckpt file, "
+             "or use --model tiny for an offline smoke run",
+    "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
+    "LoRA": "point --lora at a local .safetensors file or folder",
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -40,13 +61,17 @@ class Components:
     info: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
+        """What clients may be told about the model: local paths are cut to
+        their file name, so the server's file system layout never leaks."""
+        info = {k: (os.path.basename(os.path.normpath(v)) if isinstance(v, str) and os.path.exists(v) else v)
+                for k, v in self.info.items()}
         return {
             "name": self.name,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "meaningful": self.meaningful,
             "native_size": int(self.unet.config.sample_size) * self.vae_scale_factor,
-            **self.info,
+            **info,
         }
 
     @property
@@ -59,7 +84,15 @@ class Components:
 
 def pick_device(device: str | None = None) -> torch.device:
     if device:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError(f"device {device!r} requested but Apple MPS is not available on this machine")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -87,24 +120,246 @@ def components_from_pipeline(pipe, name: str, device: torch.device, dtype: torch
                       device, dtype, name, meaningful, dict(info))
 
 
-def load_model(spec: str = "tiny", *, device: str | None = None, dtype: str | None = None,
-               seed: int = 0) -> Components:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _hub_problem(e: BaseException) -> str | None:
+    """Classify a failed hub access: 'unreachable', 'missing' or None."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    for x in _chain(e):
+        if isinstance(x, RepositoryNotFoundError):
+            return "missing"
+        if isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
+            return "unreachable"
+        if type(x).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            return "unreachable"
+    return None
+
+
+def _from_hub(what: str, repo: str, load):
+    """``load(local_files_only=...)``: cached copies never touch the network;
+    otherwise download once (huggingface_hub shows tqdm progress)."""
+    from huggingface_hub import constants
+
+    try:
+        return load(local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
+        if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
+            raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
+    if constants.is_offline_mode():
+        raise ModelLoadError(f"{what} {repo!r} is not in the local cache and offline mode is on "
+                             f"(HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}")
+    log.info("%s %r is not cached: downloading it from the Hugging Face hub (first use only)", what, repo)
+    try:
+        # One quick request first: file downloads retry for ~20 s when the hub is unreachable.
+        from huggingface_hub import model_info
+
+        model_info(repo, timeout=10)
+        return load(local_files_only=False)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        problem = _hub_problem(e)
+        if problem == "unreachable":
+            raise ModelLoadError(f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
+                                 f"cannot be reached: {_OFFLINE_HINTS[what]}") from None
+        if problem == "missing":
+            raise ModelLoadError(f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
+                                 f"log in with `hf auth login`)") from None
+        raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
+
+
+def _check_checkpoint_file(path: str) -> None:
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types
+            raise ModelLoadError(f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}") from None
+        # Checked here because diffusers would otherwise guess an architecture for it.
+        if not any(k.startswith("model.diffusion_model.") for k in keys):
+            raise ModelLoadError(f"checkpoint {path!r} holds no Stable Diffusion UNet (model.diffusion_model.*): "
+                                 f"not a full SD-1.5 checkpoint (a LoRA goes to --lora)")
+
+
+def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    _check_checkpoint_file(path)
+    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+    if config is not None:
+        if not os.path.isdir(config) and not _HUB_ID.match(config):
+            raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
+        kw["config"] = config
+    try:
+        # With no config, diffusers infers the architecture and reads its config
+        # files from the cache, or fetches them (a few kB) once.
+        return StableDiffusionPipeline.from_single_file(path, local_files_only=config is None or
+                                                        os.path.isdir(config), **kw)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
+            raise ModelLoadError(
+                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
+                f"pass --model-config DIR with any diffusers folder of the same architecture (e.g. SD-1.5), "
+                f"or connect once so they are cached") from None
+        raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
+
+
+def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
+    """Returns (pipeline, source kind)."""
+    from diffusers import StableDiffusionPipeline
+
+    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ModelLoadError(f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
+                                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)")
+        try:
+            return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    if os.path.isfile(path):
+        if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
+            raise ModelLoadError(f"model file {spec!r}: expected a .safetensors or .ckpt checkpoint")
+        return _load_single_file(path, config, dtype), "single_file"
+    if path.lower().endswith(CHECKPOINT_EXTENSIONS) or spec.startswith((".", "/", "~")) \
+            or spec.count("/") > 1 or "\\" in spec:
+        raise ModelLoadError(f"model {spec!r}: no such file or folder")
+    if _HUB_ID.match(spec):
+        pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
+        return pipe, "hub"
+    raise ModelLoadError(f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, "
+                         f"or a hub id (owner/name)")
+
+
+def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
+    from diffusers import AutoencoderTiny
+
+    if spec == "tiny":
+        from smd_daemon.engine.tiny import build_tiny_autoencoder
+
+        return build_tiny_autoencoder(seed)
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        try:
+            return AutoencoderTiny.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"tiny autoencoder folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    if not _HUB_ID.match(spec):
+        raise ModelLoadError(f"tiny autoencoder {spec!r}: not a folder, a hub id (owner/name) or 'tiny'")
+    return _from_hub("tiny autoencoder", spec,
+                     lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
+
+
+def _fuse_lora(pipe, spec: str, scale: float) -> None:
+    path = os.path.expanduser(spec)
+    try:
+        if os.path.exists(path):
+            pipe.load_lora_weights(path, local_files_only=True)
+        elif _HUB_ID.match(spec):
+            # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
+            _from_hub("LoRA", spec, lambda local_files_only: pipe.load_lora_weights(
+                spec, local_files_only=local_files_only,
+                **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {})))
+        else:
+            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
+        # Fused into the base weights, then the adapter layers are dropped: no
+        # per-step cost from the LoRA afterwards.
+        pipe.fuse_lora(lora_scale=scale)
+        pipe.unload_lora_weights()
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
+
+
+def _make_lcm(pipe, name: str, warn: bool) -> bool:
+    """The engine needs LCM: rebuild the scheduler as one from the model's own
+    config (same betas and timestep spacing). Returns whether it was LCM before."""
+    from diffusers import LCMScheduler
+
+    was_lcm = type(pipe.scheduler) is LCMScheduler
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    if warn and not was_lcm:
+        log.warning("model %r does not look LCM-distilled and no LoRA was given: few-step images will be poor; "
+                    "add --lora %s", name, DEFAULT_LCM_LORA)
+    return was_lcm
+
+
+def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | None = None,
+               config: str | None = None, lora_scale: float = 1.0, device: str | None = None,
+               dtype: str | None = None, seed: int = 0) -> Components:
+    """Load ``spec`` (see the module docstring) ready for the engine.
+
+    ``tiny_vae``: None keeps the model's VAE; 'auto' means the default TAESD
+    for real models and none for presets; 'tiny' builds a random one; else a
+    hub id or folder. ``config``: diffusers folder (or hub id) describing a
+    single-file checkpoint's architecture, for offline use.
+    """
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    if dt == torch.float16 and dev.type == "cpu":
+        log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
+    if tiny_vae == "auto":
+        tiny_vae = None if spec in PRESETS else DEFAULT_TINY_VAE
+    elif tiny_vae in ("none", ""):
+        tiny_vae = None
     if spec == "tiny":
         from smd_daemon.engine.tiny import build_tiny_pipeline
 
         log.warning("model 'tiny': random weights, produces no meaningful images (tests and smoke runs)")
-        return components_from_pipeline(build_tiny_pipeline(seed), "tiny", dev, dt, meaningful=False)
-    if spec == "random-sd15":
+        pipe, source, meaningful = build_tiny_pipeline(seed), "preset", False
+    elif spec == "random-sd15":
         from smd_daemon.engine.tiny import build_random_sd15
 
         log.warning("model 'random-sd15': SD-1.5 architecture with random weights, produces no meaningful images")
-        return components_from_pipeline(build_random_sd15(seed), "random-sd15", dev, dt, meaningful=False)
-    if os.path.isdir(spec):
-        from diffusers import StableDiffusionPipeline
+        pipe, source, meaningful = build_random_sd15(seed), "preset", False
+    else:
+        pipe, source = _load_pipeline(spec, config, dt)
+        meaningful = True
+    name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if lora is not None:
+        _fuse_lora(pipe, lora, lora_scale)
+    if tiny_vae is not None:
+        pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
+    lcm = _make_lcm(pipe, name, warn=source != "preset" and lora is None) or lora is not None
+    comps = components_from_pipeline(pipe, name, dev, dt, meaningful, source=source, spec=spec, lora=lora,
+                                     tiny_vae=tiny_vae, lcm=lcm)
+    log.info("loaded model %s (%s) on %s %s%s%s", name, source, dev, str(dt).replace("torch.", ""),
+             f", LoRA {lora} fused" if lora else "", f", tiny autoencoder {tiny_vae}" if tiny_vae else "")
+    return comps
 
-        pipe = StableDiffusionPipeline.from_pretrained(spec, safety_checker=None, requires_safety_checker=False,
-                                                       local_files_only=True)
-        return components_from_pipeline(pipe, os.path.basename(os.path.normpath(spec)), dev, dt)
-    raise ModelLoadError(f"model {spec!r}: not a preset ({', '.join(PRESETS)}) or a local folder")
+
+def add_model_arguments(parser) -> None:
+    """The model flags every command shares (``serve``, ``render``, benchmarks)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"preset ({', '.join(PRESETS)}), diffusers folder, .safetensors/.ckpt file or hub id "
+                        f"(default: {DEFAULT_MODEL})")
+    g.add_argument("--lora", default=None, help=f"LoRA to fuse at load: hub id, folder or file "
+                                                 f"(plain SD-1.5 models need {DEFAULT_LCM_LORA})")
+    g.add_argument("--tiny-vae", default="auto",
+                   help=f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
+                        f"({DEFAULT_TINY_VAE} for real models, none for presets)")
+    g.add_argument("--model-config", default=None,
+                   help="diffusers folder describing a single-file checkpoint's architecture (for offline use)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="default: fp16 on CUDA/MPS, fp32 on CPU")
+
+
+def load_model_from_args(args, seed: int = 0) -> Components:
+    return load_model(args.model, lora=args.lora, tiny_vae=args.tiny_vae, config=args.model_config,
+                      device=args.device, dtype=args.dtype, seed=seed)

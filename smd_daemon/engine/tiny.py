@@ -3,6 +3,8 @@ architecture, both with random weights.
 
 Neither produces meaningful images. They exist so that tests, demos and
 benchmarks run with no network: shapes, code paths and FLOPs are real.
+``save_single_file`` writes any SD-1.x pipeline as the one-file checkpoint
+layout community models use, so that loading path is testable offline too.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
 
 def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
     """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
-    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
@@ -238,3 +240,94 @@ def build_random_sd15(seed: int = 0):
     )
     pipe.vae = AutoencoderTiny(scaling_factor=1.0)
     return pipe
+
+
+def _ldm_unet_names(cfg) -> dict[str, str]:
+    """diffusers UNet module prefix -> original LDM prefix, for SD-1.x layouts."""
+    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
+             "mid_block.resnets.1": "middle_block.2"}
+    levels, per = len(cfg.block_out_channels), cfg.layers_per_block
+    for i in range(levels):
+        for j in range(per):
+            n = 1 + i * (per + 1) + j
+            names[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{n}.0"
+            names[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{n}.1"
+        if i < levels - 1:
+            names[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{(i + 1) * (per + 1)}.0.op"
+        has_attn = "CrossAttn" in cfg.up_block_types[i]
+        for j in range(per + 1):
+            n = i * (per + 1) + j
+            names[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{n}.0"
+            names[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{n}.1"
+        if i < levels - 1:
+            names[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * (per + 1) + per}.{2 if has_attn else 1}.conv"
+    return names
+
+
+def _ldm_vae_names(cfg) -> dict[str, str]:
+    names = {"encoder.conv_norm_out": "encoder.norm_out", "decoder.conv_norm_out": "decoder.norm_out"}
+    levels = len(cfg.block_out_channels)
+    for part in ("encoder", "decoder"):
+        names[f"{part}.mid_block.resnets.0"] = f"{part}.mid.block_1"
+        names[f"{part}.mid_block.resnets.1"] = f"{part}.mid.block_2"
+        names[f"{part}.mid_block.attentions.0"] = f"{part}.mid.attn_1"
+    for i in range(levels):
+        for j in range(cfg.layers_per_block):
+            names[f"encoder.down_blocks.{i}.resnets.{j}"] = f"encoder.down.{i}.block.{j}"
+        names[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+        # The LDM decoder numbers its levels from the bottom.
+        for j in range(cfg.layers_per_block + 1):
+            names[f"decoder.up_blocks.{i}.resnets.{j}"] = f"decoder.up.{levels - 1 - i}.block.{j}"
+        names[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{levels - 1 - i}.upsample.conv"
+    return names
+
+
+# Leaf renames inside a renamed module (UNet resnets; VAE resnets and attention).
+_LDM_LEAVES = {
+    "norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection",
+}
+_LDM_VAE_LEAVES = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q", "to_k": "k",
+                   "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename(key: str, names: dict[str, str], leaves: dict[str, str]) -> str:
+    # Longest module prefix first, so "resnets.1" never claims "resnets.10".
+    for prefix in sorted(names, key=len, reverse=True):
+        if key.startswith(prefix + "."):
+            rest = key[len(prefix) + 1:]
+            for leaf in leaves:
+                if rest.startswith(leaf + "."):
+                    rest = leaves[leaf] + rest[len(leaf):]
+                    break
+            return f"{names[prefix]}.{rest}"
+    return key
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights in the original single-file (LDM) layout of SD-1.x,
+    as community checkpoints ship them and ``from_single_file`` reads them."""
+    out: dict[str, torch.Tensor] = {}
+    unet_names = _ldm_unet_names(pipe.unet.config)
+    for k, v in pipe.unet.state_dict().items():
+        out["model.diffusion_model." + _rename(k, unet_names, _LDM_LEAVES)] = v
+    vae_names = _ldm_vae_names(pipe.vae.config)
+    for k, v in pipe.vae.state_dict().items():
+        new = _rename(k, vae_names, _LDM_VAE_LEAVES)
+        if ".mid.attn_1." in new and v.ndim == 2:
+            v = v[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
+        out["first_stage_model." + new] = v
+    for k, v in pipe.text_encoder.state_dict().items():
+        # transformers 5 flattened CLIPTextModel; the LDM layout keeps `text_model.`.
+        k = k if k.startswith("text_model.") else "text_model." + k
+        out["cond_stage_model.transformer." + k] = v
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def save_single_file(pipe, path: str) -> None:
+    """Write ``pipe`` as one LDM-layout ``.safetensors`` checkpoint."""
+    from safetensors.torch import save_file
+
+    save_file(ldm_state_dict(pipe), path)

@@ -1,0 +1,141 @@
+"""Starting, stopping, restarting and securing a real daemon process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import zmq
+import zmq.auth
+
+from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask
+from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
+
+
+def run_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "smd_daemon", *args], env=daemon_env(), capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_non_loopback_bind_without_keys_is_refused():
+    r = run_cli("serve", "--model", "tiny", "--bind", f"tcp://0.0.0.0:{free_port()}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--keys" in lines[0] and "--insecure" in lines[0], r.stderr
+    assert "loading model" not in r.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('modle = "tiny"\n', "unknown setting 'modle'"),
+    ("max_sessions = 'many'\n", "max_sessions must be int"),
+    ("bind = [\n", "not valid TOML"),
+    ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
+])
+def test_bad_config_is_one_clear_line(tmp_path, content, needle):
+    cfg = tmp_path / "smd.toml"
+    cfg.write_text(content)
+    r = run_cli("serve", "--config", str(cfg))
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_keys_are_private_and_in_pyzmq_format(tmp_path):
+    r = run_cli("keys", str(tmp_path / "k"), "--client", "alice")
+    assert r.returncode == 0, r.stderr
+    assert "server.key" in r.stdout and "alice.key_secret" in r.stdout
+    k = tmp_path / "k"
+    for secret in (k / "server.key_secret", k / "clients" / "alice.key_secret"):
+        assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+        public, private = zmq.auth.load_certificate(str(secret))
+        assert len(public) == 40 and len(private) == 40
+    assert zmq.auth.load_certificate(str(k / "authorized" / "alice.key"))[0] == \
+        zmq.auth.load_certificate(str(k / "clients" / "alice.key_secret"))[0]
+    again = run_cli("keys", str(k), "--client", "alice")
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
+    # Settings from a config file; the --bind flag wins over the file's non-loopback bind.
+    cfg = tmp_path / "smd.toml"
+    cfg.write_text('bind = "tcp://0.0.0.0:1"\nmax_sessions = 3\nheartbeat_timeout = 5\n')
+    port = free_port()
+    first = Daemon("--config", str(cfg), port=port)
+    client = None
+    try:
+        first.wait_serving()
+        client = connect(first.address, name="survivor", timeout=30)
+        assert client.limits["max_sessions"] == 3 and client.limits["heartbeat_timeout"] == 5
+        rev = client.set_scene(S, S, [Layer("1", "a red fox", half_mask())], background_prompt="forest")
+        client.start_live("raw")
+        assert client.wait_for(lambda e: isinstance(e, FrameEvent), 30) is not None
+
+        assert first.stop() == 0
+        assert "SIGTERM received" in first.text() and "stopped" in first.text()
+        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "disconnected", 10)
+        assert ev is not None and "shutting down" in ev.reason
+
+        second = Daemon("--config", str(cfg), port=port)
+        try:
+            second.wait_serving()
+            ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "connected", 30)
+            assert ev is not None, client.state_reason
+            # The client resent its full scene and restarted live mode by itself.
+            scene = client.wait_for(lambda e: isinstance(e, SceneEvent), 10)
+            assert scene is not None and scene.revision == rev and scene.regions == 1
+            frame = client.wait_for(lambda e: isinstance(e, FrameEvent), 30)
+            assert frame is not None and frame.revision == rev
+            client.close()
+            client = None
+            assert second.stop(sig=signal.SIGINT) == 0  # Ctrl+C is as clean as SIGTERM
+            assert "SIGINT received" in second.text()
+        finally:
+            second.close()
+    finally:
+        if client is not None:
+            client.close()
+        first.close()
+
+
+def test_curve_only_authorised_clients_are_served(tmp_path):
+    keys = tmp_path / "keys"
+    assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
+    stranger_dir = tmp_path / "stranger"
+    stranger_dir.mkdir()
+    _, stranger_secret = zmq.auth.create_certificates(str(stranger_dir), "mallory")
+    server_public, _ = zmq.auth.load_certificate(str(keys / "server.key"))
+
+    # Non-loopback is allowed with keys; clients still reach it on loopback.
+    port = free_port()
+    d = Daemon("--keys", str(keys), bind=f"tcp://0.0.0.0:{port}", port=port)
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        d.wait_serving()
+        assert "CURVE encryption on; 1 allowed" in d.text()
+        alice = connect(address, name="alice", server_public_key=server_public,
+                        client_secret_file=str(keys / "clients" / "alice.key_secret"))
+        try:
+            alice.set_scene(S, S, [Layer("1", "a red fox", half_mask())])
+            alice.start_live("webp")
+            f = alice.wait_for(lambda e: isinstance(e, FrameEvent), 30)
+            assert f is not None and f.encoding == "webp"
+        finally:
+            alice.close()
+
+        mallory = Client(address, name="mallory", server_public_key=server_public,
+                         client_secret_file=stranger_secret)
+        mallory.connect()
+        assert mallory.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "connected", 3) is None
+        mallory.close()
+
+        plain = Raw(address)
+        try:
+            plain.send("hello", protocol=1)
+            assert plain.recv(2.0) is None
+        finally:
+            plain.close()
+    finally:
+        assert d.stop() == 0
+        d.close()

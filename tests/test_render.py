@@ -1,0 +1,590 @@
+"""`smd-daemon render` and the scene-file readers (OpenRaster and JSON).
+
+Scenes are built here with Pillow and zipfile; the CLI runs as a real
+subprocess on the offline ``tiny`` model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smd_daemon.engine.scene import MAX_SIDE, SceneError
+from smd_daemon.scenefile import Overrides, load_scene
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- building scenes
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rgba(w: int, h: int, color=(200, 30, 30), box=None, alpha=255) -> np.ndarray:
+    """A w x h layer, transparent except ``box`` = (x0, y0, x1, y1) (default: all of it)."""
+    a = np.zeros((h, w, 4), np.uint8)
+    x0, y0, x1, y1 = box or (0, 0, w, h)
+    a[y0:y1, x0:x1, :3] = color
+    a[y0:y1, x0:x1, 3] = alpha
+    return a
+
+
+class Layer:
+    def __init__(self, name, pixels=None, x=0, y=0, visible=True, opacity=1.0, src=None):
+        self.name, self.pixels, self.x, self.y = name, pixels, x, y
+        self.visible, self.opacity, self.src = visible, opacity, src
+
+
+class Group:
+    def __init__(self, name, children, visible=True, x=0, y=0):
+        self.name, self.children, self.visible, self.x, self.y = name, children, visible, x, y
+
+
+def make_ora(path, w, h, stack, *, stack_xml=None, members=None) -> str:
+    """Write an .ora; ``stack`` lists Layers/Groups top first, as stack.xml does."""
+    files: dict[str, bytes] = {}
+    counter = [0]
+
+    def element(item) -> str:
+        vis = "visible" if item.visible else "hidden"
+        if isinstance(item, Group):
+            inner = "".join(element(c) for c in item.children)
+            return f'<stack name={quoteattr(item.name)} visibility="{vis}" x="{item.x}" y="{item.y}">{inner}</stack>'
+        src = item.src
+        if src is None:
+            src = f"data/layer{counter[0]}.png"
+            counter[0] += 1
+            files[src] = png_bytes(item.pixels)
+        return (f'<layer name={quoteattr(item.name)} src={quoteattr(src)} x="{item.x}" y="{item.y}" '
+                f'visibility="{vis}" opacity="{item.opacity}" composite-op="svg:src-over"/>')
+
+    xml = stack_xml
+    if xml is None:
+        xml = (f"<?xml version='1.0' encoding='UTF-8'?><image w=\"{w}\" h=\"{h}\" version=\"0.0.5\">"
+               f"<stack>{''.join(element(i) for i in stack)}</stack></image>")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(zipfile.ZipInfo("mimetype"), "image/openraster")  # stored first, as the spec asks
+        if xml is not False:
+            z.writestr("stack.xml", xml)
+        for name, data in {**files, **(members or {})}.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+def make_json(folder, doc: dict, images: dict[str, np.ndarray]) -> str:
+    for name, arr in images.items():
+        Image.fromarray(arr).save(os.path.join(folder, name))
+    path = os.path.join(folder, "scene.json")
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def run_render(*args, timeout=240):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "smd_daemon", "render", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def render_here(*args):
+    """The same CLI entry point, in this process: for the many bad-input cases, which fail before any
+    model is loaded, without paying a fresh interpreter each (a few cases also run as a subprocess)."""
+    from smd_daemon.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["render", *map(str, args)])
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
+# transformers prints advisories when diffusers' pipelines are imported (torchvision is not a dependency);
+# they are not ours to word, so they do not count against the one line.
+THIRD_PARTY_NOISE = ("[transformers] ",)
+
+
+def assert_one_line_error(proc):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith(THIRD_PARTY_NOISE)]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("smd-daemon render: error: "), lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- OpenRaster reading
+
+
+def test_ora_layer_order_grammar_and_ignored_layers(tmp_path):
+    W = H = 64
+    path = make_ora(tmp_path / "s.ora", W, H, [  # top first
+        Layer("a blue bird | neg: blurry | blur: 2 | strength: 0.9", rgba(W, H, box=(0, 0, 16, 16))),
+        Layer("# sketch", rgba(W, H)),
+        Layer("Paint Layer 3", rgba(W, H)),
+        Layer("a hidden cat", rgba(W, H), visible=False),
+        Layer("SMD preview", rgba(W, H)),
+        Layer("an empty one", rgba(W, H, alpha=0)),
+        Layer("a red fox", rgba(W, H, box=(32, 32, 64, 64))),
+        Layer("bg: snowy forest | strength: 0.5", rgba(W, H, color=(0, 0, 255))),
+    ])
+    loaded = load_scene(path, Overrides(negative_prompt="ugly"))
+    scene = loaded.scene
+    assert [r.prompt for r in scene.regions] == ["a red fox", "a blue bird"]  # bottom to top
+    fox, bird = scene.regions
+    assert fox.negative_prompt == "ugly" and bird.negative_prompt == "blurry"
+    assert bird.mask_std == 2 and bird.mask_strength == 0.9
+    assert fox.mask[32:, 32:].min() == 1.0 and fox.mask.sum() == 32 * 32
+    assert bird.mask.sum() == 16 * 16
+    assert scene.background.prompt == "snowy forest" and scene.background.strength == 0.5
+    roles = {p.name: p.role for p in loaded.layers}
+    assert roles == {"bg: snowy forest | strength: 0.5": "background", "a red fox": "region",
+                     "an empty one": "ignored", "SMD preview": "ignored", "a hidden cat": "ignored",
+                     "Paint Layer 3": "ignored", "# sketch": "ignored",
+                     "a blue bird | neg: blurry | blur: 2 | strength: 0.9": "region"}
+    assert [p.name for p in loaded.layers][0].startswith("bg:")  # bottom first
+    assert (scene.width, scene.height) == (W, H)
+
+
+def test_ora_offsets_crop_layers_sticking_out(tmp_path):
+    W, H = 128, 96
+    small = rgba(40, 30)  # fully opaque 40x30
+    path = make_ora(tmp_path / "s.ora", W, H, [
+        Layer("top left out", small, x=-10, y=-20),
+        Layer("bottom right out", small, x=100, y=80),
+        Layer("inside", small, x=50, y=40),
+    ])
+    scene = load_scene(path).scene
+    masks = {r.prompt: r.mask for r in scene.regions}
+    expect = np.zeros((H, W), np.float32)
+    expect[0:10, 0:30] = 1
+    np.testing.assert_array_equal(masks["top left out"], expect)
+    expect = np.zeros((H, W), np.float32)
+    expect[80:96, 100:128] = 1
+    np.testing.assert_array_equal(masks["bottom right out"], expect)
+    expect = np.zeros((H, W), np.float32)
+    expect[40:70, 50:90] = 1
+    np.testing.assert_array_equal(masks["inside"], expect)
+
+
+def test_ora_masks_are_alpha_only(tmp_path):
+    W = H = 64
+    pixels = rgba(W, H, color=(0, 0, 0), alpha=128)  # black paint at half alpha, layer opacity 0.2
+    scene = load_scene(make_ora(tmp_path / "s.ora", W, H, [Layer("fog", pixels, opacity=0.2)])).scene
+    np.testing.assert_allclose(scene.regions[0].mask, 128 / 255)
+
+
+def test_ora_groups_flatten_hide_and_offset(tmp_path):
+    W = H = 64
+    dot = rgba(8, 8)
+    path = make_ora(tmp_path / "s.ora", W, H, [
+        Layer("a moon", dot, x=0, y=0),
+        Group("Group 1", [Layer("a star", dot, x=2, y=2), Group("inner", [Layer("a comet", dot)], x=10, y=0)],
+              x=20, y=20),
+        Group("hidden group", [Layer("a ghost", dot), Group("visible inside", [Layer("a bat", dot)])],
+              visible=False),
+        Layer("a hill", dot, x=56, y=56),
+    ])
+    loaded = load_scene(path)
+    assert [r.prompt for r in loaded.scene.regions] == ["a hill", "a comet", "a star", "a moon"]
+    masks = {r.prompt: r.mask for r in loaded.scene.regions}
+    assert masks["a star"][22:30, 22:30].all() and masks["a star"].sum() == 64
+    assert masks["a comet"][20:28, 30:38].all() and masks["a comet"].sum() == 64
+    hidden = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
+    assert hidden == {"a ghost": "hidden", "a bat": "hidden"}
+
+
+def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
+    W = H = 64
+    path = make_ora(tmp_path / "s.ora", W, H, [
+        Layer("a red fox", rgba(W, H, color=(255, 0, 0), box=(0, 0, 32, 64))),  # a region: not in the image
+        Layer("# notes", rgba(W, H, color=(0, 0, 0))),  # explicitly ignored: not in the image
+        Layer("SMD preview", rgba(W, H, color=(0, 0, 0))),  # the plugin's own: not in the image
+        Layer("Paint Layer 2", rgba(W, H, color=(0, 0, 255), box=(0, 0, 64, 16)), opacity=0.5),
+        Layer("bg: a field | strength: 0.7", rgba(W, H, color=(0, 255, 0), box=(0, 0, 64, 32))),
+    ])
+    scene = load_scene(path).scene
+    img = scene.background.image
+    assert scene.background.strength == 0.7 and img.shape == (H, W, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[40, 40], [255, 255, 255])  # nothing painted: white
+    np.testing.assert_array_equal(img[20, 40], [0, 255, 0])  # the bg: layer
+    np.testing.assert_allclose(img[5, 40], [0, 128, 128], atol=1)  # half-opacity blue over green
+
+    # Strength 0 (the default without a bg: strength): no image is made at all.
+    path = make_ora(tmp_path / "t.ora", W, H, [Layer("a red fox", rgba(W, H)), Layer("Background", rgba(W, H))])
+    assert load_scene(path).scene.background.image is None
+    assert load_scene(path, Overrides(background_strength=0.3)).scene.background.image is not None
+
+    # The command line wins over a bg: layer.
+    bg = load_scene(path, Overrides(background_prompt="dunes", background_strength=0)).scene.background
+    assert (bg.prompt, bg.strength, bg.image) == ("dunes", 0, None)
+
+
+def test_ora_scene_checked_before_background_pixels_are_decoded(tmp_path):
+    path = make_ora(tmp_path / "s.ora", 64, 64, [Layer("a fox", rgba(64, 64)), Layer("Background", src="data/bad.png")],
+                    members={"data/bad.png": b"not a png"})
+    with pytest.raises(SceneError, match="background strength must be between 0 and 1"):
+        load_scene(path, Overrides(background_strength=5))
+    with pytest.raises(SceneError, match="'Background': 'data/bad.png' is not a PNG image"):
+        load_scene(path, Overrides(background_strength=0.5))
+    assert load_scene(path).scene.background.image is None  # not needed, not read
+
+
+def test_output_size_follows_document_and_flags(tmp_path):
+    path = make_ora(tmp_path / "s.ora", 200, 100, [Layer("a fox", rgba(200, 100, box=(100, 0, 200, 100)))])
+    scene = load_scene(path).scene
+    assert (scene.width, scene.height) == (200, 104)  # nearest multiples of 8
+    scene = load_scene(path, Overrides(width=128)).scene
+    assert (scene.width, scene.height) == (128, 64)
+    mask = scene.regions[0].mask
+    assert mask.shape == (64, 128) and mask[:, 70:].min() == 1 and mask[:, :58].max() == 0
+    scene = load_scene(path, Overrides(width=96, height=96, seed=7, steps=2, bootstrap_steps=0)).scene
+    assert (scene.width, scene.height, scene.seed, scene.steps, scene.bootstrap_steps) == (96, 96, 7, 2, 0)
+
+
+# ---------------------------------------------------------------- JSON reading
+
+
+def test_json_scene(tmp_path):
+    W, H = 96, 64
+    grey = np.zeros((H, W), np.uint8)
+    grey[:, :48] = 255
+    alpha_mask = rgba(W, H, color=(0, 0, 0), box=(48, 0, 96, 64))
+    os.mkdir(tmp_path / "masks")
+    doc = {
+        "width": W, "height": H, "seed": 3, "steps": 3, "negative_prompt": "blurry",
+        "background": {"prompt": "a meadow", "image": "bg.png", "strength": 0.4},
+        "regions": [
+            {"prompt": "a red fox | not an option", "mask": "masks/left.png", "blur": 0, "strength": 0.8},
+            {"prompt": "a tree", "mask": "masks/right.png", "negative_prompt": "snow", "prompt_strength": 1},
+            {"layer": "a bird | neg: cage | blur: 3 | strength: 0.5", "mask": "masks/right.png", "strength": 0.9},
+        ],
+    }
+    path = make_json(tmp_path, doc, {"masks/left.png": grey, "masks/right.png": alpha_mask,
+                                     "bg.png": rgba(W, H, color=(10, 20, 30))[..., :3]})
+    scene = load_scene(path).scene
+    fox, tree, bird = scene.regions
+    assert fox.prompt == "a red fox | not an option"  # JSON prompts are literal: no layer-name grammar
+    # A layer name goes through the grammar; a JSON field wins over the name's option.
+    assert (bird.prompt, bird.negative_prompt, bird.mask_std, bird.mask_strength) == ("a bird", "cage", 3, 0.9)
+    assert (fox.mask_std, fox.mask_strength, fox.negative_prompt) == (0, 0.8, "blurry")
+    assert (tree.negative_prompt, tree.prompt_strength) == ("snow", 1.0)
+    assert fox.mask[:, :48].min() == 1 and fox.mask[:, 48:].max() == 0
+    assert tree.mask[:, 48:].min() == 1 and tree.mask[:, :48].max() == 0
+    assert (scene.seed, scene.steps, scene.background.prompt, scene.background.strength) == (3, 3, "a meadow", 0.4)
+    np.testing.assert_array_equal(scene.background.image[0, 0], [10, 20, 30])
+    scene = load_scene(path, Overrides(seed=9, width=192)).scene
+    assert (scene.seed, scene.width, scene.height, scene.regions[0].mask.shape) == (9, 192, 128, (128, 192))
+
+
+def test_json_mask_kinds(tmp_path):
+    """Masks from alpha, 8-bit grey, 16-bit grey (scaled, not clipped) and palette transparency."""
+    W = H = 64
+    ramp16 = np.tile(np.linspace(0, 65535, W).round().astype(np.uint16), (H, 1))
+    Image.fromarray(ramp16).save(tmp_path / "grey16.png")
+    pal = Image.new("P", (W, H), 1)
+    pal.putpalette([0, 0, 0, 255, 255, 255])
+    pal.paste(0, (0, 0, 32, 64))
+    pal.save(tmp_path / "pal.png", transparency=0)
+    path = make_json(tmp_path, {"width": W, "height": H, "regions": [
+        {"prompt": "a", "mask": "grey16.png"}, {"prompt": "b", "mask": "pal.png"}]}, {})
+    grey16, pal = (r.mask for r in load_scene(path).scene.regions)
+    np.testing.assert_allclose(grey16[0], np.linspace(0, 1, W), atol=1 / 255)
+    assert pal[:, :32].max() == 0 and pal[:, 32:].min() == 1
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"height": 64, "regions": []}, "'width' is missing"),
+    ({"width": "64", "height": 64, "regions": []}, "'width' must be a whole number"),
+    ({"width": 64, "height": 64}, "'regions' is missing"),
+    ({"width": 64, "height": 64, "regions": [{"mask": "m.png"}]}, "region 1 has no prompt"),
+    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox"}]}, "region 1 has no \"mask\""),
+    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "nope.png"}]}, "'nope.png' not found"),
+    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "blur": "x"}]},
+     "'blur' must be a number"),
+    ({"width": 64, "height": 64, "regions": ["a fox"]}, "region 1 must be an object"),
+    ({"width": 64, "height": 64, "steps": 0, "regions": []}, "steps must be between"),
+    ({"width": 72, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png"}]}, "is 64x64, the scene is 72x64"),
+    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "strength": 2}]},
+     "mask strength must be between 0 and 1"),
+    ([1, 2], "a JSON scene is an object"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
+     "layer name 'Paint Layer 2' is not a region (automatic layer name)"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, "use the \"background\" field"),
+    ({"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
+     "gives both"),
+])
+def test_json_bad_fields(tmp_path, doc, message):
+    path = make_json(tmp_path, doc, {"m.png": np.full((64, 64), 255, np.uint8)})
+    with pytest.raises(SceneError, match=re.escape(message)):
+        load_scene(path)
+
+
+# ---------------------------------------------------------------- the CLI, bad input
+
+
+def _ok_layers(w=64, h=64):
+    return [Layer("a fox", rgba(w, h))]
+
+
+BAD_ORA = {
+    "not a zip": lambda p: p.write_bytes(b"this is not a zip file") and str(p),
+    "missing stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml=False),
+    "a Krita .kra renamed": lambda p: make_ora(p, 64, 64, [], stack_xml=False, members={"maindoc.xml": b"<DOC/>"}),
+    "malformed stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='64' h='64'><stack>"),
+    "layer PNG that does not decode": lambda p: make_ora(p, 64, 64, [Layer("a fox", src="data/x.png")],
+                                                         members={"data/x.png": b"\x89PNG\r\n\x1a\nbroken"}),
+    "layer PNG missing from the zip": lambda p: make_ora(p, 64, 64, [Layer("a fox", src="data/gone.png")]),
+    "no region layers": lambda p: make_ora(p, 64, 64, [Layer("Paint Layer 1", rgba(64, 64)),
+                                                      Layer("a cat", rgba(64, 64), visible=False)]),
+    "document over the size limit": lambda p: make_ora(p, MAX_SIDE * 4, 64, _ok_layers()),
+    "decompression bomb layer": lambda p: make_ora(
+        p, 64, 64, [Layer("a fox", src="data/bomb.png")],
+        members={"data/bomb.png": b"\x89PNG\r\n\x1a\n" + _ihdr(60000, 60000)}),
+    "layer over the size limit": lambda p: make_ora(
+        p, 64, 64, [Layer("a fox", src="data/big.png")],
+        members={"data/big.png": b"\x89PNG\r\n\x1a\n" + _ihdr(9000, 9000)}),
+    "size not a number": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='big' h='64'><stack/></image>"),
+}
+
+
+def _ihdr(w: int, h: int) -> bytes:
+    """A PNG header declaring a huge image (no pixel data follows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100000)) + chunk(b"IEND", b""))
+
+
+EXPECTED = {
+    "not a zip": "not a zip archive",
+    "missing stack.xml": "stack.xml is missing",
+    "malformed stack.xml": "not valid XML",
+    "a Krita .kra renamed": "export it with File > Export as OpenRaster",
+    "layer PNG that does not decode": "not a PNG image",
+    "layer PNG missing from the zip": "is missing from the file",
+    "no region layers": "no region layers",
+    "document over the size limit": f"at most {MAX_SIDE} per side",
+    "decompression bomb layer": "decompression bomb",
+    "layer over the size limit": "9000x9000 pixels",
+    "size not a number": "expected a whole number",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ORA))
+def test_cli_bad_ora_one_line_error(tmp_path, case):
+    path = tmp_path / "bad.ora"
+    BAD_ORA[case](path)
+    out = tmp_path / "out.png"
+    line = assert_one_line_error(render_here(path, "-o", out, "--model", "tiny"))
+    assert EXPECTED[case] in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["not a zip", "no region layers"])
+def test_cli_bad_ora_one_line_error_subprocess(tmp_path, case):
+    path = tmp_path / "bad.ora"
+    BAD_ORA[case](path)
+    line = assert_one_line_error(run_render(path, "-o", tmp_path / "out.png", "--model", "tiny"))
+    assert EXPECTED[case] in line
+
+
+def test_cli_bad_json_one_line_error(tmp_path):
+    (tmp_path / "scene.json").write_text('{"width": 64, "height": ')
+    line = assert_one_line_error(run_render(tmp_path / "scene.json", "-o", tmp_path / "o.png", "--model", "tiny"))
+    assert "not valid JSON" in line
+    path = make_json(tmp_path, {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "none.png"}]},
+                     {})
+    line = assert_one_line_error(render_here(path, "-o", tmp_path / "o.png", "--model", "tiny"))
+    assert "'none.png' not found" in line
+
+
+@pytest.mark.parametrize("case", ["missing scene", "unknown extension", "missing output folder",
+                                  "output is a folder", "unknown output format", "bad size flag"])
+def test_cli_bad_arguments_one_line_error(tmp_path, case):
+    scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    args = [scene, "-o", tmp_path / "o.png", "--model", "tiny"]
+    if case == "missing scene":
+        args[0] = tmp_path / "nothing.ora"
+    elif case == "unknown extension":
+        args[0] = tmp_path / "scene.psd"
+        args[0].write_bytes(b"8BPS")
+    elif case == "missing output folder":
+        args[2] = tmp_path / "no" / "such" / "o.png"
+    elif case == "output is a folder":
+        args[2] = tmp_path
+    elif case == "unknown output format":
+        args[2] = tmp_path / "o.xyz"
+    elif case == "bad size flag":
+        args += ["--width", "100"]
+    line = assert_one_line_error(render_here(*args))
+    expected = {"missing scene": "no such file", "unknown extension": "unknown scene type",
+                "missing output folder": "does not exist", "output is a folder": "is a folder",
+                "unknown output format": "cannot write", "bad size flag": "multiples of 8"}[case]
+    assert expected in line
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_cli_unwritable_output_one_line_error(tmp_path):
+    scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = assert_one_line_error(render_here(scene, "-o", locked / "o.png", "--model", "tiny"))
+    finally:
+        locked.chmod(0o700)
+    assert "not writable" in line
+
+
+def test_cli_unknown_model_one_line_error_keeps_old_output(tmp_path):
+    scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    out = tmp_path / "o.png"
+    out.write_bytes(b"an earlier render")
+    line = assert_one_line_error(run_render(scene, "-o", out, "--model", tmp_path / "no-such-model.safetensors"))
+    assert "no-such-model" in line
+    assert out.read_bytes() == b"an earlier render"
+
+
+# ---------------------------------------------------------------- the CLI, real renders
+
+
+def test_progress_bar_counts_steps():
+    from smd_daemon.render import _ProgressBar
+
+    out = io.StringIO()
+    bar = _ProgressBar(disable=False, file=out)
+    for step in range(1, 4):
+        bar.update(step, 3)
+    assert bar.bar.n == 3 and "render:" in out.getvalue() and "/3" in out.getvalue()
+    bar.close()
+    quiet = _ProgressBar(disable=True)
+    quiet.update(1, 3)
+    assert quiet.bar is None
+
+
+def test_cli_renders_ora(tmp_path):
+    W, H = 192, 128
+    path = make_ora(tmp_path / "scene.ora", W, H, [
+        Layer("a red fox | blur: 4", rgba(96, 96), x=80, y=40),
+        Layer("Paint Layer 1", rgba(W, H, color=(250, 250, 250))),
+        Layer("bg: a snowy field | strength: 0.3", rgba(W, H, color=(40, 90, 200), box=(0, 64, W, H))),
+    ])
+    out = tmp_path / "out.png"
+    proc = run_render(path, "-o", out, "--model", "tiny", "--seed", "5", "--steps", "2", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (W, H) and im.mode == "RGB"
+        assert np.asarray(im).std() > 0  # an image, not a blank
+    assert "no meaningful images" in proc.stderr  # the tiny preset says what it is
+
+
+def test_cli_renders_json(tmp_path):
+    W = H = 128
+    left = np.zeros((H, W), np.uint8)
+    left[:, :64] = 255
+    right = 255 - left
+    path = make_json(tmp_path, {"width": W, "height": H, "seed": 1, "steps": 2,
+                                "background": {"prompt": "a meadow"},
+                                "regions": [{"prompt": "a fox", "mask": "l.png"},
+                                            {"prompt": "a tree", "mask": "r.png", "blur": 2}]},
+                     {"l.png": left, "r.png": right})
+    out = tmp_path / "out.png"
+    proc = run_render(path, "-o", out, "--model", "tiny", "--width", "64")  # size flag: aspect ratio kept
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (64, 64)
+        assert np.asarray(im).std() > 0  # an image, not a blank
+
+
+# ---------------------------------------------------------------- a file written by real Krita
+
+KRITA_EXPORT = '''
+import os
+import shutil
+from krita import Krita, InfoObject
+
+
+def export(*_):
+    k = Krita.instance()
+    k.setBatchmode(True)
+    doc = k.createDocument(128, 96, "scene", "RGBA", "U8", "", 300.0)  # comes with a white "Background"
+    doc.setBatchmode(True)
+    root = doc.rootNode()
+
+    def paint(name, x, y, w, h, parent, bgra=(255, 0, 0, 255)):
+        node = doc.createNode(name, "paintlayer")
+        node.setPixelData(bytes(bgra) * (w * h), x, y, w, h)
+        parent.addChildNode(node, None)
+        return node
+
+    paint("a red fox | blur: 2", -10, -20, 40, 30, root)  # sticks out of the canvas
+    group = doc.createNode("Group 1", "grouplayer")
+    root.addChildNode(group, None)
+    paint("a star", 60, 40, 20, 10, group)
+    hidden = doc.createNode("hidden group", "grouplayer")
+    root.addChildNode(hidden, None)
+    paint("a ghost", 0, 0, 10, 10, hidden)
+    hidden.setVisible(False)
+    paint("a mist", 100, 80, 50, 50, root, bgra=(0, 0, 0, 128)).setOpacity(100)
+    doc.refreshProjection()
+    doc.waitForDone()
+    ok = doc.exportImage(os.environ["ORA_OUT"], InfoObject())
+    doc.setModified(False)
+    doc.close()
+    print("exported", ok)
+'''
+
+
+@pytest.mark.krita
+@pytest.mark.skipif(not shutil.which("kritarunner"), reason="Krita is not installed (tests/run.sh installs it)")
+def test_reads_an_ora_written_by_krita(tmp_path):
+    (tmp_path / "krita_export.py").write_text(KRITA_EXPORT)
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # Krita's Python must find the system python3 first
+           "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(tmp_path), "ORA_OUT": str(tmp_path / "k.ora"),
+           "HOME": str(home)}
+    for var, sub in [("XDG_CONFIG_HOME", "cfg"), ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"),
+                     ("XDG_RUNTIME_DIR", "run"), ("TMPDIR", "tmp")]:
+        (home / sub).mkdir(parents=True)
+        env[var] = str(home / sub)
+    (home / "run").chmod(0o700)
+    proc = subprocess.run(["kritarunner", "-s", "krita_export", "-f", "export"], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert (tmp_path / "k.ora").exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    loaded = load_scene(str(tmp_path / "k.ora"), Overrides(background_strength=0.5))
+    scene = loaded.scene
+    assert [r.prompt for r in scene.regions] == ["a red fox", "a star", "a mist"]
+    fox, star, mist = (r.mask for r in scene.regions)
+    expect = np.zeros((96, 128), np.float32)
+    expect[0:10, 0:30] = 1
+    np.testing.assert_array_equal(fox, expect)
+    expect[:] = 0
+    expect[40:50, 60:80] = 1
+    np.testing.assert_array_equal(star, expect)
+    expect[:] = 0
+    expect[80:96, 100:128] = 128 / 255
+    np.testing.assert_allclose(mist, expect)
+    assert scene.regions[0].mask_std == 2
+    reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
+    assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
+    np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
