@@ -33,6 +33,8 @@ MIN_GAP_S = 0.1  # at most ~10 updates a second
 MAX_IN_FLIGHT = 2  # sent revisions without a frame reflecting them yet
 # Names the daemon told us it ignores for good: their pixels are not needed.
 _NO_PIXELS_NEEDED = ("automatic layer name", "marked with #", "made by the plugin", "no name")
+# Layers the daemon's grammar keeps out of the background image (sketches, the plugin's own results).
+_NOT_CANVAS = ("marked with #", "made by the plugin")
 
 
 def output_size(width: int, height: int, long_side: int, max_side: int | None = None) -> tuple[int, int]:
@@ -249,7 +251,9 @@ class Controller(QObject):
         elif isinstance(ev, c.SceneEvent):
             self.parsed = ev.layers
             roles = dict(zip(self._sent_order, ev.layers))
-            if {k: d.get("role") for k, d in roles.items()} != {k: d.get("role") for k, d in self._roles.items()}:
+            def reading(r):
+                return {k: (d.get("role"), d.get("reason")) for k, d in r.items()}
+            if reading(roles) != reading(self._roles):
                 self._bg_dirty = True  # the canvas image leaves out regions: recompose it
             self._roles = roles
         elif isinstance(ev, c.FrameEvent):
@@ -414,10 +418,12 @@ class Controller(QObject):
             if skip_below is not None and l.depth > skip_below:
                 continue  # inside a group that is itself a region
             skip_below = None
-            role = self._roles.get(l.uid, {}).get("role")
-            if role == "region":
+            reading = self._roles.get(l.uid, {})
+            if reading.get("role") == "region":
                 if l.kind == "grouplayer":
                     skip_below = l.depth
+                continue
+            if reading.get("reason") in _NOT_CANVAS:
                 continue
             if l.visible and l.kind != "grouplayer":
                 chosen.append(l)

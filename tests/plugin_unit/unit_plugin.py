@@ -278,6 +278,22 @@ class Controller(unittest.TestCase):
         kind, layers, order, kw = self.client.calls[-1]
         self.assertEqual(layers, [("Background", False)])
 
+    def test_sketches_and_own_results_stay_out_of_the_canvas_image(self):
+        from smd_daemon.client import SceneEvent
+        sketch = add(self.doc, "# sketch")
+        sketch.setPixelData(bgra(0, 0, 0, 255, 1), 15, 0, 1, 1)
+        self.ctl._scan(force=True)
+        first = self.client.calls[-1][2]["background_image"]
+        px = (1 * 64 + 62) * 3  # the sketch's pixel, at the 64x64 output size
+        self.assertEqual(first[px:px + 3], b"\x00\x00\x00", "before the daemon's reading, all is canvas")
+        self.ctl._handle(SceneEvent(1, [{"name": "Background", "role": "ignored", "reason": "automatic layer name"},
+                                        {"name": "a fox", "role": "region", "prompt": "a fox"},
+                                        {"name": "# sketch", "role": "ignored", "reason": "marked with #"}]))
+        pause()
+        self.ctl._scan()
+        bg = self.client.calls[-1][-1]["background_image"]
+        self.assertEqual(bg[px:px + 3], b"\xff\xff\xff")
+
     def test_stopping_live_removes_preview_and_settings_reach_the_scene(self):
         self.ctl._scan(force=True)
         self.frame(self.client.revision)
