@@ -106,6 +106,15 @@ def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
     assert sorted(p.name for p in (REPO / "krita_plugin/smd_krita").iterdir()) == before_repo
 
 
+def test_dry_run_shows_the_pyzmq_wheel_for_krita_python(tmp_path):
+    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
+                      "--krita-python", "3.10", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "pyzmq: installing a wheel for Python 3.10" in res.stdout
+    assert "--python-version 3.10 --target" in res.stdout and str(tmp_path / "pk" / "smd_krita" / "deps") in res.stdout
+    assert not (tmp_path / "pk").exists() and not (tmp_path / "rc").exists()
+
+
 def test_uninstall_without_install_says_so(tmp_path):
     res = run_install(tmp_path, "--pykrita", str(tmp_path), "--uninstall")
     assert res.returncode == 1 and "nothing to uninstall" in res.stderr

@@ -175,7 +175,12 @@ def status_text(ctl) -> str:
         name = model.get("name") if isinstance(model, dict) else model
         limits = info.get("limits", {})
         lim = ", ".join(f"{k} {v}" for k, v in sorted(limits.items()) if k in ("max_side", "max_regions"))
-        return f"connected: {name or 'model'}" + (f" ({lim})" if lim else "")
+        text = f"connected: {name or 'model'}" + (f" on {model['device']}" if isinstance(model, dict)
+                                                   and model.get("device") else "")
+        text += f" ({lim})" if lim else ""
+        if isinstance(model, dict) and model.get("meaningful") is False:
+            text += " — a test model: pictures are noise"
+        return text
     if ctl.state == "connecting":
         return "connecting…"
     return f"disconnected: {ctl.reason}"

@@ -200,9 +200,10 @@ class Controller(QObject):
         return True
 
     def _encoding(self) -> str:
-        # Raw frames cost nothing to decode on loopback; compress over a network.
+        # Raw frames cost nothing to decode on loopback; over a network JPEG, which
+        # every Qt build decodes (WebP needs an optional image-format plugin).
         from .transport import protocol
-        return "raw" if protocol.is_local_address(self.settings["address"]) else "webp"
+        return "raw" if protocol.is_local_address(self.settings["address"]) else "jpeg"
 
     # ---------------------------------------------------------- the loop
 
