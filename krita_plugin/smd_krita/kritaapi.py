@@ -185,6 +185,14 @@ def read_composite(doc, chosen: list[Layer], out_w: int, out_h: int) -> bytes:
 
 # ------------------------------------------------------------ writing
 
+def _canvas_bytes(doc, frame: QImage):
+    """The frame at canvas size in the document's pixel layout, and the object owning the bytes."""
+    if doc.colorDepth() == "U16":
+        data = pixels.to_canvas_bgra16(frame, doc.width(), doc.height())
+        return data, data
+    return pixels.to_canvas_bgra(frame, doc.width(), doc.height())
+
+
 def find_preview(doc):
     for node in doc.rootNode().childNodes():
         if node.name() == PREVIEW_NAME:
@@ -216,10 +224,7 @@ def write_preview(doc, frame: QImage):
     else:
         moved = False
     w, h = doc.width(), doc.height()
-    if doc.colorDepth() == "U16":
-        data = pixels.to_canvas_bgra16(frame, w, h)
-    else:
-        data = pixels.to_canvas_bgra(frame, w, h)
+    data, _owner = _canvas_bytes(doc, frame)
     # setPixelData writes into locked layers too; the lock keeps the artist's brush off it.
     # Flags are only touched when they are wrong: each change makes Krita redraw its layer list.
     node.setPixelData(data, 0, 0, w, h)
@@ -284,7 +289,7 @@ def apply_frame(doc, frame: QImage, name: str = RESULT_NAME):
     node = new[0]
     node.setName(f"{name} {sum(1 for n in doc.rootNode().childNodes() if n.name().startswith(name))}")
     w, h = doc.width(), doc.height()
-    data = pixels.to_canvas_bgra16(frame, w, h) if doc.colorDepth() == "U16" else pixels.to_canvas_bgra(frame, w, h)
+    data, _owner = _canvas_bytes(doc, frame)
     node.setPixelData(data, 0, 0, w, h)
     doc.refreshProjection()
     return node
