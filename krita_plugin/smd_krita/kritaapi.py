@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from krita import Krita
 from PyQt5.QtCore import QByteArray, QRect, Qt, QTimer
-from PyQt5.QtGui import QImage
+from PyQt5.QtGui import QImage, QPainter
+
+try:
+    from PyQt5 import sip
+except ImportError:  # PyQt5 before 5.11 ships sip on its own
+    import sip
 
 from . import pixels
 
@@ -124,12 +129,15 @@ def _visible_rect(doc, node) -> QRect:
     return node.bounds().intersected(QRect(0, 0, doc.width(), doc.height()))
 
 
-def _raw(doc, layer: Layer, r: QRect) -> bytes:
-    if layer.kind == "grouplayer" or layer.kind in ("filelayer", "clonelayer", "filllayer", "vectorlayer"):
-        data = layer.node.projectionPixelData(r.x(), r.y(), r.width(), r.height())
-    else:
-        data = layer.node.pixelData(r.x(), r.y(), r.width(), r.height())
-    return bytes(data)
+def _raw(doc, layer: Layer, r: QRect) -> QByteArray:
+    if layer.kind in ("grouplayer", "filelayer", "clonelayer", "filllayer", "vectorlayer"):
+        return layer.node.projectionPixelData(r.x(), r.y(), r.width(), r.height())
+    return layer.node.pixelData(r.x(), r.y(), r.width(), r.height())
+
+
+def _view(data: QByteArray, r: QRect, bpl: int, fmt) -> QImage:
+    """A QImage over the QByteArray's memory, without copying it: use it while ``data`` lives."""
+    return QImage(sip.voidptr(data), r.width(), r.height(), bpl, fmt)
 
 
 def read_alpha(doc, layer: Layer, out_w: int, out_h: int) -> bytes:
@@ -146,10 +154,10 @@ def read_alpha(doc, layer: Layer, out_w: int, out_h: int) -> bytes:
     data = _raw(doc, layer, r)
     bpp, off = _ALPHA_LAYOUT[(doc.colorModel(), doc.colorDepth())]
     if bpp == 4 and off == 3:
-        img = QImage(data, r.width(), r.height(), r.width() * 4, QImage.Format_ARGB32)
+        img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
     else:
-        alpha = data[off::bpp]
-        img = QImage(alpha, r.width(), r.height(), r.width(), QImage.Format_Alpha8)
+        data = bytes(data)[off::bpp]  # every bpp-th byte is (the high byte of) alpha
+        img = QImage(data, r.width(), r.height(), r.width(), QImage.Format_Alpha8)
     sx, sy = out_w / doc.width(), out_h / doc.height()
     return pixels.alpha_of(pixels.place([(img, r, 1.0)], out_w, out_h, sx, sy))
 
@@ -162,21 +170,21 @@ def read_composite(doc, chosen: list[Layer], out_w: int, out_h: int) -> bytes:
     if doc.colorModel() != "RGBA" or doc.colorDepth() not in ("U8", "U16"):
         raise Unsupported(color_problem(doc, writing=True) or "the canvas background needs an RGB document")
     sx, sy = out_w / doc.width(), out_h / doc.height()
-    pieces = []
+    pieces, keep = [], []
     for layer in chosen:
         r = _visible_rect(doc, layer.node)
         if r.isEmpty():
             continue
         data = _raw(doc, layer, r)
         if doc.colorDepth() == "U8":
-            img = QImage(data, r.width(), r.height(), r.width() * 4, QImage.Format_ARGB32)
+            img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
+            keep.append(data)  # the view's memory, until the pieces are drawn
         else:
-            img = QImage(data, r.width(), r.height(), r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
+            img = _view(data, r, r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
         pieces.append((img, r, layer.opacity))
     img = pixels.place(pieces, out_w, out_h, sx, sy)
     flat = QImage(out_w, out_h, QImage.Format_RGB888)
     flat.fill(Qt.white)  # transparent canvas reads as white paper
-    from PyQt5.QtGui import QPainter
     p = QPainter(flat)
     p.drawImage(0, 0, img)
     p.end()
