@@ -379,7 +379,12 @@ class Controller(QObject):
             role = self._roles.get(l.uid)
             skip = (not l.visible or (role is not None and role.get("name") == l.name
                                       and role.get("reason") in _NO_PIXELS_NEEDED))
-            alpha = None if skip else kritaapi.read_alpha(self.doc, l, w, h)
+            if not skip:
+                alpha = kritaapi.read_alpha(self.doc, l, w, h)
+            elif full or l.uid in self._sent_fp:
+                alpha = None  # the daemon keeps (or needs no) plane for it
+            else:
+                alpha = bytes(w * h)  # a layer new to the daemon must come with a plane
             out.append(client_mod.Layer(l.uid, l.name, alpha, l.visible))
         sset = self.scene_settings()
         if full:

@@ -182,11 +182,15 @@ class FakeClient:
         self.state, self.state_reason = "connected", ""
 
     def set_scene(self, w, h, layers, **kw):
+        self.known = {l.key for l in layers}
         self.revision += 1
         self.calls.append(("full", [(l.name, l.alpha is not None) for l in layers], kw))
         return self.revision
 
     def update_scene(self, layers=(), order=None, **kw):
+        for l in layers:  # as the daemon: a layer it has never seen must bring its alpha plane
+            assert l.key in self.known or l.alpha is not None, f"new layer {l.name!r} without a plane"
+        self.known.update(l.key for l in layers)
         self.revision += 1
         self.calls.append(("update", [(l.name, l.alpha is not None) for l in layers], order, kw))
         return self.revision
@@ -241,6 +245,17 @@ class Controller(unittest.TestCase):
         self.fox.setPixelData(bgra(0, 0, 255, 255, 1), 10, 9, 1, 1)
         self.ctl._scan()  # mid-stroke: held back
         self.assertEqual(len(self.client.calls), n + 1)
+
+    def test_a_new_hidden_layer_still_brings_a_plane(self):
+        self.ctl._scan(force=True)
+        self.frame(self.client.revision)
+        pause()
+        cat = add(self.doc, "a cat")
+        cat.setVisible(False)
+        self.ctl._scan()
+        kind, layers, order, kw = self.client.calls[-1]
+        self.assertEqual((kind, layers), ("update", [("a cat", True)]))
+        self.assertEqual(order, [l.uid for l in kritaapi.layers(self.doc)])
 
     def test_in_flight_updates_are_bounded(self):
         self.ctl._scan(force=True)
