@@ -53,6 +53,22 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     assert c["actions"] == ["smd_live_toggle", "smd_generate", "smd_apply"], c
 
 
+def test_wrapper_reads_and_writes_real_documents(krita_home, tmp_path):
+    """Groups, hidden and off-canvas layers, 16-bit and float documents, in real Krita."""
+    result = harness.run(fresh(krita_home[0], tmp_path), "documents", {}, timeout=90)
+    assert result["errors"] == [], result
+    c = result["checks"]
+    assert c["layers"] == [["Background", "paintlayer", True, 0], ["a house", "grouplayer", True, 0],
+                           ["Paint Layer 2", "paintlayer", True, 1], ["a hidden cat", "paintlayer", False, 0]], c
+    assert c["group_alpha_count"] == 4 * 8 and c["group_alpha_corner"] == 255, c  # 4 of 8 columns on canvas
+    assert c["hidden_alpha_count"] == 8 * 8, c  # read (the daemon decides), scaled 2x
+    assert c["preview_pixel"] == [30, 20, 10, 255], c  # B, G, R, A
+    assert c["composite_corner"] == [255, 255, 255], c
+    assert c["u16_alpha_row0"] == 16, c  # 16 painted pixels, 16-bit alpha
+    assert c["u16_preview_pixel"] == [30, 30, 20, 20, 10, 10, 255, 255], c  # 8-bit v -> 16-bit v*257
+    assert c["f32_raises"] and "Convert Image Color Space" in c["f32_problem"], c
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -328,3 +328,63 @@ def bench(args, out):
     c["live_read_ms"] = ctl.timings["read_ms"]
     ctl.set_live(False)
     yield 0.2
+
+
+def documents(args, out):
+    """The Krita wrapper against real Krita: groups, hidden, outside the canvas, 16-bit, float."""
+    from smd_krita import kritaapi
+    from PyQt5.QtGui import QImage
+
+    app = Krita.instance()
+    c = out["checks"]
+    doc = app.createDocument(64, 32, "kinds", "RGBA", "U8", "", 300.0)
+    doc.setBatchmode(True)
+    root = doc.rootNode()
+    group = doc.createGroupLayer("a house")
+    root.addChildNode(group, root.childNodes()[-1])
+    inner = doc.createNode("Paint Layer 2", "paintlayer")
+    group.addChildNode(inner, None)
+    inner.setPixelData(_square(8, 8, (0, 0, 255, 255)), 60, 24, 8, 8)  # half outside, bottom right
+    hidden = doc.createNode("a hidden cat", "paintlayer")
+    root.addChildNode(hidden, group)
+    hidden.setVisible(False)
+    hidden.setPixelData(_square(4, 4, (0, 255, 0, 255)), 0, 0, 4, 4)
+    doc.refreshProjection()
+    doc.waitForDone()
+    yield 0.2
+    layers = kritaapi.layers(doc)
+    c["layers"] = [(l.name, l.kind, l.visible, l.depth) for l in layers]
+    by = {l.name: l for l in layers}
+    a = kritaapi.read_alpha(doc, by["a house"], 64, 32)  # the group's projection
+    c["group_alpha_count"] = sum(1 for v in a if v)
+    c["group_alpha_corner"] = a[31 * 64 + 63]
+    h = kritaapi.read_alpha(doc, by["a hidden cat"], 128, 64)  # output larger than the document
+    c["hidden_alpha_count"] = sum(1 for v in h if v)
+    frame = QImage(bytes([10, 20, 30]) * (32 * 16), 32, 16, 96, QImage.Format_RGB888).copy()
+    doc.setModified(False)
+    node = kritaapi.write_preview(doc, frame)
+    c["preview_pixel"] = list(bytes(node.pixelData(5, 5, 1, 1)))
+    c["composite_corner"] = list(kritaapi.read_composite(doc, [by["Background"]], 64, 32)[:3])
+
+    d16 = app.createDocument(32, 32, "sixteen", "RGBA", "U16", "", 300.0)
+    d16.setBatchmode(True)
+    n16 = d16.createNode("a fox", "paintlayer")
+    d16.rootNode().addChildNode(n16, d16.rootNode().childNodes()[-1])
+    n16.setPixelData(bytes([0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]) * 16, 0, 0, 16, 1)
+    d16.waitForDone()
+    a16 = kritaapi.read_alpha(d16, [l for l in kritaapi.layers(d16) if l.name == "a fox"][0], 32, 32)
+    c["u16_alpha_row0"] = sum(1 for v in a16[:32] if v)
+    p16 = kritaapi.write_preview(d16, frame)
+    c["u16_preview_pixel"] = list(bytes(p16.pixelData(0, 0, 1, 1)))
+
+    f32 = app.createDocument(16, 16, "float", "RGBA", "F32", "", 300.0)
+    f32.setBatchmode(True)
+    c["f32_problem"] = kritaapi.color_problem(f32)
+    try:
+        kritaapi.read_alpha(f32, kritaapi.layers(f32)[0], 16, 16)
+        c["f32_raises"] = False
+    except kritaapi.Unsupported:
+        c["f32_raises"] = True
+    for d in (doc, d16, f32):
+        d.setModified(False)
+    yield 0.1
