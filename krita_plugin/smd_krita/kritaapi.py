@@ -57,16 +57,17 @@ def app():
     return Krita.instance()
 
 
-def krita_version() -> str:
-    return app().version()
-
-
 def active_document():
     return app().activeDocument()
 
 
-def document_key(doc) -> str:
-    return doc.fileName() or f"unsaved:{id(doc)}"
+def read_setting(group: str, key: str, default: str = "") -> str:
+    """A value from Krita's own config file (kritarc)."""
+    return app().readSetting(group, key, default)
+
+
+def write_setting(group: str, key: str, value: str) -> None:
+    app().writeSetting(group, key, value)
 
 
 def canvas_size(doc) -> tuple[int, int]:

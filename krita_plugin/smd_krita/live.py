@@ -23,6 +23,7 @@ from PyQt5.QtGui import QImage
 
 from . import kritaapi, pixels, settings
 from .transport import client as client_mod
+from .transport import protocol
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,6 @@ class Controller(QObject):
     def _encoding(self) -> str:
         # Raw frames cost nothing to decode on loopback; over a network JPEG, which
         # every Qt build decodes (WebP needs an optional image-format plugin).
-        from .transport import protocol
         return "raw" if protocol.is_local_address(self.settings["address"]) else "jpeg"
 
     # ---------------------------------------------------------- the loop

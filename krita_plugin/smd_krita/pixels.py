@@ -58,11 +58,6 @@ def alpha_of(img: QImage) -> bytes:
     return packed_bytes(img.convertToFormat(QImage.Format_Alpha8), 1)
 
 
-def rgb_of(img: QImage) -> bytes:
-    """RGB bytes (alpha dropped; transparent pixels come out black)."""
-    return packed_bytes(img.convertToFormat(QImage.Format_RGB888), 3)
-
-
 def frame_image(data: bytes, width: int, height: int, channels: int = 3) -> QImage:
     """A daemon frame (RGB or RGBA bytes) as a QImage."""
     fmt = QImage.Format_RGB888 if channels == 3 else QImage.Format_RGBA8888

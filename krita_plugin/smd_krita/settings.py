@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from . import kritaapi
+
 GROUP = "smd_live"
 DEFAULTS = {
     "address": "tcp://127.0.0.1:7555",
@@ -57,9 +59,7 @@ def document_part(values: dict) -> dict:
 
 
 def load_global() -> dict:
-    from krita import Krita
-
-    raw = Krita.instance().readSetting(GROUP, "settings", "")
+    raw = kritaapi.read_setting(GROUP, "settings", "")
     try:
         stored = json.loads(raw) if raw else {}
     except ValueError:
@@ -68,6 +68,4 @@ def load_global() -> dict:
 
 
 def save_global(values: dict) -> None:
-    from krita import Krita
-
-    Krita.instance().writeSetting(GROUP, "settings", json.dumps(clean(values), sort_keys=True))
+    kritaapi.write_setting(GROUP, "settings", json.dumps(clean(values), sort_keys=True))
