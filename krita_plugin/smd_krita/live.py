@@ -76,7 +76,6 @@ class Controller(QObject):
         self.latency_ms = 0.0
         self.timings = {"read_ms": 0.0, "write_ms": 0.0}
         self.trace: dict = {}  # revision -> timestamps of its way through the plugin
-        self._tick = 0
         self._reset_sent()
         self.timer = QTimer(self)
         self.timer.setInterval(TICK_MS)
@@ -123,6 +122,9 @@ class Controller(QObject):
         self.state, self.reason = self.client.state, self.client.state_reason
         self._reset_sent()
         self._watch_socket()
+        if self.live:  # reconnecting by hand while live: the new connection streams too
+            self._scan(force=True)
+            self.client.start_live(encoding=self._encoding())
         self.changed.emit()
 
     def disconnect_daemon(self) -> None:
@@ -147,7 +149,7 @@ class Controller(QObject):
             self.notifier.setEnabled(False)
             self.notifier.deleteLater()
         self.notifier = QSocketNotifier(fd, QSocketNotifier.Read, self)
-        self.notifier.activated.connect(self._service)
+        self.notifier.activated.connect(lambda _fd: self._guarded(self._service))
         self._notifier_fd = fd
 
     # ---------------------------------------------------------- live / generate / apply
@@ -208,16 +210,22 @@ class Controller(QObject):
     # ---------------------------------------------------------- the loop
 
     def tick(self) -> None:
+        self._guarded(self._tick_once)
+
+    def _tick_once(self) -> None:
+        self._follow_document()
+        if self.client is not None:
+            self._service()
+            self._watch_socket()
+        if self.live:
+            self._scan()
+
+    def _guarded(self, fn) -> None:
+        """Run a timer or notifier callback; a failure is shown in the docker, not as a script error."""
         try:
-            self._tick += 1
-            self._follow_document()
-            if self.client is not None:
-                self._service()
-                self._watch_socket()
-            if self.live:
-                self._scan()
-        except Exception as e:  # one bad tick must not kill the timer with a script error
-            log.exception("SMD Live tick failed")
+            fn()
+        except Exception as e:
+            log.exception("SMD Live: %s failed", getattr(fn, "__name__", "callback"))
             self.error = f"internal error: {e}"
             self.changed.emit()
 

@@ -345,6 +345,15 @@ class Controller(unittest.TestCase):
         self.assertEqual(layers, [("Background", True), ("a hidden cat", False)])
         self.assertTrue(hidden.locked())  # read, never changed
 
+    def test_a_failing_tick_is_shown_not_raised(self):
+        real = kritaapi.layers
+        kritaapi.layers = lambda doc: 1 / 0
+        try:
+            self.ctl.tick()  # must not raise: Krita would open a modal "Script error"
+        finally:
+            kritaapi.layers = real
+        self.assertIn("internal error", self.ctl.error)
+
     def test_no_document(self):
         krita.Krita.instance()._doc = None
         self.ctl._follow_document()
