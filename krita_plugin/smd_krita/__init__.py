@@ -45,12 +45,32 @@ def _register():
         app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SMDDocker))
         return
     sys.stderr.write(problem + "\n")
-    try:  # the message docker needs some Qt binding; PyQt5 may be the missing piece
-        from .docker import DOCKER_ID, UnsupportedDocker
-    except ImportError:
-        return
-    UnsupportedDocker.message = problem
-    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, UnsupportedDocker))
+    app.addDockWidgetFactory(DockWidgetFactory("smd_live_docker", DockWidgetFactoryBase.DockRight,
+                                               _message_docker(problem)))
+
+
+def _message_docker(problem: str):
+    """A docker that only shows ``problem``, built with whichever PyQt this Krita has."""
+    from krita import DockWidget
+
+    try:
+        from PyQt5.QtWidgets import QLabel
+    except ImportError:  # Krita 6: Qt 6
+        from PyQt6.QtWidgets import QLabel
+
+    class UnsupportedDocker(DockWidget):
+        def __init__(self):
+            super().__init__()
+            self.setWindowTitle("SMD Live")
+            label = QLabel(problem)
+            label.setObjectName("smd_status")
+            label.setWordWrap(True)
+            self.setWidget(label)
+
+        def canvasChanged(self, canvas):
+            pass
+
+    return UnsupportedDocker
 
 
 _register()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from krita import DockWidget
-from PyQt5.QtCore import Qt
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                              QLineEdit, QPushButton, QSpinBox, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
@@ -196,21 +195,3 @@ def describe_layer(d: dict) -> str:
     if role == "background":
         return f"background: {d.get('prompt', '')}"
     return f"ignored ({d.get('reason', '')})"
-
-
-class UnsupportedDocker(DockWidget):
-    """Shown instead of the real docker when this Krita cannot run the plugin."""
-
-    message = ""
-
-    def __init__(self):
-        super().__init__()
-        self.setWindowTitle(TITLE)
-        label = QLabel(self.message)
-        label.setObjectName("smd_status")
-        label.setWordWrap(True)
-        label.setAlignment(Qt.AlignTop)
-        self.setWidget(label)
-
-    def canvasChanged(self, canvas):
-        pass

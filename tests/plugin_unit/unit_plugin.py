@@ -117,7 +117,7 @@ class Layers(unittest.TestCase):
 class Writing(unittest.TestCase):
     def test_preview_on_top_locked_scaled_not_modifying(self):
         doc, bg = new_doc(8, 8)
-        fox = add(doc, "a fox")
+        add(doc, "a fox")
         frame = QImage(bytes([10, 20, 30]) * 16, 4, 4, 12, QImage.Format_RGB888).copy()
         doc.setModified(False)
         node = kritaapi.write_preview(doc, frame)
@@ -172,6 +172,19 @@ class Compatibility(unittest.TestCase):
         self.assertIsNone(smd_krita._problem("5.2.2"))
         self.assertIn("this is Krita 6.0.0", smd_krita._problem("6.0.0"))
         self.assertIn("this is Krita 4.4.8", smd_krita._problem("4.4.8"))
+
+    def test_unsupported_krita_gets_a_docker_saying_so(self):
+        import smd_krita
+        app = krita.Krita.instance()
+        app.dockers = []
+        app.version = lambda: "6.0.0"
+        try:
+            smd_krita._register()
+        finally:
+            del app.version
+        docker_cls = app.dockers[-1].args[2]
+        widget = docker_cls()
+        self.assertIn("supports Krita 5.1 and 5.2", widget.widget().text())
 
 
 class FakeClient:

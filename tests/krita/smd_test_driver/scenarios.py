@@ -175,7 +175,6 @@ def live(args, out):
     c["preview_after_kill_unchanged"] = bytes(preview.pixelData(0, 0, size, size)) == shown
     c["layers_after_kill_unchanged"] = top_names(doc) == names and snapshot(doc, artist) == before
     open(os.path.join(sync, "restart_daemon"), "w").close()
-    seq = ctl.frame_event.seq
     frames_before = id(ctl.frame_event)
     yield ("reconnected", lambda: status().startswith("connected"), 90)
     yield ("frame after restart", lambda: id(ctl.frame_event) != frames_before, 90)
