@@ -300,6 +300,8 @@ BAD_REQUESTS = [
     ("steps over the limit", ("update", [half_mask()], _update(steps=500)), E.BAD_FIELD, True),
     ("too many parts in total", ("update", [b"\0" * (600 * 1024)] * 2, _update()), E.TOO_LARGE, True),
     ("update before hello", ("update", [half_mask()], _update()), E.HANDSHAKE_REQUIRED, False),
+    ("update before open", ("update", [half_mask()], _update()), E.NO_SESSION, False),
+    ("live before open", ("live_start", [], {}), E.NO_SESSION, False),
     ("partial update first", ("update", [], _update(full=False)), E.NO_SCENE, True),
     ("generate before a scene", ("generate", [], {}), E.NO_SCENE, True),
     ("cancel of an unknown job", ("cancel", [], {"job": 12345}), E.BAD_FIELD, True),
