@@ -342,6 +342,7 @@ class Server:
         self._thread_wake = threading.local()
         self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.sock = None
+        self.gpu: GpuLoop | None = None
 
     # The GPU thread talks to the I/O thread through these two.
     def post(self, session: Session, kind: str, *payload) -> None:
@@ -368,7 +369,8 @@ class Server:
 
     # --- setup and the main loop ------------------------------------------
 
-    def start(self) -> None:
+    def open_socket(self) -> None:
+        """Bind first, so a busy port or bad keys fail before a long model load."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
@@ -385,6 +387,10 @@ class Server:
         self.sock = sock
         self.wake_sock = self.ctx.socket(zmq.PULL)
         self.wake_sock.bind(self._wake_addr)
+
+    def start(self) -> None:
+        if self.sock is None:
+            self.open_socket()
         self.gpu = GpuLoop(self, self.engine)
         self.gpu.start()
 
@@ -448,7 +454,7 @@ class Server:
         if self.sock is not None:
             for identity in list(self.peers):
                 self._send(identity, "bye", reason="daemon shutting down")
-        if getattr(self, "gpu", None) is not None:
+        if self.gpu is not None:
             self.gpu.join(timeout=30)
         self._encoders.shutdown(wait=True, cancel_futures=True)
         if self.sock is not None:
@@ -896,13 +902,19 @@ def run(args) -> int:
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
 
-    log.info("loading model %s ...", opts["model"])
-    t0 = time.perf_counter()
-    components = load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
-    info = components.describe()
+    server = Server(None, {}, bind, limits, opts["keys"])
+    try:
+        server.open_socket()
+        log.info("loading model %s ...", opts["model"])
+        t0 = time.perf_counter()
+        components = load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
+        server.engine, server.model_info = Engine(components), components.describe()
+    except BaseException:
+        server.shutdown()
+        raise
+    info = server.model_info
     log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0, info.get("device"),
              info.get("dtype"))
-    server = Server(Engine(components), info, bind, limits, opts["keys"])
     server.start()
 
     def stop(signum, _frame):
