@@ -29,6 +29,16 @@ def test_non_loopback_bind_without_keys_is_refused():
     assert "loading model" not in r.stderr
 
 
+def test_busy_port_fails_before_the_model_loads():
+    holder = zmq.Context.instance().socket(zmq.ROUTER)
+    port = holder.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        r = run_cli("serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{port}")
+    finally:
+        holder.close(0)
+    assert r.returncode == 2 and "cannot bind" in r.stderr and "loading model" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("content,needle", [
     ('modle = "tiny"\n', "unknown setting 'modle'"),
     ("max_sessions = 'many'\n", "max_sessions must be int"),
