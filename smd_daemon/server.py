@@ -63,6 +63,7 @@ class Limits:
     max_steps: int = scene_limits.MAX_STEPS
     max_prompt_chars: int = scene_limits.MAX_PROMPT_CHARS
     max_message_bytes: int = 64 * 2**20  # largest single message part (ZeroMQ MAXMSGSIZE)
+    max_scene_bytes: int = 256 * 2**20  # alpha planes + background image one session keeps
     max_fps: float = 30.0  # live frames per second per session
     max_jobs: int = 4  # queued generate jobs per session
     max_requests_per_s: float = 300.0  # per client; a burst of twice that is allowed
@@ -800,6 +801,12 @@ class Server:
             layers = {k: layers[k] for k in order}
         if len(order) > lim.max_layers:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"{len(order)} layers, at most {lim.max_layers} allowed")
+        # Partial updates add up: bound what one session keeps, not just each message.
+        kept = sum(a.nbytes for _, _, a in layers.values() if a is not None) + (0 if bg_image is None
+                                                                               else bg_image.nbytes)
+        if kept > lim.max_scene_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"the scene would hold {kept / 2**20:.0f} MiB of pixels, "
+                                                     f"at most {lim.max_scene_bytes / 2**20:.0f} MiB allowed")
 
         inputs = [LayerInput(layers[k][0], layers[k][2], layers[k][1]) for k in order]
         try:
