@@ -6,7 +6,7 @@ and pyzmq. Every call is non-blocking, to suit a GUI's main thread::
 
     client = Client("tcp://127.0.0.1:7555", name="krita")
     client.connect()                      # state "connecting"; hello is sent from poll()
-    notifier = QSocketNotifier(client.fileno(), QSocketNotifier.Read)  # optional
+    notifier = QSocketNotifier(client.fileno(), QSocketNotifier.Read)  # optional; fd changes on reconnect
     # call client.poll() when the notifier fires AND from a ~50 ms timer:
     # ZeroMQ's fd is edge-triggered, and poll() also drives heartbeats.
     for event in client.poll(timeout_ms=0):
@@ -18,6 +18,14 @@ and pyzmq. Every call is non-blocking, to suit a GUI's main thread::
     job = client.generate(encoding="png")
     client.cancel(job)
     client.close()
+
+Layers are bottom to top; ``Layer.alpha`` is the layer's 8-bit alpha at
+the output size (``width*height`` bytes) or None. ``update_scene`` sends a
+changed layer's plane only if its bytes changed, so a rename costs no
+pixels. For a remote daemon with keys (``smd-daemon keys``)::
+
+    Client(address, server_public_key=zmq.auth.load_certificate("server.key")[0],
+           client_secret_file="alice.key_secret")
 
 State: ``client.state`` is ``"connecting"``, ``"connected"`` or
 ``"disconnected"`` and ``client.state_reason`` says why; every change is
@@ -185,7 +193,11 @@ class Client:
         self._hello_at, self._retry_at = None, 0.0
 
     def fileno(self) -> int:
-        """The ZeroMQ socket's fd for a read notifier (edge-triggered: also poll on a timer)."""
+        """The ZeroMQ socket's fd for a read notifier (edge-triggered: also poll on a timer).
+
+        The client replaces its socket when it loses the daemon, so read
+        this again after every ``StateEvent`` to ``"disconnected"``.
+        """
         if self._sock is None:
             self._open_socket()
         return self._sock.getsockopt(zmq.FD)

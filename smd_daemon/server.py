@@ -63,6 +63,7 @@ class Limits:
     max_steps: int = scene_limits.MAX_STEPS
     max_prompt_chars: int = scene_limits.MAX_PROMPT_CHARS
     max_message_bytes: int = 64 * 2**20  # largest single message part (ZeroMQ MAXMSGSIZE)
+    max_scene_bytes: int = 256 * 2**20  # alpha planes + background image one session keeps
     max_fps: float = 30.0  # live frames per second per session
     max_jobs: int = 4  # queued generate jobs per session
     max_requests_per_s: float = 300.0  # per client; a burst of twice that is allowed
@@ -342,6 +343,7 @@ class Server:
         self._thread_wake = threading.local()
         self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
         self.sock = None
+        self.gpu: GpuLoop | None = None
 
     # The GPU thread talks to the I/O thread through these two.
     def post(self, session: Session, kind: str, *payload) -> None:
@@ -368,7 +370,8 @@ class Server:
 
     # --- setup and the main loop ------------------------------------------
 
-    def start(self) -> None:
+    def open_socket(self) -> None:
+        """Bind first, so a busy port or bad keys fail before a long model load."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
@@ -385,6 +388,10 @@ class Server:
         self.sock = sock
         self.wake_sock = self.ctx.socket(zmq.PULL)
         self.wake_sock.bind(self._wake_addr)
+
+    def start(self) -> None:
+        if self.sock is None:
+            self.open_socket()
         self.gpu = GpuLoop(self, self.engine)
         self.gpu.start()
 
@@ -448,7 +455,7 @@ class Server:
         if self.sock is not None:
             for identity in list(self.peers):
                 self._send(identity, "bye", reason="daemon shutting down")
-        if getattr(self, "gpu", None) is not None:
+        if self.gpu is not None:
             self.gpu.join(timeout=30)
         self._encoders.shutdown(wait=True, cancel_futures=True)
         if self.sock is not None:
@@ -794,6 +801,12 @@ class Server:
             layers = {k: layers[k] for k in order}
         if len(order) > lim.max_layers:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"{len(order)} layers, at most {lim.max_layers} allowed")
+        # Partial updates add up: bound what one session keeps, not just each message.
+        kept = sum(a.nbytes for _, _, a in layers.values() if a is not None) + (0 if bg_image is None
+                                                                               else bg_image.nbytes)
+        if kept > lim.max_scene_bytes:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"the scene would hold {kept / 2**20:.0f} MiB of pixels, "
+                                                     f"at most {lim.max_scene_bytes / 2**20:.0f} MiB allowed")
 
         inputs = [LayerInput(layers[k][0], layers[k][2], layers[k][1]) for k in order]
         try:
@@ -896,13 +909,19 @@ def run(args) -> int:
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
 
-    log.info("loading model %s ...", opts["model"])
-    t0 = time.perf_counter()
-    components = load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
-    info = components.describe()
+    server = Server(None, {}, bind, limits, opts["keys"])
+    try:
+        server.open_socket()
+        log.info("loading model %s ...", opts["model"])
+        t0 = time.perf_counter()
+        components = load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
+        server.engine, server.model_info = Engine(components), components.describe()
+    except BaseException:
+        server.shutdown()
+        raise
+    info = server.model_info
     log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0, info.get("device"),
              info.get("dtype"))
-    server = Server(Engine(components), info, bind, limits, opts["keys"])
     server.start()
 
     def stop(signum, _frame):

@@ -73,7 +73,8 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        os.unlink(self.log.name)
+        if os.path.exists(self.log.name):  # close() may be called twice
+            os.unlink(self.log.name)
 
 
 def connect(address: str, timeout: float = 30, **kw) -> Client:

@@ -29,6 +29,16 @@ def test_non_loopback_bind_without_keys_is_refused():
     assert "loading model" not in r.stderr
 
 
+def test_busy_port_fails_before_the_model_loads():
+    holder = zmq.Context.instance().socket(zmq.ROUTER)
+    port = holder.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        r = run_cli("serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{port}")
+    finally:
+        holder.close(0)
+    assert r.returncode == 2 and "cannot bind" in r.stderr and "loading model" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("content,needle", [
     ('modle = "tiny"\n', "unknown setting 'modle'"),
     ("max_sessions = 'many'\n", "max_sessions must be int"),
@@ -139,3 +149,33 @@ def test_curve_only_authorised_clients_are_served(tmp_path):
     finally:
         assert d.stop() == 0
         d.close()
+
+
+def test_client_recovers_from_a_daemon_crash():
+    # No 'bye' this time: the client finds out from the new daemon (or its own timeout).
+    port = free_port()
+    first = Daemon(port=port)
+    client = None
+    try:
+        first.wait_serving()
+        client = connect(first.address, name="crash-survivor")
+        rev = client.set_scene(S, S, [Layer("1", "a red fox", half_mask())])
+        client.start_live("jpeg")
+        assert client.wait_for(lambda e: isinstance(e, FrameEvent), 30) is not None
+        first.close()  # SIGKILL
+        second = Daemon(port=port)
+        try:
+            second.wait_serving()
+            ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "connected", 30)
+            assert ev is not None, client.state_reason
+            frame = client.wait_for(lambda e: isinstance(e, FrameEvent), 30)
+            assert frame is not None and frame.revision == rev and frame.encoding == "jpeg"
+        finally:
+            client.close()
+            client = None
+            second.stop()
+            second.close()
+    finally:
+        if client is not None:
+            client.close()
+        first.close()

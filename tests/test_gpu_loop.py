@@ -1,5 +1,5 @@
-"""Engine failures stay inside their session: the daemon's loop with a fake
-engine (a real one cannot be made to run out of GPU memory on demand)."""
+"""The daemon with a fake engine, for what a real one cannot do on demand:
+run out of GPU memory, produce NaN, or serve with a tiny scene budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from daemon_util import S, connect, free_port, half_mask
-from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent
+from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent, SceneEvent
 from smd_daemon.engine.core import StreamFrame
 from smd_daemon.server import Limits, Server
 
@@ -54,7 +54,9 @@ class FakeEngine:
 
 @pytest.fixture
 def server():
-    srv = Server(FakeEngine(), {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", Limits(max_fps=200))
+    # A small scene budget: 3 planes of 64x64 fit, a 4th does not.
+    limits = Limits(max_fps=200, max_scene_bytes=3 * S * S + 100)
+    srv = Server(FakeEngine(), {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", limits)
     ready = threading.Event()
 
     def serve():
@@ -97,3 +99,18 @@ def test_engine_failure_is_an_error_to_that_client_only(server):
     finally:
         bad.close()
         good.close()
+
+
+def test_partial_updates_cannot_grow_a_scene_past_its_budget(server):
+    c = connect(server.bind, name="hoarder")
+    try:
+        c.set_scene(S, S, [Layer("1", "a fox", half_mask())])
+        for key in ("2", "3"):
+            c.update_scene([Layer(key, f"fox {key}", half_mask(left=key == "2"))])
+        revs = [e.revision for e in iter(lambda: c.wait_for(lambda e: isinstance(e, SceneEvent), 2), None)]
+        assert revs == [1, 2, 3]
+        c.update_scene([Layer("4", "one fox too many", half_mask())])
+        err = c.wait_for(lambda e: isinstance(e, ErrorEvent), 10)
+        assert err.code == "too_large" and "MiB" in err.message and err.header["revision"] == 4
+    finally:
+        c.close()

@@ -162,3 +162,16 @@ def test_client_is_non_blocking_without_a_daemon():
         assert isinstance(c.fileno(), int)
     finally:
         c.close()
+
+
+def test_no_request_can_name_a_file_or_model_on_the_server():
+    def names(fields):
+        for name, spec in fields.items():
+            yield name
+            if spec.fields:
+                yield from names(spec.fields)
+            if spec.items is not None and spec.items.fields:
+                yield from names(spec.items.fields)
+
+    every = {n for fields in protocol.REQUESTS.values() for n in names(fields)}
+    assert not {n for n in every if any(w in n for w in ("path", "file", "dir", "model", "url", "device"))}, every

@@ -171,21 +171,22 @@ def test_two_clients_stream_at_once(daemon):
             for name, c in (("a", a), ("b", b)):
                 got[name] += sum(isinstance(e, FrameEvent) for e in c.poll(timeout_ms=10))
         assert min(got.values()) >= 3, got
-        # The busiest client (streaming and keeping its job queue full) does not starve the other.
+        # The busiest client (streaming and keeping its job queue full) does not
+        # starve the other: rounds alternate, so b gets frames while a's jobs run.
         pending, done, b_seqs = set(), 0, []
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
+        deadline = time.monotonic() + 60
+        while done < 6 and time.monotonic() < deadline:
             while len(pending) < 3:
                 pending.add(a.generate("jpeg", steps=2))
             for e in a.poll(timeout_ms=5):
-                if isinstance(e, (FrameEvent, ErrorEvent, CancelledEvent)) and getattr(e, "job", None) in pending:
+                if isinstance(e, (FrameEvent, CancelledEvent)) and e.job in pending:
                     pending.discard(e.job)
                     done += isinstance(e, FrameEvent)
-                elif isinstance(e, ErrorEvent) and e.re in pending:
-                    pending.discard(e.re)
+                elif isinstance(e, ErrorEvent):
+                    pending.discard(e.header.get("job", e.re))
             b_seqs += [e.seq for e in b.poll(timeout_ms=5) if isinstance(e, FrameEvent)]
-        assert done >= 3, done
-        assert len(b_seqs) >= 2 and b_seqs[-1] - b_seqs[0] >= 5, b_seqs
+        assert done >= 6, done
+        assert len(b_seqs) >= 2 and b_seqs[-1] - b_seqs[0] >= done // 2, (done, b_seqs)
     finally:
         a.close()
         b.close()
@@ -300,6 +301,8 @@ BAD_REQUESTS = [
     ("steps over the limit", ("update", [half_mask()], _update(steps=500)), E.BAD_FIELD, True),
     ("too many parts in total", ("update", [b"\0" * (600 * 1024)] * 2, _update()), E.TOO_LARGE, True),
     ("update before hello", ("update", [half_mask()], _update()), E.HANDSHAKE_REQUIRED, False),
+    ("update before open", ("update", [half_mask()], _update()), E.NO_SESSION, False),
+    ("live before open", ("live_start", [], {}), E.NO_SESSION, False),
     ("partial update first", ("update", [], _update(full=False)), E.NO_SCENE, True),
     ("generate before a scene", ("generate", [], {}), E.NO_SCENE, True),
     ("cancel of an unknown job", ("cancel", [], {"job": 12345}), E.BAD_FIELD, True),
