@@ -40,7 +40,7 @@ from smd_daemon.cli import UsageError
 from smd_daemon.config import load_config
 from smd_daemon.engine import scene as scene_limits
 from smd_daemon.engine.core import Cancelled, Engine
-from smd_daemon.engine.models import load_model
+from smd_daemon.engine.models import DEFAULT_MODEL, load_model
 from smd_daemon.engine.scene import SceneError
 from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
@@ -842,7 +842,12 @@ class Server:
 
 OPTIONS = {
     # name: (type, default, help)
-    "model": (str, "tiny", "model: a preset (tiny, random-sd15), a local diffusers folder or file"),
+    "model": (str, DEFAULT_MODEL, "a preset (tiny, random-sd15: random weights, offline), a diffusers folder, "
+                                  "a .safetensors/.ckpt file or a hub id"),
+    "lora": (str, None, "LoRA to fuse at load (hub id, folder or file), e.g. an LCM-LoRA for plain SD-1.5"),
+    "tiny_vae": (str, "auto", "tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
+                              "(TAESD for real models, none for presets)"),
+    "model_config": (str, None, "diffusers folder describing a single-file checkpoint (offline use)"),
     "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
@@ -914,7 +919,8 @@ def run(args) -> int:
         server.open_socket()
         log.info("loading model %s ...", opts["model"])
         t0 = time.perf_counter()
-        components = load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
+        components = load_model(opts["model"], lora=opts["lora"], tiny_vae=opts["tiny_vae"],
+                                config=opts["model_config"], device=opts["device"], dtype=opts["dtype"])
         server.engine, server.model_info = Engine(components), components.describe()
     except BaseException:
         server.shutdown()
