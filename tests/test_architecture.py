@@ -24,10 +24,43 @@ def test_engine_imports_nothing_from_the_daemon_room():
             assert not name.startswith(("zmq", "krita", "PyQt5")), f"{path.name} imports {name}"
 
 
-def test_plugin_never_imports_the_engine_torch_or_numpy():
+def _plugin_files():
     files = list((ROOT / "krita_plugin").rglob("*.py"))
-    for path in files:
+    assert files
+    return files
+
+
+def test_plugin_never_imports_the_engine_torch_or_numpy():
+    for path in _plugin_files():
         for name in _imports(path):
             top = name.split(".")[0]
-            assert top not in ("torch", "numpy", "diffusers", "transformers", "PIL", "smd_daemon"), \
+            assert top not in ("torch", "numpy", "diffusers", "transformers", "PIL"), \
                 f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_plugin_reaches_the_daemon_package_only_through_the_wire_modules():
+    wire = {"smd_daemon.protocol", "smd_daemon.client"}
+    for path in _plugin_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "smd_daemon" and node.level == 0:
+                assert {f"smd_daemon.{a.name}" for a in node.names} <= wire, f"{path.name}: {ast.dump(node)}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for name in _imports_of(node):
+                    if name.startswith("smd_daemon."):
+                        assert name in wire, f"{path.name} imports {name}"
+
+
+def test_wire_modules_import_only_the_standard_library_and_zmq():
+    import sys
+
+    for mod in ("protocol.py", "client.py"):
+        for name in _imports(ROOT / "smd_daemon" / mod):
+            top = name.split(".")[0]
+            assert top in sys.stdlib_module_names or top in ("zmq", "__future__"), f"{mod} imports {name}"
+
+
+def _imports_of(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return [node.module] if node.module and node.level == 0 else []
