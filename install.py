@@ -7,6 +7,9 @@
     python install.py --dry-run       print every step without changing anything
     python install.py --daemon-venv DIR
                                       also create a virtual environment with the daemon installed
+    python install.py --serve [-- SERVE-ARGS]
+                                      the quick start: plugin, daemon venv (.venv in this checkout
+                                      unless --daemon-venv), then run 'smd-daemon serve SERVE-ARGS'
 
 The plugin talks to the daemon through ``smd_daemon/protocol.py`` and
 ``smd_daemon/client.py``; they are vendored unchanged into the installed
@@ -332,9 +335,16 @@ def zmq_importable(version: str, krita: Path | None = None) -> bool:
         return False
 
 
+def daemon_executable(venv: Path) -> Path:
+    return venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
+
+
 def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> None:
     """Create a virtual environment with the daemon installed from this checkout."""
     tag = "[dry-run] " if dry else ""
+    if sys.version_info < (3, 11):
+        raise InstallError(f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
+                           f"run install.py with a newer python3")
     py = venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
     steps = [[sys.executable, "-m", "venv", str(venv)],
              [str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
@@ -342,8 +352,17 @@ def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> None:
         print(f"{tag}run {' '.join(cmd)}", file=out)
         if not dry and subprocess.run(cmd).returncode != 0:
             raise InstallError(f"failed: {' '.join(cmd)}")
-    exe = venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
-    print(f"{tag}daemon: start it with  {exe} serve", file=out)
+    print(f"{tag}daemon: start it with  {daemon_executable(venv)} serve", file=out)
+
+
+def run_daemon(cmd: list[str]) -> int:
+    """Run the daemon in the foreground; Ctrl-C reaches it too and it shuts down cleanly."""
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue  # the daemon got the same SIGINT; wait for its clean exit
 
 
 def main(argv: list[str] | None = None, env: dict | None = None, system: str | None = None,
@@ -356,7 +375,13 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
     p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
     p.add_argument("--krita-python", metavar="X.Y", help="Python version Krita embeds (default: detected)")
     p.add_argument("--daemon-venv", type=Path, metavar="DIR", help="also create a venv with the daemon in DIR")
-    args = p.parse_args(argv)
+    p.add_argument("--serve", action="store_true",
+                   help="then start the daemon (arguments after '--' go to 'smd-daemon serve')")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    serve_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.serve and args.daemon_venv is None:
+        args.daemon_venv = ROOT / ".venv"
     env = dict(os.environ) if env is None else env
     system = system or platform.system()
     home = home or Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
@@ -380,6 +405,12 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
             inst.install()
             if args.daemon_venv:
                 setup_daemon_venv(args.daemon_venv.absolute(), args.dry_run)
+            if args.serve:
+                cmd = [str(daemon_executable(args.daemon_venv.absolute())), "serve", *serve_args]
+                print(f"{'[dry-run] ' if args.dry_run else ''}run {' '.join(cmd)}")
+                if not args.dry_run:
+                    sys.stdout.flush()
+                    return run_daemon(cmd)
     except InstallError as e:
         print(f"install.py: error: {e}", file=sys.stderr)
         return 1

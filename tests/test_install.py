@@ -137,3 +137,13 @@ def test_krita_python_version_from_the_pykrita_library(tmp_path):
     app = tmp_path / "krita.app" / "Contents/Frameworks/Python.framework/Versions/3.10"
     app.mkdir(parents=True)
     assert install.krita_python_version(tmp_path / "krita.app", "Darwin") == "3.10"
+
+
+def test_quick_start_dry_run_sets_up_the_daemon_and_serves(tmp_path):
+    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
+                      "--krita-python", "3.11", "--dry-run", "--serve", "--", "--model", "tiny")
+    assert res.returncode == 0, res.stderr
+    venv = REPO / ".venv"
+    assert f"-m venv {venv}" in res.stdout and f"pip install --disable-pip-version-check {REPO}" in res.stdout
+    assert res.stdout.rstrip().endswith(f"run {venv / 'bin' / 'smd-daemon'} serve --model tiny")
+    assert not (tmp_path / "pk").exists()
