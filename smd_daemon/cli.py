@@ -19,6 +19,7 @@ COMMANDS = {
     "serve": ("smd_daemon.server", "load a model and serve Krita clients over ZeroMQ"),
     "render": ("smd_daemon.render", "render a layered scene (.ora or .json) to a PNG without Krita"),
     "keys": ("smd_daemon.keys", "create CURVE key pairs for a remote daemon and its artists"),
+    "check": ("smd_daemon.check", "connect to a daemon as the plugin would, report it, optionally render a test"),
 }
 
 

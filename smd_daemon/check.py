@@ -1,0 +1,84 @@
+"""``smd-daemon check``: can this machine reach a daemon, and does it draw?
+
+For artists and operators setting up a remote daemon: it connects exactly as
+the Krita plugin does (same client library, same keys), prints what the
+daemon says about itself, and with ``--render`` asks for one small image and
+times it. Exit status 0 when all of that worked, 2 with one line otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from smd_daemon.cli import UsageError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("address", nargs="?", default="tcp://127.0.0.1:7555", help="daemon address")
+    parser.add_argument("--server-key", help="the daemon's public key file (server.key) for a remote daemon")
+    parser.add_argument("--client-key", help="your secret key file (NAME.key_secret) for a remote daemon")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
+    parser.add_argument("--render", action="store_true", help="also render one 256x256 test image")
+
+
+def _fail(message: str):
+    raise UsageError(message)
+
+
+def run(args) -> int:
+    import zmq
+    import zmq.auth
+
+    from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateEvent
+
+    if bool(args.server_key) != bool(args.client_key):
+        _fail("give both --server-key and --client-key (or neither, for a daemon on this machine)")
+    server_key = None
+    if args.server_key:
+        for path in (args.server_key, args.client_key):
+            if not os.path.isfile(path):
+                _fail(f"key file {path} does not exist")
+        try:
+            server_key = zmq.auth.load_certificate(args.server_key)[0]
+            if zmq.auth.load_certificate(args.client_key)[1] is None:
+                _fail(f"{args.client_key} holds no secret key: use the NAME.key_secret file")
+        except (ValueError, OSError) as e:
+            _fail(f"cannot read the key files: {e}")
+    client = Client(args.address, name="smd-daemon check", server_public_key=server_key,
+                    client_secret_file=args.client_key, timeout=args.timeout)
+    try:
+        client.connect()
+        t0 = time.monotonic()
+        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == CONNECTED, timeout=args.timeout)
+        if ev is None:
+            hint = " or your key is not authorised there" if server_key is not None else ""
+            _fail(f"no answer from {args.address} within {args.timeout:g} s: is the daemon running, and is the "
+                  f"address right{hint}? ({client.state_reason})")
+        model, limits = client.info.get("model", {}), client.limits
+        daemon = client.info.get("daemon") or {}
+        print(f"connected to {args.address} in {(time.monotonic() - t0) * 1000:.0f} ms "
+              f"({daemon.get('name', 'daemon')} {daemon.get('version', '?')}, "
+              f"protocol {client.info.get('protocol', '?')})")
+        print(f"model: {model.get('name', '?')} on {model.get('device', '?')} {model.get('dtype', '')}"
+              + ("" if model.get("meaningful", True) else "  (random weights: no meaningful images)"))
+        print("limits: " + ", ".join(f"{k}={v}" for k, v in sorted(limits.items())))
+        if args.render:
+            side = 256
+            alpha = bytes([255]) * (side * side // 2) + bytes(side * side // 2)  # top half
+            client.set_scene(side, side, [Layer("check", "a red fox", alpha)], background_prompt="a meadow")
+            t1 = time.monotonic()
+            job = client.generate(encoding="png")
+            ev = client.wait_for(lambda e: isinstance(e, (FrameEvent, ErrorEvent)) and
+                                 (getattr(e, "job", None) == job or getattr(e, "re", None) == job
+                                  or isinstance(e, ErrorEvent)), timeout=max(args.timeout, 120))
+            if ev is None:
+                _fail(f"the daemon did not return the test image within {max(args.timeout, 120):g} s")
+            if isinstance(ev, ErrorEvent):
+                _fail(f"the daemon refused the test image: {ev.code}: {ev.message}")
+            print(f"test image: {ev.width}x{ev.height} {ev.encoding}, {len(ev.data)} bytes in "
+                  f"{(time.monotonic() - t1) * 1000:.0f} ms")
+    finally:
+        client.close()
+    return 0
