@@ -266,3 +266,15 @@ def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
             engine.generate(_two_regions())
     finally:
         unet.forward = orig
+
+
+def test_big_batches_are_split_into_passes_with_the_same_result(tiny_components):
+    whole = Engine(tiny_components, max_batch=None)
+    split = Engine(tiny_components, max_batch=2)
+    calls, restore = _count_unet_forwards(split)
+    try:
+        got = split.generate(_two_regions())
+    finally:
+        restore()
+    assert max(calls) <= 2 and len(calls) > 4
+    assert _diff(got, whole.generate(_two_regions())) <= 1

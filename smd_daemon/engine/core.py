@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # doubled batch; this is the value such models were tuned around.
 DEFAULT_LCM_GUIDANCE = 8.5
 TILE_STRIDE = 32  # latent pixels between overlapping windows on large canvases
+# Samples per UNet forward pass. The largest single-window stream batch
+# (4 steps x (16 regions + background)) fits in one; huge tiled canvases
+# are split into several passes instead of one that exhausts GPU memory.
+DEFAULT_MAX_BATCH = 72
 
 
 class Cancelled(Exception):
@@ -76,7 +80,8 @@ class Engine:
     """Owns the model and the caches that outlive a scene (prompt embeddings,
     encoded white and background images). Call from one thread."""
 
-    def __init__(self, components: Components, max_batch: int | None = None, embed_cache_size: int = 256):
+    def __init__(self, components: Components, max_batch: int | None = DEFAULT_MAX_BATCH,
+                 embed_cache_size: int = 256):
         self.c = components
         self.max_batch = max_batch
         self._emb: OrderedDict[str, torch.Tensor] = OrderedDict()
