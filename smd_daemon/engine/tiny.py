@@ -142,7 +142,7 @@ def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
 
 def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
     """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
@@ -171,19 +171,18 @@ def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
         sample_size=256,
         scaling_factor=0.18215,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _assemble(tokenizer, text_encoder, unet, vae)
     if tiny_vae:
         pipe.vae = build_tiny_autoencoder(seed)
     return pipe
+
+
+def _assemble(tokenizer, text_encoder, unet, vae):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=lcm_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
@@ -207,7 +206,7 @@ def build_random_sd15(seed: int = 0):
     Costs exactly the FLOPs of trained SD-1.5 weights: for benchmarks where
     no weights can be downloaded.
     """
-    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
@@ -219,27 +218,8 @@ def build_random_sd15(seed: int = 0):
         block_out_channels=(320, 640, 1280, 1280),
         layers_per_block=2,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.vae = AutoencoderTiny(scaling_factor=1.0)
-    return pipe
+    # TAESD-sized decoder: the full KL VAE would cost ~18x a TAESD decode.
+    return _assemble(tokenizer, text_encoder, unet, AutoencoderTiny(scaling_factor=1.0))
 
 
 def _ldm_unet_names(cfg) -> dict[str, str]:
