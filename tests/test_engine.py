@@ -278,3 +278,13 @@ def test_big_batches_are_split_into_passes_with_the_same_result(tiny_components)
         restore()
     assert max(calls) <= 2 and len(calls) > 4
     assert _diff(got, whole.generate(_two_regions())) <= 1
+
+
+def test_an_edit_can_turn_bootstrapping_on_in_a_running_stream(engine):
+    scene = _two_regions(bootstrap_steps=0)
+    stream = engine.open_stream(scene)
+    stream.step()
+    stream.update(_two_regions(bootstrap_steps=2), revision=1)
+    for _ in range(4):
+        frame = stream.step()
+    assert frame.settled and frame.revision == 1

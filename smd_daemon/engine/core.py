@@ -114,14 +114,23 @@ class Engine:
             self._emb.popitem(last=False)
         return torch.cat([self._emb[p] for p in prompts])
 
-    @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by content."""
         key = hashlib.blake2b(image.tobytes(), digest_size=16).digest() + repr(image.shape).encode()
+        return self._cached_latent(key, lambda: image)
+
+    def white_latent(self, height: int, width: int) -> torch.Tensor:
+        """The bootstrap background: the latent of an all-white image, cached by
+        size (every scene update plans again; no image is built or hashed)."""
+        return self._cached_latent(b"white" + repr((height, width)).encode(),
+                                   lambda: np.full((height, width, 3), 255, np.uint8))
+
+    @torch.no_grad()
+    def _cached_latent(self, key: bytes, make_image) -> torch.Tensor:
         if key in self._latents:
             self._latents.move_to_end(key)
             return self._latents[key]
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.c.device)
+        x = torch.from_numpy(np.ascontiguousarray(make_image())).to(self.c.device)
         x = (x.permute(2, 0, 1)[None].to(self.c.dtype) / 127.5) - 1
         enc = self.c.vae.encode(x)
         z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
@@ -196,7 +205,7 @@ class Engine:
 
         white = None
         if scene.bootstrap_steps > 0 and regions:
-            white = self.encode_image(np.full((scene.height, scene.width, 3), 255, np.uint8))
+            white = self.white_latent(scene.height, scene.width)
         bg_image = self.encode_image(bg.image) if bg.image is not None and bg.strength > 0 else None
 
         return _Plan(
@@ -366,12 +375,20 @@ class Engine:
     def _renoise(self, plan: _Plan, x0: torch.Tensor, level: int, noise: torch.Tensor) -> torch.Tensor:
         return plan.sqrt_ab[level] * x0 + plan.sqrt_1mab[level] * noise
 
-    def _noise(self, plan: _Plan, generator: torch.Generator, n: int = 1) -> torch.Tensor:
-        # Drawn on the CPU so a seed gives the same image on every device
-        # (and the same draws as diffusers' pipelines with a CPU generator).
+    def _noise(self, plan: _Plan, generator: torch.Generator, n: int | None = None) -> torch.Tensor:
+        """One latent of noise (1, 4, h, w), or ``n`` of them (n, 1, 4, h, w).
+
+        Drawn on the CPU so a seed gives the same image on every device
+        (and the same draws as diffusers' pipelines with a CPU generator)."""
         h, w = plan.latent_hw
-        return torch.randn((n, 1, 4, h, w) if n > 1 else (1, 4, h, w), generator=generator,
-                           dtype=self.c.dtype).to(self.c.device)
+        shape = (1, 4, h, w) if n is None else (n, 1, 4, h, w)
+        return torch.randn(shape, generator=generator, dtype=self.c.dtype).to(self.c.device)
+
+    def _bootstrap_noise(self, plan: _Plan) -> torch.Tensor:
+        """Fixed noise for the white bootstrap background, one per step; its
+        own generator, so the image noise does not depend on it. Drawn even
+        without bootstrap steps: a stream's later edit may turn them on."""
+        return self._noise(plan, torch.Generator().manual_seed(int(plan.scene.seed) + 1), len(plan.timesteps))
 
     # ---- modes -------------------------------------------------------------
     @torch.no_grad()
@@ -381,9 +398,7 @@ class Engine:
         T = len(plan.timesteps)
         gen = torch.Generator().manual_seed(int(scene.seed))
         x = self._noise(plan, gen)
-        white_noise = None
-        if plan.offsets:
-            white_noise = self._noise(plan, torch.Generator().manual_seed(int(scene.seed) + 1), max(T, 2))
+        white_noise = self._bootstrap_noise(plan)
         x0 = x
         for i in range(T):
             if cancel is not None and cancel():
@@ -442,8 +457,8 @@ class StreamSession:
         gen = torch.Generator().manual_seed(int(plan.scene.seed))
         e = self.engine
         self._entry = e._noise(plan, gen)
-        self._renoise = e._noise(plan, gen, max(T, 2))
-        self._white_noise = e._noise(plan, torch.Generator().manual_seed(int(plan.scene.seed) + 1), max(T, 2))
+        self._renoise = e._noise(plan, gen, T)
+        self._white_noise = e._bootstrap_noise(plan)
         self._slots: list[torch.Tensor | None] = [None] * T
         self._since: list[int] = [self.revision] * T  # oldest revision in each slot's history
 
