@@ -707,8 +707,11 @@ class StepWork(_Work):
     (pre-averaging, re-noising, the first decoder tile) and one per further
     decoder tile.
 
-    The streams' state changes only in their finishing pass: work dropped
-    before it leaves them as they were. On CUDA with decoding on a side
+    A sample is one row of a UNet batch: a slot x window x region (in
+    attention mode a slot x window); with classifier-free guidance each
+    takes two rows, and a pass runs at least one. The streams' state
+    changes only in their finishing pass: work dropped before it leaves
+    them as they were. On CUDA with decoding on a side
     stream, begin the next work before calling ``frames()`` to overlap the
     copy with the next step; ``ready()`` says whether ``frames()`` would wait.
     """
