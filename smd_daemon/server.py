@@ -366,7 +366,8 @@ class Server:
         encodings = ["raw", "png", "jpeg"] + (["webp"] if features.check("webp") else [])
         return {"frame_encodings": encodings, "plane_encodings": list(protocol.PLANE_ENCODINGS),
                 "image_encodings": ["raw", "zlib"] + encodings[1:], "partial_updates": True,
-                "generate": True, "cancel": True, "curve": self.keys_dir is not None}
+                "generate": True, "cancel": True, "curve": self.keys_dir is not None,
+                "region_modes": list(getattr(self.engine, "region_modes", ("latent",)))}
 
     # --- setup and the main loop ------------------------------------------
 
@@ -742,7 +743,7 @@ class Server:
         if not full and not s.settings:
             raise ProtocolError(ErrorCode.NO_SCENE, "a partial update needs a full update first")
         settings = {} if full else dict(s.settings)
-        for k in ("width", "height", "seed", "steps", "guidance_scale", "mask_mode", "negative_prompt"):
+        for k in ("width", "height", "seed", "steps", "guidance_scale", "mask_mode", "region_mode", "negative_prompt"):
             if k in h:
                 settings[k] = h[k]
         if full and ("width" not in h or "height" not in h):
@@ -815,7 +816,7 @@ class Server:
                 negative_prompt=settings.get("negative_prompt", ""), background_image=bg_image,
                 background_strength=bg.get("strength", 0.0), seed=settings.get("seed", 0),
                 steps=settings.get("steps", 4),
-                **{k: settings[k] for k in ("guidance_scale", "mask_mode") if k in settings})
+                **{k: settings[k] for k in ("guidance_scale", "mask_mode", "region_mode") if k in settings})
             for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
                 if len(text) > lim.max_prompt_chars:
                     raise ProtocolError(ErrorCode.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
@@ -827,6 +828,10 @@ class Server:
             scene.validate()
         except SceneError as e:
             raise ProtocolError(ErrorCode.BAD_SCENE, str(e)) from None
+        try:  # a setting this model cannot do (region mode, steps): refused before any work
+            getattr(self.engine, "check", lambda scene: scene)(scene)
+        except SceneError as e:
+            raise ProtocolError(ErrorCode.BAD_FIELD, str(e)) from None
 
         # Everything checked: commit.
         s.layers, s.order, s.settings, s.bg_image, s.revision, s.scene = layers, order, settings, bg_image, \

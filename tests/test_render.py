@@ -594,3 +594,32 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
     assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
     np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
+
+
+# ---------------------------------------------------------------- region modes
+
+
+def test_region_mode_from_json_and_the_command_line(tmp_path):
+    doc = {"width": 64, "height": 64, "region_mode": "attention", "regions": [{"prompt": "a fox", "mask": "m.png"}]}
+    path = make_json(tmp_path, doc, {"m.png": np.full((64, 64), 255, np.uint8)})
+    assert load_scene(path).scene.region_mode == "attention"
+    assert load_scene(path, Overrides(region_mode="latent")).scene.region_mode == "latent"
+    ora = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    assert load_scene(ora).scene.region_mode == "latent"
+    assert load_scene(ora, Overrides(region_mode="attention")).scene.region_mode == "attention"
+    for bad in ({**doc, "region_mode": "fancy"}, {**doc, "region_mode": 1}):
+        with pytest.raises(SceneError, match="region mode must be 'latent' or 'attention'|'region_mode' must be text"):
+            load_scene(make_json(tmp_path, bad, {"m.png": np.full((64, 64), 255, np.uint8)}))
+
+
+def test_cli_renders_in_attention_mode_and_refuses_unknown_modes_in_one_line(tmp_path):
+    scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    line = assert_one_line_error(render_here(scene, "-o", tmp_path / "o.png", "--model", "tiny",
+                                             "--region-mode", "fancy"))
+    assert "region mode must be 'latent' or 'attention'" in line
+    out = tmp_path / "out.png"
+    proc = run_render(scene, "-o", out, "--model", "tiny", "--region-mode", "attention", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "attention mode" in proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (64, 64) and np.asarray(im).std() > 0

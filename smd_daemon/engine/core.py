@@ -631,7 +631,10 @@ class _Job:
         s = p.scene.background.strength
         if p.mode == "attention":
             x = self.num / self.den.clamp_min(1e-8)
-            return x if p.bg_image is None else x + (B * s) * (p.bg_image - x)
+            if p.bg_image is None:
+                return x
+            w = B * s
+            return (1 - w) * x + w * p.bg_image
         fg = self.num / self.den.clamp_min(1e-8)
         bgx = self.bnum / self.bden.clamp_min(1e-8)
         if p.bg_image is not None:
