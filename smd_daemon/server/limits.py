@@ -42,7 +42,7 @@ class Limits:
     max_message_bytes: int = 64 * MIB  # largest single message part (ZeroMQ MAXMSGSIZE)
     # Every byte the server and engine keep for one session (planes, plan,
     # masks, latents, frames), however many updates built it.
-    max_session_bytes: int = GIB
+    max_session_bytes: int = 2 * GIB
     max_memory_bytes: int = dataclasses.field(default_factory=default_max_memory)  # all sessions together
     max_fps: float = 30.0  # live frames per second per session
     max_jobs: int = 4  # generate jobs per session, queued or running
