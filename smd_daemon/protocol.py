@@ -149,6 +149,7 @@ LAYER = {
     "name": F("str", max_len=4096),  # raw layer name; the daemon applies the grammar
     "visible": F("bool"),
     "alpha": F("obj", fields=PLANE_REF, nullable=True),  # 8-bit plane at output size
+    "group": F("bool"),  # a group layer: listed, never read (its children are layers of their own)
 }
 BACKGROUND = {
     "prompt": F("str", max_len=4096),

@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
-from smd_daemon.grammar import LayerInput, ParsedLayer, build_scene, joins_background_image, parse_layer_name
+from smd_daemon.grammar import (LayerInput, ParsedLayer, build_scene, ignored, joins_background_image,
+                                parse_layer_name)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             scene.background.strength = o.background_strength
         _check_scene(path, scene, parsed)
         if scene.background.strength > 0:
-            joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(lay.visible, p)]
+            joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(p)]
             scene.background.image = _composite(zf, joins, doc_w, doc_h, width, height, path)
     return LoadedScene(scene, parsed, (doc_w, doc_h))
 
@@ -340,10 +341,10 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
             mask_strength=where.get(entry, "strength", float, base.mask_strength, label),
             mask_std=where.get(entry, "blur", float, base.mask_std, label),
             prompt_strength=where.get(entry, "prompt_strength", float, base.prompt_strength, label),
-            warnings=base.warnings,
+            warnings=base.warnings, warning_codes=base.warning_codes,
         )
         if not mask.any():
-            p.role, p.reason = "ignored", "empty mask"
+            p = ignored(p.name, "empty", "the mask is empty", warnings=p)
         else:
             regions.append(Region(prompt=p.prompt, mask=mask.astype(np.float32) / 255.0,
                                   negative_prompt=p.negative_prompt, mask_strength=p.mask_strength,

@@ -204,7 +204,7 @@ def test_ora_groups_flatten_hide_and_offset(tmp_path):
     masks = {r.prompt: r.mask for r in loaded.scene.regions}
     assert masks["a star"][22:30, 22:30].all() and masks["a star"].sum() == 64
     assert masks["a comet"][20:28, 30:38].all() and masks["a comet"].sum() == 64
-    hidden = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
+    hidden = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
     assert hidden == {"a ghost": "hidden", "a bat": "hidden"}
 
 
@@ -323,7 +323,7 @@ def test_json_mask_kinds(tmp_path):
      "mask strength must be between 0 and 1"),
     ([1, 2], "a JSON scene is an object"),
     ({"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
-     "layer name 'Paint Layer 2' is not a region (automatic layer name)"),
+     "layer name 'Paint Layer 2' is not a region (automatic name: rename it with a prompt)"),
     ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, "use the \"background\" field"),
     ({"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
      "gives both"),
@@ -585,6 +585,6 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     expect[80:96, 100:128] = 128 / 255
     np.testing.assert_allclose(mist, expect)
     assert scene.regions[0].mask_std == 2
-    reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
-    assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
+    reasons = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
+    assert reasons == {"Background": "automatic_name", "a ghost": "hidden"}
     np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
