@@ -143,13 +143,13 @@ class Client:
                  server_public_key: bytes | None = None, client_secret_file: str | None = None,
                  compress_planes: bool | None = None, heartbeat_interval: float = 1.0, timeout: float = 5.0,
                  retry_interval: float = 0.5, context: zmq.Context | None = None):
-        self.address = address
+        self.address = protocol.normalize_address(address)  # ValueError with one sentence if malformed
         self.name = name
         self.server_public_key = server_public_key
         self.client_secret_file = client_secret_file
         # Alpha planes are mostly 0 or 255: zlib shrinks them ~50x, which
         # matters on a network and costs more than it saves on loopback.
-        self.compress_planes = (not protocol.is_local_address(address)) if compress_planes is None \
+        self.compress_planes = (not protocol.is_local_address(self.address)) if compress_planes is None \
             else compress_planes
         self.heartbeat_interval = heartbeat_interval
         self.timeout = timeout
@@ -232,6 +232,8 @@ class Client:
                 self._keys = (public, secret)
             sock.curve_serverkey = self.server_public_key
             sock.curve_publickey, sock.curve_secretkey = self._keys
+        if protocol.is_ipv6_endpoint(self.address):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(self.address)
         self._sock = sock
 

@@ -380,6 +380,8 @@ class Server:
         sock.setsockopt(zmq.SNDTIMEO, 0)
         if self.keys_dir is not None:
             self._setup_curve(sock)
+        if protocol.is_ipv6_endpoint(self.bind):
+            sock.setsockopt(zmq.IPV6, 1)
         try:
             sock.bind(self.bind)
         except zmq.ZMQError as e:
@@ -898,9 +900,10 @@ def run(args) -> int:
                          "max-message-mb in [0.0625, 4096]")
     if opts["threads"] is not None and opts["threads"] < 1:
         raise UsageError("threads must be >= 1")
-    bind = opts["bind"]
-    if not bind.startswith(("tcp://", "ipc://")):
-        raise UsageError(f"bind address {bind!r} must look like tcp://HOST:PORT or ipc://PATH")
+    try:
+        bind = protocol.normalize_address(opts["bind"])
+    except ValueError as e:
+        raise UsageError(f"--bind: {e}") from None
     if not protocol.is_local_address(bind):
         if opts["keys"] is None and not opts["insecure"]:
             raise UsageError(f"{bind} is reachable from the network: give --keys DIR (made by 'smd-daemon keys DIR') "
