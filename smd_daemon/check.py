@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from smd_daemon.cli import UsageError
+from smd_daemon.errors import UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def run(args) -> int:
     import zmq
     import zmq.auth
 
-    from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateEvent
+    from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateCode, StateEvent
     from smd_daemon.protocol import normalize_address
 
     try:
@@ -82,7 +82,13 @@ def run(args) -> int:
     try:
         client.connect()
         t0 = time.monotonic()
-        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == CONNECTED, timeout=args.timeout)
+        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and (e.state == CONNECTED or e.code in (
+            StateCode.AUTH_FAILED, StateCode.REFUSED)), timeout=args.timeout)
+        if ev is not None and ev.code == StateCode.AUTH_FAILED:
+            _fail(ev.reason + (" (it is not authorised there: ask for it to be added to the daemon's authorized "
+                               "folder)" if server_key is not None else ""))
+        if ev is not None and ev.code == StateCode.REFUSED:
+            _fail(f"the daemon at {args.address} refused the connection: {ev.reason}")
         if ev is None:
             _fail(no_answer(args.address, args.timeout, keyed=server_key is not None))
         model, limits = client.info.get("model", {}), client.limits
