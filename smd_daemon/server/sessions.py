@@ -82,6 +82,8 @@ class SessionManager:
             encoding = h.get("encoding", "raw")
             if encoding not in FRAME_ENCODINGS:
                 raise ProtocolError(E.BAD_FIELD, f"frame encoding {encoding} is not available here")
+            if not s.live:
+                s.flow.stop()  # a frame made just after the last live_stop is not shown now
             s.live, s.encoding, s.quality = True, encoding, int(h.get("quality", 80))
             self.server.engine_loop.send(m.SetLive(s.id, True, 1.0 / fps))
             send(s.identity, "live", re=rid, active=True, encoding=encoding, max_fps=fps)
