@@ -182,7 +182,7 @@ class EngineLoop(threading.Thread):
         s = r.members[0]
         log.error("engine failed for session %s: %s: %s", s.id[:8], type(e).__name__, e)
         code, message = self._engine_error(e)
-        s.stream, s.live = None, False
+        s.stream, s.live, s.pending = None, False, s.newest  # live_start again tries the scene afresh
         self.post(m.SessionError(s.id, code, message + "; live mode stopped", live_stopped=True))
 
     @staticmethod
@@ -203,7 +203,7 @@ class EngineLoop(threading.Thread):
             elif s is None:
                 continue
             elif isinstance(c, m.SetScene):
-                s.pending = (c.scene, c.revision, c.plan)  # applied when its next step begins
+                s.pending = s.newest = (c.scene, c.revision, c.plan)  # applied when its next step begins
             elif isinstance(c, m.SetLive):
                 if c.live and not s.live:
                     self.scheduler.join(s)

@@ -95,7 +95,7 @@ class SessionManager:
         elif t == "ack":
             if s.flow.ack(h["seq"], h["token"]):
                 self._send_frame(s)
-            else:
+            elif h["seq"] > s.flow.sent:  # late acks (after live_stop) are normal; acks from the future are not
                 self.server.note_bad_ack(s.identity)
         elif t == "generate":
             if len(s.jobs) >= self.limits.max_jobs:
