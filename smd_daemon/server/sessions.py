@@ -133,6 +133,8 @@ class SessionManager:
                 self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
             send(s.identity, "scene", re=ev.re, revision=ev.revision, regions=len(ev.scene.regions),
                  layers=ev.layers)
+        elif isinstance(ev, m.PlanReady):
+            self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
         elif isinstance(ev, m.JobReady):
             if ev.error is not None:
                 code, message, job_id = ev.error
