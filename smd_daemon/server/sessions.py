@@ -94,6 +94,7 @@ class SessionManager:
             send(s.identity, "live", re=rid, active=False)
         elif t == "ack":
             if s.flow.ack(h["seq"], h["token"]):
+                self.server.engine_loop.wake()  # room for another frame: the engine may be waiting for it
                 self._send_frame(s)
             elif h["seq"] > s.flow.sent:  # late acks (after live_stop) are normal; acks from the future are not
                 self.server.note_bad_ack(s.identity)
