@@ -1,5 +1,9 @@
 """Settings: global ones in Krita's own config (kritarc, group ``smd_live``),
-per-document ones inside the .kra as an annotation (see kritaapi)."""
+per-document ones inside the .kra as an annotation (see kritaapi).
+
+Limits (steps, output size) are the daemon's, from its handshake; without
+one only sanity bounds apply here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ DEFAULTS = {
     "address": "tcp://127.0.0.1:7555",
     "server_key": "",  # the daemon's CURVE public key (Z85 text) for remote daemons
     "client_key_file": "",  # this artist's key file from `smd-daemon keys`
+    "show_settings": False,  # docker sections unfolded
+    "show_daemon": True,
     "seed": 0,
     "seed_locked": True,
     "steps": 4,
@@ -20,14 +26,24 @@ DEFAULTS = {
     "negative_prompt": "",
     "background_source": "canvas",  # canvas, prompt or both
     "strength": 0.5,  # how strongly the canvas is followed
+    "region_mode": "latent",  # latent (shape-following) or attention (fast), where the daemon offers both
+    "preview_mode": "canvas",  # canvas (a locked layer on top) or docker (a view inside the docker)
+    "preview_visible": True,
+    "preview_opacity": 1.0,
 }
 DOCUMENT_KEYS = ("seed", "seed_locked", "steps", "size", "background_prompt", "negative_prompt",
-                 "background_source", "strength")
+                 "background_source", "strength", "region_mode", "preview_mode", "preview_visible",
+                 "preview_opacity")
 SOURCES = ("canvas", "prompt", "both")
+PREVIEW_MODES = ("canvas", "docker")
+REGION_MODES = ("latent", "attention")
+_CHOICES = {"background_source": SOURCES, "preview_mode": PREVIEW_MODES, "region_mode": REGION_MODES}
+MAX_SEED = 2**31 - 1
 
 
-def clean(values: dict) -> dict:
-    """Known keys with values of the right type; anything else falls back to the default."""
+def clean(values: dict, limits: dict | None = None) -> dict:
+    """Known keys with values of the right type; anything else falls back to
+    the default. ``limits``: the daemon's (``max_steps``, ``min_side``, ``max_side``)."""
     out = dict(DEFAULTS)
     for key, default in DEFAULTS.items():
         if key not in values:
@@ -45,12 +61,19 @@ def clean(values: dict) -> dict:
         except (TypeError, ValueError):
             continue
         out[key] = v
-    if out["background_source"] not in SOURCES:
-        out["background_source"] = DEFAULTS["background_source"]
-    out["steps"] = min(max(out["steps"], 1), 50)
-    out["size"] = min(max(out["size"], 64), 4096)
+    for key, choices in _CHOICES.items():
+        if out[key] not in choices:
+            out[key] = DEFAULTS[key]
+    limits = limits or {}
+    out["steps"] = max(out["steps"], 1)
+    if limits.get("max_steps"):
+        out["steps"] = min(out["steps"], int(limits["max_steps"]))
+    out["size"] = max(out["size"], int(limits.get("min_side") or 8))
+    if limits.get("max_side"):
+        out["size"] = min(out["size"], int(limits["max_side"]))
     out["strength"] = min(max(out["strength"], 0.0), 1.0)
-    out["seed"] = min(max(out["seed"], 0), 2**31 - 1)
+    out["preview_opacity"] = min(max(out["preview_opacity"], 0.0), 1.0)
+    out["seed"] = min(max(out["seed"], 0), MAX_SEED)
     return out
 
 
@@ -69,3 +92,20 @@ def load_global() -> dict:
 
 def save_global(values: dict) -> None:
     kritaapi.write_setting(GROUP, "settings", json.dumps(clean(values), sort_keys=True))
+
+
+def output_size(width: int, height: int, long_side: int, limits: dict | None = None) -> tuple[int, int]:
+    """Output size with the document's aspect ratio, multiples of 8, within the daemon's limits."""
+    limits = limits or {}
+    lo, hi = int(limits.get("min_side") or 8), limits.get("max_side")
+    side = int(long_side)
+    if hi:
+        side = min(side, int(hi))
+    side = max(lo, side - side % 8)
+    if width <= 0 or height <= 0:
+        return side, side
+    if width >= height:
+        w, h = side, side * height / width
+    else:
+        w, h = side * width / height, side
+    return max(lo, int(round(w / 8)) * 8), max(lo, int(round(h / 8)) * 8)
