@@ -13,18 +13,22 @@ import os
 import sys
 
 from smd_daemon import __version__
+from smd_daemon.errors import UsageError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "serve": ("smd_daemon.server", "load a model and serve Krita clients over ZeroMQ"),
+    "serve": ("smd_daemon.server.command", "load a model and serve Krita clients over ZeroMQ"),
     "render": ("smd_daemon.render", "render a layered scene (.ora or .json) to a PNG without Krita"),
     "keys": ("smd_daemon.keys", "create CURVE key pairs for a remote daemon and its artists"),
     "check": ("smd_daemon.check", "connect to a daemon as the plugin would, report it, optionally render a test"),
 }
 
 
-class UsageError(Exception):
-    """A problem with the user's input; printed as one line, exit status 2."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -32,7 +36,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     the server's imports and vice versa."""
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if a in COMMANDS), None)
-    parser = argparse.ArgumentParser(prog="smd-daemon", description="StreamMultiDiffusion daemon for Krita")
+    parser = _Parser(prog="smd-daemon", description="StreamMultiDiffusion daemon for Krita")
     parser.add_argument("--version", action="version", version=f"smd-daemon {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

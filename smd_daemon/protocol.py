@@ -1,4 +1,4 @@
-"""The wire format between the daemon and its clients (protocol version 1).
+"""The wire format between the daemon and its clients (protocol version 2).
 
 ``docs/protocol.md`` is the authoritative description; this module is its
 only implementation. The daemon and the Krita plugin import this very file
@@ -14,11 +14,13 @@ Nothing executable crosses the wire: JSON only, never pickle or eval.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Generous sanity bounds checked before any limit of the daemon: they keep a
 # hostile header from making the receiver allocate or loop without bound.
@@ -27,6 +29,12 @@ MAX_STRING = 8192
 MAX_LIST = 1024
 MAX_PARTS = 1100
 MAX_INT = 2**63 - 1
+MAX_TOKEN = 2**53 - 1  # frame tokens: exact as a JSON number anywhere
+
+# JSON can spell lone UTF-16 surrogates ("\ud800"), which are not text:
+# every string that crosses the wire must be encodable as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Frame and image encodings. "raw" is uncompressed 8-bit RGB (or RGBA, or a
 # single channel for alpha planes), row-major, top row first.
@@ -52,7 +60,8 @@ class ErrorCode:
     NO_SESSION = "no_session"  # a session request before open (or after the session was freed)
     NO_SCENE = "no_scene"  # live or generate before the first scene
     STALE_REVISION = "stale_revision"  # revision not newer than the last one applied
-    BUSY = "busy"  # no free session, or too many jobs queued
+    BUSY = "busy"  # no free session, too many jobs queued, updates arriving faster than they are decoded
+    NO_MEMORY = "no_memory"  # the daemon's memory budget cannot hold this scene beside the other sessions
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
     INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
@@ -149,6 +158,7 @@ LAYER = {
     "name": F("str", max_len=4096),  # raw layer name; the daemon applies the grammar
     "visible": F("bool"),
     "alpha": F("obj", fields=PLANE_REF, nullable=True),  # 8-bit plane at output size
+    "group": F("bool"),  # a group layer: listed, never read (its children are layers of their own)
 }
 BACKGROUND = {
     "prompt": F("str", max_len=4096),
@@ -185,7 +195,7 @@ REQUESTS = {
     "live_start": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
                    "max_fps": F("num", lo=0.1, hi=1000)},
     "live_stop": {},
-    "ack": {"seq": F("int", True, 0, MAX_INT)},
+    "ack": {"seq": F("int", True, 0, MAX_INT), "token": F("int", True, 0, MAX_TOKEN)},
     "generate": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
                  "steps": F("int", lo=1, hi=1000), "seed": F("int", lo=0, hi=MAX_INT)},
     "cancel": {"job": F("int", lo=0, hi=MAX_INT)},
@@ -201,8 +211,9 @@ REPLIES = {
     "closed": {"reason": F("str")},
     "scene": {"revision": F("int", True), "layers": F("list", True, max_len=100000), "regions": F("int")},
     "live": {"active": F("bool", True), "encoding": F("str")},
-    "frame": {"seq": F("int", True), "revision": F("int", True), "width": F("int", True), "height": F("int", True),
-              "encoding": F("str", True), "channels": F("int", True), "part": F("int", True)},
+    "frame": {"seq": F("int", True), "token": F("int", True), "revision": F("int", True), "width": F("int", True),
+              "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
+              "part": F("int", True)},
     "progress": {"job": F("int", True), "step": F("int", True), "total": F("int", True)},
     "result": {"job": F("int", True), "revision": F("int", True), "width": F("int", True),
                "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
@@ -242,13 +253,17 @@ def decode(frames, schemas: dict | None = None) -> Message:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"header is {len(raw)} bytes, at most {MAX_HEADER_BYTES} allowed")
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        header = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not a JSON object: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "header is not a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(header):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "header holds text that is not valid Unicode "
+                                                   "(a lone UTF-16 surrogate such as \\ud800)")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 2.0
         raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version!r} is not supported; "
                                                    f"this side speaks version {PROTOCOL_VERSION}")
     type_ = header.get("type")
@@ -264,16 +279,96 @@ def decode(frames, schemas: dict | None = None) -> Message:
     return Message(type_, header, parts)
 
 
-def error(code: str, message: str, re=None, **fields) -> list:
-    if re is not None:
-        fields["re"] = re
-    return encode("error", code=code, message=message, **fields)
+def _has_lone_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def request_id(header: dict):
     """The request id to echo in a reply, or None when absent or malformed."""
     rid = header.get("id") if isinstance(header, dict) else None
     return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_INT else None
+
+
+# --- addresses ------------------------------------------------------------------
+
+DEFAULT_PORT = 7555
+DEFAULT_ADDRESS = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+ADDRESS_EXAMPLES = ("an address looks like 127.0.0.1:7555, gpu-box (port 7555), tcp://gpu-box:7555, "
+                    "[::1]:7555 or ipc:///tmp/smd.sock")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
+
+
+def normalize_address(text: str) -> str:
+    """A daemon address as people write it -> the ZeroMQ endpoint.
+
+    ``host``, ``host:port``, ``tcp://host[:port]``, ``[v6]:port`` and bare IPv6
+    (``::1``) become ``tcp://host:port`` (port 7555 when none is given; ``*``
+    is any interface, for binding); ``ipc://path`` is kept. Anything else
+    raises ValueError with one sentence that says what an address looks like.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"no daemon address given; {ADDRESS_EXAMPLES}")
+    s = text.strip()
+    scheme, sep, rest = s.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme in ("ipc", "inproc"):
+            if not rest or any(c in rest for c in "\0\r\n"):
+                raise ValueError(f"{text!r} names no socket path; {ADDRESS_EXAMPLES}")
+            return f"{scheme}://{rest}"
+        if scheme != "tcp":
+            raise ValueError(f"{text!r} is not a daemon address ({scheme}:// is not spoken here, the daemon "
+                             f"speaks ZeroMQ); {ADDRESS_EXAMPLES}")
+        s = rest
+    host, port = _host_port(s, text)
+    return f"tcp://{host}:{port}"
+
+
+def _host_port(s: str, text: str) -> tuple[str, int]:
+    port_text = ""
+    if s.startswith("["):  # [v6] or [v6]:port
+        end = s.find("]")
+        host, after = (s[1:end], s[end + 1:]) if end > 0 else ("", "?")
+        if after:
+            if not after.startswith(":"):
+                raise ValueError(f"{text!r} is not a daemon address; {ADDRESS_EXAMPLES}")
+            port_text = after[1:]
+        v6 = True
+    elif s.count(":") >= 2:  # a bare IPv6 address: no port can be told apart
+        host, v6 = s, True
+    else:
+        host, _, port_text = s.partition(":")
+        if _ and not port_text:
+            raise ValueError(f"{text!r} has no port after ':'; {ADDRESS_EXAMPLES}")
+        v6 = False
+    if v6:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise ValueError(f"{text!r} is not a valid IPv6 address; {ADDRESS_EXAMPLES}") from None
+    elif host != "*" and not _HOSTNAME.match(host):
+        raise ValueError(f"{text!r} is not a daemon address ({host!r} is not a host name); {ADDRESS_EXAMPLES}")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} has port {port_text!r}, not a number from 1 to 65535; {ADDRESS_EXAMPLES}")
+    return host, int(port_text)
+
+
+def is_ipv6_endpoint(endpoint: str) -> bool:
+    """A normalized tcp endpoint with an IPv6 host: ZeroMQ sockets need the IPV6 option for it."""
+    return endpoint.startswith("tcp://[")
 
 
 def is_local_address(address: str) -> bool:

@@ -12,8 +12,9 @@ import os
 import tempfile
 import time
 
-from smd_daemon.cli import UsageError
-from smd_daemon.engine import models
+from smd_daemon.engine.scene import DEFAULT_STEPS
+from smd_daemon.errors import UsageError
+from smd_daemon.options import add_model_arguments, load_model_from_options
 from smd_daemon.scenefile import Overrides, load_scene
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", metavar="SCENE", help="an OpenRaster file (.ora) or a JSON scene (.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the image to write")
     parser.add_argument("--seed", type=int, help="random seed (default: the scene's, else 0)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the scene's, else 4)")
+    parser.add_argument("--steps", type=int, help=f"denoising steps (default: the scene's, else {DEFAULT_STEPS})")
     parser.add_argument("--width", type=int, help="output width (default: the document's; multiple of 8)")
     parser.add_argument("--height", type=int, help="output height (default: the document's; multiple of 8)")
     parser.add_argument("--bootstrap-steps", type=int, help="mask-centering bootstrap steps (default 1)")
@@ -34,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how strongly the uncovered area follows the non-region layers' image, 0..1 "
                              "(overrides the scene's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    models.add_model_arguments(parser)
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from smd_daemon.engine.core import Engine
 
-    components = models.load_model_from_args(args)
+    components = load_model_from_options(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
     for p in loaded.layers:
         how = p.role if p.role != "ignored" else f"ignored ({p.reason})"
