@@ -310,6 +310,19 @@ def test_region_mode_is_offered_only_by_daemons_that_have_it(setup):
     assert kritaapi.load_document_settings(doc)["region_mode"] == "latent"
 
 
+def test_steps_and_strength_are_the_daemons_defaults_until_set(setup):
+    ctl, client, clock, doc, bg, fox = setup
+    scene = ctl.scene_settings()
+    assert scene["steps"] == 4 and scene["background_strength"] == 0.3, "from welcome.defaults"
+    ctl.set_setting("steps", 2)
+    ctl.set_setting("strength", 0.8)
+    scene = ctl.scene_settings()
+    assert scene["steps"] == 2 and scene["background_strength"] == 0.8
+    assert kritaapi.load_document_settings(doc)["steps"] == 2
+    ctl.set_setting("steps", None)
+    assert ctl.scene_settings()["steps"] == 4
+
+
 def test_limits_come_from_the_handshake(setup):
     ctl, client, clock, doc, bg, fox = setup
     client.info["limits"] = {"max_side": 256, "min_side": 128, "max_steps": 8}

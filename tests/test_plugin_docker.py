@@ -84,6 +84,11 @@ def test_region_choice_only_where_the_daemon_offers_it(dock):
     d.region_mode.setCurrentIndex(d.region_mode.findData("attention"))
     assert ctl.settings["region_mode"] == "attention"
     assert d.steps.maximum() == client.limits["max_steps"] and d.size.maximum() == client.limits["max_side"]
+    assert d.steps.text() == "default" and "4" in d.steps.toolTip(), "unset: the daemon's default"
+    d.steps.setValue(3)
+    assert ctl.settings["steps"] == 3
+    d.steps.setValue(0)
+    assert ctl.settings["steps"] is None
 
 
 def test_preview_choices_reach_the_settings(dock):

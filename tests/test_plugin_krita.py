@@ -133,7 +133,7 @@ def test_an_artists_session(krita_home, tmp_path):
 
     size = 256
     kra, during_live = tmp_path / "painting.kra", tmp_path / "saved-during-live.kra"
-    args = {"address": f"tcp://127.0.0.1:{port}", "size": size, "steps": 2,
+    args = {"address": f"127.0.0.1:{port}", "size": size, "steps": 2,
             "sync": str(sync), "shots": str(shots), "kra": str(kra), "saved_during_live": str(during_live)}
     try:
         result = harness.run(home, "session", args, timeout=420, during=during, screen="1366x768")
@@ -178,6 +178,7 @@ def test_an_artists_session(krita_home, tmp_path):
 
     # Status and numbers across the outage.
     assert "frames/s" in c["stats_live"], why
+    assert "is the daemon running?" in c["status_after_kill"], why
     assert "reconnects by itself" in c["status_after_kill"], why
     assert c["stats_after_kill"] == "", why
     assert c["status_after_restart"].startswith("connected"), why
@@ -246,3 +247,48 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
             assert other.poll() is None, "a daemon the plugin did not start was stopped"
         finally:
             stop(other)
+
+
+def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
+    """Parity: the plugin in real Krita, and `render` on Krita's own .ora export of the same
+    document, give the same scene: the same regions, masks equal pixel for pixel, the same
+    background image within 1/255."""
+    import numpy as np
+
+    from smd_daemon.scenefile import Overrides, load_scene
+
+    home = fresh(krita_home[0], tmp_path)
+    out, ora = tmp_path / "plugin", tmp_path / "krita-export.ora"
+    out.mkdir()
+    port = free_port()
+    with open(tmp_path / "daemon.log", "w") as log:
+        daemon = start_daemon(port, log)
+        try:
+            result = harness.run(home, "parity", {"address": f"127.0.0.1:{port}", "out": str(out),
+                                                  "ora": str(ora)}, timeout=180)
+        finally:
+            stop(daemon)
+    assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
+    c = result["checks"]
+    assert c["exported"] and c["size"] == [128, 96], c
+    w, h = c["size"]
+    planes = json.loads((out / "planes.json").read_text())
+    plugin_regions = {p["name"]: np.frombuffer((out / p["file"]).read_bytes(), np.uint8).reshape(h, w)
+                      for p in planes if p["role"] == "region"}
+    plugin_bg = np.frombuffer((out / "background.raw").read_bytes(), np.uint8).reshape(h, w, 3)
+
+    loaded = load_scene(str(ora), Overrides(width=w, background_strength=0.5))
+    render_regions = {r.name: np.round(np.asarray(r.mask, np.float32) * 255).astype(np.uint8)
+                      for r in loaded.scene.regions}
+    assert sorted(plugin_regions) == sorted(render_regions) == ["a cat", "a red fox", "a tree"], c["rows"]
+    for name, mask in render_regions.items():
+        assert np.array_equal(plugin_regions[name], mask), \
+            f"{name}: {int((plugin_regions[name] != mask).sum())} pixels differ"
+    assert plugin_regions["a red fox"].max() == 128, "the 50 % group reaches its layers"
+    assert plugin_regions["a tree"][60:].max() == 0, "the tree's mask hides its lower part"
+    diff = np.abs(plugin_bg.astype(int) - loaded.scene.background.image.astype(int))
+    assert diff.max() <= 1, f"background differs by up to {diff.max()} at {np.argwhere(diff == diff.max())[:3]}"
+    # Both readings agree layer by layer (the plugin's list and render's).
+    render_reading = {p.name: (p.role, p.reason_code) for p in loaded.layers}
+    for name, role, code in c["rows"]:
+        assert render_reading[name] == (role if role != "group" else "ignored", code or ""), name

@@ -101,11 +101,29 @@ def test_composite_is_rgb_over_white_with_opacity():
     bg.setPixelData(bytes(4 * 16), 0, 0, 4, 4)  # fully transparent background
     red = add(doc, "Paint Layer 2")
     red.setPixelData(bgra(0, 0, 255, 255, 2), 0, 0, 2, 1)  # B,G,R,A: pure red
-    rgb = kritaapi.read_composite(doc, kritaapi.layers(doc), 4, 4)
+    layers = kritaapi.layers(doc)
+    rgb = kritaapi.read_composite(doc, layers, {l.uid for l in layers}, 4, 4)
     assert rgb[:3] == b"\xff\x00\x00" and rgb[6:9] == b"\xff\xff\xff"
     red.setOpacity(128)
-    half = kritaapi.read_composite(doc, kritaapi.layers(doc), 4, 4)
+    layers = kritaapi.layers(doc)
+    half = kritaapi.read_composite(doc, layers, {l.uid for l in layers}, 4, 4)
     assert abs(half[1] - 127) <= 1 and half[0] == 255, "half red over white"
+
+
+def test_a_group_below_full_opacity_is_composited_as_a_whole():
+    doc, bg = new_doc(4, 4)
+    grp = add(doc, "characters", kind="grouplayer")
+    grp.setOpacity(128)
+    a = add(doc, "Paint Layer 2", parent=grp)
+    b = add(doc, "Paint Layer 3", parent=grp)
+    a.setPixelData(bgra(0, 0, 0, 255, 16), 0, 0, 4, 4)  # black, under
+    b.setPixelData(bgra(0, 0, 0, 255, 16), 0, 0, 4, 4)  # black, over it
+    layers = kritaapi.layers(doc)
+    rgb = kritaapi.read_composite(doc, layers, {l.uid for l in layers}, 4, 4)
+    # (black over black) at 50 % over white: mid grey; one by one it would be 25 % white.
+    assert abs(rgb[0] - 127) <= 1, rgb[:3]
+    only_bg = kritaapi.read_composite(doc, layers, {bg.uniqueId().toString()}, 4, 4)
+    assert only_bg[:3] == b"\xff\xff\xff", "a group with nothing chosen in it adds nothing"
 
 
 def test_preview_is_added_once_complete_locked_and_never_removed():

@@ -11,10 +11,12 @@ from .transport import client as client_mod
 from .transport import protocol
 
 
-def endpoint(text: str) -> str:
-    """A ZeroMQ endpoint from what the artist typed (host, host:port, tcp://host:port...)."""
-    normalize = getattr(protocol, "normalize_address", None)
-    return normalize(text) if normalize is not None else text
+def same_address(a: str, b: str) -> bool:
+    """Whether two addresses as people write them name the same endpoint."""
+    try:
+        return protocol.normalize_address(a) == protocol.normalize_address(b)
+    except ValueError:
+        return False
 
 
 class Connection(QObject):
@@ -42,14 +44,15 @@ class Connection(QObject):
         self.close()
         try:
             key = server_key.strip().encode("ascii") or None
-            self.client = client_mod.Client(endpoint(address.strip()), name="krita", server_public_key=key,
+            # The client accepts host, host:port, tcp://host:port... (a sentence when it cannot).
+            self.client = client_mod.Client(address.strip(), name="krita", server_public_key=key,
                                             client_secret_file=key_file.strip() or None)
             self.client.connect()
         except Exception as e:  # a bad address or key file: say so, stay usable
             self.client = None
             self.set_state("disconnected", status.CLOSED, "not connected")
             return f"cannot connect: {e}"
-        self.set_state(self.client.state, getattr(self.client, "state_code", None), self.client.state_reason)
+        self.set_state(self.client.state, self.client.state_code, self.client.state_reason)
         self.watch()
         return ""
 
@@ -100,6 +103,11 @@ class Connection(QObject):
         # Raw frames cost nothing to decode on loopback; over a network JPEG, which
         # every Qt build decodes (WebP needs an optional image-format plugin).
         return "raw" if protocol.is_local_address(self.client.address) else "jpeg"
+
+    @property
+    def defaults(self) -> dict:
+        """The daemon's defaults for settings an update leaves out (``welcome.defaults``)."""
+        return self.info.get("defaults", {})
 
     def region_modes(self) -> list:
         return list(self.info.get("capabilities", {}).get("region_modes") or [])

@@ -13,6 +13,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
                              QLineEdit, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from . import settings
+from .connection import same_address
 from .widgets import LayerList, PreviewView, Section
 
 DOCKER_ID = "smd_live_docker"
@@ -137,6 +138,7 @@ class SMDDocker(DockWidget):
         for w in (self.seed, self.seed_lock, self.seed_random):
             seed_row.addWidget(w)
         self.steps = _named(QSpinBox(), "smd_steps")
+        self.steps.setSpecialValueText("default")  # 0: the daemon's default
         self.size = _named(QSpinBox(), "smd_size")
         self.size.setSingleStep(64)
         self.size_label = _named(QLabel(), "smd_output_size")
@@ -149,7 +151,8 @@ class SMDDocker(DockWidget):
         self.neg_prompt = _named(QLineEdit(), "smd_negative_prompt")
         self.source = _combo("smd_background_source", SOURCES)
         self.strength = _named(QDoubleSpinBox(), "smd_strength")
-        self.strength.setRange(0.0, 1.0)
+        self.strength.setRange(-0.05, 1.0)  # the minimum stands for the daemon's default
+        self.strength.setSpecialValueText("default")
         self.strength.setSingleStep(0.05)
         form.addRow("Seed", seed_row)
         form.addRow("Steps", self.steps)
@@ -201,10 +204,11 @@ class SMDDocker(DockWidget):
         for w, key in ((self.address, "address"), (self.server_key, "server_key"), (self.key_file, "client_key_file"),
                        (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
             w.editingFinished.connect(lambda w=w, key=key: self._set(key, w.text()))
-        for w, key in ((self.seed, "seed"), (self.steps, "steps"), (self.size, "size")):
+        for w, key in ((self.seed, "seed"), (self.size, "size")):
             w.valueChanged.connect(lambda v, key=key: self._set(key, v))
+        self.steps.valueChanged.connect(lambda v: self._set("steps", v or None))
         self.seed_lock.toggled.connect(lambda v: self._set("seed_locked", v))
-        self.strength.valueChanged.connect(lambda v: self._set("strength", round(v, 3)))
+        self.strength.valueChanged.connect(lambda v: self._set("strength", round(v, 3) if v >= 0 else None))
         for w, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
                        (self.preview_mode, "preview_mode")):
             w.currentIndexChanged.connect(lambda _i, w=w, key=key: self._set(key, w.currentData()))
@@ -263,13 +267,17 @@ class SMDDocker(DockWidget):
                        (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
             if not w.hasFocus() and w.text() != s[key]:
                 w.setText(s[key])
-        self.steps.setRange(1, int(limits.get("max_steps") or SANITY_MAX_STEPS))
+        self.steps.setRange(0, int(limits.get("max_steps") or SANITY_MAX_STEPS))
         self.size.setRange(int(limits.get("min_side") or 8), int(limits.get("max_side") or SANITY_MAX_SIDE))
         self.seed.setValue(s["seed"])
         self.seed_lock.setChecked(s["seed_locked"])
-        self.steps.setValue(s["steps"])
+        self.steps.setValue(s["steps"] or 0)
         self.size.setValue(s["size"])
-        self.strength.setValue(s["strength"])
+        self.strength.setValue(-0.05 if s["strength"] is None else s["strength"])
+        defaults = self.ctl.conn.defaults
+        self.steps.setToolTip(f"the daemon's default: {defaults['steps']}" if "steps" in defaults else "")
+        self.strength.setToolTip(f"the daemon's default: {defaults['background_strength']}"
+                                 if "background_strength" in defaults else "")
         for combo, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
                            (self.preview_mode, "preview_mode")):
             combo.setCurrentIndex(max(0, combo.findData(s[key])))
@@ -289,7 +297,7 @@ class SMDDocker(DockWidget):
             self.stop_btn.setEnabled(False)
             return
         tail = managed.log_tail() if self.daemon_section.body.isVisible() else []
-        connected = self.ctl.conn.connected and self.ctl.settings["address"] == managed.address
+        connected = self.ctl.conn.connected and same_address(self.ctl.settings["address"], managed.address)
         self.managed_state.setText(managed.describe(connected, tail))
         self.start_btn.setEnabled(not managed.running)
         self.stop_btn.setEnabled(managed.running)

@@ -91,15 +91,7 @@ class Controller(QObject):
         return settings.output_size(w, h, self.settings["size"], self.limits)
 
     def scene_settings(self) -> dict:
-        s = self.settings
-        source = s["background_source"]
-        out = {"seed": int(s["seed"]), "steps": int(s["steps"]), "negative_prompt": s["negative_prompt"],
-               "background_prompt": s["background_prompt"] if source in ("prompt", "both") else "",
-               "background_strength": float(s["strength"]) if source in ("canvas", "both") else 0.0}
-        modes = self.conn.region_modes()
-        if modes:
-            out["region_mode"] = s["region_mode"] if s["region_mode"] in modes else modes[0]
-        return out
+        return settings.scene_settings(self.settings, self.conn.defaults, self.conn.region_modes())
 
     # ---------------------------------------------------------- connection
 
@@ -245,7 +237,7 @@ class Controller(QObject):
     def _handle(self, ev) -> None:
         c = client_mod
         if isinstance(ev, c.StateEvent):
-            self.conn.set_state(ev.state, getattr(ev, "code", None), ev.reason)
+            self.conn.set_state(ev.state, ev.code, ev.reason)
             self._state_changed()
             if ev.state == "connected":
                 self.error = ""

@@ -136,9 +136,9 @@ class LayerReader:
 
     def _background(self, doc, snap: Snapshot) -> bytes | None:
         """The canvas (visible layers that are not regions) as RGB bytes, or None if unchanged."""
-        chosen = [l for l in snap.sent_layers
-                  if l.visible and self.role(l.uid) != "region" and self.code(l.uid) not in NOT_CANVAS]
-        data = kritaapi.read_composite(doc, chosen, *snap.size)
+        chosen = {l.uid for l in snap.sent_layers
+                  if l.visible and self.role(l.uid) != "region" and self.code(l.uid) not in NOT_CANVAS}
+        data = kritaapi.read_composite(doc, snap.layers, chosen, *snap.size)
         crc = zlib.crc32(data)
         if crc == self._sent_bg_crc:
             return None

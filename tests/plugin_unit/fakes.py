@@ -64,6 +64,7 @@ class FakeClient:
         self.calls, self.revision = [], 0
         self.info = {"model": {"name": "tiny", "device": "cpu", "meaningful": False},
                      "limits": limits or {"max_side": 1024, "min_side": 64, "max_steps": 50},
+                     "defaults": {"seed": 0, "steps": 4, "background_strength": 0.3},
                      "capabilities": capabilities or {}}
         self.state, self.state_code, self.state_reason = "connected", "", "connected"
         self.known = set()
@@ -118,7 +119,4 @@ def ignored(name, code, reason="", **extra):
 
 
 def state_event(state, reason, code):
-    """A client StateEvent with its state code (contract: ``StateEvent.code``)."""
-    ev = StateEvent(state, reason)
-    ev.code = code
-    return ev
+    return StateEvent(state, reason, code)

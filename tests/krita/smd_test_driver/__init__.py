@@ -72,10 +72,10 @@ class Runner:
             if self.gen is None:
                 if not self.ready():
                     return
-                from . import scenarios, session
+                from . import parity, scenarios, session
                 name = os.environ["SMD_TEST_SCENARIO"]
                 args = json.loads(os.environ.get("SMD_TEST_ARGS", "{}"))
-                module = session if hasattr(session, name) else scenarios
+                module = next(m for m in (session, parity, scenarios) if hasattr(m, name))
                 self.gen = getattr(module, name)(args, RESULT)
                 self.wait = None
             if self.wait is not None:

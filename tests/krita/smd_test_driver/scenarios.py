@@ -142,7 +142,8 @@ def bench(args, out):
         [kritaapi.fingerprint(l) for l in layers]
         msg = [client_mod.Layer(l.uid, l.name, kritaapi.read_alpha(doc, l, out_side, out_side), l.visible)
                for l in layers if l.name.startswith("region")]
-        kritaapi.read_composite(doc, [l for l in layers if not l.name.startswith("region")], out_side, out_side)
+        kritaapi.read_composite(doc, layers, {l.uid for l in layers if not l.name.startswith("region")},
+                                out_side, out_side)
         return msg
 
     def scan_only():
@@ -298,7 +299,7 @@ def documents(args, out):
     doc.setModified(False)
     node, _ = kritaapi.write_preview(doc, frame)
     c["preview_pixel"] = list(bytes(node.pixelData(5, 5, 1, 1)))
-    c["composite_corner"] = list(kritaapi.read_composite(doc, [by["Background"]], 64, 32)[:3])
+    c["composite_corner"] = list(kritaapi.read_composite(doc, list(by.values()), {by["Background"].uid}, 64, 32)[:3])
 
     d16 = app.createDocument(32, 32, "sixteen", "RGBA", "U16", "", 300.0)
     d16.setBatchmode(True)

@@ -169,7 +169,7 @@ def session(args, out):
     open(os.path.join(sync, "kill_daemon"), "w").close()
     t_kill = time.monotonic()
     yield ("disconnected", lambda: ctl.state != "connected", 30)
-    yield 1.0
+    yield ("nothing answers", lambda: "is the daemon running?" in status(), 30)
     c["status_after_kill"] = status()
     c["stats_after_kill"] = find("smd_stats", QLabel).text()
     open(os.path.join(sync, "restart_daemon"), "w").close()
