@@ -187,3 +187,34 @@ def test_document_settings_round_trip_and_bad_values():
     assert kritaapi.load_document_settings(doc) == {}
     doc.setAnnotation(kritaapi.ANNOTATION, "", b"[1, 2]")
     assert kritaapi.load_document_settings(doc) == {}
+
+
+def test_the_save_guard_hides_the_preview_while_a_dialog_of_the_main_window_exists():
+    """Krita builds a wait dialog on its main window before it copies the image to save it."""
+    from PyQt5.QtCore import QEvent
+    from PyQt5.QtWidgets import QApplication, QDialog, QMainWindow, QWidget
+
+    doc, bg = new_doc(8, 8)
+    app = krita.Krita.instance()
+    node, _ = kritaapi.write_preview(doc, frame())
+    doc.setModified(False)
+    app.qwindow = window = QMainWindow()
+    guard = kritaapi.SaveGuard()
+    try:
+        guard.watch_windows()
+        guard.watch_windows()  # again: watched once
+        QWidget(window)  # Krita adds plain child widgets all the time: no save
+        assert node.visible() and guard.holds == 0
+        refreshes = doc.refreshes
+        dialog = QDialog(window)
+        assert not node.visible() and guard.holds == 1, "hidden before Krita copies the image"
+        assert doc.refreshes == refreshes + 1, "the projection is made again without it"
+        kritaapi.write_preview(doc, frame())  # a frame arrives meanwhile: it stays hidden
+        assert not node.visible()
+        dialog.deleteLater()
+        QApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        QApplication.processEvents()  # the next turn of the event loop
+        assert node.visible() and not doc.modified()
+    finally:
+        app.qwindow = None
+        window.deleteLater()

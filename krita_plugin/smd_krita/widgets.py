@@ -11,6 +11,7 @@ WARNING_MARK = "\u26a0"  # ⚠
 ROLE_COLORS = {"region": "#3a8a3a", "background": "#3a6ab0", "ignored": "#8a8a8a", "group": "#8a8a8a",
                "preview": "#8a8a8a"}
 WARNING_COLOR = "#c07000"
+VIEW_MIN = 64  # the docker's preview view, in pixels
 
 
 class Section(QWidget):
@@ -114,7 +115,7 @@ class PreviewView(QLabel):
         super().__init__(parent)
         self.setObjectName("smd_preview_view")
         self.setAlignment(Qt.AlignCenter)
-        self.setMinimumSize(64, 64)
+        self.setMinimumSize(VIEW_MIN, VIEW_MIN)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
         self.setText("no picture yet")
         self._image = None
@@ -127,14 +128,14 @@ class PreviewView(QLabel):
             self.clear()
             self.setText("no picture yet")
             return
-        side = max(64, self.width() - 4)
+        side = max(VIEW_MIN, self.width() - 4)
         pix = QPixmap.fromImage(image).scaled(side, side, Qt.KeepAspectRatio, Qt.SmoothTransformation)
         self.setPixmap(pix)
 
     def heightForWidth(self, width: int) -> int:
         if self._image is None or self._image.width() == 0:
-            return 64
-        return max(64, int(width * self._image.height() / self._image.width()))
+            return VIEW_MIN
+        return max(VIEW_MIN, int(width * self._image.height() / self._image.width()))
 
     def hasHeightForWidth(self) -> bool:
         return True

@@ -193,7 +193,7 @@ class _Action:
 
 class _Window:
     def __init__(self, app): self.app = app
-    def qwindow(self): return None
+    def qwindow(self): return self.app.qwindow  # a test may give Krita a main window
 
 
 class Krita:
@@ -202,6 +202,7 @@ class Krita:
     def __init__(self):
         self._doc = None
         self._docs = []  # open documents
+        self.qwindow = None
         self.settings = {}
         self.undo_stack = []
         self._queued = []
