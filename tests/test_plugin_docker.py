@@ -116,3 +116,27 @@ def test_unsupported_krita_gets_a_docker_saying_so():
         del app.version
     widget = app.dockers[-1].args[2]()
     assert "supports Krita 5.1 and 5.2" in widget.widget().text()
+
+
+def test_the_local_daemon_is_offered_only_when_install_py_set_one_up(tmp_path):
+    import json
+
+    from smd_krita.managed import CONFIG, ManagedDaemon
+
+    krita.Krita.instance().settings.clear()
+    new_doc(16, 16)
+    for configured in (False, True):
+        if configured:
+            (tmp_path / CONFIG).write_text(json.dumps({"command": ["/bin/true"], "address": "127.0.0.1:7555",
+                                                       "log": str(tmp_path / "d.log"), "venv": str(tmp_path)}))
+        live._controller = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
+        live._controller.timer.stop()
+        d = docker.SMDDocker()
+        d.show()
+        d._refresh_daemon()
+        assert d.findChild(QPushButton, "smd_daemon_start").isVisible() == configured
+        assert d.managed_label.isVisible() == configured
+        if configured:
+            assert d.findChild(QLabel, "smd_daemon_state").text() == "stopped"
+        d.deleteLater()
+    live._controller = None

@@ -191,6 +191,7 @@ class SMDDocker(DockWidget):
         self.managed_log.setStyleSheet("font-family: monospace; font-size: 8pt; color: #808080")
         form.addRow("Local", self.managed_row)
         form.addRow(self.managed_log)
+        self.managed_label = form.labelForField(self.managed_row)
 
     def _connect_signals(self) -> None:
         ctl = self.ctl
@@ -289,7 +290,9 @@ class SMDDocker(DockWidget):
 
     def _refresh_daemon(self):
         managed = self.ctl.managed
-        self.managed_row.setVisible(managed.available or bool(managed.problem))
+        offered = managed.available or bool(managed.problem)
+        self.managed_row.setVisible(offered)
+        self.managed_label.setVisible(offered)
         self.managed_log.setVisible(managed.available and self.daemon_section.body.isVisible())
         if not managed.available:
             self.managed_state.setText(managed.problem)
