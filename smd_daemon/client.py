@@ -66,6 +66,7 @@ class Layer:
     name: str
     alpha: bytes | None = None  # height*width bytes, row-major
     visible: bool = True
+    group: bool = False  # a group layer (send no alpha): listed with reason_code "group", never read
 
 
 class ClientError(Exception):
@@ -156,7 +157,8 @@ class Client:
         change = scenestate.SceneChange(
             True, settings, {"prompt": background_prompt, "negative_prompt": negative_prompt,
                              "strength": background_strength}, image,
-            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha) for layer in layers))
+            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha, layer.group)
+                  for layer in layers))
         self._scene = self._apply(scenestate.SceneState(), change)
         self.revision += 1
         self._need_full = True
