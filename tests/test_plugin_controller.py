@@ -216,6 +216,25 @@ def test_status_and_numbers_tell_the_truth_across_an_outage(setup):
     assert ctl.stats.text(False) == ""
 
 
+def test_nothing_is_sent_or_timed_while_reconnecting(setup):
+    ctl, client, clock, doc, bg, fox = setup
+    go_live(ctl)
+    ctl._send(force=True)
+    ctl._handle(frame_event(client.revision))
+    ctl._handle(state_event("connecting", "the daemon restarted; reconnecting", "connecting"))
+    sent = len(client.calls)
+    fox.setName("a red fox")  # painted during the outage
+    later(ctl, clock)
+    assert len(client.calls) == sent, "nothing goes out while the session is not open"
+    clock.advance(20)
+    ctl._handle(state_event("connected", "connected", ""))
+    later(ctl, clock)
+    assert client.calls[-1][1] == [("a red fox", True)], "the change made meanwhile goes out now"
+    clock.advance(0.3)
+    ctl._handle(frame_event(client.revision))
+    assert ctl.stats.latency_ms < 1000, "measured from the send after the outage, not from the edit before it"
+
+
 @pytest.mark.parametrize("code,words", [
     ("auth_failed", "did not accept this key"), ("refused", "refused"), ("bye", "closed the connection"),
     ("connecting", "connecting to"), ("closed", "press Connect")])

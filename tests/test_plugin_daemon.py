@@ -2,29 +2,15 @@
 against a real ``smd-daemon serve --model tiny``: the daemon's reading of
 every layer before Live, state codes in words, and the region-mode choice."""
 
-import time
-
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
-from plugin_unit.fakes import add, bgra, new_doc
+from plugin_unit.fakes import add, bgra, new_doc, run_until
 
 import krita  # the fake
-from PyQt5.QtWidgets import QApplication
 
 from daemon_util import Daemon
 from smd_krita import live
 from smd_krita.managed import ManagedDaemon
-
-
-def run_until(predicate, timeout=60.0):
-    """Let the controller's timers run (a real daemon answers in real time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        QApplication.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture

@@ -182,7 +182,8 @@ def test_an_artists_session(krita_home, tmp_path):
     assert "reconnects by itself" in c["status_after_kill"], why
     assert c["stats_after_kill"] == "", why
     assert c["status_after_restart"].startswith("connected"), why
-    assert 0 < c["latency_after_restart_ms"] < c["outage_s"] * 1000, why
+    # From noticing the edit to showing it: never the outage before it.
+    assert 0 < c["latency_after_restart_ms"] <= c["edit_shown_ms"] + 50, why
     assert "frames/s" in c["stats_after_restart"], why
     assert c["stats_after_live_off"] == "", why
 

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
+from plugin_unit.fakes import run_until
 
 from PyQt5.QtCore import QProcess
-from PyQt5.QtWidgets import QApplication
 
 from smd_krita import managed
 
@@ -32,16 +31,6 @@ def write_config(folder, command, log):
                                                      "log": str(log), "venv": str(folder)}))
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        QApplication.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_no_file_no_offer_and_bad_files_say_why(tmp_path):
     assert managed.load_config(str(tmp_path)) == (None, "")
     (tmp_path / managed.CONFIG).write_text("{not json")
@@ -59,7 +48,7 @@ def test_start_shows_loading_progress_and_the_log_then_stop(tmp_path):
     assert d.describe(False, []) == "stopped"
     assert d.start()
     assert d.process.waitForStarted(10000)
-    assert wait_for(lambda: "57%" in "".join(d.log_tail()))
+    assert run_until(lambda: "57%" in "".join(d.log_tail()))
     tail = d.log_tail()
     assert tail[0] == "loading model tiny ..."
     assert d.describe(False, tail) == "starting: loading the model (57%)…"
@@ -67,7 +56,7 @@ def test_start_shows_loading_progress_and_the_log_then_stop(tmp_path):
     assert not d.start(), "one process at a time"
     d.stop(wait=True)
     assert d.process.state() == QProcess.NotRunning
-    assert wait_for(lambda: d.exit_text == "the daemon stopped")
+    assert run_until(lambda: d.exit_text == "the daemon stopped")
     assert "stopped" in d.log_tail()[-1]
 
 
@@ -75,7 +64,7 @@ def test_a_missing_program_is_said_in_words(tmp_path):
     write_config(tmp_path, [str(tmp_path / "no-such-venv" / "bin" / "smd-daemon"), "serve"], tmp_path / "d.log")
     d = managed.ManagedDaemon(folder=str(tmp_path))
     d.start()
-    assert wait_for(lambda: "run install.py --serve again" in d.exit_text)
+    assert run_until(lambda: "run install.py --serve again" in d.exit_text)
 
 
 def test_stop_touches_only_the_process_it_started(tmp_path):

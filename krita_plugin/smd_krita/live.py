@@ -119,10 +119,11 @@ class Controller(QObject):
         self.changed.emit()
 
     def _state_changed(self) -> None:
+        # Nothing is counted across an outage: frame rate and latency start afresh, and
+        # what was sent before the session (re)opened is answered by the client's full resend.
         if self.state != "connected":
-            # Nothing is counted across an outage: frame rate and latency start afresh.
             self.stats.reset()
-            self.sync.scheduler.reset()
+        self.sync.scheduler.reset()
         self._update_rows()
 
     def status_text(self) -> tuple[str, str]:
@@ -299,7 +300,7 @@ class Controller(QObject):
             if self.sync.follow([]):
                 self._update_rows()
             return
-        if self.client is None or self.state == "disconnected":
+        if not self.conn.connected:
             if self.sync.follow(kritaapi.layers(self.doc)):  # names only: nothing is read while nobody listens
                 self._update_rows()
             return

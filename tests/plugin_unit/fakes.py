@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from PyQt5.QtWidgets import QApplication
+
 import krita  # the fake, put on sys.path by env.py
 
 from smd_daemon.client import ErrorEvent, FrameEvent, SceneEvent, StateEvent  # noqa: F401
@@ -120,3 +122,14 @@ def ignored(name, code, reason="", **extra):
 
 def state_event(state, reason, code):
     return StateEvent(state, reason, code)
+
+
+def run_until(predicate, timeout: float = 60.0) -> bool:
+    """Let Qt run until ``predicate()`` (for real processes, which answer in real time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False

@@ -188,11 +188,12 @@ def _add(parent, node, above) -> None:
 
 class ActiveKeeper:
     """Adding a layer makes Krita activate it a moment later (queued): give
-    the artist's layer back when that happens, but only for the layers the
-    plugin added, and only for a short while, so the artist can still pick
-    any layer they like."""
+    the artist's layer back when that happens, once, and only for the layers
+    the plugin added, so the artist can still pick any layer they like.
+    Krita's activation comes within milliseconds; a busy machine can delay it,
+    so it is awaited for a while before giving up."""
 
-    WINDOW_S = 1.5
+    WINDOW_S = 10.0
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock

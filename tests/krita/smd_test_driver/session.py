@@ -178,11 +178,13 @@ def session(args, out):
     c["status_after_restart"] = status()
     seen = ctl.frame_event
     yield ("frame after restart", lambda: ctl.frame_event is not seen, 90)
-    fox.setPixelData(_square(16, 16, (0, 0, 255, 255)), 0, 0, 16, 16)
     rev = ctl.frame_event.revision
+    t_edit = time.monotonic()
+    fox.setPixelData(_square(16, 16, (0, 0, 255, 255)), 0, 0, 16, 16)
     yield ("frame showing an edit", lambda: ctl.frame_event.revision > rev, 60)
-    yield ("a second frame", lambda: ctl.stats.frames >= 2, 60)
+    c["edit_shown_ms"] = (time.monotonic() - t_edit) * 1000
     c["latency_after_restart_ms"] = ctl.stats.latency_ms
+    yield ("a second frame", lambda: ctl.stats.frames >= 2, 60)
     c["stats_after_restart"] = find("smd_stats", QLabel).text()
 
     # The whole docker on a 1366x768 screen, and folded to 350 px high.
