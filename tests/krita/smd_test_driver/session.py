@@ -178,6 +178,7 @@ def session(args, out):
     c["status_after_restart"] = status()
     seen = ctl.frame_event
     yield ("frame after restart", lambda: ctl.frame_event is not seen, 90)
+    yield ("everything sent is shown", lambda: ctl.frame_event.revision == ctl.client.revision, 60)
     rev = ctl.frame_event.revision
     t_edit = time.monotonic()
     fox.setPixelData(_square(16, 16, (0, 0, 255, 255)), 0, 0, 16, 16)
