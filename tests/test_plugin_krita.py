@@ -165,6 +165,8 @@ def test_an_artists_session(krita_home, tmp_path):
     assert not any(n.startswith("SMD Result") for n in c["names_after_undo"]), why
     assert c["history"].count("Add Layer") == 2 and "Remove Layer" not in c["history"], why  # preview, result
     assert c["preview_hidden_after_live"], why
+    assert c["progress_with_result"] == "result ready: press Apply" and c["preview_shows_result"], why
+    assert c["progress_after_apply"] == "" and c["preview_hidden_after_apply"], why
     assert KRITA_ASSERT not in result["krita_log"], result["krita_log"][-3000:]
 
     # Saved during Live: the painting, not the preview.

@@ -213,6 +213,18 @@ def session(args, out):
     c["history"] = undo_history()
     c["active_at_end"] = doc.activeNode().name()
 
+    # Generate with Live off: the result shows in the preview at once; Apply clears "result ready".
+    click("smd_generate")
+    yield ("result", lambda: ctl.result is not None, 120)
+    yield 0.3
+    c["progress_with_result"] = ctl.progress
+    c["preview_shows_result"] = node_named(doc, "SMD Preview").visible()
+    click("smd_apply")
+    yield ("result applied", lambda: node_named(doc, "SMD Result 1") is not None, 10)
+    yield 0.3
+    c["progress_after_apply"] = ctl.progress
+    c["preview_hidden_after_apply"] = not node_named(doc, "SMD Preview").visible()
+
 
 def undo_history():
     from PyQt5.QtWidgets import QAbstractItemView
