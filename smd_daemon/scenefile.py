@@ -61,6 +61,7 @@ class Overrides:
     background_prompt: str | None = None
     negative_prompt: str | None = None
     background_strength: float | None = None
+    region_mode: str | None = None
 
 
 def load_scene(path: str, overrides: Overrides | None = None) -> LoadedScene:
@@ -105,7 +106,7 @@ def _round8(v: float) -> int:
 def _check_cheap(width: int, height: int, o: Overrides, **file_values) -> dict:
     """Validate size, seed and steps on an empty scene before decoding any pixels."""
     opts = {k: v for k, v in file_values.items() if v is not None}
-    for key in ("seed", "steps", "bootstrap_steps"):
+    for key in ("seed", "steps", "bootstrap_steps", "region_mode"):
         if getattr(o, key) is not None:
             opts[key] = getattr(o, key)
     Scene(width=width, height=height, **opts).validate()
@@ -306,9 +307,10 @@ def _decode(data: bytes, formats: tuple[str, ...], what: str, max_side: int) -> 
 
 
 def _resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The alpha at output size, as a writable array of its own (the engine hands masks to torch)."""
     if alpha.shape == (height, width):
-        return np.ascontiguousarray(alpha)
-    return np.asarray(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
+        return alpha if alpha.flags.writeable and alpha.flags.c_contiguous else np.array(alpha)
+    return np.array(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _background_image(zf, tree: list[OraLayer], joins: set, doc_w, doc_h, width, height, path) -> np.ndarray:
@@ -376,7 +378,8 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
                         steps=where.get(doc, "steps", int, None),
                         bootstrap_steps=where.get(doc, "bootstrap_steps", int, None),
                         mask_mode=where.get(doc, "mask_mode", str, None),
-                        guidance_scale=where.get(doc, "guidance_scale", float, None))
+                        guidance_scale=where.get(doc, "guidance_scale", float, None),
+                        region_mode=where.get(doc, "region_mode", str, None))
     negative = o.negative_prompt if o.negative_prompt is not None else where.get(doc, "negative_prompt", str, "")
 
     bg_doc = where.get(doc, "background", dict, {})

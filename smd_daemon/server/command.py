@@ -136,9 +136,7 @@ def run(args) -> int:
         log.info("loading model %s ...", opts["model"])
         t0 = time.perf_counter()
         components = load_model_from_options(opts)
-        from smd_daemon.server._passes_adapter import PassesAdapter
-
-        server.engine, server.model_info = PassesAdapter(Engine(components)), components.describe()
+        server.engine, server.model_info = Engine(components), components.describe()
         info = server.model_info
         log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
                  info.get("device"), info.get("dtype"))

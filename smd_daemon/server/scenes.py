@@ -26,7 +26,7 @@ from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.scenestate import KEEP, SceneChange, SceneState
 from smd_daemon.server import messages as m
 from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
-from smd_daemon.server.limits import Limits, scene_defaults
+from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
 
 log = logging.getLogger("smd_daemon.server")
@@ -183,7 +183,7 @@ class SceneWorkers:
             negative_prompt=settings.get("negative_prompt", ""), background_image=state.background_image,
             background_strength=bg.get("strength", d["background_strength"]), seed=settings.get("seed", d["seed"]),
             steps=settings.get("steps", d["steps"]),
-            **{k: settings[k] for k in ("guidance_scale", "mask_mode") if k in settings})
+            **{k: settings[k] for k in SCENE_SETTINGS if k in settings})
         for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
             if len(text) > lim.max_prompt_chars:
                 raise ProtocolError(E.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
@@ -193,6 +193,10 @@ class SceneWorkers:
                                                     f"allowed")
         scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
         scene.validate()
+        try:  # a setting this model cannot do (region mode, steps): refused before any work
+            self.engine.check(scene)
+        except SceneError as e:
+            raise ProtocolError(E.BAD_FIELD, str(e)) from None
         return scene, parsed
 
     def _plan(self, scene):
@@ -221,7 +225,7 @@ class SceneWorkers:
                 scene = dataclasses.replace(scene, **changes)
                 scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
                 try:
-                    scene.validate()
+                    self.engine.check(scene)
                 except SceneError as e:
                     raise ProtocolError(E.BAD_FIELD, str(e)) from None
                 plan = None
