@@ -147,6 +147,7 @@ def test_an_artists_session(krita_home, tmp_path):
 
     # Every layer explained as soon as connected, before Live.
     assert c["status_connected"].startswith("connected") and c["live_before_rows"] is False, why
+    assert c["region_choice"] == [True, ["latent", "attention"]], why  # offered: the docker shows the choice
     rows = {r[0]: r for r in c["rows"]}
     assert [r[0] for r in c["rows"]] == ["characters", "a cat | strenght: 2", "Paint Layer 2", "a red fox",
                                          "Background"], why

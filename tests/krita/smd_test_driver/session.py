@@ -118,6 +118,7 @@ def session(args, out):
     click("smd_connect")
     yield ("connected", lambda: ctl.state == "connected", 90)
     c["status_connected"] = status()
+    c["region_choice"] = [not find("smd_region_mode").isHidden(), ctl.conn.region_modes()]
     yield ("every layer read", lambda: ctl.rows and all(r.role for r in ctl.rows), 30)
     yield 0.2
     c["live_before_rows"] = ctl.live
