@@ -101,7 +101,8 @@ class Client:
                                 heartbeat_interval=heartbeat_interval, timeout=timeout,
                                 retry_interval=retry_interval)
         self._ids = itertools.count(1)
-        self._ack_pending: dict | None = None
+        self._ack_pending: dict | None = None  # the newest frame's ack, when it could not go out at once
+        self._acks_pending: list[dict] = []  # results' acks likewise
         # What the daemon must know again after a reconnect.
         self._scene = scenestate.SceneState()
         self.revision = 0
@@ -313,10 +314,12 @@ class Client:
         self._conn.tick()
         if self.session is None:
             self._live_sent = False
-            self._ack_pending = None
+            self._ack_pending, self._acks_pending = None, []
         elif self.state == CONNECTED:
             if self._ack_pending is not None and self._conn.send("ack", **self._ack_pending):
                 self._ack_pending = None
+            while self._acks_pending and self._conn.send("ack", **self._acks_pending[0]):
+                self._acks_pending.pop(0)
             self._flush_jobs()
             self._flush_live()
 
@@ -346,6 +349,9 @@ class Client:
             self._events.append(SceneEvent(h["revision"], h["layers"], h.get("regions", 0)))
         elif t == "result":
             self._events.append(self._frame_event(msg, now))
+            ack = {"job": h["job"], "token": h["token"]}  # the daemon holds the job's place until then
+            if not self._conn.send("ack", **ack):
+                self._acks_pending.append(ack)
         elif t == "progress":
             self._events.append(ProgressEvent(h["job"], h["step"], h["total"]))
         elif t == "queued":
