@@ -729,11 +729,11 @@ def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_see
     np.testing.assert_array_equal(bg.image[0:48], 255)  # regions are not in the picture; the ghost is hidden
 
     # Every layer composited as the reader sees it matches Krita's own flattened image within 1/255.
-    from smd_daemon import scenefile
+    from smd_daemon.scenefile import ora as ora_reader
     with zipfile.ZipFile(ora) as zf:
-        _, _, tree = scenefile._read_stack(zf, str(ora))
-        everything = {id(n) for n in scenefile._bottom_first(tree) if not n.group}
-        ours = scenefile._background_image(zf, tree, everything, 64, 64, 64, 64, str(ora))
+        _, _, tree = ora_reader.read_stack(zf, str(ora))
+        everything = {id(n) for n in ora_reader.bottom_first(tree) if not n.group}
+        ours = ora_reader.background_image(zf, tree, everything, 64, 64, 64, 64, str(ora))
         krita = np.asarray(Image.open(io.BytesIO(zf.read("mergedimage.png"))).convert("RGB"))
     assert np.abs(ours.astype(int) - krita.astype(int)).max() <= 1
 

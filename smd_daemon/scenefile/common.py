@@ -1,0 +1,112 @@
+"""What the OpenRaster and JSON readers share: command-line overrides, the
+output size, limits, image decoding, and the checks made before any pixels
+are decoded (declared sizes, steps, seed)."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from smd_daemon.engine.scene import MAX_SIDE, Scene, SceneError
+from smd_daemon.grammar import ParsedLayer
+
+# A layer may stick out of the canvas, but not absurdly: its decoded size is
+# bounded before decoding (a small PNG can declare a huge image).
+MAX_LAYER_SIDE = 2 * MAX_SIDE
+MAX_LAYERS = 512
+# A PNG member larger than its raw RGBA pixels plus slack is not a plain layer.
+MAX_MEMBER_BYTES = 4 * MAX_LAYER_SIDE * MAX_LAYER_SIDE + (1 << 20)
+
+
+@dataclass
+class LoadedScene:
+    """A scene read from a file, with how each layer was read (for messages)."""
+
+    scene: Scene
+    layers: list[ParsedLayer] = field(default_factory=list)  # bottom to top
+
+
+@dataclass
+class Overrides:
+    """Command-line settings; ``None`` keeps the file's value (or the default)."""
+
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    bootstrap_steps: int | None = None
+    background_prompt: str | None = None
+    negative_prompt: str | None = None
+    background_strength: float | None = None
+    region_mode: str | None = None
+
+
+def check_scene(path: str, scene: Scene, parsed: list[ParsedLayer]) -> None:
+    """Before the background image is decoded: the scene must be drawable without it."""
+    if not scene.regions:
+        raise SceneError(f"{path}: no region layers; {explain_no_regions(parsed)}")
+    scene.validate()
+
+
+def output_size(doc_w: int, doc_h: int, width: int | None, height: int | None) -> tuple[int, int]:
+    """The output size: as asked, else the document's (multiples of 8, keeping the aspect ratio
+    when only one side is given)."""
+    if width and height:
+        return width, height
+    if width:
+        return width, _round8(width * doc_h / doc_w)
+    if height:
+        return _round8(height * doc_w / doc_h), height
+    return _round8(doc_w), _round8(doc_h)
+
+
+def _round8(v: float) -> int:
+    return max(8, int(math.floor(v / 8 + 0.5)) * 8)  # half up, not to even
+
+
+def check_cheap(width: int, height: int, o: Overrides, **file_values) -> dict:
+    """Validate size, seed and steps on an empty scene before decoding any pixels."""
+    opts = {k: v for k, v in file_values.items() if v is not None}
+    for key in ("seed", "steps", "bootstrap_steps", "region_mode"):
+        if getattr(o, key) is not None:
+            opts[key] = getattr(o, key)
+    Scene(width=width, height=height, **opts).validate()
+    return opts
+
+
+def decode(data: bytes, formats: tuple[str, ...], what: str, max_side: int) -> Image.Image:
+    """Decode an image, refusing absurd declared sizes before decoding the pixels."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=formats)
+        w, h = im.size
+        if w > max_side or h > max_side:
+            raise SceneError(f"{what} is {w}x{h} pixels; at most {max_side} per side is allowed")
+        im.load()
+    except SceneError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise SceneError(f"{what} is not a {'/'.join(formats)} image, or is damaged") from None
+    except Image.DecompressionBombError as e:
+        raise SceneError(f"{what}: {e}") from None
+    except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, zlib.error, ...)
+        raise SceneError(f"{what} does not decode ({type(e).__name__}: {e})") from None
+    return im
+
+
+def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The alpha at output size, as a writable array of its own (the engine hands masks to torch)."""
+    if alpha.shape == (height, width):
+        return alpha if alpha.flags.writeable and alpha.flags.c_contiguous else np.array(alpha)
+    return np.array(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
+
+
+def explain_no_regions(parsed: list[ParsedLayer]) -> str:
+    if not parsed:
+        return "the file has no layers"
+    shown = ", ".join(f"{p.name!r} ({p.reason or p.role})" for p in parsed[:6])
+    more = f" and {len(parsed) - 6} more" if len(parsed) > 6 else ""
+    return f"name a layer with its prompt, e.g. 'a red fox' (read: {shown}{more})"
