@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import zmq
@@ -142,3 +144,24 @@ def half_mask(side: int = S, left: bool = True) -> bytes:
     row = (b"\xff" * (side // 2) + b"\x00" * (side - side // 2)) if left else \
         (b"\x00" * (side // 2) + b"\xff" * (side - side // 2))
     return row * side
+
+
+@contextlib.contextmanager
+def serving(srv):
+    """Run an in-process ``Server`` on a thread for the duration of the block."""
+    ready = threading.Event()
+
+    def serve():
+        srv.start()
+        ready.set()
+        srv.serve_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield srv
+    finally:
+        srv.stopping.set()
+        t.join(10)
+        srv.shutdown()
