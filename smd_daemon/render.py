@@ -38,9 +38,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "tightly; the default) or 'attention' (one sample for all regions, much faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     models.add_model_arguments(parser)
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser) -> None:
+    """Engine speed switches (CUDA only, off by default until measured on a GPU)."""
+    g = parser.add_argument_group("speed (CUDA only)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first steps)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the steady-state UNet call as a CUDA graph per shape and replay it")
+
+
+def check_speed_arguments(args, overlap_decode: bool = False) -> dict:
+    """Refuse a switch the device cannot do, before any work: ``Engine`` keyword arguments."""
+    from smd_daemon.engine.runner import check_speed_options
+
+    chosen = dict(compile=bool(args.compile), cuda_graphs=bool(args.cuda_graphs), overlap_decode=overlap_decode)
+    try:
+        check_speed_options(models.pick_device(args.device), **chosen)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return chosen
 
 
 def run(args: argparse.Namespace) -> int:
+    speed = check_speed_arguments(args)
     out_format = _check_output(args.output)
     loaded = load_scene(args.scene, Overrides(
         width=args.width, height=args.height, seed=args.seed, steps=args.steps,
@@ -62,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s", scene.width,
              scene.height, len(scene.regions), scene.region_mode, scene.steps, scene.seed, d["name"], d["device"],
              d["dtype"])
-    engine = Engine(components)
+    engine = Engine(components, **speed)
     engine.check(scene)  # what this model cannot do (region mode, steps): one line, exit 2
     bar = _ProgressBar(disable=True if args.no_progress else None)
     start = time.perf_counter()

@@ -40,7 +40,8 @@ from smd_daemon.cli import UsageError
 from smd_daemon.config import load_config
 from smd_daemon.engine import scene as scene_limits
 from smd_daemon.engine.core import Cancelled, Engine
-from smd_daemon.engine.models import DEFAULT_MODEL, load_model
+from smd_daemon.engine.models import DEFAULT_MODEL, load_model, pick_device
+from smd_daemon.engine.runner import check_speed_options
 from smd_daemon.engine.scene import SceneError
 from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
@@ -863,6 +864,10 @@ OPTIONS = {
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
     "max_message_mb": (float, Limits.max_message_bytes / 2**20, "largest message part accepted, in MiB"),
     "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
+    "compile": (bool, False, "torch.compile the UNet (CUDA only; off until measured on a GPU)"),
+    "cuda_graphs": (bool, False, "replay the steady-state UNet call from CUDA graphs (CUDA only)"),
+    "overlap_decode": (bool, False, "decode and copy frames on a side CUDA stream, beside the next step "
+                                    "(CUDA only)"),
 }
 
 
@@ -916,6 +921,11 @@ def run(args) -> int:
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
+    speed = {k: bool(opts[k]) for k in ("compile", "cuda_graphs", "overlap_decode")}
+    try:  # refused before the socket or the model: one line, exit 2
+        check_speed_options(pick_device(opts["device"]), **speed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
 
@@ -926,7 +936,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         components = load_model(opts["model"], lora=opts["lora"], tiny_vae=opts["tiny_vae"],
                                 config=opts["model_config"], device=opts["device"], dtype=opts["dtype"])
-        server.engine, server.model_info = Engine(components), components.describe()
+        server.engine, server.model_info = Engine(components, **speed), components.describe()
     except BaseException:
         server.shutdown()
         raise
