@@ -62,6 +62,7 @@ def check_speed_arguments(args, overlap_decode: bool = False) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    models.check_kind(args.model_kind)
     speed = check_speed_arguments(args)
     out_format = _check_output(args.output)
     loaded = load_scene(args.scene, Overrides(

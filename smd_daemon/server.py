@@ -40,7 +40,7 @@ from smd_daemon.cli import UsageError
 from smd_daemon.config import load_config
 from smd_daemon.engine import scene as scene_limits
 from smd_daemon.engine.core import Cancelled, Engine
-from smd_daemon.engine.models import DEFAULT_MODEL, load_model, pick_device
+from smd_daemon.engine.models import DEFAULT_MODEL, check_kind, load_model, pick_device
 from smd_daemon.engine.runner import check_speed_options
 from smd_daemon.engine.scene import SceneError
 from smd_daemon.grammar import LayerInput, build_scene
@@ -857,6 +857,7 @@ OPTIONS = {
     "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
+    "model_kind": (str, "auto", "few-step kind: auto (from the model's scheduler config), lcm or turbo"),
     "device": (str, None, "torch device (default: cuda if available, else cpu)"),
     "dtype": (str, None, "fp16, bf16 or fp32 (default: fp16 on GPUs, fp32 on cpu)"),
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
@@ -921,6 +922,7 @@ def run(args) -> int:
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
+    check_kind(opts["model_kind"])
     speed = {k: bool(opts[k]) for k in ("compile", "cuda_graphs", "overlap_decode")}
     try:  # refused before the socket or the model: one line, exit 2
         check_speed_options(pick_device(opts["device"]), **speed)
@@ -935,7 +937,8 @@ def run(args) -> int:
         log.info("loading model %s ...", opts["model"])
         t0 = time.perf_counter()
         components = load_model(opts["model"], lora=opts["lora"], tiny_vae=opts["tiny_vae"],
-                                config=opts["model_config"], device=opts["device"], dtype=opts["dtype"])
+                                config=opts["model_config"], device=opts["device"], dtype=opts["dtype"],
+                                kind=opts["model_kind"])
         server.engine, server.model_info = Engine(components, **speed), components.describe()
     except BaseException:
         server.shutdown()
