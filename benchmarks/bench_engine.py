@@ -101,11 +101,8 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
 
 
 def samples_per_generate(engine: Engine, scene: Scene) -> int:
-    work = engine.begin_generate(scene)
-    n = 0
-    while not work.done:
-        n += work.run()
-    return n
+    plan = engine.plan(scene)
+    return sum(level.n for level in plan.levels) * (2 if plan.cfg else 1)
 
 
 class Floor:
@@ -171,15 +168,19 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
                     help="UNet call paths to compare (all but eager need CUDA)")
     ap.add_argument("--frames", type=int, default=10, help="timed stream frames per case")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed frames after the 2*T warm-up (compiles, captures)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed frames after the T frames that fill the stream "
+                                                          "(compiles, captures)")
     ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case")
     ap.add_argument("--baseline", action="store_true", help="also time MultiDiffusion as published (slow)")
     ap.add_argument("--no-locality", action="store_true", help="skip the shape-locality measure")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds; cases left when it is reached are "
                                                                    "skipped and listed")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     start = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind)
     engines = {v: Engine(comps, **VARIANTS[v]) for v in args.variants}
@@ -203,7 +204,7 @@ def main() -> None:
                 if comps.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(comps.device)
                 s = e.open_stream(scene)
-                for _ in range(2 * s.steps_in_flight + args.warmup):
+                for _ in range(s.steps_in_flight + args.warmup):  # every level in flight from frame T on
                     s.step()
                 streams[v] = s
                 row[f"peak_{v}"] = peak_memory(comps.device)

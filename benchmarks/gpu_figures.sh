@@ -7,7 +7,7 @@
 # (`random-sd15`, same FLOPs as trained weights) and a tiny autoencoder, fp16,
 # 512x512, 4 steps, 3 regions + background, latent and attention mode, each
 # with the UNet run eagerly, replayed from CUDA graphs and torch.compiled.
-# 10 untimed frames after the warm-up, 100 timed frames per variant
+# 10 untimed frames once the stream is full, 100 timed frames per variant
 # (StreamDiffusion's method). Cases still left after 400 s are skipped and
 # listed, so the run ends in time even if compiling is slow. Extra arguments
 # go to bench_engine.py (later ones win), e.g. a CPU dry run:
