@@ -37,7 +37,8 @@ from pathlib import Path
 NAME = "smd_krita"
 ROOT = Path(__file__).resolve().parent
 PLUGIN_SRC = ROOT / "krita_plugin"
-VENDORED = ("protocol.py", "client.py")  # from smd_daemon/, byte for byte
+# The wire modules, from smd_daemon/, byte for byte (the client library and what it imports).
+VENDORED = ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py")
 MANIFEST = NAME + ".install.json"  # beside the plugin in pykrita/: what we created, for --uninstall
 FLATPAK_ID = "org.kde.krita"
 
@@ -240,7 +241,7 @@ class Installer:
         if vendor.exists() or vendor.is_symlink():
             shutil.rmtree(vendor) if vendor.is_dir() and not vendor.is_symlink() else vendor.unlink()
         vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""protocol.py and client.py from smd_daemon, unchanged."""\n')
+        (vendor / "__init__.py").write_text('"""The wire modules from smd_daemon, unchanged."""\n')
         for f in VENDORED:
             src = ROOT / "smd_daemon" / f
             if self.dev:

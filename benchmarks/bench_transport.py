@@ -55,11 +55,35 @@ class StillEngine:
     def __init__(self, side: int, kind: str):
         self.image = test_image(side, kind)
 
-    def open_stream(self, scene, revision=0):
+    def plan(self, scene):
+        return scene
+
+    def session_bytes(self, scene):
+        return 0
+
+    def check(self, scene):
+        return scene.validate()
+
+    def open_stream(self, scene, revision=0, plan=None):
         return _StillStream(self, revision)
 
-    def step_streams(self, streams):
-        return [s.step() for s in streams]
+    def begin_streams(self, streams):
+        return _StillWork(streams)
+
+
+class _StillWork:
+    """One pass that makes every stream's frame."""
+
+    def __init__(self, streams):
+        self.streams, self.done, self.samples_total, self.samples_left = streams, False, len(streams), len(streams)
+
+    def run(self, max_samples=None):
+        self._frames = [s.step() for s in self.streams]
+        self.done, self.samples_left = True, 0
+        return len(self.streams)
+
+    def frames(self):
+        return self._frames
 
 
 class _StillStream:
@@ -68,7 +92,7 @@ class _StillStream:
     def __init__(self, engine, revision):
         self.engine, self.revision, self.index = engine, revision, 0
 
-    def update(self, scene, revision):
+    def update(self, scene, revision, plan=None):
         self.revision = revision
 
     def step(self):

@@ -12,7 +12,7 @@ import argparse
 import os
 import time
 
-from smd_daemon.cli import UsageError
+from smd_daemon.errors import UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def run(args) -> int:
     import zmq
     import zmq.auth
 
-    from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateEvent
+    from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateCode, StateEvent
 
     if bool(args.server_key) != bool(args.client_key):
         _fail("give both --server-key and --client-key (or neither, for a daemon on this machine)")
@@ -51,11 +51,16 @@ def run(args) -> int:
     try:
         client.connect()
         t0 = time.monotonic()
-        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and e.state == CONNECTED, timeout=args.timeout)
+        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and (e.state == CONNECTED or e.code in (
+            StateCode.AUTH_FAILED, StateCode.REFUSED)), timeout=args.timeout)
+        if ev is not None and ev.code == StateCode.AUTH_FAILED:
+            _fail(ev.reason + (" (it is not authorised there: ask for it to be added to the daemon's authorized "
+                               "folder)" if server_key is not None else ""))
+        if ev is not None and ev.code == StateCode.REFUSED:
+            _fail(f"the daemon at {args.address} refused the connection: {ev.reason}")
         if ev is None:
-            hint = " or your key is not authorised there" if server_key is not None else ""
             _fail(f"no answer from {args.address} within {args.timeout:g} s: is the daemon running, and is the "
-                  f"address right{hint}? ({client.state_reason})")
+                  f"address right? ({client.state_reason})")
         model, limits = client.info.get("model", {}), client.limits
         daemon = client.info.get("daemon") or {}
         print(f"connected to {args.address} in {(time.monotonic() - t0) * 1000:.0f} ms "

@@ -13,18 +13,15 @@ import os
 import sys
 
 from smd_daemon import __version__
+from smd_daemon.errors import UsageError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "serve": ("smd_daemon.server", "load a model and serve Krita clients over ZeroMQ"),
+    "serve": ("smd_daemon.server.command", "load a model and serve Krita clients over ZeroMQ"),
     "render": ("smd_daemon.render", "render a layered scene (.ora or .json) to a PNG without Krita"),
     "keys": ("smd_daemon.keys", "create CURVE key pairs for a remote daemon and its artists"),
     "check": ("smd_daemon.check", "connect to a daemon as the plugin would, report it, optionally render a test"),
 }
-
-
-class UsageError(Exception):
-    """A problem with the user's input; printed as one line, exit status 2."""
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -1,11 +1,11 @@
 """Client library for the smd-daemon wire protocol (standard library + pyzmq).
 
-The Krita plugin vendors this file and ``protocol.py`` unchanged, so it
-imports the protocol relatively and nothing outside the standard library
-and pyzmq. Every call is non-blocking, to suit a GUI's main thread::
+The Krita plugin vendors the wire modules unchanged (``install.VENDORED``),
+so they import each other relatively and nothing outside the standard
+library and pyzmq. Every call is non-blocking, to suit a GUI's main thread::
 
     client = Client("tcp://127.0.0.1:7555", name="krita")
-    client.connect()                      # state "connecting"; hello is sent from poll()
+    client.connect()                      # hello is sent from poll()
     notifier = QSocketNotifier(client.fileno(), QSocketNotifier.Read)  # optional; fd changes on reconnect
     # call client.poll() when the notifier fires AND from a ~50 ms timer:
     # ZeroMQ's fd is edge-triggered, and poll() also drives heartbeats.
@@ -20,29 +20,25 @@ and pyzmq. Every call is non-blocking, to suit a GUI's main thread::
     client.close()
 
 Layers are bottom to top; ``Layer.alpha`` is the layer's 8-bit alpha at
-the output size (``width*height`` bytes) or None. ``update_scene`` sends a
-changed layer's plane only if its bytes changed, so a rename costs no
-pixels. For a remote daemon with keys (``smd-daemon keys``)::
+the output size (``width*height`` bytes) or None. For a remote daemon with
+keys (``smd-daemon keys``)::
 
     Client(address, server_public_key=zmq.auth.load_certificate("server.key")[0],
            client_secret_file="alice.key_secret")
 
 State: ``client.state`` is ``"connecting"``, ``"connected"`` or
-``"disconnected"`` and ``client.state_reason`` says why; every change is
-also a ``StateEvent``. After the daemon stops, restarts or drops the
-session, the client reconnects by itself, opens a fresh session, resends
-the full scene and restarts live mode if it was on. ``client.info`` is the
-daemon's handshake (``model``, ``limits``, ``capabilities``).
+``"disconnected"``; ``client.state_code`` says why, from the closed set in
+``events.StateCode`` (a refused key is ``"auth_failed"``, told apart from
+silence by ZeroMQ's socket monitor), and ``client.state_reason`` is the
+sentence for people. Every change is also a ``StateEvent``. Except after
+``close()``, the client reconnects by itself, opens a fresh session, resends
+the full scene, restarts live mode and sends the jobs asked for meanwhile.
+``client.info`` is the daemon's handshake (``model``, ``limits``,
+``defaults``, ``capabilities``).
 
-Events returned by ``poll``: ``StateEvent``, ``SceneEvent`` (how the daemon
-read each layer name, ``grammar.ParsedLayer.to_dict()``), ``FrameEvent``
-(live frames and generate results; ``job`` is None for live frames; raw
-frames are ``channels`` bytes per pixel, row-major; compressed ones are the
-encoded file bytes, decodable with ``QImage.fromData``), ``ProgressEvent``,
-``QueuedEvent``, ``CancelledEvent``, ``LiveEvent`` and ``ErrorEvent`` (a
-code from ``protocol.ErrorCode`` and a message for people). Live frames are
-acknowledged automatically; when several arrive in one ``poll`` only the
-newest is returned (latest frame wins).
+``poll`` returns the events of ``events.py`` (re-exported here). Live
+frames are acknowledged automatically; when several arrive in one ``poll``
+only the newest is returned (latest frame wins).
 """
 
 from __future__ import annotations
@@ -50,18 +46,16 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
-from . import protocol
+from . import protocol, scenestate
+from .events import (CancelledEvent, ErrorEvent, FrameEvent, LiveEvent,  # noqa: F401 - re-exported
+                     ProgressEvent, QueuedEvent, SceneEvent, StateCode, StateEvent)
+from .link import CONNECTED, CONNECTING, DISCONNECTED, Connection  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-DISCONNECTED = "disconnected"
 
 
 @dataclass
@@ -72,64 +66,6 @@ class Layer:
     name: str
     alpha: bytes | None = None  # height*width bytes, row-major
     visible: bool = True
-
-
-@dataclass
-class StateEvent:
-    state: str
-    reason: str = ""
-
-
-@dataclass
-class SceneEvent:
-    revision: int
-    layers: list  # one dict per layer: name, role, prompt, options, reason, warnings
-    regions: int = 0
-
-
-@dataclass
-class FrameEvent:
-    seq: int
-    revision: int
-    width: int
-    height: int
-    encoding: str
-    channels: int
-    data: bytes
-    settled: bool = True
-    job: int | None = None  # set for generate results
-    header: dict = field(default_factory=dict)
-    received_at: float = 0.0  # time.time() when the bytes arrived
-
-
-@dataclass
-class ProgressEvent:
-    job: int
-    step: int
-    total: int
-
-
-@dataclass
-class QueuedEvent:
-    job: int
-
-
-@dataclass
-class CancelledEvent:
-    job: int
-
-
-@dataclass
-class LiveEvent:
-    active: bool
-
-
-@dataclass
-class ErrorEvent:
-    code: str
-    message: str
-    re: int | None = None
-    header: dict = field(default_factory=dict)
 
 
 class ClientError(Exception):
@@ -145,52 +81,49 @@ class Client:
                  retry_interval: float = 0.5, context: zmq.Context | None = None):
         self.address = address
         self.name = name
-        self.server_public_key = server_public_key
-        self.client_secret_file = client_secret_file
         # Alpha planes are mostly 0 or 255: zlib shrinks them ~50x, which
         # matters on a network and costs more than it saves on loopback.
         self.compress_planes = (not protocol.is_local_address(address)) if compress_planes is None \
             else compress_planes
-        self.heartbeat_interval = heartbeat_interval
-        self.timeout = timeout
-        self.retry_interval = retry_interval
-        self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket | None = None
-        self._ids = itertools.count(1)
-        self.state = DISCONNECTED
-        self.state_reason = "not connected"
-        self.info: dict = {}
-        self.session: str | None = None
+        keys = None
+        if server_public_key is not None:
+            if not client_secret_file:
+                raise ClientError("a CURVE server key needs a client key file (client_secret_file)")
+            from zmq.auth import load_certificate
+
+            keys = load_certificate(client_secret_file)
+            if not keys[1]:
+                raise ClientError(f"{client_secret_file} holds no secret key")
         self._events: list = []
-        self._last_rx = 0.0
-        self._last_tx = 0.0
-        self._hello_at: float | None = None  # when hello went out on this socket
-        self._retry_at = 0.0
-        self._open_sent = False
-        self._ack_pending: int | None = None
+        self._conn = Connection(context or zmq.Context.instance(), address, name, self._events,
+                                server_public_key=server_public_key, keys=keys,
+                                heartbeat_interval=heartbeat_interval, timeout=timeout,
+                                retry_interval=retry_interval)
+        self._ids = itertools.count(1)
+        self._ack_pending: dict | None = None
         # What the daemon must know again after a reconnect.
-        self._layers: dict[str, Layer] = {}
-        self._order: list[str] = []
-        self._settings: dict = {}
-        self._bg_image: bytes | None = None
-        self._bg_image_encoding = "raw"
+        self._scene = scenestate.SceneState()
         self.revision = 0
         self._need_full = False
+        self._resync = False  # the daemon refused an update: send the next change as a full update
         self._live: dict | None = None
         self._live_sent = False
-        self._keys = None
+        self._jobs_waiting: list[dict] = []  # generate requests made while not connected
 
     # --- connection ---------------------------------------------------
+
+    state = property(lambda self: self._conn.state)
+    state_reason = property(lambda self: self._conn.reason)
+    state_code = property(lambda self: self._conn.code)  # an events.StateCode
+    info = property(lambda self: self._conn.info)  # the daemon's welcome
+    session = property(lambda self: self._conn.session)
 
     @property
     def limits(self) -> dict:
         return self.info.get("limits", {})
 
     def connect(self) -> None:
-        if self._sock is None:
-            self._open_socket()
-        self._set_state(CONNECTING, f"connecting to {self.address}")
-        self._hello_at, self._retry_at = None, 0.0
+        self._conn.connect()
 
     def fileno(self) -> int:
         """The ZeroMQ socket's fd for a read notifier (edge-triggered: also poll on a timer).
@@ -198,93 +131,33 @@ class Client:
         The client replaces its socket when it loses the daemon, so read
         this again after every ``StateEvent`` to ``"disconnected"``.
         """
-        if self._sock is None:
-            self._open_socket()
-        return self._sock.getsockopt(zmq.FD)
+        self._conn.open()
+        return self._conn.link.fileno()
 
     def close(self) -> None:
-        if self._sock is not None:
-            if self.session:
-                self._send("close")
-            self._sock.close(linger=200)
-            self._sock = None
-        self.session = None
-        self._set_state(DISCONNECTED, "closed")
-
-    def _open_socket(self) -> None:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Not IMMEDIATE: with it, messages already received (the daemon's
-        # "bye") are discarded when the connection drops. Stale requests
-        # cannot reach a restarted daemon anyway: only hello is sent before
-        # a session exists, and the socket is replaced after a timeout.
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if self.server_public_key is not None:
-            if self._keys is None:
-                if not self.client_secret_file:
-                    raise ClientError("a CURVE server key needs a client key file (client_secret_file)")
-                from zmq.auth import load_certificate
-
-                public, secret = load_certificate(self.client_secret_file)
-                if not secret:
-                    raise ClientError(f"{self.client_secret_file} holds no secret key")
-                self._keys = (public, secret)
-            sock.curve_serverkey = self.server_public_key
-            sock.curve_publickey, sock.curve_secretkey = self._keys
-        sock.connect(self.address)
-        self._sock = sock
-
-    def _reset(self, reason: str) -> None:
-        """Drop the socket (and anything queued in it) and start over."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        self._forget_session()
-        self._set_state(DISCONNECTED, reason)
-        self._open_socket()
-
-    def _forget_session(self, retry_at: float = 0.0) -> None:
-        self.session = None
+        self._conn.close()
         self._live_sent = False
-        self._open_sent = False
-        self._ack_pending = None
-        self._hello_at, self._retry_at = None, retry_at
-
-    def _set_state(self, state: str, reason: str) -> None:
-        if state != self.state or reason != self.state_reason:
-            self.state, self.state_reason = state, reason
-            self._events.append(StateEvent(state, reason))
-
-    def _send(self, type_: str, parts=(), **fields) -> bool:
-        """Send without blocking; False when it could not be queued."""
-        if self._sock is None:
-            return False
-        try:
-            self._sock.send_multipart(protocol.encode(type_, parts, **fields), flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        self._last_tx = time.monotonic()
-        return True
+        self._events += [CancelledEvent(job["id"]) for job in self._jobs_waiting]
+        self._jobs_waiting = []
 
     # --- the scene ----------------------------------------------------
 
     def set_scene(self, width: int, height: int, layers: list[Layer], *, background_prompt: str = "",
                   negative_prompt: str = "", background_image: bytes | None = None,
-                  background_image_encoding: str = "raw", background_strength: float = 0.0, seed: int = 0,
-                  steps: int = 4, **options) -> int:
-        """Replace the whole scene (layers bottom to top); returns its revision."""
-        self._settings = {"width": int(width), "height": int(height), "seed": seed, "steps": steps,
-                          "negative_prompt": negative_prompt, **options}
-        self._settings["background"] = {"prompt": background_prompt, "negative_prompt": negative_prompt,
-                                        "strength": background_strength}
-        self._bg_image, self._bg_image_encoding = background_image, background_image_encoding
-        self._layers = {}
-        self._order = []
-        for layer in layers:
-            self._check_layer(layer)
-            self._layers[layer.key] = layer
-            self._order.append(layer.key)
+                  background_image_encoding: str = "raw", background_strength: float = 0.0, seed: int | None = None,
+                  steps: int | None = None, **options) -> int:
+        """Replace the whole scene (layers bottom to top); returns its revision.
+
+        Settings left as None are the daemon's defaults (``info["defaults"]``)."""
+        settings = {"width": int(width), "height": int(height), "negative_prompt": negative_prompt, **options}
+        settings.update({k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None})
+        self._check_planes(layers, width, height)
+        image = None if background_image is None else (background_image, background_image_encoding)
+        change = scenestate.SceneChange(
+            True, settings, {"prompt": background_prompt, "negative_prompt": negative_prompt,
+                             "strength": background_strength}, image,
+            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha) for layer in layers))
+        self._scene = self._apply(scenestate.SceneState(), change)
         self.revision += 1
         self._need_full = True
         self._flush_scene()
@@ -295,95 +168,57 @@ class Client:
                      **settings) -> int:
         """Send only what changed: changed layers, the new order (keys bottom
         to top; layers not in it are removed) and changed settings
-        (``seed``, ``steps``, ``width``/``height``, ``background`` dict...)."""
-        if not self._settings:
+        (``seed``, ``steps``, ``background`` dict...). A layer whose plane did
+        not change travels without it (a rename costs no pixels)."""
+        if not self._scene.has_scene:
             raise ClientError("set_scene() must come before update_scene()")
-        for layer in layers:
-            self._check_layer(layer, settings.get("width"), settings.get("height"))
-        # A layer whose pixels did not change travels without its plane (a rename costs no pixels).
-        same_pixels = {layer.key for layer in layers
-                       if layer.key in self._layers and layer.alpha is not None
-                       and self._layers[layer.key].alpha == layer.alpha}
-        bg = settings.pop("background", None)
-        self._settings.update(settings)
-        if bg is not None:
-            self._settings["background"] = {**self._settings["background"], **bg}
-        if background_image is not None:
-            self._bg_image, self._bg_image_encoding = background_image, background_image_encoding
-        for layer in layers:
-            self._layers[layer.key] = layer
-            if layer.key not in self._order:
-                self._order.append(layer.key)
-        if order is not None:
-            self._order = [k for k in order if k in self._layers]
-            self._layers = {k: self._layers[k] for k in self._order}
+        w, h = settings.get("width", self._scene.size[0]), settings.get("height", self._scene.size[1])
+        self._check_planes(layers, w, h)
+        if order is not None:  # keys the daemon never heard of are left out
+            known = set(self._scene.layers) | {layer.key for layer in layers}
+            order = tuple(k for k in order if k in known)
+        change = scenestate.SceneChange(
+            False, {k: v for k, v in settings.items() if k != "background"}, dict(settings.get("background") or {}),
+            scenestate.KEEP if background_image is None else (background_image, background_image_encoding),
+            scenestate.layer_changes(self._scene, layers), order)
+        self._scene = self._apply(self._scene, change)
         self.revision += 1
-        if self._need_full or not self.session:
-            self._need_full = True
+        if self._need_full or self._resync or not self.session:
+            self._need_full, self._resync = True, False
             self._flush_scene()
-            return self.revision
-        header = dict(settings)
-        if bg is not None or background_image is not None:
-            header["background"] = self._settings["background"]
-        parts: list = []
-        if background_image is not None:
-            header["background"] = {**header.get("background", self._settings["background"]),
-                                    "image": self._image_ref(parts)}
-        header["layers"] = [self._layer_ref(layer, parts, layer.key not in same_pixels) for layer in layers]
-        if order is not None:
-            header["order"] = list(self._order)
-        if not self._send("update", parts, revision=self.revision, full=False, **header):
+        elif not self._send_update(change):
             self._need_full = True  # the daemon missed this change: resend everything
         return self.revision
 
-    def _check_layer(self, layer: Layer, width=None, height=None) -> None:
-        w = width or self._settings.get("width", 0)
-        h = height or self._settings.get("height", 0)
-        if layer.alpha is not None and len(layer.alpha) != w * h:
-            raise ClientError(f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
-                              f"expected {w}x{h} = {w * h}")
+    @staticmethod
+    def _apply(state, change):
+        try:
+            return state.apply(change)
+        except protocol.ProtocolError as e:
+            raise ClientError(e.message) from None
 
-    def _layer_ref(self, layer: Layer, parts: list, with_alpha: bool = True) -> dict:
-        ref = {"key": layer.key, "name": layer.name, "visible": layer.visible}
-        if not with_alpha:
-            return ref  # the daemon keeps the plane it has
-        ref["alpha"] = None
-        if layer.alpha is not None:
-            data, enc = layer.alpha, "raw"
-            if self.compress_planes:
-                data, enc = zlib.compress(layer.alpha, 1), "zlib"
-            ref["alpha"] = {"part": len(parts), "encoding": enc}
-            parts.append(data)
-        return ref
+    @staticmethod
+    def _check_planes(layers, width: int, height: int) -> None:
+        for layer in layers:
+            if layer.alpha is not None and len(layer.alpha) != width * height:
+                raise ClientError(f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
+                                  f"expected {width}x{height} = {width * height}")
 
-    def _image_ref(self, parts: list) -> dict | None:
-        if self._bg_image is None:
-            return None
-        data, enc = self._bg_image, self._bg_image_encoding
-        if enc == "raw" and self.compress_planes:
-            data, enc = zlib.compress(data, 1), "zlib"
-        parts.append(data)
-        return {"part": len(parts) - 1, "encoding": enc}
+    def _send_update(self, change) -> bool:
+        fields, parts = scenestate.header_fields(change, self.compress_planes)
+        return self._conn.send("update", parts, revision=self.revision, full=change.full, **fields)
 
     def _flush_scene(self) -> None:
         """Send the full scene when the daemon needs it and a session is open."""
-        if not (self._need_full and self.session and self._settings):
-            return
-        parts: list = []
-        header = {k: v for k, v in self._settings.items() if k != "background"}
-        header["background"] = {**self._settings["background"], "image": self._image_ref(parts)}
-        header["layers"] = [self._layer_ref(self._layers[k], parts) for k in self._order]
-        if self._send("update", parts, revision=self.revision, full=True, **header):
+        if self._need_full and self.session and self._scene.has_scene \
+                and self._send_update(self._scene.to_change()):
             self._need_full = False
 
     # --- live mode, generate, cancel ----------------------------------
 
     def start_live(self, encoding: str = "raw", quality: int = 80, max_fps: float | None = None) -> None:
-        if encoding not in protocol.FRAME_ENCODINGS:
-            raise ClientError(f"unknown frame encoding {encoding!r}: use one of {protocol.FRAME_ENCODINGS}")
-        self._live = {"encoding": encoding, "quality": quality}
-        if max_fps is not None:
-            self._live["max_fps"] = max_fps
+        self._check_encoding(encoding)
+        self._live = {"encoding": encoding, "quality": quality, **({} if max_fps is None else {"max_fps": max_fps})}
         self._live_sent = False
         self._flush_live()
 
@@ -391,91 +226,97 @@ class Client:
         self._live = None
         self._live_sent = False
         if self.session:
-            self._send("live_stop")
+            self._conn.send("live_stop")
 
     def _flush_live(self) -> None:
         if self._live is not None and not self._live_sent and self.session and not self._need_full:
-            self._live_sent = self._send("live_start", **self._live)
+            self._live_sent = self._conn.send("live_start", **self._live)
 
     def generate(self, encoding: str = "png", quality: int = 95, steps: int | None = None,
                  seed: int | None = None) -> int:
-        """Render the current scene once; returns the job id (also in its events)."""
-        if encoding not in protocol.FRAME_ENCODINGS:
-            raise ClientError(f"unknown frame encoding {encoding!r}: use one of {protocol.FRAME_ENCODINGS}")
-        job = next(self._ids)
-        fields = {"encoding": encoding, "quality": quality}
-        if steps is not None:
-            fields["steps"] = steps
-        if seed is not None:
-            fields["seed"] = seed
+        """Render the current scene once; returns the job id (also in its events).
+
+        While not connected the request waits and goes out once the daemon
+        has the scene again (``close()`` cancels it)."""
+        self._check_encoding(encoding)
+        job = {"id": next(self._ids), "encoding": encoding, "quality": quality,
+               **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}}
+        self._jobs_waiting.append(job)
+        self._flush_jobs()
+        return job["id"]
+
+    def _flush_jobs(self) -> None:
         self._flush_scene()
-        if not self.session or not self._send("generate", id=job, **fields):
-            self._events.append(ErrorEvent("not_connected", f"not connected: {self.state_reason}", job))
-        return job
+        while self._jobs_waiting and self.session and not self._need_full and self._conn.send("generate",
+                                                                                      **self._jobs_waiting[0]):
+            self._jobs_waiting.pop(0)
 
     def cancel(self, job: int | None = None) -> None:
         """Cancel one generate job, or all of this session's jobs."""
-        if self.session:
-            self._send("cancel", **({} if job is None else {"job": job}))
+        waiting = [j for j in self._jobs_waiting if job is None or j["id"] == job]
+        for j in waiting:
+            self._jobs_waiting.remove(j)
+            self._events.append(CancelledEvent(j["id"]))
+        if self.session and (job is None or not waiting):
+            self._conn.send("cancel", **({} if job is None else {"job": job}))
+
+    @staticmethod
+    def _check_encoding(encoding: str) -> None:
+        if encoding not in protocol.FRAME_ENCODINGS:
+            raise ClientError(f"unknown frame encoding {encoding!r}: use one of {protocol.FRAME_ENCODINGS}")
 
     # --- receiving ------------------------------------------------------
 
     def poll(self, timeout_ms: int = 0) -> list:
         """Handle whatever has arrived (waiting up to ``timeout_ms``) and return the events."""
-        if self._sock is None:
+        link = self._conn.link
+        if link is None:
             return self._take_events()
         self._timers()
         if timeout_ms and not self._events:
-            self._sock.poll(timeout_ms, zmq.POLLIN)
+            link.sock.poll(timeout_ms, zmq.POLLIN)
         latest_frame = None
         for _ in range(1000):  # bounded, so a flood cannot freeze the caller
-            try:
-                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = self._conn.link.recv() if self._conn.link is not None else None
+            if frames is None:
                 break
             now = time.time()
-            self._last_rx = time.monotonic()
+            self._conn.last_rx = time.monotonic()
             try:
                 msg = protocol.decode(frames, protocol.REPLIES)
             except protocol.ProtocolError as e:
                 log.warning("ignoring a malformed message from the daemon: %s", e)
+                self._conn.undecodable(e)
                 continue
             if msg.type == "frame":
                 latest_frame = self._frame_event(msg, now)
-                self._ack_pending = None if self._send("ack", seq=msg.header["seq"]) else msg.header["seq"]
+                ack = {"seq": msg.header["seq"], "token": msg.header["token"]}
+                self._ack_pending = None if self._conn.send("ack", **ack) else ack
                 continue
             if latest_frame is not None:  # keep the order: that frame came first
                 self._events.append(latest_frame)
                 latest_frame = None
-            self._handle(msg, now)
+            if not self._conn.handle(msg):
+                self._handle(msg, now)
         if latest_frame is not None:
             self._events.append(latest_frame)
         self._timers()
         return self._take_events()
 
     def _take_events(self) -> list:
-        events, self._events = self._events, []
+        events, self._events[:] = list(self._events), []
         return events
 
     def _timers(self) -> None:
-        now = time.monotonic()
-        if self.state == CONNECTED:
-            if now - self._last_rx > self.timeout:
-                self._reset(f"no reply from the daemon for {self.timeout:g} s")
-            elif now - self._last_tx >= self.heartbeat_interval:
-                self._send("ping")
-            if self._ack_pending is not None and self._send("ack", seq=self._ack_pending):
+        self._conn.tick()
+        if self.session is None:
+            self._live_sent = False
+            self._ack_pending = None
+        elif self.state == CONNECTED:
+            if self._ack_pending is not None and self._conn.send("ack", **self._ack_pending):
                 self._ack_pending = None
-            self._flush_scene()
+            self._flush_jobs()
             self._flush_live()
-        elif self._sock is not None and self.state_reason != "closed":
-            if self._hello_at is None:
-                if now >= self._retry_at and self._send("hello", protocol=protocol.PROTOCOL_VERSION,
-                                                        client=self.name):
-                    self._hello_at = now
-            elif now - self._hello_at > self.timeout:
-                # One hello per socket: a fresh socket drops anything queued for a daemon that is gone.
-                self._reset(f"no reply from the daemon at {self.address} for {self.timeout:g} s")
 
     def _frame_event(self, msg, now: float) -> FrameEvent:
         h = msg.header
@@ -487,46 +328,18 @@ class Client:
                           h["encoding"], h["channels"], data, bool(h.get("settled", True)), h.get("job"), h, now)
 
     def _handle(self, msg, now: float) -> None:
-        h = msg.header
-        t = msg.type
-        if t == "welcome":
-            if h["protocol"] != protocol.PROTOCOL_VERSION:
-                self._set_state(DISCONNECTED, f"daemon speaks protocol {h['protocol']}, "
-                                              f"this client {protocol.PROTOCOL_VERSION}")
-                self._retry_at, self._hello_at = float("inf"), None
-                return
-            self.info = h
-            # Ping often enough for this daemon's timeout, whatever we were told.
-            timeout = h["limits"].get("heartbeat_timeout")
-            if isinstance(timeout, (int, float)) and timeout > 0:
-                self.heartbeat_interval = min(self.heartbeat_interval, timeout / 3)
-            if not self._open_sent:  # one open per handshake, however many welcomes arrive
-                self._open_sent = self._send("open")
-        elif t == "opened":
-            self.session = h["session"]
-            self._need_full = bool(self._settings)
+        h, t = msg.header, msg.type
+        if t == "opened":
+            self._need_full = self._scene.has_scene
             self._live_sent = False
-            self._set_state(CONNECTED, f"connected to {self.address}")
-            self._flush_scene()
+            self._flush_jobs()
             self._flush_live()
-        elif t == "error":
-            code = h["code"]
-            if code in (protocol.ErrorCode.HANDSHAKE_REQUIRED, protocol.ErrorCode.NO_SESSION):
-                # The daemon restarted or freed our session: start over.
-                self._forget_session()
-                self._set_state(DISCONNECTED, "the daemon restarted or dropped the session; reconnecting")
-                return
-            if code == protocol.ErrorCode.BUSY and not self.session:
-                self._forget_session(time.monotonic() + 5 * self.retry_interval)
-                self._set_state(DISCONNECTED, h["message"])
-            self._events.append(ErrorEvent(code, h["message"], h.get("re"), h))
-        elif t == "bye":
-            self._reset(f"daemon closed the connection: {h.get('reason', '')}".rstrip(": "))
         elif t == "closed":
-            self.session = None
             self._live_sent = False
-            if self.state == CONNECTED:
-                self._set_state(DISCONNECTED, h.get("reason", "session closed"))
+        elif t == "error":
+            if "revision" in h and h["code"] != protocol.ErrorCode.STALE_REVISION:
+                self._resync = True  # the daemon's scene is not ours: the next update is a full one
+            self._events.append(ErrorEvent(h["code"], h["message"], h.get("re"), h))
         elif t == "scene":
             self._events.append(SceneEvent(h["revision"], h["layers"], h.get("regions", 0)))
         elif t == "result":

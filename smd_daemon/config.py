@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 
-from smd_daemon.cli import UsageError
+from smd_daemon.errors import UsageError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smd_daemon.engine.scene import Background, Region, Scene
+from smd_daemon.engine.scene import DEFAULT_STEPS, Background, Region, Scene
 
 DEFAULT_MASK_STD = 8.0
 DEFAULT_PROMPT_STRENGTH = 0.95
@@ -165,7 +165,7 @@ def build_scene(
     background_image: np.ndarray | None = None,
     background_strength: float = 0.0,
     seed: int = 0,
-    steps: int = 4,
+    steps: int = DEFAULT_STEPS,
     **scene_options,
 ) -> tuple[Scene, list[ParsedLayer]]:
     """Layers bottom to top -> a Scene, plus how each layer was read.

@@ -12,13 +12,25 @@ secret files are readable by their owner only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 
-from smd_daemon.cli import UsageError
+from smd_daemon.errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A short name for a public key (its Z85 text, as in the key files): what the daemon logs."""
+    return "SHA256:" + hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def _file_fingerprint(path: str) -> str:
+    import zmq.auth
+
+    return fingerprint(zmq.auth.load_certificate(path)[0])
 
 
 def configure(parser) -> None:
@@ -66,7 +78,8 @@ def run(args) -> int:
     for n in names:
         public, secret = _create(clients, n)
         shutil.copyfile(public, os.path.join(authorized, n + ".key"))
-        print(f"created client key pair {secret} (allowed: {os.path.join(authorized, n + '.key')})")
+        print(f"created client key pair {secret} (allowed: {os.path.join(authorized, n + '.key')}, "
+              f"fingerprint {_file_fingerprint(public)})")
 
     server_public = os.path.join(root, "server.key")
     print()

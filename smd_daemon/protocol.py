@@ -1,4 +1,4 @@
-"""The wire format between the daemon and its clients (protocol version 1).
+"""The wire format between the daemon and its clients (protocol version 2).
 
 ``docs/protocol.md`` is the authoritative description; this module is its
 only implementation. The daemon and the Krita plugin import this very file
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Generous sanity bounds checked before any limit of the daemon: they keep a
 # hostile header from making the receiver allocate or loop without bound.
@@ -27,6 +28,12 @@ MAX_STRING = 8192
 MAX_LIST = 1024
 MAX_PARTS = 1100
 MAX_INT = 2**63 - 1
+MAX_TOKEN = 2**53 - 1  # frame tokens: exact as a JSON number anywhere
+
+# JSON can spell lone UTF-16 surrogates ("\ud800"), which are not text:
+# every string that crosses the wire must be encodable as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Frame and image encodings. "raw" is uncompressed 8-bit RGB (or RGBA, or a
 # single channel for alpha planes), row-major, top row first.
@@ -52,7 +59,8 @@ class ErrorCode:
     NO_SESSION = "no_session"  # a session request before open (or after the session was freed)
     NO_SCENE = "no_scene"  # live or generate before the first scene
     STALE_REVISION = "stale_revision"  # revision not newer than the last one applied
-    BUSY = "busy"  # no free session, or too many jobs queued
+    BUSY = "busy"  # no free session, too many jobs queued, updates arriving faster than they are decoded
+    NO_MEMORY = "no_memory"  # the daemon's memory budget cannot hold this scene beside the other sessions
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
     INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
@@ -186,7 +194,7 @@ REQUESTS = {
     "live_start": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
                    "max_fps": F("num", lo=0.1, hi=1000)},
     "live_stop": {},
-    "ack": {"seq": F("int", True, 0, MAX_INT)},
+    "ack": {"seq": F("int", True, 0, MAX_INT), "token": F("int", True, 0, MAX_TOKEN)},
     "generate": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
                  "steps": F("int", lo=1, hi=1000), "seed": F("int", lo=0, hi=MAX_INT)},
     "cancel": {"job": F("int", lo=0, hi=MAX_INT)},
@@ -202,8 +210,9 @@ REPLIES = {
     "closed": {"reason": F("str")},
     "scene": {"revision": F("int", True), "layers": F("list", True, max_len=100000), "regions": F("int")},
     "live": {"active": F("bool", True), "encoding": F("str")},
-    "frame": {"seq": F("int", True), "revision": F("int", True), "width": F("int", True), "height": F("int", True),
-              "encoding": F("str", True), "channels": F("int", True), "part": F("int", True)},
+    "frame": {"seq": F("int", True), "token": F("int", True), "revision": F("int", True), "width": F("int", True),
+              "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
+              "part": F("int", True)},
     "progress": {"job": F("int", True), "step": F("int", True), "total": F("int", True)},
     "result": {"job": F("int", True), "revision": F("int", True), "width": F("int", True),
                "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
@@ -243,13 +252,17 @@ def decode(frames, schemas: dict | None = None) -> Message:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"header is {len(raw)} bytes, at most {MAX_HEADER_BYTES} allowed")
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        header = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not a JSON object: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "header is not a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(header):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "header holds text that is not valid Unicode "
+                                                   "(a lone UTF-16 surrogate such as \\ud800)")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 2.0
         raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version!r} is not supported; "
                                                    f"this side speaks version {PROTOCOL_VERSION}")
     type_ = header.get("type")
@@ -265,10 +278,19 @@ def decode(frames, schemas: dict | None = None) -> Message:
     return Message(type_, header, parts)
 
 
-def error(code: str, message: str, re=None, **fields) -> list:
-    if re is not None:
-        fields["re"] = re
-    return encode("error", code=code, message=message, **fields)
+def _has_lone_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def request_id(header: dict):

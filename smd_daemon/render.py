@@ -12,8 +12,9 @@ import os
 import tempfile
 import time
 
-from smd_daemon.cli import UsageError
-from smd_daemon.engine import models
+from smd_daemon.engine.scene import DEFAULT_STEPS
+from smd_daemon.errors import UsageError
+from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
 from smd_daemon.scenefile import Overrides, load_scene
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", metavar="SCENE", help="an OpenRaster file (.ora) or a JSON scene (.json)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the image to write")
     parser.add_argument("--seed", type=int, help="random seed (default: the scene's, else 0)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the scene's, else 4)")
+    parser.add_argument("--steps", type=int, help=f"denoising steps (default: the scene's, else {DEFAULT_STEPS})")
     parser.add_argument("--width", type=int, help="output width (default: the document's; multiple of 8)")
     parser.add_argument("--height", type=int, help="output height (default: the document's; multiple of 8)")
     parser.add_argument("--bootstrap-steps", type=int, help="mask-centering bootstrap steps (default 1)")
@@ -37,33 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
                              "tightly; the default) or 'attention' (one sample for all regions, much faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    models.add_model_arguments(parser)
+    add_model_arguments(parser)
     add_speed_arguments(parser)
 
 
-def add_speed_arguments(parser) -> None:
-    """Engine speed switches (CUDA only, off by default until measured on a GPU)."""
-    g = parser.add_argument_group("speed (CUDA only)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first steps)")
-    g.add_argument("--cuda-graphs", action="store_true",
-                   help="capture the steady-state UNet call as a CUDA graph per shape and replay it")
-
-
-def check_speed_arguments(args, overlap_decode: bool = False) -> dict:
-    """Refuse a switch the device cannot do, before any work: ``Engine`` keyword arguments."""
-    from smd_daemon.engine.runner import check_speed_options
-
-    chosen = dict(compile=bool(args.compile), cuda_graphs=bool(args.cuda_graphs), overlap_decode=overlap_decode)
-    try:
-        check_speed_options(models.pick_device(args.device), **chosen)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return chosen
-
-
 def run(args: argparse.Namespace) -> int:
-    models.check_kind(args.model_kind)
-    speed = check_speed_arguments(args)
+    speed = engine_options(args)
     out_format = _check_output(args.output)
     loaded = load_scene(args.scene, Overrides(
         width=args.width, height=args.height, seed=args.seed, steps=args.steps,
@@ -74,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from smd_daemon.engine.core import Engine
 
-    components = models.load_model_from_args(args)
+    components = load_model_from_options(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
     for p in loaded.layers:
         how = p.role if p.role != "ignored" else f"ignored ({p.reason})"

@@ -45,7 +45,6 @@ class LoadedScene:
 
     scene: Scene
     layers: list[ParsedLayer] = field(default_factory=list)  # bottom to top
-    document_size: tuple[int, int] = (0, 0)  # (width, height) as declared in the file
 
 
 @dataclass
@@ -152,7 +151,7 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
         if scene.background.strength > 0:
             joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(lay.visible, p)]
             scene.background.image = _composite(zf, joins, doc_w, doc_h, width, height, path)
-    return LoadedScene(scene, parsed, (doc_w, doc_h))
+    return LoadedScene(scene, parsed)
 
 
 def _read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer]]:
@@ -357,7 +356,7 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
         im = _decode(_read_file(path, image_path, "background image"), ("PNG", "JPEG", "WEBP"),
                      f"{path}: background image {image_path!r}", MAX_SIDE)
         bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
-    return LoadedScene(scene, parsed, (doc_w, doc_h))
+    return LoadedScene(scene, parsed)
 
 
 def _json_region_base(where: "_Where", entry: dict, label: str) -> ParsedLayer:

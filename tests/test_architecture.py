@@ -3,6 +3,8 @@
 import ast
 import pathlib
 
+from install import VENDORED as WIRE  # the modules the plugin vendors: the wire layer
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +41,7 @@ def test_plugin_never_imports_the_engine_torch_or_numpy():
 
 
 def test_plugin_reaches_the_daemon_package_only_through_the_wire_modules():
-    wire = {"smd_daemon.protocol", "smd_daemon.client"}
+    wire = {"smd_daemon." + name.removesuffix(".py") for name in WIRE}
     for path in _plugin_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -54,13 +56,20 @@ def test_plugin_reaches_the_daemon_package_only_through_the_wire_modules():
 def test_wire_modules_import_only_the_standard_library_and_zmq():
     import sys
 
-    for mod in ("protocol.py", "client.py"):
+    for mod in WIRE:
         for name in _imports(ROOT / "smd_daemon" / mod):
             top = name.split(".")[0]
             assert top in sys.stdlib_module_names or top in ("zmq", "__future__"), f"{mod} imports {name}"
+        tree = ast.parse((ROOT / "smd_daemon" / mod).read_text(encoding="utf-8"))
+        relative = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:  # "from . import x" or "from .x import y"
+                relative |= {node.module + ".py"} if node.module else {a.name + ".py" for a in node.names}
+        assert relative <= set(WIRE), f"{mod} imports {relative - set(WIRE)}, which the plugin does not vendor"
 
 
 def _imports_of(node) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
     return [node.module] if node.module and node.level == 0 else []
+

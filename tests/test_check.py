@@ -63,8 +63,8 @@ def test_check_with_keys_only_succeeds_for_an_authorised_key(keys, tmp_path):
     finally:
         d.stop()
     assert ok.returncode == 0 and "model: tiny" in ok.stdout, ok.stderr
-    _one_line_error(refused, "not authorised")
-    _one_line_error(plaintext, "no answer")
+    _one_line_error(refused, "did not accept this key (it is not authorised there")
+    _one_line_error(plaintext, "requires encryption")
 
 
 def test_check_refuses_half_or_missing_keys(keys, tmp_path):

@@ -13,6 +13,7 @@ import zmq
 import zmq.auth
 
 from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask
+from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
 
 
@@ -142,7 +143,7 @@ def test_curve_only_authorised_clients_are_served(tmp_path):
 
         plain = Raw(address)
         try:
-            plain.send("hello", protocol=1)
+            plain.send("hello", protocol=protocol.PROTOCOL_VERSION)
             assert plain.recv(2.0) is None
         finally:
             plain.close()

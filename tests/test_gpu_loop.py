@@ -12,6 +12,7 @@ from daemon_util import S, connect, free_port, half_mask, serving
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent, SceneEvent
 from smd_daemon.engine.core import StreamFrame
 from smd_daemon.server import Limits, Server
+from smd_daemon.server.memory import frame_bytes
 
 
 class FakeStream:
@@ -20,7 +21,7 @@ class FakeStream:
     def __init__(self, scene, revision):
         self.scene, self.revision, self.index = scene, revision, 0
 
-    def update(self, scene, revision):
+    def update(self, scene, revision, plan=None):
         self.scene, self.revision = scene, revision
 
     def frame(self):
@@ -33,28 +34,62 @@ def _explodes(scene) -> bool:
     return any(r.prompt == "explode" for r in scene.regions)
 
 
+class FakeWork:
+    """Engine work done in one pass."""
+
+    def __init__(self, run):
+        self._run, self.done, self.samples_total, self.samples_left = run, False, 1, 1
+        self.progress = (0, 1)
+
+    def run(self, max_samples=None):
+        self.result = self._run()
+        self.done, self.samples_left, self.progress = True, 0, (1, 1)
+        return 1
+
+    def frames(self):
+        return self.result
+
+    def image(self):
+        return self.result
+
+
 class FakeEngine:
     """Fails like CUDA does when a scene asks for too much."""
 
-    def open_stream(self, scene, revision=0):
+    def plan(self, scene):
+        return ("plan", scene)
+
+    def session_bytes(self, scene):
+        return 0
+
+    def check(self, scene):
+        return scene.validate()
+
+    def open_stream(self, scene, revision=0, plan=None):
         return FakeStream(scene, revision)
 
-    def step_streams(self, streams):
-        time.sleep(0.005)
-        if any(_explodes(s.scene) for s in streams):
-            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return [s.frame() for s in streams]
+    def begin_streams(self, streams):
+        def run():
+            time.sleep(0.005)
+            if any(_explodes(s.scene) for s in streams):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return [s.frame() for s in streams]
 
-    def generate(self, scene, progress=None, cancel=None):
-        if _explodes(scene):
-            raise FloatingPointError("NaN in latents")
-        return np.zeros((scene.height, scene.width, 3), np.uint8)
+        return FakeWork(run)
+
+    def begin_generate(self, scene, plan=None):
+        def run():
+            if _explodes(scene):
+                raise FloatingPointError("NaN in latents")
+            return np.zeros((scene.height, scene.width, 3), np.uint8)
+
+        return FakeWork(run)
 
 
 @pytest.fixture
 def server():
-    # A small scene budget: 3 planes of 64x64 fit, a 4th does not.
-    limits = Limits(max_fps=200, max_scene_bytes=3 * S * S + 100)
+    # A small scene budget: its frames and 3 planes of 64x64 fit, a 4th plane does not.
+    limits = Limits(max_fps=200, max_session_bytes=frame_bytes(Limits.frame_window, S, S) + 3 * S * S + 100)
     with serving(Server(FakeEngine(), {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", limits)) as srv:
         yield srv
 

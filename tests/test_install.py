@@ -93,7 +93,7 @@ def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
     pkg = pykrita / "smd_krita"
     assert (pykrita / "smd_krita.desktop").exists() and (pkg / "__init__.py").exists()
     assert pkg.is_symlink() == dev
-    for f in ("protocol.py", "client.py"):
+    for f in install.VENDORED:
         assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
     assert "enable_smd_krita=true" in kritarc.read_text()
     again = run_install(tmp_path, *flags)

@@ -16,12 +16,11 @@ from smd_daemon.engine.models import (
     DEFAULT_MODEL,
     DEFAULT_TINY_VAE,
     ModelLoadError,
-    add_model_arguments,
     load_model,
-    load_model_from_args,
     pick_device,
     pick_dtype,
 )
+from smd_daemon.options import add_model_arguments, load_model_from_options
 from smd_daemon.engine.tiny import build_tiny_autoencoder, build_tiny_pipeline, save_single_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,7 +193,7 @@ def test_cli_flags_share_one_spec():
     add_model_arguments(parser)
     args = parser.parse_args([])
     assert args.model == DEFAULT_MODEL and args.tiny_vae == "auto"
-    c = load_model_from_args(parser.parse_args(["--model", "tiny", "--dtype", "fp32"]))
+    c = load_model_from_options(parser.parse_args(["--model", "tiny", "--dtype", "fp32"]))
     assert c.name == "tiny" and c.dtype == torch.float32
 
 

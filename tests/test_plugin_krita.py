@@ -44,7 +44,7 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     assert "pyzmq: already importable by Python 3." in res.stdout, res.stdout
     assert "enable_smd_krita=true" in (home / ".config/kritarc").read_text()
     pkg = home / ".local/share/krita/pykrita/smd_krita"
-    for f in ("protocol.py", "client.py"):
+    for f in ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py"):
         assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
     assert result["errors"] == [], result
     c = result["checks"]

@@ -15,6 +15,8 @@ from smd_daemon import protocol
 from smd_daemon.protocol import ErrorCode as E
 from smd_daemon.protocol import ProtocolError
 
+V = protocol.PROTOCOL_VERSION
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,32 +47,32 @@ def test_encode_refuses_nan():
     (b"null", E.BAD_MESSAGE),
     (b'"hello"', E.BAD_MESSAGE),
     (b"[" * 100000, E.BAD_MESSAGE),
-    (b'{"v": 1, "type": "ack", "seq": Infinity}', E.BAD_MESSAGE),
-    (b'{"v": 1, "type": "ack", "seq": NaN}', E.BAD_MESSAGE),
+    (b'{"v": 2, "type": "ack", "seq": Infinity}', E.BAD_MESSAGE),
+    (b'{"v": 2, "type": "ack", "seq": NaN}', E.BAD_MESSAGE),
     (b" " * (protocol.MAX_HEADER_BYTES + 1), E.TOO_LARGE),
     ({"type": "ping"}, E.BAD_VERSION),
     ({"v": "1", "type": "ping"}, E.BAD_VERSION),
-    ({"v": 1}, E.BAD_MESSAGE),
-    ({"v": 1, "type": 5}, E.BAD_MESSAGE),
-    ({"v": 1, "type": "format_disk"}, E.UNKNOWN_TYPE),
-    ({"v": 1, "type": "ping", "id": -1}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack"}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack", "seq": "3"}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack", "seq": 1.5}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack", "seq": False}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack", "seq": -4}, E.BAD_FIELD),
-    ({"v": 1, "type": "ack", "seq": 2**70}, E.BAD_FIELD),
-    ({"v": 1, "type": "live_start", "encoding": "bmp"}, E.BAD_FIELD),
-    ({"v": 1, "type": "live_start", "max_fps": 1e308}, E.BAD_FIELD),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "layers": "fox"}, E.BAD_FIELD),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "layers": [{"name": "no key"}]}, E.BAD_FIELD),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "layers": [{"key": "k"}] * 2000}, E.TOO_LARGE),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "layers": [{"key": "k", "name": "x" * 9000}]},
+    ({"v": V}, E.BAD_MESSAGE),
+    ({"v": V, "type": 5}, E.BAD_MESSAGE),
+    ({"v": V, "type": "format_disk"}, E.UNKNOWN_TYPE),
+    ({"v": V, "type": "ping", "id": -1}, E.BAD_FIELD),
+    ({"v": V, "type": "ack"}, E.BAD_FIELD),
+    ({"v": V, "type": "ack", "seq": "3"}, E.BAD_FIELD),
+    ({"v": V, "type": "ack", "seq": 1.5}, E.BAD_FIELD),
+    ({"v": V, "type": "ack", "seq": False}, E.BAD_FIELD),
+    ({"v": V, "type": "ack", "seq": -4}, E.BAD_FIELD),
+    ({"v": V, "type": "ack", "seq": 2**70}, E.BAD_FIELD),
+    ({"v": V, "type": "live_start", "encoding": "bmp"}, E.BAD_FIELD),
+    ({"v": V, "type": "live_start", "max_fps": 1e308}, E.BAD_FIELD),
+    ({"v": V, "type": "update", "revision": 1, "full": True, "layers": "fox"}, E.BAD_FIELD),
+    ({"v": V, "type": "update", "revision": 1, "full": True, "layers": [{"name": "no key"}]}, E.BAD_FIELD),
+    ({"v": V, "type": "update", "revision": 1, "full": True, "layers": [{"key": "k"}] * 2000}, E.TOO_LARGE),
+    ({"v": V, "type": "update", "revision": 1, "full": True, "layers": [{"key": "k", "name": "x" * 9000}]},
      E.TOO_LARGE),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "background": {"strength": -0.1}}, E.BAD_FIELD),
-    ({"v": 1, "type": "update", "revision": 1, "full": True, "background": {"image": {"part": "0"}}},
+    ({"v": V, "type": "update", "revision": 1, "full": True, "background": {"strength": -0.1}}, E.BAD_FIELD),
+    ({"v": V, "type": "update", "revision": 1, "full": True, "background": {"image": {"part": "0"}}},
      E.BAD_FIELD),
-    ({"v": 1, "type": "update", "revision": 0, "full": True}, E.BAD_FIELD),
+    ({"v": V, "type": "update", "revision": 0, "full": True}, E.BAD_FIELD),
 ])
 def test_malformed_headers_raise_with_code(head, code):
     with pytest.raises(ProtocolError) as e:
@@ -80,12 +82,12 @@ def test_malformed_headers_raise_with_code(head, code):
 
 def test_too_many_parts():
     with pytest.raises(ProtocolError) as e:
-        _decode({"v": 1, "type": "ping"}, [b""] * (protocol.MAX_PARTS + 1))
+        _decode({"v": V, "type": "ping"}, [b""] * (protocol.MAX_PARTS + 1))
     assert e.value.code == E.TOO_LARGE
 
 
 def test_unknown_fields_are_tolerated_for_forward_compatibility():
-    assert _decode({"v": 1, "type": "ping", "trace": {"a": 1}}).type == "ping"
+    assert _decode({"v": V, "type": "ping", "trace": {"a": 1}}).type == "ping"
 
 
 @pytest.mark.parametrize("address,local", [
@@ -132,7 +134,7 @@ def test_vendored_copies_work_as_a_package_of_their_own(tmp_path):
     pkg = tmp_path / "vendored_smd"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name in ("protocol.py", "client.py"):
+    for name in ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py"):
         shutil.copyfile(os.path.join(ROOT, "smd_daemon", name), pkg / name)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", BLOCKER, "vendored_smd"], env=env, capture_output=True, text=True,

@@ -212,15 +212,16 @@ def test_stalled_client_gets_no_backlog_and_does_not_slow_others(daemon):
             slow.send("ping")  # alive, but never acknowledging a frame
         elapsed = time.monotonic() - t0
         assert frames[-1].seq - frames[0].seq == 7
-        stalled = []
+        stalled, tokens = [], []
         while (m := slow.recv(0.2)) is not None:
             if m.type == "frame":
                 stalled.append(m.header["seq"])
+                tokens.append(m.header["token"])
         window = fast.limits["frame_window"]
         assert stalled == list(range(1, window + 1)), stalled  # the window, nothing more
         # Acknowledging delivers the newest frame, not a backlog: one pending frame
         # at most was kept while stalled.
-        slow.send("ack", seq=stalled[-1])
+        slow.send("ack", seq=stalled[-1], token=tokens[-1])
         m = slow.expect("frame", 10)
         assert m.header["seq"] == window + 1
         # The stalled session was stepped only for the frames it could take
@@ -270,13 +271,13 @@ BAD_REQUESTS = [
     # (id, frames or (type, parts, fields), expected code, opened session first)
     ("non-json header", [b"\x00not json"], E.BAD_MESSAGE, False),
     ("json but not an object", [b"[1, 2, 3]"], E.BAD_MESSAGE, False),
-    ("invalid utf-8", [b'{"v": 1, "type": "\xff"}'], E.BAD_MESSAGE, False),
+    ("invalid utf-8", [b'{"v": 2, "type": "\xff"}'], E.BAD_MESSAGE, False),
     ("wrong protocol version", [b'{"v": 99, "type": "hello", "protocol": 99}'], E.BAD_VERSION, False),
     ("unknown type", ("reboot", [], {}), E.UNKNOWN_TYPE, True),
     ("missing field", ("ack", [], {}), E.BAD_FIELD, True),
     ("wrongly typed field", ("update", [half_mask()], _update(revision="1")), E.BAD_FIELD, True),
     ("bool for an int", ("ack", [], {"seq": True}), E.BAD_FIELD, True),
-    ("NaN", [b'{"v":1,"type":"live_start","max_fps":NaN}'], E.BAD_MESSAGE, True),
+    ("NaN", [b'{"v":2,"type":"live_start","max_fps":NaN}'], E.BAD_MESSAGE, True),
     ("negative seed", ("update", [half_mask()], _update(seed=-1)), E.BAD_FIELD, True),
     ("huge width", ("update", [half_mask()], _update(width=10**9)), E.BAD_FIELD, True),
     ("width over the limit", ("update", [b"\xff" * 8192 * 64], _update(width=8192)), E.TOO_LARGE, True),

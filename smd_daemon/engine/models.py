@@ -379,29 +379,3 @@ def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | N
     log.info("loaded %s model %s (%s) on %s %s%s%s", kind, name, source, dev, str(dt).replace("torch.", ""),
              f", LoRA {lora} fused" if lora else "", f", tiny autoencoder {tiny_vae}" if tiny_vae else "")
     return comps
-
-
-def add_model_arguments(parser) -> None:
-    """The model flags every command shares (``serve``, ``render``, benchmarks)."""
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"preset ({', '.join(PRESETS)}), diffusers folder, .safetensors/.ckpt file or hub id "
-                        f"(default: {DEFAULT_MODEL})")
-    g.add_argument("--lora", default=None, help=f"LoRA to fuse at load: hub id, folder or file "
-                                                 f"(plain SD-1.5 models need {DEFAULT_LCM_LORA})")
-    g.add_argument("--tiny-vae", default="auto",
-                   help=f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
-                        f"({DEFAULT_TINY_VAE} for real models, none for presets)")
-    g.add_argument("--model-config", default=None,
-                   help="diffusers folder describing a single-file checkpoint's architecture (for offline use)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    g.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="default: fp16 on CUDA/MPS, fp32 on CPU")
-    g.add_argument("--model-kind", default="auto", metavar="auto|lcm|turbo",
-                   help="few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' (SD-Turbo style: "
-                        "trailing timesteps, 999 for one step); default: read from the model's scheduler config")
-
-
-def load_model_from_args(args, seed: int = 0) -> Components:
-    return load_model(args.model, lora=args.lora, tiny_vae=args.tiny_vae, config=args.model_config,
-                      device=args.device, dtype=args.dtype, seed=seed, kind=getattr(args, "model_kind", None))

@@ -18,6 +18,8 @@ MAX_SIDE = 4096
 MIN_SIDE = 64
 MAX_STEPS = 50
 MAX_PROMPT_CHARS = 1000
+# What a scene gets when nobody says otherwise (the daemon tells clients in its handshake).
+DEFAULT_STEPS = 4
 # How regions enter the model: one UNet sample per region and latent
 # pre-averaging (follows shapes tightly), or one sample for all regions with
 # per-region cross-attention (much faster with several regions).
@@ -54,7 +56,7 @@ class Scene:
     regions: list[Region] = field(default_factory=list)  # bottom to top
     background: Background = field(default_factory=Background)
     seed: int = 0
-    steps: int = 4
+    steps: int = DEFAULT_STEPS
     bootstrap_steps: int = 1
     guidance_scale: float = 1.0
     mask_mode: str = "continuous"  # or "discrete"

@@ -140,7 +140,7 @@ def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
     return CLIPTextModel(cfg)
 
 
-def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
+def build_tiny_pipeline(seed: int = 0):
     """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -171,10 +171,7 @@ def build_tiny_pipeline(seed: int = 0, tiny_vae: bool = False):
         sample_size=256,
         scaling_factor=0.18215,
     )
-    pipe = _assemble(tokenizer, text_encoder, unet, vae)
-    if tiny_vae:
-        pipe.vae = build_tiny_autoencoder(seed)
-    return pipe
+    return _assemble(tokenizer, text_encoder, unet, vae)
 
 
 def _assemble(tokenizer, text_encoder, unet, vae):

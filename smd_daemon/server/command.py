@@ -1,0 +1,184 @@
+"""``smd-daemon serve``: load a model and serve Krita clients over ZeroMQ.
+
+SIGTERM and SIGINT stop it in any state with exit status 0 within a few
+seconds: before the model is loaded the load is abandoned; while serving,
+every client is told ``bye``, the engine stops between two passes, and the
+sockets close. Should some operation still not return in time (a driver
+call that cannot be interrupted), the logs are flushed and the process
+exits anyway, rather than being killed half way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from smd_daemon import protocol
+from smd_daemon.config import load_config
+from smd_daemon.errors import UsageError
+from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_model_from_options
+from smd_daemon.server.limits import GIB, MIB, Limits, machine_memory
+from smd_daemon.server.router import DEFAULT_BIND, Server
+
+log = logging.getLogger("smd_daemon.server")
+
+STOP_WITHIN_S = 4.0  # from the signal to the process's end, whatever is running
+
+OPTIONS = {
+    **MODEL_OPTIONS,
+    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
+    "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
+    "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
+    "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
+    "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
+    "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
+    "max_message_mb": (float, Limits.max_message_bytes / MIB, "largest message part accepted, in MiB"),
+    "max_memory": (float, None, "GiB all sessions together may keep (planes, plans, latents, frames); "
+                                "default: half of this machine's memory"),
+    "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
+    **SPEED_OPTIONS,
+    "overlap_decode": (bool, False, "CUDA only: decode frames and copy them to the host on a side stream, "
+                                    "beside the next step"),
+}
+
+
+class _Stop(BaseException):
+    """A signal arrived before serving began: abandon the model load."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, OPTIONS, defaults=False)
+    parser.add_argument("--config", help="TOML file with the same settings (command-line flags win)")
+    # Also accepted after the subcommand; SUPPRESS keeps the global default otherwise.
+    parser.add_argument("--log-level", dest="serve_log_level", choices=["debug", "info", "warning", "error"])
+
+
+def resolve_options(args) -> dict:
+    """Flags, then the config file, then defaults."""
+    config = load_config(args.config, {**OPTIONS, "log_level": (str, None, "")}) if args.config else {}
+    out = {}
+    for name, (_, default, _) in OPTIONS.items():
+        value = getattr(args, name, None)
+        out[name] = value if value is not None else config.get(name, default)
+    out["log_level"] = getattr(args, "serve_log_level", None) or config.get("log_level")
+    return out
+
+
+def make_limits(opts: dict) -> Limits:
+    limits = Limits(max_sessions=opts["max_sessions"], max_fps=opts["max_fps"],
+                    heartbeat_timeout=opts["heartbeat_timeout"],
+                    max_message_bytes=int(opts["max_message_mb"] * MIB))
+    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600 \
+            or not 2**16 <= limits.max_message_bytes <= 2**32:
+        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
+                         "max-message-mb in [0.0625, 4096]")
+    if opts["max_memory"] is not None:
+        total = machine_memory()
+        if not 0.0625 <= opts["max_memory"] <= max(1.0, 4 * total / GIB):
+            raise UsageError(f"max-memory must be between 0.0625 GiB and {max(1.0, 4 * total / GIB):.0f} GiB")
+        limits.max_memory_bytes = int(opts["max_memory"] * GIB)
+        limits.max_session_bytes = min(limits.max_session_bytes, limits.max_memory_bytes)
+    return limits
+
+
+def check_bind(opts: dict) -> None:
+    bind = opts["bind"]
+    if not bind.startswith(("tcp://", "ipc://")):
+        raise UsageError(f"bind address {bind!r} must look like tcp://HOST:PORT or ipc://PATH")
+    if not protocol.is_local_address(bind):
+        if opts["keys"] is None and not opts["insecure"]:
+            raise UsageError(f"{bind} is reachable from the network: give --keys DIR (made by 'smd-daemon keys DIR') "
+                             f"to require encryption and client keys, or --insecure to serve anyone unencrypted")
+        if opts["keys"] is None:
+            log.warning("serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it "
+                        "can use this GPU and see the frames", bind)
+    if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
+        raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
+
+
+def run(args) -> int:
+    opts = resolve_options(args)
+    if opts.get("log_level"):
+        logging.getLogger().setLevel(opts["log_level"].upper())
+    limits = make_limits(opts)
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise UsageError("threads must be >= 1")
+    check_bind(opts)
+    speed = engine_options(opts, overlap_decode=opts["overlap_decode"])  # before the socket or the model
+
+    server = Server(None, {}, opts["bind"], limits, opts["keys"])
+    stop_at: list[float] = []
+    serving = threading.Event()
+
+    def stop(signum, _frame):
+        if stop_at:
+            return  # already stopping
+        stop_at.append(time.monotonic())
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        server.stopping.set()
+        if not serving.is_set():
+            raise _Stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.open_socket()
+        if opts["threads"]:
+            import torch
+
+            torch.set_num_threads(opts["threads"])
+        from smd_daemon.engine.core import Engine
+
+        log.info("loading model %s ...", opts["model"])
+        t0 = time.perf_counter()
+        components = load_model_from_options(opts)
+        server.engine, server.model_info = Engine(components, **speed), components.describe()
+        info = server.model_info
+        log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
+                 info.get("device"), info.get("dtype"))
+        server.start()
+        serving.set()
+        if not server.stopping.is_set():
+            log.info("serving on %s (protocol %d, up to %d sessions, %.1f GiB for sessions)", opts["bind"],
+                     protocol.PROTOCOL_VERSION, limits.max_sessions, limits.max_memory_bytes / GIB)
+            server.serve_forever()
+    except _Stop:
+        log.info("stopped before serving")
+    finally:
+        serving.set()  # a signal now only asks again
+        stopped = server.shutdown(engine_timeout=_time_left(stop_at, 2.5))
+    _exit_in_time(stop_at, stopped)
+    log.info("stopped")
+    return 0
+
+
+def _time_left(stop_at: list, share: float) -> float:
+    if not stop_at:
+        return 30.0
+    return max(0.1, stop_at[0] + share - time.monotonic())
+
+
+def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
+    """Exit now if some thread would keep the process alive past the deadline."""
+    deadline = (stop_at[0] if stop_at else time.monotonic()) + STOP_WITHIN_S
+    while True:
+        busy = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+                and (not t.daemon or t.name == "engine-loop")]
+        if not busy and engine_stopped:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+        engine_stopped = engine_stopped or not any(t.name == "engine-loop" for t in busy)
+    log.warning("stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy),
+                STOP_WITHIN_S)
+    log.info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,71 @@
+"""Pixels on the wire: decoding clients' planes and images, encoding frames.
+
+Called from scene workers and encoder threads, never from the I/O thread:
+zlib and Pillow release the GIL while they work.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError, features
+
+from smd_daemon.protocol import ErrorCode, ProtocolError
+
+# What Pillow on this machine can write, in the protocol's names.
+FRAME_ENCODINGS = ("raw", "png", "jpeg") + (("webp",) if features.check("webp") else ())
+
+
+def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
+    """An HxWx3 uint8 frame as bytes in the requested encoding."""
+    if encoding == "raw":
+        return np.ascontiguousarray(image).tobytes()
+    buf = io.BytesIO()
+    im = Image.fromarray(image)
+    if encoding == "png":
+        im.save(buf, "PNG", compress_level=1)
+    elif encoding == "jpeg":
+        im.save(buf, "JPEG", quality=quality)
+    else:
+        im.save(buf, "WEBP", quality=quality, method=1)
+    return buf.getvalue()
+
+
+def decode_plane(data: memoryview, encoding: str, width: int, height: int, channels: int, what: str) -> np.ndarray:
+    """A binary part as a uint8 (H, W) or (H, W, 3) array of exactly the output size (its own memory)."""
+    expected = width * height * channels
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if encoding in ("raw", "zlib"):
+        if encoding == "zlib":
+            # Bounded: a zlib bomb stops one byte past the expected size.
+            d = zlib.decompressobj()
+            try:
+                raw = d.decompress(data, expected + 1)
+            except zlib.error as e:
+                raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: not valid zlib data ({e})") from None
+            if len(raw) != expected or not d.eof:
+                raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: zlib data does not inflate to {width}x{height}"
+                                                         f"x{channels} = {expected} bytes")
+        elif len(data) != expected:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}"
+                                                     f"x{channels} = {expected}")
+        else:
+            raw = data
+        # A writable copy: the message buffer is not kept, and torch reads only writable arrays quietly.
+        return np.frombuffer(bytearray(raw), np.uint8).reshape(shape)
+    try:
+        im = Image.open(io.BytesIO(data))
+        # Check the size from the file header before decoding any pixels.
+        if im.size != (width, height):
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, "
+                                                     f"expected {width}x{height}")
+        if im.format not in {"jpeg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}[encoding]:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: data is {im.format}, not {encoding}")
+        im = im.convert("L" if channels == 1 else "RGB")
+    except ProtocolError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: cannot decode {encoding} image ({e})") from None
+    return np.array(im, dtype=np.uint8).reshape(shape)

@@ -1,0 +1,163 @@
+"""The messages the daemon's threads exchange: typed, one class per kind.
+
+The I/O thread sends commands to the engine loop (``EngineLoop.send``); the
+engine loop, the scene workers and the frame encoders send events back to
+the I/O thread (``Server.post``). Nothing else is shared between them but
+each session's ``FrameFlow`` (``frames.py``), which has its own lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# --- I/O thread -> engine loop ------------------------------------------
+
+
+@dataclass
+class Job:
+    """One generate request, resolved against the scene it was asked for."""
+
+    id: int
+    scene: object  # engine Scene with the request's steps/seed
+    plan: object  # the engine's plan of ``scene`` (made by a scene worker)
+    revision: int
+    encoding: str
+    quality: int
+    re: int | None = None
+    cancelled: bool = False  # set by the engine thread only
+
+
+@dataclass
+class OpenSession:
+    session: str
+    flow: object  # the session's FrameFlow
+
+
+@dataclass
+class CloseSession:
+    session: str
+
+
+@dataclass
+class SetScene:
+    """A scene accepted by the scene worker: applied between two passes."""
+
+    session: str
+    scene: object
+    revision: int
+    plan: object
+
+
+@dataclass
+class SetLive:
+    session: str
+    live: bool
+    min_interval: float = 0.0  # seconds between two frames (1 / max_fps)
+
+
+@dataclass
+class QueueJob:
+    session: str
+    job: Job
+
+
+@dataclass
+class CancelJobs:
+    session: str
+    jobs: tuple | None  # job ids, or None for all
+    re: int | None = None
+
+
+# --- engine loop, scene workers, encoders -> I/O thread ------------------
+
+
+@dataclass
+class FrameReady:
+    """A live frame, handed to the session's FrameFlow by the engine thread."""
+
+    session: str
+    image: np.ndarray  # uint8 (H, W, 3)
+    index: int
+    revision: int
+    settled: bool
+    steps_in_flight: int
+    engine_ms: float  # engine time of the passes that made it
+    batch: int  # sessions that shared those passes
+
+
+@dataclass
+class FrameMade:
+    """The engine made a frame for this session: time to send it."""
+
+    session: str
+
+
+@dataclass
+class JobProgress:
+    session: str
+    job: int
+    step: int
+    total: int
+
+
+@dataclass
+class JobResult:
+    session: str
+    job: Job
+    image: np.ndarray
+    engine_ms: float
+
+
+@dataclass
+class JobCancelled:
+    session: str
+    job: int
+    re: int | None = None
+
+
+@dataclass
+class SessionError:
+    """An error for one client, not in reply to any request it is waiting on."""
+
+    session: str
+    code: str
+    message: str
+    fields: dict = field(default_factory=dict)  # e.g. revision or job
+    live_stopped: bool = False  # the engine failed: live mode is off now
+
+
+@dataclass
+class UpdateDone:
+    """A scene worker's answer to one ``update`` (``error`` set when refused)."""
+
+    session: str
+    re: int | None
+    revision: int
+    scene: object = None
+    plan: object = None
+    layers: list = field(default_factory=list)  # grammar.ParsedLayer.to_dict() per layer
+    error: tuple | None = None  # (code, message)
+
+
+@dataclass
+class JobReady:
+    """A scene worker resolved a ``generate`` against the current scene (or refused it)."""
+
+    session: str
+    re: int | None
+    job: Job | None
+    error: tuple | None = None  # (code, message, job id)
+
+
+@dataclass
+class Encoded:
+    """A frame or result compressed by an encoder thread, ready to send."""
+
+    session: str
+    type: str  # "frame" or "result"
+    data: bytes | None  # None when encoding failed
+    encode_ms: float
+    fields: dict
+    error: str = ""

@@ -1,0 +1,250 @@
+"""Scene workers: decode, build and plan each session's updates off the I/O thread.
+
+Inflating planes and planning a scene can take seconds on a huge canvas. A
+small pool of worker threads does it, one request of a session at a time
+and in the order the session sent them (updates, and ``generate``s, which
+render the scene as it stands after the updates before them), so revisions
+are applied in order and each reply is all or nothing. Meanwhile the I/O
+thread keeps answering everyone and the engine keeps stepping every stream.
+
+The memory a scene will keep is reserved (``MemoryBudget``) from its sizes
+before any plane is decoded, and exactly once the scene is built.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smd_daemon.engine.scene import Region, Scene, SceneError
+from smd_daemon.grammar import LayerInput, build_scene
+from smd_daemon.protocol import ErrorCode, ProtocolError
+from smd_daemon.scenestate import KEEP, SceneChange, SceneState
+from smd_daemon.server import messages as m
+from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
+from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
+from smd_daemon.server.memory import MemoryBudget, frame_bytes
+
+log = logging.getLogger("smd_daemon.server")
+
+E = ErrorCode
+
+
+@dataclass(eq=False)
+class SceneSession:
+    """One session's scene as its worker keeps it (workers only, one at a time)."""
+
+    id: str
+    state: SceneState = field(default_factory=SceneState)
+    revision: int = 0
+    scene: object = None  # the engine Scene of ``revision``
+    plan: object = None  # its plan, made when first needed
+    queue: collections.deque = field(default_factory=collections.deque)  # (kind, message, re, job id)
+    queued_bytes: int = 0
+    busy: bool = False
+    closed: bool = False
+
+
+class SceneWorkers:
+    def __init__(self, engine, limits: Limits, budget: MemoryBudget, post, threads: int = 2):
+        self.engine, self.limits, self.budget, self.post = engine, limits, budget, post
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scene")
+        self._defaults = scene_defaults()
+
+    def submit(self, s: SceneSession, kind: str, msg, re, job_id: int | None = None) -> None:
+        """Queue an ``update`` or ``generate`` of ``s`` (I/O thread); ``busy`` when too much waits."""
+        size = sum(len(p) for p in msg.parts)
+        with self._lock:
+            if len(s.queue) >= self.limits.max_updates_queued or \
+                    s.queued_bytes + size > 2 * self.limits.max_message_bytes:
+                raise ProtocolError(E.BUSY, f"{len(s.queue)} updates of this session are still being decoded: "
+                                            f"send fewer")
+            s.queue.append((kind, msg, re, job_id))
+            s.queued_bytes += size
+            if s.busy:
+                return
+            s.busy = True
+        self._pool.submit(self._drain, s)
+
+    def close(self, s: SceneSession) -> None:
+        """The session is gone: drop what waits and give back its memory."""
+        with self._lock:
+            s.closed = True
+            s.queue.clear()
+            s.queued_bytes = 0
+            if s.busy:
+                return  # the worker releases it when it notices
+        self.budget.release(s.id)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _drain(self, s: SceneSession) -> None:
+        while True:
+            with self._lock:
+                if s.closed or not s.queue:
+                    s.busy = False
+                    if s.closed:
+                        self.budget.release(s.id)
+                    return
+                kind, msg, re, job_id = s.queue.popleft()
+                s.queued_bytes -= sum(len(p) for p in msg.parts)
+                # A scene that another update replaces at once is never drawn: plan only the last.
+                last = not any(k == "update" for k, *_ in s.queue)
+            try:
+                if kind == "update":
+                    self.post(self._update(s, msg, re, plan_now=last))
+                else:
+                    self.post(self._generate(s, msg, re, job_id))
+            except Exception as e:  # a bug must cost one request, not the session's worker
+                log.exception("internal error building a scene")
+                error = (E.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}")
+                self.post(m.UpdateDone(s.id, re, msg.header.get("revision", 0), error=error) if kind == "update"
+                          else m.JobReady(s.id, re, None, error + (job_id,)))
+
+    # --- update ---------------------------------------------------------------
+
+    def _update(self, s: SceneSession, msg, re, plan_now: bool) -> m.UpdateDone:
+        revision = msg.header["revision"]
+        old_bytes = self.budget.held(s.id)
+        try:
+            state, scene, parsed, nbytes = self._build(s, msg)
+            self.budget.reserve(s.id, nbytes)
+            plan = self._plan(scene) if plan_now else None
+        except ProtocolError as e:
+            self._restore(s, old_bytes)
+            return m.UpdateDone(s.id, re, revision, error=(e.code, e.message))
+        except SceneError as e:
+            self._restore(s, old_bytes)
+            return m.UpdateDone(s.id, re, revision, error=(E.BAD_SCENE, str(e)))
+        s.state, s.revision, s.scene, s.plan = state, revision, scene, plan
+        return m.UpdateDone(s.id, re, revision, scene, plan, [p.to_dict() for p in parsed])
+
+    def _restore(self, s: SceneSession, old_bytes: int) -> None:
+        try:
+            self.budget.reserve(s.id, old_bytes)
+        except ProtocolError:  # cannot happen: it held this much a moment ago
+            pass
+
+    def _build(self, s: SceneSession, msg):
+        """Check, decode and build; returns (state, scene, parsed layers, bytes the session will keep)."""
+        h, lim = msg.header, self.limits
+        if h["revision"] <= s.revision:
+            raise ProtocolError(E.STALE_REVISION, f"revision {h['revision']} is not newer than {s.revision}")
+        change = SceneChange.from_header(h)
+        w, h_ = s.state.next_size(change)
+        for side in (w, h_):
+            if side > lim.max_side:
+                raise ProtocolError(E.TOO_LARGE, f"output {w}x{h_} is larger than {lim.max_side} per side")
+            if side < lim.min_side or side % 8:
+                raise ProtocolError(E.BAD_FIELD, f"output {w}x{h_}: sides must be multiples of 8 between "
+                                                 f"{lim.min_side} and {lim.max_side}")
+        settings = {**({} if change.full else s.state.settings), **change.settings}
+        if settings.get("steps", self._defaults["steps"]) > lim.max_steps:
+            raise ProtocolError(E.BAD_FIELD, f"steps must be at most {lim.max_steps}")
+        if len(change.layers) > lim.max_layers:
+            raise ProtocolError(E.TOO_LARGE, f"{len(change.layers)} layers, at most {lim.max_layers} allowed")
+        # Reserve what the session will keep before decoding anything, counting
+        # every layer with a plane as a region (the engine's part from shapes alone).
+        n_new, new_bg = change.new_planes()
+        kept = {c.key for c in change.layers}
+        planes = n_new + (0 if change.full else sum(1 for k, layer in s.state.layers.items()
+                                                    if k not in kept and layer.alpha is not None))
+        has_bg = new_bg or (change.background_image is KEEP and not change.full
+                            and s.state.background_image is not None)
+        shape = self._shape_scene(w, h_, min(planes, lim.max_regions), settings)
+        self.budget.reserve(s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_)
+                            + self.engine.session_bytes(shape))
+        change = change.resolve(
+            alpha=lambda ref, c: decode_plane(msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 1,
+                                              f"layer {(c.name or c.key)[:60]!r} alpha"),
+            image=lambda ref: decode_plane(msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 3,
+                                           "background image"))
+        state = s.state.apply(change, lim.max_layers)
+        scene, parsed = self._scene(state)
+        pixels = sum(layer.alpha.nbytes for layer in state.layers.values() if layer.alpha is not None)
+        if state.background_image is not None:
+            pixels += state.background_image.nbytes
+        return state, scene, parsed, pixels + self.engine.session_bytes(scene) + self._frame_bytes(w, h_)
+
+    def _shape_scene(self, w: int, h: int, regions: int, settings: dict) -> Scene:
+        """A scene with the sizes of the one an update will build, and no pixels."""
+        nothing = np.broadcast_to(np.uint8(0), (h, w))  # zero-stride: no memory
+        d = self._defaults
+        return Scene(w, h, [Region("", nothing)] * regions, steps=settings.get("steps", d["steps"]),
+                     **{k: settings.get(k, d[k]) for k in SCENE_SETTINGS})
+
+    def _frame_bytes(self, w: int, h: int) -> int:
+        return frame_bytes(self.limits.frame_window, w, h)
+
+    def _scene(self, state: SceneState):
+        lim, d = self.limits, self._defaults
+        settings, bg = state.settings, state.background
+        w, h = state.size
+        inputs = [LayerInput(layer.name, layer.alpha, layer.visible) for layer in state.layers.values()]
+        scene, parsed = build_scene(
+            inputs, w, h, background_prompt=bg.get("prompt", ""),
+            negative_prompt=settings.get("negative_prompt", ""), background_image=state.background_image,
+            background_strength=bg.get("strength", d["background_strength"]), seed=settings.get("seed", d["seed"]),
+            steps=settings.get("steps", d["steps"]),
+            **{k: settings[k] for k in SCENE_SETTINGS if k in settings})
+        for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
+            if len(text) > lim.max_prompt_chars:
+                raise ProtocolError(E.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
+                                                 f"{lim.max_prompt_chars} allowed ({text[:40]!r}...)")
+        if len(scene.regions) > lim.max_regions:
+            raise ProtocolError(E.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most {lim.max_regions} "
+                                                    f"allowed")
+        scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
+        scene.validate()
+        try:  # a setting this model cannot do (region mode, steps): refused before any work
+            self.engine.check(scene)
+        except SceneError as e:
+            raise ProtocolError(E.BAD_FIELD, str(e)) from None
+        return scene, parsed
+
+    def _plan(self, scene):
+        try:
+            return self.engine.plan(scene)
+        except (SceneError, ProtocolError):
+            raise
+        except Exception as e:  # the engine cannot draw it (out of memory...): this update only
+            log.error("planning failed: %s: %s", type(e).__name__, e)
+            raise ProtocolError(E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: "
+                                                f"{str(e)[:300]}") from None
+
+    # --- generate -------------------------------------------------------------
+
+    def _generate(self, s: SceneSession, msg, re, job_id: int) -> m.JobReady:
+        h = msg.header
+        try:
+            if s.scene is None:
+                raise ProtocolError(E.NO_SCENE, "generate before any scene: send an update first")
+            encoding = h.get("encoding", "png")
+            if encoding not in FRAME_ENCODINGS:
+                raise ProtocolError(E.BAD_FIELD, f"encoding {encoding} is not available here")
+            scene, plan = s.scene, s.plan
+            changes = {k: h[k] for k in ("steps", "seed") if k in h}
+            if changes:
+                scene = dataclasses.replace(scene, **changes)
+                scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
+                try:
+                    self.engine.check(scene)
+                except SceneError as e:
+                    raise ProtocolError(E.BAD_FIELD, str(e)) from None
+                plan = None
+            if plan is None:
+                plan = self._plan(scene)
+                if not changes:
+                    s.plan = plan
+        except ProtocolError as e:
+            return m.JobReady(s.id, re, None, (e.code, e.message, job_id))
+        job = m.Job(job_id, scene, plan, s.revision, encoding, int(h.get("quality", 95)), re)
+        return m.JobReady(s.id, re, job)
