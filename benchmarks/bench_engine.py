@@ -6,9 +6,9 @@ StreamMultiDiffusion against MultiDiffusion as published.
     python benchmarks/bench_engine.py --model random-sd15 --size 256 --regions 3 --frames 3
     bash benchmarks/gpu_figures.sh     # the prepared GPU run (see docs/benchmarks.md)
 
-Everything is measured side by side in one run (the variants' frames and
-the bare floor interleaved, so machine noise hits all alike); figures are
-medians.
+Everything is measured side by side in one run (for each region count both
+modes, every variant and the bare floor are timed in turn, frame by frame,
+so machine noise hits all alike); figures are medians.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class Floor:
         self.calls = seen
         self.plain = UNetRunner(engine.c.unet, engine._region_ctx)
         self.vae = engine.c.vae
+        self.tokens = engine.c.tokenizer.model_max_length
         h, w = stream.plan.latent_hw
         self.z = torch.zeros((1, 4, h, w), dtype=engine.c.dtype, device=engine.c.device)
 
@@ -131,6 +132,18 @@ class Floor:
             self.plain(*a, **k)
         img = self.vae.decode(self.z / self.vae.config.scaling_factor, return_dict=False)[0]
         img.float().cpu()
+
+    @torch.no_grad()
+    def without_regions(self) -> None:
+        """The same UNet call with plain cross-attention to one prompt (attention
+        mode: what the regional attention itself costs, against ``unet_call``)."""
+        for (x, t, emb, *rest), _ in self.calls:
+            self.plain(x, t, emb[:, :self.tokens].contiguous(), *rest[:1])
+
+    @torch.no_grad()
+    def unet_call(self) -> None:
+        for a, k in self.calls:
+            self.plain(*a, **k)
 
 
 @torch.no_grad()
@@ -190,46 +203,69 @@ def main() -> None:
           flush=True)
 
     rows, skipped = [], []
+    eager = next(iter(engines.values()))
     for n in args.regions:
+        if args.time_limit and time.monotonic() - start > args.time_limit:
+            skipped.append(f"{n} regions")
+            continue
+        # Both modes (and every variant) are set up first, then timed in turn, frame by frame.
+        cases = {}
         for mode in args.modes:
-            if args.time_limit and time.monotonic() - start > args.time_limit:
-                skipped.append(f"{n} regions, {mode}")
-                continue
             scene = scene_with(n, args.size, args.steps, mode=mode)
-            eager = next(iter(engines.values()))
             row = dict(regions=n, mode=mode, gen_samples=samples_per_generate(eager, scene))
-            row["gen_s"] = timer(lambda: eager.generate(scene), args.repeat)
             streams = {}
-            for v, e in engines.items():
+            for v, e in list(engines.items()):
+                if args.time_limit and time.monotonic() - start > args.time_limit and e is not eager:
+                    skipped.append(f"{v}: {n} regions {mode} and after")  # e.g. a compile that took too long
+                    del engines[v]
+                    continue
                 if comps.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(comps.device)
-                s = e.open_stream(scene)
-                for _ in range(s.steps_in_flight + args.warmup):  # every level in flight from frame T on
-                    s.step()
-                streams[v] = s
+                st = e.open_stream(scene)
+                for _ in range(st.steps_in_flight + args.warmup):  # every level in flight from frame T on
+                    st.step()
+                streams[v] = st
                 row[f"peak_{v}"] = peak_memory(comps.device)
             first = streams[args.variants[0]]
             row["T"] = first.steps_in_flight
             row["frame_samples"] = eager.begin_streams([first]).samples_total  # dropped: nothing changes
-            floor = Floor(eager, first)
-            times = {v: [] for v in engines} | {"floor": []}
-            last = {}
-            if comps.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(comps.device)
-            for _ in range(args.frames):
-                for v, e in engines.items():
-                    times[v].append(timer(lambda: last.__setitem__(v, streams[v].step().image)))
-                times["floor"].append(timer(floor))
+            cases[mode] = dict(scene=scene, row=row, streams=streams, floor=Floor(eager, first),
+                               times={v: [] for v in engines} | {"floor": [], "gen": [], "unet": [], "unet_plain": []},
+                               last={})
+        for _ in range(args.repeat):
+            for c in cases.values():
+                c["times"]["gen"].append(timer(lambda: eager.generate(c["scene"])))
+        if comps.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(comps.device)
+        for _ in range(args.frames):
+            for c in cases.values():
+                for v in c["streams"]:
+                    if v not in engines:
+                        continue
+                    c["times"][v].append(timer(lambda: c["last"].__setitem__(v, c["streams"][v].step().image)))
+                c["times"]["floor"].append(timer(c["floor"]))
+                if c["row"]["mode"] == "attention":
+                    c["times"]["unet"].append(timer(c["floor"].unet_call))
+                    c["times"]["unet_plain"].append(timer(c["floor"].without_regions))
+        timed_peak = peak_memory(comps.device)  # while every mode, variant and floor ran
+        for mode, c in cases.items():
+            row, times = c["row"], c["times"]
+            row["gen_s"] = statistics.median(times["gen"])
             for v in engines:
+                if not times[v]:
+                    continue
                 row[f"frame_{v}_s"] = statistics.median(times[v])
-                row[f"diff_{v}"] = int(np.abs(last[v].astype(int) - last[args.variants[0]].astype(int)).max())
+                row[f"diff_{v}"] = int(np.abs(c["last"][v].astype(int) - c["last"][args.variants[0]].astype(int)).max())
             row["floor_s"] = statistics.median(times["floor"])
-            row["peak_timed"] = peak_memory(comps.device)  # while every variant and the floor ran
+            if times["unet"]:
+                row["regional_attention_cost"] = statistics.median(times["unet"]) / statistics.median(
+                    times["unet_plain"]) - 1
+            row["peak_timed"] = timed_peak
             if not args.no_locality and n > 1:
-                row["locality"] = locality(eager, scene)
+                row["locality"] = locality(eager, c["scene"])
             if args.baseline and mode == "latent":
                 out = {}
-                row["md_s"] = timer(lambda: out.update(samples=multidiffusion(eager, scene)[1]))
+                row["md_s"] = timer(lambda: out.update(samples=multidiffusion(eager, c["scene"])[1]))
                 row["md_samples"] = out["samples"]
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -255,6 +291,12 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
     by = {(r["regions"], r["mode"]): r for r in rows}
     pairs = [(n, by[(n, "latent")], by[(n, "attention")]) for n in sorted({r["regions"] for r in rows})
              if (n, "latent") in by and (n, "attention") in by]
+    if any("regional_attention_cost" in r for r in rows):
+        print("\n| regions | UNet call with every region's prompt vs the same call with one plain prompt |")
+        print("|---|---|")
+        for r in rows:
+            if "regional_attention_cost" in r:
+                print(f"| {r['regions']} | {r['regional_attention_cost'] * 100:+.1f}% |")
     if pairs:
         print("\n| regions | UNet samples / frame, attention : latent | frame time, attention : latent "
               "| shape locality, latent / attention |")
@@ -271,7 +313,7 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
         print("|---|---|" + "---|" * (len(variants) + 1))
         for r in rows:
             cells = [f"{r[f'frame_{v}_s'] * 1000:.1f} ms ({1 / r[f'frame_{v}_s']:.1f}), {r[f'diff_{v}']}, "
-                     f"{r[f'peak_{v}']}" for v in variants]
+                     f"{r[f'peak_{v}']}" if f"frame_{v}_s" in r else "skipped" for v in variants]
             print(f"| {r['regions']} | {r['mode']} | " + " | ".join(cells) + f" | {r['peak_timed']} |")
     if any("md_s" in r for r in rows):
         print("\n| regions | SMD generate (4 LCM steps) | UNet samples | MultiDiffusion (50 DDIM, CFG 7.5) "
