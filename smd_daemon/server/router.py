@@ -21,7 +21,6 @@ from smd_daemon import __version__, protocol
 from smd_daemon.errors import UsageError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import curve
-from smd_daemon.server import messages as m
 from smd_daemon.server.admission import LogThrottle, PeerTable, label
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
@@ -46,8 +45,9 @@ class Server:
         self.keys_dir = keys_dir
         self.ctx = context or zmq.Context()
         self.stopping = threading.Event()
+        # A client may acknowledge every frame it is allowed: acks come on top of its requests.
         self.peers = PeerTable(self.limits.max_clients, self.limits.max_pending_clients,
-                               self.limits.max_requests_per_s, self.limits.max_hellos_per_s)
+                               self.limits.max_requests_per_s + self.limits.max_fps, self.limits.max_hellos_per_s)
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
         self.sessions = SessionManager(self)
@@ -69,18 +69,22 @@ class Server:
     # --- threads ------------------------------------------------------------
 
     def post(self, event) -> None:
-        """Hand an event to the I/O thread (any thread)."""
+        """Hand an event to the I/O thread (any thread); dropped once the daemon stops."""
+        if self.stopping.is_set():
+            return
         self._outbox.append(event)
-        sock = getattr(self._thread_wake, "sock", None)
-        if sock is None:
-            sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 1)
-            sock.connect(self._wake_addr)
         try:
+            sock = getattr(self._thread_wake, "sock", None)
+            if sock is None:
+                sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 1)
+                sock.connect(self._wake_addr)
             sock.send(b"", zmq.NOBLOCK)
         except zmq.Again:
             pass  # a wake-up is already pending
+        except zmq.ZMQError:
+            pass  # the context is closing: the daemon is stopping
 
     def open_socket(self) -> None:
         """Bind first, so a busy port or bad keys fail before a long model load."""
