@@ -41,6 +41,10 @@ OPTIONS = {
     "max_memory": (float, None, "GiB all sessions together may keep (planes, plans, latents, frames); "
                                 "default: half of this machine's memory"),
     "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
+    "ray": (str, None, "run the engine on Ray workers: local (a private Ray instance on this machine), auto "
+                       "(the cluster this machine is part of), HOST:PORT (a Ray head) or ray://HOST:PORT "
+                       "(Ray Client); see docs/cluster.md"),
+    "workers": (int, None, "engine workers with --ray (default: one per GPU; 1 on a CPU-only cluster)"),
 }
 
 
@@ -106,8 +110,15 @@ def run(args) -> int:
     if opts["threads"] is not None and opts["threads"] < 1:
         raise UsageError("threads must be >= 1")
     check_bind(opts)
+    if opts["ray"]:
+        from smd_daemon.cluster import launch
 
-    server = Server(None, {}, opts["bind"], limits, opts["keys"])
+        launch.check_options(opts)
+        server = launch.make_server(opts, limits)
+    elif opts["workers"] is not None:
+        raise UsageError("--workers needs --ray")
+    else:
+        server = Server(None, {}, opts["bind"], limits, opts["keys"])
     stop_at: list[float] = []
     serving = threading.Event()
 
@@ -124,21 +135,19 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         server.open_socket()
-        if opts["threads"]:
-            import torch
+        if opts["ray"]:
+            launch.start(server, opts)
+        else:
+            if opts["threads"]:
+                import torch
 
-            torch.set_num_threads(opts["threads"])
-        from smd_daemon.engine.core import Engine
-
-        log.info("loading model %s ...", opts["model"])
-        t0 = time.perf_counter()
-        components = load_model_from_options(opts)
-        from smd_daemon.server._passes_adapter import PassesAdapter
-
-        server.engine, server.model_info = PassesAdapter(Engine(components)), components.describe()
-        info = server.model_info
-        log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
-                 info.get("device"), info.get("dtype"))
+                torch.set_num_threads(opts["threads"])
+            log.info("loading model %s ...", opts["model"])
+            t0 = time.perf_counter()
+            server.engine, server.model_info = load_engine(opts)
+            info = server.model_info
+            log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
+                     info.get("device"), info.get("dtype"))
         server.start()
         serving.set()
         if not server.stopping.is_set():
@@ -153,6 +162,21 @@ def run(args) -> int:
     _exit_in_time(stop_at, stopped)
     log.info("stopped")
     return 0
+
+
+def load_engine(opts: dict):
+    """The engine for the model flags in ``opts``, and the model's description
+    (``welcome.model``); a cluster's workers load theirs the same way."""
+    components = load_model_from_options(opts)
+    return make_engine(components), components.describe()
+
+
+def make_engine(components):
+    """The engine the daemon runs on loaded components."""
+    from smd_daemon.engine.core import Engine
+    from smd_daemon.server._passes_adapter import PassesAdapter
+
+    return PassesAdapter(Engine(components))
 
 
 def _time_left(stop_at: list, share: float) -> float:
