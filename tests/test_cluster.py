@@ -119,7 +119,7 @@ class InProcessCluster:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.server = ClusterServer(self.address, Limits(max_fps=20, heartbeat_timeout=5), None, per_worker)
         self.server.open_socket()
-        self.workers_address = self.server.open_worker_socket("127.0.0.1")
+        self.workers_address = self.server.open_worker_socket("tcp://127.0.0.1")  # CURVE, as across nodes
         for wid in worker_ids:
             self.server.dispatcher.add_worker(wid)
         self.workers = []
@@ -128,7 +128,7 @@ class InProcessCluster:
     def worker(self, wid: str):
         from smd_daemon.cluster.worker import EngineWorker
 
-        w = EngineWorker(wid, self.workers_address, self.server.keys.for_worker(), GIB, GIB, node="here",
+        w = EngineWorker(wid, self.workers_address, self.server.worker_keys(), GIB, GIB, node="here",
                          device="cpu")
         w.connect()
         self.workers.append(w)
@@ -211,7 +211,7 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
             assert len(frames) >= 2 and {f.header["worker"] for f in frames} == {"w0"}
         assert got[1][-1].encoding == "jpeg" and got[1][-1].data[:2] == b"\xff\xd8"  # compressed on the worker
 
-        assert _open_refused(c.address) == E.BUSY  # w0 is full (2 sessions) and w1 cannot draw: busy, as a full daemon says
+        assert _open_refused(c.address) == E.BUSY  # w0 is full (2 sessions) and w1 cannot draw
 
         good.stop()  # the only usable worker is gone: clients are told, and keep their sessions
         errors: list = []
@@ -233,8 +233,9 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
 # --- the real daemon with a private Ray instance --------------------------------------------
 
 # tests/run.sh installs Ray (the cluster extra) and requires these tests to run.
-ray_missing = pytest.mark.skipif(importlib.util.find_spec("ray") is None and os.environ.get("SMD_REQUIRE_RAY") != "1",
-                                 reason="Ray is not installed (pip install -e '.[cluster]')")
+ray_missing = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None and os.environ.get("SMD_REQUIRE_RAY") != "1",
+    reason="Ray is not installed (pip install -e '.[cluster]')")
 
 
 def _processes() -> dict[int, tuple[int, str, bytes]]:

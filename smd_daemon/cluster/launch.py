@@ -75,14 +75,14 @@ def start(server: ClusterServer, opts: dict) -> None:
     worker_opts["threads"] = opts.get("threads")
     if gpus:
         worker_opts["device"] = "cuda"
-    address = server.open_worker_socket(cluster.worker_host())
+    address = server.open_worker_socket(cluster.worker_endpoint())
     max_memory = int(opts["max_memory"] * GIB) if opts.get("max_memory") else None
     log.info("starting %d engine worker(s), each with %s; they connect to %s", n,
              ", ".join(f"{v} {k[4:].upper()}" for k, v in each.items()), address)
     for i in range(n):
         wid = f"w{i}"
         server.dispatcher.add_worker(wid)
-        cluster.start(wid, each, address, server.keys.for_worker(), worker_opts, server.limits.max_session_bytes,
+        cluster.start(wid, each, address, server.worker_keys(), worker_opts, server.limits.max_session_bytes,
                       max_memory, (opts.get("log_level") or logging.getLevelName(logging.getLogger().level)).lower())
     _wait(server)
     ready = [w for w in server.dispatcher.workers.values() if w.state == "ready"]

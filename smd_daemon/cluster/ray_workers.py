@@ -100,7 +100,7 @@ class RayCluster:
         if self.kind == "local":
             # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
             parent = tempfile.gettempdir()
-            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=parent if len(parent) <= 24 else "/tmp")
+            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=parent if len(parent) <= 24 else "/tmp")  # 0700
             args = dict(address="local", num_cpus=num_cpus, num_gpus=None if gpus else 0, include_dashboard=False,
                         object_store_memory=OBJECT_STORE_BYTES, _temp_dir=self.temp_dir)
             where = "a private Ray instance"
@@ -132,14 +132,14 @@ class RayCluster:
     def resources(self) -> dict:
         return dict(self.ray.cluster_resources())
 
-    def worker_host(self) -> str:
-        """The address this machine's workers' channel listens on: loopback for a
-        private instance, else this node's address on the cluster's network."""
+    def worker_endpoint(self) -> str:
+        """Where the front end listens for its workers: a socket file in the private
+        temp dir for a private instance, else this node's address on the cluster's network."""
         if self.kind == "local":
-            return "127.0.0.1"
+            return f"ipc://{self.temp_dir}/workers"
         if self.kind == "client":
-            return _route_ip(self.host, self.port)
-        return self.ray.util.get_node_ip_address()
+            return f"tcp://{_route_ip(self.host, self.port)}"
+        return f"tcp://{self.ray.util.get_node_ip_address()}"
 
     # --- workers -------------------------------------------------------------------------------
 

@@ -5,9 +5,11 @@ exchange (``server/messages.py``: commands to the engine loop, frames and
 events back), plus the few below that only a cluster needs. Each message is
 pickled, its numpy arrays sent beside it as zero-copy ZeroMQ frames.
 
-Pickle is read only from an authenticated peer: the front end's ROUTER is a
-CURVE server that admits the one worker key made for this run, and the keys
-reach the workers through Ray (actor arguments), never over this channel.
+Pickle is read only from this run's workers. Across machines the front
+end's ROUTER is a CURVE server that admits the one worker key made for the
+run (the keys reach the workers through Ray, as actor arguments, never over
+this channel); with a private Ray instance the workers are on this machine
+and connect to a socket file in a folder only the daemon's user can enter.
 """
 
 from __future__ import annotations

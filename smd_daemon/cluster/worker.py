@@ -143,7 +143,7 @@ class _TimedWork:
 
 
 class EngineWorker:
-    def __init__(self, worker_id: str, front_address: str, keys: wire.Keys, max_session_bytes: int,
+    def __init__(self, worker_id: str, front_address: str, keys: wire.Keys | None, max_session_bytes: int,
                  max_memory_bytes: int | None = None, node: str = "", device: str = ""):
         self.id, self.front_address, self.keys = worker_id, front_address, keys
         self.node, self.device = node, device
@@ -218,9 +218,10 @@ class EngineWorker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, f"{self.id}/{self.incarnation}".encode())
         sock.setsockopt(zmq.SNDHWM, 10000)
-        sock.curve_serverkey = self.keys.server_public
-        sock.curve_publickey = self.keys.worker_public
-        sock.curve_secretkey = self.keys.worker_secret
+        if self.keys is not None:  # None: an ipc channel on this machine
+            sock.curve_serverkey = self.keys.server_public
+            sock.curve_publickey = self.keys.worker_public
+            sock.curve_secretkey = self.keys.worker_secret
         sock.connect(self.front_address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
