@@ -61,6 +61,9 @@ class StillEngine:
     def session_bytes(self, scene):
         return 0
 
+    def check(self, scene):
+        return scene.validate()
+
     def open_stream(self, scene, revision=0, plan=None):
         return _StillStream(self, revision)
 

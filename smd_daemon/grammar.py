@@ -190,7 +190,7 @@ def build_scene(
                 regions.append(Region(
                     prompt=p.prompt,
                     negative_prompt=p.negative_prompt or negative_prompt,
-                    mask=layer.alpha.astype(np.float32) / 255.0,
+                    mask=layer.alpha,  # uint8 as it came: no float copy at canvas size
                     mask_strength=p.mask_strength,
                     mask_std=p.mask_std,
                     prompt_strength=p.prompt_strength,

@@ -172,6 +172,7 @@ SETTINGS = {
     "steps": F("int", lo=1, hi=1000),
     "guidance_scale": F("num", lo=0, hi=100),
     "mask_mode": F("str", choices=("continuous", "discrete")),
+    "region_mode": F("str", choices=("latent", "attention")),  # see docs/protocol.md
     "negative_prompt": F("str", max_len=4096),
     "background": F("obj", fields=BACKGROUND),
 }

@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background-strength", type=float,
                         help="how strongly the uncovered area follows the non-region layers' image, 0..1 "
                              "(overrides the scene's)")
+    parser.add_argument("--region-mode", metavar="latent|attention",
+                        help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
+                             "tightly; the default) or 'attention' (one sample for all regions, much faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_scene(args.scene, Overrides(
         width=args.width, height=args.height, seed=args.seed, steps=args.steps,
         bootstrap_steps=args.bootstrap_steps, background_prompt=args.background_prompt,
-        negative_prompt=args.negative_prompt, background_strength=args.background_strength))
+        negative_prompt=args.negative_prompt, background_strength=args.background_strength,
+        region_mode=args.region_mode))
     scene = loaded.scene
 
     from smd_daemon.engine.core import Engine
@@ -56,12 +60,15 @@ def run(args: argparse.Namespace) -> int:
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
     d = components.describe()
-    log.info("rendering %dx%d, %d region(s), %d steps, seed %d with %s on %s %s", scene.width, scene.height,
-             len(scene.regions), scene.steps, scene.seed, d["name"], d["device"], d["dtype"])
+    log.info("rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s", scene.width,
+             scene.height, len(scene.regions), scene.region_mode, scene.steps, scene.seed, d["name"], d["device"],
+             d["dtype"])
+    engine = Engine(components)
+    engine.check(scene)  # what this model cannot do (region mode, steps): one line, exit 2
     bar = _ProgressBar(disable=True if args.no_progress else None)
     start = time.perf_counter()
     try:
-        image = Engine(components).generate(scene, progress=bar.update)
+        image = engine.generate(scene, progress=bar.update)
     finally:
         bar.close()
     _write_image(image, args.output, out_format)

@@ -59,6 +59,7 @@ class Overrides:
     background_prompt: str | None = None
     negative_prompt: str | None = None
     background_strength: float | None = None
+    region_mode: str | None = None
 
 
 def load_scene(path: str, overrides: Overrides | None = None) -> LoadedScene:
@@ -103,7 +104,7 @@ def _round8(v: float) -> int:
 def _check_cheap(width: int, height: int, o: Overrides, **file_values) -> dict:
     """Validate size, seed and steps on an empty scene before decoding any pixels."""
     opts = {k: v for k, v in file_values.items() if v is not None}
-    for key in ("seed", "steps", "bootstrap_steps"):
+    for key in ("seed", "steps", "bootstrap_steps", "region_mode"):
         if getattr(o, key) is not None:
             opts[key] = getattr(o, key)
     Scene(width=width, height=height, **opts).validate()
@@ -306,7 +307,8 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
                         steps=where.get(doc, "steps", int, None),
                         bootstrap_steps=where.get(doc, "bootstrap_steps", int, None),
                         mask_mode=where.get(doc, "mask_mode", str, None),
-                        guidance_scale=where.get(doc, "guidance_scale", float, None))
+                        guidance_scale=where.get(doc, "guidance_scale", float, None),
+                        region_mode=where.get(doc, "region_mode", str, None))
     negative = o.negative_prompt if o.negative_prompt is not None else where.get(doc, "negative_prompt", str, "")
 
     bg_doc = where.get(doc, "background", dict, {})

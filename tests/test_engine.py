@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine_util import count_unet_forwards
 from smd_daemon.engine.core import Cancelled, Engine
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
 
@@ -19,19 +20,6 @@ def _two_regions(prompt_a="a red fox", prompt_b="snowy pine forest", seed=1, **k
     b[S // 4: S - 8, S // 3: S - 4] = 1
     return Scene(S, S, [Region(prompt_a, a), Region(prompt_b, b)], background=Background("a blue sky"),
                  seed=seed, steps=4, **kw)
-
-
-def _count_unet_forwards(engine):
-    calls = []
-    unet = engine.c.unet
-    orig = unet.forward
-
-    def counting(sample, *a, **kw):
-        calls.append(sample.shape[0])
-        return orig(sample, *a, **kw)
-
-    unet.forward = counting
-    return calls, lambda: setattr(unet, "forward", orig)
 
 
 def _diff(a, b):
@@ -68,7 +56,7 @@ def test_identical_prompts_in_every_region_reproduce_the_single_prompt_result(en
 
 
 def test_stream_makes_exactly_one_unet_call_per_frame(engine):
-    calls, restore = _count_unet_forwards(engine)
+    calls, restore = count_unet_forwards(engine)
     try:
         stream = engine.open_stream(_two_regions())
         for _ in range(6):
@@ -144,7 +132,7 @@ def test_background_image_at_full_strength_is_reproduced(engine):
 
 
 def test_large_canvas_uses_overlapping_windows(engine):
-    calls, restore = _count_unet_forwards(engine)
+    calls, restore = count_unet_forwards(engine)
     try:
         m = np.zeros((128, 1024), np.float32)
         m[:, 400:700] = 1
@@ -160,7 +148,7 @@ def test_large_canvas_uses_overlapping_windows(engine):
 
 
 def test_classifier_free_guidance_doubles_the_batch_only_above_one(engine):
-    calls, restore = _count_unet_forwards(engine)
+    calls, restore = count_unet_forwards(engine)
     try:
         scene = Scene(S, S, [Region("a red fox", _full(), negative_prompt="blurry")], steps=2, bootstrap_steps=0)
         engine.generate(scene)
@@ -240,7 +228,7 @@ def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engi
     a_scene, b_scene = _two_regions(seed=1), _two_regions(prompt_a="a hot air balloon", seed=2)
     together = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
     alone = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
-    calls, restore = _count_unet_forwards(engine)
+    calls, restore = count_unet_forwards(engine)
     try:
         for _ in range(6):
             n = len(calls)
@@ -271,7 +259,7 @@ def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
 def test_big_batches_are_split_into_passes_with_the_same_result(tiny_components):
     whole = Engine(tiny_components, max_batch=None)
     split = Engine(tiny_components, max_batch=2)
-    calls, restore = _count_unet_forwards(split)
+    calls, restore = count_unet_forwards(split)
     try:
         got = split.generate(_two_regions())
     finally:

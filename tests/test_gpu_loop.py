@@ -63,6 +63,9 @@ class FakeEngine:
     def session_bytes(self, scene):
         return 0
 
+    def check(self, scene):
+        return scene.validate()
+
     def open_stream(self, scene, revision=0, plan=None):
         return FakeStream(scene, revision)
 

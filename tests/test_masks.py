@@ -54,9 +54,20 @@ def test_upper_region_takes_precedence_where_masks_overlap():
     lower = torch.ones(1, 32, 32)
     upper = torch.zeros(1, 32, 32)
     upper[0, :, 16:] = 1
-    out = M.apply_cover(torch.cat([lower, upper]), 0.3)
-    assert torch.all(out[0, :, 16:] == 0.3) and torch.all(out[0, :, :16] == 1)
-    assert torch.equal(out[1], upper[0])
+    # Discrete levels 0.2 and 0.5: the covered part of the lower mask weighs 0.3.
+    q = M.quantize_masks(torch.cat([lower, upper]), [1.0, 1.0], [0.0, 0.0], torch.tensor([0.5, 0.2]), (32, 32),
+                         "discrete", cover_alpha=0.3)
+    assert torch.all(q[0, 0, :, 16:] == 0) and torch.all(q[1, 0, :, 16:] == 1)
+    assert torch.all(q[:, 0, :, :16] == 1) and torch.equal(q[:, 1], upper.expand(2, -1, -1))
+
+
+def test_uint8_masks_quantize_like_their_float_values():
+    rng = torch.Generator().manual_seed(0)
+    alpha = torch.randint(0, 256, (2, 64, 48), generator=rng, dtype=torch.uint8)
+    args = ([0.9, 1.0], [3.0, 0.0], _sigmas(), (8, 6))
+    for mode in ("continuous", "discrete"):
+        as_float = M.quantize_masks(alpha.float() / 255, *args, mode, cover_alpha=0.3)
+        assert torch.equal(M.quantize_masks([a.numpy() for a in alpha], *args, mode, cover_alpha=0.3), as_float)
 
 
 def test_blur_keeps_mass_and_softens_edges():

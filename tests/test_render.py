@@ -21,10 +21,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from smd_daemon.engine.masks import as_float_mask
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
 from smd_daemon.scenefile import Overrides, load_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fmask(region) -> np.ndarray:
+    """A region's mask in [0, 1], whatever its dtype (layer alpha stays uint8)."""
+    return as_float_mask(region.mask).numpy()
 
 
 # ---------------------------------------------------------------- building scenes
@@ -148,8 +154,8 @@ def test_ora_layer_order_grammar_and_ignored_layers(tmp_path):
     fox, bird = scene.regions
     assert fox.negative_prompt == "ugly" and bird.negative_prompt == "blurry"
     assert bird.mask_std == 2 and bird.mask_strength == 0.9
-    assert fox.mask[32:, 32:].min() == 1.0 and fox.mask.sum() == 32 * 32
-    assert bird.mask.sum() == 16 * 16
+    assert _fmask(fox)[32:, 32:].min() == 1.0 and _fmask(fox).sum() == 32 * 32
+    assert _fmask(bird).sum() == 16 * 16
     assert scene.background.prompt == "snowy forest" and scene.background.strength == 0.5
     roles = {p.name: p.role for p in loaded.layers}
     assert roles == {"bg: snowy forest | strength: 0.5": "background", "a red fox": "region",
@@ -169,7 +175,7 @@ def test_ora_offsets_crop_layers_sticking_out(tmp_path):
         Layer("inside", small, x=50, y=40),
     ])
     scene = load_scene(path).scene
-    masks = {r.prompt: r.mask for r in scene.regions}
+    masks = {r.prompt: _fmask(r) for r in scene.regions}
     expect = np.zeros((H, W), np.float32)
     expect[0:10, 0:30] = 1
     np.testing.assert_array_equal(masks["top left out"], expect)
@@ -185,7 +191,7 @@ def test_ora_masks_are_alpha_only(tmp_path):
     W = H = 64
     pixels = rgba(W, H, color=(0, 0, 0), alpha=128)  # black paint at half alpha, layer opacity 0.2
     scene = load_scene(make_ora(tmp_path / "s.ora", W, H, [Layer("fog", pixels, opacity=0.2)])).scene
-    np.testing.assert_allclose(scene.regions[0].mask, 128 / 255)
+    np.testing.assert_allclose(_fmask(scene.regions[0]), 128 / 255)
 
 
 def test_ora_groups_flatten_hide_and_offset(tmp_path):
@@ -201,7 +207,7 @@ def test_ora_groups_flatten_hide_and_offset(tmp_path):
     ])
     loaded = load_scene(path)
     assert [r.prompt for r in loaded.scene.regions] == ["a hill", "a comet", "a star", "a moon"]
-    masks = {r.prompt: r.mask for r in loaded.scene.regions}
+    masks = {r.prompt: _fmask(r) for r in loaded.scene.regions}
     assert masks["a star"][22:30, 22:30].all() and masks["a star"].sum() == 64
     assert masks["a comet"][20:28, 30:38].all() and masks["a comet"].sum() == 64
     hidden = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
@@ -250,7 +256,7 @@ def test_output_size_follows_document_and_flags(tmp_path):
     assert (scene.width, scene.height) == (200, 104)  # nearest multiples of 8
     scene = load_scene(path, Overrides(width=128)).scene
     assert (scene.width, scene.height) == (128, 64)
-    mask = scene.regions[0].mask
+    mask = _fmask(scene.regions[0])
     assert mask.shape == (64, 128) and mask[:, 70:].min() == 1 and mask[:, :58].max() == 0
     scene = load_scene(path, Overrides(width=96, height=96, seed=7, steps=2, bootstrap_steps=0)).scene
     assert (scene.width, scene.height, scene.seed, scene.steps, scene.bootstrap_steps) == (96, 96, 7, 2, 0)
@@ -283,8 +289,8 @@ def test_json_scene(tmp_path):
     assert (bird.prompt, bird.negative_prompt, bird.mask_std, bird.mask_strength) == ("a bird", "cage", 3, 0.9)
     assert (fox.mask_std, fox.mask_strength, fox.negative_prompt) == (0, 0.8, "blurry")
     assert (tree.negative_prompt, tree.prompt_strength) == ("snow", 1.0)
-    assert fox.mask[:, :48].min() == 1 and fox.mask[:, 48:].max() == 0
-    assert tree.mask[:, 48:].min() == 1 and tree.mask[:, :48].max() == 0
+    assert _fmask(fox)[:, :48].min() == 1 and _fmask(fox)[:, 48:].max() == 0
+    assert _fmask(tree)[:, 48:].min() == 1 and _fmask(tree)[:, :48].max() == 0
     assert (scene.seed, scene.steps, scene.background.prompt, scene.background.strength) == (3, 3, "a meadow", 0.4)
     np.testing.assert_array_equal(scene.background.image[0, 0], [10, 20, 30])
     scene = load_scene(path, Overrides(seed=9, width=192)).scene
@@ -302,7 +308,7 @@ def test_json_mask_kinds(tmp_path):
     pal.save(tmp_path / "pal.png", transparency=0)
     path = make_json(tmp_path, {"width": W, "height": H, "regions": [
         {"prompt": "a", "mask": "grey16.png"}, {"prompt": "b", "mask": "pal.png"}]}, {})
-    grey16, pal = (r.mask for r in load_scene(path).scene.regions)
+    grey16, pal = (_fmask(r) for r in load_scene(path).scene.regions)
     np.testing.assert_allclose(grey16[0], np.linspace(0, 1, W), atol=1 / 255)
     assert pal[:, :32].max() == 0 and pal[:, 32:].min() == 1
 
@@ -574,7 +580,7 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     loaded = load_scene(str(tmp_path / "k.ora"), Overrides(background_strength=0.5))
     scene = loaded.scene
     assert [r.prompt for r in scene.regions] == ["a red fox", "a star", "a mist"]
-    fox, star, mist = (r.mask for r in scene.regions)
+    fox, star, mist = (_fmask(r) for r in scene.regions)
     expect = np.zeros((96, 128), np.float32)
     expect[0:10, 0:30] = 1
     np.testing.assert_array_equal(fox, expect)
@@ -588,3 +594,32 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
     assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
     np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
+
+
+# ---------------------------------------------------------------- region modes
+
+
+def test_region_mode_from_json_and_the_command_line(tmp_path):
+    doc = {"width": 64, "height": 64, "region_mode": "attention", "regions": [{"prompt": "a fox", "mask": "m.png"}]}
+    path = make_json(tmp_path, doc, {"m.png": np.full((64, 64), 255, np.uint8)})
+    assert load_scene(path).scene.region_mode == "attention"
+    assert load_scene(path, Overrides(region_mode="latent")).scene.region_mode == "latent"
+    ora = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    assert load_scene(ora).scene.region_mode == "latent"
+    assert load_scene(ora, Overrides(region_mode="attention")).scene.region_mode == "attention"
+    for bad in ({**doc, "region_mode": "fancy"}, {**doc, "region_mode": 1}):
+        with pytest.raises(SceneError, match="region mode must be 'latent' or 'attention'|'region_mode' must be text"):
+            load_scene(make_json(tmp_path, bad, {"m.png": np.full((64, 64), 255, np.uint8)}))
+
+
+def test_cli_renders_in_attention_mode_and_refuses_unknown_modes_in_one_line(tmp_path):
+    scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    line = assert_one_line_error(render_here(scene, "-o", tmp_path / "o.png", "--model", "tiny",
+                                             "--region-mode", "fancy"))
+    assert "region mode must be 'latent' or 'attention'" in line
+    out = tmp_path / "out.png"
+    proc = run_render(scene, "-o", out, "--model", "tiny", "--region-mode", "attention", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "attention mode" in proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (64, 64) and np.asarray(im).std() > 0

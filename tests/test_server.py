@@ -441,3 +441,27 @@ def test_client_refuses_alpha_of_wrong_size(client):
 
     with pytest.raises(ClientError, match="alpha plane"):
         client.set_scene(S, S, [Layer("1", "fox", b"\xff" * 10)])
+
+
+def test_region_mode_is_a_scene_setting_and_unknown_modes_are_refused(daemon, client):
+    raw = Raw(daemon.address)
+    try:
+        assert raw.handshake(open_session=False).header["capabilities"]["region_modes"] == ["latent", "attention"]
+    finally:
+        raw.close()
+    fox_scene(client, region_mode="attention", steps=2)
+    assert isinstance(client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 10), SceneEvent)
+    client.start_live("raw")
+    assert next_frame(client).header["steps_in_flight"] == 2
+    rev = client.update_scene(region_mode="fancy")
+    err = client.wait_for(lambda e: isinstance(e, ErrorEvent), 10)
+    assert err.code == E.BAD_FIELD and "region_mode" in err.message
+    # The previous scene keeps streaming; a valid partial update switches the mode.
+    assert next_frame(client).revision == rev - 1
+    rev = client.update_scene(region_mode="latent", steps=1)
+    ev = client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 10)
+    assert isinstance(ev, SceneEvent) and ev.revision == rev
+    f = next_frame(client)
+    while f.revision != rev:
+        f = next_frame(client)
+    assert f.header["steps_in_flight"] == 1 and f.settled

@@ -40,7 +40,24 @@ EWMA = 0.3
 class FrontEngine:
     """What the front end's scene workers ask of an engine. Plans are made by the
     worker that draws the scene, and the engine's bytes are counted there, in the
-    worker's own memory budget; here only the planes and frames are kept."""
+    worker's own memory budget; here only the planes and frames are kept. What
+    the model can do (region modes, steps) is what the workers reported."""
+
+    def __init__(self):
+        self.region_modes, self.max_steps, self.kind = ("latent",), None, ""
+
+    def learn(self, can: dict) -> None:
+        if can:
+            self.region_modes = tuple(can.get("region_modes") or ("latent",))
+            self.max_steps, self.kind = can.get("max_steps"), can.get("kind", "")
+
+    def check(self, scene):
+        """The engine's own check, on the reported capabilities (the same sentences)."""
+        from smd_daemon.engine.core import Engine
+
+        if self.max_steps is None:
+            return scene.validate()
+        return Engine.check(self, scene)
 
     def plan(self, scene):
         return wire.PLAN_ON_WORKER
@@ -328,6 +345,7 @@ class Dispatcher:
         if h.state == "loading":
             log.info("worker %s loading the model on node %s (pid %d)", w.id, w.node, w.pid)
         elif h.state == "ready":
+            self.server.engine.learn(h.can)
             log.info("worker %s ready on node %s (pid %d, %s): model %s", w.id, w.node, w.pid, w.device,
                      w.model.get("name", "?"))
             self._place_waiting()
@@ -378,7 +396,6 @@ class ClusterServer(Server):
         super().__init__(FrontEngine(), {}, bind, limits, keys_dir)
         self.keys = wire.Keys.generate()
         self.per_worker = per_worker
-        self.capabilities["workers"] = True
         self._worker_ctx = zmq.Context()
         self._worker_auth = None
         self.dispatcher: Dispatcher | None = None

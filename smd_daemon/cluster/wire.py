@@ -49,6 +49,7 @@ class Hello:
     pid: int = 0
     model: dict = field(default_factory=dict)  # Components.describe()
     error: str = ""  # why the model did not load
+    can: dict = field(default_factory=dict)  # what the model can do: region_modes, max_steps, kind
 
 
 @dataclass
@@ -92,11 +93,12 @@ def dumps(obj) -> list:
     return [head, *(b.raw() for b in buffers)]
 
 
-def loads(frames: list):
-    """The object ``dumps`` sent (frames from ``recv_multipart(copy=False)``;
-    arrays stay views of the received frames, read-only)."""
+def loads(frames: list, writable: bool = False):
+    """The object ``dumps`` sent (frames from ``recv_multipart(copy=False)``).
+    Its arrays are read-only views of the received frames, or, with
+    ``writable``, copies (torch takes only writable arrays quietly)."""
     views = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
-    return pickle.loads(views[0], buffers=views[1:])
+    return pickle.loads(views[0], buffers=[bytearray(v) for v in views[1:]] if writable else views[1:])
 
 
 @dataclass(frozen=True)

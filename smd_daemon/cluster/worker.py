@@ -196,8 +196,12 @@ class EngineWorker:
         self._encoders.shutdown()
 
     def _hello(self) -> None:
+        engine = self.engine._engine if self.engine is not None else None
+        can = {} if engine is None else {"region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
+                                         "max_steps": getattr(engine, "max_steps", None),
+                                         "kind": getattr(engine, "kind", "")}
         self._send(wire.Hello(self.id, self.incarnation, self.state, self.node, self.device, os.getpid(),
-                              self.model, self.error))
+                              self.model, self.error, can))
 
     # --- the socket's thread ---------------------------------------------------------
 
@@ -258,7 +262,7 @@ class EngineWorker:
             except zmq.Again:
                 return
             try:
-                self._command(wire.loads(frames))
+                self._command(wire.loads(frames, writable=True))
             except Exception:  # a bug must cost one command, not the link
                 log.exception("cannot handle a command from the front end")
 

@@ -25,26 +25,22 @@ def gaussian_blur(mask: torch.Tensor, std: float) -> torch.Tensor:
     return m[0, 0]
 
 
-def apply_cover(masks: torch.Tensor, cover_alpha: float) -> torch.Tensor:
-    """Upper regions take precedence: where any later mask is > 0, earlier masks
-    are multiplied by ``cover_alpha``. ``masks`` is (P, H, W), bottom to top."""
-    if masks.shape[0] < 2 or cover_alpha >= 1:
-        return masks
-    out = masks.clone()
-    covered = torch.zeros_like(masks[0], dtype=torch.bool)
-    for p in range(masks.shape[0] - 1, -1, -1):
-        out[p] = torch.where(covered, masks[p] * cover_alpha, masks[p])
-        covered |= masks[p] > 0
-    return out
-
-
 def noise_levels(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
     """sigma_t = sqrt(1 - alpha_bar_t) for each step, decreasing."""
     return torch.stack([(1 - alphas_cumprod[t]).sqrt() for t in timesteps]).float()
 
 
+def as_float_mask(mask) -> torch.Tensor:
+    """A (H, W) mask as float32 in [0, 1]: uint8 planes (0..255) are scaled,
+    float ones are taken as they are."""
+    m = torch.as_tensor(mask)
+    if m.dtype == torch.uint8:
+        return m.float() / 255
+    return m.float()
+
+
 def quantize_masks(
-    masks: torch.Tensor,
+    masks,
     strengths: list[float],
     stds: list[float],
     sigmas: torch.Tensor,
@@ -52,28 +48,45 @@ def quantize_masks(
     mode: str = "continuous",
     cover_alpha: float = 1.0,
 ) -> torch.Tensor:
-    """(P, H, W) masks in [0, 1] at image size -> (T, P, h, w) per-step latent masks.
+    """P masks (a (P, H, W) tensor or a list of (H, W) arrays; float in [0, 1]
+    or uint8) at image size -> (T, P, h, w) per-step latent masks.
 
     Each mask is covered by the regions above it, blurred, scaled by its
     strength, then compared with the noise level of every step: a region
     starts from its solid core at high noise and grows to its blurred edge
     as the noise falls. ``continuous`` ramps between two consecutive levels;
     ``discrete`` is a hard threshold ``m > sigma_t``.
+
+    One region at a time, top first, so at most one float copy at canvas size
+    exists at once; quantizing is pointwise, so it runs after the (nearest)
+    downsampling with the same result.
     """
-    P = masks.shape[0]
+    P = len(masks)
     T = sigmas.shape[0]
     h, w = latent_size
-    if P == 0:
-        return masks.new_zeros((T, 0, h, w))
-    masks = apply_cover(masks.float(), cover_alpha)
-    soft = torch.stack([gaussian_blur(masks[p], stds[p]) * strengths[p] for p in range(P)])
-    sig = sigmas.to(soft.device).view(T, 1, 1, 1)
+    out = torch.zeros((T, P, h, w))
+    covered = None  # where any region above is > 0
+    for p in range(P - 1, -1, -1):
+        m = as_float_mask(masks[p])
+        above = covered
+        covered = m > 0 if covered is None else covered | (m > 0)
+        if above is not None and cover_alpha < 1:
+            m = torch.where(above, m * cover_alpha, m)
+        soft = gaussian_blur(m, stds[p]) * strengths[p]
+        small = F.interpolate(soft[None, None], size=(h, w), mode="nearest")[0, 0]
+        out[:, p] = quantize_levels(small, sigmas, mode)
+    return out
+
+
+def quantize_levels(soft: torch.Tensor, sigmas: torch.Tensor, mode: str) -> torch.Tensor:
+    """(..., h, w) soft mask -> (T, ..., h, w), one mask per noise level."""
+    T = sigmas.shape[0]
+    shape = (T,) + (1,) * soft.dim()
+    sig = sigmas.to(soft.device).view(shape)
     if mode == "discrete":
-        per_step = (soft[None] > sig).float()
-    else:
-        nxt = torch.cat([sigmas[1:], sigmas.new_zeros(1)]).to(soft.device).view(T, 1, 1, 1)
-        per_step = ((soft[None] - nxt) / (sig - nxt).clamp_min(1e-6)).clamp(0, 1)
-    return F.interpolate(per_step, size=(h, w), mode="nearest")
+        return (soft[None] > sig).float()
+    nxt = torch.cat([sigmas[1:], sigmas.new_zeros(1)]).to(soft.device).view(shape)
+    return ((soft[None] - nxt) / (sig - nxt).clamp_min(1e-6)).clamp(0, 1)
 
 
 def center_offset(mask: torch.Tensor) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """What the engine is asked to draw: regions, a background, a seed, steps.
 
 Plain data: the server and the CLI build these; the engine only reads them.
-Masks are float arrays in [0, 1] at canvas size (H, W).
+Masks are at canvas size (H, W): uint8 (0..255, as layer alpha arrives) or
+float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ MAX_STEPS = 50
 MAX_PROMPT_CHARS = 1000
 # What a scene gets when nobody says otherwise (the daemon tells clients in its handshake).
 DEFAULT_STEPS = 4
+# How regions enter the model: one UNet sample per region and latent
+# pre-averaging (follows shapes tightly), or one sample for all regions with
+# per-region cross-attention (much faster with several regions).
+REGION_MODES = ("latent", "attention")
 
 
 class SceneError(ValueError):
@@ -28,7 +33,7 @@ class SceneError(ValueError):
 @dataclass
 class Region:
     prompt: str
-    mask: np.ndarray  # float32 (H, W) in [0, 1], canvas size
+    mask: np.ndarray  # (H, W) at canvas size: uint8 0..255 or float32 0..1
     negative_prompt: str = ""
     mask_strength: float = 1.0
     mask_std: float = 8.0  # Gaussian blur std in canvas pixels; 0 = none
@@ -56,6 +61,7 @@ class Scene:
     guidance_scale: float = 1.0
     mask_mode: str = "continuous"  # or "discrete"
     cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
+    region_mode: str = "latent"  # or "attention" (see REGION_MODES)
 
     def validate(self) -> "Scene":
         if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
@@ -70,6 +76,8 @@ class Scene:
             raise SceneError(f"bootstrap steps must be between 0 and steps ({self.steps}), got {self.bootstrap_steps}")
         if self.mask_mode not in ("continuous", "discrete"):
             raise SceneError(f"mask mode must be 'continuous' or 'discrete', got {self.mask_mode!r}")
+        if self.region_mode not in REGION_MODES:
+            raise SceneError(f"region mode must be 'latent' or 'attention', got {self.region_mode!r}")
         if not (np.isfinite(self.guidance_scale) and 0 <= self.guidance_scale <= 30):
             raise SceneError("guidance scale must be between 0 and 30")
         if not (np.isfinite(self.cover_alpha) and 0 <= self.cover_alpha <= 1):
@@ -91,6 +99,8 @@ class Scene:
             _check_prompt(r.negative_prompt, label)
             if r.mask.shape != (self.height, self.width):
                 raise SceneError(f"region {label!r}: mask is {r.mask.shape}, canvas is {(self.height, self.width)}")
+            if not (r.mask.dtype == np.uint8 or np.issubdtype(r.mask.dtype, np.floating)):
+                raise SceneError(f"region {label!r}: mask must be uint8 (0..255) or float (0..1), got {r.mask.dtype}")
             for what, v, hi in [("mask strength", r.mask_strength, 1), ("prompt strength", r.prompt_strength, 1),
                                 ("blur", r.mask_std, 256)]:
                 if not (np.isfinite(v) and 0 <= v <= hi):

@@ -174,9 +174,8 @@ def load_engine(opts: dict):
 def make_engine(components):
     """The engine the daemon runs on loaded components."""
     from smd_daemon.engine.core import Engine
-    from smd_daemon.server._passes_adapter import PassesAdapter
 
-    return PassesAdapter(Engine(components))
+    return Engine(components)
 
 
 def _time_left(stop_at: list, share: float) -> float:

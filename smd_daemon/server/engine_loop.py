@@ -79,7 +79,12 @@ class EngineLoop(threading.Thread):
         except Exception as e:  # engine failure: these sessions only
             self._work_failed(r, e)
             return
-        self.scheduler.charge(r, time.perf_counter() - t0, samples, getattr(r.work, "share", None))
+        seconds = time.perf_counter() - t0
+        self.scheduler.charge(r, seconds, samples)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pass: %s for %s, %s samples (asked %s) in %.0f ms; engine time %s", r.kind,
+                      ",".join(s.id[:8] for s in r.members), samples, size, seconds * 1000,
+                      ",".join(f"{s.vtime:.2f}" for s in r.members))
         if r.kind == "generate":
             self._generate_progress(r)
         elif r.work.done:
@@ -100,6 +105,7 @@ class EngineLoop(threading.Thread):
             return False
         for s in r.members:
             s.work = r
+        r.began = time.monotonic()
         self.running.append(r)
         return True
 
@@ -117,12 +123,11 @@ class EngineLoop(threading.Thread):
     def _frames(self, r: Running) -> None:
         frames = r.work.frames()
         self._finish(r)
-        now = time.monotonic()
         shares = getattr(r.work, "share", None) or [1 / len(r.members)] * len(r.members)
         for s, frame, share in zip(r.members, frames, shares):
             s.solo = False
             s.step_samples = max(1, round(share * r.work.samples_total)) if r.work.samples_total else s.step_samples
-            s.next_step_at = now + s.min_interval
+            s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
             s.flow.made(m.FrameReady(s.id, frame.image, int(frame.index), int(frame.revision), bool(frame.settled),
                                      int(getattr(s.stream, "steps_in_flight", 0) or 0), r.seconds * 1000,
                                      len(r.members)))

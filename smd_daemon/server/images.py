@@ -52,7 +52,7 @@ def encode_frame(image, encoding: str, quality: int) -> bytes:
 
 
 def decode_plane(data: memoryview, encoding: str, width: int, height: int, channels: int, what: str) -> np.ndarray:
-    """A binary part as a read-only uint8 (H, W) or (H, W, 3) array of exactly the output size."""
+    """A binary part as a uint8 (H, W) or (H, W, 3) array of exactly the output size (its own memory)."""
     expected = width * height * channels
     shape = (height, width) if channels == 1 else (height, width, channels)
     if encoding in ("raw", "zlib"):
@@ -66,12 +66,13 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
             if len(raw) != expected or not d.eof:
                 raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: zlib data does not inflate to {width}x{height}"
                                                          f"x{channels} = {expected} bytes")
+        elif len(data) != expected:
+            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}"
+                                                     f"x{channels} = {expected}")
         else:
-            if len(data) != expected:
-                raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}"
-                                                         f"x{channels} = {expected}")
-            raw = bytes(data)  # our own copy: the message buffer is not kept
-        return np.frombuffer(raw, np.uint8).reshape(shape)
+            raw = data
+        # A writable copy: the message buffer is not kept, and torch reads only writable arrays quietly.
+        return np.frombuffer(bytearray(raw), np.uint8).reshape(shape)
     try:
         im = Image.open(io.BytesIO(data))
         # Check the size from the file header before decoding any pixels.
@@ -85,6 +86,4 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: cannot decode {encoding} image ({e})") from None
-    out = np.asarray(im, dtype=np.uint8).reshape(shape)
-    out.flags.writeable = False
-    return out
+    return np.array(im, dtype=np.uint8).reshape(shape)

@@ -42,7 +42,7 @@ class Limits:
     max_message_bytes: int = 64 * MIB  # largest single message part (ZeroMQ MAXMSGSIZE)
     # Every byte the server and engine keep for one session (planes, plan,
     # masks, latents, frames), however many updates built it.
-    max_session_bytes: int = GIB
+    max_session_bytes: int = 2 * GIB
     max_memory_bytes: int = dataclasses.field(default_factory=default_max_memory)  # all sessions together
     max_fps: float = 30.0  # live frames per second per session
     max_jobs: int = 4  # generate jobs per session, queued or running
@@ -57,10 +57,14 @@ class Limits:
         return dataclasses.asdict(self)
 
 
+# Wire settings that go to the engine's Scene as they are.
+SCENE_SETTINGS = ("guidance_scale", "mask_mode", "region_mode")
+
+
 def scene_defaults() -> dict:
     """What a scene setting is when a client leaves it out (``welcome.defaults``),
     read from the engine's own dataclasses so it is written once."""
     scene = {f.name: f.default for f in dataclasses.fields(engine_scene.Scene)
-             if f.name in ("seed", "steps", "guidance_scale", "mask_mode")}
+             if f.name in SCENE_SETTINGS + ("seed", "steps")}
     background = {f.name: f.default for f in dataclasses.fields(engine_scene.Background)}
     return {**scene, "background_strength": background["strength"]}

@@ -60,10 +60,12 @@ class Server:
         self.engine_loop: EngineLoop | None = None
         self.workers: SceneWorkers | None = None
         self.defaults = scene_defaults()
-        self.capabilities = {
-            "frame_encodings": list(FRAME_ENCODINGS), "plane_encodings": list(protocol.PLANE_ENCODINGS),
-            "image_encodings": ["raw", "zlib"] + list(FRAME_ENCODINGS[1:]), "partial_updates": True,
-            "generate": True, "cancel": True, "curve": keys_dir is not None}
+
+    def capabilities(self) -> dict:
+        return {"frame_encodings": list(FRAME_ENCODINGS), "plane_encodings": list(protocol.PLANE_ENCODINGS),
+                "image_encodings": ["raw", "zlib"] + list(FRAME_ENCODINGS[1:]), "partial_updates": True,
+                "generate": True, "cancel": True, "curve": self.keys_dir is not None,
+                "region_modes": list(getattr(self.engine, "region_modes", ("latent",)))}
 
     # --- threads ------------------------------------------------------------
 
@@ -258,7 +260,7 @@ class Server:
                 log.info("client %s (%s) connected", peer.label, peer.name[:60])
             self.send(identity, "welcome", re=rid, protocol=protocol.PROTOCOL_VERSION,
                       daemon={"name": "smd-daemon", "version": __version__}, model=self.model_info,
-                      limits=self.limits.to_dict(), defaults=self.defaults, capabilities=self.capabilities,
+                      limits=self.limits.to_dict(), defaults=self.defaults, capabilities=self.capabilities(),
                       **self.welcome_extra())
             return
         if not peer.welcomed:

@@ -20,13 +20,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from smd_daemon.engine.scene import SceneError
+import numpy as np
+
+from smd_daemon.engine.scene import Region, Scene, SceneError
 from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.scenestate import KEEP, SceneChange, SceneState
 from smd_daemon.server import messages as m
 from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
-from smd_daemon.server.limits import Limits, scene_defaults
+from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
 
 log = logging.getLogger("smd_daemon.server")
@@ -149,14 +151,17 @@ class SceneWorkers:
             raise ProtocolError(E.BAD_FIELD, f"steps must be at most {lim.max_steps}")
         if len(change.layers) > lim.max_layers:
             raise ProtocolError(E.TOO_LARGE, f"{len(change.layers)} layers, at most {lim.max_layers} allowed")
-        # Reserve what the planes will take before decoding any (the engine's part is added once built).
+        # Reserve what the session will keep before decoding anything, counting
+        # every layer with a plane as a region (the engine's part from shapes alone).
         n_new, new_bg = change.new_planes()
         kept = {c.key for c in change.layers}
-        planes = 0 if change.full else sum(1 for k, layer in s.state.layers.items()
-                                           if k not in kept and layer.alpha is not None)
+        planes = n_new + (0 if change.full else sum(1 for k, layer in s.state.layers.items()
+                                                    if k not in kept and layer.alpha is not None))
         has_bg = new_bg or (change.background_image is KEEP and not change.full
                             and s.state.background_image is not None)
-        self.budget.reserve(s.id, (planes + n_new + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_))
+        shape = self._shape_scene(w, h_, min(planes, lim.max_regions), settings)
+        self.budget.reserve(s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_)
+                            + self.engine.session_bytes(shape))
         change = change.resolve(
             alpha=lambda ref, c: decode_plane(msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 1,
                                               f"layer {(c.name or c.key)[:60]!r} alpha"),
@@ -168,6 +173,13 @@ class SceneWorkers:
         if state.background_image is not None:
             pixels += state.background_image.nbytes
         return state, scene, parsed, pixels + self.engine.session_bytes(scene) + self._frame_bytes(w, h_)
+
+    def _shape_scene(self, w: int, h: int, regions: int, settings: dict) -> Scene:
+        """A scene with the sizes of the one an update will build, and no pixels."""
+        nothing = np.broadcast_to(np.uint8(0), (h, w))  # zero-stride: no memory
+        d = self._defaults
+        return Scene(w, h, [Region("", nothing)] * regions, steps=settings.get("steps", d["steps"]),
+                     **{k: settings.get(k, d[k]) for k in SCENE_SETTINGS})
 
     def _frame_bytes(self, w: int, h: int) -> int:
         return frame_bytes(self.limits.frame_window, w, h)
@@ -182,7 +194,7 @@ class SceneWorkers:
             negative_prompt=settings.get("negative_prompt", ""), background_image=state.background_image,
             background_strength=bg.get("strength", d["background_strength"]), seed=settings.get("seed", d["seed"]),
             steps=settings.get("steps", d["steps"]),
-            **{k: settings[k] for k in ("guidance_scale", "mask_mode") if k in settings})
+            **{k: settings[k] for k in SCENE_SETTINGS if k in settings})
         for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
             if len(text) > lim.max_prompt_chars:
                 raise ProtocolError(E.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
@@ -192,6 +204,10 @@ class SceneWorkers:
                                                     f"allowed")
         scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
         scene.validate()
+        try:  # a setting this model cannot do (region mode, steps): refused before any work
+            self.engine.check(scene)
+        except SceneError as e:
+            raise ProtocolError(E.BAD_FIELD, str(e)) from None
         return scene, parsed
 
     def _plan(self, scene):
@@ -220,7 +236,7 @@ class SceneWorkers:
                 scene = dataclasses.replace(scene, **changes)
                 scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
                 try:
-                    scene.validate()
+                    self.engine.check(scene)
                 except SceneError as e:
                     raise ProtocolError(E.BAD_FIELD, str(e)) from None
                 plan = None

@@ -1,10 +1,13 @@
 """Sharing engine time between sessions: which work runs the next pass, and how big.
 
 Fair in time, not in frames: each session has a virtual time, the engine
-seconds charged to it so far. The next pass goes to the work whose sessions
-are furthest behind; a pass of a work several sessions share is charged to
-each by its share of the samples. A session that (re)joins starts at the
-current virtual clock, so idling earns no credit to burst with later.
+seconds charged to it so far. The next pass is run on behalf of the session
+furthest behind, and charged to it alone, even when it is a step several
+sessions share: the others' frames come free with it. (Charging each by its
+share would let one session's endless demand for frames fill the engine
+with shared steps and starve another's generate job.) A session that
+(re)joins starts near the current virtual clock, so idling earns no credit
+to burst with later.
 
 Work is resumable (``Engine.begin_streams`` / ``begin_generate``): a big
 canvas's step runs as several passes, and when anyone else waits each pass
@@ -45,6 +48,7 @@ class EngineSession:
     sec_per_sample: float | None = None
     step_samples: int | None = None  # UNet samples of its last step
     solo: bool = False  # a shared work failed: step alone until one succeeds
+    last_kind: str = ""  # of the work that last ran a pass for it
     work: object = None  # the Running work it is part of
     closed: bool = False
 
@@ -64,6 +68,8 @@ class Running:
     work: object = None  # engine StepWork / GenerateWork, None until begun
     job: object = None  # messages.Job for a generate
     seconds: float = 0.0  # engine time spent on it so far
+    began: float = 0.0  # time.monotonic() of its first pass
+    payer: EngineSession | None = None  # on whose behalf the next pass runs
     progress: tuple = (0, 0)
 
     @property
@@ -101,26 +107,41 @@ class Scheduler:
         return out
 
     def pick(self, candidates: list[Running]) -> Running:
-        """The work furthest behind in engine time; work already begun wins ties."""
-        return min(candidates, key=lambda r: (r.vtime, r.work is None))
+        """The next work of the session furthest behind in engine time. A session
+        with both a live stream and a generate job takes them in turn, a pass
+        at a time, so a long job never freezes its own preview."""
+        behind = min((s for r in candidates for s in r.members), key=lambda s: s.vtime)
+        mine = [r for r in candidates if behind in r.members]
+        other_kind = [r for r in mine if r.kind != behind.last_kind]
+        r = min(other_kind or mine, key=lambda r: r.work is None)  # work already begun first
+        r.payer = behind
+        return r
 
     def pass_size(self, r: Running, others_waiting: bool) -> int | None:
-        """UNet samples for the next pass: None (as many as the engine likes) when
-        nobody waits or the cost is unknown yet."""
+        """UNet samples for the next pass of ``r`` (None: as many as the engine likes).
+
+        Only while others wait is a pass bounded, and only a long one: a step
+        that ends within ``batch_s`` runs whole (splitting it would only delay
+        its own frame). A work whose cost is not known yet starts with one
+        sample, which measures it."""
         if not others_waiting:
             return None
         costs = [s.sec_per_sample for s in r.members if s.sec_per_sample]
         if not costs:
+            return 1
+        per = max(costs)
+        if r.work.samples_left * per <= self.batch_s:
             return None
-        return max(1, int(self.pass_s / max(costs)))
+        return max(1, int(self.pass_s / per))
 
-    def charge(self, r: Running, seconds: float, samples: int, shares: list[float] | None) -> None:
+    def charge(self, r: Running, seconds: float, samples: int) -> None:
         """Book one pass: ``seconds`` of engine time that ran ``samples`` UNet samples."""
         r.seconds += seconds
-        shares = shares if shares and len(shares) == len(r.members) else [1 / len(r.members)] * len(r.members)
-        for s, share in zip(r.members, shares):
-            s.vtime += seconds * share
-            if samples:
+        payer = r.payer or r.members[0]
+        self.vclock = max(self.vclock, payer.vtime)
+        payer.vtime += seconds
+        for s in r.members:
+            s.last_kind = r.kind
+            if samples:  # shared samples cost alike
                 per = seconds / samples
                 s.sec_per_sample = per if s.sec_per_sample is None else (1 - EWMA) * s.sec_per_sample + EWMA * per
-        self.vclock = max(self.vclock, r.vtime)

@@ -1,0 +1,132 @@
+"""The autoencoder, bounded for large canvases.
+
+Images above the model's native size are encoded and decoded in
+overlapping tiles blended with ramp weights, one VAE call per tile, so no
+call grows with the canvas: decoding a 4096² frame is many short passes.
+The decoded frame reaches the host in one copy, which also carries a flag
+saying whether the latent was finite: that copy is a frame's only wait.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from smd_daemon.engine import masks as M
+
+OVERLAP = 16  # latent pixels shared by neighbouring tiles
+
+
+def tile_grid(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, th, tw) latent tiles of at most ``window`` per side covering (h, w)."""
+    th, tw = min(h, window), min(w, window)
+    return [(y, x, th, tw) for y in M.tile_origins(h, th, window - OVERLAP)
+            for x in M.tile_origins(w, tw, window - OVERLAP)]
+
+
+@torch.no_grad()
+def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (1, C, h, w) clean latent, scaled; tiled above
+    ``window`` latent pixels per side."""
+    h, w = image.shape[0] // scale, image.shape[1] // scale
+    tiles = tile_grid(h, w, window)
+    if len(tiles) == 1:
+        return _encode(vae, image, device, dtype)
+    acc = wsum = None
+    for y, x, a, b in tiles:
+        z = _encode(vae, image[y * scale:(y + a) * scale, x * scale:(x + b) * scale], device, dtype).float()
+        if acc is None:
+            acc = z.new_zeros((1, z.shape[1], h, w))
+            wsum = z.new_zeros((1, 1, h, w))
+        wt = M.ramp_weights(a, b).to(z.device)
+        acc[..., y:y + a, x:x + b] += wt * z
+        wsum[..., y:y + a, x:x + b] += wt
+    return (acc / wsum).to(dtype)
+
+
+def _encode(vae, image: np.ndarray, device, dtype) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    x = (x.permute(2, 0, 1)[None].to(dtype) / 127.5) - 1
+    enc = vae.encode(x)
+    z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
+    return z * vae.config.scaling_factor
+
+
+class Decoder:
+    """Decodes one clean latent (1, C, h, w) to uint8 (H, W, 3) in pieces:
+    each ``run()`` decodes one tile (the whole latent when it fits
+    ``window``); the last one starts the copy to the host. With a CUDA side
+    stream, the decoding and the copy (into pinned memory) run beside the
+    engine's next step; ``result()`` waits for the copy only."""
+
+    def __init__(self, vae, latent: torch.Tensor, window: int, side_stream=None):
+        self.vae = vae
+        self.side = side_stream
+        self.latent = latent
+        self.finite = torch.isfinite(latent).all()
+        self.tiles = tile_grid(latent.shape[-2], latent.shape[-1], window)
+        self.next = 0
+        self._acc = self._wsum = None
+        self._host = self._event = None
+        if self.side is not None:
+            self.side.wait_stream(torch.cuda.current_stream(latent.device))
+            latent.record_stream(self.side)
+            self.finite.record_stream(self.side)
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.tiles)
+
+    @torch.no_grad()
+    def run(self) -> None:
+        if self.side is None:
+            self._piece()
+        else:
+            with torch.cuda.stream(self.side):
+                self._piece()
+
+    def _piece(self) -> None:
+        y, x, a, b = self.tiles[self.next]
+        self.next += 1
+        z = self.latent[..., y:y + a, x:x + b] / self.vae.config.scaling_factor
+        img = self.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
+        if len(self.tiles) == 1:
+            self._to_host(img)
+            return
+        s = img.shape[-2] // a
+        if self._acc is None:
+            h, w = self.latent.shape[-2:]
+            self._acc = img.new_zeros((3, h * s, w * s))
+            self._wsum = img.new_zeros((1, h * s, w * s))
+        wt = M.ramp_weights(a * s, b * s).to(img.device)
+        self._acc[:, y * s:(y + a) * s, x * s:(x + b) * s] += wt * img
+        self._wsum[:, y * s:(y + a) * s, x * s:(x + b) * s] += wt
+        if self.done:
+            self._to_host(self._acc / self._wsum)
+
+    def _to_host(self, img: torch.Tensor) -> None:
+        img = (img / 2 + 0.5).clamp(0, 1)
+        u8 = (img.permute(1, 2, 0) * 255).round().to(torch.uint8)
+        self._shape = tuple(u8.shape)
+        flat = torch.cat([u8.reshape(-1), self.finite.to(torch.uint8).view(1)])
+        if self.side is not None:
+            self._host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(self.side)
+        else:
+            self._host = flat.cpu()  # on a GPU, the frame's one wait
+        self.latent = None
+
+    def ready(self) -> bool:
+        """The image can be had without waiting."""
+        return self.done and (self._event is None or self._event.query())
+
+    def result(self) -> tuple[np.ndarray, bool]:
+        """(uint8 image, whether the latent was finite)."""
+        if not self.done:
+            raise RuntimeError("the decoder has pieces left to run")
+        if self._event is not None:
+            self._event.synchronize()
+        arr = self._host.numpy()
+        return arr[:-1].reshape(self._shape), bool(arr[-1])
