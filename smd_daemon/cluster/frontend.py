@@ -32,7 +32,7 @@ from smd_daemon.cluster import wire
 
 log = logging.getLogger("smd_daemon.cluster")
 
-WORKER_TIMEOUT_S = 4.0  # a worker silent this long is lost (it reports every wire.HEARTBEAT_S)
+WORKER_TIMEOUT_S = 5.0  # a worker silent this long is lost (it reports every wire.HEARTBEAT_S)
 RECV_BATCH = 200
 EWMA = 0.3
 

@@ -93,15 +93,16 @@ def start(server: ClusterServer, opts: dict) -> None:
 def _connect(cluster: RayCluster, num_cpus: int, gpus: bool) -> None:
     """``ray.init`` replaces the SIGTERM handler: put the daemon's back, and
     treat a SIGTERM that Ray's handler caught as the daemon's own."""
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         cluster.connect(num_cpus, gpus)
     except SystemExit:
-        if callable(handler):
-            handler(signal.SIGTERM, None)
+        if callable(handlers[signal.SIGTERM]):
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
         raise
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _local_gpus() -> int:
