@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,17 +256,19 @@ def _processes() -> dict[int, tuple[int, str, bytes]]:
 
 
 def _family(root: int, tmp: str) -> set[tuple[int, str]]:
-    """(pid, start time) of ``root``'s descendants and of the processes naming
-    ``tmp`` (Ray's own, even once orphaned; actors rename themselves "ray::...")."""
+    """(pid, start time) of ``root``, of the processes naming ``tmp`` (Ray's own,
+    even once orphaned) and of all their descendants (actors rename themselves
+    "ray::...")."""
     procs = _processes()
-    found, todo = set(), [root]
+    todo = [pid for pid, (_, _, cmd) in procs.items() if tmp.encode() in cmd and pid != os.getpid()]
+    found = set(todo) | ({root} if root in procs else set())
+    todo.append(root)
     while todo:
         parent = todo.pop()
         for pid, (ppid, _, _) in procs.items():
             if ppid == parent and pid not in found:
                 found.add(pid)
                 todo.append(pid)
-    found |= {pid for pid, (_, _, cmd) in procs.items() if tmp.encode() in cmd and pid != os.getpid()}
     return {(pid, procs[pid][1]) for pid in found if pid in procs}
 
 
@@ -312,7 +315,7 @@ class ClusterDaemon(Daemon):
         raise AssertionError(f"worker {wid} never became ready:\n{self.text()}")
 
     def close(self) -> None:
-        family = self.family() | {(self.proc.pid, _processes().get(self.proc.pid, (0, ""))[1])}
+        family = self.family()
         super().close()
         _kill(family, self.tmp)
 
@@ -407,3 +410,105 @@ def test_ray_missing_is_one_line_saying_how_to_install_it(tmp_path):
     (tmp_path / "ray.py").write_text("raise ImportError('No module named ray')\n")
     line, _ = _serve_fails("--ray", "local", env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert "pip install -e '.[cluster]'" in line
+
+
+class Node:
+    """A second machine: a network namespace joined to this one by a veth pair
+    (docs: network tests), 10.231.N.1 here and 10.231.N.2 there."""
+
+    def __init__(self):
+        n = os.getpid() % 250 + 1
+        self.ns, self.here_if, self.there_if = f"smdc{n}", f"smdh{n}", f"smdn{n}"
+        self.here, self.there = f"10.231.{n}.1", f"10.231.{n}.2"
+
+    def up(self) -> None:
+        there = ["ip", "netns", "exec", self.ns, "ip"]
+        for cmd in (["ip", "netns", "add", self.ns],
+                    ["ip", "link", "add", self.here_if, "type", "veth", "peer", "name", self.there_if],
+                    ["ip", "link", "set", self.there_if, "netns", self.ns],
+                    ["ip", "addr", "add", f"{self.here}/30", "dev", self.here_if],
+                    ["ip", "link", "set", self.here_if, "up"],
+                    there + ["addr", "add", f"{self.there}/30", "dev", self.there_if],
+                    there + ["link", "set", self.there_if, "up"], there + ["link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+
+    def cut(self) -> None:
+        subprocess.run(["ip", "link", "set", self.here_if, "down"], check=True)
+
+    def mend(self) -> None:
+        subprocess.run(["ip", "link", "set", self.here_if, "up"], check=True)
+        subprocess.run(["ip", "addr", "replace", f"{self.here}/30", "dev", self.here_if], check=True)
+
+    def down(self) -> None:
+        subprocess.run(["ip", "link", "del", self.here_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+def _can_make_namespaces() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    name = f"smdprobe{os.getpid() % 10000}"
+    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return ok
+
+
+@ray_missing
+@pytest.mark.skipif(not _can_make_namespaces(), reason="needs root and network namespaces (ip netns)")
+def test_two_nodes_a_lost_node_moves_its_artists_to_the_other():
+    import re
+    import secrets
+
+    node, tmp = Node(), tempfile.mkdtemp(prefix="smdt-", dir="/tmp")
+    port = free_port()
+    env = {**daemon_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--num-cpus", "1", "--num-gpus", "0",
+           "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+    d, clients = None, []
+    try:
+        node.up()
+        subprocess.run(ray + ["--head", "--node-ip-address", node.here, "--port", str(port),
+                              "--include-dashboard=false", "--temp-dir", f"{tmp}/a"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(["ip", "netns", "exec", node.ns] + ray + [
+            "--address", f"{node.here}:{port}", "--node-ip-address", node.there, "--temp-dir", f"{tmp}/b"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        d = Daemon("--ray", f"{node.here}:{port}", "--workers", "2", "--max-fps", "10", env=env)
+        d.wait_serving(180)
+        far = re.search(rf"worker (w\d) ready on node {re.escape(node.there)} ", d.text()).group(1)
+        near = "w1" if far == "w0" else "w0"
+        for i in range(4):
+            cl = connect(d.address, name=f"artist{i}")
+            clients.append(cl)
+            cl.set_scene(S, S, [Layer("1", f"a red fox {i}", half_mask())], background_prompt="snow")
+            cl.start_live("jpeg")  # over the link, as a remote artist would
+        got = _frames(clients, 2, 90)
+        assert {f.header["worker"] for g in got for f in g} == {near, far}, d.text()
+
+        node.cut()  # the far node is lost
+        cut_at = time.monotonic()
+        errors: list = []
+        got = _frames(clients, 2, 30, worker=near, errors=errors)
+        assert all(len(g) >= 2 for g in got), f"not every client streams 30 s after the node was lost:\n{d.text()}"
+        assert time.monotonic() - cut_at < 30 and errors == [] and f"worker {far} lost" in d.text()
+
+        for cl in clients:
+            cl.close()
+        clients = []
+        node.mend()  # so that the daemon can stop its worker there too
+        family = _family(-1, tmp)
+        t0 = time.monotonic()
+        assert d.stop(timeout=30) == 0, d.text()
+        assert time.monotonic() - t0 < 15
+        time.sleep(0.5)
+        left = [pid for pid in _alive(family) if _processes()[pid][2].startswith(b"ray::WorkerActor")]
+        assert left == [], "the daemon left its workers running"
+        assert _alive(family), "the daemon stopped a cluster it did not start"
+    finally:
+        for cl in clients:
+            cl.close()
+        if d is not None:
+            d.close()
+        _kill(_family(-1, tmp), tmp)
+        node.down()

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 
 from smd_daemon.errors import UsageError
 
@@ -166,8 +167,26 @@ class RayCluster:
                 out[wid] = _error_line(e)
         return out
 
-    def stop(self) -> None:
-        """Stop the workers this daemon started, and the Ray instance if it is its own."""
+    def _wait_gone(self, wait_s: float) -> None:
+        """Ask each killed worker until Ray answers that it is dead."""
+        deadline = time.monotonic() + wait_s
+        alive = dict(self.actors)
+        while alive and time.monotonic() < deadline:
+            for wid, actor in list(alive.items()):
+                try:
+                    self.ray.get(actor.started.remote(), timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                except self.ray.exceptions.GetTimeoutError:
+                    continue
+                except Exception:  # RayActorError: it is gone
+                    del alive[wid]
+            if alive:
+                time.sleep(0.2)
+        if alive:
+            log.warning("Ray did not confirm that worker(s) %s stopped", ", ".join(alive))
+
+    def stop(self, wait_s: float = 8.0) -> None:
+        """Stop the workers this daemon started (waiting up to ``wait_s`` until Ray
+        says they are gone), and the Ray instance if it is its own."""
         ray = self.ray
         if self.connected:
             for wid, actor in self.actors.items():
@@ -175,6 +194,8 @@ class RayCluster:
                     ray.kill(actor, no_restart=True)
                 except Exception as e:  # already gone
                     log.debug("stopping worker %s: %s", wid, e)
+            if self.kind != "local":  # a private instance goes as a whole below
+                self._wait_gone(wait_s)
             self.actors.clear()
             try:
                 ray.shutdown()
