@@ -78,6 +78,25 @@ class Daemon:
             os.unlink(self.log.name)
 
 
+def run_cli(*args, timeout=60):
+    """``smd-daemon ARGS`` in a subprocess, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "smd_daemon", *args], env=daemon_env(), capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def keys_and_stranger(tmp_path):
+    """A keys folder made by ``smd-daemon keys`` for client alice, a key pair the
+    daemon does not know (mallory's secret file), and the server's public key."""
+    import zmq.auth
+
+    keys = tmp_path / "keys"
+    assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    _, mallory_secret = zmq.auth.create_certificates(str(stranger), "mallory")
+    return keys, mallory_secret, zmq.auth.load_certificate(str(keys / "server.key"))[0]
+
+
 def connect(address: str, timeout: float = 30, **kw) -> Client:
     c = Client(address, **kw)
     c.connect()
@@ -128,6 +147,14 @@ class Raw:
             self.send("open")
             self.expect("opened")
         return welcome
+
+    def live(self, name: str = "a slow snail") -> None:
+        """A one-layer scene and live mode, in raw messages (after ``handshake``)."""
+        self.send("update", [half_mask()], revision=1, full=True, width=S, height=S,
+                  layers=[{"key": "1", "name": name, "alpha": {"part": 0}}])
+        self.expect("scene")
+        self.send("live_start", encoding="raw")
+        self.expect("live")
 
     def close(self) -> None:
         # Free the session now rather than at the heartbeat timeout, so

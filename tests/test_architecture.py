@@ -73,3 +73,15 @@ def _imports_of(node) -> list[str]:
         return [a.name for a in node.names]
     return [node.module] if node.module and node.level == 0 else []
 
+
+
+def test_daemon_modules_and_classes_stay_readable():
+    """No module over 500 lines, no class over 300: past that, split by concern.
+    (The daemon room and the wire; the engine room has its own shape.)"""
+    for path in [*(ROOT / "smd_daemon").glob("*.py"), *(ROOT / "smd_daemon" / "server").glob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        assert text.count("\n") <= 500, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 300, f"{path.relative_to(ROOT)}: class {node.name} has {length} lines"

@@ -5,21 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
-import sys
 
 import pytest
 import zmq
 import zmq.auth
 
-from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask
+from daemon_util import Daemon, Raw, S, connect, free_port, half_mask, keys_and_stranger, run_cli
 from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
-
-
-def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "smd_daemon", *args], env=daemon_env(), capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_non_loopback_bind_without_keys_is_refused():
@@ -111,12 +104,7 @@ def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
 
 
 def test_curve_only_authorised_clients_are_served(tmp_path):
-    keys = tmp_path / "keys"
-    assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
-    stranger_dir = tmp_path / "stranger"
-    stranger_dir.mkdir()
-    _, stranger_secret = zmq.auth.create_certificates(str(stranger_dir), "mallory")
-    server_public, _ = zmq.auth.load_certificate(str(keys / "server.key"))
+    keys, stranger_secret, server_public = keys_and_stranger(tmp_path)
 
     # Non-loopback is allowed with keys; clients still reach it on loopback.
     port = free_port()

@@ -197,11 +197,7 @@ def test_stalled_client_gets_no_backlog_and_does_not_slow_others(daemon):
     fast = connect(daemon.address, name="fast")
     try:
         slow.handshake()
-        slow.send("update", [half_mask()], revision=1, full=True, width=S, height=S,
-                  layers=[{"key": "1", "name": "a slow snail", "alpha": {"part": 0}}])
-        slow.expect("scene")
-        slow.send("live_start", encoding="raw")
-        slow.expect("live")
+        slow.live()
         fox_scene(fast)
         fast.start_live("raw")
         # The stalled client never acknowledges: the fast one keeps streaming.

@@ -131,7 +131,7 @@ class LogThrottle:
     counted and told in the next line, and no more than ``burst`` lines per
     interval in all."""
 
-    def __init__(self, interval: float = 10.0, burst: int = 20, clock=time.monotonic):
+    def __init__(self, interval: float = 10.0, burst: int = 50, clock=time.monotonic):
         self.interval, self.burst, self.clock = interval, burst, clock
         self._lock = threading.Lock()  # the ZAP handler logs from its own thread
         self._last: dict[tuple, float] = {}

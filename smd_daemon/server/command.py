@@ -102,7 +102,7 @@ def check_bind(opts: dict) -> None:
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
 
-def run(args) -> int:
+def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     opts = resolve_options(args)
     if opts.get("log_level"):
         logging.getLogger().setLevel(opts["log_level"].upper())
@@ -161,7 +161,7 @@ def run(args) -> int:
         stopped = server.shutdown(engine_timeout=_time_left(stop_at, 2.5))
     _exit_in_time(stop_at, stopped)
     log.info("stopped")
-    return 0
+    _exit()
 
 
 def load_engine(opts: dict):
@@ -199,6 +199,13 @@ def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
     log.warning("stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy),
                 STOP_WITHIN_S)
     log.info("stopped")
+    _exit()
+
+
+def _exit() -> None:
+    """End the process, sockets closed and logs flushed. Not through the
+    interpreter's own teardown: freeing the model and torch's thread pools
+    there takes seconds (and has aborted when a thread was still running)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -21,7 +21,6 @@ from smd_daemon import __version__, protocol
 from smd_daemon.errors import UsageError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import curve
-from smd_daemon.server import messages as m
 from smd_daemon.server.admission import LogThrottle, PeerTable, label
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS

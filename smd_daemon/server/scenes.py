@@ -125,6 +125,8 @@ class SceneWorkers:
             self._restore(s, old_bytes)
             return m.UpdateDone(s.id, re, revision, error=(E.BAD_SCENE, str(e)))
         s.state, s.revision, s.scene, s.plan = state, revision, scene, plan
+        log.debug("session %s keeps %.0f MiB (all sessions: %.0f of %.0f MiB)", s.id[:8], nbytes / 2**20,
+                  self.budget.used / 2**20, self.budget.total / 2**20)
         return m.UpdateDone(s.id, re, revision, scene, plan, [p.to_dict() for p in parsed])
 
     def _restore(self, s: SceneSession, old_bytes: int) -> None:

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 PASS_S = 0.1  # a pass's target length while other work waits
+SOLO_PASS_S = 1.0  # ...and while none does: long enough to batch well, short enough to stop promptly
 BATCH_S = 0.25  # sessions whose step takes longer run in a work of their own
 CREDIT_S = 0.5  # engine time a session can save up while it waits (for an ack, its frame rate)
 EWMA = 0.3  # weight of the newest measurement of seconds per sample
@@ -78,8 +79,8 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, pass_s: float = PASS_S, batch_s: float = BATCH_S):
-        self.pass_s, self.batch_s = pass_s, batch_s
+    def __init__(self, pass_s: float = PASS_S, batch_s: float = BATCH_S, solo_pass_s: float = SOLO_PASS_S):
+        self.pass_s, self.batch_s, self.solo_pass_s = pass_s, batch_s, solo_pass_s
         self.vclock = 0.0
 
     def join(self, s: EngineSession) -> None:
@@ -117,21 +118,21 @@ class Scheduler:
         r.payer = behind
         return r
 
-    def pass_size(self, r: Running, others_waiting: bool) -> int | None:
-        """UNet samples for the next pass of ``r`` (None: as many as the engine likes).
-
-        Only while others wait is a pass bounded, and only a long one: a step
-        that ends within ``batch_s`` runs whole (splitting it would only delay
-        its own frame). A work whose cost is not known yet starts with one
-        sample, which measures it."""
-        if not others_waiting:
-            return None
+    def pass_size(self, r: Running, others_waiting: bool) -> int:
+        """UNet samples for the next pass of ``r``: about ``pass_s`` of engine
+        time while others wait, ``solo_pass_s`` while none does, so that a stop
+        request is always seen soon. A step that ends within ``batch_s`` runs
+        whole while others wait (splitting it would only delay its own frame).
+        A work whose cost is not known yet starts with one sample, which measures it."""
         costs = [s.sec_per_sample for s in r.members if s.sec_per_sample]
         if not costs:
             return 1
         per = max(costs)
-        if r.work.samples_left * per <= self.batch_s:
-            return None
+        left = r.work.samples_left
+        if not others_waiting:
+            return max(1, min(left, int(self.solo_pass_s / per)))
+        if left * per <= self.batch_s:
+            return max(1, left)
         return max(1, int(self.pass_s / per))
 
     def charge(self, r: Running, seconds: float, samples: int) -> None:
