@@ -2,11 +2,16 @@
 """Install the Krita plugin (and optionally the daemon) for the current user.
 
     python install.py                 copy the plugin into Krita's pykrita folder and enable it
+                                      (run it again to update the plugin in place)
     python install.py --dev           symlink instead of copying (edit the checkout, restart Krita)
-    python install.py --uninstall     remove exactly what an earlier install put there
+    python install.py --uninstall     remove exactly what earlier installs put there (the daemon's
+                                      venv stays: its size is printed)
+    python install.py --uninstall --purge
+                                      ... and the daemon's venv too, if install.py created it
     python install.py --dry-run       print every step without changing anything
     python install.py --daemon-venv DIR
-                                      also create a virtual environment with the daemon installed
+                                      also create (or update) a virtual environment with the daemon,
+                                      which the docker can start and stop (managed_daemon.json)
     python install.py --serve [-- SERVE-ARGS]
                                       the quick start: plugin, daemon venv (.venv in this checkout
                                       unless --daemon-venv), then run 'smd-daemon serve SERVE-ARGS'
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -40,7 +46,20 @@ PLUGIN_SRC = ROOT / "krita_plugin"
 # The wire modules, from smd_daemon/, byte for byte (the client library and what it imports).
 VENDORED = ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py")
 MANIFEST = NAME + ".install.json"  # beside the plugin in pykrita/: what we created, for --uninstall
+MANAGED = "managed_daemon.json"  # in the plugin package: the local daemon the docker may start and stop
+SETTINGS_GROUP = "smd_live"  # the plugin's settings in kritarc (written by the plugin through Krita)
+DOCKER_ID = "smd_live_docker"  # Krita may remember the docker's place in a "DockWidget <id>" group
+DATA_DIR = "smd_live"  # beside pykrita/ in Krita's data folder: the managed daemon's log
 FLATPAK_ID = "org.kde.krita"
+
+
+def _load_protocol():
+    """smd_daemon/protocol.py from this checkout, without importing the daemon package (stdlib only)."""
+    spec = importlib.util.spec_from_file_location("smd_protocol", ROOT / "smd_daemon" / "protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 class InstallError(Exception):
@@ -180,6 +199,84 @@ def restore_kritarc(text: str, change: dict, name: str = NAME) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def remove_plugin_groups(text: str) -> tuple[str, list[str]]:
+    """Drop the plugin's own settings group (``[smd_live]``) and Krita's memory of its docker
+    (``[DockWidget smd_live_docker]``, possibly nested as ``[krita][DockWidget ...]``).
+
+    Returns the new text and the headers removed; every other line stays as it was.
+    """
+    out, removed, skipping = [], [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            groups = stripped[1:-1].split("][")
+            skipping = groups == [SETTINGS_GROUP] or groups[-1] == f"DockWidget {DOCKER_ID}"
+            if skipping:
+                removed.append(stripped)
+        if not skipping:  # a removed group takes its keys and the blank lines after them
+            out.append(line)
+    if not removed:
+        return text, []
+    while out and not out[-1].strip():
+        out.pop()
+    return "\n".join(out) + ("\n" if out else ""), removed
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+PATH_FLAGS = ("--keys", "--config", "--model", "--lora", "--model-config", "--tiny-vae")
+
+
+def absolute_paths(serve_args: list[str], cwd: Path) -> list[str]:
+    """Serve arguments with local paths made absolute: the docker starts the daemon from elsewhere."""
+    out = list(serve_args)
+    for i, a in enumerate(out):
+        flag, eq, value = a.partition("=")
+        if eq and flag in PATH_FLAGS and (cwd / value).exists():
+            out[i] = f"{flag}={(cwd / value).absolute()}"
+        elif a in PATH_FLAGS and i + 1 < len(out) and (cwd / out[i + 1]).exists():
+            out[i + 1] = str((cwd / out[i + 1]).absolute())
+    return out
+
+
+def daemon_address(serve_args: list[str]) -> str:
+    """Where the plugin reaches a local daemon started with ``serve_args``: its --bind, with
+    'any interface' turned into loopback. A malformed --bind is an InstallError (one sentence)."""
+    protocol = _load_protocol()
+    bind = protocol.DEFAULT_ADDRESS
+    for i, a in enumerate(serve_args):
+        if a == "--bind" and i + 1 < len(serve_args):
+            bind = serve_args[i + 1]
+        elif a.startswith("--bind="):
+            bind = a.split("=", 1)[1]
+    try:
+        endpoint = protocol.normalize_address(bind)
+    except ValueError as e:
+        raise InstallError(f"--bind: {e}") from None
+    for anywhere, loopback in (("tcp://*:", "tcp://127.0.0.1:"), ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
+                               ("tcp://[::]:", "tcp://[::1]:")):
+        if endpoint.startswith(anywhere):
+            return loopback + endpoint[len(anywhere):]
+    return endpoint
+
+
 # ---------------------------------------------------------------- steps
 
 class Installer:
@@ -193,9 +290,15 @@ class Installer:
         self.krita_python = krita_python
         self.out = out
         self.created: list[str] = []
+        self.manifest: dict = {}  # what earlier installs recorded; kept across updates
 
     def say(self, msg: str) -> None:
         print(("[dry-run] " if self.dry else "") + msg, file=self.out)
+
+    @property
+    def package(self) -> Path:
+        """The plugin package Krita loads (in --dev mode a link into this checkout)."""
+        return (PLUGIN_SRC / NAME) if self.dev else (self.pykrita / NAME)
 
     def _place(self, src: Path, dst: Path) -> None:
         if self.dev:
@@ -206,33 +309,72 @@ class Installer:
             self.say(f"copy {src} -> {dst}")
             if not self.dry:
                 if src.is_dir():
-                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps"))
+                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps",
+                                                                            MANAGED))
                 else:
                     shutil.copy2(src, dst)
         self.created.append(str(dst))
 
+    def _read_manifest(self) -> dict | None:
+        path = self.pykrita / MANIFEST
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("created"), list):
+                raise ValueError("not an install record")
+        except (ValueError, OSError) as e:
+            raise InstallError(f"{path} cannot be read ({e}); remove the plugin by hand "
+                               f"({self.pykrita / NAME}, {self.pykrita / (NAME + '.desktop')}) and that file") from None
+        return data
+
     def install(self) -> None:
-        manifest = self.pykrita / MANIFEST
-        if manifest.exists() or (self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists():
-            raise InstallError(f"the plugin is already installed in {self.pykrita}; run with --uninstall first")
+        previous = self._read_manifest()
+        if previous is None and ((self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists()):
+            raise InstallError(f"{self.pykrita / NAME} was not installed by install.py (there is no {MANIFEST}): "
+                               f"remove it by hand, then run install.py again")
         for f in VENDORED:
             if not (ROOT / "smd_daemon" / f).is_file():
                 raise InstallError(f"smd_daemon/{f} is missing from this checkout")
         self.say(f"plugin folder: {self.pykrita}")
+        if previous is not None:
+            # Update in place: what the last install placed goes, what it recorded (the original
+            # kritarc, folders it created, the daemon venv) is kept for --uninstall.
+            self.say("the plugin is installed here already: updating it")
+            self.manifest = previous
+            self._remove_paths(previous["created"])
+        created_dirs = list(self.manifest.get("created_dirs", []))
         if not self.pykrita.is_dir():
+            missing = [d for d in [self.pykrita, *self.pykrita.parents] if not d.exists()]
+            created_dirs += [str(d) for d in missing if str(d) not in created_dirs]
             self.say(f"create {self.pykrita}")
             if not self.dry:
                 self.pykrita.mkdir(parents=True)
+        self.manifest["created_dirs"] = created_dirs
         self._place(PLUGIN_SRC / (NAME + ".desktop"), self.pykrita / (NAME + ".desktop"))
         self._place(PLUGIN_SRC / NAME, self.pykrita / NAME)
         # In --dev mode the package is a link into the checkout, so vendor/ lands
         # there (git-ignored) and holds links back to the daemon's sources.
-        pkg = (PLUGIN_SRC / NAME) if self.dev else (self.pykrita / NAME)
-        self._vendor(pkg / "vendor")
-        self._ensure_zmq(pkg / "deps")
+        self._vendor(self.package / "vendor")
+        self._ensure_zmq(self.package / "deps")
         change = self._enable()
-        self._write_manifest(change)
+        if "kritarc_change" not in self.manifest:
+            self.manifest["kritarc_change"] = change
+        self._write_manifest()
         self.say("done: restart Krita, then open Settings > Dockers > SMD Live")
+
+    def _remove_paths(self, paths: list[str]) -> None:
+        for p in reversed(paths):
+            path = Path(p)
+            if not (path.exists() or path.is_symlink()):
+                continue
+            self.say(f"remove {path}")
+            if self.dry:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def _vendor(self, vendor: Path) -> None:
         self.say(f"vendor {', '.join(VENDORED)} into {vendor}")
@@ -282,33 +424,47 @@ class Installer:
             self.kritarc.write_text(new, encoding="utf-8")
         return change
 
-    def _write_manifest(self, change: dict) -> None:
-        data = {"name": NAME, "dev": self.dev, "created": self.created, "kritarc": str(self.kritarc),
-                "kritarc_change": change}
+    def _write_manifest(self) -> None:
+        self.manifest.update(name=NAME, dev=self.dev, created=self.created, kritarc=str(self.kritarc))
         self.say(f"record what was installed in {self.pykrita / MANIFEST}")
         if not self.dry:
-            (self.pykrita / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            (self.pykrita / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n", encoding="utf-8")
 
-    def uninstall(self) -> None:
+    def set_up_managed_daemon(self, venv: Path, venv_created: bool, serve_args: list[str]) -> Path:
+        """Contract with the docker: managed_daemon.json says how to start the local daemon, where it
+        listens and where it logs. Returns the log file."""
+        address = daemon_address(serve_args)
+        data_dir = self.pykrita.parent / DATA_DIR
+        if not data_dir.exists() and str(data_dir) not in self.manifest.get("created_dirs", []):
+            self.manifest.setdefault("created_dirs", []).append(str(data_dir))
+        log = data_dir / "daemon.log"
+        command = [str(daemon_executable(venv)), "serve", *absolute_paths(serve_args, Path.cwd())]
+        managed = {"command": command, "address": address, "log": str(log), "venv": str(venv)}
+        path = self.package / MANAGED
+        self.say(f"write {path}: the docker can start and stop this daemon ({address})")
+        if not self.dry:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(managed, indent=2) + "\n", encoding="utf-8")
+        if self.dev:  # inside the checkout's package (git-ignored): removed with the plugin
+            self.created.append(str(path))
+        if self.manifest.get("venv") != str(venv):
+            self.manifest["venv"], self.manifest["venv_created"] = str(venv), venv_created
+        self._write_manifest()
+        return log
+
+    def uninstall(self, purge: bool = False) -> None:
         manifest = self.pykrita / MANIFEST
-        if not manifest.exists():
+        data = self._read_manifest()
+        if data is None:
             raise InstallError(f"nothing to uninstall: {manifest} not found")
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        for p in reversed(data["created"]):
-            path = Path(p)
-            self.say(f"remove {path}")
-            if self.dry or not (path.exists() or path.is_symlink()):
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        self._remove_paths(data["created"])
         kritarc = Path(data["kritarc"])
-        change = data["kritarc_change"]
+        change = data.get("kritarc_change", {})
         if kritarc.exists():
-            self.say(f"restore {kritarc}")
+            self.say(f"restore {kritarc} (enable_{NAME}; the plugin's [{SETTINGS_GROUP}] settings)")
             if not self.dry:
                 new = restore_kritarc(kritarc.read_text(encoding="utf-8"), change)
+                new, _ = remove_plugin_groups(new)
                 if change.get("file_created") and not new.strip():
                     kritarc.unlink()
                 else:
@@ -316,7 +472,34 @@ class Installer:
         self.say(f"remove {manifest}")
         if not self.dry:
             manifest.unlink()
-        self.say("done")
+        for d in sorted(data.get("created_dirs", []), key=len, reverse=True):  # deepest first
+            path = Path(d)
+            if path.name == DATA_DIR and path.is_dir():
+                self._remove_paths([d])  # the managed daemon's log: ours alone
+            elif path.is_dir() and not any(path.iterdir()):
+                self.say(f"remove {path} (created by install.py, now empty)")
+                if not self.dry:
+                    path.rmdir()
+        self._venv_after_uninstall(data, purge)
+        self.say("done (quit Krita before uninstalling, or it writes its settings back when it quits)")
+
+    def _venv_after_uninstall(self, data: dict, purge: bool) -> None:
+        venv = Path(data["venv"]) if data.get("venv") else None
+        if venv is None or not venv.exists():
+            if purge:
+                self.say("--purge: no daemon venv was set up by install.py")
+            return
+        size = human_size(dir_size(venv))
+        if purge and data.get("venv_created"):
+            self.say(f"remove the daemon's virtual environment {venv} ({size})")
+            if not self.dry:
+                shutil.rmtree(venv)
+        elif purge:
+            self.say(f"the daemon's virtual environment {venv} ({size}) existed before install.py used it: "
+                     f"left in place")
+        else:
+            self.say(f"the daemon's virtual environment {venv} ({size}) is still there: delete that folder to "
+                     f"remove it ('python3 install.py --uninstall --purge' removes it together with the plugin)")
 
 
 def zmq_importable(version: str, krita: Path | None = None) -> bool:
@@ -340,20 +523,27 @@ def daemon_executable(venv: Path) -> Path:
     return venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
 
 
-def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> None:
-    """Create a virtual environment with the daemon installed from this checkout."""
+def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> bool:
+    """Create a virtual environment with the daemon installed from this checkout, or update the
+    daemon in an existing one. Returns whether the venv was created now."""
     tag = "[dry-run] " if dry else ""
     if sys.version_info < (3, 11):
         raise InstallError(f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
                            f"run install.py with a newer python3")
     py = venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
-    steps = [[sys.executable, "-m", "venv", str(venv)],
-             [str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
+    create = not py.exists()
+    steps = [[str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
+    if create:
+        steps.insert(0, [sys.executable, "-m", "venv", str(venv)])
+    else:
+        print(f"{tag}daemon: {venv} exists: updating the daemon in it", file=out)
     for cmd in steps:
         print(f"{tag}run {' '.join(cmd)}", file=out)
         if not dry and subprocess.run(cmd).returncode != 0:
             raise InstallError(f"failed: {' '.join(cmd)}")
-    print(f"{tag}daemon: start it with  {daemon_executable(venv)} serve", file=out)
+    print(f"{tag}daemon: the command is {daemon_executable(venv)} (start it with '{daemon_executable(venv)} serve')",
+          file=out)
+    return create
 
 
 def run_daemon(cmd: list[str]) -> int:
@@ -378,6 +568,7 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
     p.add_argument("--daemon-venv", type=Path, metavar="DIR", help="also create a venv with the daemon in DIR")
     p.add_argument("--serve", action="store_true",
                    help="then start the daemon (arguments after '--' go to 'smd-daemon serve')")
+    p.add_argument("--purge", action="store_true", help="with --uninstall: also remove the daemon venv it created")
     argv = sys.argv[1:] if argv is None else list(argv)
     serve_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -389,6 +580,11 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
     try:
         if args.krita_python and not re.fullmatch(r"3\.\d+", args.krita_python):
             raise InstallError(f"--krita-python must look like 3.11, not {args.krita_python!r}")
+        if args.purge and not args.uninstall:
+            raise InstallError("--purge goes with --uninstall (it also removes the daemon's venv)")
+        if args.uninstall and (args.serve or args.daemon_venv):
+            raise InstallError("--uninstall cannot be combined with --serve or --daemon-venv")
+        address = daemon_address(serve_args) if args.daemon_venv else None  # a bad --bind fails before any work
         dirs = krita_dirs(system, env, home)
         krita = find_krita(system, env, home)
         if args.pykrita is None and krita is None and not args.uninstall:
@@ -401,17 +597,22 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
         inst = Installer(pykrita.absolute(), kritarc.absolute(), dev=args.dev, dry_run=args.dry_run,
                          krita_python=args.krita_python or krita_python_version(krita, system), krita=krita)
         if args.uninstall:
-            inst.uninstall()
-        else:
-            inst.install()
-            if args.daemon_venv:
-                setup_daemon_venv(args.daemon_venv.absolute(), args.dry_run)
-            if args.serve:
-                cmd = [str(daemon_executable(args.daemon_venv.absolute())), "serve", *serve_args]
-                print(f"{'[dry-run] ' if args.dry_run else ''}run {' '.join(cmd)}")
-                if not args.dry_run:
-                    sys.stdout.flush()
-                    return run_daemon(cmd)
+            inst.uninstall(purge=args.purge)
+            return 0
+        inst.install()
+        if args.daemon_venv:
+            venv = args.daemon_venv.absolute()
+            created = setup_daemon_venv(venv, args.dry_run)
+            log = inst.set_up_managed_daemon(venv, created, serve_args)
+            inst.say(f"in Krita, the SMD Live docker can start and stop this daemon (log: {log})")
+        if args.serve:
+            cmd = [str(daemon_executable(args.daemon_venv.absolute())), "serve", *serve_args]
+            inst.say(f"starting the daemon on {address}: stop it with Ctrl-C; start it again with the same "
+                     f"command or 'python3 install.py --serve'")
+            inst.say(f"run {' '.join(cmd)}")
+            if not args.dry_run:
+                sys.stdout.flush()
+                return run_daemon(cmd)
     except InstallError as e:
         print(f"install.py: error: {e}", file=sys.stderr)
         return 1

@@ -9,14 +9,18 @@ times it. Exit status 0 when all of that worked, 2 with one line otherwise.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import time
 
 from smd_daemon.errors import UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", nargs="?", default="tcp://127.0.0.1:7555", help="daemon address")
+    parser.add_argument("address", nargs="?", default="127.0.0.1:7555",
+                        help="daemon address: HOST, HOST:PORT, tcp://HOST:PORT, [IPv6]:PORT or ipc://PATH "
+                             "(default 127.0.0.1:7555; the port defaults to 7555)")
     parser.add_argument("--server-key", help="the daemon's public key file (server.key) for a remote daemon")
     parser.add_argument("--client-key", help="your secret key file (NAME.key_secret) for a remote daemon")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
@@ -27,12 +31,39 @@ def _fail(message: str):
     raise UsageError(message)
 
 
+def no_answer(address: str, timeout: float, keyed: bool = False) -> str:
+    """What to say when nothing answers: the question to ask first, then what to check."""
+    from smd_daemon import protocol
+
+    key = ", and is your key authorised there (smd-daemon keys DIR --client NAME)" if keyed else ""
+    if protocol.is_local_address(address) and not keyed:
+        return (f"no answer from {address} within {timeout:g} s: is the daemon running? "
+                f"Start it with '{serve_command()} serve'")
+    if protocol.is_local_address(address):
+        return f"no answer from {address} within {timeout:g} s: is the daemon running{key}?"
+    return (f"no answer from {address} within {timeout:g} s: is the daemon running there, is the address right "
+            f"and its port open to this machine{key}?")
+
+
+def serve_command() -> str:
+    """How to start the daemon from here: the smd-daemon beside this Python (a venv's bin/), if any."""
+    here = os.path.join(os.path.dirname(sys.executable), "smd-daemon" + (".exe" if os.name == "nt" else ""))
+    return here if os.path.isfile(here) else "smd-daemon"
+
+
 def run(args) -> int:
     import zmq
     import zmq.auth
 
     from smd_daemon.client import CONNECTED, Client, ErrorEvent, FrameEvent, Layer, StateCode, StateEvent
+    from smd_daemon.protocol import normalize_address
 
+    try:
+        args.address = normalize_address(args.address)
+    except ValueError as e:
+        _fail(str(e))
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        _fail(f"--timeout must be a number of seconds above 0, not {args.timeout:g}")
     if bool(args.server_key) != bool(args.client_key):
         _fail("give both --server-key and --client-key (or neither, for a daemon on this machine)")
     server_key = None
@@ -59,8 +90,7 @@ def run(args) -> int:
         if ev is not None and ev.code == StateCode.REFUSED:
             _fail(f"the daemon at {args.address} refused the connection: {ev.reason}")
         if ev is None:
-            _fail(f"no answer from {args.address} within {args.timeout:g} s: is the daemon running, and is the "
-                  f"address right? ({client.state_reason})")
+            _fail(no_answer(args.address, args.timeout, keyed=server_key is not None))
         model, limits = client.info.get("model", {}), client.limits
         daemon = client.info.get("daemon") or {}
         print(f"connected to {args.address} in {(time.monotonic() - t0) * 1000:.0f} ms "

@@ -24,12 +24,19 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Only the chosen command's module is imported: ``render`` never pays for
     the server's imports and vice versa."""
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if a in COMMANDS), None)
-    parser = argparse.ArgumentParser(prog="smd-daemon", description="StreamMultiDiffusion daemon for Krita")
+    parser = _Parser(prog="smd-daemon", description="StreamMultiDiffusion daemon for Krita")
     parser.add_argument("--version", action="version", version=f"smd-daemon {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

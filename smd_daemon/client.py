@@ -66,6 +66,7 @@ class Layer:
     name: str
     alpha: bytes | None = None  # height*width bytes, row-major
     visible: bool = True
+    group: bool = False  # a group layer (send no alpha): listed with reason_code "group", never read
 
 
 class ClientError(Exception):
@@ -79,11 +80,11 @@ class Client:
                  server_public_key: bytes | None = None, client_secret_file: str | None = None,
                  compress_planes: bool | None = None, heartbeat_interval: float = 1.0, timeout: float = 5.0,
                  retry_interval: float = 0.5, context: zmq.Context | None = None):
-        self.address = address
+        self.address = protocol.normalize_address(address)  # ValueError with one sentence if malformed
         self.name = name
         # Alpha planes are mostly 0 or 255: zlib shrinks them ~50x, which
         # matters on a network and costs more than it saves on loopback.
-        self.compress_planes = (not protocol.is_local_address(address)) if compress_planes is None \
+        self.compress_planes = (not protocol.is_local_address(self.address)) if compress_planes is None \
             else compress_planes
         keys = None
         if server_public_key is not None:
@@ -95,7 +96,7 @@ class Client:
             if not keys[1]:
                 raise ClientError(f"{client_secret_file} holds no secret key")
         self._events: list = []
-        self._conn = Connection(context or zmq.Context.instance(), address, name, self._events,
+        self._conn = Connection(context or zmq.Context.instance(), self.address, name, self._events,
                                 server_public_key=server_public_key, keys=keys,
                                 heartbeat_interval=heartbeat_interval, timeout=timeout,
                                 retry_interval=retry_interval)
@@ -156,7 +157,8 @@ class Client:
         change = scenestate.SceneChange(
             True, settings, {"prompt": background_prompt, "negative_prompt": negative_prompt,
                              "strength": background_strength}, image,
-            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha) for layer in layers))
+            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha, layer.group)
+                  for layer in layers))
         self._scene = self._apply(scenestate.SceneState(), change)
         self.revision += 1
         self._need_full = True

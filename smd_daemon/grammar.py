@@ -8,8 +8,12 @@ the same reading everywhere.
     a red fox | neg: blurry | blur: 4  region with options
     bg: snowy pine forest              background prompt (pixels join the
                                        background image)
-    # sketch, Paint Layer 3, Background, hidden layers
-                                       ignored
+    # sketch                           ignored (marker)
+    Paint Layer 3, Background, Ebene 2 ignored (automatic names of Krita,
+                                       GIMP, Photoshop, MyPaint; en/de/fr/es)
+    Copy of a red fox                  Krita's duplicate: read as "a red fox"
+    hidden, empty layers; groups       ignored (a group's layers are read
+                                       one by one, as the artist sees them)
 
 Options after ``|`` are ``key: value``:
     neg              negative prompt
@@ -19,10 +23,15 @@ Options after ``|`` are ``key: value``:
                      background prompt, 0..1
 For a ``bg:`` layer, ``strength`` is how strongly the image of the
 non-region layers is followed (0 = ignore it).
+
+Every ignored layer carries a ``reason_code`` from :data:`REASON_CODES` and
+every option problem a code from :data:`WARNING_CODES`; clients decide on
+codes, the sentences beside them are for people.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 
@@ -33,16 +42,87 @@ from smd_daemon.engine.scene import DEFAULT_STEPS, Background, Region, Scene
 DEFAULT_MASK_STD = 8.0
 DEFAULT_PROMPT_STRENGTH = 0.95
 
-_AUTO_NAME = re.compile(
-    r"^(paint layer|layer|group|group layer|vector layer|fill layer|file layer|clone layer|filter layer|"
-    r"transparency mask|selection mask|colorize mask|transform mask|filter mask|local selection|"
-    r"background|copy of .*)( \d+)?( \(merged\))?$",
-    re.IGNORECASE,
+# Why a layer is ignored: a closed set (docs/protocol.md, the `scene` reply).
+REASON_CODES = {
+    "hidden": "hidden: show the layer to use it",
+    "empty": "empty: nothing is painted on it",
+    "automatic_name": "automatic name: rename it with a prompt",
+    "marker": "starts with #: ignored on purpose",
+    "plugin_layer": "made by the plugin (preview or result)",
+    "no_name": "no name: name it with a prompt",
+    "no_prompt": "no prompt before '|': write the prompt first",
+    "size_mismatch": "its pixels do not match the canvas size",
+    "group": "a group: its layers are read one by one",
+}
+# What is wrong with an option after '|': a closed set as well.
+WARNING_CODES = ("unknown_option", "bad_value", "not_key_value")
+
+# Names programs give new layers by themselves, in English, German, French and
+# Spanish. Krita's were read from Krita 5.1 itself (its layer and mask actions,
+# with its translations); GIMP's from GIMP 2.10's translations; Photoshop and
+# MyPaint number a translated "Layer"/"Group". A name is automatic when it is
+# one of these, optionally numbered ("Paint Layer 3", "New Layer #2"), with a
+# Krita filter suffix ("Filter Layer 1 (Levels)") and copy marks ("Layer 1
+# copy", "Background copy #1", "Ebene 1 Kopie", "Hintergrund-Kopie").
+_AUTO_BASES = (
+    # Krita
+    "paint layer", "layer", "group", "vector layer", "fill layer", "file layer", "clone layer",
+    "filter layer", "transparency mask", "selection mask", "colorize mask", "transform mask",
+    "filter mask", "selection", "local selection", "background", "visible", "merged",
+    # GIMP, Photoshop, MyPaint
+    "new layer", "pasted layer", "layer group", "clipboard", "floating selection", "floated layer",
+    "text layer",
+    # German (Krita, GIMP, Photoshop)
+    "malebene", "ebene", "gruppe", "vektorebene", "füllebene", "dateiebene", "ebene klonen", "filterebene",
+    "transparenzmaske", "auswahlmaske", "einfärben der maske", "transformationsmaske", "filtermaske",
+    "auswahl", "hintergrund", "sichtbar", "zusammengeführt", "neue ebene", "eingefügte ebene",
+    "ebenengruppe", "zwischenablage", "schwebende auswahl", "schwebende ebene", "textebene",
+    # French
+    "calque de dessin", "calque", "calque de groupe", "groupe", "calque vectoriel", "calque de remplissage",
+    "calque de fichier", "calque de clonage", "calque de filtrage", "masque de transparence",
+    "masque de sélection", "masque de coloration", "masque de transformation", "masque de filtrage",
+    "sélection", "arrière-plan", "fusionnés", "nouveau calque", "calque copié", "groupe de calques",
+    "presse-papiers", "sélection flottante", "calque flottant", "calque de texte",
+    # Spanish ("Fondo" alone is Krita's, GIMP's and Photoshop's background, not a prompt)
+    "capa de pintura", "capa", "agrupar", "grupo", "capa vectorial", "capa de relleno", "capa de archivo",
+    "clonar capa", "capa de filtro", "máscara de transparencia", "máscara de selección",
+    "máscara de coloración", "máscara de transformación", "máscara de filtro", "selección", "fondo",
+    "fusionadas", "capa nueva", "capa pegada", "grupo de capas", "portapapeles", "selección flotante",
+    "capa flotante", "capa de texto",
 )
+# Marks after a name: copies (GIMP "%s copy", "%s-Kopie"; Photoshop "Layer 1 copy 2",
+# "Ebene 1 Kopie", "Calque 1 copie", "Capa 1 copia"), Krita's "(pasted)" and "(merged)".
+_MARK = r"(?:[ -](?:copy|kopie|copie|copia)|\s*\((?:pasted|eingefügt|collé|pegado|merged)\))"
+_AUTO_NAME = re.compile(
+    # base, then a number with an optional Krita filter name ("Filter Mask 1 (Levels)"), then
+    # any copy marks and GIMP/Photoshop numbers ("New Layer #2", "Layer 1 copy 2")
+    r"^(?:%s)(?: \d+(?:\s*\(.*\))?)?(?:%s| #\d+| \d+)*$"
+    # GIMP's floating selection names what it floats: "Floating Selection\n(Pasted Layer)"
+    r"|^(?:floating selection|schwebende auswahl|sélection flottante|selección flotante)\s*\(.*\)$"
+    % ("|".join(re.escape(b) for b in sorted(_AUTO_BASES, key=len, reverse=True)), _MARK),
+    re.IGNORECASE | re.DOTALL,
+)
+# Krita's duplicate ("Copy of %1") and GIMP's French/Spanish copy ("Copie de %s"):
+# spelled exactly as the programs write them, so a lowercase prompt such as
+# "copy of the mona lisa" stays a prompt.
+_COPY_PREFIX = re.compile(r"^(?:Copy of|Kopie von|Copier de|Copie de|Copia de|Copiar de) (?=\S)")
 _BG_PREFIX = re.compile(r"^\s*(bg|background)\s*:\s*", re.IGNORECASE)
 _OPTION = re.compile(r"^\s*([a-z][a-z_ -]*?)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
 # The plugin's own layers (the live preview, applied results) are never input.
 OWN_PREFIX = "SMD "
+
+
+def _original_name(name: str) -> str:
+    """The name without duplicate prefixes: a copy is read as its original."""
+    name = name.strip()
+    while (copy := _COPY_PREFIX.match(name)) is not None:
+        name = name[copy.end():].strip()
+    return name
+
+
+def is_automatic_name(name: str) -> bool:
+    """Whether ``name`` is one a program gave the layer by itself (never a prompt)."""
+    return bool(_AUTO_NAME.match(_original_name(name)))
 
 
 @dataclass
@@ -52,6 +132,7 @@ class LayerInput:
     name: str
     alpha: np.ndarray | None = None  # uint8 (H, W) at output size
     visible: bool = True
+    group: bool = False  # a group layer: never read itself (its children are sent as layers)
 
 
 @dataclass
@@ -64,8 +145,10 @@ class ParsedLayer:
     mask_std: float = DEFAULT_MASK_STD
     prompt_strength: float = DEFAULT_PROMPT_STRENGTH
     background_strength: float | None = None
-    reason: str = ""  # why it is ignored
-    warnings: list[str] = field(default_factory=list)
+    reason_code: str = ""  # why it is ignored: a key of REASON_CODES
+    reason: str = ""  # the same for people
+    warnings: list[str] = field(default_factory=list)  # option problems, for people
+    warning_codes: list[str] = field(default_factory=list)  # one of WARNING_CODES per warning
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "role": self.role, "prompt": self.prompt}
@@ -74,23 +157,53 @@ class ParsedLayer:
                      prompt_strength=self.prompt_strength)
         elif self.role == "background":
             d.update(negative_prompt=self.negative_prompt, strength=self.background_strength)
-        if self.reason:
+        if self.reason_code:
+            d["reason_code"] = self.reason_code
             d["reason"] = self.reason
         if self.warnings:
             d["warnings"] = list(self.warnings)
+            d["warning_codes"] = list(self.warning_codes)
         return d
 
+    def warn(self, code: str, message: str) -> None:
+        assert code in WARNING_CODES, code
+        self.warning_codes.append(code)
+        self.warnings.append(message)
 
-def _number(value: str, lo: float, hi: float, key: str, warnings: list[str]) -> float | None:
+
+def ignored(name: str, code: str, detail: str = "", warnings: ParsedLayer | None = None) -> ParsedLayer:
+    """An ignored layer with its reason code and sentence (``detail`` is added to the sentence)."""
+    sentence = REASON_CODES[code] + (f" ({detail})" if detail else "")
+    p = ParsedLayer(name, "ignored", reason_code=code, reason=sentence)
+    if warnings is not None:
+        p.warnings, p.warning_codes = warnings.warnings, warnings.warning_codes
+    return p
+
+
+_REGION_OPTIONS = ("neg", "strength", "blur", "prompt-strength")
+_BACKGROUND_OPTIONS = ("neg", "strength")
+
+
+def _number(out: ParsedLayer, value: str, lo: float, hi: float, key: str) -> float | None:
     try:
         v = float(value)
     except ValueError:
-        warnings.append(f"{key}: {value!r} is not a number (ignored)")
+        out.warn("bad_value", f"{key}: {value!r} is not a number (ignored)")
         return None
     if not (lo <= v <= hi):
-        warnings.append(f"{key}: {value} is outside {lo:g}..{hi:g} (ignored)")
+        out.warn("bad_value", f"{key}: {value} is outside {lo:g}..{hi:g} (ignored)")
         return None
     return v
+
+
+def _unknown_option(out: ParsedLayer, key: str) -> None:
+    known = _BACKGROUND_OPTIONS if out.role == "background" else _REGION_OPTIONS
+    if out.role == "background" and key in _REGION_OPTIONS:
+        out.warn("unknown_option", f"{key!r} applies to regions only, not to a bg: layer (ignored)")
+        return
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "options are " + ", ".join(known)
+    out.warn("unknown_option", f"unknown option {key!r} (ignored; {hint})")
 
 
 def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
@@ -98,15 +211,17 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     raw = name if isinstance(name, str) else ""
     stripped = raw.strip()
     if not visible:
-        return ParsedLayer(raw, "ignored", reason="hidden")
+        return ignored(raw, "hidden")
     if not stripped:
-        return ParsedLayer(raw, "ignored", reason="no name")
+        return ignored(raw, "no_name")
     if stripped.startswith("#"):
-        return ParsedLayer(raw, "ignored", reason="marked with #")
+        return ignored(raw, "marker")
     if raw.startswith(OWN_PREFIX):
-        return ParsedLayer(raw, "ignored", reason="made by the plugin")
+        return ignored(raw, "plugin_layer")
+    # A duplicate keeps its original's reading: "Copy of a red fox" is "a red fox".
+    stripped = _original_name(stripped)
     if _AUTO_NAME.match(stripped):
-        return ParsedLayer(raw, "ignored", reason="automatic layer name")
+        return ignored(raw, "automatic_name")
 
     m = _BG_PREFIX.match(stripped)
     role = "background" if m else "region"
@@ -118,41 +233,41 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
             continue
         om = _OPTION.match(part)
         if not om:
-            out.warnings.append(f"{part.strip()!r} is not 'key: value' (ignored)")
+            out.warn("not_key_value", f"{part.strip()!r} is not 'key: value' (ignored)")
             continue
         key = om.group(1).strip().lower().replace("_", "-").replace(" ", "-")
         value = om.group(2)
         if key in ("neg", "negative", "negative-prompt"):
             out.negative_prompt = value
         elif key == "strength":
-            v = _number(value, 0, 1, key, out.warnings)
+            v = _number(out, value, 0, 1, key)
             if v is not None:
                 if role == "background":
                     out.background_strength = v
                 else:
                     out.mask_strength = v
         elif key == "blur" and role == "region":
-            v = _number(value, 0, 256, key, out.warnings)
+            v = _number(out, value, 0, 256, key)
             if v is not None:
                 out.mask_std = v
         elif key == "prompt-strength" and role == "region":
-            v = _number(value, 0, 1, key, out.warnings)
+            v = _number(out, value, 0, 1, key)
             if v is not None:
                 out.prompt_strength = v
         else:
-            out.warnings.append(f"unknown option {key!r} (ignored)")
+            _unknown_option(out, key)
     if role == "region" and not out.prompt:
-        return ParsedLayer(raw, "ignored", reason="no prompt before '|'", warnings=out.warnings)
+        return ignored(raw, "no_prompt", warnings=out)
     return out
 
 
-def joins_background_image(visible: bool, parsed: ParsedLayer) -> bool:
+def joins_background_image(parsed: ParsedLayer) -> bool:
     """Which layers make the background image: every visible layer that is not a region,
-    except those marked ``#`` and the plugin's own (its preview must never feed back)."""
-    if not visible or parsed.role == "region":
+    except those marked ``#``, the plugin's own (its preview must never feed back) and
+    groups (their layers join one by one)."""
+    if parsed.role == "region":
         return False
-    name = parsed.name.strip()
-    return not (name.startswith("#") or parsed.name.startswith(OWN_PREFIX))
+    return parsed.reason_code not in ("hidden", "marker", "plugin_layer", "group")
 
 
 def build_scene(
@@ -179,13 +294,13 @@ def build_scene(
     bg = Background(prompt=background_prompt, negative_prompt=negative_prompt, image=background_image,
                     strength=background_strength)
     for layer in layers:
-        p = parse_layer_name(layer.name, layer.visible)
+        p = ignored(layer.name, "group") if layer.group else parse_layer_name(layer.name, layer.visible)
         if p.role == "region":
-            if layer.alpha is None or layer.alpha.shape != (height, width):
-                shape = None if layer.alpha is None else tuple(layer.alpha.shape)
-                p = ParsedLayer(layer.name, "ignored", reason=f"alpha {shape} does not match {height}x{width}")
-            elif not layer.alpha.any():
-                p.role, p.reason = "ignored", "empty (no painted pixels)"
+            if layer.alpha is not None and layer.alpha.shape != (height, width):
+                p = ignored(layer.name, "size_mismatch", f"{'x'.join(map(str, layer.alpha.shape[::-1]))}, "
+                                                         f"the canvas is {width}x{height}", warnings=p)
+            elif layer.alpha is None or not layer.alpha.any():
+                p = ignored(layer.name, "empty", warnings=p)
             else:
                 regions.append(Region(
                     prompt=p.prompt,

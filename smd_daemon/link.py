@@ -49,6 +49,8 @@ class Link:
                 self.monitor = sock.get_monitor_socket(_FAILED_AUTH | _FAILED_OTHER)
             except zmq.ZMQError:  # no socket monitors here: a refused key looks like silence
                 self.monitor = None
+        if protocol.is_ipv6_endpoint(address):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(address)
         self.sock = sock
 

@@ -14,6 +14,7 @@ Nothing executable crosses the wire: JSON only, never pickle or eval.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -157,6 +158,7 @@ LAYER = {
     "name": F("str", max_len=4096),  # raw layer name; the daemon applies the grammar
     "visible": F("bool"),
     "alpha": F("obj", fields=PLANE_REF, nullable=True),  # 8-bit plane at output size
+    "group": F("bool"),  # a group layer: listed, never read (its children are layers of their own)
 }
 BACKGROUND = {
     "prompt": F("str", max_len=4096),
@@ -297,6 +299,77 @@ def request_id(header: dict):
     """The request id to echo in a reply, or None when absent or malformed."""
     rid = header.get("id") if isinstance(header, dict) else None
     return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= MAX_INT else None
+
+
+# --- addresses ------------------------------------------------------------------
+
+DEFAULT_PORT = 7555
+DEFAULT_ADDRESS = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+ADDRESS_EXAMPLES = ("an address looks like 127.0.0.1:7555, gpu-box (port 7555), tcp://gpu-box:7555, "
+                    "[::1]:7555 or ipc:///tmp/smd.sock")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
+
+
+def normalize_address(text: str) -> str:
+    """A daemon address as people write it -> the ZeroMQ endpoint.
+
+    ``host``, ``host:port``, ``tcp://host[:port]``, ``[v6]:port`` and bare IPv6
+    (``::1``) become ``tcp://host:port`` (port 7555 when none is given; ``*``
+    is any interface, for binding); ``ipc://path`` is kept. Anything else
+    raises ValueError with one sentence that says what an address looks like.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"no daemon address given; {ADDRESS_EXAMPLES}")
+    s = text.strip()
+    scheme, sep, rest = s.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme in ("ipc", "inproc"):
+            if not rest or any(c in rest for c in "\0\r\n"):
+                raise ValueError(f"{text!r} names no socket path; {ADDRESS_EXAMPLES}")
+            return f"{scheme}://{rest}"
+        if scheme != "tcp":
+            raise ValueError(f"{text!r} is not a daemon address ({scheme}:// is not spoken here, the daemon "
+                             f"speaks ZeroMQ); {ADDRESS_EXAMPLES}")
+        s = rest
+    host, port = _host_port(s, text)
+    return f"tcp://{host}:{port}"
+
+
+def _host_port(s: str, text: str) -> tuple[str, int]:
+    port_text = ""
+    if s.startswith("["):  # [v6] or [v6]:port
+        end = s.find("]")
+        host, after = (s[1:end], s[end + 1:]) if end > 0 else ("", "?")
+        if after:
+            if not after.startswith(":"):
+                raise ValueError(f"{text!r} is not a daemon address; {ADDRESS_EXAMPLES}")
+            port_text = after[1:]
+        v6 = True
+    elif s.count(":") >= 2:  # a bare IPv6 address: no port can be told apart
+        host, v6 = s, True
+    else:
+        host, _, port_text = s.partition(":")
+        if _ and not port_text:
+            raise ValueError(f"{text!r} has no port after ':'; {ADDRESS_EXAMPLES}")
+        v6 = False
+    if v6:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise ValueError(f"{text!r} is not a valid IPv6 address; {ADDRESS_EXAMPLES}") from None
+    elif host != "*" and not _HOSTNAME.match(host):
+        raise ValueError(f"{text!r} is not a daemon address ({host!r} is not a host name); {ADDRESS_EXAMPLES}")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} has port {port_text!r}, not a number from 1 to 65535; {ADDRESS_EXAMPLES}")
+    return host, int(port_text)
+
+
+def is_ipv6_endpoint(endpoint: str) -> bool:
+    """A normalized tcp endpoint with an IPv6 host: ZeroMQ sockets need the IPV6 option for it."""
+    return endpoint.startswith("tcp://[")
 
 
 def is_local_address(address: str) -> bool:

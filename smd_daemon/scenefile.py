@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
-from smd_daemon.grammar import LayerInput, ParsedLayer, build_scene, joins_background_image, parse_layer_name
+from smd_daemon.grammar import (LayerInput, ParsedLayer, build_scene, ignored, joins_background_image,
+                                parse_layer_name)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # bounded before decoding (a small PNG can declare a huge image).
 MAX_LAYER_SIDE = 2 * MAX_SIDE
 MAX_LAYERS = 512
+MAX_DEPTH = 16  # groups inside groups; each level below full opacity may need a canvas to composite
 MAX_XML_BYTES = 4 << 20
 MAX_JSON_BYTES = 4 << 20
 # A PNG member larger than its raw RGBA pixels plus slack is not a plain layer.
@@ -116,12 +118,21 @@ def _check_cheap(width: int, height: int, o: Overrides, **file_values) -> dict:
 
 @dataclass
 class OraLayer:
+    """A ``<layer>`` or a ``<stack>`` (group) of stack.xml, with what its groups do to it."""
+
     name: str
     src: str | None
     x: int
     y: int
-    visible: bool
-    opacity: float
+    visible: bool  # itself and every enclosing group
+    opacity: float  # its own opacity times every enclosing group's
+    children: list[OraLayer] | None = None  # a group's layers, top first; None for a layer
+    hidden_by: str = ""  # the enclosing group that hides it, if any
+    own_opacity: float = 1.0
+
+    @property
+    def group(self) -> bool:
+        return self.children is not None
 
 
 def read_ora(path: str, o: Overrides) -> LoadedScene:
@@ -130,18 +141,24 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
     except (zipfile.BadZipFile, OSError) as e:
         raise SceneError(f"{path}: not an OpenRaster file (not a zip archive: {e})") from None
     with zf:
-        doc_w, doc_h, layers = _read_stack(zf, path)
+        doc_w, doc_h, tree = _read_stack(zf, path)
         width, height = output_size(doc_w, doc_h, o.width, o.height)
         opts = _check_cheap(width, height, o)
 
-        # Region masks: layer alpha only (opacity and blending are the artist's view, not the mask).
+        # Each layer as the artist sees it: a region's mask is its alpha times its own opacity and
+        # every enclosing group's (a hidden group hides it). A group itself is never read.
+        layers = _bottom_first(tree)
         inputs = []
-        for layer in reversed(layers):  # stack.xml lists top first; the grammar wants bottom first
+        for layer in layers:
             alpha = None
-            if parse_layer_name(layer.name, layer.visible).role == "region":  # decode only what is needed
-                alpha = _resize_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], width, height)
-            inputs.append(LayerInput(layer.name, alpha, layer.visible))
+            if not layer.group and parse_layer_name(layer.name, layer.visible).role == "region":
+                alpha = _seen_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], layer.opacity)
+                alpha = _resize_alpha(alpha, width, height)  # decode only what is needed
+            inputs.append(LayerInput(layer.name, alpha, layer.visible, group=layer.group))
         scene, parsed = build_scene(inputs, width, height, negative_prompt=o.negative_prompt or "", **opts)
+        for layer, p in zip(layers, parsed):
+            if p.reason_code == "hidden" and layer.hidden_by:
+                p.reason += f" (the group {layer.hidden_by!r} is hidden)"
         # The command line wins over the file, a `bg:` layer included.
         if o.background_prompt is not None:
             scene.background.prompt = o.background_prompt
@@ -149,9 +166,28 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             scene.background.strength = o.background_strength
         _check_scene(path, scene, parsed)
         if scene.background.strength > 0:
-            joins = [lay for lay, p in zip(reversed(layers), parsed) if joins_background_image(lay.visible, p)]
-            scene.background.image = _composite(zf, joins, doc_w, doc_h, width, height, path)
+            joins = {id(lay) for lay, p in zip(layers, parsed) if joins_background_image(p)}
+            scene.background.image = _background_image(zf, tree, joins, doc_w, doc_h, width, height, path)
     return LoadedScene(scene, parsed)
+
+
+def _bottom_first(tree: list[OraLayer]) -> list[OraLayer]:
+    """Every layer and group, bottom to top as the grammar reads them; a group just above its layers."""
+    out = []
+    for node in reversed(tree):
+        if node.group:
+            out += _bottom_first(node.children)
+        out.append(node)
+    return out
+
+
+def _seen_alpha(alpha: np.ndarray, opacity: float) -> np.ndarray:
+    """Alpha times opacity, rounded half up: a table over the 256 alpha values in double precision,
+    which a reader without numpy (the plugin) computes exactly the same way."""
+    if opacity >= 1:
+        return alpha
+    table = np.array([math.floor(a * opacity + 0.5) for a in range(256)], np.uint8)
+    return table[alpha]
 
 
 def _read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer]]:
@@ -179,32 +215,40 @@ def _read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer
     stack = root.find("stack")
     if stack is None:
         raise SceneError(f"{path}: stack.xml has no <stack>")
-    layers: list[OraLayer] = []
-    _walk(stack, 0, 0, True, layers, path)
-    return doc_w, doc_h, layers
+    # The top <stack> is the image itself (Krita names it "root"), not a group.
+    count = [0]
+    tree = [_node(el, 0, 0, True, "", 1.0, path, count, 1) for el in stack if el.tag in ("stack", "layer")]
+    return doc_w, doc_h, tree
 
 
-def _walk(stack: ET.Element, dx: int, dy: int, shown: bool, out: list[OraLayer], path: str) -> None:
-    """Flatten nested stacks (groups) in document order, top first. A hidden group hides its
-    children; a group's offset moves its children."""
-    for el in stack:
-        if el.tag not in ("stack", "layer"):
-            continue
-        x = dx + _int_attr(el, "x", path, el.tag, 0)
-        y = dy + _int_attr(el, "y", path, el.tag, 0)
-        visible = shown and el.get("visibility", "visible") != "hidden"
-        if el.tag == "stack":
-            _walk(el, x, y, visible, out, path)
-            continue
-        try:
-            opacity = min(max(float(el.get("opacity", "1")), 0.0), 1.0)
-        except ValueError:
-            raise SceneError(f"{path}: layer {el.get('name', '')!r} has opacity {el.get('opacity')!r}") from None
-        if not math.isfinite(opacity):
-            opacity = 1.0
-        out.append(OraLayer(el.get("name", ""), el.get("src"), x, y, visible, opacity))
-        if len(out) > MAX_LAYERS:
-            raise SceneError(f"{path}: more than {MAX_LAYERS} layers")
+def _node(el: ET.Element, dx: int, dy: int, shown: bool, hidden_by: str, opacity: float, path: str,
+          count: list[int], depth: int) -> OraLayer:
+    """One element of stack.xml with its groups' offset, visibility and opacity applied."""
+    count[0] += 1
+    if count[0] > MAX_LAYERS:
+        raise SceneError(f"{path}: more than {MAX_LAYERS} layers and groups")
+    if depth > MAX_DEPTH:
+        raise SceneError(f"{path}: groups are nested more than {MAX_DEPTH} deep")
+    name = el.get("name", "")
+    own = _opacity(el, path)
+    x, y = dx + _int_attr(el, "x", path, el.tag, 0), dy + _int_attr(el, "y", path, el.tag, 0)
+    visible = shown and el.get("visibility", "visible") != "hidden"
+    node = OraLayer(name, el.get("src"), x, y, visible, opacity * own, own_opacity=own,
+                    hidden_by=hidden_by if not shown else "")
+    if el.tag == "stack":
+        inner_hidden_by = hidden_by if not shown else ("" if visible else name)
+        node.children = [_node(c, x, y, visible, inner_hidden_by, node.opacity, path, count, depth + 1)
+                         for c in el if c.tag in ("stack", "layer")]
+    return node
+
+
+def _opacity(el: ET.Element, path: str) -> float:
+    raw = el.get("opacity", "1")
+    try:
+        opacity = float(raw)
+    except ValueError:
+        raise SceneError(f"{path}: {el.tag} {el.get('name', '')!r} has opacity {raw!r}") from None
+    return min(max(opacity, 0.0), 1.0) if math.isfinite(opacity) else 1.0
 
 
 def _int_attr(el: ET.Element, key: str, path: str, what: str, default: int | None = None) -> int:
@@ -263,24 +307,51 @@ def _decode(data: bytes, formats: tuple[str, ...], what: str, max_side: int) -> 
 
 
 def _resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The alpha at output size, as a writable array of its own (the engine hands masks to torch)."""
     if alpha.shape == (height, width):
-        return np.ascontiguousarray(alpha)
-    return np.asarray(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
+        return alpha if alpha.flags.writeable and alpha.flags.c_contiguous else np.array(alpha)
+    return np.array(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _composite(zf, layers: list[OraLayer], doc_w, doc_h, width, height, path) -> np.ndarray:
-    """Source-over composite of ``layers`` (bottom first) over white, at output size."""
+def _background_image(zf, tree: list[OraLayer], joins: set, doc_w, doc_h, width, height, path) -> np.ndarray:
+    """The picture of the layers that join the background image, as the artist sees it, over white."""
     out = Image.new("RGBA", (doc_w, doc_h), (255, 255, 255, 255))
-    for layer in layers:
-        rgba = _layer_rgba(zf, layer, doc_w, doc_h, path)
-        if layer.opacity < 1:
-            rgba = rgba.copy()
-            rgba[..., 3] = (rgba[..., 3].astype(np.float32) * layer.opacity).round().astype(np.uint8)
-        out.alpha_composite(Image.fromarray(rgba, "RGBA"))
+    _composite_into(out, zf, tree, joins, path)
     out = out.convert("RGB")
     if out.size != (width, height):
         out = out.resize((width, height), Image.Resampling.LANCZOS)
     return np.array(out)  # a writable copy: the engine hands it to torch
+
+
+def _composite_into(canvas: Image.Image, zf, nodes: list[OraLayer], joins: set, path: str) -> None:
+    """Source-over composite of ``nodes`` (top first) onto ``canvas``, each at its own opacity.
+
+    A group below full opacity is composited as Krita does: its layers together first, then
+    the result at the group's opacity (a 50 % group is half there, however its layers overlap).
+    At full opacity that equals compositing its layers directly, which needs no extra canvas.
+    """
+    doc_w, doc_h = canvas.size
+    for node in reversed(nodes):
+        if not node.visible or not _joins(node, joins):
+            continue
+        if node.group and node.own_opacity >= 1:
+            _composite_into(canvas, zf, node.children, joins, path)
+            continue
+        if node.group:
+            inner = Image.new("RGBA", (doc_w, doc_h), (0, 0, 0, 0))
+            _composite_into(inner, zf, node.children, joins, path)
+            rgba = np.array(inner)
+        else:
+            rgba = _layer_rgba(zf, node, doc_w, doc_h, path)
+        if node.own_opacity < 1:
+            rgba = rgba.copy() if not rgba.flags.writeable else rgba
+            rgba[..., 3] = _seen_alpha(rgba[..., 3], node.own_opacity)
+        canvas.alpha_composite(Image.fromarray(rgba, "RGBA"))
+
+
+def _joins(node: OraLayer, joins: set) -> bool:
+    """Whether the layer, or any layer of the group, joins the background image."""
+    return any(_joins(c, joins) for c in node.children) if node.group else id(node) in joins
 
 
 # ---------------------------------------------------------------- JSON
@@ -341,10 +412,10 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
             mask_strength=where.get(entry, "strength", float, base.mask_strength, label),
             mask_std=where.get(entry, "blur", float, base.mask_std, label),
             prompt_strength=where.get(entry, "prompt_strength", float, base.prompt_strength, label),
-            warnings=base.warnings,
+            warnings=base.warnings, warning_codes=base.warning_codes,
         )
         if not mask.any():
-            p.role, p.reason = "ignored", "empty mask"
+            p = ignored(p.name, "empty", "the mask is empty", warnings=p)
         else:
             regions.append(Region(prompt=p.prompt, mask=mask.astype(np.float32) / 255.0,
                                   negative_prompt=p.negative_prompt, mask_strength=p.mask_strength,

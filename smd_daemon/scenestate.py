@@ -48,6 +48,7 @@ class LayerState:
     name: str = ""
     visible: bool = True
     alpha: object = None  # the 8-bit plane at output size (bytes or a uint8 array), or None
+    group: bool = False  # a group layer: listed in the reply, never read
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class LayerChange:
     name: str | None = None
     visible: bool | None = None
     alpha: object = KEEP  # KEEP, None (no plane), or the new plane (or, before decoding, its reference)
+    group: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ class SceneChange:
             settings={k: h[k] for k in SETTING_NAMES if k in h},
             background={k: bg[k] for k in BACKGROUND_NAMES if k in bg},
             background_image=bg["image"] if "image" in bg else KEEP,
-            layers=tuple(LayerChange(e["key"], e.get("name"), e.get("visible"), e["alpha"] if "alpha" in e else KEEP)
-                         for e in h.get("layers", ())),
+            layers=tuple(LayerChange(e["key"], e.get("name"), e.get("visible"), e["alpha"] if "alpha" in e else KEEP,
+                                     e.get("group")) for e in h.get("layers", ())),
             order=tuple(h["order"]) if "order" in h else None,
         )
 
@@ -155,7 +157,8 @@ class SceneState:
                 c.key,
                 c.name if c.name is not None else prior.name if prior is not None else "",
                 c.visible if c.visible is not None else prior.visible if prior is not None else True,
-                alpha)
+                alpha,
+                c.group if c.group is not None else prior is not None and prior.group)
         if change.order is not None:
             unknown = [k for k in change.order if k not in layers]
             if unknown:
@@ -174,17 +177,18 @@ class SceneState:
     def to_change(self) -> SceneChange:
         """This whole state as one full update (what a client resends after a reconnect)."""
         return SceneChange(True, dict(self.settings), dict(self.background), self.background_image,
-                           tuple(LayerChange(s.key, s.name, s.visible, s.alpha) for s in self.layers.values()))
+                           tuple(LayerChange(s.key, s.name, s.visible, s.alpha, s.group) for s in self.layers.values()))
 
 
 def layer_changes(state: SceneState, layers) -> tuple:
-    """Entries for ``layers`` (objects with ``key``, ``name``, ``visible``, ``alpha``) on top
+    """Entries for ``layers`` (objects with ``key``, ``name``, ``visible``, ``alpha``, ``group``) on top
     of ``state``: a plane the layer already has is left out (a rename costs no pixels)."""
     out = []
     for layer in layers:
         prior = state.layers.get(layer.key)
         same = prior is not None and layer.alpha is not None and prior.alpha == layer.alpha
-        out.append(LayerChange(layer.key, layer.name, layer.visible, KEEP if same else layer.alpha))
+        out.append(LayerChange(layer.key, layer.name, layer.visible, KEEP if same else layer.alpha,
+                               getattr(layer, "group", False)))
     return tuple(out)
 
 
@@ -216,6 +220,8 @@ def header_fields(change: SceneChange, compress: bool = False) -> tuple[dict, li
             entry["visible"] = c.visible
         if c.alpha is not KEEP:
             entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw")
+        if c.group:
+            entry["group"] = True
         entries.append(entry)
     fields["layers"] = entries
     if change.order is not None:

@@ -33,18 +33,37 @@ def test_check_reports_the_daemon_and_renders_a_test_image():
     d = Daemon()
     try:
         d.wait_serving()
-        res = check(d.address, "--render")
+        res = check(f"127.0.0.1:{d.port}", "--render")  # as people write it: no tcp://
     finally:
         d.stop()
     assert res.returncode == 0, res.stderr
-    assert f"connected to {d.address}" in res.stdout
+    assert f"connected to tcp://127.0.0.1:{d.port}" in res.stdout
     assert "model: tiny on cpu" in res.stdout and "no meaningful images" in res.stdout
     assert "max_side=" in res.stdout
     assert "test image: 256x256 png" in res.stdout
 
 
-def test_check_without_a_daemon_is_one_clear_line():
-    _one_line_error(check(f"tcp://127.0.0.1:{free_port()}", "--timeout", "2"), "no answer")
+def test_check_without_a_daemon_asks_whether_it_is_running():
+    res = check(f"127.0.0.1:{free_port()}", "--timeout", "2")
+    _one_line_error(res, "is the daemon running? Start it with '")
+    assert "smd-daemon serve'" in res.stderr
+
+
+def test_serve_and_check_over_ipv6_loopback():
+    port = free_port()
+    d = Daemon(bind=f"[::1]:{port}", port=port)
+    try:
+        d.wait_serving()
+        res = check(f"[::1]:{port}")
+    finally:
+        d.stop()
+    assert res.returncode == 0, res.stderr + d.text()
+    assert f"connected to tcp://[::1]:{port}" in res.stdout and f"serving on tcp://[::1]:{port}" in d.text()
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:7555", "127.0.0.1:99999", "gpu box", "127.0.0.1:"])
+def test_check_bad_addresses_are_one_line_saying_what_an_address_looks_like(address):
+    _one_line_error(check(address, "--timeout", "1"), "an address looks like 127.0.0.1:7555")
 
 
 def test_check_with_keys_only_succeeds_for_an_authorised_key(keys, tmp_path):

@@ -1,21 +1,93 @@
 import numpy as np
 import pytest
 
-from smd_daemon.grammar import LayerInput, build_scene, parse_layer_name
+from pathlib import Path
+
+from smd_daemon.grammar import (REASON_CODES, WARNING_CODES, LayerInput, build_scene, is_automatic_name,
+                                parse_layer_name)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("Paint Layer 3", "automatic"), ("Background", "automatic"), ("Group 2", "automatic"),
-    ("Copy of a fox", "automatic"), ("Layer 12", "automatic"), ("# my sketch", "#"), ("", "no name"),
-    ("   ", "no name"), ("SMD Preview", "plugin"), ("| neg: ugly", "no prompt"),
-])
-def test_ignored_names(name, reason):
+# Default names other programs give layers; Krita's were read from Krita 5.1 itself (en, de, fr, es).
+AUTOMATIC = [
+    # Krita 5.1, English: new layers, masks, filter layers with the filter's name, duplicates
+    "Paint Layer 1", "Paint Layer 12", "Background", "background", "Group 3", "Clone Layer 4", "Vector Layer 5",
+    "Fill Layer 6", "File Layer 2", "Filter Layer 6 (Levels)", "Filter Mask 1 (Levels)", "Transparency Mask 1",
+    "Colorize Mask 1", "Transform Mask 1", "Selection 1", "Selection Mask", "Visible", "Layer 2 (pasted)",
+    "Copy of Group 3", "Copy of Copy of Paint Layer 1", "Paint Layer 3 (merged)", "Layer 12",
+    # Krita 5.1, German / French / Spanish
+    "Hintergrund", "Malebene 2", "Gruppe 1", "Kopie von Gruppe 2", "Ebene klonen 3", "Vektorebene 4",
+    "Transparenzmaske 1", "Einfärben der Maske 1", "Filtermaske 1 (Stufen)", "Auswahl 1", "Filterebene 5 (Stufen)",
+    "Füllebene 5", "Sichtbar",
+    "Arrière-plan", "Calque de dessin 2", "Calque de groupe 2", "Copier de Calque de groupe 2", "Calque de clonage 3",
+    "Calque vectoriel 4", "Masque de transparence 1", "Masque de filtrage 1 (Niveaux)", "Sélection 1",
+    "Calque de filtrage 5 (Niveaux)", "Calque de remplissage 5",
+    "Fondo", "Capa de pintura 2", "Agrupar 2", "Copia de Agrupar 2", "Clonar capa 3", "Capa vectorial 4",
+    "Máscara de transparencia 1", "Máscara de filtro 1 (Niveles)", "Selección 1", "Capa de filtro 5 (Niveles)",
+    # GIMP 2.10 (en, de, fr, es)
+    "New Layer", "New Layer #2", "Layer 1 copy", "Background copy", "Background copy #1", "Pasted Layer",
+    "Pasted Layer #3", "Layer Group", "Layer Group #1", "Clipboard", "Floating Selection\n(Pasted Layer)",
+    "Neue Ebene", "Neue Ebene #2", "Hintergrund-Kopie", "Eingefügte Ebene", "Ebenengruppe",
+    "Nouveau calque", "Nouveau calque #1", "Copie de Arrière-plan", "Calque copié", "Groupe de calques",
+    "Capa nueva", "Capa nueva #2", "Copia de Fondo", "Capa pegada", "Grupo de capas",
+    # Photoshop and MyPaint (en, de, fr, es)
+    "Layer 1", "Layer 1 copy 2", "Group 1", "Ebene 2", "Ebene 1 Kopie", "Calque 1", "Calque 1 copie", "Groupe 1",
+    "Capa 1", "Capa 1 copia", "Grupo 1", "Layer 3",
+    # spacing and case as typed
+    "  paint layer 3 ", "LAYER 2",
+]
+# Names that look close but are prompts and must stay regions.
+PROMPTS = [
+    ("a red fox", "a red fox"), ("layer cake", "layer cake"), ("a group of birds", "a group of birds"),
+    ("background trees", "background trees"), ("Fondo marino", "Fondo marino"), ("fondo del mar", "fondo del mar"),
+    ("Visible light", "Visible light"), ("selection of fruit", "selection of fruit"),
+    ("copy of the mona lisa", "copy of the mona lisa"), ("Layer cake 2", "Layer cake 2"),
+    ("background (blurry)", "background (blurry)"), ("a paper copy", "a paper copy"),
+    ("Copy of a red fox", "a red fox"), ("Kopie von ein roter Fuchs", "ein roter Fuchs"),
+    ("Copy of Copy of a cat | blur: 2", "a cat"), ("capa roja", "capa roja"), ("calque 1 of a cat", "calque 1 of a cat"),
+]
+
+
+@pytest.mark.parametrize("name", AUTOMATIC)
+def test_automatic_names_of_every_program_and_language_are_ignored(name):
     p = parse_layer_name(name)
-    assert p.role == "ignored" and reason in p.reason
+    assert (p.role, p.reason_code) == ("ignored", "automatic_name"), name
+    assert p.to_dict()["reason"] == "automatic name: rename it with a prompt"
+    assert is_automatic_name(name)
+
+
+@pytest.mark.parametrize("name, prompt", PROMPTS)
+def test_prompts_that_look_like_automatic_names_stay_prompts(name, prompt):
+    p = parse_layer_name(name)
+    assert (p.role, p.prompt, p.reason_code) == ("region", prompt, ""), name
+
+
+@pytest.mark.parametrize("name, code", [
+    ("# my sketch", "marker"), ("  #notes", "marker"), ("", "no_name"), ("   ", "no_name"),
+    ("SMD Preview", "plugin_layer"), ("SMD Result 3", "plugin_layer"), ("| neg: ugly", "no_prompt"),
+    ("bg:", None), ("Copy of Paint Layer 2", "automatic_name"),
+])
+def test_ignored_names_carry_a_code_and_a_sentence(name, code):
+    p = parse_layer_name(name)
+    if code is None:  # a bg: layer without a prompt still marks its pixels as background
+        assert p.role == "background" and not p.reason_code
+        return
+    d = p.to_dict()
+    assert p.role == "ignored" and d["reason_code"] == code and d["reason"] == REASON_CODES[code]
 
 
 def test_hidden_layers_are_ignored():
-    assert parse_layer_name("a red fox", visible=False).reason == "hidden"
+    p = parse_layer_name("a red fox", visible=False)
+    assert (p.reason_code, p.reason) == ("hidden", REASON_CODES["hidden"])
+
+
+def test_reason_codes_are_the_documented_closed_set():
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    assert set(REASON_CODES) >= {"hidden", "empty", "automatic_name", "marker", "plugin_layer", "no_name",
+                                 "no_prompt", "size_mismatch", "group"}
+    for code in list(REASON_CODES) + list(WARNING_CODES):
+        assert f"`{code}`" in doc, code
 
 
 def test_plain_name_is_a_region_prompt_with_defaults():
@@ -30,10 +102,22 @@ def test_options_after_bars():
     assert not p.warnings
 
 
-def test_bad_options_become_warnings_not_errors():
-    p = parse_layer_name("a fox | blur: lots | strength: 3 | colour: red | nonsense")
+def test_bad_options_become_warnings_with_codes_not_errors():
+    p = parse_layer_name("a fox | blur: lots | strength: 3 | colour: red | nonsense | strenght: 0.5")
     assert p.role == "region" and p.mask_std == 8.0 and p.mask_strength == 1.0
-    assert len(p.warnings) == 4
+    assert p.warning_codes == ["bad_value", "bad_value", "unknown_option", "not_key_value", "unknown_option"]
+    assert len(p.warnings) == 5 and "did you mean 'strength'?" in p.warnings[4]
+    d = p.to_dict()
+    assert d["warning_codes"] == p.warning_codes and d["warnings"] == p.warnings and "reason_code" not in d
+    bg = parse_layer_name("bg: a meadow | blur: 3")
+    assert bg.warning_codes == ["unknown_option"] and "regions only" in bg.warnings[0]
+
+
+def test_warnings_stay_on_a_layer_that_is_ignored_for_another_reason():
+    p = parse_layer_name("| strenght: 1")
+    assert p.reason_code == "no_prompt" and p.warning_codes == ["unknown_option"]
+    scene, parsed = build_scene([LayerInput("a fox | blur: lots", np.zeros((8, 8), np.uint8))], 8, 8)
+    assert parsed[0].reason_code == "empty" and parsed[0].warning_codes == ["bad_value"]
 
 
 def test_background_layer():
@@ -54,14 +138,21 @@ def test_build_scene_reads_layers_bottom_to_top():
         LayerInput("a hidden cat", a, visible=False),
         LayerInput("an empty layer", np.zeros((64, 64), np.uint8)),
         LayerInput("a bird", b),
-        LayerInput("wrong size", np.zeros((32, 32), np.uint8) + 255),
+        LayerInput("wrong size", np.zeros((32, 16), np.uint8) + 255),
+        LayerInput("characters", None, group=True),
+        LayerInput("no pixels sent", None),
     ]
     scene, parsed = build_scene(layers, 64, 64, background_prompt="ignored", negative_prompt="blurry", seed=9)
     assert [r.prompt for r in scene.regions] == ["a red fox", "a bird"]
     assert scene.regions[0].mask_std == 2 and scene.regions[0].negative_prompt == "blurry"
     assert scene.regions[1].mask.dtype == np.uint8 and scene.regions[1].mask.max() == 128  # alpha as it came
     assert scene.background.prompt == "a meadow" and scene.background.strength == 0.5
-    assert [p.role for p in parsed] == ["ignored", "background", "region", "ignored", "ignored", "region", "ignored"]
-    assert "empty" in parsed[4].reason and "does not match" in parsed[6].reason
+    assert [p.role for p in parsed] == ["ignored", "background", "region", "ignored", "ignored", "region", "ignored",
+                                        "ignored", "ignored"]
+    assert [p.reason_code for p in parsed] == ["automatic_name", "", "", "hidden", "empty", "", "size_mismatch",
+                                               "group", "empty"]
+    assert parsed[6].reason == "its pixels do not match the canvas size (16x32, the canvas is 64x64)"
+    assert parsed[7].to_dict() == {"name": "characters", "role": "ignored", "prompt": "",
+                                   "reason_code": "group", "reason": "a group: its layers are read one by one"}
     assert parsed[2].to_dict()["blur"] == 2
     scene.validate()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +98,9 @@ def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
     for f in install.VENDORED:
         assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
     assert "enable_smd_krita=true" in kritarc.read_text()
-    again = run_install(tmp_path, *flags)
-    assert again.returncode == 1 and "already installed" in again.stderr
+    again = run_install(tmp_path, *flags)  # running it again updates in place
+    assert again.returncode == 0 and "updating it" in again.stdout, again.stderr
+    assert (pkg / "vendor" / "protocol.py").exists() and pkg.is_symlink() == dev
 
     res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(kritarc), "--uninstall")
     assert res.returncode == 0, res.stderr
@@ -140,10 +143,109 @@ def test_krita_python_version_from_the_pykrita_library(tmp_path):
 
 
 def test_quick_start_dry_run_sets_up_the_daemon_and_serves(tmp_path):
+    venv = tmp_path / "venv"
     res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
-                      "--krita-python", "3.11", "--dry-run", "--serve", "--", "--model", "tiny")
+                      "--krita-python", "3.11", "--daemon-venv", str(venv), "--dry-run", "--serve", "--",
+                      "--model", "tiny")
     assert res.returncode == 0, res.stderr
-    venv = REPO / ".venv"
     assert f"-m venv {venv}" in res.stdout and f"pip install --disable-pip-version-check {REPO}" in res.stdout
+    assert f"starting the daemon on tcp://127.0.0.1:7555: stop it with Ctrl-C" in res.stdout
     assert res.stdout.rstrip().endswith(f"run {venv / 'bin' / 'smd-daemon'} serve --model tiny")
-    assert not (tmp_path / "pk").exists()
+    assert not (tmp_path / "pk").exists() and not venv.exists()
+
+
+def test_serve_defaults_to_the_checkouts_venv(tmp_path):
+    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
+                      "--krita-python", "3.11", "--dry-run", "--serve")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip().endswith(f"run {REPO / '.venv' / 'bin' / 'smd-daemon'} serve")
+
+
+def fake_venv(path: Path) -> Path:
+    """A folder shaped like a daemon venv whose python and smd-daemon only record how they were called:
+    creating a real one means installing torch, which unit tests cannot afford."""
+    (path / "bin").mkdir(parents=True)
+    for exe, say in (("python", "python"), ("smd-daemon", "daemon")):
+        (path / "bin" / exe).write_text(f'#!/bin/sh\necho "{say} $*" >> "$(dirname "$0")/../calls.log"\n')
+        (path / "bin" / exe).chmod(0o755)
+    return path
+
+
+def test_quick_start_again_updates_the_plugin_and_the_daemon_and_serves_again(tmp_path):
+    venv = fake_venv(tmp_path / "venv")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    pykrita = tmp_path / "data" / "krita" / "pykrita"
+    kritarc = tmp_path / "kritarc"
+    original = "AutoSaveInterval=0\n\n[General]\nx=1\n"
+    kritarc.write_text(original)
+    args = ["--pykrita", str(pykrita), "--kritarc", str(kritarc), "--krita-python", "3.11", "--daemon-venv",
+            str(venv), "--serve", "--", "--model", "tiny", "--bind", "0.0.0.0:7600", "--keys", "keys"]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    run = lambda: subprocess.run([sys.executable, str(REPO / "install.py"), *args], env=env, cwd=tmp_path,  # noqa
+                                 capture_output=True, text=True, timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    (pykrita / "smd_krita" / "docker.py").write_text("# damaged")  # an old or broken copy
+    (pykrita / "smd_krita" / "stale.py").write_text("")
+    second = run()
+    assert second.returncode == 0 and "updating it" in second.stdout, second.stderr
+    assert (pykrita / "smd_krita" / "docker.py").read_bytes() == (REPO / "krita_plugin/smd_krita/docker.py").read_bytes()
+    assert not (pykrita / "smd_krita" / "stale.py").exists()
+    calls = (venv / "calls.log").read_text().splitlines()
+    serve = "daemon serve --model tiny --bind 0.0.0.0:7600 --keys keys"
+    assert calls == [f"python -m pip install --disable-pip-version-check {REPO}", serve] * 2
+
+    managed = json.loads((pykrita / "smd_krita" / "managed_daemon.json").read_text())
+    assert managed == {"command": [str(venv / "bin/smd-daemon"), "serve", "--model", "tiny", "--bind", "0.0.0.0:7600",
+                                   "--keys", str(keys)],
+                       "address": "tcp://127.0.0.1:7600", "log": str(tmp_path / "data/krita/smd_live/daemon.log"),
+                       "venv": str(venv)}
+    assert (tmp_path / "data/krita/smd_live").is_dir()
+
+    # Krita, on the plugin's behalf, stores its settings and the docker's place in kritarc.
+    kritarc.write_text(kritarc.read_text() + "\n[smd_live]\naddress=127.0.0.1:7600\n\n"
+                       "[krita][DockWidget smd_live_docker]\nDockArea=2\n\n[krita][DockWidget other]\nDockArea=1\n")
+    gone = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(kritarc), "--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert kritarc.read_text() == original + "\n[krita][DockWidget other]\nDockArea=1\n"
+    assert not (tmp_path / "data").exists()  # pykrita/, krita/ and data/ were made by install.py
+    assert f"the daemon's virtual environment {venv} (" in gone.stdout and "delete that folder" in gone.stdout
+    assert venv.exists()
+
+
+def test_purge_removes_the_venv_only_if_install_created_it(tmp_path):
+    for created in (True, False):
+        pykrita = tmp_path / str(created) / "pykrita"
+        venv = fake_venv(tmp_path / str(created) / "venv")
+        inst = install.Installer(pykrita, tmp_path / str(created) / "kritarc", dev=False, dry_run=False,
+                                 krita_python="3.11", out=open(os.devnull, "w"))
+        inst._ensure_zmq = lambda deps: None
+        inst.install()
+        inst.set_up_managed_daemon(venv, created, [])
+        res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(inst.kritarc), "--uninstall",
+                          "--purge")
+        assert res.returncode == 0, res.stderr
+        assert venv.exists() != created, res.stdout
+        assert ("remove the daemon's virtual environment" in res.stdout) == created
+        assert not pykrita.exists()
+
+
+def test_a_plugin_folder_not_installed_by_install_py_is_left_alone(tmp_path):
+    pykrita = tmp_path / "pykrita"
+    (pykrita / "smd_krita").mkdir(parents=True)
+    (pykrita / "smd_krita" / "mine.py").write_text("x")
+    res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(tmp_path / "rc"), "--krita-python", "3.11")
+    assert res.returncode == 1 and "was not installed by install.py" in res.stderr and res.stderr.count("\n") == 1
+    assert (pykrita / "smd_krita" / "mine.py").read_text() == "x"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--serve", "--dry-run", "--", "--bind", "http://127.0.0.1:7555"], "an address looks like 127.0.0.1:7555"),
+    (["--purge"], "--purge goes with --uninstall"),
+    (["--uninstall", "--serve"], "cannot be combined"),
+])
+def test_bad_options_are_one_line(tmp_path, args, needle):
+    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"), *args)
+    assert res.returncode == 1 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "pk").exists()

@@ -100,6 +100,47 @@ def test_local_addresses(address, local):
     assert protocol.is_local_address(address) is local
 
 
+@pytest.mark.parametrize("text,endpoint", [
+    ("127.0.0.1:7555", "tcp://127.0.0.1:7555"), ("127.0.0.1", "tcp://127.0.0.1:7555"),
+    ("localhost", "tcp://localhost:7555"), ("gpu-box:7000", "tcp://gpu-box:7000"),
+    ("gpu-box.studio.lan", "tcp://gpu-box.studio.lan:7555"), ("tcp://gpu-box:7556", "tcp://gpu-box:7556"),
+    ("tcp://10.0.0.2", "tcp://10.0.0.2:7555"), ("  TCP://10.0.0.2:1  ", "tcp://10.0.0.2:1"),
+    ("[::1]:7555", "tcp://[::1]:7555"), ("[::1]", "tcp://[::1]:7555"), ("::1", "tcp://[::1]:7555"),
+    ("tcp://[fe80:0:0::1]:9", "tcp://[fe80::1]:9"), ("ipc:///tmp/smd.sock", "ipc:///tmp/smd.sock"),
+    ("tcp://*:7555", "tcp://*:7555"), ("0.0.0.0", "tcp://0.0.0.0:7555"), ("tcp://eth0:7555", "tcp://eth0:7555"),
+])
+def test_addresses_people_write_become_endpoints(text, endpoint):
+    assert protocol.normalize_address(text) == endpoint
+    assert protocol.normalize_address(endpoint) == endpoint  # idempotent
+    assert protocol.is_ipv6_endpoint(endpoint) == ("[" in endpoint)
+
+
+@pytest.mark.parametrize("text,why", [
+    ("http://gpu-box:7555", "http:// is not spoken here"), ("https://gpu-box", "https:// is not spoken here"),
+    ("udp://1.2.3.4:5", "udp://"), ("127.0.0.1:", "no port after ':'"), ("127.0.0.1:99999", "from 1 to 65535"),
+    ("gpu-box:port", "from 1 to 65535"), ("gpu box", "is not a host name"), ("[::1", "is not a daemon address"),
+    ("[nope]:1", "not a valid IPv6 address"), ("tcp://h:1/", "from 1 to 65535"), ("", "no daemon address"),
+    ("   ", "no daemon address"), ("ipc://", "no socket path"), ("tcp://", "is not a host name"),
+])
+def test_anything_else_is_one_sentence_saying_what_an_address_looks_like(text, why):
+    with pytest.raises(ValueError) as e:
+        protocol.normalize_address(text)
+    msg = str(e.value)
+    assert why in msg and "\n" not in msg, msg
+    assert msg.endswith("an address looks like 127.0.0.1:7555, gpu-box (port 7555), tcp://gpu-box:7555, "
+                        "[::1]:7555 or ipc:///tmp/smd.sock")
+
+
+def test_client_takes_addresses_as_people_write_them():
+    from smd_daemon.client import Client
+
+    c = Client("127.0.0.1:9", name="plain")
+    assert c.address == "tcp://127.0.0.1:9" and not c.compress_planes
+    c.close()
+    with pytest.raises(ValueError, match="is not spoken here"):
+        Client("http://127.0.0.1:9")
+
+
 BLOCKER = r"""
 import sys
 BLOCKED = ("torch", "numpy", "PIL", "diffusers", "transformers", "smd_daemon.engine", "smd_daemon.server")

@@ -28,6 +28,12 @@ from smd_daemon.scenefile import Overrides, load_scene
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def alpha8(region) -> np.ndarray:
+    """A region's mask as 0..255 integers, whether the scene keeps it as uint8 alpha or in [0, 1]."""
+    mask = np.asarray(region.mask)
+    return mask.astype(int) if mask.dtype == np.uint8 else np.round(mask * 255).astype(int)
+
+
 def _fmask(region) -> np.ndarray:
     """A region's mask in [0, 1], whatever its dtype (layer alpha stays uint8)."""
     return as_float_mask(region.mask).numpy()
@@ -58,8 +64,9 @@ class Layer:
 
 
 class Group:
-    def __init__(self, name, children, visible=True, x=0, y=0):
+    def __init__(self, name, children, visible=True, x=0, y=0, opacity=1.0):
         self.name, self.children, self.visible, self.x, self.y = name, children, visible, x, y
+        self.opacity = opacity
 
 
 def make_ora(path, w, h, stack, *, stack_xml=None, members=None) -> str:
@@ -71,7 +78,8 @@ def make_ora(path, w, h, stack, *, stack_xml=None, members=None) -> str:
         vis = "visible" if item.visible else "hidden"
         if isinstance(item, Group):
             inner = "".join(element(c) for c in item.children)
-            return f'<stack name={quoteattr(item.name)} visibility="{vis}" x="{item.x}" y="{item.y}">{inner}</stack>'
+            return (f'<stack name={quoteattr(item.name)} visibility="{vis}" x="{item.x}" y="{item.y}" '
+                    f'opacity="{item.opacity}">{inner}</stack>')
         src = item.src
         if src is None:
             src = f"data/layer{counter[0]}.png"
@@ -187,11 +195,58 @@ def test_ora_offsets_crop_layers_sticking_out(tmp_path):
     np.testing.assert_array_equal(masks["inside"], expect)
 
 
-def test_ora_masks_are_alpha_only(tmp_path):
+def test_ora_masks_are_alpha_times_opacity_not_colour(tmp_path):
     W = H = 64
     pixels = rgba(W, H, color=(0, 0, 0), alpha=128)  # black paint at half alpha, layer opacity 0.2
     scene = load_scene(make_ora(tmp_path / "s.ora", W, H, [Layer("fog", pixels, opacity=0.2)])).scene
-    np.testing.assert_allclose(_fmask(scene.regions[0]), 128 / 255)
+    assert (alpha8(scene.regions[0]) == 26).all()  # 128 * 0.2 = 25.6, rounded half up
+
+
+def test_ora_group_rule_names_never_read_layers_as_the_artist_sees_them(tmp_path):
+    """A group named like a prompt is not a region; its layers are, with every group's opacity applied."""
+    W = H = 64
+    path = make_ora(tmp_path / "s.ora", W, H, [
+        Group("characters", [
+            Group("Group 2", [Layer("an owl", rgba(16, 16), x=48)], opacity=0.501961),
+            Layer("a cat", rgba(48, 32), x=16, y=16, opacity=0.8),
+            Layer("a red fox", rgba(32, 32)),
+        ], opacity=0.501961),
+        Group("hidden things", [Layer("a ghost", rgba(16, 16), y=48)], visible=False),
+        Layer("Background", rgba(W, H, color=(255, 255, 255))),
+    ])
+    loaded = load_scene(path)
+    assert [r.prompt for r in loaded.scene.regions] == ["a red fox", "a cat", "an owl"]
+    fox, cat, owl = (alpha8(r) for r in loaded.scene.regions)
+    assert fox.max() == 128 and fox[0:32, 0:32].min() == 128 and (fox > 0).sum() == 32 * 32
+    assert cat.max() == 102 and (cat > 0).sum() == 48 * 32  # 255 * 0.8 * 0.502 = 102.4
+    assert owl.max() == 64 and (owl > 0).sum() == 16 * 16  # 255 * 0.502 * 0.502 = 64.25
+    read = [(p.name, p.role, p.reason_code) for p in loaded.layers]
+    assert read == [("Background", "ignored", "automatic_name"), ("a ghost", "ignored", "hidden"),
+                    ("hidden things", "ignored", "group"), ("a red fox", "region", ""), ("a cat", "region", ""),
+                    ("an owl", "region", ""), ("Group 2", "ignored", "group"), ("characters", "ignored", "group")]
+    ghost = next(p for p in loaded.layers if p.name == "a ghost")
+    assert ghost.reason == "hidden: show the layer to use it (the group 'hidden things' is hidden)"
+
+
+def test_ora_background_image_composites_groups_at_their_opacity(tmp_path):
+    """A 50 % group is composited at 50 % as a whole (its layers together first), as Krita shows it;
+    a hidden group or a layer's transparent part adds nothing."""
+    W = H = 64
+    red, blue = rgba(W, H, color=(255, 0, 0)), rgba(W, H, color=(0, 0, 255), box=(0, 0, 32, 64))
+    path = make_ora(tmp_path / "s.ora", W, H, [
+        Layer("a cat", rgba(W, H, box=(0, 0, 8, 8))),
+        Group("sky", [Layer("bg: blue sky | strength: 0.6", blue), Layer("Paint Layer 2", red)], opacity=0.5),
+        Group("hidden", [Layer("Paint Layer 3", rgba(W, H, color=(0, 255, 0)))], visible=False),
+        Layer("bg: green | strength: 0.5", rgba(W, H, color=(0, 255, 0), box=(0, 48, 64, 64))),
+    ])
+    scene = load_scene(path).scene
+    assert scene.background.prompt == "blue sky" and scene.background.strength == 0.6
+    img = scene.background.image.astype(int)
+    # left: blue over red inside the group -> blue at 50 % over white (each layer at 50 % on its own
+    # would give 127.5, 63.75, 191.25); right: red at 50 % over white
+    np.testing.assert_allclose(img[8, 8], [127.5, 127.5, 255], atol=1)
+    np.testing.assert_allclose(img[8, 56], [255, 127.5, 127.5], atol=1)
+    np.testing.assert_allclose(img[56, 56], [127.5, 127.5, 0], atol=1)  # the 50 % red over the opaque green band
 
 
 def test_ora_groups_flatten_hide_and_offset(tmp_path):
@@ -210,8 +265,9 @@ def test_ora_groups_flatten_hide_and_offset(tmp_path):
     masks = {r.prompt: _fmask(r) for r in loaded.scene.regions}
     assert masks["a star"][22:30, 22:30].all() and masks["a star"].sum() == 64
     assert masks["a comet"][20:28, 30:38].all() and masks["a comet"].sum() == 64
-    hidden = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
-    assert hidden == {"a ghost": "hidden", "a bat": "hidden"}
+    hidden = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
+    assert hidden == {"a ghost": "hidden", "a bat": "hidden", "Group 1": "group", "inner": "group",
+                      "hidden group": "group", "visible inside": "group"}
 
 
 def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
@@ -329,7 +385,7 @@ def test_json_mask_kinds(tmp_path):
      "mask strength must be between 0 and 1"),
     ([1, 2], "a JSON scene is an object"),
     ({"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
-     "layer name 'Paint Layer 2' is not a region (automatic layer name)"),
+     "layer name 'Paint Layer 2' is not a region (automatic name: rename it with a prompt)"),
     ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, "use the \"background\" field"),
     ({"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
      "gives both"),
@@ -365,7 +421,15 @@ BAD_ORA = {
         p, 64, 64, [Layer("a fox", src="data/big.png")],
         members={"data/big.png": b"\x89PNG\r\n\x1a\n" + _ihdr(9000, 9000)}),
     "size not a number": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='big' h='64'><stack/></image>"),
+    "groups nested too deep": lambda p: make_ora(p, 64, 64, [_nested(20)]),
+    "too many layers": lambda p: make_ora(p, 64, 64, [Layer(f"a fox {i}", src="data/x.png") for i in range(600)]),
+    "group opacity not a number": lambda p: make_ora(
+        p, 64, 64, [], stack_xml="<image w='64' h='64'><stack><stack name='g' opacity='half'/></stack></image>"),
 }
+
+
+def _nested(depth: int):
+    return Layer("a fox", rgba(8, 8)) if depth == 0 else Group(f"group {depth}", [_nested(depth - 1)])
 
 
 def _ihdr(w: int, h: int) -> bytes:
@@ -392,6 +456,9 @@ EXPECTED = {
     "decompression bomb layer": "decompression bomb",
     "layer over the size limit": "9000x9000 pixels",
     "size not a number": "expected a whole number",
+    "groups nested too deep": "nested more than 16 deep",
+    "too many layers": "more than 512 layers and groups",
+    "group opacity not a number": "stack 'g' has opacity 'half'",
 }
 
 
@@ -560,21 +627,30 @@ def export(*_):
 '''
 
 
-@pytest.mark.krita
-@pytest.mark.skipif(not shutil.which("kritarunner"), reason="Krita is not installed (tests/run.sh installs it)")
-def test_reads_an_ora_written_by_krita(tmp_path):
-    (tmp_path / "krita_export.py").write_text(KRITA_EXPORT)
+def kritarunner(tmp_path, script: str, function: str, **env_vars) -> subprocess.CompletedProcess:
+    """Run ``function`` of ``script`` inside Krita (no window) with a private HOME."""
+    (tmp_path / "krita_script.py").write_text(script)
     home = tmp_path / "home"
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # Krita's Python must find the system python3 first
-           "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(tmp_path), "ORA_OUT": str(tmp_path / "k.ora"),
-           "HOME": str(home)}
+           "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(tmp_path), "HOME": str(home), **env_vars}
     for var, sub in [("XDG_CONFIG_HOME", "cfg"), ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"),
                      ("XDG_RUNTIME_DIR", "run"), ("TMPDIR", "tmp")]:
         (home / sub).mkdir(parents=True)
         env[var] = str(home / sub)
     (home / "run").chmod(0o700)
-    proc = subprocess.run(["kritarunner", "-s", "krita_export", "-f", "export"], env=env, capture_output=True,
+    return subprocess.run(["kritarunner", "-s", "krita_script", "-f", function], env=env, capture_output=True,
                           text=True, timeout=180)
+
+
+# tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
+krita_missing = pytest.mark.skipif(not shutil.which("kritarunner") and not os.environ.get("SMD_REQUIRE_KRITA"),
+                                   reason="Krita is not installed (tests/run.sh installs it)")
+
+
+@pytest.mark.krita
+@krita_missing
+def test_reads_an_ora_written_by_krita(tmp_path):
+    proc = kritarunner(tmp_path, KRITA_EXPORT, "export", ORA_OUT=str(tmp_path / "k.ora"))
     assert (tmp_path / "k.ora").exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
 
     loaded = load_scene(str(tmp_path / "k.ora"), Overrides(background_strength=0.5))
@@ -588,12 +664,78 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     expect[40:50, 60:80] = 1
     np.testing.assert_array_equal(star, expect)
     expect[:] = 0
-    expect[80:96, 100:128] = 128 / 255
+    expect[80:96, 100:128] = 50 / 255  # alpha 128 at Krita opacity 100/255: 50.2, half up
     np.testing.assert_allclose(mist, expect)
     assert scene.regions[0].mask_std == 2
-    reasons = {p.name: p.reason for p in loaded.layers if p.role == "ignored"}
-    assert reasons == {"Background": "automatic layer name", "a ghost": "hidden"}
+    reasons = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
+    assert reasons == {"Background": "automatic_name", "a ghost": "hidden", "Group 1": "group",
+                       "hidden group": "group"}
     np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
+
+
+# tests/data/krita_groups_masks.kra was made in Krita 5.1.5 with its own layer actions (transparency
+# masks cannot be made from Python there): a group "characters" at 50 % holding "a red fox", "a cat"
+# (opacity 80 %, a transparency mask keeping x 16..40) and a group "Group 2" at 50 % with "an owl"; a
+# hidden group with "a ghost"; "bg: a meadow | strength: 0.5" (green band y 48..64, a transparency
+# mask keeping x < 32); "Filter Layer 1 (Levels)"; the white "Background".
+KRITA_REEXPORT = '''
+import os
+from krita import Krita, InfoObject
+
+
+def export(*_):
+    k = Krita.instance()
+    k.setBatchmode(True)
+    doc = k.openDocument(os.environ["KRA_IN"])
+    doc.setBatchmode(True)
+    doc.refreshProjection()
+    doc.waitForDone()
+    print("exported", doc.exportImage(os.environ["ORA_OUT"], InfoObject()))
+    doc.close()
+'''
+
+
+@pytest.mark.krita
+@krita_missing
+def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_sees_it(tmp_path):
+    ora = tmp_path / "k.ora"
+    proc = kritarunner(tmp_path, KRITA_REEXPORT, "export", ORA_OUT=str(ora),
+                       KRA_IN=os.path.join(ROOT, "tests", "data", "krita_groups_masks.kra"))
+    assert ora.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    loaded = load_scene(str(ora))
+    scene = loaded.scene
+    assert [r.prompt for r in scene.regions] == ["a red fox", "a cat", "an owl"]
+    fox, cat, owl = (alpha8(r) for r in scene.regions)
+    expect = np.zeros((64, 64), int)
+    expect[0:32, 0:32] = 128  # the group's 50 % (Krita stores 128/255)
+    np.testing.assert_array_equal(fox, expect)
+    expect[:] = 0
+    expect[16:48, 16:40] = 102  # its mask keeps 24 of 48 columns; 255 * 0.8 * 128/255
+    np.testing.assert_array_equal(cat, expect)
+    expect[:] = 0
+    expect[0:16, 48:64] = 64  # two groups at 50 %
+    np.testing.assert_array_equal(owl, expect)
+    read = {p.name: (p.role, p.reason_code) for p in loaded.layers}
+    assert read == {"Background": ("ignored", "automatic_name"), "a ghost": ("ignored", "hidden"),
+                    "hidden things": ("ignored", "group"), "characters": ("ignored", "group"),
+                    "Group 2": ("ignored", "group"), "a red fox": ("region", ""), "a cat": ("region", ""),
+                    "an owl": ("region", ""), "bg: a meadow | strength: 0.5": ("background", "")}
+    # Krita leaves filter layers out of OpenRaster files; its masks are applied to the layer pixels.
+    assert "Filter Layer 1 (Levels)" not in read
+    bg = scene.background
+    assert bg.prompt == "a meadow" and bg.strength == 0.5
+    np.testing.assert_array_equal(bg.image[48:64, 0:32], np.broadcast_to([0, 255, 0], (16, 32, 3)))
+    np.testing.assert_array_equal(bg.image[48:64, 32:64], 255)  # the masked half does not leak
+    np.testing.assert_array_equal(bg.image[0:48], 255)  # regions are not in the picture; the ghost is hidden
+
+    # Every layer composited as the reader sees it matches Krita's own flattened image within 1/255.
+    from smd_daemon import scenefile
+    with zipfile.ZipFile(ora) as zf:
+        _, _, tree = scenefile._read_stack(zf, str(ora))
+        everything = {id(n) for n in scenefile._bottom_first(tree) if not n.group}
+        ours = scenefile._background_image(zf, tree, everything, 64, 64, 64, 64, str(ora))
+        krita = np.asarray(Image.open(io.BytesIO(zf.read("mergedimage.png"))).convert("RGB"))
+    assert np.abs(ours.astype(int) - krita.astype(int)).max() <= 1
 
 
 # ---------------------------------------------------------------- region modes

@@ -67,6 +67,27 @@ def test_scene_reply_reads_layer_names(client):
     assert isinstance(ev, SceneEvent) and ev.revision == rev and ev.regions == 1
     roles = {d["name"]: d["role"] for d in ev.layers}
     assert roles == {"a red fox": "region", "Paint Layer 2": "ignored"}
+    assert ev.layers[1]["reason_code"] == "automatic_name"
+
+
+def test_scene_reply_explains_every_layer_with_a_code(client):
+    layers = [Layer("g", "characters", None, group=True), Layer("1", "a fox | strenght: 2", half_mask()),
+              Layer("2", "Ebene 2", half_mask()), Layer("3", "# sketch", half_mask()),
+              Layer("4", "a cat", half_mask(), visible=False), Layer("5", "an owl", bytes(S * S)),
+              Layer("6", "SMD Preview", half_mask())]
+    rev = client.set_scene(S, S, layers)
+    ev = client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)) and getattr(e, "revision", rev) == rev, 10)
+    assert isinstance(ev, SceneEvent), ev
+    read = [(d["name"], d["role"], d.get("reason_code"), d.get("warning_codes")) for d in ev.layers]
+    assert read == [("characters", "ignored", "group", None), ("a fox | strenght: 2", "region", None, ["unknown_option"]),
+                    ("Ebene 2", "ignored", "automatic_name", None), ("# sketch", "ignored", "marker", None),
+                    ("a cat", "ignored", "hidden", None), ("an owl", "ignored", "empty", None),
+                    ("SMD Preview", "ignored", "plugin_layer", None)]
+    assert ev.layers[0]["reason"] == "a group: its layers are read one by one"
+    # A partial update keeps a layer a group until it says otherwise.
+    rev = client.update_scene([Layer("g", "renamed group", None, group=True)])
+    ev = client.wait_for(lambda e: isinstance(e, SceneEvent) and e.revision == rev, 10)
+    assert ev.layers[0]["reason_code"] == "group"
 
 
 def test_stream_reflects_midstream_partial_update_within_bound(client):

@@ -31,7 +31,8 @@ STOP_WITHIN_S = 4.0  # from the signal to the process's end, whatever is running
 
 OPTIONS = {
     **MODEL_OPTIONS,
-    "bind": (str, DEFAULT_BIND, "ZeroMQ endpoint to listen on"),
+    "bind": (str, DEFAULT_BIND, "address to listen on: HOST[:PORT], tcp://HOST[:PORT], [IPv6]:PORT or ipc://PATH "
+                                "(port 7555 when none is given; * for every interface)"),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
@@ -88,9 +89,11 @@ def make_limits(opts: dict) -> Limits:
 
 
 def check_bind(opts: dict) -> None:
-    bind = opts["bind"]
-    if not bind.startswith(("tcp://", "ipc://")):
-        raise UsageError(f"bind address {bind!r} must look like tcp://HOST:PORT or ipc://PATH")
+    """Turns opts["bind"] into an endpoint (as people write addresses) and checks who could reach it."""
+    try:
+        bind = opts["bind"] = protocol.normalize_address(opts["bind"])
+    except ValueError as e:
+        raise UsageError(f"--bind: {e}") from None
     if not protocol.is_local_address(bind):
         if opts["keys"] is None and not opts["insecure"]:
             raise UsageError(f"{bind} is reachable from the network: give --keys DIR (made by 'smd-daemon keys DIR') "

@@ -92,6 +92,8 @@ class Server:
         sock.setsockopt(zmq.SNDTIMEO, 0)
         if self.keys_dir is not None:
             self._auth = curve.setup(self.ctx, sock, self.keys_dir, self.throttled_log)
+        if protocol.is_ipv6_endpoint(self.bind):
+            sock.setsockopt(zmq.IPV6, 1)
         try:
             sock.bind(self.bind)
         except zmq.ZMQError as e:

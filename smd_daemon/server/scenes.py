@@ -190,7 +190,8 @@ class SceneWorkers:
         lim, d = self.limits, self._defaults
         settings, bg = state.settings, state.background
         w, h = state.size
-        inputs = [LayerInput(layer.name, layer.alpha, layer.visible) for layer in state.layers.values()]
+        inputs = [LayerInput(layer.name, layer.alpha, layer.visible, group=layer.group)
+                  for layer in state.layers.values()]
         scene, parsed = build_scene(
             inputs, w, h, background_prompt=bg.get("prompt", ""),
             negative_prompt=settings.get("negative_prompt", ""), background_image=state.background_image,
