@@ -96,6 +96,67 @@ def test_placement_picks_the_least_engine_time_and_keeps_sessions_below_the_cap(
     assert d._choose(new=True) is None
 
 
+class _Sent:
+    """Stands in for the dispatcher's ROUTER socket: what was sent, to whom."""
+
+    def __init__(self):
+        self.log = []
+
+    def send_multipart(self, frames, flags=0, copy=True):
+        from smd_daemon.cluster import wire
+
+        self.log.append((frames[0], wire.loads(frames[1:])))
+
+    def to(self, identity: bytes) -> list:
+        return [type(msg).__name__ for who, msg in self.log if who == identity]
+
+
+def test_dispatcher_moves_sessions_from_a_restarted_or_silent_worker_and_ignores_an_older_process():
+    from types import SimpleNamespace
+
+    from smd_daemon.cluster import wire
+    from smd_daemon.cluster.frontend import WORKER_TIMEOUT_S, Dispatcher, FrontEngine
+
+    posted = []
+    server = SimpleNamespace(engine=FrontEngine(), post=posted.append, sessions=SimpleNamespace(event=posted.append))
+    sock = _Sent()
+    d = Dispatcher(server, sock, per_worker=4)
+    for wid in ("w0", "w1"):
+        d.add_worker(wid)
+    ready = {"region_modes": ("latent",), "max_steps": 50, "kind": "lcm"}
+    d._from_worker(b"a", wire.Hello("w0", "a", "ready", started=1.0, can=ready))
+    d._from_worker(b"b", wire.Hello("w1", "b", "ready", started=1.0, can=ready))
+    for sid in ("s1", "s2"):
+        d.send(m.OpenSession(sid, FrameFlow(2)))
+    d.send(m.SetScene("s1", "scene-1", 3, wire.PLAN_ON_WORKER))
+    d.send(m.SetScene("s2", "scene-2", 5, wire.PLAN_ON_WORKER))
+    on = {r.session: r.worker.id for r in d.routes.values()}
+    assert sorted(on.values()) == ["w0", "w1"]  # spread over both
+
+    moved = next(sid for sid, wid in on.items() if wid == "w1")
+    sock.log.clear()
+    d._from_worker(b"b2", wire.Hello("w1", "b2", "loading", started=2.0))  # Ray restarted w1's process
+    assert d.routes[moved].worker.id == "w0"
+    assert sock.to(b"a") == ["OpenSession", "Credit", "SetScene"]  # replayed where it moved
+    assert d.workers["w1"].starts == 2
+
+    sock.log.clear()
+    d._from_worker(b"b", wire.Hello("w1", "b", "ready", started=1.0))  # the replaced process comes back
+    d._from_worker(b"b", wire.Stats("w1", "b", 0, 0, 0.0))
+    assert d.workers["w1"].state == "loading" and sock.log == []  # ignored, not reset
+
+    d._from_worker(b"b2", wire.Hello("w1", "b2", "ready", started=2.0))
+    d.tick(time.monotonic() + WORKER_TIMEOUT_S + 1)  # w0 (and w1) silent: both lost
+    assert all(r.worker is None for r in d.routes.values())
+    told = [e for e in posted if isinstance(e, m.SessionError)]
+    assert len(told) == 2 and all("no engine worker" in e.message for e in told)
+
+    sock.log.clear()
+    d._from_worker(b"a3", wire.Hello("w0", "a3", "ready", started=3.0))  # back: both sessions resume there
+    assert {r.worker.id for r in d.routes.values()} == {"w0"}
+    assert sock.to(b"a3").count("SetScene") == 2
+
+
 def test_ray_addresses_are_checked_before_anything_starts():
     from smd_daemon.cluster.ray_workers import parse_target
     from smd_daemon.errors import UsageError

@@ -77,6 +77,7 @@ class Worker:
     model: dict = field(default_factory=dict)
     error: str = ""
     starts: int = 0  # processes that said hello (Ray restarts a dead one)
+    started: float = 0.0  # when its current process started (time.time() there)
     sessions: set = field(default_factory=set)
     last_seen: float = 0.0
     frames: int = 0
@@ -121,6 +122,7 @@ class Dispatcher:
         self.routes: dict[str, Route] = {}
         self._suspects: list[Worker] = []
         self._resets: dict[bytes, float] = {}
+        self._stale: set[bytes] = set()  # identities of worker processes replaced by newer ones
 
     # --- the engine loop's interface --------------------------------------------------------
 
@@ -291,6 +293,8 @@ class Dispatcher:
         if isinstance(msg, wire.Hello):
             self._hello(identity, msg, now)
             return
+        if identity in self._stale:
+            return
         w = self.by_identity.get(identity)
         if w is None or w.identity != identity or w.state == "lost":
             # A process we no longer count on (declared lost, then heard again): start it over.
@@ -332,11 +336,15 @@ class Dispatcher:
             log.warning("ignoring unknown worker %r", h.worker[:40])
             return
         if w.identity != identity:
+            if h.started < w.started:  # an older process of it, replaced meanwhile (a healed partition)
+                self._stale.add(identity)
+                log.warning("ignoring an older process of worker %s (pid %d on node %s)", w.id, h.pid, h.node)
+                return
             if w.state in ("ready", "loading"):
                 self._lose(w, "Ray restarted it")
             self.by_identity.pop(w.identity, None)
             w.starts += 1
-        w.identity, w.last_seen = identity, now
+        w.identity, w.last_seen, w.started = identity, now, h.started
         self.by_identity[identity] = w
         w.node, w.device, w.pid, w.error = h.node, h.device or w.device, h.pid, h.error
         w.model = h.model or w.model

@@ -50,6 +50,7 @@ class Hello:
     model: dict = field(default_factory=dict)  # Components.describe()
     error: str = ""  # why the model did not load
     can: dict = field(default_factory=dict)  # what the model can do: region_modes, max_steps, kind
+    started: float = 0.0  # time.time() when this process started: the newest process of a worker wins
 
 
 @dataclass

@@ -147,7 +147,7 @@ class EngineWorker:
                  max_memory_bytes: int | None = None, node: str = "", device: str = ""):
         self.id, self.front_address, self.keys = worker_id, front_address, keys
         self.node, self.device = node, device
-        self.incarnation = uuid.uuid4().hex[:12]
+        self.incarnation, self.started = uuid.uuid4().hex[:12], time.time()
         self.budget = MemoryBudget(max_memory_bytes or default_max_memory(), max_session_bytes)
         self.engine: TimedEngine | None = None
         self.loop: EngineLoop | None = None
@@ -201,7 +201,7 @@ class EngineWorker:
                                          "max_steps": getattr(engine, "max_steps", None),
                                          "kind": getattr(engine, "kind", "")}
         self._send(wire.Hello(self.id, self.incarnation, self.state, self.node, self.device, os.getpid(),
-                              self.model, self.error, can))
+                              self.model, self.error, can, self.started))
 
     # --- the socket's thread ---------------------------------------------------------
 
