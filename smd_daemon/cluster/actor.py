@@ -24,7 +24,7 @@ class WorkerActor:
         from smd_daemon.cluster.worker import EngineWorker
 
         self.worker = EngineWorker(worker_id, front_address, keys, max_session_bytes, max_memory_bytes,
-                                   node=ray.util.get_node_ip_address())
+                                   node=ray.util.get_node_ip_address(), on_link_failure=lambda: os._exit(70))
         self.worker.connect()
         try:
             if opts.get("threads"):

@@ -22,6 +22,7 @@ from smd_daemon.cluster.ray_workers import RayCluster, parse_target
 log = logging.getLogger("smd_daemon.cluster")
 
 HELLO_WITHIN_S = 120.0  # a worker that has not said hello by then was not placed (or cannot start)
+REACH_WITHIN_S = 15.0  # a worker Ray started that has not said hello by then cannot reach the front end
 MAX_STARTS = 3  # processes of one worker that may die while loading before it counts as failed
 
 
@@ -84,7 +85,7 @@ def start(server: ClusterServer, opts: dict) -> None:
         server.dispatcher.add_worker(wid)
         cluster.start(wid, each, address, server.worker_keys(), worker_opts, server.limits.max_session_bytes,
                       max_memory, (opts.get("log_level") or logging.getLevelName(logging.getLogger().level)).lower())
-    _wait(server)
+    _wait(server, address)
     ready = [w for w in server.dispatcher.workers.values() if w.state == "ready"]
     server.model_info = dict(ready[0].model)
     server.limits.max_sessions = server.per_worker * n
@@ -111,7 +112,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _wait(server: ClusterServer) -> None:
+def _wait(server: ClusterServer, address: str) -> None:
     d, cluster = server.dispatcher, server.cluster
     hello_by = time.monotonic() + HELLO_WITHIN_S
     while True:
@@ -122,6 +123,10 @@ def _wait(server: ClusterServer) -> None:
         now = time.monotonic()
         d.tick(now)
         workers = list(d.workers.values())
+        for w in workers:
+            if w.state == "starting" and now - cluster.started.get(w.id, now) > REACH_WITHIN_S:
+                d.worker_failed(w.id, f"it started on its node but cannot reach the front end at {address} "
+                                      f"(is that port open between the nodes?)")
         for w in workers:
             if w.starts > MAX_STARTS and w.state != "ready":
                 d.worker_failed(w.id, f"its process died {w.starts - 1} times while loading the model")

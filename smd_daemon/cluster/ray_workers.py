@@ -90,6 +90,7 @@ class RayCluster:
         self.temp_dir: str | None = None
         self.connected = False
         self.actors: dict = {}  # worker id -> actor handle
+        self.started: dict[str, float] = {}  # worker id -> when Ray said its __init__ had run
         self._pending: dict = {}  # ObjectRef of a worker's first call -> worker id
 
     # --- joining ---------------------------------------------------------------------------
@@ -163,6 +164,7 @@ class RayCluster:
             wid = self._pending.pop(ref)
             try:
                 self.ray.get(ref)
+                self.started[wid] = time.monotonic()
             except Exception as e:
                 out[wid] = _error_line(e)
         return out

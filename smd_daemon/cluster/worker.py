@@ -144,8 +144,9 @@ class _TimedWork:
 
 class EngineWorker:
     def __init__(self, worker_id: str, front_address: str, keys: wire.Keys | None, max_session_bytes: int,
-                 max_memory_bytes: int | None = None, node: str = "", device: str = ""):
+                 max_memory_bytes: int | None = None, node: str = "", device: str = "", on_link_failure=None):
         self.id, self.front_address, self.keys = worker_id, front_address, keys
+        self.on_link_failure = on_link_failure  # the link thread died of a bug (a Ray actor exits: Ray restarts it)
         self.node, self.device = node, device
         self.incarnation, self.started = uuid.uuid4().hex[:12], time.time()
         self.budget = MemoryBudget(max_memory_bytes or default_max_memory(), max_session_bytes)
@@ -251,6 +252,8 @@ class EngineWorker:
                                                    self.engine.busy_s if self.engine else 0.0))
         except Exception:
             log.exception("worker link failed")
+            if self.on_link_failure is not None:
+                self.on_link_failure()
         finally:
             sock.close(0)
             ctx.term()
