@@ -138,7 +138,8 @@ def bomb(args) -> None:
     print("| daemon | answer (after) | the daemon's count for the session | RSS before → after | ping round trip "
           "meanwhile (median / max) | longest gap between the viewer's frames (its usual gap) |")
     print("|---|---|---|---|---|---|")
-    for flags, label in ((("--max-memory", "1"), "--max-memory 1 (1 GiB per session)"), ((), "default limits")):
+    for flags, label in (((), "default limits, no update (the machine's own jitter, 60 s)"),
+                         (("--max-memory", "1"), "--max-memory 1 (1 GiB per session)"), ((), "default limits")):
         d = started("--log-level", "debug", *flags)
         try:
             watcher = Raw(d.address)
@@ -150,9 +151,11 @@ def bomb(args) -> None:
             raw.handshake()
             before = rss_mib(d.proc.pid)
             t0 = time.monotonic()
-            raw.send("update", [part], revision=1, full=True, width=side, height=side, layers=entries)
+            baseline = label.startswith("default limits, no update")
+            if not baseline:
+                raw.send("update", [part], revision=1, full=True, width=side, height=side, layers=entries)
             rtts, gaps, last, answer = [], [], time.monotonic(), None
-            while answer is None and time.monotonic() - t0 < 1200:
+            while answer is None and time.monotonic() - t0 < (60 if baseline else 1200):
                 m = raw.recv(0.0)
                 if m is not None and m.type in ("scene", "error"):
                     answer = m
@@ -168,8 +171,8 @@ def bomb(args) -> None:
                         last = time.monotonic()
             took = time.monotonic() - t0
             kept = [line for line in d.text().splitlines() if " keeps " in line and "MiB" in line]
-            count = kept[-1].split(" keeps ")[1].split(" MiB")[0] + " MiB" if answer.type == "scene" else "-"
-            what = answer.type if answer.type != "error" else f"`{answer.header['code']}`"
+            count = kept[-1].split(" keeps ")[1].split(" MiB")[0] + " MiB" if answer and answer.type == "scene" else "-"
+            what = "-" if answer is None else answer.type if answer.type != "error" else f"`{answer.header['code']}`"
             print(f"| {label} | {what} ({took:.1f} s) | {count} | {before:.0f} → {rss_mib(d.proc.pid):.0f} MiB | "
                   f"{statistics.median(rtts):.1f} / {max(rtts):.1f} ms ({len(rtts)} pings) | "
                   f"{max(gaps or [0]):.0f} ms ({usual:.0f} ms) |")

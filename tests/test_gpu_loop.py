@@ -118,6 +118,11 @@ def test_engine_failure_is_an_error_to_that_client_only(server):
         err = bad.wait_for(lambda e: isinstance(e, ErrorEvent), 10)
         assert err.code == "engine_error" and "out of memory" in err.message
         assert bad.wait_for(lambda e: isinstance(e, LiveEvent), 10).active is False
+        # Live again with the same scene: tried afresh (and told again), never silently stuck.
+        bad.start_live("raw")
+        err = bad.wait_for(lambda e: isinstance(e, ErrorEvent), 10)
+        assert err is not None and err.code == "engine_error"
+        assert bad.wait_for(lambda e: isinstance(e, LiveEvent) and not e.active, 10) is not None
         # The other client never stopped.
         n = 0
         while n < 20:

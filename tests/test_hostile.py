@@ -314,3 +314,30 @@ def test_serve_refuses_a_secret_key_others_can_read(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "chmod 600" in lines[0] and "server.key_secret" in lines[0] and "loading model" not in r.stderr
+
+
+def test_an_accepted_scene_is_drawn_even_when_the_update_after_it_is_refused(daemon):
+    side = 512  # planning takes a while: the next two updates queue up behind the first
+    raw = Raw(daemon.address)
+    try:
+        raw.handshake()
+        plane = half_mask(side)
+        raw.send("update", [plane], revision=1, full=True, width=side, height=side,
+                 layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}])
+        raw.send("update", [], revision=2, full=False, layers=[{"key": "1", "name": "a blue fox"}])
+        raw.send("update", [b"not a plane"], revision=3, full=False,
+                 layers=[{"key": "1", "alpha": {"part": 0}}])
+        assert raw.expect("scene", 60).header["revision"] == 1
+        assert raw.expect("scene", 60).header["revision"] == 2
+        assert raw.expect("error", 60).header["code"] == E.BAD_IMAGE
+        raw.send("live_start", encoding="raw")
+        raw.expect("live")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = raw.expect("frame", 120)
+            raw.send("ack", seq=m.header["seq"], token=m.header["token"])
+            if m.header["revision"] == 2:
+                break
+        assert m.header["revision"] == 2
+    finally:
+        raw.close()

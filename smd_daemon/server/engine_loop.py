@@ -91,6 +91,7 @@ class EngineLoop(threading.Thread):
             self._frames(r)
 
     def _begin(self, r: Running) -> bool:
+        t0 = time.perf_counter()
         try:
             if r.kind == "step":
                 for s in r.members:
@@ -106,6 +107,7 @@ class EngineLoop(threading.Thread):
         for s in r.members:
             s.work = r
         r.began = time.monotonic()
+        self.scheduler.charge(r, time.perf_counter() - t0, 0)  # preparing the work is engine time too
         self.running.append(r)
         return True
 
@@ -121,7 +123,9 @@ class EngineLoop(threading.Thread):
             s.stream.update(scene, revision, plan=plan)
 
     def _frames(self, r: Running) -> None:
-        frames = r.work.frames()
+        t0 = time.perf_counter()
+        frames = r.work.frames()  # waits for the frames' copy to the host
+        self.scheduler.charge(r, time.perf_counter() - t0, 0)
         self._finish(r)
         shares = getattr(r.work, "share", None) or [1 / len(r.members)] * len(r.members)
         for s, frame, share in zip(r.members, frames, shares):
@@ -140,7 +144,9 @@ class EngineLoop(threading.Thread):
             r.progress = progress
             self.post(m.JobProgress(s.id, r.job.id, *progress))
         if r.work.done:
+            t0 = time.perf_counter()
             image = r.work.image()
+            self.scheduler.charge(r, time.perf_counter() - t0, 0)
             self._end_generate(r, m.JobResult(s.id, r.job, image, r.seconds * 1000))
 
     def _end_generate(self, r: Running, event) -> None:
@@ -176,7 +182,7 @@ class EngineLoop(threading.Thread):
         s = r.members[0]
         log.error("engine failed for session %s: %s: %s", s.id[:8], type(e).__name__, e)
         code, message = self._engine_error(e)
-        s.stream, s.live = None, False
+        s.stream, s.live, s.pending = None, False, s.newest  # live_start again tries the scene afresh
         self.post(m.SessionError(s.id, code, message + "; live mode stopped", live_stopped=True))
 
     @staticmethod
@@ -197,7 +203,7 @@ class EngineLoop(threading.Thread):
             elif s is None:
                 continue
             elif isinstance(c, m.SetScene):
-                s.pending = (c.scene, c.revision, c.plan)  # applied when its next step begins
+                s.pending = s.newest = (c.scene, c.revision, c.plan)  # applied when its next step begins
             elif isinstance(c, m.SetLive):
                 if c.live and not s.live:
                     self.scheduler.join(s)

@@ -146,6 +146,16 @@ class UpdateDone:
 
 
 @dataclass
+class PlanReady:
+    """An accepted scene planned late (the update after it was refused): for the engine, no reply."""
+
+    session: str
+    scene: object
+    revision: int
+    plan: object
+
+
+@dataclass
 class JobReady:
     """A scene worker resolved a ``generate`` against the current scene (or refused it)."""
 

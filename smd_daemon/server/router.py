@@ -45,8 +45,9 @@ class Server:
         self.keys_dir = keys_dir
         self.ctx = context or zmq.Context()
         self.stopping = threading.Event()
+        # A client may acknowledge every frame it is allowed: acks come on top of its requests.
         self.peers = PeerTable(self.limits.max_clients, self.limits.max_pending_clients,
-                               self.limits.max_requests_per_s, self.limits.max_hellos_per_s)
+                               self.limits.max_requests_per_s + self.limits.max_fps, self.limits.max_hellos_per_s)
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
         self.sessions = SessionManager(self)

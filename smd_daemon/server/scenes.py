@@ -100,7 +100,10 @@ class SceneWorkers:
                 last = not any(k == "update" for k, *_ in s.queue)
             try:
                 if kind == "update":
-                    self.post(self._update(s, msg, re, plan_now=last))
+                    done = self._update(s, msg, re, plan_now=last)
+                    self.post(done)
+                    if done.error is not None and last and s.scene is not None and s.plan is None:
+                        self._plan_late(s)
                 else:
                     self.post(self._generate(s, msg, re, job_id))
             except Exception as e:  # a bug must cost one request, not the session's worker
@@ -128,6 +131,16 @@ class SceneWorkers:
         log.debug("session %s keeps %.0f MiB (all sessions: %.0f of %.0f MiB)", s.id[:8], nbytes / 2**20,
                   self.budget.used / 2**20, self.budget.total / 2**20)
         return m.UpdateDone(s.id, re, revision, scene, plan, [p.to_dict() for p in parsed])
+
+    def _plan_late(self, s: SceneSession) -> None:
+        """The scene accepted before a refused update was never planned (a newer one
+        was on its way): the engine draws it after all."""
+        try:
+            s.plan = self._plan(s.scene)
+        except (ProtocolError, SceneError) as e:
+            log.error("session %s: revision %d cannot be drawn: %s", s.id[:8], s.revision, e)
+            return
+        self.post(m.PlanReady(s.id, s.scene, s.revision, s.plan))
 
     def _restore(self, s: SceneSession, old_bytes: int) -> None:
         try:

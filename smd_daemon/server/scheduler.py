@@ -41,6 +41,7 @@ class EngineSession:
     flow: object  # frames.FrameFlow
     stream: object = None  # engine StreamSession, opened while live
     pending: tuple | None = None  # the newest (scene, revision, plan), applied when a step begins
+    newest: tuple | None = None  # the same, kept after it is applied
     live: bool = False
     min_interval: float = 0.0
     next_step_at: float = 0.0

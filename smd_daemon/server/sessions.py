@@ -82,6 +82,8 @@ class SessionManager:
             encoding = h.get("encoding", "raw")
             if encoding not in FRAME_ENCODINGS:
                 raise ProtocolError(E.BAD_FIELD, f"frame encoding {encoding} is not available here")
+            if not s.live:
+                s.flow.stop()  # a frame made just after the last live_stop is not shown now
             s.live, s.encoding, s.quality = True, encoding, int(h.get("quality", 80))
             self.server.engine_loop.send(m.SetLive(s.id, True, 1.0 / fps, encoding, s.quality))
             send(s.identity, "live", re=rid, active=True, encoding=encoding, max_fps=fps)
@@ -93,7 +95,7 @@ class SessionManager:
         elif t == "ack":
             if s.flow.ack(h["seq"], h["token"]):
                 self._send_frame(s)
-            else:
+            elif h["seq"] > s.flow.sent:  # late acks (after live_stop) are normal; acks from the future are not
                 self.server.note_bad_ack(s.identity)
         elif t == "generate":
             if len(s.jobs) >= self.limits.max_jobs:
@@ -131,6 +133,8 @@ class SessionManager:
                 self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
             send(s.identity, "scene", re=ev.re, revision=ev.revision, regions=len(ev.scene.regions),
                  layers=ev.layers)
+        elif isinstance(ev, m.PlanReady):
+            self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
         elif isinstance(ev, m.JobReady):
             if ev.error is not None:
                 code, message, job_id = ev.error
