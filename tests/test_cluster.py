@@ -333,9 +333,11 @@ def _family(root: int, tmp: str) -> set[tuple[int, str]]:
     return {(pid, procs[pid][1]) for pid in found if pid in procs}
 
 
-def _alive(family: set[tuple[int, str]]) -> list[int]:
+def _alive(family: set[tuple[int, str]], named: bytes = b"") -> list[int]:
+    """The processes of ``family`` still running (whose command line starts with ``named``)."""
     procs = _processes()
-    return [pid for pid, started in family if pid in procs and procs[pid][1] == started]
+    return [pid for pid, started in family if pid in procs and procs[pid][1] == started
+            and procs[pid][2].startswith(named)]
 
 
 def _private_env() -> tuple[str, dict]:
@@ -567,8 +569,7 @@ def test_two_nodes_a_lost_node_moves_its_artists_to_the_other():
         assert near_pid not in _alive(family), f"the daemon left its worker running:\n{d.text()}"
         # The far worker's node was lost for a while: Ray may take some seconds more to end it there.
         deadline = time.monotonic() + 20
-        while (left := [pid for pid in _alive(family) if _processes()[pid][2].startswith(b"ray::WorkerActor")]) \
-                and time.monotonic() < deadline:
+        while (left := _alive(family, b"ray::WorkerActor")) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert left == [], f"a worker outlived the daemon:\n{d.text()}"
         assert _alive(family), "the daemon stopped a cluster it did not start"
