@@ -101,7 +101,7 @@ class Client:
                                 heartbeat_interval=heartbeat_interval, timeout=timeout,
                                 retry_interval=retry_interval)
         self._ids = itertools.count(1)
-        self._ack_pending: dict | None = None
+        self._acks: list[dict] = []  # acks that could not go out at once: the newest frame's, results'
         # What the daemon must know again after a reconnect.
         self._scene = scenestate.SceneState()
         self.revision = 0
@@ -291,9 +291,8 @@ class Client:
                 self._conn.undecodable(e)
                 continue
             if msg.type == "frame":
-                latest_frame = self._frame_event(msg, now)
-                ack = {"seq": msg.header["seq"], "token": msg.header["token"]}
-                self._ack_pending = None if self._conn.send("ack", **ack) else ack
+                latest_frame = FrameEvent.from_message(msg, now)
+                self._ack(seq=msg.header["seq"], token=msg.header["token"])
                 continue
             if latest_frame is not None:  # keep the order: that frame came first
                 self._events.append(latest_frame)
@@ -313,21 +312,19 @@ class Client:
         self._conn.tick()
         if self.session is None:
             self._live_sent = False
-            self._ack_pending = None
+            self._acks = []
         elif self.state == CONNECTED:
-            if self._ack_pending is not None and self._conn.send("ack", **self._ack_pending):
-                self._ack_pending = None
+            self._ack()
             self._flush_jobs()
             self._flush_live()
 
-    def _frame_event(self, msg, now: float) -> FrameEvent:
-        h = msg.header
-        try:
-            data = msg.part(h["part"]).tobytes()
-        except protocol.ProtocolError:
-            data = b""
-        return FrameEvent(h["seq"] if msg.type == "frame" else -1, h["revision"], h["width"], h["height"],
-                          h["encoding"], h["channels"], data, bool(h.get("settled", True)), h.get("job"), h, now)
+    def _ack(self, **ack) -> None:
+        """Acknowledge a frame or result (and whatever could not go out before; of frames only the newest)."""
+        if "seq" in ack:
+            self._acks = [a for a in self._acks if "seq" not in a]
+        self._acks += [ack] if ack else []
+        while self._acks and self._conn.send("ack", **self._acks[0]):
+            self._acks.pop(0)
 
     def _handle(self, msg, now: float) -> None:
         h, t = msg.header, msg.type
@@ -345,7 +342,8 @@ class Client:
         elif t == "scene":
             self._events.append(SceneEvent(h["revision"], h["layers"], h.get("regions", 0)))
         elif t == "result":
-            self._events.append(self._frame_event(msg, now))
+            self._events.append(FrameEvent.from_message(msg, now))
+            self._ack(job=h["job"], token=h["token"])  # the daemon holds the job's place until then
         elif t == "progress":
             self._events.append(ProgressEvent(h["job"], h["step"], h["total"]))
         elif t == "queued":

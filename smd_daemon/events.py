@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .protocol import ProtocolError
+
 
 class StateCode:
     """Why the client is in its state (``Client.state_code``, ``StateEvent.code``): a
@@ -57,6 +59,17 @@ class FrameEvent:
     job: int | None = None  # set for generate results
     header: dict = field(default_factory=dict)
     received_at: float = 0.0  # time.time() when the bytes arrived
+
+    @classmethod
+    def from_message(cls, msg, received_at: float) -> "FrameEvent":
+        """A ``frame`` or ``result`` message (``protocol.Message``) as an event."""
+        h = msg.header
+        try:
+            data = msg.part(h["part"]).tobytes()
+        except ProtocolError:
+            data = b""
+        return cls(h["seq"] if msg.type == "frame" else -1, h["revision"], h["width"], h["height"], h["encoding"],
+                   h["channels"], data, bool(h.get("settled", True)), h.get("job"), h, received_at)
 
 
 @dataclass

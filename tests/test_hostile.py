@@ -341,3 +341,32 @@ def test_an_accepted_scene_is_drawn_even_when_the_update_after_it_is_refused(dae
         assert m.header["revision"] == 2
     finally:
         raw.close()
+
+
+def test_results_a_client_does_not_read_hold_their_jobs_place(daemon):
+    raw = Raw(daemon.address)
+    try:
+        max_jobs = raw.handshake().header["limits"]["max_jobs"]
+        raw.live()  # a scene; its frames are never read either
+        # Ask for a result again and again, reading nothing: the daemon only queues
+        # what it may, so unread results cannot pile up in its memory.
+        for job in range(1, 3 * max_jobs + 1):
+            raw.send("generate", id=job, encoding="raw", steps=1)
+            time.sleep(0.3)
+        got = {"result": [], "queued": [], "busy": 0}
+        while (m := raw.recv(2.0)) is not None:
+            if m.type in ("result", "queued"):
+                got[m.type].append(m.header)
+            elif m.type == "error" and m.header["code"] == E.BUSY:
+                got["busy"] += 1
+        assert len(got["result"]) == max_jobs and got["busy"] == 2 * max_jobs, got
+        # Acknowledging a result (with the token it came with) frees its place.
+        first = got["result"][0]
+        raw.send("ack", job=first["job"], token=first["token"] + 1)
+        raw.send("generate", id=100, encoding="raw", steps=1)
+        assert raw.expect("error").header["code"] == E.BUSY
+        raw.send("ack", job=first["job"], token=first["token"])
+        raw.send("generate", id=101, encoding="raw", steps=1)
+        assert raw.expect("queued").header["job"] == 101
+    finally:
+        raw.close()

@@ -1,15 +1,44 @@
-"""The SMD Live docker: widgets only; behaviour lives in live.Controller."""
+"""The SMD Live docker: widgets only; behaviour lives in live.Controller.
+
+Compact: the connection, the three buttons, the layer list and the status
+come first; the preview, the scene settings and the daemon's address fold
+away, and the whole docker scrolls, so it is usable at 350 px high.
+"""
 
 from __future__ import annotations
 
 from krita import DockWidget
-from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                             QLineEdit, QPushButton, QSpinBox, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
+from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
+                             QLineEdit, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from . import settings
+from .connection import same_address
+from .widgets import LayerList, PreviewView, Section
 
 DOCKER_ID = "smd_live_docker"
 TITLE = "SMD Live"
+# Input sanity before the daemon has said its limits (its handshake sets the real ranges).
+SANITY_MAX_STEPS = 1000
+SANITY_MAX_SIDE = 16384
+MIN_HEIGHT = 170
+STATUS_COLORS = {"ok": "", "busy": "color: #b08000", "problem": "color: #c05000"}
+PREVIEW_MODES = (("canvas", "on the canvas"), ("docker", "in this docker"))
+REGION_MODES = (("latent", "shape-following (latent)"), ("attention", "fast (attention)"))
+SOURCES = (("canvas", "the canvas"), ("prompt", "the prompt"), ("both", "both"))
+
+
+def _combo(name: str, choices) -> QComboBox:
+    box = QComboBox()
+    box.setObjectName(name)
+    for value, text in choices:
+        box.addItem(text, value)
+    return box
+
+
+def _named(widget, name: str):
+    widget.setObjectName(name)
+    return widget
 
 
 class SMDDocker(DockWidget):
@@ -19,103 +48,175 @@ class SMDDocker(DockWidget):
         from . import live  # needs pyzmq; UnsupportedDocker must import without it
 
         self.ctl = live.controller()
-        root = QWidget(self)
-        box = QVBoxLayout(root)
+        self._loading = False
+        content = QWidget()
+        box = QVBoxLayout(content)
+        box.setContentsMargins(4, 4, 4, 4)
+        box.setSpacing(4)
 
-        conn = QGroupBox("Daemon", root)
-        form = QFormLayout(conn)
-        self.address = QLineEdit()
-        self.server_key = QLineEdit()
-        self.server_key.setPlaceholderText("only for a remote daemon")
-        self.key_file = QLineEdit()
-        self.key_file.setPlaceholderText("client key file from `smd-daemon keys`")
-        self.connect_btn = QPushButton("Connect")
-        self.status = QLabel()
-        self.status.setObjectName("smd_status")
+        top = QHBoxLayout()
+        self.status = _named(QLabel(), "smd_status")
         self.status.setWordWrap(True)
-        form.addRow("Address", self.address)
-        form.addRow("Server key", self.server_key)
-        form.addRow("Key file", self.key_file)
-        form.addRow(self.connect_btn, self.status)
-        box.addWidget(conn)
+        self.connect_btn = _named(QPushButton("Connect"), "smd_connect")
+        top.addWidget(self.status, 1)
+        top.addWidget(self.connect_btn, 0, Qt.AlignTop)
+        box.addLayout(top)
 
         buttons = QHBoxLayout()
-        self.live_btn = QPushButton("Live")
+        self.live_btn = _named(QPushButton("Live"), "smd_live")
         self.live_btn.setCheckable(True)
-        self.generate_btn = QPushButton("Generate")
-        self.apply_btn = QPushButton("Apply")
+        self.generate_btn = _named(QPushButton("Generate"), "smd_generate")
+        self.apply_btn = _named(QPushButton("Apply"), "smd_apply")
         for b in (self.live_btn, self.generate_btn, self.apply_btn):
             buttons.addWidget(b)
         box.addLayout(buttons)
-
-        opts = QGroupBox("Scene", root)
-        form = QFormLayout(opts)
-        seed_row = QHBoxLayout()
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.seed_lock = QCheckBox("lock")
-        self.seed_random = QPushButton("Randomize")
-        seed_row.addWidget(self.seed)
-        seed_row.addWidget(self.seed_lock)
-        seed_row.addWidget(self.seed_random)
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 50)
-        self.size = QSpinBox()
-        self.size.setRange(64, 4096)
-        self.size.setSingleStep(64)
-        self.size_label = QLabel()
-        self.bg_prompt = QLineEdit()
-        self.neg_prompt = QLineEdit()
-        self.source = QComboBox()
-        self.source.addItems(settings.SOURCES)
-        self.strength = QDoubleSpinBox()
-        self.strength.setRange(0.0, 1.0)
-        self.strength.setSingleStep(0.05)
-        form.addRow("Seed", seed_row)
-        form.addRow("Steps", self.steps)
-        form.addRow("Size (long side)", self.size)
-        form.addRow("Output", self.size_label)
-        form.addRow("Background prompt", self.bg_prompt)
-        form.addRow("Negative prompt", self.neg_prompt)
-        form.addRow("Background from", self.source)
-        form.addRow("Canvas strength", self.strength)
-        box.addWidget(opts)
-
-        self.regions = QTreeWidget()
-        self.regions.setObjectName("smd_regions")
-        self.regions.setHeaderLabels(["Layer", "Read as"])
-        self.regions.setRootIsDecorated(False)
-        box.addWidget(self.regions, 1)
-        self.stats = QLabel()
-        self.stats.setObjectName("smd_stats")
-        self.error = QLabel()
-        self.error.setObjectName("smd_error")
+        self.stats = _named(QLabel(), "smd_stats")
+        self.error = _named(QLabel(), "smd_error")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #d04040")
         box.addWidget(self.stats)
         box.addWidget(self.error)
-        self.setWidget(root)
+        self.layers = LayerList()
+        box.addWidget(self.layers, 1)
 
-        self._loading = False
-        self._shown_parsed = None
-        self.connect_btn.clicked.connect(self._connect)
-        self.live_btn.toggled.connect(self.ctl.set_live)
-        self.generate_btn.clicked.connect(self.ctl.generate)
-        self.apply_btn.clicked.connect(self.ctl.apply)
-        self.seed_random.clicked.connect(self.ctl.randomize_seed)
-        self.address.editingFinished.connect(lambda: self._set("address", self.address.text()))
-        self.server_key.editingFinished.connect(lambda: self._set("server_key", self.server_key.text()))
-        self.key_file.editingFinished.connect(lambda: self._set("client_key_file", self.key_file.text()))
-        self.seed.valueChanged.connect(lambda v: self._set("seed", v))
-        self.seed_lock.toggled.connect(lambda v: self._set("seed_locked", v))
-        self.steps.valueChanged.connect(lambda v: self._set("steps", v))
-        self.size.valueChanged.connect(lambda v: self._set("size", v))
-        self.bg_prompt.editingFinished.connect(lambda: self._set("background_prompt", self.bg_prompt.text()))
-        self.neg_prompt.editingFinished.connect(lambda: self._set("negative_prompt", self.neg_prompt.text()))
-        self.source.currentTextChanged.connect(lambda v: self._set("background_source", v))
-        self.strength.valueChanged.connect(lambda v: self._set("strength", round(v, 3)))
+        self.preview_section = Section("Preview", "preview")
+        self._build_preview(self.preview_section.body)
+        self.settings_section = Section("Scene settings", "settings")
+        self._build_settings(self.settings_section.body)
+        self.daemon_section = Section("Daemon", "daemon")
+        self._build_daemon(self.daemon_section.body)
+        for section in (self.preview_section, self.settings_section, self.daemon_section):
+            box.addWidget(section)
+
+        scroll = QScrollArea()
+        scroll.setObjectName("smd_scroll")
+        # Enough for the status, the buttons and a few layers when Krita's other dockers crowd it;
+        # everything else scrolls.
+        scroll.setMinimumHeight(MIN_HEIGHT)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        self.setWidget(scroll)
+        self._connect_signals()
+        self._log_timer = QTimer(self)
+        self._log_timer.setInterval(1000)
+        self._log_timer.timeout.connect(self._refresh_daemon)
+        self._log_timer.start()
         self.ctl.changed.connect(self.refresh)
+        self.ctl.managed.changed.connect(self._refresh_daemon)
+        s = self.ctl.settings
+        self.settings_section.set_open(s["show_settings"])
+        self.daemon_section.set_open(s["show_daemon"] or self.ctl.managed.available)
         self.refresh()
+
+    # ---------------------------------------------------------- building
+
+    def _build_preview(self, body: QWidget) -> None:
+        form = QFormLayout(body)
+        form.setContentsMargins(4, 0, 0, 0)
+        self.preview_mode = _combo("smd_preview_mode", PREVIEW_MODES)
+        self.preview_visible = _named(QCheckBox("show"), "smd_preview_visible")
+        row = QHBoxLayout()
+        row.addWidget(self.preview_mode, 1)
+        row.addWidget(self.preview_visible)
+        self.preview_opacity = _named(QSlider(Qt.Horizontal), "smd_preview_opacity")
+        self.preview_opacity.setRange(0, 100)
+        self.preview_view = PreviewView()
+        form.addRow("Show", row)
+        form.addRow("Opacity", self.preview_opacity)
+        form.addRow(self.preview_view)
+
+    def _build_settings(self, body: QWidget) -> None:
+        form = QFormLayout(body)
+        form.setContentsMargins(4, 0, 0, 0)
+        seed_row = QHBoxLayout()
+        self.seed = _named(QSpinBox(), "smd_seed")
+        self.seed.setRange(0, settings.MAX_SEED)
+        self.seed_lock = _named(QCheckBox("lock"), "smd_seed_lock")
+        self.seed_random = _named(QPushButton("Random"), "smd_seed_random")
+        for w in (self.seed, self.seed_lock, self.seed_random):
+            seed_row.addWidget(w)
+        self.steps = _named(QSpinBox(), "smd_steps")
+        self.steps.setSpecialValueText("default")  # 0: the daemon's default
+        self.size = _named(QSpinBox(), "smd_size")
+        self.size.setSingleStep(64)
+        self.size_label = _named(QLabel(), "smd_output_size")
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.size, 1)
+        size_row.addWidget(self.size_label)
+        self.region_mode = _combo("smd_region_mode", REGION_MODES)
+        self.region_label = QLabel("Regions")
+        self.bg_prompt = _named(QLineEdit(), "smd_background_prompt")
+        self.neg_prompt = _named(QLineEdit(), "smd_negative_prompt")
+        self.source = _combo("smd_background_source", SOURCES)
+        self.strength = _named(QDoubleSpinBox(), "smd_strength")
+        self.strength.setRange(-0.05, 1.0)  # the minimum stands for the daemon's default
+        self.strength.setSpecialValueText("default")
+        self.strength.setSingleStep(0.05)
+        form.addRow("Seed", seed_row)
+        form.addRow("Steps", self.steps)
+        form.addRow("Size", size_row)
+        form.addRow(self.region_label, self.region_mode)
+        form.addRow("Background", self.bg_prompt)
+        form.addRow("Negative", self.neg_prompt)
+        form.addRow("Follow", self.source)
+        form.addRow("Strength", self.strength)
+
+    def _build_daemon(self, body: QWidget) -> None:
+        form = QFormLayout(body)
+        form.setContentsMargins(4, 0, 0, 0)
+        self.address = _named(QLineEdit(), "smd_address")
+        self.address.setPlaceholderText("host:port, e.g. 127.0.0.1:7555")
+        self.server_key = _named(QLineEdit(), "smd_server_key")
+        self.server_key.setPlaceholderText("only for a remote daemon")
+        self.key_file = _named(QLineEdit(), "smd_key_file")
+        self.key_file.setPlaceholderText("client key file from `smd-daemon keys`")
+        form.addRow("Address", self.address)
+        form.addRow("Server key", self.server_key)
+        form.addRow("Key file", self.key_file)
+        self.managed_row = QWidget()
+        row = QHBoxLayout(self.managed_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.managed_state = _named(QLabel(), "smd_daemon_state")
+        self.managed_state.setWordWrap(True)
+        self.start_btn = _named(QPushButton("Start"), "smd_daemon_start")
+        self.stop_btn = _named(QPushButton("Stop"), "smd_daemon_stop")
+        row.addWidget(self.managed_state, 1)
+        row.addWidget(self.start_btn)
+        row.addWidget(self.stop_btn)
+        self.managed_log = _named(QLabel(), "smd_daemon_log")
+        self.managed_log.setWordWrap(True)
+        self.managed_log.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.managed_log.setStyleSheet("font-family: monospace; font-size: 8pt; color: #808080")
+        form.addRow("Local", self.managed_row)
+        form.addRow(self.managed_log)
+        self.managed_label = form.labelForField(self.managed_row)
+
+    def _connect_signals(self) -> None:
+        ctl = self.ctl
+        self.connect_btn.clicked.connect(self._connect)
+        self.live_btn.toggled.connect(ctl.set_live)
+        self.generate_btn.clicked.connect(ctl.generate)
+        self.apply_btn.clicked.connect(ctl.apply)
+        self.seed_random.clicked.connect(ctl.randomize_seed)
+        self.start_btn.clicked.connect(ctl.start_managed)
+        self.stop_btn.clicked.connect(ctl.managed.stop)
+        for w, key in ((self.address, "address"), (self.server_key, "server_key"), (self.key_file, "client_key_file"),
+                       (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
+            w.editingFinished.connect(lambda w=w, key=key: self._set(key, w.text()))
+        for w, key in ((self.seed, "seed"), (self.size, "size")):
+            w.valueChanged.connect(lambda v, key=key: self._set(key, v))
+        self.steps.valueChanged.connect(lambda v: self._set("steps", v or None))
+        self.seed_lock.toggled.connect(lambda v: self._set("seed_locked", v))
+        self.strength.valueChanged.connect(lambda v: self._set("strength", round(v, 3) if v >= 0 else None))
+        for w, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
+                       (self.preview_mode, "preview_mode")):
+            w.currentIndexChanged.connect(lambda _i, w=w, key=key: self._set(key, w.currentData()))
+        self.preview_visible.toggled.connect(lambda v: self._set("preview_visible", v))
+        self.preview_opacity.valueChanged.connect(lambda v: self._set("preview_opacity", v / 100.0))
+        self.settings_section.toggled.connect(lambda v: self._set("show_settings", v))
+        self.daemon_section.toggled.connect(lambda v: self._set("show_daemon", v))
 
     def canvasChanged(self, canvas):  # required by DockWidget; the controller follows the active document
         pass
@@ -125,73 +226,82 @@ class SMDDocker(DockWidget):
             self.ctl.set_setting(key, value)
 
     def _connect(self):
+        if self.ctl.client is not None:
+            self.ctl.disconnect_daemon()
+            return
         for key, w in (("address", self.address), ("server_key", self.server_key), ("client_key_file", self.key_file)):
             self.ctl.set_setting(key, w.text())
         self.ctl.connect_daemon()
+
+    # ---------------------------------------------------------- showing the state
 
     def refresh(self):
         ctl, s = self.ctl, self.ctl.settings
         self._loading = True
         try:
-            for w, key in ((self.address, "address"), (self.server_key, "server_key"),
-                           (self.key_file, "client_key_file"), (self.bg_prompt, "background_prompt"),
-                           (self.neg_prompt, "negative_prompt")):
-                if not w.hasFocus() and w.text() != s[key]:
-                    w.setText(s[key])
-            self.seed.setValue(s["seed"])
-            self.seed_lock.setChecked(s["seed_locked"])
-            self.steps.setValue(s["steps"])
-            self.size.setValue(s["size"])
-            self.source.setCurrentText(s["background_source"])
-            self.strength.setValue(s["strength"])
+            self._show_settings(s, ctl.limits)
             self.live_btn.setChecked(ctl.live)
         finally:
             self._loading = False
-        self.status.setText(status_text(ctl))
+        text, kind = ctl.status_text()
+        self.status.setText(text)
+        self.status.setToolTip(ctl.conn.details(s["address"]))
+        self.status.setStyleSheet(STATUS_COLORS[kind])
+        self.connect_btn.setText("Disconnect" if ctl.client is not None else "Connect")
+        self.apply_btn.setEnabled(ctl.result is not None or ctl.output.image is not None)
         w, h = ctl.output_size()
-        self.size_label.setText(f"{w} x {h}" if w else "no document open")
-        if ctl.parsed != self._shown_parsed:  # refresh() runs per frame: rebuild the list only on change
-            self._show_layers(ctl.parsed)
-        self.stats.setText(f"{ctl.fps:.1f} frames/s, latency {ctl.latency_ms:.0f} ms"
-                           + (f" · {ctl.progress}" if ctl.progress else ""))
+        self.size_label.setText(f"→ {w} x {h}" if w else "")
+        self.layers.show_rows(ctl.rows)
+        stats = ctl.stats.text(ctl.live and ctl.state == "connected")
+        self.stats.setText(" · ".join(t for t in (stats, ctl.progress) if t))
         self.error.setText(ctl.error)
+        self.error.setVisible(bool(ctl.error))
+        in_docker = ctl.output.in_docker(s)
+        self.preview_view.setVisible(in_docker)
+        if in_docker:
+            self.preview_view.show_image(ctl.output.image)
+        self.preview_visible.setEnabled(not in_docker)
+        self.preview_opacity.setEnabled(not in_docker)
 
-    def _show_layers(self, parsed):
-        self._shown_parsed = parsed
-        self.regions.clear()
-        for d in parsed:
-            if d.get("role") == "ignored" and d.get("reason") in ("automatic layer name", "made by the plugin"):
-                continue
-            item = QTreeWidgetItem([d.get("name", ""), describe_layer(d)])
-            item.setToolTip(1, "\n".join(d.get("warnings", [])))
-            self.regions.addTopLevelItem(item)
+    def _show_settings(self, s: dict, limits: dict) -> None:
+        for w, key in ((self.address, "address"), (self.server_key, "server_key"), (self.key_file, "client_key_file"),
+                       (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
+            if not w.hasFocus() and w.text() != s[key]:
+                w.setText(s[key])
+        self.steps.setRange(0, int(limits.get("max_steps") or SANITY_MAX_STEPS))
+        self.size.setRange(int(limits.get("min_side") or 8), int(limits.get("max_side") or SANITY_MAX_SIDE))
+        self.seed.setValue(s["seed"])
+        self.seed_lock.setChecked(s["seed_locked"])
+        self.steps.setValue(s["steps"] or 0)
+        self.size.setValue(s["size"])
+        self.strength.setValue(-0.05 if s["strength"] is None else s["strength"])
+        defaults = self.ctl.conn.defaults
+        self.steps.setToolTip(f"the daemon's default: {defaults['steps']}" if "steps" in defaults else "")
+        self.strength.setToolTip(f"the daemon's default: {defaults['background_strength']}"
+                                 if "background_strength" in defaults else "")
+        for combo, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
+                           (self.preview_mode, "preview_mode")):
+            combo.setCurrentIndex(max(0, combo.findData(s[key])))
+        modes = self.ctl.conn.region_modes()
+        self.region_mode.setVisible(bool(modes))
+        self.region_label.setVisible(bool(modes))
+        self.preview_visible.setChecked(s["preview_visible"])
+        self.preview_opacity.setValue(int(round(s["preview_opacity"] * 100)))
 
-
-def status_text(ctl) -> str:
-    if ctl.state == "connected" and ctl.client is not None:
-        info = ctl.client.info
-        model = info.get("model", {})
-        name = model.get("name") if isinstance(model, dict) else model
-        limits = info.get("limits", {})
-        lim = ", ".join(f"{k} {v}" for k, v in sorted(limits.items()) if k in ("max_side", "max_regions"))
-        text = f"connected: {name or 'model'}" + (f" on {model['device']}" if isinstance(model, dict)
-                                                   and model.get("device") else "")
-        text += f" ({lim})" if lim else ""
-        if isinstance(model, dict) and model.get("meaningful") is False:
-            text += " — a test model: pictures are noise"
-        return text
-    if ctl.state == "connecting":
-        return "connecting…"
-    return f"disconnected: {ctl.reason}"
-
-
-def describe_layer(d: dict) -> str:
-    role = d.get("role")
-    if role == "region":
-        text = f"region: {d.get('prompt', '')}"
-        if d.get("negative_prompt"):
-            text += f" (not: {d['negative_prompt']})"
-        return text
-    if role == "background":
-        return f"background: {d.get('prompt', '')}"
-    return f"ignored ({d.get('reason', '')})"
+    def _refresh_daemon(self):
+        managed = self.ctl.managed
+        offered = managed.available or bool(managed.problem)
+        self.managed_row.setVisible(offered)
+        self.managed_label.setVisible(offered)
+        self.managed_log.setVisible(managed.available and self.daemon_section.body.isVisible())
+        if not managed.available:
+            self.managed_state.setText(managed.problem)
+            self.start_btn.setEnabled(False)
+            self.stop_btn.setEnabled(False)
+            return
+        tail = managed.log_tail() if self.daemon_section.body.isVisible() else []
+        connected = self.ctl.conn.connected and same_address(self.ctl.settings["address"], managed.address)
+        self.managed_state.setText(managed.describe(connected, tail))
+        self.start_btn.setEnabled(not managed.running)
+        self.stop_btn.setEnabled(managed.running)
+        self.managed_log.setText("\n".join(line[-120:] for line in tail[-5:]))

@@ -64,6 +64,16 @@ def frame_image(data: bytes, width: int, height: int, channels: int = 3) -> QIma
     return from_bytes(data, width, height, fmt, channels)
 
 
+def decode_frame(encoding: str, data: bytes, width: int, height: int, channels: int) -> QImage:
+    """A daemon frame or result as a QImage (a null image when it does not decode)."""
+    if encoding == "raw":
+        try:
+            return frame_image(data, width, height, channels)
+        except ValueError:
+            return QImage()
+    return QImage.fromData(data)
+
+
 def to_canvas_bgra(img: QImage, width: int, height: int):
     """Scale to the canvas; returns (B,G,R,A bytes as a QByteArray, the image they live in).
 

@@ -1,8 +1,9 @@
-"""The daemon's own protocol and client modules.
+"""The daemon's own wire modules.
 
-``install.py`` copies ``smd_daemon/protocol.py`` and ``client.py`` unchanged
-into ``vendor/``; running from a source checkout (the unit tests) they come
-straight from the ``smd_daemon`` package, which is the same file.
+``install.py`` copies them (``protocol.py``, ``client.py`` and what the
+client imports) unchanged into ``vendor/``; running from a source checkout
+(the unit tests) they come straight from the ``smd_daemon`` package, which
+is the same file.
 """
 
 try:

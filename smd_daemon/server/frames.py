@@ -65,9 +65,13 @@ class FrameFlow:
                 return None
             frame, self._ready = self._ready, None
             self._seq += 1
-            token = self._random.getrandbits(TOKEN_BITS)
+            token = self.new_token()
             self._unacked[self._seq] = token
             return frame, self._seq, token
+
+    def new_token(self) -> int:
+        """An unguessable number only the receiver of a frame or result can echo."""
+        return self._random.getrandbits(TOKEN_BITS)
 
     def encoding(self, busy: bool) -> None:
         with self._lock:

@@ -70,18 +70,22 @@ class Server:
     # --- threads ------------------------------------------------------------
 
     def post(self, event) -> None:
-        """Hand an event to the I/O thread (any thread)."""
+        """Hand an event to the I/O thread (any thread); dropped once the daemon stops."""
+        if self.stopping.is_set():
+            return
         self._outbox.append(event)
-        sock = getattr(self._thread_wake, "sock", None)
-        if sock is None:
-            sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 1)
-            sock.connect(self._wake_addr)
         try:
+            sock = getattr(self._thread_wake, "sock", None)
+            if sock is None:
+                sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 1)
+                sock.connect(self._wake_addr)
             sock.send(b"", zmq.NOBLOCK)
         except zmq.Again:
             pass  # a wake-up is already pending
+        except zmq.ZMQError:
+            pass  # the context is closing: the daemon is stopping
 
     def open_socket(self) -> None:
         """Bind first, so a busy port or bad keys fail before a long model load."""

@@ -38,6 +38,7 @@ class Session:
     quality: int = 80
     jobs: set = field(default_factory=set)  # ids of generate requests not finished yet
     cancelled: dict = field(default_factory=dict)  # job id -> cancel request id, for jobs still being resolved
+    results: dict = field(default_factory=dict)  # job id -> token of results sent, not yet acknowledged
 
 
 class SessionManager:
@@ -93,7 +94,16 @@ class SessionManager:
             self.server.engine_loop.send(m.SetLive(s.id, False))
             send(s.identity, "live", re=rid, active=False)
         elif t == "ack":
-            if s.flow.ack(h["seq"], h["token"]):
+            if ("seq" in h) == ("job" in h):
+                raise ProtocolError(E.BAD_FIELD, "ack names either a frame (seq) or a result (job)")
+            if "job" in h:
+                if s.results.get(h["job"]) == h["token"]:
+                    del s.results[h["job"]]
+                    s.jobs.discard(h["job"])
+                else:
+                    self.server.note_bad_ack(s.identity)
+            elif s.flow.ack(h["seq"], h["token"]):
+                self.server.engine_loop.wake()  # room for another frame: the engine may be waiting for it
                 self._send_frame(s)
             elif h["seq"] > s.flow.sent:  # late acks (after live_stop) are normal; acks from the future are not
                 self.server.note_bad_ack(s.identity)
@@ -154,11 +164,12 @@ class SessionManager:
             s.cancelled.pop(ev.job, None)
             send(s.identity, "cancelled", re=ev.re, job=ev.job)
         elif isinstance(ev, m.JobResult):
-            s.jobs.discard(ev.job.id)
+            # The job keeps its place among max_jobs until the client acknowledges the result.
             s.cancelled.pop(ev.job.id, None)
+            token = s.results[ev.job.id] = s.flow.new_token()
             h, w = ev.image.shape[:2]
             self._send_image(s, "result", ev.image, ev.job.encoding, ev.job.quality,
-                             dict(job=ev.job.id, revision=ev.job.revision, width=w, height=h,
+                             dict(job=ev.job.id, token=token, revision=ev.job.revision, width=w, height=h,
                                   encoding=ev.job.encoding, channels=3, part=0, engine_ms=round(ev.engine_ms, 3),
                                   **({"worker": ev.worker} if ev.worker else {})))
         elif isinstance(ev, m.SessionError):
@@ -216,6 +227,9 @@ class SessionManager:
         if ev.data is None:
             log.error("could not encode a %s %s: %s", ev.fields["encoding"], ev.type, ev.error)
             extra = {"job": ev.fields["job"]} if "job" in ev.fields else {}
+            if extra:
+                s.jobs.discard(extra["job"])
+                s.results.pop(extra["job"], None)
             self.server.error(s.identity, E.ENGINE_ERROR, f"could not encode the {ev.type} as "
                                                           f"{ev.fields['encoding']}: {ev.error}", **extra)
         else:

@@ -71,16 +71,37 @@ def install_driver(home: Path) -> None:
     rc.write_text(text)
 
 
+# xvfb-run -a picks a free display number by looking for lock files, so two
+# runs starting at once (parallel test sessions) can pick the same one; the
+# loser's Krita cannot open the display. Such a run never started: run it again.
+NO_DISPLAY = "could not connect to display"
+START_TRIES = 3
+
+
 def run(home: Path, scenario: str, args: dict | None = None, files: list[str] = (), timeout: float = 150,
-        during=None) -> dict:
-    """Run one scenario; ``during(proc)`` is called repeatedly while Krita runs."""
+        during=None, screen: str = "1280x1024") -> dict:
+    """Run one scenario on an X screen of ``screen`` pixels; ``during(proc)`` is
+    called repeatedly while Krita runs."""
+    for _ in range(START_TRIES - 1):
+        try:
+            return _run(home, scenario, args, files, timeout, during, screen)
+        except _NoDisplay:
+            time.sleep(1.0)
+    return _run(home, scenario, args, files, timeout, during, screen)
+
+
+class _NoDisplay(AssertionError):
+    pass
+
+
+def _run(home: Path, scenario: str, args, files, timeout: float, during, screen: str) -> dict:
     env = home_env(home)
     out = home / f"result-{scenario}.json"
     if out.exists():
         out.unlink()
     env.update(SMD_TEST_SCENARIO=scenario, SMD_TEST_OUT=str(out), SMD_TEST_ARGS=json.dumps(args or {}),
                SMD_TEST_TIMEOUT=str(timeout - 10), HF_HUB_OFFLINE="1")
-    cmd = ["timeout", "-k", "5", str(int(timeout)), "xvfb-run", "-a", "-s", "-screen 0 1280x1024x24 -nolisten tcp",
+    cmd = ["timeout", "-k", "5", str(int(timeout)), "xvfb-run", "-a", "-s", f"-screen 0 {screen}x24 -nolisten tcp",
            "krita", "--nosplash", *files]
     log = open(home / f"krita-{scenario}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
@@ -96,7 +117,19 @@ def run(home: Path, scenario: str, args: dict | None = None, files: list[str] = 
         log.close()
     if not out.exists():
         tail = (home / f"krita-{scenario}.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"Krita exited {proc.returncode} without results; log tail:\n{tail}")
+        error = _NoDisplay if NO_DISPLAY in tail else AssertionError
+        raise error(f"Krita exited {proc.returncode} without results; log tail:\n{tail}")
     result = json.loads(out.read_text())
     result["returncode"] = proc.returncode
+    result["krita_log"] = (home / f"krita-{scenario}.log").read_text(errors="replace")
     return result
+
+
+def plugin_folder(home: Path) -> Path:
+    return home / ".local/share/krita/pykrita" / "smd_krita"
+
+
+def disable_plugin(home: Path) -> None:
+    """Krita without the plugin (the test driver stays)."""
+    rc = home / ".config" / "kritarc"
+    rc.write_text(rc.read_text().replace("enable_smd_krita=true", "enable_smd_krita=false"))

@@ -34,6 +34,10 @@ def finish(code=0):
         json.dump(RESULT, f, indent=1)
     os.replace(OUT + ".tmp", OUT)
     sys.stderr.flush()
+    if code == 0 and RESULT.get("quit"):
+        # Quit as an artist does (File > Quit), so the plugin sees Krita quitting.
+        Krita.instance().action("file_quit").trigger()
+        return
     os._exit(code)
 
 
@@ -68,10 +72,11 @@ class Runner:
             if self.gen is None:
                 if not self.ready():
                     return
-                from . import scenarios
+                from . import parity, scenarios, session
                 name = os.environ["SMD_TEST_SCENARIO"]
                 args = json.loads(os.environ.get("SMD_TEST_ARGS", "{}"))
-                self.gen = getattr(scenarios, name)(args, RESULT)
+                module = next(m for m in (session, parity, scenarios) if hasattr(m, name))
+                self.gen = getattr(module, name)(args, RESULT)
                 self.wait = None
             if self.wait is not None:
                 kind, value, until = self.wait
@@ -89,6 +94,7 @@ class Runner:
                 self.waiting_for = what
                 self.wait = ("until", fn, time.monotonic() + timeout)
         except StopIteration:
+            self.timer.stop()
             finish(0)
         except Exception:
             RESULT["errors"].append(traceback.format_exc())

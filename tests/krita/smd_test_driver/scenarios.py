@@ -90,121 +90,18 @@ def top_names(doc):
     return [n.name() for n in doc.rootNode().childNodes()]
 
 
-def live(args, out):
-    app = Krita.instance()
-    c = out["checks"]
-    size = args["size"]
-    sync = args["sync"]
-    doc, artist = make_document(size)
-    yield ("document active", lambda: app.activeDocument() == doc, 10)
-    before = snapshot(doc, artist)
-    doc.setModified(False)
-
-    # Through the docker, as an artist would: address, size, connect.
-    d = docker()
-    addr = d.findChild(QLineEdit)
-    addr.setText(args["address"])
-    addr.editingFinished.emit()
-    for sb in d.findChildren(QSpinBox):
-        if sb.maximum() == 4096:
-            sb.setValue(size)
-        elif sb.maximum() == 50:
-            sb.setValue(args.get("steps", 2))
-    [b for b in d.findChildren(QPushButton) if b.text() == "Connect"][0].click()
-    yield ("connected", lambda: status().startswith("connected"), 60)
-    c["status_connected"] = status()
-
-    yield 0.2
-    doc.setModified(False)  # the settings above are stored in the document; live mode must not mark it
-    app.action("smd_live_toggle").trigger()
-    ctl = controller()
-    yield ("first frame", lambda: ctl.frame_event is not None and "SMD Preview" in top_names(doc), 90)
-    # let the stream settle on the initial scene, then compare what is shown
-    yield ("settled frame", lambda: ctl.frame_event.settled, 60)
-    ev = ctl.frame_event
-    preview = [n for n in doc.rootNode().childNodes() if n.name() == "SMD Preview"][0]
-    c["frame_size"] = [ev.width, ev.height, ev.channels, ev.encoding]
-    c["preview_on_top"] = top_names(doc)[-1] == "SMD Preview"
-    c["preview_locked"] = preview.locked()
-    c["preview_equals_frame"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
-    c["modified_after_preview"] = doc.modified()
-    c["parsed"] = ctl.parsed
-    c["timings"] = dict(ctl.timings)
-
-    # Paint on a region layer: a frame reflecting the edit must follow.
-    fox = artist[1]
-    old_frame = ev.data
-    t_edit = time.monotonic()
-    fox.setPixelData(_square(size // 2, size // 2, (0, 0, 255, 255)), size // 2, size // 2, size // 2, size // 2)
-    before[1] = (fox.name(), bytes(fox.pixelData(-64, -64, size + 128, size + 128)))
-    rev0 = ev.revision
-    yield ("frame after edit", lambda: ctl.frame_event.revision > rev0 and ctl.frame_event.settled, 60)
-    c["edit_latency_s"] = time.monotonic() - t_edit
-    c["frame_changed_after_edit"] = ctl.frame_event.data != old_frame
-    ev = ctl.frame_event
-    c["preview_equals_frame_after_edit"] = bytes(preview.pixelData(0, 0, size, size)) == rgb_to_bgra(ev.data)
-
-    # Apply: one new layer, removed by one undo.
-    n_before = len(doc.rootNode().childNodes())
-    app.action("smd_apply").trigger()
-    yield 0.2
-    names = top_names(doc)
-    c["apply_added_layer"] = len(names) == n_before + 1 and any(n.startswith("SMD Result") for n in names)
-    app.action("edit_undo").trigger()
-    yield ("undo done", lambda: not any(n.startswith("SMD Result") for n in top_names(doc)), 10)
-    c["undo_removed_layer"] = True
-
-    # Generate once (one-shot) and apply that result.
-    app.action("smd_generate").trigger()
-    yield ("generate result", lambda: ctl.result is not None, 90)
-    n_before = len(doc.rootNode().childNodes())
-    app.action("smd_apply").trigger()
-    yield 0.2
-    c["generate_applied"] = len(doc.rootNode().childNodes()) == n_before + 1
-    app.action("edit_undo").trigger()
-    yield ("undo generate", lambda: not any(n.startswith("SMD Result") for n in top_names(doc)), 10)
-
-    # The daemon dies: "disconnected", document untouched; it comes back by itself.
-    open(os.path.join(sync, "kill_daemon"), "w").close()
-    yield ("disconnected", lambda: status().startswith("disconnected"), 30)
-    c["status_after_kill"] = status()
-    shown = bytes(preview.pixelData(0, 0, size, size))
-    c["preview_is_last_frame"] = shown == rgb_to_bgra(ctl.frame_event.data)
-    names = top_names(doc)
-    yield 1.0  # disconnected for a while: nothing in the document changes
-    c["preview_after_kill_unchanged"] = bytes(preview.pixelData(0, 0, size, size)) == shown
-    c["layers_after_kill_unchanged"] = top_names(doc) == names and snapshot(doc, artist) == before
-    open(os.path.join(sync, "restart_daemon"), "w").close()
-    frames_before = id(ctl.frame_event)
-    yield ("reconnected", lambda: status().startswith("connected"), 90)
-    yield ("frame after restart", lambda: id(ctl.frame_event) != frames_before, 90)
-    c["frames_after_restart"] = True
-
-    # Stop live: the preview goes away.
-    app.action("smd_live_toggle").trigger()
-    yield 0.2
-    c["preview_removed"] = "SMD Preview" not in top_names(doc)
-    c["artist_layers_unchanged"] = snapshot(doc, artist) == before
-    c["layer_names"] = top_names(doc)
-
-    # Per-document settings travel inside the .kra.
-    for sb in docker().findChildren(QSpinBox):
-        if sb.maximum() == 2**31 - 1:
-            sb.setValue(args["seed"])
-    doc.setFileName(args["save_as"])
-    c["saved"] = doc.save()
-    yield 0.2
-
-
 def reopen(args, out):
+    """The same HOME again, a saved document: settings come back (global ones from kritarc)."""
     app = Krita.instance()
     yield ("document opened", lambda: app.activeDocument() is not None, 30)
     yield 0.3  # the plugin follows the active document on its next tick
-    seeds = [sb.value() for sb in docker().findChildren(QSpinBox) if sb.maximum() == 2**31 - 1]
-    out["checks"]["seed_in_docker"] = seeds[0] if seeds else None
+    d = docker()
+    out["checks"]["seed_in_docker"] = d.findChild(QSpinBox, "smd_seed").value()
     out["checks"]["seed_in_controller"] = controller().settings["seed"]
-    out["checks"]["address"] = docker().findChild(QLineEdit).text()
-    out["checks"]["layer_names"] = top_names(app.activeDocument())
+    out["checks"]["preview_mode"] = controller().settings["preview_mode"]
+    out["checks"]["address"] = d.findChild(QLineEdit, "smd_address").text()
+    doc = app.activeDocument()
+    out["checks"]["layers"] = [(n.name(), n.visible()) for n in doc.rootNode().childNodes()]
 
 
 def _median_ms(fn, n):
@@ -245,7 +142,8 @@ def bench(args, out):
         [kritaapi.fingerprint(l) for l in layers]
         msg = [client_mod.Layer(l.uid, l.name, kritaapi.read_alpha(doc, l, out_side, out_side), l.visible)
                for l in layers if l.name.startswith("region")]
-        kritaapi.read_composite(doc, [l for l in layers if not l.name.startswith("region")], out_side, out_side)
+        kritaapi.read_composite(doc, layers, {l.uid for l in layers if not l.name.startswith("region")},
+                                out_side, out_side)
         return msg
 
     def scan_only():
@@ -256,6 +154,7 @@ def bench(args, out):
     frame = QImage(bytes(range(256)) * (out_side * out_side * 3 // 256), out_side, out_side, out_side * 3,
                    QImage.Format_RGB888).copy()
     kritaapi.write_preview(doc, frame)
+    yield 0.5  # the new layer settles (locked) before timing
     c["write_frame_ms"] = _median_ms(lambda: kritaapi.write_preview(doc, frame), n)
     from smd_krita import pixels
     prev = kritaapi.find_preview(doc)
@@ -271,7 +170,7 @@ def bench(args, out):
         for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
             parts[k].append(dt * 1000)
     c["write_parts_ms"] = {k: round(statistics.median(v), 2) for k, v in parts.items()}
-    kritaapi.remove_preview(doc)
+    kritaapi.hide_preview(doc)
     full = _square(side, side, (0, 0, 255, 128))
     for node in regions:
         node.setPixelData(full, 0, 0, side, side)
@@ -303,12 +202,12 @@ def bench(args, out):
         regions[0].setPixelData(_square(patch, patch, color), side // 2, side // 2, patch, patch)
 
         def shown():
-            for rev, tr in ctl.trace.items():
+            for rev, tr in ctl.sync.trace.items():
                 if tr["first_seen"] >= t_edit and "written" in tr:
                     return True
             return False
         yield ("edit shown", shown, 30)
-        tr = min((tr for tr in ctl.trace.values() if tr["first_seen"] >= t_edit and "written" in tr),
+        tr = min((tr for tr in ctl.sync.trace.values() if tr["first_seen"] >= t_edit and "written" in tr),
                  key=lambda tr: tr["first_seen"])
         daemon = (tr["daemon_sent_wall"] - tr["sent_wall"]) * 1000 if tr.get("daemon_sent_wall") else None
         rows.append({
@@ -324,13 +223,30 @@ def bench(args, out):
     c["e2e_ms"] = {k: (round(statistics.median([r[k] for r in rows]), 2) if rows[0][k] is not None else None)
                    for k in keys}
     c["e2e_rows"] = rows
-    c["live_read_ms"] = ctl.timings["read_ms"]
+    c["live_read_ms"] = ctl.sync.read_ms
     ctl.set_live(False)
     yield 0.2
 
 
+def mask_via_action(doc, layer, x, y, w, h):
+    """A transparency mask showing only (x, y, w, h), made as an artist does (Krita 5.1's Python
+    API cannot make a working mask: one from createNode has no selection)."""
+    from krita import Selection
+    app = Krita.instance()
+    doc.setActiveNode(layer)
+    sel = Selection()
+    sel.select(x, y, w, h, 255)
+    doc.setSelection(sel)
+    app.action("add_new_transparency_mask").trigger()
+    doc.waitForDone()
+    app.action("deselect").trigger()
+    doc.waitForDone()
+    return [n for n in layer.childNodes() if n.type() == "transparencymask"][-1]
+
+
 def documents(args, out):
-    """The Krita wrapper against real Krita: groups, hidden, outside the canvas, 16-bit, float."""
+    """The Krita wrapper against real Krita: groups (opacity, masks), masks, hidden, outside the canvas,
+    16-bit, float."""
     from smd_krita import kritaapi
     from PyQt5.QtGui import QImage
 
@@ -338,42 +254,62 @@ def documents(args, out):
     c = out["checks"]
     doc = app.createDocument(64, 32, "kinds", "RGBA", "U8", "", 300.0)
     doc.setBatchmode(True)
+    app.activeWindow().addView(doc)
     root = doc.rootNode()
     group = doc.createGroupLayer("a house")
     root.addChildNode(group, root.childNodes()[-1])
     inner = doc.createNode("Paint Layer 2", "paintlayer")
-    group.addChildNode(inner, None)
     inner.setPixelData(_square(8, 8, (0, 0, 255, 255)), 60, 24, 8, 8)  # half outside, bottom right
+    group.addChildNode(inner, None)
     hidden = doc.createNode("a hidden cat", "paintlayer")
+    hidden.setPixelData(_square(4, 4, (0, 255, 0, 255)), 0, 0, 4, 4)
     root.addChildNode(hidden, group)
     hidden.setVisible(False)
-    hidden.setPixelData(_square(4, 4, (0, 255, 0, 255)), 0, 0, 4, 4)
+    fox = doc.createNode("a fox", "paintlayer")
+    fox.setPixelData(_square(16, 16, (0, 0, 255, 255)), 0, 0, 16, 16)
+    root.addChildNode(fox, hidden)
     doc.refreshProjection()
     doc.waitForDone()
-    yield 0.2
+    yield ("document active", lambda: app.activeDocument() == doc, 10)
     layers = kritaapi.layers(doc)
     c["layers"] = [(l.name, l.kind, l.visible, l.depth) for l in layers]
     by = {l.name: l for l in layers}
-    a = kritaapi.read_alpha(doc, by["a house"], 64, 32)  # the group's projection
-    c["group_alpha_count"] = sum(1 for v in a if v)
-    c["group_alpha_corner"] = a[31 * 64 + 63]
+    a = kritaapi.read_alpha(doc, by["Paint Layer 2"], 64, 32)  # inside a group: read as a layer
+    c["inner_alpha_count"] = sum(1 for v in a if v)
+    c["inner_alpha_corner"] = a[31 * 64 + 63]
     h = kritaapi.read_alpha(doc, by["a hidden cat"], 128, 64)  # output larger than the document
     c["hidden_alpha_count"] = sum(1 for v in h if v)
+
+    # As the artist sees it: a layer's own mask, its group's opacity and mask.
+    mask_via_action(doc, fox, 0, 0, 8, 32)  # shows the left half of the fox
+    group.setOpacity(128)
+    mask_via_action(doc, group, 0, 28, 64, 4)  # shows the group's bottom 4 rows only
+    doc.refreshProjection()
+    doc.waitForDone()
+    yield 0.3
+    by = {l.name: l for l in kritaapi.layers(doc)}
+    a = kritaapi.read_alpha(doc, by["a fox"], 64, 32)
+    c["masked_fox_count"] = sum(1 for v in a if v)
+    a = kritaapi.read_alpha(doc, by["Paint Layer 2"], 64, 32)
+    c["grouped_values"] = sorted(set(a))
+    c["grouped_count"] = sum(1 for v in a if v)
+    c["fingerprint_sees_masks"] = len(by["a fox"].own_masks) == 1 and len(by["Paint Layer 2"].group_masks) == 1
+
     frame = QImage(bytes([10, 20, 30]) * (32 * 16), 32, 16, 96, QImage.Format_RGB888).copy()
     doc.setModified(False)
-    node = kritaapi.write_preview(doc, frame)
+    node, _ = kritaapi.write_preview(doc, frame)
     c["preview_pixel"] = list(bytes(node.pixelData(5, 5, 1, 1)))
-    c["composite_corner"] = list(kritaapi.read_composite(doc, [by["Background"]], 64, 32)[:3])
+    c["composite_corner"] = list(kritaapi.read_composite(doc, list(by.values()), {by["Background"].uid}, 64, 32)[:3])
 
     d16 = app.createDocument(32, 32, "sixteen", "RGBA", "U16", "", 300.0)
     d16.setBatchmode(True)
     n16 = d16.createNode("a fox", "paintlayer")
-    d16.rootNode().addChildNode(n16, d16.rootNode().childNodes()[-1])
     n16.setPixelData(bytes([0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]) * 16, 0, 0, 16, 1)
+    d16.rootNode().addChildNode(n16, d16.rootNode().childNodes()[-1])
     d16.waitForDone()
     a16 = kritaapi.read_alpha(d16, [l for l in kritaapi.layers(d16) if l.name == "a fox"][0], 32, 32)
     c["u16_alpha_row0"] = sum(1 for v in a16[:32] if v)
-    p16 = kritaapi.write_preview(d16, frame)
+    p16, _ = kritaapi.write_preview(d16, frame)
     c["u16_preview_pixel"] = list(bytes(p16.pixelData(0, 0, 1, 1)))
 
     f32 = app.createDocument(16, 16, "float", "RGBA", "F32", "", 300.0)

@@ -1,0 +1,20 @@
+"""Every call into Krita's API lives in this package, so the rest of the
+plugin can be tested against a fake ``krita`` module and survives API
+changes in one place. (The docker and the extension subclass Krita's
+``DockWidget`` and ``Extension``, which Krita requires; ``__init__.py``
+registers them.)
+
+- ``document``: documents, the layer tree, settings, the active layer;
+- ``reading``: layers as the artist sees them, as alpha planes and the canvas image;
+- ``preview``: the preview layer and applied results;
+- ``saving``: keeping the preview out of saved files.
+"""
+
+from .document import (ANNOTATION, PREVIEW_NAME, RESULT_NAME, Layer, Unsupported, activate,  # noqa: F401
+                       active_document, active_uid, app, canvas_size, color_problem, documents, fingerprint,
+                       is_open, is_plugin_layer, layers, load_document_settings, read_setting,
+                       save_document_settings, write_setting)
+from .preview import (ActiveKeeper, apply_frame, find_preview, hide_preview, next_result_name,  # noqa: F401
+                      set_preview_look, write_preview)
+from .reading import read_alpha, read_composite, scale_table  # noqa: F401
+from .saving import SaveGuard  # noqa: F401

@@ -1,0 +1,203 @@
+"""Documents, their layers and settings, as the plugin reads them.
+
+Facts this relies on (Krita 5.1/5.2): ``childNodes()`` lists bottom to top
+and includes a layer's masks; a layer's ``projectionPixelData`` has its own
+masks applied but not its opacity; group opacity applies to everything
+inside the group; ``Node.thumbnail`` is cached until the pixels change.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+
+from krita import Krita
+from PyQt5.QtCore import QByteArray
+
+PREVIEW_NAME = "SMD Preview"
+RESULT_NAME = "SMD Result"
+PLUGIN_PREFIX = "SMD "  # the plugin's own layers (the grammar never reads them either)
+ANNOTATION = "smd-live"  # per-document settings, stored inside the .kra
+FINGERPRINT_SIZE = 96  # thumbnail side used only to notice pixel changes cheaply
+MASK_KINDS = ("transparencymask", "filtermask", "transformmask", "selectionmask", "colorizemask")
+
+# bytes per pixel and offset of the (most significant byte of the) alpha channel
+ALPHA_LAYOUT = {("RGBA", "U8"): (4, 3), ("RGBA", "U16"): (8, 7), ("GRAYA", "U8"): (2, 1),
+                ("GRAYA", "U16"): (4, 3), ("CMYKA", "U8"): (5, 4), ("CMYKA", "U16"): (10, 9),
+                ("LABA", "U8"): (4, 3), ("LABA", "U16"): (8, 7), ("XYZA", "U8"): (4, 3),
+                ("XYZA", "U16"): (8, 7), ("YCbCrA", "U8"): (4, 3), ("YCbCrA", "U16"): (8, 7)}
+_WRITABLE = {("RGBA", "U8"), ("RGBA", "U16")}
+
+
+class Unsupported(Exception):
+    """The document cannot be used as it is; the message says what to do."""
+
+
+@dataclass
+class Layer:
+    node: object
+    name: str
+    uid: str
+    kind: str
+    visible: bool  # visible itself and all its parents
+    locked: bool
+    opacity: float  # its own, 0..1
+    depth: int
+    # How the artist sees it inside its groups: its own opacity times every
+    # enclosing group's, and the groups' transparency masks.
+    factor: float = 1.0
+    group_masks: list = field(default_factory=list)
+    own_masks: list = field(default_factory=list)  # already applied in its projection
+    parent: str = ""  # the enclosing group's uid ("" at the top)
+
+    @property
+    def is_group(self) -> bool:
+        return self.kind == "grouplayer"
+
+
+def app():
+    return Krita.instance()
+
+
+def active_document():
+    return app().activeDocument()
+
+
+def documents() -> list:
+    return list(app().documents())
+
+
+def is_open(doc) -> bool:
+    """Whether ``doc`` is still open: calling a closed document crashes Krita 5.1."""
+    return any(d == doc for d in app().documents())
+
+
+def read_setting(group: str, key: str, default: str = "") -> str:
+    """A value from Krita's own config file (kritarc)."""
+    return app().readSetting(group, key, default)
+
+
+def write_setting(group: str, key: str, value: str) -> None:
+    app().writeSetting(group, key, value)
+
+
+def canvas_size(doc) -> tuple[int, int]:
+    return doc.width(), doc.height()
+
+
+def color_problem(doc, writing: bool = False) -> str:
+    """Why this document's pixels cannot be used ('' when they can)."""
+    key = (doc.colorModel(), doc.colorDepth())
+    if key not in ALPHA_LAYOUT:
+        return (f"{key[0]} {key[1]} documents are not supported: use Image > Convert Image Color Space "
+                "to RGB/Alpha 8-bit or 16-bit integer")
+    if writing and key not in _WRITABLE:
+        return (f"the live preview needs an RGB document (8 or 16-bit integer), not {key[0]} {key[1]}: "
+                "use Image > Convert Image Color Space")
+    return ""
+
+
+def is_plugin_layer(name: str) -> bool:
+    return name.startswith(PLUGIN_PREFIX)
+
+
+def layers(doc) -> list[Layer]:
+    """All layers bottom to top; a group comes right before its children.
+
+    The plugin's preview layer is left out (it is never input), and so are
+    masks: a layer's own masks are part of how it is read, a group's
+    transparency masks are applied to everything inside it.
+    """
+    out: list[Layer] = []
+
+    def walk(parent, depth, parent_visible, parent_factor, parent_masks, parent_uid):
+        children = parent.childNodes()
+        for node in children:
+            kind = node.type()
+            if kind in MASK_KINDS:
+                continue
+            name = node.name()
+            if name == PREVIEW_NAME and depth == 0:
+                continue
+            visible = parent_visible and node.visible()
+            opacity = node.opacity() / 255.0
+            own = [m for m in node.childNodes() if m.type() in MASK_KINDS]
+            uid = node.uniqueId().toString()
+            layer = Layer(node, name, uid, kind, visible, node.locked(), opacity, depth,
+                          factor=parent_factor * opacity, group_masks=list(parent_masks), own_masks=own,
+                          parent=parent_uid)
+            out.append(layer)
+            if kind == "grouplayer":
+                masks = [m for m in own if m.type() == "transparencymask" and m.visible()]
+                walk(node, depth + 1, visible, layer.factor, parent_masks + masks, uid)
+
+    walk(doc.rootNode(), 0, True, 1.0, [], "")
+    return out
+
+
+def _thumb_crc(node) -> int:
+    thumb = node.thumbnail(FINGERPRINT_SIZE, FINGERPRINT_SIZE)
+    ptr = thumb.constBits()
+    if ptr is None:
+        return 0
+    ptr.setsize(thumb.bytesPerLine() * thumb.height())
+    return zlib.crc32(bytes(ptr))
+
+
+def _bounds(node) -> tuple:
+    b = node.bounds()
+    return b.x(), b.y(), b.width(), b.height()
+
+
+def fingerprint(layer: Layer) -> tuple:
+    """Changes whenever the layer's name, visibility, opacity, place, pixels or masks change.
+
+    Krita caches thumbnails until the pixels change, so this is cheap to poll.
+    """
+    masks = tuple((m.visible(), _bounds(m), _thumb_crc(m)) for m in layer.own_masks + layer.group_masks)
+    return (layer.name, layer.visible, layer.factor, _bounds(layer.node), _thumb_crc(layer.node), masks)
+
+
+# ------------------------------------------------------------ the active layer
+
+def active_uid(doc) -> str:
+    node = doc.activeNode()
+    return node.uniqueId().toString() if node is not None else ""
+
+
+def activate(doc, uid: str) -> bool:
+    """Make the layer with this id active again (False if it is gone)."""
+    node = _find(doc.rootNode(), uid) if uid else None
+    if node is None:
+        return False
+    doc.setActiveNode(node)
+    return True
+
+
+def _find(parent, uid: str):
+    for node in parent.childNodes():
+        if node.uniqueId().toString() == uid:
+            return node
+        found = _find(node, uid)
+        if found is not None:
+            return found
+    return None
+
+
+# ------------------------------------------------------------ per-document settings
+
+def load_document_settings(doc) -> dict:
+    try:
+        raw = bytes(doc.annotation(ANNOTATION))
+        values = json.loads(raw.decode("utf-8")) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def save_document_settings(doc, settings: dict) -> None:
+    data = json.dumps(settings, sort_keys=True).encode("utf-8")
+    if bytes(doc.annotation(ANNOTATION) or b"") == data:
+        return
+    doc.setAnnotation(ANNOTATION, "SMD Live settings", QByteArray(data))

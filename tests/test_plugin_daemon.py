@@ -1,0 +1,74 @@
+"""The plugin's controller in the test process (Qt offscreen, the fake krita)
+against a real ``smd-daemon serve --model tiny``: the daemon's reading of
+every layer before Live, state codes in words, and the region-mode choice."""
+
+import pytest
+from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
+from plugin_unit.fakes import add, bgra, new_doc, run_until
+
+import krita  # the fake
+
+from daemon_util import Daemon
+from smd_krita import live
+from smd_krita.managed import ManagedDaemon
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon()
+    try:
+        d.wait_serving()
+        yield d
+    finally:
+        d.stop()
+        d.close()
+
+
+@pytest.fixture
+def controller(tmp_path):
+    krita.Krita.instance().settings.clear()
+    doc, bg = new_doc(64, 64)
+    fox = add(doc, "a red fox | strenght: 2")
+    fox.setPixelData(bgra(0, 0, 255, 255, 16 * 16), 0, 0, 16, 16)
+    add(doc, "Paint Layer 2")
+    ctl = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
+    ctl.settings["size"] = 64
+    yield ctl, doc
+    ctl.timer.stop()
+    ctl.disconnect_daemon()
+
+
+def test_every_layer_explained_before_live(daemon, controller):
+    ctl, doc = controller
+    ctl.set_setting("address", daemon.address.replace("tcp://", ""))  # as an artist types it
+    ctl.connect_daemon()
+    assert run_until(lambda: ctl.rows and all(r.role for r in ctl.rows)), ctl.status_text()
+    rows = {r.name: r for r in ctl.rows}
+    assert not ctl.live
+    assert (rows["Paint Layer 2"].role, rows["Paint Layer 2"].code) == ("ignored", "automatic_name")
+    assert (rows["Background"].role, rows["Background"].code) == ("ignored", "automatic_name")
+    assert rows["a red fox | strenght: 2"].role == "region" and rows["a red fox | strenght: 2"].warnings
+
+
+def test_the_region_choice_reaches_the_daemon(daemon, controller):
+    ctl, doc = controller
+    ctl.set_setting("address", daemon.address)
+    ctl.connect_daemon()
+    assert run_until(lambda: ctl.state == "connected"), ctl.status_text()
+    modes = ctl.conn.region_modes()
+    if "attention" not in modes:  # daemons before the attention mode (contract 2) offer no choice
+        pytest.skip(f"this daemon offers no region choice ({modes})")
+    ctl.set_setting("region_mode", "attention")
+    ctl.set_live(True)
+    assert run_until(lambda: ctl.frame_event is not None), ctl.error
+    assert ctl.error == "", ctl.error  # the daemon took region_mode (an unknown value would be bad_field)
+
+
+def test_a_stopped_daemon_is_told_in_words(daemon, controller):
+    ctl, doc = controller
+    ctl.set_setting("address", daemon.address)
+    ctl.connect_daemon()
+    assert run_until(lambda: ctl.state == "connected")
+    daemon.stop()
+    assert run_until(lambda: "is the daemon running?" in ctl.status_text()[0], 60), ctl.status_text()
+    assert "reconnects by itself" in ctl.status_text()[0]
