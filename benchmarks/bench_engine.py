@@ -1,16 +1,22 @@
-"""Engine benchmark: StreamMultiDiffusion against MultiDiffusion as published,
-and the stream's own overhead against the bare work each frame must do.
+"""Engine benchmark: latent vs attention region mode, eager vs compiled vs
+CUDA graphs, the bare floor each frame must pay, peak memory, and
+StreamMultiDiffusion against MultiDiffusion as published.
 
     python benchmarks/bench_engine.py --model tiny --size 512 --regions 1 3 6
-    python benchmarks/bench_engine.py --model random-sd15 --device cuda --dtype fp16 --size 512 --regions 1 3 6
+    python benchmarks/bench_engine.py --model random-sd15 --size 256 --regions 3 --frames 3
+    bash benchmarks/gpu_figures.sh     # the prepared GPU run (see docs/benchmarks.md)
 
-Everything is measured side by side in one run; figures are medians.
+Everything is measured side by side in one run (for each region count both
+modes, every variant and the bare floor are timed in turn, frame by frame,
+so machine noise hits all alike); figures are medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -22,27 +28,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
+from smd_daemon.engine.runner import UNetRunner  # noqa: E402
 from smd_daemon.engine.scene import Background, Region, Scene  # noqa: E402
 
 PROMPTS = ["a red fox", "snowy pine forest", "a castle on a hill", "a hot air balloon", "a river", "an old oak tree"]
+VARIANTS = {"eager": {}, "graphs": {"cuda_graphs": True}, "compiled": {"compile": True},
+            "compiled+graphs": {"compile": True, "cuda_graphs": True}}
 
 
-def scene_with(n: int, size: int, steps: int = 4, seed: int = 0) -> Scene:
+def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = "latent") -> Scene:
     """``n`` overlapping regions spread over the canvas, plus a background prompt."""
     regions = []
     for k in range(n):
-        m = np.zeros((size, size), np.float32)
+        m = np.zeros((size, size), np.uint8)
         x0 = int(k * size / (n + 1))
-        m[size // 8: size - size // 8, x0: x0 + 2 * size // (n + 1)] = 1
+        m[size // 8: size - size // 8, x0: x0 + 2 * size // (n + 1)] = 255
         regions.append(Region(PROMPTS[k % len(PROMPTS)], m))
-    return Scene(size, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps)
+    return Scene(size, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps,
+                 region_mode=mode)
 
 
 class Timer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def __call__(self, fn, repeat: int, warmup: int = 1) -> float:
+    def __call__(self, fn, repeat: int = 1, warmup: int = 0) -> float:
         for _ in range(warmup):
             fn()
         times = []
@@ -71,8 +81,9 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
     prompts = [scene.background.prompt] + [r.prompt for r in scene.regions]
     cond = engine.encode_prompts(prompts)
     uncond = engine.encode_prompts([""] * len(prompts))
-    masks = [torch.ones(h, w)] + [torch.nn.functional.interpolate(torch.from_numpy(r.mask)[None, None], (h, w),
-                                                                  mode="nearest")[0, 0] for r in scene.regions]
+    masks = [torch.ones(h, w)] + [torch.nn.functional.interpolate(torch.from_numpy(r.mask)[None, None].float(),
+                                                                  (h, w), mode="nearest")[0, 0].clamp(0, 1)
+                                  for r in scene.regions]
     masks = torch.stack(masks)[:, None].to(c.device, c.dtype)  # (P, 1, h, w)
     gen = torch.Generator().manual_seed(scene.seed)
     x = torch.randn((1, 4, h, w), generator=gen, dtype=c.dtype).to(c.device)
@@ -89,97 +100,229 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
     return engine.decode(x), samples
 
 
-def count_samples(engine: Engine, fn) -> int:
-    n = []
-    orig = engine.c.unet.forward
+def samples_per_generate(engine: Engine, scene: Scene) -> int:
+    plan = engine.plan(scene)
+    return sum(level.n for level in plan.levels) * (2 if plan.cfg else 1)
 
-    def counting(sample, *a, **k):
-        n.append(sample.shape[0])
-        return orig(sample, *a, **k)
 
-    engine.c.unet.forward = counting
+class Floor:
+    """The bare work of one steady-state frame: the frame's own UNet call
+    (same inputs, region weights included) run directly, plus one decode of
+    its latent, with no engine code around them."""
+
+    def __init__(self, engine: Engine, stream):
+        seen = []
+        runner = engine.runner
+        orig = runner.__call__
+        engine.runner = lambda *a, **k: (seen.append((a, k)), orig(*a, **k))[1]
+        try:
+            stream.step()
+        finally:
+            engine.runner = runner
+        self.calls = seen
+        self.plain = UNetRunner(engine.c.unet, engine._region_ctx)
+        self.vae = engine.c.vae
+        self.tokens = engine.c.tokenizer.model_max_length
+        h, w = stream.plan.latent_hw
+        self.z = torch.zeros((1, 4, h, w), dtype=engine.c.dtype, device=engine.c.device)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for a, k in self.calls:
+            self.plain(*a, **k)
+        img = self.vae.decode(self.z / self.vae.config.scaling_factor, return_dict=False)[0]
+        img.float().cpu()
+
+    @torch.no_grad()
+    def without_regions(self) -> None:
+        """The same UNet call with plain cross-attention to one prompt (attention
+        mode: what the regional attention itself costs, against ``unet_call``)."""
+        for (x, t, emb, *rest), _ in self.calls:
+            self.plain(x, t, emb[:, :self.tokens].contiguous(), *rest[:1])
+
+    @torch.no_grad()
+    def unet_call(self) -> None:
+        for a, k in self.calls:
+            self.plain(*a, **k)
+
+
+@torch.no_grad()
+def locality(engine: Engine, scene: Scene) -> float:
+    """How tightly a region's prompt stays in its shape: change the middle
+    region's prompt; mean image change inside its mask over the change outside."""
+    k = len(scene.regions) // 2
+    a = engine.generate(scene)
+    scene.regions[k].prompt, old = "a bright yellow submarine", scene.regions[k].prompt
     try:
-        fn()
+        b = engine.generate(scene)
     finally:
-        engine.c.unet.forward = orig
-    return sum(n)
+        scene.regions[k].prompt = old
+    change = np.abs(a.astype(float) - b.astype(float)).mean(-1)
+    inside = scene.regions[k].mask > 0
+    return float(change[inside].mean() / max(change[~inside].mean(), 1e-6))
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--model-kind", default=None)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--regions", type=int, nargs="+", default=[1, 3, 6])
+    ap.add_argument("--modes", nargs="+", default=["latent", "attention"], choices=["latent", "attention"])
+    ap.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
+                    help="UNet call paths to compare (all but eager need CUDA)")
     ap.add_argument("--frames", type=int, default=10, help="timed stream frames per case")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed frames after the T frames that fill the stream "
+                                                          "(compiles, captures)")
     ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case")
-    ap.add_argument("--baseline-repeat", type=int, default=1)
-    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline", action="store_true", help="also time MultiDiffusion as published (slow)")
+    ap.add_argument("--no-locality", action="store_true", help="skip the shape-locality measure")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds; cases left when it is reached are "
+                                                                   "skipped and listed")
+    ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
+    start = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    comps = load_model(args.model, device=args.device, dtype=args.dtype)
-    engine = Engine(comps)
+    comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind)
+    engines = {v: Engine(comps, **VARIANTS[v]) for v in args.variants}
     timer = Timer(comps.device)
-    print(f"model {comps.name} on {comps.device} {comps.dtype}, {args.size}x{args.size}, "
-          f"torch threads {torch.get_num_threads()}\n")
+    print(f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.size}x{args.size}, "
+          f"{args.steps} steps, torch threads {torch.get_num_threads()}, variants {', '.join(args.variants)}\n",
+          flush=True)
 
-    rows = []
+    rows, skipped = [], []
+    eager = next(iter(engines.values()))
     for n in args.regions:
-        scene = scene_with(n, args.size)
-        ours_t = timer(lambda: engine.generate(scene), args.repeat)
-        ours_samples = count_samples(engine, lambda: engine.generate(scene))
-
-        stream = engine.open_stream(scene)
-        T = stream.steps_in_flight
-        for _ in range(2 * T):
-            stream.step()
-
-        # The bare work of one steady-state frame: one UNet call at the same
-        # batch size and one decode, with no engine code around them.
-        plan = stream.plan
-        batch = count_samples(engine, stream.step)
-        h, w = plan.latent_hw
-        xb = torch.randn((batch, 4, h, w), dtype=comps.dtype).to(comps.device)
-        tb = torch.full((batch,), plan.timesteps[0], device=comps.device)
-        eb = plan.bg_emb.expand(batch, -1, -1)
-        kw = {"timestep_cond": plan.time_cond.expand(batch, -1)} if plan.time_cond is not None else {}
-        z = xb[:1]
-
-        def bare():
-            with torch.no_grad():
-                comps.unet(xb, tb, encoder_hidden_states=eb, return_dict=False, **kw)
-                comps.vae.decode(z / comps.vae.config.scaling_factor, return_dict=False)
-
-        # Interleaved so that machine noise hits both sides alike.
-        frame_ts, bare_ts = [], []
+        if args.time_limit and time.monotonic() - start > args.time_limit:
+            skipped.append(f"{n} regions")
+            continue
+        # Both modes (and every variant) are set up first, then timed in turn, frame by frame.
+        cases = {}
+        for mode in args.modes:
+            scene = scene_with(n, args.size, args.steps, mode=mode)
+            row = dict(regions=n, mode=mode, gen_samples=samples_per_generate(eager, scene))
+            streams = {}
+            for v, e in list(engines.items()):
+                if args.time_limit and time.monotonic() - start > args.time_limit and e is not eager:
+                    skipped.append(f"{v}: {n} regions {mode} and after")  # e.g. a compile that took too long
+                    del engines[v]
+                    continue
+                if comps.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(comps.device)
+                st = e.open_stream(scene)
+                for _ in range(st.steps_in_flight + args.warmup):  # every level in flight from frame T on
+                    st.step()
+                streams[v] = st
+                row[f"peak_{v}"] = peak_memory(comps.device)
+            first = streams[args.variants[0]]
+            row["T"] = first.steps_in_flight
+            row["frame_samples"] = eager.begin_streams([first]).samples_total  # dropped: nothing changes
+            cases[mode] = dict(scene=scene, row=row, streams=streams, floor=Floor(eager, first),
+                               times={v: [] for v in engines} | {"floor": [], "gen": [], "unet": [], "unet_plain": []},
+                               last={})
+        for _ in range(args.repeat):
+            for c in cases.values():
+                c["times"]["gen"].append(timer(lambda: eager.generate(c["scene"])))
+        if comps.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(comps.device)
         for _ in range(args.frames):
-            frame_ts.append(timer(stream.step, 1, warmup=0))
-            bare_ts.append(timer(bare, 1, warmup=0))
-        frame_t, bare_t = statistics.median(frame_ts), statistics.median(bare_ts)
+            for c in cases.values():
+                for v in c["streams"]:
+                    if v not in engines:
+                        continue
+                    c["times"][v].append(timer(lambda: c["last"].__setitem__(v, c["streams"][v].step().image)))
+                c["times"]["floor"].append(timer(c["floor"]))
+                if c["row"]["mode"] == "attention":
+                    c["times"]["unet"].append(timer(c["floor"].unet_call))
+                    c["times"]["unet_plain"].append(timer(c["floor"].without_regions))
+        timed_peak = peak_memory(comps.device)  # while every mode, variant and floor ran
+        for mode, c in cases.items():
+            row, times = c["row"], c["times"]
+            row["gen_s"] = statistics.median(times["gen"])
+            for v in engines:
+                if not times[v]:
+                    continue
+                row[f"frame_{v}_s"] = statistics.median(times[v])
+                row[f"diff_{v}"] = int(np.abs(c["last"][v].astype(int) - c["last"][args.variants[0]].astype(int)).max())
+            row["floor_s"] = statistics.median(times["floor"])
+            if times["unet"]:
+                row["regional_attention_cost"] = statistics.median(times["unet"]) / statistics.median(
+                    times["unet_plain"]) - 1
+            row["peak_timed"] = timed_peak
+            if not args.no_locality and n > 1:
+                row["locality"] = locality(eager, c["scene"])
+            if args.baseline and mode == "latent":
+                out = {}
+                row["md_s"] = timer(lambda: out.update(samples=multidiffusion(eager, c["scene"])[1]))
+                row["md_samples"] = out["samples"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print_tables(rows, args.variants)
+    if skipped:
+        print(f"\nskipped (time limit {args.time_limit:g} s): {'; '.join(skipped)}")
+    print(f"\ntotal {time.monotonic() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": comps.describe(), "args": vars(args), "rows": rows, "skipped": skipped}, f, indent=1)
 
-        row = dict(regions=n, gen_s=ours_t, gen_samples=ours_samples, frame_s=frame_t, bare_s=bare_t,
-                   batch=batch, T=T)
-        if not args.no_baseline:
-            out = {}
-            md_t = timer(lambda: out.update(samples=multidiffusion(engine, scene)[1]), args.baseline_repeat, warmup=0)
-            row.update(md_s=md_t, md_samples=out["samples"])
-        rows.append(row)
-        print(row, flush=True)
 
-    print("\n| regions | SMD generate (4 LCM steps) | UNet samples | MultiDiffusion (50 DDIM, CFG 7.5) | UNet samples "
-          "| speed-up |")
-    print("|---|---|---|---|---|---|")
+def print_tables(rows: list[dict], variants: list[str]) -> None:
+    v0 = variants[0]
+    print(f"\n| regions | mode | UNet samples / frame | frame ({v0}) | bare floor | engine overhead | stream FPS "
+          f"| one-shot generate | shape locality |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        md = f"{r['md_s']:.2f} s | {r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x" if "md_s" in r else "- | - | -"
-        print(f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {md} |")
-    print("\n| regions | stream batch (T x samples) | stream frame | bare UNet call + decode | engine overhead "
-          "| stream FPS | one-shot generate FPS | stream / one-shot |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['regions']} | {r['batch']} | {r['frame_s'] * 1000:.0f} ms | {r['bare_s'] * 1000:.0f} ms | "
-              f"{(r['frame_s'] / r['bare_s'] - 1) * 100:+.1f}% | {1 / r['frame_s']:.2f} | {1 / r['gen_s']:.2f} | "
-              f"{r['gen_s'] / r['frame_s']:.1f}x |")
+        loc = f"{r['locality']:.1f}" if "locality" in r else "-"
+        print(f"| {r['regions']} | {r['mode']} | {r['frame_samples']} | {r[f'frame_{v0}_s'] * 1000:.0f} ms | "
+              f"{r['floor_s'] * 1000:.0f} ms | {(r[f'frame_{v0}_s'] / r['floor_s'] - 1) * 100:+.1f}% | "
+              f"{1 / r[f'frame_{v0}_s']:.2f} | {r['gen_s']:.3f} s ({r['gen_samples']} samples) | {loc} |")
+    by = {(r["regions"], r["mode"]): r for r in rows}
+    pairs = [(n, by[(n, "latent")], by[(n, "attention")]) for n in sorted({r["regions"] for r in rows})
+             if (n, "latent") in by and (n, "attention") in by]
+    if any("regional_attention_cost" in r for r in rows):
+        print("\n| regions | UNet call with every region's prompt vs the same call with one plain prompt |")
+        print("|---|---|")
+        for r in rows:
+            if "regional_attention_cost" in r:
+                print(f"| {r['regions']} | {r['regional_attention_cost'] * 100:+.1f}% |")
+    if pairs:
+        print("\n| regions | UNet samples / frame, attention : latent | frame time, attention : latent "
+              "| shape locality, latent / attention |")
+        print("|---|---|---|---|")
+        for n, lat, att in pairs:
+            loc = f"{lat['locality']:.1f} / {att['locality']:.1f}" if "locality" in lat else "-"
+            print(f"| {n} | {att['frame_samples']} : {lat['frame_samples']} "
+                  f"(1/{lat['frame_samples'] / att['frame_samples']:.1f}) | "
+                  f"{att[f'frame_{v0}_s'] * 1000:.0f} : {lat[f'frame_{v0}_s'] * 1000:.0f} ms "
+                  f"(1/{lat[f'frame_{v0}_s'] / att[f'frame_{v0}_s']:.1f}) | {loc} |")
+    if len(variants) > 1:
+        print("\n| regions | mode | " + " | ".join(f"{v}: frame (FPS), max pixel diff vs {v0}, peak memory"
+                                                  for v in variants) + " | peak memory, all timed |")
+        print("|---|---|" + "---|" * (len(variants) + 1))
+        for r in rows:
+            cells = [f"{r[f'frame_{v}_s'] * 1000:.1f} ms ({1 / r[f'frame_{v}_s']:.1f}), {r[f'diff_{v}']}, "
+                     f"{r[f'peak_{v}']}" if f"frame_{v}_s" in r else "skipped" for v in variants]
+            print(f"| {r['regions']} | {r['mode']} | " + " | ".join(cells) + f" | {r['peak_timed']} |")
+    if any("md_s" in r for r in rows):
+        print("\n| regions | SMD generate (4 LCM steps) | UNet samples | MultiDiffusion (50 DDIM, CFG 7.5) "
+              "| UNet samples | speed-up |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            if "md_s" in r:
+                print(f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {r['md_s']:.2f} s | "
+                      f"{r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x |")
 
 
 if __name__ == "__main__":

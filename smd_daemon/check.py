@@ -99,6 +99,14 @@ def run(args) -> int:
         print(f"model: {model.get('name', '?')} on {model.get('device', '?')} {model.get('dtype', '')}"
               + ("" if model.get("meaningful", True) else "  (random weights: no meaningful images)"))
         print("limits: " + ", ".join(f"{k}={v}" for k, v in sorted(limits.items())))
+        workers = client.info.get("workers") or []
+        if workers:  # a cluster daemon: its engine workers
+            print(f"workers: {sum(w.get('state') == 'ready' for w in workers)} of {len(workers)} ready")
+            for w in workers:
+                print(f"  {w.get('id', '?')}: {w.get('state', '?')}, node {w.get('node') or '?'}, "
+                      f"{w.get('device') or '?'}, {w.get('sessions', 0)} sessions, {w.get('fps', 0):.1f} frames/s"
+                      + (f", engine {100 * w['load']:.0f}% busy" if w.get("load") else "")
+                      + (f" ({w['error']})" if w.get("error") else ""))
         if args.render:
             side = 256
             alpha = bytes([255]) * (side * side // 2) + bytes(side * side // 2)  # top half

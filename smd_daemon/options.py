@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from smd_daemon.engine.models import DEFAULT_LCM_LORA, DEFAULT_MODEL, DEFAULT_TINY_VAE, PRESETS, load_model
+from smd_daemon.engine.models import (
+    DEFAULT_LCM_LORA,
+    DEFAULT_MODEL,
+    DEFAULT_TINY_VAE,
+    PRESETS,
+    check_kind,
+    load_model,
+    pick_device,
+)
+from smd_daemon.errors import UsageError
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -24,6 +33,15 @@ MODEL_OPTIONS = {
                                 "(for offline use)"),
     "device": (str, None, "cpu, cuda, cuda:N or mps (default: best available)"),
     "dtype": (str, None, f"one of {', '.join(DTYPES)} (default: fp16 on CUDA/MPS, fp32 on CPU)"),
+    "model_kind": (str, "auto", "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
+                                "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
+                                "from the model's scheduler config"),
+}
+
+# Engine speed switches: CUDA only, off until a GPU run shows them correct and faster.
+SPEED_OPTIONS = {
+    "compile": (bool, False, "CUDA only: torch.compile the UNet (slow first steps)"),
+    "cuda_graphs": (bool, False, "CUDA only: replay the steady-state UNet call from a CUDA graph per batch shape"),
 }
 
 
@@ -50,8 +68,33 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser.add_argument_group("model"), MODEL_OPTIONS)
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser.add_argument_group("speed (CUDA only)"), SPEED_OPTIONS)
+
+
+def _getter(values):
+    return values.get if isinstance(values, dict) else lambda k: getattr(values, k, None)
+
+
 def load_model_from_options(values, seed: int = 0):
     """Load the model named by an argparse namespace or a dict with the ``MODEL_OPTIONS`` keys."""
-    get = values.get if isinstance(values, dict) else lambda k: getattr(values, k)
+    get = _getter(values)
     return load_model(get("model"), lora=get("lora"), tiny_vae=get("tiny_vae"), config=get("model_config"),
-                      device=get("device"), dtype=get("dtype"), seed=seed)
+                      device=get("device"), dtype=get("dtype"), seed=seed, kind=get("model_kind"))
+
+
+def engine_options(values, overlap_decode: bool = False) -> dict:
+    """``Engine`` keyword arguments from the speed switches; a switch the
+    device cannot do, or an unknown model kind, is refused here, before any
+    work (one line, exit 2)."""
+    from smd_daemon.engine.runner import check_speed_options
+
+    get = _getter(values)
+    check_kind(get("model_kind"))
+    chosen = {"compile": bool(get("compile")), "cuda_graphs": bool(get("cuda_graphs")),
+              "overlap_decode": bool(overlap_decode)}
+    try:
+        check_speed_options(pick_device(get("device")), **chosen)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return chosen

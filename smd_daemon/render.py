@@ -14,7 +14,7 @@ import time
 
 from smd_daemon.engine.scene import DEFAULT_STEPS
 from smd_daemon.errors import UsageError
-from smd_daemon.options import add_model_arguments, load_model_from_options
+from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
 from smd_daemon.scenefile import Overrides, load_scene
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "tightly; the default) or 'attention' (one sample for all regions, much faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
+    add_speed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    speed = engine_options(args)
     out_format = _check_output(args.output)
     loaded = load_scene(args.scene, Overrides(
         width=args.width, height=args.height, seed=args.seed, steps=args.steps,
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s", scene.width,
              scene.height, len(scene.regions), scene.region_mode, scene.steps, scene.seed, d["name"], d["device"],
              d["dtype"])
-    engine = Engine(components)
+    engine = Engine(components, **speed)
     engine.check(scene)  # what this model cannot do (region mode, steps): one line, exit 2
     bar = _ProgressBar(disable=True if args.no_progress else None)
     start = time.perf_counter()

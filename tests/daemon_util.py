@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import zmq
@@ -35,13 +37,14 @@ def daemon_env() -> dict:
 class Daemon:
     """One daemon process; its log goes to a temporary file shown on failure."""
 
-    def __init__(self, *extra: str, port: int | None = None, bind: str | None = None):
+    def __init__(self, *extra: str, port: int | None = None, bind: str | None = None, env: dict | None = None):
         self.port = port or free_port()
         self.address = bind or f"tcp://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="smd-daemon-", suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind", self.address,
                "--threads", "1", *extra]
-        self.proc = subprocess.Popen(cmd, env=daemon_env(), stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, env={**daemon_env(), **(env or {})}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
 
     def wait_serving(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -169,3 +172,24 @@ def half_mask(side: int = S, left: bool = True) -> bytes:
     row = (b"\xff" * (side // 2) + b"\x00" * (side - side // 2)) if left else \
         (b"\x00" * (side // 2) + b"\xff" * (side - side // 2))
     return row * side
+
+
+@contextlib.contextmanager
+def serving(srv):
+    """Run an in-process ``Server`` on a thread for the duration of the block."""
+    ready = threading.Event()
+
+    def serve():
+        srv.start()
+        ready.set()
+        srv.serve_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        yield srv
+    finally:
+        srv.stopping.set()
+        t.join(10)
+        srv.shutdown()

@@ -28,3 +28,22 @@ def count_unet_forwards(engine):
     """(batch sizes of the UNet forwards from now on, a function that stops counting)."""
     ctx = recording(engine.c.unet, "forward", lambda sample: sample.shape[0])
     return ctx.__enter__(), lambda: ctx.__exit__(None, None, None)
+
+
+def batched_and_solo(engine, scenes, frames: int):
+    """Step streams of ``scenes`` together ``frames`` times, asserting one
+    UNet call per round, and a second set one by one. Returns the last
+    frames of each: (together, alone)."""
+    together = [engine.open_stream(s) for s in scenes]
+    alone = [engine.open_stream(s) for s in scenes]
+    calls, restore = count_unet_forwards(engine)
+    try:
+        for _ in range(frames):
+            n = len(calls)
+            batch = engine.step_streams(together)
+            assert len(calls) == n + 1
+    finally:
+        restore()
+    for _ in range(frames):
+        solo = [s.step() for s in alone]
+    return batch, solo

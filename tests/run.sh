@@ -24,11 +24,11 @@ if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
     "$PY" -m venv .venv
 fi
-echo "== installing the daemon and test dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+echo "== installing the daemon, its cluster extra (Ray) and test dependencies into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cluster]"
 
-# Krita was installed above: its tests must run, not skip.
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMD_REQUIRE_KRITA=1
+# Krita and Ray were installed above: their tests must run, not skip.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMD_REQUIRE_KRITA=1 SMD_REQUIRE_RAY=1
 set +e
 .venv/bin/python -m pytest -ra "$@"
 rc=$?

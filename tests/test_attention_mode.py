@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import count_unet_forwards
+from engine_util import batched_and_solo, count_unet_forwards
 from smd_daemon.engine import attention as A
 from smd_daemon.engine.core import Engine
 from smd_daemon.engine.scene import Background, Region, Scene
@@ -138,18 +138,7 @@ def test_several_clients_with_different_region_counts_share_one_call_and_match_s
     one.regions = one.regions[:1]
     scenes = [_scene(seed=1), one, Scene(S, S, [], background=Background("a meadow"), seed=3,
                                          region_mode="attention")]
-    together = [engine.open_stream(s) for s in scenes]
-    alone = [engine.open_stream(s) for s in scenes]
-    calls, restore = count_unet_forwards(engine)
-    try:
-        for _ in range(5):
-            n = len(calls)
-            batch = engine.step_streams(together)
-            assert len(calls) == n + 1
-    finally:
-        restore()
-    for _ in range(5):
-        solo = [s.step() for s in alone]
+    batch, solo = batched_and_solo(engine, scenes, 5)
     for got, expect in zip(batch, solo):
         assert _diff(got.image, expect.image) <= 1
 
@@ -171,39 +160,24 @@ def test_a_model_without_cross_attention_refuses_attention_mode(tiny_components)
 
 
 def test_the_daemon_refuses_a_mode_its_model_cannot_do(tiny_components):
-    import threading
-
     from daemon_util import S as SIDE
-    from daemon_util import connect, free_port, half_mask
+    from daemon_util import connect, free_port, half_mask, serving
     from smd_daemon import protocol
     from smd_daemon.client import ErrorEvent, Layer, SceneEvent
     from smd_daemon.server import Server
 
     engine = Engine(tiny_components)
     engine.region_modes = ("latent",)
-    srv = Server(engine, {"name": "tiny"}, f"tcp://127.0.0.1:{free_port()}")
-    ready = threading.Event()
-
-    def serve():
-        srv.start()
-        ready.set()
-        srv.serve_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    c = connect(srv.bind, name="artist")
-    try:
-        assert srv.capabilities()["region_modes"] == ["latent"]
-        c.set_scene(SIDE, SIDE, [Layer("1", "a red fox", half_mask())], region_mode="attention")
-        err = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 10)
-        assert isinstance(err, ErrorEvent) and err.code == protocol.ErrorCode.BAD_FIELD
-        assert err.message.count(".") <= 1 and "not available with this model" in err.message
-        rev = c.set_scene(SIDE, SIDE, [Layer("1", "a red fox", half_mask())], region_mode="latent")
-        ev = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 10)
-        assert isinstance(ev, SceneEvent) and ev.revision == rev
-    finally:
-        c.close()
-        srv.stopping.set()
-        t.join(10)
-        srv.shutdown()
+    with serving(Server(engine, {"name": "tiny"}, f"tcp://127.0.0.1:{free_port()}")) as srv:
+        c = connect(srv.bind, name="artist")
+        try:
+            assert srv.capabilities()["region_modes"] == ["latent"]
+            c.set_scene(SIDE, SIDE, [Layer("1", "a red fox", half_mask())], region_mode="attention")
+            err = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 10)
+            assert isinstance(err, ErrorEvent) and err.code == protocol.ErrorCode.BAD_FIELD
+            assert err.message.count(".") <= 1 and "not available with this model" in err.message
+            rev = c.set_scene(SIDE, SIDE, [Layer("1", "a red fox", half_mask())], region_mode="latent")
+            ev = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 10)
+            assert isinstance(ev, SceneEvent) and ev.revision == rev
+        finally:
+            c.close()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import count_unet_forwards
+from engine_util import batched_and_solo, count_unet_forwards
 from smd_daemon.engine.core import Cancelled, Engine
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
 
@@ -226,18 +226,7 @@ def test_lcm_distilled_unet_gets_the_guidance_embedding_like_diffusers():
 
 def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engine):
     a_scene, b_scene = _two_regions(seed=1), _two_regions(prompt_a="a hot air balloon", seed=2)
-    together = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
-    alone = [engine.open_stream(a_scene), engine.open_stream(b_scene)]
-    calls, restore = count_unet_forwards(engine)
-    try:
-        for _ in range(6):
-            n = len(calls)
-            pair = engine.step_streams(together)
-            assert len(calls) == n + 1
-    finally:
-        restore()
-    for _ in range(6):
-        solo = [s.step() for s in alone]
+    pair, solo = batched_and_solo(engine, [a_scene, b_scene], 6)
     for got, expect in zip(pair, solo):
         assert got.index == expect.index and _diff(got.image, expect.image) <= 1
     assert _diff(pair[0].image, pair[1].image) > 10

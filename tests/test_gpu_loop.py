@@ -3,13 +3,12 @@ run out of GPU memory, produce NaN, or serve with a tiny scene budget."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from daemon_util import S, connect, free_port, half_mask
+from daemon_util import S, connect, free_port, half_mask, serving
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent, SceneEvent
 from smd_daemon.engine.core import StreamFrame
 from smd_daemon.server import Limits, Server
@@ -91,21 +90,8 @@ class FakeEngine:
 def server():
     # A small scene budget: its frames and 3 planes of 64x64 fit, a 4th plane does not.
     limits = Limits(max_fps=200, max_session_bytes=frame_bytes(Limits.frame_window, S, S) + 3 * S * S + 100)
-    srv = Server(FakeEngine(), {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", limits)
-    ready = threading.Event()
-
-    def serve():
-        srv.start()
-        ready.set()
-        srv.serve_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield srv
-    srv.stopping.set()
-    t.join(10)
-    srv.shutdown()
+    with serving(Server(FakeEngine(), {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", limits)) as srv:
+        yield srv
 
 
 def test_engine_failure_is_an_error_to_that_client_only(server):

@@ -8,7 +8,6 @@ import torch
 
 from engine_util import count_unet_forwards, recording
 from smd_daemon.engine import vae as V
-from smd_daemon.engine.core import Engine
 from smd_daemon.engine.scene import Background, Region, Scene
 
 S = 128

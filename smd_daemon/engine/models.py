@@ -7,8 +7,14 @@
     owner/name      a Hugging Face hub id (downloaded with progress, then cached)
 
 An LCM-LoRA (hub id, folder or file) can be fused at load, and a tiny
-autoencoder (TAESD-style ``AutoencoderTiny``) can replace the VAE. The
-scheduler is always an ``LCMScheduler`` built from the model's own config.
+autoencoder (TAESD-style ``AutoencoderTiny``) can replace the VAE.
+
+Few-step models come in two kinds, told apart by their scheduler config
+(or chosen with ``kind``): ``lcm`` (LCM-distilled models and LCM-LoRAs: an
+``LCMScheduler`` built from the model's own config, LCM timesteps and
+boundary condition) and ``turbo`` (SD-Turbo-style adversarially distilled
+models, shipped with an Euler scheduler and ``trailing`` timestep spacing:
+their own timesteps, 999 for one step, and no boundary condition).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ DEFAULT_TINY_VAE = "madebyollin/taesd"
 # For plain SD-1.5 models: makes them few-step capable.
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
+KINDS = ("lcm", "turbo")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # How to do without the hub, per kind of download.
@@ -59,6 +66,7 @@ class Components:
     name: str
     meaningful: bool = True  # False for random-weight presets
     info: dict = field(default_factory=dict)
+    kind: str = "lcm"  # "lcm" | "turbo" (see the module docstring)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -71,6 +79,7 @@ class Components:
             "dtype": str(self.dtype).replace("torch.", ""),
             "meaningful": self.meaningful,
             "native_size": int(self.unet.config.sample_size) * self.vae_scale_factor,
+            "kind": self.kind,
             **info,
         }
 
@@ -111,13 +120,13 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
 
 
 def components_from_pipeline(pipe, name: str, device: torch.device, dtype: torch.dtype,
-                             meaningful: bool = True, **info) -> Components:
+                             meaningful: bool = True, kind: str = "lcm", **info) -> Components:
     for part in (pipe.text_encoder, pipe.unet, pipe.vae):
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
             part.to(dtype=dtype)
         part.to(device=device).eval().requires_grad_(False)
     return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler,
-                      device, dtype, name, meaningful, dict(info))
+                      device, dtype, name, meaningful, dict(info), kind)
 
 
 def _first_line(e: BaseException) -> str:
@@ -285,12 +294,36 @@ def _fuse_lora(pipe, spec: str, scale: float) -> None:
         raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
 
 
-def _make_lcm(pipe, name: str, warn: bool) -> bool:
-    """The engine needs LCM: rebuild the scheduler as one from the model's own
-    config (same betas and timestep spacing). Returns whether it was LCM before."""
-    from diffusers import LCMScheduler
+def check_kind(kind: str | None) -> str | None:
+    """A ``kind`` override as given (None for auto), or a one-line error."""
+    if kind in (None, "auto"):
+        return None
+    if kind not in KINDS:
+        raise ModelLoadError(f"unknown model kind {kind!r}: use auto, {' or '.join(KINDS)}")
+    return kind
+
+
+def detect_kind(scheduler, unet, lora: str | None = None) -> str:
+    """``turbo`` for an SD-Turbo-style model (an Euler scheduler with trailing
+    timesteps, as stabilityai/sd-turbo ships), else ``lcm``."""
+    name = type(scheduler).__name__
+    if lora is not None or name == "LCMScheduler" or getattr(unet.config, "time_cond_proj_dim", None):
+        return "lcm"
+    if name.startswith("Euler") and scheduler.config.get("timestep_spacing") == "trailing":
+        return "turbo"
+    return "lcm"
+
+
+def _set_scheduler(pipe, name: str, kind: str, warn: bool) -> bool:
+    """The engine's scheduler for ``kind``, rebuilt from the model's own config
+    (same betas): LCM, or Euler with trailing timesteps for turbo models.
+    Returns whether the model shipped an LCM scheduler."""
+    from diffusers import EulerDiscreteScheduler, LCMScheduler
 
     was_lcm = type(pipe.scheduler) is LCMScheduler
+    if kind == "turbo":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        return was_lcm
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     if warn and not was_lcm:
         log.warning("model %r does not look LCM-distilled and no LoRA was given: few-step images will be poor; "
@@ -300,14 +333,16 @@ def _make_lcm(pipe, name: str, warn: bool) -> bool:
 
 def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | None = None,
                config: str | None = None, lora_scale: float = 1.0, device: str | None = None,
-               dtype: str | None = None, seed: int = 0) -> Components:
+               dtype: str | None = None, seed: int = 0, kind: str | None = None) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
     ``tiny_vae``: None keeps the model's VAE; 'auto' means the default TAESD
     for real models and none for presets; 'tiny' builds a random one; else a
     hub id or folder. ``config``: diffusers folder (or hub id) describing a
-    single-file checkpoint's architecture, for offline use.
+    single-file checkpoint's architecture, for offline use. ``kind``: ``lcm``
+    or ``turbo`` overrides what the scheduler config says (None/'auto': detect).
     """
+    kind = check_kind(kind)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
@@ -334,9 +369,13 @@ def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | N
         _fuse_lora(pipe, lora, lora_scale)
     if tiny_vae is not None:
         pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
-    lcm = _make_lcm(pipe, name, warn=source != "preset" and lora is None) or lora is not None
-    comps = components_from_pipeline(pipe, name, dev, dt, meaningful, source=source, spec=spec, lora=lora,
-                                     tiny_vae=tiny_vae, lcm=lcm)
-    log.info("loaded model %s (%s) on %s %s%s%s", name, source, dev, str(dt).replace("torch.", ""),
+    detected = detect_kind(pipe.scheduler, pipe.unet, lora)
+    if kind is not None and kind != detected:
+        log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
+    kind = kind or detected
+    lcm = _set_scheduler(pipe, name, kind, warn=source != "preset" and lora is None and detected == "lcm")
+    comps = components_from_pipeline(pipe, name, dev, dt, meaningful, kind, source=source, spec=spec, lora=lora,
+                                     tiny_vae=tiny_vae, lcm=lcm or lora is not None)
+    log.info("loaded %s model %s (%s) on %s %s%s%s", kind, name, source, dev, str(dt).replace("torch.", ""),
              f", LoRA {lora} fused" if lora else "", f", tiny autoencoder {tiny_vae}" if tiny_vae else "")
     return comps

@@ -41,7 +41,9 @@ class UNetRunner:
     def __init__(self, unet, region_ctx=None, compile: bool = False, cuda_graphs: bool = False):
         self.unet = unet
         self.ctx = region_ctx
-        self._compiled = torch.compile(unet, dynamic=False) if compile else None
+        # Default dynamic shapes: after a second batch size the compiled code
+        # generalises instead of recompiling for every warm-up batch.
+        self._compiled = torch.compile(unet) if compile else None
         self.cuda_graphs = cuda_graphs
         self._graphs: OrderedDict[tuple, _Replay] = OrderedDict()
         self._seen: set[tuple] = set()
@@ -111,13 +113,14 @@ class _Replay:
         self.runner = runner
         self.static = {k: v.clone() for k, v in inputs.items()}
         self.graph = None
-        if inputs["sample"].is_cuda:
-            side = torch.cuda.Stream(device=inputs["sample"].device)
-            side.wait_stream(torch.cuda.current_stream())
+        device = inputs["sample"].device
+        if device.type == "cuda":
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(2):  # library autotuning (and compilation) happen before capture
                     runner.forward(self.static)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: planning threads may use the device while this thread captures
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):

@@ -21,7 +21,7 @@ import time
 from smd_daemon import protocol
 from smd_daemon.config import load_config
 from smd_daemon.errors import UsageError
-from smd_daemon.options import MODEL_OPTIONS, add_options, load_model_from_options
+from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_model_from_options
 from smd_daemon.server.limits import GIB, MIB, Limits, machine_memory
 from smd_daemon.server.router import DEFAULT_BIND, Server
 
@@ -42,6 +42,13 @@ OPTIONS = {
     "max_memory": (float, None, "GiB all sessions together may keep (planes, plans, latents, frames); "
                                 "default: half of this machine's memory"),
     "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
+    **SPEED_OPTIONS,
+    "overlap_decode": (bool, False, "CUDA only: decode frames and copy them to the host on a side stream, "
+                                    "beside the next step"),
+    "ray": (str, None, "run the engine on Ray workers: local (a private Ray instance on this machine), auto "
+                       "(the cluster this machine is part of), HOST:PORT (a Ray head) or ray://HOST:PORT "
+                       "(Ray Client); see docs/cluster.md"),
+    "workers": (int, None, "engine workers with --ray (default: one per GPU; 1 on a CPU-only cluster)"),
 }
 
 
@@ -109,8 +116,16 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     if opts["threads"] is not None and opts["threads"] < 1:
         raise UsageError("threads must be >= 1")
     check_bind(opts)
+    if opts["ray"]:
+        from smd_daemon.cluster import launch
 
-    server = Server(None, {}, opts["bind"], limits, opts["keys"])
+        launch.check_options(opts)
+        server = launch.make_server(opts, limits)
+    elif opts["workers"] is not None:
+        raise UsageError("--workers needs --ray")
+    else:
+        engine_options(opts, overlap_decode=opts["overlap_decode"])  # refused before the socket or the model
+        server = Server(None, {}, opts["bind"], limits, opts["keys"])
     stop_at: list[float] = []
     serving = threading.Event()
 
@@ -127,19 +142,19 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     signal.signal(signal.SIGTERM, stop)
     try:
         server.open_socket()
-        if opts["threads"]:
-            import torch
+        if opts["ray"]:
+            launch.start(server, opts)
+        else:
+            if opts["threads"]:
+                import torch
 
-            torch.set_num_threads(opts["threads"])
-        from smd_daemon.engine.core import Engine
-
-        log.info("loading model %s ...", opts["model"])
-        t0 = time.perf_counter()
-        components = load_model_from_options(opts)
-        server.engine, server.model_info = Engine(components), components.describe()
-        info = server.model_info
-        log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
-                 info.get("device"), info.get("dtype"))
+                torch.set_num_threads(opts["threads"])
+            log.info("loading model %s ...", opts["model"])
+            t0 = time.perf_counter()
+            server.engine, server.model_info = load_engine(opts)
+            info = server.model_info
+            log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
+                     info.get("device"), info.get("dtype"))
         server.start()
         serving.set()
         if not server.stopping.is_set():
@@ -154,6 +169,21 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     _exit_in_time(stop_at, stopped)
     log.info("stopped")
     _exit()
+
+
+def load_engine(opts: dict):
+    """The engine for the model flags in ``opts``, and the model's description
+    (``welcome.model``); a cluster's workers load theirs the same way."""
+    speed = engine_options(opts, overlap_decode=bool(opts.get("overlap_decode")))
+    components = load_model_from_options(opts)
+    return make_engine(components, **speed), components.describe()
+
+
+def make_engine(components, **speed):
+    """The engine the daemon runs on loaded components (``speed``: the CUDA switches)."""
+    from smd_daemon.engine.core import Engine
+
+    return Engine(components, **speed)
 
 
 def _time_left(stop_at: list, share: float) -> float:

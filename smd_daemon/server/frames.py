@@ -35,10 +35,17 @@ class FrameFlow:
         self._making = 0
         self._encoding = False  # a compressed frame is being encoded (keeps frames in order)
         self._random = random.SystemRandom()
+        # Called (outside the lock) when the room to make frames grows (an ack, a stop):
+        # whoever makes frames out of sight, such as a cluster worker, is told at once.
+        self.on_room = None
+
+    def room(self) -> int:
+        """How many more frames the engine may start now."""
+        with self._lock:
+            return self.window + 1 - len(self._unacked) - (self._ready is not None) - self._making
 
     def can_make(self) -> bool:
-        with self._lock:
-            return len(self._unacked) + (self._ready is not None) + self._making <= self.window
+        return self.room() > 0
 
     def start_making(self) -> None:
         with self._lock:
@@ -77,7 +84,8 @@ class FrameFlow:
             if self._unacked.get(seq) != token:
                 return False
             self._unacked = {s: t for s, t in self._unacked.items() if s > seq}
-            return True
+        self._room_grew()
+        return True
 
     def stop(self) -> None:
         """Live mode stopped: drop the ready frame and forget unacknowledged ones
@@ -85,6 +93,11 @@ class FrameFlow:
         with self._lock:
             self._ready = None
             self._unacked.clear()
+        self._room_grew()
+
+    def _room_grew(self) -> None:
+        if self.on_room is not None:
+            self.on_room()
 
     @property
     def sent(self) -> int:

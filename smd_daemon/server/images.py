@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
@@ -18,8 +19,25 @@ from smd_daemon.protocol import ErrorCode, ProtocolError
 FRAME_ENCODINGS = ("raw", "png", "jpeg") + (("webp",) if features.check("webp") else ())
 
 
-def encode_frame(image: np.ndarray, encoding: str, quality: int) -> bytes:
-    """An HxWx3 uint8 frame as bytes in the requested encoding."""
+@dataclass(frozen=True)
+class EncodedImage:
+    """A frame or result compressed where it was made (a cluster worker): sent as it is."""
+
+    data: bytes
+    encoding: str
+    shape: tuple  # (H, W, 3), as the pixels'
+    encode_ms: float = 0.0  # what compressing it took
+
+    def pixels(self) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(self.data)).convert("RGB"), dtype=np.uint8)
+
+
+def encode_frame(image, encoding: str, quality: int) -> bytes:
+    """An HxWx3 uint8 frame (or an ``EncodedImage``) as bytes in the requested encoding."""
+    if isinstance(image, EncodedImage):
+        if image.encoding == encoding:
+            return image.data
+        image = image.pixels()
     if encoding == "raw":
         return np.ascontiguousarray(image).tobytes()
     buf = io.BytesIO()

@@ -55,6 +55,8 @@ class SetLive:
     session: str
     live: bool
     min_interval: float = 0.0  # seconds between two frames (1 / max_fps)
+    encoding: str = "raw"  # the client's frame encoding (a cluster worker encodes before sending)
+    quality: int = 80
 
 
 @dataclass
@@ -78,13 +80,14 @@ class FrameReady:
     """A live frame, handed to the session's FrameFlow by the engine thread."""
 
     session: str
-    image: np.ndarray  # uint8 (H, W, 3)
+    image: np.ndarray  # uint8 (H, W, 3), or an images.EncodedImage a cluster worker compressed
     index: int
     revision: int
     settled: bool
     steps_in_flight: int
     engine_ms: float  # engine time of the passes that made it
     batch: int  # sessions that shared those passes
+    worker: str = ""  # the cluster worker that made it ("" in a single-process daemon)
 
 
 @dataclass
@@ -106,8 +109,9 @@ class JobProgress:
 class JobResult:
     session: str
     job: Job
-    image: np.ndarray
+    image: np.ndarray  # or an images.EncodedImage
     engine_ms: float
+    worker: str = ""
 
 
 @dataclass

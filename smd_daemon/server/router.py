@@ -56,6 +56,7 @@ class Server:
         self._thread_wake = threading.local()
         self._auth = None
         self.sock = None
+        self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
         self.engine_loop: EngineLoop | None = None
         self.workers: SceneWorkers | None = None
         self.defaults = scene_defaults()
@@ -111,16 +112,25 @@ class Server:
         if self.sock is None:
             self.open_socket()
         self.workers = SceneWorkers(self.engine, self.limits, self.budget, self.post)
-        self.engine_loop = EngineLoop(self.engine, self.post, self.stopping)
+        self.engine_loop = self.make_engine_loop()
         self.engine_loop.start()
+
+    def make_engine_loop(self):
+        """What runs the engine: a thread here (a cluster sends the same messages to its workers)."""
+        return EngineLoop(self.engine, self.post, self.stopping)
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_sock, zmq.POLLIN)
+        for sock in self.extra_sockets:
+            poller.register(sock, zmq.POLLIN)
         next_sweep = time.monotonic()
         while not self.stopping.is_set():
             ready = dict(poller.poll(100))
+            for sock, handle in self.extra_sockets.items():
+                if sock in ready:
+                    handle()
             if self.wake_sock in ready:
                 while True:
                     try:
@@ -163,6 +173,10 @@ class Server:
             self._auth.stop()
         self.ctx.destroy(linger=0)
         return stopped
+
+    def welcome_extra(self) -> dict:
+        """More fields for ``welcome`` (a cluster lists its workers)."""
+        return {}
 
     # --- sending --------------------------------------------------------------
 
@@ -252,7 +266,8 @@ class Server:
                 log.info("client %s (%s) connected", peer.label, peer.name[:60])
             self.send(identity, "welcome", re=rid, protocol=protocol.PROTOCOL_VERSION,
                       daemon={"name": "smd-daemon", "version": __version__}, model=self.model_info,
-                      limits=self.limits.to_dict(), defaults=self.defaults, capabilities=self.capabilities())
+                      limits=self.limits.to_dict(), defaults=self.defaults, capabilities=self.capabilities(),
+                      **self.welcome_extra())
             return
         if not peer.welcomed:
             raise ProtocolError(ErrorCode.HANDSHAKE_REQUIRED, f"{t} before hello: say hello first")

@@ -56,8 +56,8 @@ class SessionManager:
             raise ProtocolError(E.BUSY, f"all {self.limits.max_sessions} sessions are in use")
         sid = uuid.uuid4().hex
         s = Session(sid, identity, FrameFlow(self.limits.frame_window), SceneSession(sid))
+        self.server.engine_loop.send(m.OpenSession(sid, s.flow))  # may refuse: a cluster with no room
         self.sessions[sid] = s
-        self.server.engine_loop.send(m.OpenSession(sid, s.flow))
         log.info("session %s opened for client %s", sid[:8], label(identity))
         return s
 
@@ -86,7 +86,7 @@ class SessionManager:
             if not s.live:
                 s.flow.stop()  # a frame made just after the last live_stop is not shown now
             s.live, s.encoding, s.quality = True, encoding, int(h.get("quality", 80))
-            self.server.engine_loop.send(m.SetLive(s.id, True, 1.0 / fps))
+            self.server.engine_loop.send(m.SetLive(s.id, True, 1.0 / fps, encoding, s.quality))
             send(s.identity, "live", re=rid, active=True, encoding=encoding, max_fps=fps)
         elif t == "live_stop":
             s.live = False
@@ -170,7 +170,8 @@ class SessionManager:
             h, w = ev.image.shape[:2]
             self._send_image(s, "result", ev.image, ev.job.encoding, ev.job.quality,
                              dict(job=ev.job.id, token=token, revision=ev.job.revision, width=w, height=h,
-                                  encoding=ev.job.encoding, channels=3, part=0, engine_ms=round(ev.engine_ms, 3)))
+                                  encoding=ev.job.encoding, channels=3, part=0, engine_ms=round(ev.engine_ms, 3),
+                                  **({"worker": ev.worker} if ev.worker else {})))
         elif isinstance(ev, m.SessionError):
             if "job" in ev.fields:
                 s.jobs.discard(ev.fields["job"])
@@ -195,16 +196,16 @@ class SessionManager:
                          dict(seq=seq, token=token, revision=frame.revision, settled=frame.settled,
                               index=frame.index, steps_in_flight=frame.steps_in_flight, width=w, height=h,
                               encoding=s.encoding, channels=3, part=0, engine_ms=round(frame.engine_ms, 3),
-                              batch=frame.batch))
+                              batch=frame.batch, **({"worker": frame.worker} if frame.worker else {})))
 
     def _send_image(self, s: Session, type_: str, image, encoding: str, quality: int, fields: dict) -> None:
         """Encode and send a frame or result; compression runs on the encoder
         threads (Pillow releases the GIL), so it never holds up other clients."""
-        if encoding == "raw":
+        if encoding == "raw" or getattr(image, "encoding", None) == encoding:  # nothing to compress here
             t0 = time.perf_counter()
-            data = encode_frame(image, "raw", quality)
-            self.server.send(s.identity, type_, [data], encode_ms=round((time.perf_counter() - t0) * 1000, 3),
-                             sent_at=time.time(), **fields)
+            data = encode_frame(image, encoding, quality)
+            encode_ms = (time.perf_counter() - t0) * 1000 + getattr(image, "encode_ms", 0.0)
+            self.server.send(s.identity, type_, [data], encode_ms=round(encode_ms, 3), sent_at=time.time(), **fields)
             return
         if type_ == "frame":
             s.flow.encoding(True)  # one at a time per session keeps its frames in order

@@ -1,0 +1,24 @@
+"""The prepared GPU benchmark run must not break unnoticed: its exact script,
+dry-run on this CPU with the tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
+    out = tmp_path / "figures.json"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_figures.sh", "--model", "tiny", "--device", "cpu", "--dtype",
+                           "fp32", "--variants", "eager", "--frames", "1", "--warmup", "0", "--repeat", "1",
+                           "--size", "64", "--regions", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["regions"], r["mode"]) for r in rows] == [(2, "latent"), (2, "attention")]
+    latent, attention = rows
+    assert attention["frame_samples"] == attention["T"] == 4 < latent["frame_samples"]
+    assert "| regions | UNet samples / frame, attention : latent |" in proc.stdout
