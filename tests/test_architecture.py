@@ -75,11 +75,20 @@ def _imports_of(node) -> list[str]:
 
 
 
-def test_server_and_wire_modules_and_classes_stay_readable():
+# Rooms still being split by concern (engine/core.py); they join the rule once split.
+NOT_YET_CHECKED = (ROOT / "smd_daemon" / "engine",)
+
+
+def _readable_rule_files() -> list[pathlib.Path]:
+    files = [*(ROOT / "smd_daemon").rglob("*.py"), *(ROOT / "krita_plugin").rglob("*.py")]
+    return [p for p in files if not any(p.is_relative_to(folder) for folder in NOT_YET_CHECKED)]
+
+
+def test_daemon_and_plugin_modules_and_classes_stay_readable():
     """No module over 500 lines, no class over 300: past that, split by concern."""
-    for path in [*(ROOT / "smd_daemon" / "server").glob("*.py"), *(ROOT / "smd_daemon" / name for name in WIRE),
-                 *(ROOT / "smd_daemon" / name for name in ("cli.py", "check.py", "keys.py", "options.py")),
-                 *(ROOT / "smd_daemon" / "cluster").glob("*.py")]:
+    files = _readable_rule_files()
+    assert {ROOT / "smd_daemon" / "scenefile" / "ora.py", ROOT / "krita_plugin" / "smd_krita" / "live.py"} <= set(files)
+    for path in files:
         text = path.read_text(encoding="utf-8")
         assert text.count("\n") <= 500, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"
         for node in ast.walk(ast.parse(text)):
