@@ -17,8 +17,9 @@ from smd_daemon.grammar import LayerInput, build_scene, joins_background_image, 
 
 from .common import (MAX_LAYER_SIDE, MAX_LAYERS, MAX_MEMBER_BYTES, LoadedScene, Overrides, check_cheap,
                      check_scene, decode, output_size, resize_alpha)
+from .compositing import krita_opacity, merge_opacity, over, seen_alpha
 
-MAX_DEPTH = 16  # groups inside groups; each level below full opacity may need a canvas to composite
+MAX_DEPTH = 16  # groups inside groups; each level may need a canvas to composite
 MAX_XML_BYTES = 4 << 20
 
 
@@ -31,10 +32,18 @@ class OraLayer:
     x: int
     y: int
     visible: bool  # itself and every enclosing group
-    opacity: float  # its own opacity times every enclosing group's
+    # In 255ths as Krita holds them: its own (merged with any pass-through groups' around it), then each
+    # enclosing isolated group's, innermost first.
+    opacities: tuple[int, ...]
     children: list[OraLayer] | None = None  # a group's layers, top first; None for a layer
     hidden_by: str = ""  # the enclosing group that hides it, if any
-    own_opacity: float = 1.0
+    # A group composited on its own, then onto what is below (isolation="isolate", Krita's normal group);
+    # otherwise a pass-through group: its layers go straight onto what is below it.
+    isolated: bool = True
+
+    @property
+    def own_opacity(self) -> int:
+        return self.opacities[0]
 
     @property
     def group(self) -> bool:
@@ -51,14 +60,14 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
         width, height = output_size(doc_w, doc_h, o.width, o.height)
         opts = check_cheap(width, height, o)
 
-        # Each layer as the artist sees it: a region's mask is its alpha times its own opacity and
+        # Each layer as the artist sees it: a region's mask is its alpha through its own opacity and
         # every enclosing group's (a hidden group hides it). A group itself is never read.
         layers = bottom_first(tree)
         inputs = []
         for layer in layers:
             alpha = None
             if not layer.group and parse_layer_name(layer.name, layer.visible).role == "region":
-                alpha = seen_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], layer.opacity)
+                alpha = seen_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], layer.opacities)
                 alpha = resize_alpha(alpha, width, height)  # decode only what is needed
             inputs.append(LayerInput(layer.name, alpha, layer.visible, group=layer.group))
         scene, parsed = build_scene(inputs, width, height, negative_prompt=o.negative_prompt or "", **opts)
@@ -85,15 +94,6 @@ def bottom_first(tree: list[OraLayer]) -> list[OraLayer]:
             out += bottom_first(node.children)
         out.append(node)
     return out
-
-
-def seen_alpha(alpha: np.ndarray, opacity: float) -> np.ndarray:
-    """Alpha times opacity, rounded half up: a table over the 256 alpha values in double precision,
-    which a reader without numpy (the plugin) computes exactly the same way."""
-    if opacity >= 1:
-        return alpha
-    table = np.array([math.floor(a * opacity + 0.5) for a in range(256)], np.uint8)
-    return table[alpha]
 
 
 def read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer]]:
@@ -123,12 +123,23 @@ def read_stack(zf: zipfile.ZipFile, path: str) -> tuple[int, int, list[OraLayer]
         raise SceneError(f"{path}: stack.xml has no <stack>")
     # The top <stack> is the image itself (Krita names it "root"), not a group.
     count = [0]
-    tree = [_node(el, 0, 0, True, "", 1.0, path, count, 1) for el in stack if el.tag in ("stack", "layer")]
+    tree = [_node(el, _Enclosing(), path, count, 1) for el in stack if el.tag in ("stack", "layer")]
     return doc_w, doc_h, tree
 
 
-def _node(el: ET.Element, dx: int, dy: int, shown: bool, hidden_by: str, opacity: float, path: str,
-          count: list[int], depth: int) -> OraLayer:
+@dataclass(frozen=True)
+class _Enclosing:
+    """What the groups around an element of stack.xml do to it."""
+
+    x: int = 0
+    y: int = 0
+    shown: bool = True
+    hidden_by: str = ""
+    opacities: tuple[int, ...] = ()  # each isolated group's, innermost first (see OraLayer.opacities)
+    passing: int = 255  # the opacity of the pass-through group around it, if any, as Krita merges it
+
+
+def _node(el: ET.Element, around: _Enclosing, path: str, count: list[int], depth: int) -> OraLayer:
     """One element of stack.xml with its groups' offset, visibility and opacity applied."""
     count[0] += 1
     if count[0] > MAX_LAYERS:
@@ -136,25 +147,29 @@ def _node(el: ET.Element, dx: int, dy: int, shown: bool, hidden_by: str, opacity
     if depth > MAX_DEPTH:
         raise SceneError(f"{path}: groups are nested more than {MAX_DEPTH} deep")
     name = el.get("name", "")
-    own = _opacity(el, path)
-    x, y = dx + _int_attr(el, "x", path, el.tag, 0), dy + _int_attr(el, "y", path, el.tag, 0)
-    visible = shown and el.get("visibility", "visible") != "hidden"
-    node = OraLayer(name, el.get("src"), x, y, visible, opacity * own, own_opacity=own,
-                    hidden_by=hidden_by if not shown else "")
+    x, y = around.x + _int_attr(el, "x", path, el.tag, 0), around.y + _int_attr(el, "y", path, el.tag, 0)
+    visible = around.shown and el.get("visibility", "visible") != "hidden"
+    seen_own = merge_opacity(_opacity(el, path), around.passing)  # a pass-through group's goes to each layer
+    # Krita writes isolation="isolate" for its normal groups and reads anything else as pass-through.
+    node = OraLayer(name, el.get("src"), x, y, visible, (seen_own, *around.opacities),
+                    hidden_by=around.hidden_by if not around.shown else "",
+                    isolated=el.get("isolation") == "isolate")
     if el.tag == "stack":
-        inner_hidden_by = hidden_by if not shown else ("" if visible else name)
-        node.children = [_node(c, x, y, visible, inner_hidden_by, node.opacity, path, count, depth + 1)
-                         for c in el if c.tag in ("stack", "layer")]
+        hidden_by = around.hidden_by if not around.shown else ("" if visible else name)
+        if node.isolated:
+            inner = _Enclosing(x, y, visible, hidden_by, node.opacities)
+        else:
+            inner = _Enclosing(x, y, visible, hidden_by, around.opacities, seen_own)
+        node.children = [_node(c, inner, path, count, depth + 1) for c in el if c.tag in ("stack", "layer")]
     return node
 
 
-def _opacity(el: ET.Element, path: str) -> float:
+def _opacity(el: ET.Element, path: str) -> int:
     raw = el.get("opacity", "1")
     try:
-        opacity = float(raw)
+        return krita_opacity(float(raw))
     except ValueError:
         raise SceneError(f"{path}: {el.tag} {el.get('name', '')!r} has opacity {raw!r}") from None
-    return min(max(opacity, 0.0), 1.0) if math.isfinite(opacity) else 1.0
 
 
 def _int_attr(el: ET.Element, key: str, path: str, what: str, default: int | None = None) -> int:
@@ -172,8 +187,8 @@ def _int_attr(el: ET.Element, key: str, path: str, what: str, default: int | Non
         raise SceneError(f"{path}: <{what}> in stack.xml has {key}={raw!r}, expected a whole number") from None
 
 
-def _layer_rgba(zf: zipfile.ZipFile, layer: OraLayer, doc_w: int, doc_h: int, path: str) -> np.ndarray:
-    """The layer's pixels placed on the document canvas (cropped where it sticks out)."""
+def _layer_piece(zf: zipfile.ZipFile, layer: OraLayer, doc_w: int, doc_h: int, path: str):
+    """The part of the layer's pixels on the document canvas, as RGBA, with its place (x, y)."""
     what = f"{path}: layer {layer.name!r}"
     if not layer.src:
         raise SceneError(f"{what} has no image (src)")
@@ -188,45 +203,53 @@ def _layer_rgba(zf: zipfile.ZipFile, layer: OraLayer, doc_w: int, doc_h: int, pa
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise SceneError(f"{what}: {layer.src!r} cannot be read ({e})") from None
     im = decode(data, ("PNG",), f"{what}: {layer.src!r}", MAX_LAYER_SIDE)
-    canvas = Image.new("RGBA", (doc_w, doc_h), (0, 0, 0, 0))
-    canvas.paste(im.convert("RGBA"), (layer.x, layer.y))
-    return np.asarray(canvas)
+    x0, y0 = max(layer.x, 0), max(layer.y, 0)
+    x1, y1 = min(layer.x + im.width, doc_w), min(layer.y + im.height, doc_h)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((0, 0, 4), np.uint8), 0, 0
+    im = im.crop((x0 - layer.x, y0 - layer.y, x1 - layer.x, y1 - layer.y))
+    return np.asarray(im.convert("RGBA")), x0, y0
+
+
+def _layer_rgba(zf: zipfile.ZipFile, layer: OraLayer, doc_w: int, doc_h: int, path: str) -> np.ndarray:
+    """The layer's pixels placed on the document canvas (cropped where it sticks out)."""
+    piece, x, y = _layer_piece(zf, layer, doc_w, doc_h, path)
+    canvas = np.zeros((doc_h, doc_w, 4), np.uint8)
+    canvas[y:y + piece.shape[0], x:x + piece.shape[1]] = piece
+    return canvas
 
 
 def background_image(zf, tree: list[OraLayer], joins: set, doc_w, doc_h, width, height, path) -> np.ndarray:
     """The picture of the layers that join the background image, as the artist sees it, over white."""
-    out = Image.new("RGBA", (doc_w, doc_h), (255, 255, 255, 255))
-    _composite_into(out, zf, tree, joins, path)
-    out = out.convert("RGB")
+    canvas = np.full((doc_h, doc_w, 4), 255, np.uint8)
+    _composite_into(canvas, zf, tree, joins, path)
+    out = Image.fromarray(canvas[..., :3], "RGB")
     if out.size != (width, height):
         out = out.resize((width, height), Image.Resampling.LANCZOS)
     return np.array(out)  # a writable copy: the engine hands it to torch
 
 
-def _composite_into(canvas: Image.Image, zf, nodes: list[OraLayer], joins: set, path: str) -> None:
+def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, path: str) -> None:
     """Source-over composite of ``nodes`` (top first) onto ``canvas``, each at its own opacity.
 
-    A group below full opacity is composited as Krita does: its layers together first, then
-    the result at the group's opacity (a 50 % group is half there, however its layers overlap).
-    At full opacity that equals compositing its layers directly, which needs no extra canvas.
+    A group is composited as Krita does: its layers together first, then the result at the
+    group's opacity (a 50 % group is half there, however its layers overlap). Even at full
+    opacity this rounds differently from compositing its layers directly (by 2/255, measured).
+    A pass-through group's layers go straight onto the canvas, each carrying the group's opacity.
     """
-    doc_w, doc_h = canvas.size
+    doc_h, doc_w = canvas.shape[:2]
     for node in reversed(nodes):
         if not node.visible or not _joins(node, joins):
             continue
-        if node.group and node.own_opacity >= 1:
+        if node.group and not node.isolated:
             _composite_into(canvas, zf, node.children, joins, path)
-            continue
-        if node.group:
-            inner = Image.new("RGBA", (doc_w, doc_h), (0, 0, 0, 0))
+        elif node.group:
+            inner = np.zeros_like(canvas)
             _composite_into(inner, zf, node.children, joins, path)
-            rgba = np.array(inner)
+            over(canvas, inner, node.own_opacity)
         else:
-            rgba = _layer_rgba(zf, node, doc_w, doc_h, path)
-        if node.own_opacity < 1:
-            rgba = rgba.copy() if not rgba.flags.writeable else rgba
-            rgba[..., 3] = seen_alpha(rgba[..., 3], node.own_opacity)
-        canvas.alpha_composite(Image.fromarray(rgba, "RGBA"))
+            piece, x, y = _layer_piece(zf, node, doc_w, doc_h, path)
+            over(canvas[y:y + piece.shape[0], x:x + piece.shape[1]], piece, node.own_opacity)
 
 
 def _joins(node: OraLayer, joins: set) -> bool:
