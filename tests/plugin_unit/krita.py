@@ -32,6 +32,7 @@ class Node:
     def __init__(self, doc, name, kind):
         self.doc, self._name, self._type = doc, name, kind
         self._visible, self._locked, self._opacity = True, False, 255
+        self._pass_through = False
         self._uuid = _Uuid()
         self._children, self._parent = [], None
         self._px = {}  # (x, y) -> pixel bytes, only where painted (masks: one byte)
@@ -46,6 +47,8 @@ class Node:
     def setLocked(self, v): self._locked = v
     def opacity(self): return self._opacity
     def setOpacity(self, v): self._opacity = int(v)
+    def passThroughMode(self): return self._pass_through
+    def setPassThroughMode(self, v): self._pass_through = bool(v)
     def uniqueId(self): return self._uuid
     def childNodes(self): return list(self._children)
     def parentNode(self): return self._parent

@@ -44,9 +44,13 @@ class Layer:
     locked: bool
     opacity: float  # its own, 0..1
     depth: int
-    # How the artist sees it inside its groups: its own opacity times every
-    # enclosing group's, and the groups' transparency masks.
+    # How the artist sees it inside its groups: in 255ths as Krita holds them,
+    # its own opacity (times any pass-through groups' around it, as Krita
+    # gives those to each layer in them), then each enclosing isolated
+    # group's (their product is ``factor``); and the groups' transparency masks.
+    opacities: tuple = (255,)
     factor: float = 1.0
+    pass_through: bool = False  # a group whose layers composite straight onto what is below it
     group_masks: list = field(default_factory=list)
     own_masks: list = field(default_factory=list)  # already applied in its projection
     parent: str = ""  # the enclosing group's uid ("" at the top)
@@ -111,7 +115,8 @@ def layers(doc) -> list[Layer]:
     """
     out: list[Layer] = []
 
-    def walk(parent, depth, parent_visible, parent_factor, parent_masks, parent_uid):
+    def walk(parent, depth, parent_visible, outer, passing, parent_masks, parent_uid):
+        # outer: each enclosing isolated group's opacity; passing: the pass-through group's around it
         children = parent.childNodes()
         for node in children:
             kind = node.type()
@@ -121,19 +126,31 @@ def layers(doc) -> list[Layer]:
             if name == PREVIEW_NAME and depth == 0:
                 continue
             visible = parent_visible and node.visible()
-            opacity = node.opacity() / 255.0
+            seen = node.opacity() * passing // 255  # Krita cuts the product down (measured)
+            opacities = (seen, *outer)
             own = [m for m in node.childNodes() if m.type() in MASK_KINDS]
             uid = node.uniqueId().toString()
-            layer = Layer(node, name, uid, kind, visible, node.locked(), opacity, depth,
-                          factor=parent_factor * opacity, group_masks=list(parent_masks), own_masks=own,
-                          parent=parent_uid)
+            layer = Layer(node, name, uid, kind, visible, node.locked(), node.opacity() / 255.0, depth,
+                          opacities=opacities, factor=_product(opacities), group_masks=list(parent_masks),
+                          own_masks=own, parent=parent_uid,
+                          pass_through=kind == "grouplayer" and node.passThroughMode())
             out.append(layer)
             if kind == "grouplayer":
                 masks = [m for m in own if m.type() == "transparencymask" and m.visible()]
-                walk(node, depth + 1, visible, layer.factor, parent_masks + masks, uid)
+                if layer.pass_through:
+                    walk(node, depth + 1, visible, outer, seen, parent_masks + masks, uid)
+                else:
+                    walk(node, depth + 1, visible, opacities, 255, parent_masks + masks, uid)
 
-    walk(doc.rootNode(), 0, True, 1.0, [], "")
+    walk(doc.rootNode(), 0, True, (), 255, [], "")
     return out
+
+
+def _product(opacities: tuple) -> float:
+    factor = 1.0
+    for n in opacities:
+        factor *= n / 255.0
+    return factor
 
 
 def _thumb_crc(node) -> int:
@@ -156,7 +173,7 @@ def fingerprint(layer: Layer) -> tuple:
     Krita caches thumbnails until the pixels change, so this is cheap to poll.
     """
     masks = tuple((m.visible(), _bounds(m), _thumb_crc(m)) for m in layer.own_masks + layer.group_masks)
-    return (layer.name, layer.visible, layer.factor, _bounds(layer.node), _thumb_crc(layer.node), masks)
+    return (layer.name, layer.visible, layer.opacities, _bounds(layer.node), _thumb_crc(layer.node), masks)
 
 
 # ------------------------------------------------------------ the active layer

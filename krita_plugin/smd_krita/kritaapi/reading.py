@@ -1,17 +1,24 @@
 """Reading layers as the artist sees them: alpha planes for regions and the
 canvas image, at the output size.
 
-A layer is read from its projection (its own masks applied), then its
-opacity times every enclosing group's opacity scales its alpha (rounded
-once, exactly: ``round(alpha * factor)``), then the enclosing groups'
-transparency masks multiply it. ``smd-daemon render`` applies the same rule
-to an OpenRaster file.
+A layer is read from its projection (its own masks applied); its own
+opacity, then each enclosing group's, scales its alpha, rounded to 8 bits at
+each level as Krita composites it (a pass-through group's opacity is merged
+into its layers' instead); then the enclosing groups' transparency masks
+multiply it. ``smd-daemon render`` applies the same rule to an
+OpenRaster file.
+
+The canvas image is composited in 16 bits per channel and rounded to 8 bits
+once: Krita composites in floating point, and 8-bit compositing of alpha
+pre-scaled by opacity drifts 2/255 from it with two layers below full
+opacity. Opacity is applied exactly: QPainter's own opacity n/255 acts as
+(n - 1)/255 (measured with Qt 5.15).
 """
 
 from __future__ import annotations
 
 from PyQt5.QtCore import QByteArray, QRect, QRectF, Qt
-from PyQt5.QtGui import QImage, QPainter
+from PyQt5.QtGui import QColor, QImage, QPainter
 
 try:
     from PyQt5 import sip
@@ -21,17 +28,22 @@ except ImportError:  # PyQt5 before 5.11 ships sip on its own
 from .. import pixels
 from .document import ALPHA_LAYOUT, Layer, Unsupported, color_problem
 
-_SCALE_TABLES: dict[float, bytes] = {}
+_SCALE_TABLES: dict[tuple, bytes] = {}
 
 
-def scale_table(factor: float) -> bytes:
-    """A bytes.translate table: a -> round(a * factor), halves up."""
-    table = _SCALE_TABLES.get(factor)
+def scale_table(opacities: tuple) -> bytes:
+    """A bytes.translate table: alpha as seen through ``opacities`` (in 255ths: the layer's own,
+    then each enclosing group's), rounded at each level as Krita does (an exact half cannot occur)."""
+    table = _SCALE_TABLES.get(opacities)
     if table is None:
-        table = bytes(min(255, int(a * factor + 0.5)) for a in range(256))
+        values = range(256)
+        for n in opacities:
+            if n < 255:
+                values = [(a * n * 2 + 255) // 510 for a in values]  # round(a * n / 255) in integers
+        table = bytes(values)
         if len(_SCALE_TABLES) > 64:
             _SCALE_TABLES.clear()
-        _SCALE_TABLES[factor] = table
+        _SCALE_TABLES[opacities] = table
     return table
 
 
@@ -72,13 +84,13 @@ def _apply_masks(doc, masks: list, img: QImage, r: QRect) -> QImage:
     return out
 
 
-def _seen_u8(doc, layer: Layer, r: QRect, factor: float, masks: list) -> tuple[QImage, object]:
-    """An RGBA/U8 layer's pixels over ``r``, its alpha times ``factor`` (rounded once) and
-    through ``masks``: (ARGB32 image, the buffer it lives in)."""
+def _seen_u8(doc, layer: Layer, r: QRect, opacities: tuple, masks: list) -> tuple[QImage, object]:
+    """An RGBA/U8 layer's pixels over ``r``, its alpha through ``opacities`` (see scale_table)
+    and ``masks``: (ARGB32 image, the buffer it lives in)."""
     data = _projection(layer, r)
-    if factor < 1.0:
+    if any(n < 255 for n in opacities):
         buf = bytearray(data)
-        buf[3::4] = bytes(buf[3::4]).translate(scale_table(factor))
+        buf[3::4] = bytes(buf[3::4]).translate(scale_table(opacities))
         data = QByteArray(bytes(buf))
     img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
     return _apply_masks(doc, masks, img, r), data
@@ -96,11 +108,11 @@ def read_alpha(doc, layer: Layer, out_w: int, out_h: int) -> bytes:
     bpp, off = ALPHA_LAYOUT[(doc.colorModel(), doc.colorDepth())]
     keep = None
     if bpp == 4 and off == 3:
-        img, keep = _seen_u8(doc, layer, r, layer.factor, layer.group_masks)
+        img, keep = _seen_u8(doc, layer, r, layer.opacities, layer.group_masks)
     else:
         alpha = bytes(_projection(layer, r))[off::bpp]  # every bpp-th byte is (the high byte of) alpha
         if layer.factor < 1.0:
-            alpha = alpha.translate(scale_table(layer.factor))
+            alpha = alpha.translate(scale_table(layer.opacities))
         img = _apply_masks(doc, layer.group_masks, QImage(alpha, r.width(), r.height(), r.width(),
                                                           QImage.Format_Alpha8), r)
     sx, sy = out_w / doc.width(), out_h / doc.height()
@@ -133,59 +145,67 @@ def read_composite(doc, layers: list[Layer], chosen: set, out_w: int, out_h: int
             wanted.add(layer.parent)
     canvas = _Canvas(doc, out_w, out_h)
     img = canvas.compose(children, chosen, wanted, "")
-    flat = QImage(out_w, out_h, QImage.Format_RGB888)
+    flat = QImage(out_w, out_h, QImage.Format_RGBA64_Premultiplied)
     flat.fill(Qt.white)  # transparent canvas reads as white paper
     p = QPainter(flat)
     p.drawImage(0, 0, img)
     p.end()
-    return pixels.packed_bytes(flat, 3)
+    return pixels.packed_bytes(flat.convertToFormat(QImage.Format_RGB888), 3)
+
+
+def _at_opacity(img: QImage, opacity: int) -> QImage:
+    """The image in 16 bits per channel (premultiplied), its alpha times ``opacity`` (in 255ths)."""
+    out = img.convertToFormat(QImage.Format_RGBA64_Premultiplied)
+    if opacity < 255:
+        p = QPainter(out)
+        p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
+        p.fillRect(out.rect(), QColor.fromRgba64(0, 0, 0, opacity * 257))
+        p.end()
+    return out
 
 
 class _Canvas:
-    """Composites layers into images at output size (see read_composite)."""
+    """Composites layers into images at output size, 16 bits per channel (see read_composite)."""
 
     def __init__(self, doc, out_w: int, out_h: int):
         self.doc, self.out_w, self.out_h = doc, out_w, out_h
         self.sx, self.sy = out_w / doc.width(), out_h / doc.height()
 
     def compose(self, children: dict, chosen: set, wanted: set, parent: str) -> QImage:
-        pieces, keep = [], []
-        for layer in children.get(parent, []):  # bottom to top
+        out = QImage(self.out_w, self.out_h, QImage.Format_RGBA64_Premultiplied)
+        out.fill(Qt.transparent)
+        p = QPainter(out)
+        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
+        self._draw(p, children, chosen, wanted, parent)
+        p.end()
+        return out
+
+    def _draw(self, p: QPainter, children: dict, chosen: set, wanted: set, parent: str) -> None:
+        for layer in children.get(parent, []):  # bottom to top, each drawn at once: one layer in memory
             if not layer.visible:
                 continue
             if layer.is_group:
                 if layer.uid not in wanted:
                     continue
+                if layer.pass_through:  # its layers straight onto this canvas, each with its opacity
+                    self._draw(p, children, chosen, wanted, layer.uid)
+                    continue
                 masks = [m for m in layer.own_masks if m.type() == "transparencymask" and m.visible()]
                 sub = self.compose(children, chosen, wanted, layer.uid)
-                whole = QRect(0, 0, self.doc.width(), self.doc.height())
                 if masks:
-                    sub = self._masked(sub, masks, whole)
-                pieces.append((sub, whole, layer.opacity, True))
+                    sub = self._masked(sub, masks, QRect(0, 0, self.doc.width(), self.doc.height()))
+                p.drawImage(0, 0, _at_opacity(sub, layer.opacities[0]))
             elif layer.uid in chosen:
                 r = _visible_rect(self.doc, layer.node)
-                if r.isEmpty() or layer.opacity <= 0.0:
+                if r.isEmpty() or layer.opacities[0] <= 0:
                     continue
+                data = _projection(layer, r)
                 if self.doc.colorDepth() == "U8":
-                    img, data = _seen_u8(self.doc, layer, r, layer.opacity, [])
-                    keep.append(data)  # the view's memory, until the pieces are drawn
-                    pieces.append((img, r, 1.0, False))
+                    img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
                 else:
-                    img = _view(_projection(layer, r), r, r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
-                    pieces.append((img, r, layer.opacity, False))
-        out = QImage(self.out_w, self.out_h, QImage.Format_ARGB32_Premultiplied)
-        out.fill(Qt.transparent)
-        p = QPainter(out)
-        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
-        for img, r, opacity, at_output_size in pieces:
-            p.setOpacity(opacity)
-            if at_output_size:
-                p.drawImage(0, 0, img)
-            else:
-                p.drawImage(QRectF(r.x() * self.sx, r.y() * self.sy, r.width() * self.sx, r.height() * self.sy),
-                            img)
-        p.end()
-        return out
+                    img = _view(data, r, r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
+                target = QRectF(r.x() * self.sx, r.y() * self.sy, r.width() * self.sx, r.height() * self.sy)
+                p.drawImage(target, _at_opacity(img, layer.opacities[0]))  # a copy, drawn while data lives
 
     def _masked(self, img: QImage, masks: list, whole: QRect) -> QImage:
         p = QPainter(img)

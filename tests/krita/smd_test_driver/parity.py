@@ -19,8 +19,9 @@ def _layer(doc, parent, above, name, rect, color):
 
 
 def parity(args, out):
-    """A realistic stack: automatic names, a masked bg: layer, a 50 % group of overlapping layers,
-    a masked region, a sketch, a filter layer's default name, a hidden layer."""
+    """A realistic stack: automatic names, a masked bg: layer, a 50 % group of overlapping layers
+    (two of them at 37 % and 61 %, a region at 37 %), a masked region, a sketch, a filter layer's
+    default name, a hidden layer."""
     app = Krita.instance()
     c = out["checks"]
     ctl = controller()
@@ -31,9 +32,9 @@ def parity(args, out):
     group = doc.createGroupLayer("characters")
     root.addChildNode(group, meadow)
     fox = _layer(doc, group, None, "a red fox", (8, 8, 40, 40), (0, 0, 255, 255))
-    _layer(doc, group, fox, "a cat", (30, 20, 40, 40), (255, 0, 0, 255))
+    cat = _layer(doc, group, fox, "a cat", (30, 20, 40, 40), (255, 0, 0, 255))
     p5 = _layer(doc, group, group.childNodes()[-1], "Paint Layer 5", (60, 10, 30, 30), (0, 0, 0, 255))
-    _layer(doc, group, p5, "Paint Layer 6", (75, 25, 30, 30), (0, 90, 0, 255))
+    p6 = _layer(doc, group, p5, "Paint Layer 6", (75, 25, 30, 30), (0, 90, 0, 255))
     tree = _layer(doc, root, group, "a tree", (90, 40, 30, 50), (0, 120, 0, 255))
     sketch = _layer(doc, root, tree, "# sketch", (0, 0, 128, 2), (0, 0, 0, 255))
     levels = _layer(doc, root, sketch, "Filter Layer 1 (Levels)", (100, 0, 20, 20), (255, 255, 255, 255))
@@ -41,6 +42,8 @@ def parity(args, out):
     doc.waitForDone()
     yield 0.5
     group.setOpacity(128)
+    for node, opacity in ((cat, 94), (p5, 94), (p6, 156)):  # 37 % and 61 %: Krita rounds at each level
+        node.setOpacity(opacity)
     mask_via_action(doc, meadow, 0, 0, 64, 96)  # the meadow shows on the left half only
     mask_via_action(doc, tree, 0, 0, 128, 60)  # the tree's top part only
     doc.refreshProjection()
