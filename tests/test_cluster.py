@@ -456,6 +456,8 @@ def test_bad_or_unreachable_ray_addresses_fail_at_start_in_one_line():
     assert "cannot reach the Ray cluster at 127.0.0.1:" in line and seconds < 30
     line, _ = _serve_fails("--workers", "2")
     assert "--workers needs --ray" in line
+    line, _ = _serve_fails("--ray", "local", "--model-kind", "foo")  # before Ray starts
+    assert "unknown model kind 'foo'" in line
 
 
 @ray_missing
@@ -465,6 +467,10 @@ def test_a_cluster_where_no_worker_can_load_the_model_fails_at_start_with_the_mo
         line, _ = _serve_fails("--ray", "local", "--workers", "1", "--model", "/nonexistent/model", env=env)
         assert "no engine worker could start: w0: ModelLoadError: model '/nonexistent/model'" in line
         assert _family(-1, tmp) == set() and [n for n in os.listdir(tmp) if n.startswith("smd-ray-")] == []
+        # The speed switches travel to the workers, which refuse what their device cannot do.
+        line, _ = _serve_fails("--ray", "local", "--workers", "1", "--compile", env=env)
+        assert "no engine worker could start: w0: UsageError: torch.compile needs a CUDA device" in line
+        assert _family(-1, tmp) == set()
     finally:
         _kill(_family(-1, tmp), tmp)
 

@@ -14,7 +14,7 @@ import signal
 import time
 
 from smd_daemon.errors import UsageError
-from smd_daemon.options import MODEL_OPTIONS, check_kind
+from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, check_kind
 from smd_daemon.server.limits import GIB
 from smd_daemon.cluster.frontend import ClusterServer
 from smd_daemon.cluster.ray_workers import RayCluster, parse_target
@@ -73,7 +73,7 @@ def start(server: ClusterServer, opts: dict) -> None:
             raise UsageError(f"--workers {n} needs {n * threads} CPUs ({threads} each, see --threads); the Ray "
                              f"cluster has {cpus:g}")
         each = {"num_cpus": threads}
-    worker_opts = {k: opts[k] for k in MODEL_OPTIONS}
+    worker_opts = {k: opts.get(k) for k in (*MODEL_OPTIONS, *SPEED_OPTIONS, "overlap_decode")}
     worker_opts["threads"] = opts.get("threads")
     if gpus:
         worker_opts["device"] = "cuda"
