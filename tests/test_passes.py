@@ -145,6 +145,24 @@ def test_large_background_image_is_encoded_in_tiles(engine):
     assert len(sizes) == 3 and all(h <= 512 and w <= 512 for h, w in sizes)
 
 
+@pytest.mark.parametrize("height, width", [(768, 640), (128, 1024), (256, 256)])
+def test_white_latent_is_one_tile_encode_that_equals_the_full_encode(engine, height, width):
+    full = V.encode(engine.c.vae, np.full((height, width, 3), 255, np.uint8), engine.c.device, engine.c.dtype,
+                    engine.vae_scale, engine.native)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.white_latent(height, width)
+    assert encoded == [(min(height, 512), min(width, 512))]  # one tile, whatever the canvas
+    assert white.shape == full.shape
+    assert torch.allclose(white.float(), full.float(), rtol=0, atol=1e-5)
+
+
+def test_a_new_canvas_size_with_the_same_tiles_needs_no_vae_call(engine):
+    engine.white_latent(768, 640)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.white_latent(2048, 1536)
+    assert encoded == [] and white.shape == (1, 4, 256, 192)
+
+
 def test_plan_runs_on_another_thread_while_passes_run(engine):
     stream = engine.open_stream(_scene())
     twin = engine.open_stream(_scene())

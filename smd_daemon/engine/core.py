@@ -115,22 +115,25 @@ class Engine:
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by content."""
         key = hashlib.blake2b(image.tobytes(), digest_size=16).digest() + repr(image.shape).encode()
-        return self._cached_latent(key, lambda: image)
+        return self._cached_latent(key, lambda: V.encode(self.c.vae, image, self.c.device, self.c.dtype,
+                                                         self.vae_scale, self.native))
 
     def white_latent(self, height: int, width: int) -> torch.Tensor:
         """The bootstrap background: the latent of an all-white image, cached by
-        size (every scene update plans again; no image is built or hashed)."""
-        return self._cached_latent(b"white" + repr((height, width)).encode(),
-                                   lambda: np.full((height, width, 3), 255, np.uint8))
+        size. Its tiles are all one white tile, encoded once per tile size: a
+        new canvas size costs a blend, not a canvas-sized encode."""
+        def tile(shape, encode):
+            return self._cached_latent(b"white tile" + repr(shape).encode(), encode)
 
-    def _cached_latent(self, key: bytes, make_image) -> torch.Tensor:
+        return self._cached_latent(b"white" + repr((height, width)).encode(), lambda: V.encode_uniform(
+            self.c.vae, height, width, 255, self.c.device, self.c.dtype, self.vae_scale, self.native, tile))
+
+    def _cached_latent(self, key: bytes, encode) -> torch.Tensor:
         with self._lock:
             if key in self._latents:
                 self._latents.move_to_end(key)
                 return self._latents[key]
-        # Encoded outside the lock (large images take a while); tiled above
-        # the native size so no VAE call grows with the canvas.
-        z = V.encode(self.c.vae, make_image(), self.c.device, self.c.dtype, self.vae_scale, self.native)
+        z = encode()  # outside the lock: a large image takes a while
         with self._lock:
             self._latents[key] = z
             while len(self._latents) > 8:
