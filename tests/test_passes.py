@@ -8,7 +8,7 @@ import torch
 
 from engine_util import count_unet_forwards, recording
 from smd_daemon.engine import vae as V
-from smd_daemon.engine.scene import Background, Region, Scene
+from smd_daemon.engine.scene import Background, Cancelled, Region, Scene
 
 S = 128
 
@@ -161,6 +161,27 @@ def test_a_new_canvas_size_with_the_same_tiles_needs_no_vae_call(engine):
     with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
         white = engine.white_latent(2048, 1536)
     assert encoded == [] and white.shape == (1, 4, 256, 192)
+
+
+def test_a_plan_stops_between_image_tiles_when_cancelled(engine):
+    img = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # nine VAE tiles
+    scene = _scene(size=1024)
+    scene.background = Background("a blue sky", image=img, strength=0.5)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        with pytest.raises(Cancelled):
+            engine.plan(scene, cancel=lambda: len(encoded) >= 3)  # the white tile, then two of the image's
+        assert len(encoded) == 3
+        plan = engine.plan(scene)  # nothing half-encoded was kept
+    assert len(encoded) == 3 + 9 and plan.bg_image.shape == (1, 4, 128, 128)
+
+
+def test_a_cancelled_plan_asks_before_any_work(engine):
+    calls, restore = count_unet_forwards(engine)
+    with recording(engine.c.text_encoder, "forward", lambda ids: ids.shape[0]) as encoded:
+        with pytest.raises(Cancelled):
+            engine.generate(_scene(prompt_b="a prompt never encoded before"), cancel=lambda: True)
+    restore()
+    assert encoded == [] and calls == []
 
 
 def test_plan_runs_on_another_thread_while_passes_run(engine):

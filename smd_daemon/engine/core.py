@@ -26,7 +26,7 @@ from smd_daemon.engine import vae as V
 from smd_daemon.engine.models import Components
 from smd_daemon.engine.plan import TILE_STRIDE, Plan, make_plan
 from smd_daemon.engine.runner import UNetRunner, check_speed_options
-from smd_daemon.engine.scene import Scene, SceneError
+from smd_daemon.engine.scene import Cancelled, Scene, SceneError, cancel_check
 from smd_daemon.engine.stream import StreamFrame, StreamSession
 from smd_daemon.engine.work import GenerateWork, StepWork
 
@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 # (4 steps x (16 regions + background)) fits in one; huge tiled canvases
 # take several passes instead of one that exhausts GPU memory.
 DEFAULT_MAX_BATCH = 72
-
-
-class Cancelled(Exception):
-    """``generate`` was cancelled between two passes."""
 
 
 class Engine:
@@ -112,19 +108,21 @@ class Engine:
                 self._emb.popitem(last=False)
         return torch.cat(found)
 
-    def encode_image(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by content."""
+    def encode_image(self, image: np.ndarray, cancel=None) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by
+        content. ``cancel()`` is asked before each tile (``Cancelled``)."""
         key = hashlib.blake2b(image.tobytes(), digest_size=16).digest() + repr(image.shape).encode()
         return self._cached_latent(key, lambda: V.encode(self.c.vae, image, self.c.device, self.c.dtype,
-                                                         self.vae_scale, self.native))
+                                                         self.vae_scale, self.native, cancel_check(cancel)))
 
-    def white_latent(self, height: int, width: int) -> torch.Tensor:
+    def white_latent(self, height: int, width: int, cancel=None) -> torch.Tensor:
         """The bootstrap background: the latent of an all-white image, cached by
         size. Its tiles are all one white tile, encoded once per tile size: a
         new canvas size costs a blend, not a canvas-sized encode."""
         def tile(shape, encode):
             return self._cached_latent(b"white tile" + repr(shape).encode(), encode)
 
+        cancel_check(cancel)()
         return self._cached_latent(b"white" + repr((height, width)).encode(), lambda: V.encode_uniform(
             self.c.vae, height, width, 255, self.c.device, self.c.dtype, self.vae_scale, self.native, tile))
 
@@ -165,9 +163,11 @@ class Engine:
         return [tuple(float(v) for v in self.scheduler.get_scalings_for_boundary_condition_discrete(t))
                 for t in ts]
 
-    def plan(self, scene: Scene) -> Plan:
-        """Compile ``scene``; safe to call from another thread while passes run."""
-        return make_plan(self, scene)
+    def plan(self, scene: Scene, cancel=None) -> Plan:
+        """Compile ``scene``; safe to call from another thread while passes run.
+        ``cancel()`` is asked between the expensive pieces (prompt encodes,
+        image tiles, masks); when it says so, ``Cancelled`` is raised."""
+        return make_plan(self, scene, cancel)
 
     # ---- memory ------------------------------------------------------------
     def session_bytes(self, scene: Scene) -> int:
@@ -229,8 +229,9 @@ class Engine:
     @torch.no_grad()
     def generate(self, scene: Scene, progress=None, cancel=None) -> np.ndarray:
         """One-shot multi-region generation: uint8 (H, W, 3). ``cancel`` is
-        asked between passes; ``progress(step, total)`` after each step."""
-        work = self.begin_generate(scene)
+        asked while planning and between passes; ``progress(step, total)``
+        after each step."""
+        work = self.begin_generate(scene, self.plan(scene, cancel))
         reported = 0
         while not work.done:
             if cancel is not None and cancel():

@@ -47,6 +47,7 @@ def quantize_masks(
     latent_size: tuple[int, int],
     mode: str = "continuous",
     cover_alpha: float = 1.0,
+    between=None,
 ) -> torch.Tensor:
     """P masks (a (P, H, W) tensor or a list of (H, W) arrays; float in [0, 1]
     or uint8) at image size -> (T, P, h, w) per-step latent masks.
@@ -59,7 +60,8 @@ def quantize_masks(
 
     One region at a time, top first, so at most one float copy at canvas size
     exists at once; quantizing is pointwise, so it runs after the (nearest)
-    downsampling with the same result.
+    downsampling with the same result. ``between()``, when given, is called
+    before each region (a large canvas takes a while per region).
     """
     P = len(masks)
     T = sigmas.shape[0]
@@ -67,6 +69,8 @@ def quantize_masks(
     out = torch.zeros((T, P, h, w))
     covered = None  # where any region above is > 0
     for p in range(P - 1, -1, -1):
+        if between is not None:
+            between()
         m = as_float_mask(masks[p])
         above = covered
         covered = m > 0 if covered is None else covered | (m > 0)

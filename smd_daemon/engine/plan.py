@@ -16,7 +16,7 @@ import torch
 
 from smd_daemon.engine import attention as A
 from smd_daemon.engine import masks as M
-from smd_daemon.engine.scene import Scene
+from smd_daemon.engine.scene import Scene, cancel_check
 
 if TYPE_CHECKING:
     from smd_daemon.engine.core import Engine
@@ -96,9 +96,12 @@ class Plan:
 
 
 @torch.no_grad()
-def make_plan(engine: Engine, scene: Scene) -> Plan:
-    """Compile ``scene`` for ``engine`` (see ``Engine.plan``)."""
+def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
+    """Compile ``scene`` for ``engine`` (see ``Engine.plan``); ``cancel()`` is
+    asked before each expensive piece (``Cancelled``)."""
     engine.check(scene)
+    between = cancel_check(cancel)
+    between()
     dev, dt = engine.c.device, engine.c.dtype
     attention = scene.region_mode == "attention"
     ts = engine.timesteps(scene.steps)
@@ -114,6 +117,7 @@ def make_plan(engine: Engine, scene: Scene) -> Plan:
     bg_emb, reg = embs[:1], embs[1:]
     strength = torch.tensor([r.prompt_strength for r in regions], device=dev, dtype=dt).view(-1, 1, 1)
     region_emb = bg_emb + strength * (reg - bg_emb) if regions else reg
+    between()
 
     time_cond = None
     cond_dim = getattr(engine.c.unet.config, "time_cond_proj_dim", None)
@@ -128,10 +132,12 @@ def make_plan(engine: Engine, scene: Scene) -> Plan:
     if cfg:
         negs = engine.encode_prompts([bg.negative_prompt] + [r.negative_prompt for r in regions])
         bg_neg, region_neg = negs[:1], negs[1:]
+        between()
 
     sigmas = M.noise_levels(engine.alphas_cumprod, ts)
     masks = M.quantize_masks([r.mask for r in regions], [r.mask_strength for r in regions],
-                             [r.mask_std for r in regions], sigmas, (h, w), scene.mask_mode, scene.cover_alpha)
+                             [r.mask_std for r in regions], sigmas, (h, w), scene.mask_mode, scene.cover_alpha,
+                             between)
     uncovered = (1 - masks.sum(1, keepdim=True)).clamp(0, 1)
 
     tiled = h > engine.native or w > engine.native
@@ -148,8 +154,8 @@ def make_plan(engine: Engine, scene: Scene) -> Plan:
     # Attention mode has one sample for all regions: no bootstrap at all.
     boot = 0 if attention or not regions else min(scene.bootstrap_steps, T)
     offsets = [[(0, 0) if tiled else M.center_offset(masks[i, p]) for p in range(P)] for i in range(boot)]
-    white = engine.white_latent(scene.height, scene.width) if boot else None
-    bg_image = engine.encode_image(bg.image) if bg.image is not None and bg.strength > 0 else None
+    white = engine.white_latent(scene.height, scene.width, cancel) if boot else None
+    bg_image = engine.encode_image(bg.image, cancel) if bg.image is not None and bg.strength > 0 else None
 
     masks_d, uncovered_d = masks.to(dev, dt), uncovered.to(dev, dt)
     G = P + 1 if attention else 1
