@@ -13,15 +13,23 @@ import torch.nn.functional as F
 
 def gaussian_blur(mask: torch.Tensor, std: float) -> torch.Tensor:
     """Separable Gaussian blur of a (H, W) mask; kernel 2*ceil(3 std)+1, replicate padding."""
+    return blur_sampled(mask, std, (1, 1))
+
+
+def blur_sampled(mask: torch.Tensor, std: float, step: tuple[int, int]) -> torch.Tensor:
+    """``gaussian_blur(mask, std)[::step[0], ::step[1]]``, computed only at
+    the pixels kept: the blur is a strided convolution, so a canvas-sized
+    mask sampled down to latent size costs about 1/8 of a full blur."""
+    sy, sx = step
     if std <= 0:
-        return mask
+        return mask[::sy, ::sx]
     radius = math.ceil(3 * std)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=mask.device)
     k = torch.exp(-0.5 * (x / std) ** 2)
     k = (k / k.sum()).to(mask.dtype)
     m = mask[None, None]
-    m = F.conv2d(F.pad(m, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    m = F.conv2d(F.pad(m, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    m = F.conv2d(F.pad(m, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1), stride=(1, sx))
+    m = F.conv2d(F.pad(m, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1), stride=(sy, 1))
     return m[0, 0]
 
 
@@ -60,7 +68,8 @@ def quantize_masks(
 
     One region at a time, top first, so at most one float copy at canvas size
     exists at once; quantizing is pointwise, so it runs after the (nearest)
-    downsampling with the same result. ``between()``, when given, is called
+    downsampling with the same result, and the blur is computed only at the
+    pixels that downsampling keeps. ``between()``, when given, is called
     before each region (a large canvas takes a while per region).
     """
     P = len(masks)
@@ -76,8 +85,12 @@ def quantize_masks(
         covered = m > 0 if covered is None else covered | (m > 0)
         if above is not None and cover_alpha < 1:
             m = torch.where(above, m * cover_alpha, m)
-        soft = gaussian_blur(m, stds[p]) * strengths[p]
-        small = F.interpolate(soft[None, None], size=(h, w), mode="nearest")[0, 0]
+        H, W = m.shape
+        if H % h == 0 and W % w == 0:  # nearest downsampling keeps every (H/h, W/w)th pixel from 0
+            small = blur_sampled(m, stds[p], (H // h, W // w)) * strengths[p]
+        else:
+            small = F.interpolate(gaussian_blur(m, stds[p])[None, None], size=(h, w), mode="nearest")[0, 0]
+            small = small * strengths[p]
         out[:, p] = quantize_levels(small, sigmas, mode)
     return out
 
