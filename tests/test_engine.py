@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -265,3 +267,32 @@ def test_an_edit_can_turn_bootstrapping_on_in_a_running_stream(engine):
     for _ in range(4):
         frame = stream.step()
     assert frame.settled and frame.revision == 1
+
+
+def test_planes_decoded_from_a_message_reach_the_engine_without_a_copy_or_a_warning():
+    # In a fresh process: torch warns about a read-only array once per process.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import warnings, zlib
+        warnings.filterwarnings("error", message=".*not writable")
+        from smd_daemon.engine.core import Engine
+        from smd_daemon.engine.models import load_model
+        from smd_daemon.grammar import LayerInput, build_scene
+        from smd_daemon.server.images import decode_plane
+
+        S = 64
+        alpha = decode_plane(zlib.compress((b"\\xff" * 32 + bytes(32)) * S), "zlib", S, S, 1, "alpha")
+        image = decode_plane(memoryview(bytes(range(192)) * S), "raw", S, S, 3, "image")
+        assert not alpha.flags.writeable and not image.flags.writeable  # no second, writable copy
+        scene, _ = build_scene([LayerInput("a red fox", alpha)], S, S, background_image=image,
+                               background_strength=0.5)
+        Engine(load_model("tiny")).generate(scene)
+        print("drawn")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr[-3000:]

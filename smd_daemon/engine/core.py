@@ -111,7 +111,7 @@ class Engine:
     def encode_image(self, image: np.ndarray, cancel=None) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by
         content. ``cancel()`` is asked before each tile (``Cancelled``)."""
-        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest() + repr(image.shape).encode()
+        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest() + repr(image.shape).encode()
         return self._cached_latent(key, lambda: V.encode(self.c.vae, image, self.c.device, self.c.dtype,
                                                          self.vae_scale, self.native, cancel_check(cancel)))
 

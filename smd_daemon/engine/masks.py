@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,11 +41,15 @@ def noise_levels(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Te
 
 def as_float_mask(mask) -> torch.Tensor:
     """A (H, W) mask as float32 in [0, 1]: uint8 planes (0..255) are scaled,
-    float ones are taken as they are."""
-    m = torch.as_tensor(mask)
-    if m.dtype == torch.uint8:
-        return m.float() / 255
-    return m.float()
+    float ones are taken as they are. Read-only arrays (planes decoded
+    straight from a message) are only read: no warning, no extra copy."""
+    if isinstance(mask, torch.Tensor):
+        return mask.float() / 255 if mask.dtype == torch.uint8 else mask.float()
+    a = np.asarray(mask)
+    if a.dtype == np.uint8:
+        return torch.asarray(a, dtype=torch.float32).div_(255)  # the float copy is the one conversion
+    # torch has no read-only tensors: a read-only float32 mask is the one case that needs a copy.
+    return torch.asarray(a, dtype=torch.float32, copy=not a.flags.writeable)
 
 
 def quantize_masks(

@@ -75,8 +75,9 @@ def _blend(tiles, h: int, w: int, dtype, between, tile_latent) -> torch.Tensor:
 
 
 def _encode(vae, image: np.ndarray, device, dtype) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    x = (x.permute(2, 0, 1)[None].to(dtype) / 127.5) - 1
+    # Converted while copied: a read-only image (decoded from a message) is only read.
+    x = torch.asarray(image, dtype=dtype).to(device)
+    x = (x.permute(2, 0, 1)[None] / 127.5) - 1
     enc = vae.encode(x)
     z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
     return z * vae.config.scaling_factor
