@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import count_unet_forwards, recording
+from engine_util import count_unet_forwards, max_diff, recording
 from smd_daemon.engine import vae as V
 from smd_daemon.engine.scene import Background, Cancelled, Region, Scene
 
@@ -20,10 +20,6 @@ def _scene(prompt_b="snowy pine forest", seed=1, size=S, **kw):
     b[size // 4: size - 8, size // 3: size - 4] = 200
     return Scene(size, size, [Region("a red fox", a), Region(prompt_b, b)], background=Background("a blue sky"),
                  seed=seed, steps=4, **kw)
-
-
-def _diff(a, b):
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def _run_passes(work, max_samples):
@@ -58,7 +54,7 @@ def test_passes_of_any_size_give_the_frames_of_one_whole_step(engine, max_sample
             assert ran[-len(scenes):] == [0] * len(scenes)  # one finishing pass per stream
             for g, e in zip(got, expect):
                 assert (g.index, g.revision, g.settled) == (e.index, e.revision, e.settled)
-                assert _diff(g.image, e.image) <= 1
+                assert max_diff(g.image, e.image) <= 1
     finally:
         restore()
 
@@ -73,7 +69,7 @@ def test_generate_in_passes_reports_progress_and_matches(engine):
         work.run(2)
         seen.append(work.progress[0])
     assert seen[-1] == 4 and seen == sorted(seen)
-    assert _diff(work.image(), expect) <= 1
+    assert max_diff(work.image(), expect) <= 1
 
 
 def test_share_splits_the_samples_between_streams(engine):
@@ -98,7 +94,7 @@ def test_work_dropped_before_its_finishing_pass_leaves_the_stream_as_it_was(engi
     work = engine.begin_streams([a])
     work.run(1)
     del work
-    assert _diff(a.step().image, b.step().image) == 0
+    assert max_diff(a.step().image, b.step().image) == 0
 
 
 def test_large_canvas_decodes_one_tile_per_pass(engine):
@@ -211,7 +207,7 @@ def test_plan_runs_on_another_thread_while_passes_run(engine):
     twin.update(edited, revision=1)
     for _ in range(5):
         a, b = stream.step(), twin.step()
-    assert a.revision == b.revision == 1 and _diff(a.image, b.image) <= 1
+    assert a.revision == b.revision == 1 and max_diff(a.image, b.image) <= 1
 
 
 def test_uint8_masks_draw_exactly_like_their_float_values(engine):
