@@ -55,7 +55,7 @@ class StillEngine:
     def __init__(self, side: int, kind: str):
         self.image = test_image(side, kind)
 
-    def plan(self, scene):
+    def plan(self, scene, cancel=None):
         return scene
 
     def session_bytes(self, scene):

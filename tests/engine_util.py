@@ -2,6 +2,8 @@
 
 import contextlib
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def recording(obj, method: str, measure):
@@ -47,3 +49,40 @@ def batched_and_solo(engine, scenes, frames: int):
     for _ in range(frames):
         solo = [s.step() for s in alone]
     return batch, solo
+
+
+def max_diff(a, b) -> int:
+    """Largest difference between two uint8 images."""
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+def frame_batches(engine, stream, frames: int) -> list[int]:
+    """Step ``stream`` ``frames`` times, asserting one UNet call per frame;
+    returns the batch sizes of those calls."""
+    calls, restore = count_unet_forwards(engine)
+    try:
+        for _ in range(frames):
+            n = len(calls)
+            stream.step()
+            assert len(calls) == n + 1
+    finally:
+        restore()
+    return calls
+
+
+def edit_in_flight(engine, scene, edited, steps: int):
+    """A stream of ``scene`` (revision 1) that has settled, edited to
+    ``edited`` (revision 2) and stepped ``steps`` frames, asserting the edit
+    shows from the first of them and only the last is settled. Returns (the
+    stream, those frames, a fresh stream's settled image of ``edited``)."""
+    stream = engine.open_stream(scene, revision=1)
+    for _ in range(2 * steps):
+        before = stream.step().image
+    stream.update(edited, revision=2)
+    seen = [stream.step() for _ in range(steps)]
+    assert max_diff(seen[0].image, before) > 0  # no flush: the first frame already moves
+    assert [f.settled for f in seen] == [False] * (steps - 1) + [True]
+    fresh = engine.open_stream(edited)
+    for _ in range(2 * steps):
+        expect = fresh.step().image
+    return stream, seen, expect

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import batched_and_solo, count_unet_forwards
+from engine_util import batched_and_solo, count_unet_forwards, edit_in_flight, frame_batches, max_diff
 from smd_daemon.engine import attention as A
 from smd_daemon.engine.core import Engine
 from smd_daemon.engine.scene import Background, Region, Scene
 from smd_daemon.grammar import LayerInput, build_scene
 
 S = 128
-
-
-def _diff(a, b):
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def _masks():
@@ -42,22 +38,19 @@ def test_one_full_canvas_region_equals_plain_generation_with_its_prompt(engine, 
     plain = Scene(256, 256, [], background=Background("a red fox", "blurry"), seed=3, guidance_scale=guidance,
                   bootstrap_steps=0)
     got, expect = engine.generate(attention), engine.generate(plain)
-    assert got.std() > 5 and _diff(got, expect) <= 1
+    assert got.std() > 5 and max_diff(got, expect) <= 1
 
 
 def test_a_frame_is_one_sample_per_level_whatever_the_regions(engine):
+    stream = engine.open_stream(_scene())
+    calls = frame_batches(engine, stream, 6)
+    assert calls[5] == stream.steps_in_flight == 4  # steady state: T samples, not T x (regions + 1)
     calls, restore = count_unet_forwards(engine)
     try:
-        stream = engine.open_stream(_scene())
-        for _ in range(6):
-            n = len(calls)
-            stream.step()
-            assert len(calls) == n + 1
         engine.generate(_scene())
     finally:
         restore()
-    assert calls[5] == stream.steps_in_flight == 4  # steady state: T samples, not T x (regions + 1)
-    assert calls[6:] == [1, 1, 1, 1]
+    assert calls == [1, 1, 1, 1]
 
 
 def test_changing_one_prompt_changes_mostly_its_own_area(engine):
@@ -83,7 +76,7 @@ def test_ignored_layers_change_nothing(engine):
 
 def test_deterministic_for_a_seed(engine):
     a, b, c = (engine.generate(_scene(seed=s)) for s in (7, 7, 8))
-    assert np.array_equal(a, b) and _diff(a, c) > 10
+    assert np.array_equal(a, b) and max_diff(a, c) > 10
 
 
 def test_regions_follow_their_masks_at_every_resolution():
@@ -102,18 +95,8 @@ def test_regions_follow_their_masks_at_every_resolution():
 
 
 def test_stream_edits_apply_without_a_flush(engine):
-    T = 4
-    stream = engine.open_stream(_scene(), revision=1)
-    for _ in range(2 * T):
-        before = stream.step().image
-    edited = _scene(prompt_b="a castle on a hill")
-    stream.update(edited, revision=2)
-    seen = [stream.step() for _ in range(T)]
-    assert _diff(seen[0].image, before) > 0 and [f.settled for f in seen] == [False] * (T - 1) + [True]
-    fresh = engine.open_stream(edited)
-    for _ in range(2 * T):
-        expect = fresh.step().image
-    assert _diff(stream.step().image, expect) <= 1
+    stream, _, expect = edit_in_flight(engine, _scene(), _scene(prompt_b="a castle on a hill"), 4)
+    assert max_diff(stream.step().image, expect) <= 1
     # ... and switching mode in a running stream keeps its levels in flight.
     stream.update(_scene(prompt_b="a castle on a hill", region_mode="latent"), revision=3)
     assert stream.step().revision == 3
@@ -140,7 +123,7 @@ def test_several_clients_with_different_region_counts_share_one_call_and_match_s
                                          region_mode="attention")]
     batch, solo = batched_and_solo(engine, scenes, 5)
     for got, expect in zip(batch, solo):
-        assert _diff(got.image, expect.image) <= 1
+        assert max_diff(got.image, expect.image) <= 1
 
 
 def test_background_image_fills_the_uncovered_area(engine):

@@ -22,3 +22,12 @@ def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
     latent, attention = rows
     assert attention["frame_samples"] == attention["T"] == 4 < latent["frame_samples"]
     assert "| regions | UNet samples / frame, attention : latent |" in proc.stdout
+
+
+def test_plan_benchmark_dry_runs_on_cpu():
+    proc = subprocess.run([sys.executable, "benchmarks/bench_plan.py", "--model", "tiny", "--sizes", "512",
+                           "--no-full", "--threads", "1"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| 512x512 |")]
+    assert len(row) == 1 and row[0].count("|") == 7, proc.stdout

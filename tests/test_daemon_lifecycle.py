@@ -168,3 +168,37 @@ def test_client_recovers_from_a_daemon_crash():
         if client is not None:
             client.close()
         first.close()
+
+
+def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
+    # A 4096x4096 background image is 121 VAE tiles to encode: half a minute of
+    # planning on a CPU, which must stop at the next tile, not run on.
+    import time
+    import zlib
+
+    from smd_daemon.client import ErrorEvent
+
+    side = 4096
+    gradient = bytes(range(256)) * (side * side * 3 // 256)
+    d = Daemon()
+    c = None
+    try:
+        d.wait_serving()
+        c = connect(d.address, name="huge")
+        c.set_scene(side, side, [Layer("1", "a red fox", half_mask(side))], background_prompt="a beach",
+                    background_image=zlib.compress(gradient, 1), background_image_encoding="zlib",
+                    background_strength=0.5)
+        reply = c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 3.0)
+        assert reply is None, f"the plan ended before the signal: {reply}"
+        t = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(60)
+        seconds = time.monotonic() - t
+        log = d.text()
+        assert rc == 0 and seconds < 15, (rc, seconds, log[-2000:])  # generous: the goal is 5 s
+        assert "without waiting" not in log and "Traceback" not in log, log[-2000:]
+        assert log.rstrip().endswith("stopped"), log[-2000:]
+    finally:
+        if c is not None:
+            c.close()
+        d.close()

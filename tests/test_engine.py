@@ -1,8 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from engine_util import batched_and_solo, count_unet_forwards
+from engine_util import batched_and_solo, count_unet_forwards, edit_in_flight, frame_batches, max_diff
 from smd_daemon.engine.core import Cancelled, Engine
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
 
@@ -22,10 +24,6 @@ def _two_regions(prompt_a="a red fox", prompt_b="snowy pine forest", seed=1, **k
                  seed=seed, steps=4, **kw)
 
 
-def _diff(a, b):
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
 def test_single_full_region_matches_diffusers_lcm_pipeline(engine):
     from smd_daemon.engine.tiny import build_tiny_pipeline
 
@@ -36,7 +34,7 @@ def test_single_full_region_matches_diffusers_lcm_pipeline(engine):
     ref = pipe("a red fox", num_inference_steps=4, guidance_scale=1.0, height=256, width=256,
                generator=torch.Generator().manual_seed(3), output_type="np").images[0]
     assert ours.shape == (256, 256, 3) and ours.dtype == np.uint8
-    assert _diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
+    assert max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
     assert ours.std() > 5  # not a blank image
 
 
@@ -52,19 +50,12 @@ def test_identical_prompts_in_every_region_reproduce_the_single_prompt_result(en
     regions = [Region("a red fox", m, mask_std=s, prompt_strength=1.0) for m, s in
                [(left, 4), (right, 0), (blob, 8)]]
     multi = Scene(S, S, regions, background=Background("a red fox"), seed=5, bootstrap_steps=0)
-    assert _diff(engine.generate(single), engine.generate(multi)) <= 1
+    assert max_diff(engine.generate(single), engine.generate(multi)) <= 1
 
 
 def test_stream_makes_exactly_one_unet_call_per_frame(engine):
-    calls, restore = count_unet_forwards(engine)
-    try:
-        stream = engine.open_stream(_two_regions())
-        for _ in range(6):
-            n = len(calls)
-            stream.step()
-            assert len(calls) == n + 1
-    finally:
-        restore()
+    stream = engine.open_stream(_two_regions())
+    calls = frame_batches(engine, stream, 6)
     # after warm-up one call carries every level in flight for every region (+ background)
     assert calls[-1] == stream.steps_in_flight * 3
 
@@ -87,22 +78,12 @@ def test_stream_emits_a_frame_from_the_first_call(engine):
 
 def test_an_edit_is_fully_visible_within_steps_in_flight_frames(engine):
     T = 4
-    stream = engine.open_stream(_two_regions(), revision=1)
-    for _ in range(2 * T):
-        before = stream.step().image
-    edited = _two_regions(prompt_b="a castle on a hill")
-    stream.update(edited, revision=2)
-    seen = [stream.step() for _ in range(T)]
+    stream, seen, expect = edit_in_flight(engine, _two_regions(), _two_regions(prompt_b="a castle on a hill"), T)
     assert all(f.revision == 2 for f in seen)
-    assert _diff(seen[0].image, before) > 0  # the first frame already moves
-    assert [f.settled for f in seen] == [False] * (T - 1) + [True]
     # after T frames the stream shows exactly what a fresh stream of the edited scene shows
-    fresh = engine.open_stream(edited)
-    for _ in range(2 * T):
-        expect = fresh.step().image
     for _ in range(T):
         got = stream.step().image
-    assert _diff(got, expect) <= 1
+    assert max_diff(got, expect) <= 1
 
 
 def test_seeds_are_deterministic_and_different_seeds_differ(engine):
@@ -110,7 +91,7 @@ def test_seeds_are_deterministic_and_different_seeds_differ(engine):
     b = engine.generate(_two_regions(seed=7))
     c = engine.generate(_two_regions(seed=8))
     assert np.array_equal(a, b)
-    assert _diff(a, c) > 10
+    assert max_diff(a, c) > 10
 
 
 def test_regions_change_the_image_only_where_they_are(engine):
@@ -221,15 +202,15 @@ def test_lcm_distilled_unet_gets_the_guidance_embedding_like_diffusers():
     engine = Engine(components_from_pipeline(pipe, "tiny-lcm", torch.device("cpu"), torch.float32))
     ours = engine.generate(Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=2,
                                  bootstrap_steps=0))
-    assert _diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
+    assert max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
 
 
 def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engine):
     a_scene, b_scene = _two_regions(seed=1), _two_regions(prompt_a="a hot air balloon", seed=2)
     pair, solo = batched_and_solo(engine, [a_scene, b_scene], 6)
     for got, expect in zip(pair, solo):
-        assert got.index == expect.index and _diff(got.image, expect.image) <= 1
-    assert _diff(pair[0].image, pair[1].image) > 10
+        assert got.index == expect.index and max_diff(got.image, expect.image) <= 1
+    assert max_diff(pair[0].image, pair[1].image) > 10
 
 
 def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
@@ -254,7 +235,7 @@ def test_big_batches_are_split_into_passes_with_the_same_result(tiny_components)
     finally:
         restore()
     assert max(calls) <= 2 and len(calls) > 4
-    assert _diff(got, whole.generate(_two_regions())) <= 1
+    assert max_diff(got, whole.generate(_two_regions())) <= 1
 
 
 def test_an_edit_can_turn_bootstrapping_on_in_a_running_stream(engine):
@@ -265,3 +246,32 @@ def test_an_edit_can_turn_bootstrapping_on_in_a_running_stream(engine):
     for _ in range(4):
         frame = stream.step()
     assert frame.settled and frame.revision == 1
+
+
+def test_planes_decoded_from_a_message_reach_the_engine_without_a_copy_or_a_warning():
+    # In a fresh process: torch warns about a read-only array once per process.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import warnings, zlib
+        warnings.filterwarnings("error", message=".*not writable")
+        from smd_daemon.engine.core import Engine
+        from smd_daemon.engine.models import load_model
+        from smd_daemon.grammar import LayerInput, build_scene
+        from smd_daemon.server.images import decode_plane
+
+        S = 64
+        alpha = decode_plane(zlib.compress((b"\\xff" * 32 + bytes(32)) * S), "zlib", S, S, 1, "alpha")
+        image = decode_plane(memoryview(bytes(range(192)) * S), "raw", S, S, 3, "image")
+        assert not alpha.flags.writeable and not image.flags.writeable  # no second, writable copy
+        scene, _ = build_scene([LayerInput("a red fox", alpha)], S, S, background_image=image,
+                               background_strength=0.5)
+        Engine(load_model("tiny")).generate(scene)
+        print("drawn")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr[-3000:]

@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import count_unet_forwards
+from engine_util import count_unet_forwards, max_diff
 from smd_daemon.engine.core import Engine
 from smd_daemon.engine.models import ModelLoadError, load_model
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
 from smd_daemon.engine.tiny import build_tiny_pipeline
 
 S = 128
-
-
-def _diff(a, b):
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def _scene(steps, mode="latent", seed=1, size=S, **kw):
@@ -69,7 +65,7 @@ def test_one_and_two_step_streams_in_both_modes(engine, steps, mode):
     if mode == "attention":
         assert calls[-1] == steps  # T samples a frame
     # the stream shows what one-shot generation of the same scene makes
-    assert _diff(frames[-1].image, engine.generate(_scene(steps, mode))) <= 1
+    assert max_diff(frames[-1].image, engine.generate(_scene(steps, mode))) <= 1
 
 
 def test_lcm_timesteps_for_one_two_and_four_steps(engine):
@@ -101,7 +97,7 @@ def test_one_step_turbo_image_equals_diffusers_with_the_models_own_scheduler(tur
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("a red fox", num_inference_steps=1, guidance_scale=guidance, height=S, width=S,
                generator=torch.Generator().manual_seed(4), output_type="np").images[0]
-    assert ours.std() > 5 and _diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
+    assert ours.std() > 5 and max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
 
 
 @pytest.mark.parametrize("mode", ["latent", "attention"])
@@ -111,7 +107,7 @@ def test_turbo_streams_at_one_and_two_steps(turbo, mode):
         stream = engine.open_stream(_scene(steps, mode))
         frames = [stream.step() for _ in range(2 * steps)]
         assert frames[-1].settled and frames[-1].image.std() > 5
-        assert _diff(frames[-1].image, engine.generate(_scene(steps, mode))) <= 1
+        assert max_diff(frames[-1].image, engine.generate(_scene(steps, mode))) <= 1
 
 
 def test_the_kind_can_be_overridden(turbo_folder, caplog):

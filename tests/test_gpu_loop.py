@@ -56,7 +56,7 @@ class FakeWork:
 class FakeEngine:
     """Fails like CUDA does when a scene asks for too much."""
 
-    def plan(self, scene):
+    def plan(self, scene, cancel=None):
         return ("plan", scene)
 
     def session_bytes(self, scene):

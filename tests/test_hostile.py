@@ -196,13 +196,13 @@ def test_a_small_canvas_keeps_stepping_next_to_a_big_one(daemon):
 
 
 def test_updates_are_decoded_and_planned_without_stopping_anyone(tmp_path):
-    # A budget of 128 MiB: one 1024x1024 scene with 16 layers fits, two do not.
-    d = Daemon("--max-memory", "0.125")
+    # A budget of 512 MiB: one 2048x2048 scene with 16 layers fits, two do not.
+    d = Daemon("--max-memory", "0.5")
     try:
         d.wait_serving()
         watcher = Raw(d.address)
         watcher.handshake(open_session=False)
-        side = 1024
+        side = 2048  # big enough that decoding and planning take many pings' time on any CPU
         plane = zlib.compress(b"\xff" * (side * side // 2) + bytes(side * side // 2))
         layers = [{"key": str(i), "name": f"a fox {i}", "alpha": {"part": 0, "encoding": "zlib"}} for i in range(16)]
         first = Raw(d.address)
@@ -216,7 +216,7 @@ def test_updates_are_decoded_and_planned_without_stopping_anyone(tmp_path):
             watcher.expect("pong", 10)
             rtts.append(time.monotonic() - t)
             time.sleep(0.02)
-        assert len(rtts) > 20 and max(rtts) < 1.0, (len(rtts), max(rtts))
+        assert len(rtts) > 5 and max(rtts) < 1.0, (len(rtts), max(rtts))
         m = m or first.expect("scene", 120)
         assert m.type == "scene", m.header
         # A second such scene would pass the budget: refused, before any decoding.
@@ -250,7 +250,8 @@ def _stop_time(d: Daemon, sig=signal.SIGTERM) -> tuple[int, float]:
     return rc, time.monotonic() - t
 
 
-@pytest.mark.parametrize("when", ["loading the model", "planning a big canvas", "stepping a big canvas"])
+# Planning a huge canvas: test_daemon_lifecycle.py (a 2048x2048 plan now takes well under a second).
+@pytest.mark.parametrize("when", ["loading the model", "stepping a big canvas"])
 def test_sigterm_in_any_state_exits_0_promptly(when):
     d = Daemon()
     c = None
@@ -261,12 +262,8 @@ def test_sigterm_in_any_state_exits_0_promptly(when):
                 time.sleep(0.01)
         else:
             d.wait_serving()
-            side = 2048 if when == "planning a big canvas" else 512
-            c = live_client(d.address, "big", side=side)
-            if when == "stepping a big canvas":
-                frames(c, 1, timeout=120)
-            else:
-                c.wait_for(lambda e: False, 1.0)  # the update is being planned (many seconds at 2048x2048)
+            c = live_client(d.address, "big", side=512)
+            frames(c, 1, timeout=120)
         rc, seconds = _stop_time(d, signal.SIGINT if when == "stepping a big canvas" else signal.SIGTERM)
         assert rc == 0, d.text()
         assert seconds < 15, seconds  # generous; measured in benchmarks/bench_hostile.py

@@ -78,6 +78,13 @@ def test_blur_keeps_mass_and_softens_edges():
     assert torch.equal(M.gaussian_blur(m, 0), m)
 
 
+@pytest.mark.parametrize("std", [0.0, 2.5, 8.0])
+def test_blur_at_the_kept_pixels_equals_blur_then_nearest_downsampling(std):
+    m = (torch.rand(256, 192, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    whole = torch.nn.functional.interpolate(M.gaussian_blur(m, std)[None, None], size=(32, 24), mode="nearest")
+    assert torch.allclose(M.blur_sampled(m, std, (8, 8)), whole[0, 0], rtol=0, atol=1e-6)
+
+
 def test_centering_shift_and_unshift_are_inverse_and_centre_the_box():
     mask = torch.zeros(32, 48)
     mask[2:10, 30:46] = 1

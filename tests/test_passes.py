@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine_util import count_unet_forwards, recording
+from engine_util import count_unet_forwards, max_diff, recording
 from smd_daemon.engine import vae as V
-from smd_daemon.engine.scene import Background, Region, Scene
+from smd_daemon.engine.scene import Background, Cancelled, Region, Scene
 
 S = 128
 
@@ -20,10 +20,6 @@ def _scene(prompt_b="snowy pine forest", seed=1, size=S, **kw):
     b[size // 4: size - 8, size // 3: size - 4] = 200
     return Scene(size, size, [Region("a red fox", a), Region(prompt_b, b)], background=Background("a blue sky"),
                  seed=seed, steps=4, **kw)
-
-
-def _diff(a, b):
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def _run_passes(work, max_samples):
@@ -58,7 +54,7 @@ def test_passes_of_any_size_give_the_frames_of_one_whole_step(engine, max_sample
             assert ran[-len(scenes):] == [0] * len(scenes)  # one finishing pass per stream
             for g, e in zip(got, expect):
                 assert (g.index, g.revision, g.settled) == (e.index, e.revision, e.settled)
-                assert _diff(g.image, e.image) <= 1
+                assert max_diff(g.image, e.image) <= 1
     finally:
         restore()
 
@@ -73,7 +69,7 @@ def test_generate_in_passes_reports_progress_and_matches(engine):
         work.run(2)
         seen.append(work.progress[0])
     assert seen[-1] == 4 and seen == sorted(seen)
-    assert _diff(work.image(), expect) <= 1
+    assert max_diff(work.image(), expect) <= 1
 
 
 def test_share_splits_the_samples_between_streams(engine):
@@ -98,7 +94,7 @@ def test_work_dropped_before_its_finishing_pass_leaves_the_stream_as_it_was(engi
     work = engine.begin_streams([a])
     work.run(1)
     del work
-    assert _diff(a.step().image, b.step().image) == 0
+    assert max_diff(a.step().image, b.step().image) == 0
 
 
 def test_large_canvas_decodes_one_tile_per_pass(engine):
@@ -145,6 +141,45 @@ def test_large_background_image_is_encoded_in_tiles(engine):
     assert len(sizes) == 3 and all(h <= 512 and w <= 512 for h, w in sizes)
 
 
+@pytest.mark.parametrize("height, width", [(768, 640), (128, 1024), (256, 256)])
+def test_white_latent_is_one_tile_encode_that_equals_the_full_encode(engine, height, width):
+    full = V.encode(engine.c.vae, np.full((height, width, 3), 255, np.uint8), engine.c.device, engine.c.dtype,
+                    engine.vae_scale, engine.native)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.white_latent(height, width)
+    assert encoded == [(min(height, 512), min(width, 512))]  # one tile, whatever the canvas
+    assert white.shape == full.shape
+    assert torch.allclose(white.float(), full.float(), rtol=0, atol=1e-5)
+
+
+def test_a_new_canvas_size_with_the_same_tiles_needs_no_vae_call(engine):
+    engine.white_latent(768, 640)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.white_latent(2048, 1536)
+    assert encoded == [] and white.shape == (1, 4, 256, 192)
+
+
+def test_a_plan_stops_between_image_tiles_when_cancelled(engine):
+    img = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # nine VAE tiles
+    scene = _scene(size=1024)
+    scene.background = Background("a blue sky", image=img, strength=0.5)
+    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        with pytest.raises(Cancelled):
+            engine.plan(scene, cancel=lambda: len(encoded) >= 3)  # the white tile, then two of the image's
+        assert len(encoded) == 3
+        plan = engine.plan(scene)  # nothing half-encoded was kept
+    assert len(encoded) == 3 + 9 and plan.bg_image.shape == (1, 4, 128, 128)
+
+
+def test_a_cancelled_plan_asks_before_any_work(engine):
+    calls, restore = count_unet_forwards(engine)
+    with recording(engine.c.text_encoder, "forward", lambda ids: ids.shape[0]) as encoded:
+        with pytest.raises(Cancelled):
+            engine.generate(_scene(prompt_b="a prompt never encoded before"), cancel=lambda: True)
+    restore()
+    assert encoded == [] and calls == []
+
+
 def test_plan_runs_on_another_thread_while_passes_run(engine):
     stream = engine.open_stream(_scene())
     twin = engine.open_stream(_scene())
@@ -172,7 +207,7 @@ def test_plan_runs_on_another_thread_while_passes_run(engine):
     twin.update(edited, revision=1)
     for _ in range(5):
         a, b = stream.step(), twin.step()
-    assert a.revision == b.revision == 1 and _diff(a.image, b.image) <= 1
+    assert a.revision == b.revision == 1 and max_diff(a.image, b.image) <= 1
 
 
 def test_uint8_masks_draw_exactly_like_their_float_values(engine):

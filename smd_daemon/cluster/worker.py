@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
-from smd_daemon.engine.scene import SceneError
+from smd_daemon.engine.scene import Cancelled, SceneError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.engine_loop import EngineLoop
@@ -299,13 +299,17 @@ class EngineWorker:
         if isinstance(c, m.SetScene):
             try:
                 self.budget.reserve(c.session, self.engine.session_bytes(c.scene))
-                c = m.SetScene(c.session, c.scene, c.revision, self._plan(c.scene))
+                c = m.SetScene(c.session, c.scene, c.revision, self._plan(c.session, c.scene))
+            except Cancelled:
+                return  # the worker stops, or the session closed or moved meanwhile
             except ProtocolError as e:
                 self._post(m.SessionError(c.session, e.code, e.message, {"revision": c.revision}))
                 return
         elif isinstance(c, m.QueueJob) and isinstance(c.job.plan, wire.PlanOnWorker):
             try:
-                c.job.plan = self._plan(c.job.scene)
+                c.job.plan = self._plan(c.session, c.job.scene)
+            except Cancelled:
+                return
             except ProtocolError as e:
                 self._post(m.SessionError(c.session, e.code, e.message, {"job": c.job.id}))
                 return
@@ -317,9 +321,12 @@ class EngineWorker:
             self.budget.release(c.session)
         self.loop.send(c)
 
-    def _plan(self, scene):
+    def _plan(self, session: str, scene):
         try:
-            return self.engine.plan(scene)
+            # A plan of a huge canvas takes seconds: it stops when the worker or the session does.
+            return self.engine.plan(scene, cancel=lambda: self.stopping.is_set() or session not in self.flows)
+        except Cancelled:
+            raise
         except SceneError as e:
             raise ProtocolError(ErrorCode.BAD_SCENE, str(e)) from None
         except Exception as e:  # the engine cannot draw it (out of memory...): this scene only

@@ -7,21 +7,30 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
 def gaussian_blur(mask: torch.Tensor, std: float) -> torch.Tensor:
     """Separable Gaussian blur of a (H, W) mask; kernel 2*ceil(3 std)+1, replicate padding."""
+    return blur_sampled(mask, std, (1, 1))
+
+
+def blur_sampled(mask: torch.Tensor, std: float, step: tuple[int, int]) -> torch.Tensor:
+    """``gaussian_blur(mask, std)[::step[0], ::step[1]]``, computed only at
+    the pixels kept: the blur is a strided convolution, so a canvas-sized
+    mask sampled down to latent size costs about 1/8 of a full blur."""
+    sy, sx = step
     if std <= 0:
-        return mask
+        return mask[::sy, ::sx]
     radius = math.ceil(3 * std)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=mask.device)
     k = torch.exp(-0.5 * (x / std) ** 2)
     k = (k / k.sum()).to(mask.dtype)
     m = mask[None, None]
-    m = F.conv2d(F.pad(m, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    m = F.conv2d(F.pad(m, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    m = F.conv2d(F.pad(m, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1), stride=(1, sx))
+    m = F.conv2d(F.pad(m, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1), stride=(sy, 1))
     return m[0, 0]
 
 
@@ -32,11 +41,15 @@ def noise_levels(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Te
 
 def as_float_mask(mask) -> torch.Tensor:
     """A (H, W) mask as float32 in [0, 1]: uint8 planes (0..255) are scaled,
-    float ones are taken as they are."""
-    m = torch.as_tensor(mask)
-    if m.dtype == torch.uint8:
-        return m.float() / 255
-    return m.float()
+    float ones are taken as they are. Read-only arrays (planes decoded
+    straight from a message) are only read: no warning, no extra copy."""
+    if isinstance(mask, torch.Tensor):
+        return mask.float() / 255 if mask.dtype == torch.uint8 else mask.float()
+    a = np.asarray(mask)
+    if a.dtype == np.uint8:
+        return torch.asarray(a, dtype=torch.float32).div_(255)  # the float copy is the one conversion
+    # torch has no read-only tensors: a read-only float32 mask is the one case that needs a copy.
+    return torch.asarray(a, dtype=torch.float32, copy=not a.flags.writeable)
 
 
 def quantize_masks(
@@ -47,6 +60,7 @@ def quantize_masks(
     latent_size: tuple[int, int],
     mode: str = "continuous",
     cover_alpha: float = 1.0,
+    between=None,
 ) -> torch.Tensor:
     """P masks (a (P, H, W) tensor or a list of (H, W) arrays; float in [0, 1]
     or uint8) at image size -> (T, P, h, w) per-step latent masks.
@@ -59,7 +73,9 @@ def quantize_masks(
 
     One region at a time, top first, so at most one float copy at canvas size
     exists at once; quantizing is pointwise, so it runs after the (nearest)
-    downsampling with the same result.
+    downsampling with the same result, and the blur is computed only at the
+    pixels that downsampling keeps. ``between()``, when given, is called
+    before each region (a large canvas takes a while per region).
     """
     P = len(masks)
     T = sigmas.shape[0]
@@ -67,13 +83,19 @@ def quantize_masks(
     out = torch.zeros((T, P, h, w))
     covered = None  # where any region above is > 0
     for p in range(P - 1, -1, -1):
+        if between is not None:
+            between()
         m = as_float_mask(masks[p])
         above = covered
         covered = m > 0 if covered is None else covered | (m > 0)
         if above is not None and cover_alpha < 1:
             m = torch.where(above, m * cover_alpha, m)
-        soft = gaussian_blur(m, stds[p]) * strengths[p]
-        small = F.interpolate(soft[None, None], size=(h, w), mode="nearest")[0, 0]
+        H, W = m.shape
+        if H % h == 0 and W % w == 0:  # nearest downsampling keeps every (H/h, W/w)th pixel from 0
+            small = blur_sampled(m, stds[p], (H // h, W // w)) * strengths[p]
+        else:
+            small = F.interpolate(gaussian_blur(m, stds[p])[None, None], size=(h, w), mode="nearest")[0, 0]
+            small = small * strengths[p]
         out[:, p] = quantize_levels(small, sigmas, mode)
     return out
 

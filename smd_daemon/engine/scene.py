@@ -30,6 +30,21 @@ class SceneError(ValueError):
     """A scene the engine cannot draw, with a message fit for an artist."""
 
 
+class Cancelled(Exception):
+    """Planning or generation stopped between two pieces of work because the
+    caller's ``cancel()`` said so (defined here so the daemon can catch it
+    without importing torch)."""
+
+
+def cancel_check(cancel=None):
+    """``cancel() -> bool`` as a check to call between pieces of work, which
+    raises ``Cancelled`` when asked to; a no-op without ``cancel``."""
+    def check() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled()
+    return check
+
+
 @dataclass
 class Region:
     prompt: str

@@ -25,16 +25,46 @@ def tile_grid(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
 
 
 @torch.no_grad()
-def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int) -> torch.Tensor:
+def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int, between=None) -> torch.Tensor:
     """uint8 (H, W, 3) -> (1, C, h, w) clean latent, scaled; tiled above
-    ``window`` latent pixels per side."""
+    ``window`` latent pixels per side. ``between()`` is called before each
+    tile (it may raise to stop)."""
     h, w = image.shape[0] // scale, image.shape[1] // scale
     tiles = tile_grid(h, w, window)
     if len(tiles) == 1:
+        if between is not None:
+            between()
         return _encode(vae, image, device, dtype)
+    return _blend(tiles, h, w, dtype, between, lambda y, x, a, b: _encode(
+        vae, image[y * scale:(y + a) * scale, x * scale:(x + b) * scale], device, dtype))
+
+
+@torch.no_grad()
+def encode_uniform(vae, height: int, width: int, value: int, device, dtype, scale: int, window: int,
+                   tile_latent=None) -> torch.Tensor:
+    """What ``encode`` gives for an image of one colour, with one VAE call:
+    every tile is then the same image, so one tile is encoded and blended
+    into every place. ``tile_latent(shape, encode)`` may supply it (a cache)."""
+    h, w = height // scale, width // scale
+    tiles = tile_grid(h, w, window)
+    _, _, a, b = tiles[0]  # every tile has this size
+
+    def encode_tile():
+        return _encode(vae, np.full((a * scale, b * scale, 3), value, np.uint8), device, dtype)
+
+    z = encode_tile() if tile_latent is None else tile_latent((a, b), encode_tile)
+    if len(tiles) == 1:
+        return z
+    return _blend(tiles, h, w, dtype, None, lambda *_: z)
+
+
+def _blend(tiles, h: int, w: int, dtype, between, tile_latent) -> torch.Tensor:
+    """Overlapping tile latents blended with ramp weights into (1, C, h, w)."""
     acc = wsum = None
     for y, x, a, b in tiles:
-        z = _encode(vae, image[y * scale:(y + a) * scale, x * scale:(x + b) * scale], device, dtype).float()
+        if between is not None:
+            between()
+        z = tile_latent(y, x, a, b).float()
         if acc is None:
             acc = z.new_zeros((1, z.shape[1], h, w))
             wsum = z.new_zeros((1, 1, h, w))
@@ -45,8 +75,9 @@ def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int) -> to
 
 
 def _encode(vae, image: np.ndarray, device, dtype) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-    x = (x.permute(2, 0, 1)[None].to(dtype) / 127.5) - 1
+    # Converted while copied: a read-only image (decoded from a message) is only read.
+    x = torch.asarray(image, dtype=dtype).to(device)
+    x = (x.permute(2, 0, 1)[None] / 127.5) - 1
     enc = vae.encode(x)
     z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
     return z * vae.config.scaling_factor

@@ -52,7 +52,7 @@ def encode_frame(image, encoding: str, quality: int) -> bytes:
 
 
 def decode_plane(data: memoryview, encoding: str, width: int, height: int, channels: int, what: str) -> np.ndarray:
-    """A binary part as a uint8 (H, W) or (H, W, 3) array of exactly the output size (its own memory)."""
+    """A binary part as a uint8 (H, W) or (H, W, 3) array of exactly the output size (its own memory, read-only)."""
     expected = width * height * channels
     shape = (height, width) if channels == 1 else (height, width, channels)
     if encoding in ("raw", "zlib"):
@@ -70,9 +70,9 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}"
                                                      f"x{channels} = {expected}")
         else:
-            raw = data
-        # A writable copy: the message buffer is not kept, and torch reads only writable arrays quietly.
-        return np.frombuffer(bytearray(raw), np.uint8).reshape(shape)
+            raw = bytes(data)  # our own copy: the message buffer is not kept
+        # Read-only over bytes of its own, copied no further: nothing writes to a plane.
+        return np.frombuffer(raw, np.uint8).reshape(shape)
     try:
         im = Image.open(io.BytesIO(data))
         # Check the size from the file header before decoding any pixels.

@@ -111,7 +111,7 @@ class Server:
     def start(self) -> None:
         if self.sock is None:
             self.open_socket()
-        self.workers = SceneWorkers(self.engine, self.limits, self.budget, self.post)
+        self.workers = SceneWorkers(self.engine, self.limits, self.budget, self.post, stopping=self.stopping)
         self.engine_loop = self.make_engine_loop()
         self.engine_loop.start()
 

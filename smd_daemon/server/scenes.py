@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smd_daemon.engine.scene import Region, Scene, SceneError
+from smd_daemon.engine.scene import Cancelled, Region, Scene, SceneError
 from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.scenestate import KEEP, SceneChange, SceneState
@@ -52,8 +52,10 @@ class SceneSession:
 
 
 class SceneWorkers:
-    def __init__(self, engine, limits: Limits, budget: MemoryBudget, post, threads: int = 2):
+    def __init__(self, engine, limits: Limits, budget: MemoryBudget, post, threads: int = 2,
+                 stopping: threading.Event | None = None):
         self.engine, self.limits, self.budget, self.post = engine, limits, budget, post
+        self.stopping = stopping or threading.Event()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scene")
         self._defaults = scene_defaults()
@@ -106,6 +108,9 @@ class SceneWorkers:
                         self._plan_late(s)
                 else:
                     self.post(self._generate(s, msg, re, job_id))
+            except Cancelled:  # the daemon is stopping, or the session closed: nobody waits for it
+                if self.stopping.is_set():
+                    return
             except Exception as e:  # a bug must cost one request, not the session's worker
                 log.exception("internal error building a scene")
                 error = (E.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}")
@@ -120,7 +125,7 @@ class SceneWorkers:
         try:
             state, scene, parsed, nbytes = self._build(s, msg)
             self.budget.reserve(s.id, nbytes)
-            plan = self._plan(scene) if plan_now else None
+            plan = self._plan(s, scene) if plan_now else None
         except ProtocolError as e:
             self._restore(s, old_bytes)
             return m.UpdateDone(s.id, re, revision, error=(e.code, e.message))
@@ -136,7 +141,7 @@ class SceneWorkers:
         """The scene accepted before a refused update was never planned (a newer one
         was on its way): the engine draws it after all."""
         try:
-            s.plan = self._plan(s.scene)
+            s.plan = self._plan(s, s.scene)
         except (ProtocolError, SceneError) as e:
             log.error("session %s: revision %d cannot be drawn: %s", s.id[:8], s.revision, e)
             return
@@ -226,10 +231,11 @@ class SceneWorkers:
             raise ProtocolError(E.BAD_FIELD, str(e)) from None
         return scene, parsed
 
-    def _plan(self, scene):
+    def _plan(self, s: SceneSession, scene):
         try:
-            return self.engine.plan(scene)
-        except (SceneError, ProtocolError):
+            # A plan of a huge canvas takes seconds: it stops when the daemon does.
+            return self.engine.plan(scene, cancel=lambda: self.stopping.is_set() or s.closed)
+        except (SceneError, ProtocolError, Cancelled):
             raise
         except Exception as e:  # the engine cannot draw it (out of memory...): this update only
             log.error("planning failed: %s: %s", type(e).__name__, e)
@@ -257,7 +263,7 @@ class SceneWorkers:
                     raise ProtocolError(E.BAD_FIELD, str(e)) from None
                 plan = None
             if plan is None:
-                plan = self._plan(scene)
+                plan = self._plan(s, scene)
                 if not changes:
                     s.plan = plan
         except ProtocolError as e:
