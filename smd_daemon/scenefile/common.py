@@ -98,10 +98,10 @@ def decode(data: bytes, formats: tuple[str, ...], what: str, max_side: int) -> I
 
 
 def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The alpha at output size, as a writable array of its own (the engine hands masks to torch)."""
+    """The alpha at output size (read-only is fine: the engine copies what it gives torch)."""
     if alpha.shape == (height, width):
-        return alpha if alpha.flags.writeable and alpha.flags.c_contiguous else np.array(alpha)
-    return np.array(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
+        return alpha
+    return np.asarray(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
 
 
 def explain_no_regions(parsed: list[ParsedLayer]) -> str:

@@ -226,7 +226,7 @@ def background_image(zf, tree: list[OraLayer], joins: set, doc_w, doc_h, width, 
     out = Image.fromarray(canvas[..., :3], "RGB")
     if out.size != (width, height):
         out = out.resize((width, height), Image.Resampling.LANCZOS)
-    return np.array(out)  # a writable copy: the engine hands it to torch
+    return np.asarray(out)
 
 
 def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, path: str) -> None:
