@@ -30,7 +30,7 @@ import zmq  # noqa: E402
 
 from daemon_util import Daemon, Raw, connect  # noqa: E402
 from smd_daemon import protocol  # noqa: E402
-from smd_daemon.client import FrameEvent, Layer  # noqa: E402
+from smd_daemon.client import ErrorEvent, FrameEvent, Layer, SceneEvent  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -218,25 +218,30 @@ def fairness(args) -> None:
 def sigterm(args) -> None:
     print("| daemon state when SIGTERM arrives | exit status | seconds to exit |")
     print("|---|---|---|")
-    for label, side, wait in (("loading the model", 0, 0), ("planning a 4096² canvas", 4096, 3),
-                              ("stepping a 2048² canvas", 2048, None), ("idle", 0, 1)):
+    for label in ("loading the model", "planning a 4096² canvas", "stepping a 2048² canvas", "idle"):
         d = Daemon()
         c = None
         try:
-            if side == 0 and wait == 0:
+            if label == "loading the model":
                 while "loading model" not in d.text():
                     time.sleep(0.01)
+            elif label == "idle":
+                d.wait_serving()
+                time.sleep(1)
+            elif label.startswith("planning"):
+                # A 4096² background image is 121 VAE tiles to encode: many seconds of planning.
+                d.wait_serving()
+                c = connect(d.address, name="huge")
+                side = 4096
+                c.set_scene(side, side, [Layer("1", "a red fox", half(side))], background_prompt="snow",
+                            background_image=zlib.compress(bytes(range(256)) * (side * side * 3 // 256), 1),
+                            background_image_encoding="zlib", background_strength=0.5)
+                assert c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 3) is None  # still planning
             else:
                 d.wait_serving()
-                if side:
-                    c = live(d.address, side, "big", timeout=60)
-                    if wait is None:
-                        assert c.wait_for(lambda e: isinstance(e, FrameEvent), 600) is not None
-                        c.wait_for(lambda e: False, 2)
-                    else:
-                        c.wait_for(lambda e: False, wait)
-                else:
-                    time.sleep(wait)
+                c = live(d.address, 2048, "big", timeout=60)
+                assert c.wait_for(lambda e: isinstance(e, FrameEvent), 600) is not None
+                c.wait_for(lambda e: False, 2)
             t = time.monotonic()
             d.proc.send_signal(signal.SIGTERM)
             rc = d.proc.wait(60)
