@@ -154,13 +154,16 @@ def read_composite(doc, layers: list[Layer], chosen: set, out_w: int, out_h: int
 
 
 def _at_opacity(img: QImage, opacity: int) -> QImage:
-    """The image in 16 bits per channel (premultiplied), its alpha times ``opacity`` (in 255ths)."""
+    """The image with its alpha times ``opacity`` (in 255ths), in 16 bits per channel (premultiplied)
+    when it is below 255; at full opacity the image as it is (drawn onto a 16-bit canvas, it
+    composites the same, without a copy of a whole layer: measured)."""
+    if opacity >= 255:
+        return img
     out = img.convertToFormat(QImage.Format_RGBA64_Premultiplied)
-    if opacity < 255:
-        p = QPainter(out)
-        p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
-        p.fillRect(out.rect(), QColor.fromRgba64(0, 0, 0, opacity * 257))
-        p.end()
+    p = QPainter(out)
+    p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
+    p.fillRect(out.rect(), QColor.fromRgba64(0, 0, 0, opacity * 257))
+    p.end()
     return out
 
 
@@ -205,7 +208,7 @@ class _Canvas:
                 else:
                     img = _view(data, r, r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
                 target = QRectF(r.x() * self.sx, r.y() * self.sy, r.width() * self.sx, r.height() * self.sy)
-                p.drawImage(target, _at_opacity(img, layer.opacities[0]))  # a copy, drawn while data lives
+                p.drawImage(target, _at_opacity(img, layer.opacities[0]))  # drawn while data lives
 
     def _masked(self, img: QImage, masks: list, whole: QRect) -> QImage:
         p = QPainter(img)
