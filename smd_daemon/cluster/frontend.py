@@ -59,7 +59,7 @@ class FrontEngine:
             return scene.validate()
         return Engine.check(self, scene)
 
-    def plan(self, scene):
+    def plan(self, scene, cancel=None):
         return wire.PLAN_ON_WORKER
 
     def session_bytes(self, scene) -> int:
