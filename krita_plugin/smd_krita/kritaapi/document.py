@@ -42,14 +42,12 @@ class Layer:
     kind: str
     visible: bool  # visible itself and all its parents
     locked: bool
-    opacity: float  # its own, 0..1
     depth: int
     # How the artist sees it inside its groups: in 255ths as Krita holds them,
     # its own opacity (times any pass-through groups' around it, as Krita
     # gives those to each layer in them), then each enclosing isolated
     # group's (their product is ``factor``); and the groups' transparency masks.
     opacities: tuple = (255,)
-    factor: float = 1.0
     pass_through: bool = False  # a group whose layers composite straight onto what is below it
     group_masks: list = field(default_factory=list)
     own_masks: list = field(default_factory=list)  # already applied in its projection
@@ -58,6 +56,14 @@ class Layer:
     @property
     def is_group(self) -> bool:
         return self.kind == "grouplayer"
+
+    @property
+    def factor(self) -> float:
+        """The product of ``opacities``, 0..1."""
+        factor = 1.0
+        for n in self.opacities:
+            factor *= n / 255.0
+        return factor
 
 
 def app():
@@ -130,8 +136,8 @@ def layers(doc) -> list[Layer]:
             opacities = (seen, *outer)
             own = [m for m in node.childNodes() if m.type() in MASK_KINDS]
             uid = node.uniqueId().toString()
-            layer = Layer(node, name, uid, kind, visible, node.locked(), node.opacity() / 255.0, depth,
-                          opacities=opacities, factor=_product(opacities), group_masks=list(parent_masks),
+            layer = Layer(node, name, uid, kind, visible, node.locked(), depth,
+                          opacities=opacities, group_masks=list(parent_masks),
                           own_masks=own, parent=parent_uid,
                           pass_through=kind == "grouplayer" and node.passThroughMode())
             out.append(layer)
@@ -144,13 +150,6 @@ def layers(doc) -> list[Layer]:
 
     walk(doc.rootNode(), 0, True, (), 255, [], "")
     return out
-
-
-def _product(opacities: tuple) -> float:
-    factor = 1.0
-    for n in opacities:
-        factor *= n / 255.0
-    return factor
 
 
 def _thumb_crc(node) -> int:
