@@ -53,11 +53,9 @@ class FrontEngine:
 
     def check(self, scene):
         """The engine's own check, on the reported capabilities (the same sentences)."""
-        from smd_daemon.engine.core import Engine
-
         if self.max_steps is None:
             return scene.validate()
-        return Engine.check(self, scene)
+        return scene.check_model(self.region_modes, self.max_steps, self.kind)
 
     def plan(self, scene, cancel=None):
         return wire.PLAN_ON_WORKER

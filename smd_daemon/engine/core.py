@@ -26,7 +26,7 @@ from smd_daemon.engine import vae as V
 from smd_daemon.engine.models import Components
 from smd_daemon.engine.plan import TILE_STRIDE, Plan, make_plan
 from smd_daemon.engine.runner import UNetRunner, check_speed_options
-from smd_daemon.engine.scene import Cancelled, Scene, SceneError, cancel_check
+from smd_daemon.engine.scene import Cancelled, Scene, cancel_check
 from smd_daemon.engine.stream import StreamFrame, StreamSession
 from smd_daemon.engine.work import GenerateWork, StepWork
 
@@ -77,13 +77,7 @@ class Engine:
     def check(self, scene: Scene) -> Scene:
         """Validate ``scene`` and refuse what this model cannot do, in one
         sentence, before any work (``SceneError``)."""
-        scene.validate()
-        if scene.region_mode not in self.region_modes:
-            raise SceneError(f"region mode {scene.region_mode!r} is not available with this model "
-                             f"(available: {', '.join(self.region_modes)})")
-        if scene.steps > self.max_steps:
-            raise SceneError(f"this {self.kind} model takes at most {self.max_steps} steps, got {scene.steps}")
-        return scene
+        return scene.check_model(self.region_modes, self.max_steps, self.kind)
 
     # ---- conditioning -------------------------------------------------
     @torch.no_grad()

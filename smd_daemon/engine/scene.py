@@ -122,6 +122,18 @@ class Scene:
                     raise SceneError(f"region {label!r}: {what} must be between 0 and {hi}, got {v}")
         return self
 
+    def check_model(self, region_modes: tuple, max_steps: int, kind: str) -> "Scene":
+        """``validate``, then refuse what a model with these abilities cannot
+        do, in one sentence (the engine's own check, and a cluster front end's
+        on what its workers reported)."""
+        self.validate()
+        if self.region_mode not in region_modes:
+            raise SceneError(f"region mode {self.region_mode!r} is not available with this model "
+                             f"(available: {', '.join(region_modes)})")
+        if self.steps > max_steps:
+            raise SceneError(f"this {kind} model takes at most {max_steps} steps, got {self.steps}")
+        return self
+
 
 def _check_prompt(p: str, label: str) -> None:
     if not isinstance(p, str):
