@@ -31,13 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
-from smd_daemon.engine.scene import Cancelled, SceneError
-from smd_daemon.protocol import ErrorCode, ProtocolError
+from smd_daemon.engine.scene import Cancelled
+from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.scenes import plan_scene
 from smd_daemon.cluster import wire
 
 log = logging.getLogger("smd_daemon.cluster")
@@ -322,17 +323,8 @@ class EngineWorker:
         self.loop.send(c)
 
     def _plan(self, session: str, scene):
-        try:
-            # A plan of a huge canvas takes seconds: it stops when the worker or the session does.
-            return self.engine.plan(scene, cancel=lambda: self.stopping.is_set() or session not in self.flows)
-        except Cancelled:
-            raise
-        except SceneError as e:
-            raise ProtocolError(ErrorCode.BAD_SCENE, str(e)) from None
-        except Exception as e:  # the engine cannot draw it (out of memory...): this scene only
-            log.error("planning failed: %s: %s", type(e).__name__, e)
-            raise ProtocolError(ErrorCode.ENGINE_ERROR, f"the engine cannot draw this scene: "
-                                                        f"{type(e).__name__}: {str(e)[:300]}") from None
+        # A plan of a huge canvas takes seconds: it stops when the worker or the session does.
+        return plan_scene(self.engine, scene, cancel=lambda: self.stopping.is_set() or session not in self.flows)
 
     # --- what the engine loop posts ---------------------------------------------------------
 

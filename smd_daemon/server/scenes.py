@@ -142,7 +142,7 @@ class SceneWorkers:
         was on its way): the engine draws it after all."""
         try:
             s.plan = self._plan(s, s.scene)
-        except (ProtocolError, SceneError) as e:
+        except ProtocolError as e:
             log.error("session %s: revision %d cannot be drawn: %s", s.id[:8], s.revision, e)
             return
         self.post(m.PlanReady(s.id, s.scene, s.revision, s.plan))
@@ -232,15 +232,8 @@ class SceneWorkers:
         return scene, parsed
 
     def _plan(self, s: SceneSession, scene):
-        try:
-            # A plan of a huge canvas takes seconds: it stops when the daemon does.
-            return self.engine.plan(scene, cancel=lambda: self.stopping.is_set() or s.closed)
-        except (SceneError, ProtocolError, Cancelled):
-            raise
-        except Exception as e:  # the engine cannot draw it (out of memory...): this update only
-            log.error("planning failed: %s: %s", type(e).__name__, e)
-            raise ProtocolError(E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: "
-                                                f"{str(e)[:300]}") from None
+        # A plan of a huge canvas takes seconds: it stops when the daemon does.
+        return plan_scene(self.engine, scene, cancel=lambda: self.stopping.is_set() or s.closed)
 
     # --- generate -------------------------------------------------------------
 
@@ -270,3 +263,19 @@ class SceneWorkers:
             return m.JobReady(s.id, re, None, (e.code, e.message, job_id))
         job = m.Job(job_id, scene, plan, s.revision, encoding, int(h.get("quality", 95)), re)
         return m.JobReady(s.id, re, job)
+
+
+def plan_scene(engine, scene, cancel):
+    """``engine.plan`` with its failures as the wire's errors (``ProtocolError``),
+    for this request only; ``Cancelled`` passes through. A cluster's workers plan
+    the same way."""
+    try:
+        return engine.plan(scene, cancel=cancel)
+    except (ProtocolError, Cancelled):
+        raise
+    except SceneError as e:
+        raise ProtocolError(E.BAD_SCENE, str(e)) from None
+    except Exception as e:  # the engine cannot draw it (out of memory...)
+        log.error("planning failed: %s: %s", type(e).__name__, e)
+        raise ProtocolError(E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: "
+                                            f"{str(e)[:300]}") from None
