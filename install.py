@@ -68,6 +68,7 @@ class InstallError(Exception):
 
 # ---------------------------------------------------------------- locations
 
+
 def krita_dirs(system: str, env: dict, home: Path) -> dict:
     """Where Krita keeps plugins (pykrita) and its config (kritarc) on ``system``.
 
@@ -79,14 +80,20 @@ def krita_dirs(system: str, env: dict, home: Path) -> dict:
         local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
         return {"pykrita": appdata / "krita" / "pykrita", "kritarc": local / "kritarc", "kind": "windows"}
     if system == "Darwin":
-        return {"pykrita": home / "Library" / "Application Support" / "krita" / "pykrita",
-                "kritarc": home / "Library" / "Preferences" / "kritarc", "kind": "macos"}
+        return {
+            "pykrita": home / "Library" / "Application Support" / "krita" / "pykrita",
+            "kritarc": home / "Library" / "Preferences" / "kritarc",
+            "kind": "macos",
+        }
     data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
     config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     flatpak = home / ".var" / "app" / FLATPAK_ID
     if flatpak.is_dir() and not (data / "krita").is_dir():
-        return {"pykrita": flatpak / "data" / "krita" / "pykrita", "kritarc": flatpak / "config" / "kritarc",
-                "kind": "flatpak"}
+        return {
+            "pykrita": flatpak / "data" / "krita" / "pykrita",
+            "kritarc": flatpak / "config" / "kritarc",
+            "kind": "flatpak",
+        }
     return {"pykrita": data / "krita" / "pykrita", "kritarc": config / "kritarc", "kind": "linux"}
 
 
@@ -99,9 +106,11 @@ def find_krita(system: str, env: dict, home: Path) -> Path | None:
     if system == "Windows":
         for var in ("ProgramFiles", "ProgramFiles(x86)", "LOCALAPPDATA"):
             if env.get(var):
-                candidates += [Path(env[var]) / "Krita (x64)" / "bin" / "krita.exe",
-                               Path(env[var]) / "Krita" / "bin" / "krita.exe",
-                               Path(env[var]) / "Programs" / "Krita (x64)" / "bin" / "krita.exe"]
+                candidates += [
+                    Path(env[var]) / "Krita (x64)" / "bin" / "krita.exe",
+                    Path(env[var]) / "Krita" / "bin" / "krita.exe",
+                    Path(env[var]) / "Programs" / "Krita (x64)" / "bin" / "krita.exe",
+                ]
     elif system == "Darwin":
         candidates += [Path("/Applications/krita.app"), home / "Applications" / "krita.app"]
     else:
@@ -125,8 +134,11 @@ def krita_python_version(krita: Path | None, system: str) -> str | None:
     elif krita.is_file():
         # A native Linux build links libpython through its pykrita plugin.
         prefix = krita.resolve().parent.parent
-        patterns += [str(prefix / "lib*" / "*" / "kritaplugins" / "kritapykrita.so"),
-                     str(prefix / "lib*" / "kritaplugins" / "kritapykrita.so"), str(prefix / "lib*" / "libpython3.*")]
+        patterns += [
+            str(prefix / "lib*" / "*" / "kritaplugins" / "kritapykrita.so"),
+            str(prefix / "lib*" / "kritaplugins" / "kritapykrita.so"),
+            str(prefix / "lib*" / "libpython3.*"),
+        ]
     for pat in patterns:
         for hit in sorted(glob.glob(pat, recursive=True)):
             m = re.search(r"python3\.?(\d+)|^3\.(\d+)$", os.path.basename(hit))
@@ -143,6 +155,7 @@ def krita_python_version(krita: Path | None, system: str) -> str | None:
 
 
 # ---------------------------------------------------------------- kritarc
+
 
 def enable_in_kritarc(text: str, name: str = NAME) -> tuple[str, dict]:
     """Set ``[python] enable_<name>=true``, keeping every other line as it was.
@@ -192,7 +205,7 @@ def restore_kritarc(text: str, change: dict, name: str = NAME) -> str:
                 del lines[i]
                 end -= 1
             break
-    if change.get("section_added") and all(not l.strip() for l in lines[start + 1:end]):
+    if change.get("section_added") and all(not l.strip() for l in lines[start + 1 : end]):
         del lines[start:end]
         while lines and not lines[-1].strip():
             lines.pop()
@@ -270,18 +283,31 @@ def daemon_address(serve_args: list[str]) -> str:
         endpoint = protocol.normalize_address(bind)
     except ValueError as e:
         raise InstallError(f"--bind: {e}") from None
-    for anywhere, loopback in (("tcp://*:", "tcp://127.0.0.1:"), ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
-                               ("tcp://[::]:", "tcp://[::1]:")):
+    for anywhere, loopback in (
+        ("tcp://*:", "tcp://127.0.0.1:"),
+        ("tcp://0.0.0.0:", "tcp://127.0.0.1:"),
+        ("tcp://[::]:", "tcp://[::1]:"),
+    ):
         if endpoint.startswith(anywhere):
-            return loopback + endpoint[len(anywhere):]
+            return loopback + endpoint[len(anywhere) :]
     return endpoint
 
 
 # ---------------------------------------------------------------- steps
 
+
 class Installer:
-    def __init__(self, pykrita: Path, kritarc: Path, *, dev: bool, dry_run: bool, krita_python: str | None,
-                 krita: Path | None = None, out=sys.stdout):
+    def __init__(
+        self,
+        pykrita: Path,
+        kritarc: Path,
+        *,
+        dev: bool,
+        dry_run: bool,
+        krita_python: str | None,
+        krita: Path | None = None,
+        out=sys.stdout,
+    ):
         self.krita = krita
         self.pykrita = pykrita
         self.kritarc = kritarc
@@ -309,8 +335,9 @@ class Installer:
             self.say(f"copy {src} -> {dst}")
             if not self.dry:
                 if src.is_dir():
-                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps",
-                                                                            MANAGED))
+                    shutil.copytree(
+                        src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps", MANAGED)
+                    )
                 else:
                     shutil.copy2(src, dst)
         self.created.append(str(dst))
@@ -324,15 +351,19 @@ class Installer:
             if not isinstance(data, dict) or not isinstance(data.get("created"), list):
                 raise ValueError("not an install record")
         except (ValueError, OSError) as e:
-            raise InstallError(f"{path} cannot be read ({e}); remove the plugin by hand "
-                               f"({self.pykrita / NAME}, {self.pykrita / (NAME + '.desktop')}) and that file") from None
+            raise InstallError(
+                f"{path} cannot be read ({e}); remove the plugin by hand "
+                f"({self.pykrita / NAME}, {self.pykrita / (NAME + '.desktop')}) and that file"
+            ) from None
         return data
 
     def install(self) -> None:
         previous = self._read_manifest()
         if previous is None and ((self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists()):
-            raise InstallError(f"{self.pykrita / NAME} was not installed by install.py (there is no {MANIFEST}): "
-                               f"remove it by hand, then run install.py again")
+            raise InstallError(
+                f"{self.pykrita / NAME} was not installed by install.py (there is no {MANIFEST}): "
+                f"remove it by hand, then run install.py again"
+            )
         for f in VENDORED:
             if not (ROOT / "smd_daemon" / f).is_file():
                 raise InstallError(f"smd_daemon/{f} is missing from this checkout")
@@ -401,8 +432,20 @@ class Installer:
         if ver is None:
             ver = f"{sys.version_info.major}.{sys.version_info.minor}"
             self.say(f"Krita's Python version not found; assuming {ver}")
-        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--only-binary=:all:",
-               "--python-version", ver, "--target", str(deps), "pyzmq"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            ver,
+            "--target",
+            str(deps),
+            "pyzmq",
+        ]
         self.say(f"pyzmq: installing a wheel for Python {ver} into {deps}")
         self.say("run " + " ".join(cmd))
         if self.dry:
@@ -495,11 +538,14 @@ class Installer:
             if not self.dry:
                 shutil.rmtree(venv)
         elif purge:
-            self.say(f"the daemon's virtual environment {venv} ({size}) existed before install.py used it: "
-                     f"left in place")
+            self.say(
+                f"the daemon's virtual environment {venv} ({size}) existed before install.py used it: left in place"
+            )
         else:
-            self.say(f"the daemon's virtual environment {venv} ({size}) is still there: delete that folder to "
-                     f"remove it ('python3 install.py --uninstall --purge' removes it together with the plugin)")
+            self.say(
+                f"the daemon's virtual environment {venv} ({size}) is still there: delete that folder to "
+                f"remove it ('python3 install.py --uninstall --purge' removes it together with the plugin)"
+            )
 
 
 def zmq_importable(version: str, krita: Path | None = None) -> bool:
@@ -528,8 +574,10 @@ def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> bool:
     daemon in an existing one. Returns whether the venv was created now."""
     tag = "[dry-run] " if dry else ""
     if sys.version_info < (3, 11):
-        raise InstallError(f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
-                           f"run install.py with a newer python3")
+        raise InstallError(
+            f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
+            f"run install.py with a newer python3"
+        )
     py = venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
     create = not py.exists()
     steps = [[str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
@@ -541,8 +589,10 @@ def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> bool:
         print(f"{tag}run {' '.join(cmd)}", file=out)
         if not dry and subprocess.run(cmd).returncode != 0:
             raise InstallError(f"failed: {' '.join(cmd)}")
-    print(f"{tag}daemon: the command is {daemon_executable(venv)} (start it with '{daemon_executable(venv)} serve')",
-          file=out)
+    print(
+        f"{tag}daemon: the command is {daemon_executable(venv)} (start it with '{daemon_executable(venv)} serve')",
+        file=out,
+    )
     return create
 
 
@@ -556,8 +606,9 @@ def run_daemon(cmd: list[str]) -> int:
             continue  # the daemon got the same SIGINT; wait for its clean exit
 
 
-def main(argv: list[str] | None = None, env: dict | None = None, system: str | None = None,
-         home: Path | None = None) -> int:
+def main(
+    argv: list[str] | None = None, env: dict | None = None, system: str | None = None, home: Path | None = None
+) -> int:
     p = argparse.ArgumentParser(description="Install the SMD Live plugin into Krita.")
     p.add_argument("--pykrita", type=Path, help="Krita's pykrita folder (default: found for this platform)")
     p.add_argument("--kritarc", type=Path, help="Krita's kritarc file (default: found for this platform)")
@@ -566,12 +617,13 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
     p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
     p.add_argument("--krita-python", metavar="X.Y", help="Python version Krita embeds (default: detected)")
     p.add_argument("--daemon-venv", type=Path, metavar="DIR", help="also create a venv with the daemon in DIR")
-    p.add_argument("--serve", action="store_true",
-                   help="then start the daemon (arguments after '--' go to 'smd-daemon serve')")
+    p.add_argument(
+        "--serve", action="store_true", help="then start the daemon (arguments after '--' go to 'smd-daemon serve')"
+    )
     p.add_argument("--purge", action="store_true", help="with --uninstall: also remove the daemon venv it created")
     argv = sys.argv[1:] if argv is None else list(argv)
-    serve_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    serve_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.serve and args.daemon_venv is None:
         args.daemon_venv = ROOT / ".venv"
     env = dict(os.environ) if env is None else env
@@ -588,14 +640,22 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
         dirs = krita_dirs(system, env, home)
         krita = find_krita(system, env, home)
         if args.pykrita is None and krita is None and not args.uninstall:
-            raise InstallError("Krita was not found (not on PATH, no known install folder); install Krita "
-                               "or give its plugin folder with --pykrita DIR")
+            raise InstallError(
+                "Krita was not found (not on PATH, no known install folder); install Krita "
+                "or give its plugin folder with --pykrita DIR"
+            )
         pykrita = args.pykrita or dirs["pykrita"]
         kritarc = args.kritarc or dirs["kritarc"]
         if krita is not None and not args.uninstall:
             print(f"Krita: {krita}")
-        inst = Installer(pykrita.absolute(), kritarc.absolute(), dev=args.dev, dry_run=args.dry_run,
-                         krita_python=args.krita_python or krita_python_version(krita, system), krita=krita)
+        inst = Installer(
+            pykrita.absolute(),
+            kritarc.absolute(),
+            dev=args.dev,
+            dry_run=args.dry_run,
+            krita_python=args.krita_python or krita_python_version(krita, system),
+            krita=krita,
+        )
         if args.uninstall:
             inst.uninstall(purge=args.purge)
             return 0
@@ -607,8 +667,10 @@ def main(argv: list[str] | None = None, env: dict | None = None, system: str | N
             inst.say(f"in Krita, the SMD Live docker can start and stop this daemon (log: {log})")
         if args.serve:
             cmd = [str(daemon_executable(args.daemon_venv.absolute())), "serve", *serve_args]
-            inst.say(f"starting the daemon on {address}: stop it with Ctrl-C; start it again with the same "
-                     f"command or 'python3 install.py --serve'")
+            inst.say(
+                f"starting the daemon on {address}: stop it with Ctrl-C; start it again with the same "
+                f"command or 'python3 install.py --serve'"
+            )
             inst.say(f"run {' '.join(cmd)}")
             if not args.dry_run:
                 sys.stdout.flush()

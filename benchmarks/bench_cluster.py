@@ -59,7 +59,7 @@ class _StampStream(_StillStream):
         stamp = int(time.time() * 1e6)
         for k in range(BITS):
             y, x = (k // 32) * BLOCK, (k % 32) * BLOCK
-            image[y:y + BLOCK, x:x + BLOCK] = 255 if (stamp >> k) & 1 else 0
+            image[y : y + BLOCK, x : x + BLOCK] = 255 if (stamp >> k) & 1 else 0
         frame.image = image
         return frame
 
@@ -104,8 +104,9 @@ def serve_cluster(port: int, side: int, channel: str, folder: str) -> None:
     srv.open_socket()
     address = srv.open_worker_socket("tcp://127.0.0.1" if channel == "tcp" else f"ipc://{folder}/workers")
     srv.dispatcher.add_worker("w0")
-    worker = multiprocessing.get_context("spawn").Process(target=run_worker, args=(address, srv.worker_keys(), side),
-                                                          daemon=True)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=run_worker, args=(address, srv.worker_keys(), side), daemon=True
+    )
     worker.start()
     while srv.dispatcher.workers["w0"].state != "ready":
         if srv.dispatcher.sock.poll(100):
@@ -175,11 +176,21 @@ def _throughput_process(address, n, side, encoding, seconds, queue) -> None:
         s.setsockopt(zmq.LINGER, 0)
         s.connect(address)
         for type_, parts, fields in (
-                ("hello", (), {"protocol": protocol.PROTOCOL_VERSION, "client": "bench"}), ("open", (), {}),
-                ("update", [bytes([255]) * (side * side)],
-                 {"revision": 1, "full": True, "width": side, "height": side,
-                  "layers": [{"key": "1", "name": "a red fox", "alpha": {"part": 0}}]}),
-                ("live_start", (), {"encoding": encoding, "max_fps": 1000})):
+            ("hello", (), {"protocol": protocol.PROTOCOL_VERSION, "client": "bench"}),
+            ("open", (), {}),
+            (
+                "update",
+                [bytes([255]) * (side * side)],
+                {
+                    "revision": 1,
+                    "full": True,
+                    "width": side,
+                    "height": side,
+                    "layers": [{"key": "1", "name": "a red fox", "alpha": {"part": 0}}],
+                },
+            ),
+            ("live_start", (), {"encoding": encoding, "max_fps": 1000}),
+        ):
             s.send_multipart(protocol.encode(type_, parts, **fields))
         socks.append(s)
     poller = zmq.Poller()
@@ -214,8 +225,9 @@ def throughput(address: str, clients: int, side: int, encoding: str, seconds: fl
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     per = [clients // processes + (i < clients % processes) for i in range(processes)]
-    procs = [ctx.Process(target=_throughput_process, args=(address, n, side, encoding, seconds, queue))
-             for n in per if n]
+    procs = [
+        ctx.Process(target=_throughput_process, args=(address, n, side, encoding, seconds, queue)) for n in per if n
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=seconds + 120) for _ in procs]
@@ -275,8 +287,12 @@ def main() -> None:
     try:
         for kind in ("single", "cluster-ipc", "cluster-tcp"):
             port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(args.side), folder],
-                                    env=env, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve", kind, str(port), str(args.side), folder],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             procs.append(proc)
             assert proc.stdout.readline().strip() == "serving", f"{kind} daemon did not start"
             daemons[kind] = f"tcp://127.0.0.1:{port}"
@@ -291,8 +307,9 @@ def main() -> None:
                 for kind, address in daemons.items():
                     worker = (_children(pids[kind]) or [0])[-1] if kind != "single" else 0
                     before = (cpu_seconds(pids[kind]) - cpu_seconds(worker), cpu_seconds(worker))
-                    rate, frames = throughput(address, args.clients, args.side, enc, args.seconds,
-                                              args.client_processes)
+                    rate, frames = throughput(
+                        address, args.clients, args.side, enc, args.seconds, args.client_processes
+                    )
                     after = (cpu_seconds(pids[kind]) - cpu_seconds(worker), cpu_seconds(worker))
                     fps[kind, enc].append(rate)
                     cpu[kind, enc].append([(a - b) * 1000 / frames for a, b in zip(after, before)])
@@ -303,8 +320,10 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     med = statistics.median
-    print(f"| frame | encoding | daemon | latency ms | added by the cluster ms | frames/s ({args.clients} clients) | "
-          f"CPU ms per frame: daemon or front end | worker |")
+    print(
+        f"| frame | encoding | daemon | latency ms | added by the cluster ms | frames/s ({args.clients} clients) | "
+        f"CPU ms per frame: daemon or front end | worker |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for enc in args.encodings:
         single = med(lat["single", enc])
@@ -312,10 +331,15 @@ def main() -> None:
             lt = med(lat[kind, enc])
             added = f"{lt - single:+.2f}" if kind != "single" else ""
             worker = f"{med(x[1] for x in cpu[kind, enc]):.2f}" if kind != "single" else ""
-            print(f"| {args.side}² | {enc} | {kind} | {lt:.2f} | {added} | {med(fps[kind, enc]):.0f} | "
-                  f"{med(x[0] for x in cpu[kind, enc]):.2f} | {worker} |", flush=True)
-    print(f"\n(latency: median of {min(len(v) for v in lat.values())}+ frames per cell; frames/s and CPU: median "
-          f"of {args.rounds} rounds of {args.seconds:g} s)")
+            print(
+                f"| {args.side}² | {enc} | {kind} | {lt:.2f} | {added} | {med(fps[kind, enc]):.0f} | "
+                f"{med(x[0] for x in cpu[kind, enc]):.2f} | {worker} |",
+                flush=True,
+            )
+    print(
+        f"\n(latency: median of {min(len(v) for v in lat.values())}+ frames per cell; frames/s and CPU: median "
+        f"of {args.rounds} rounds of {args.seconds:g} s)"
+    )
 
 
 if __name__ == "__main__":

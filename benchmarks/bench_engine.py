@@ -32,8 +32,12 @@ from smd_daemon.engine.runner import UNetRunner  # noqa: E402
 from smd_daemon.engine.scene import Background, Region, Scene  # noqa: E402
 
 PROMPTS = ["a red fox", "snowy pine forest", "a castle on a hill", "a hot air balloon", "a river", "an old oak tree"]
-VARIANTS = {"eager": {}, "graphs": {"cuda_graphs": True}, "compiled": {"compile": True},
-            "compiled+graphs": {"compile": True, "cuda_graphs": True}}
+VARIANTS = {
+    "eager": {},
+    "graphs": {"cuda_graphs": True},
+    "compiled": {"compile": True},
+    "compiled+graphs": {"compile": True, "cuda_graphs": True},
+}
 
 
 def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = "latent") -> Scene:
@@ -42,10 +46,11 @@ def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = "la
     for k in range(n):
         m = np.zeros((size, size), np.uint8)
         x0 = int(k * size / (n + 1))
-        m[size // 8: size - size // 8, x0: x0 + 2 * size // (n + 1)] = 255
+        m[size // 8 : size - size // 8, x0 : x0 + 2 * size // (n + 1)] = 255
         regions.append(Region(PROMPTS[k % len(PROMPTS)], m))
-    return Scene(size, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps,
-                 region_mode=mode)
+    return Scene(
+        size, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps, region_mode=mode
+    )
 
 
 class Timer:
@@ -81,9 +86,12 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
     prompts = [scene.background.prompt] + [r.prompt for r in scene.regions]
     cond = engine.encode_prompts(prompts)
     uncond = engine.encode_prompts([""] * len(prompts))
-    masks = [torch.ones(h, w)] + [torch.nn.functional.interpolate(torch.from_numpy(r.mask)[None, None].float(),
-                                                                  (h, w), mode="nearest")[0, 0].clamp(0, 1)
-                                  for r in scene.regions]
+    masks = [torch.ones(h, w)] + [
+        torch.nn.functional.interpolate(torch.from_numpy(r.mask)[None, None].float(), (h, w), mode="nearest")[
+            0, 0
+        ].clamp(0, 1)
+        for r in scene.regions
+    ]
     masks = torch.stack(masks)[:, None].to(c.device, c.dtype)  # (P, 1, h, w)
     gen = torch.Generator().manual_seed(scene.seed)
     x = torch.randn((1, 4, h, w), generator=gen, dtype=c.dtype).to(c.device)
@@ -95,7 +103,7 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
         samples += 2 * P
         eu, ec = eps.chunk(2)
         eps = eu + guidance * (ec - eu)
-        stepped = torch.cat([sched.step(eps[p:p + 1], t, x).prev_sample for p in range(P)])
+        stepped = torch.cat([sched.step(eps[p : p + 1], t, x).prev_sample for p in range(P)])
         x = (masks * stepped).sum(0, keepdim=True) / masks.sum(0, keepdim=True)
     return engine.decode(x), samples
 
@@ -138,7 +146,7 @@ class Floor:
         """The same UNet call with plain cross-attention to one prompt (attention
         mode: what the regional attention itself costs, against ``unet_call``)."""
         for (x, t, emb, *rest), _ in self.calls:
-            self.plain(x, t, emb[:, :self.tokens].contiguous(), *rest[:1])
+            self.plain(x, t, emb[:, : self.tokens].contiguous(), *rest[:1])
 
     @torch.no_grad()
     def unet_call(self) -> None:
@@ -178,16 +186,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--regions", type=int, nargs="+", default=[1, 3, 6])
     ap.add_argument("--modes", nargs="+", default=["latent", "attention"], choices=["latent", "attention"])
-    ap.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
-                    help="UNet call paths to compare (all but eager need CUDA)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager"],
+        choices=list(VARIANTS),
+        help="UNet call paths to compare (all but eager need CUDA)",
+    )
     ap.add_argument("--frames", type=int, default=10, help="timed stream frames per case")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed frames after the T frames that fill the stream "
-                                                          "(compiles, captures)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed frames after the T frames that fill the stream (compiles, captures)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case")
     ap.add_argument("--baseline", action="store_true", help="also time MultiDiffusion as published (slow)")
     ap.add_argument("--no-locality", action="store_true", help="skip the shape-locality measure")
-    ap.add_argument("--time-limit", type=float, default=None, help="seconds; cases left when it is reached are "
-                                                                   "skipped and listed")
+    ap.add_argument(
+        "--time-limit", type=float, default=None, help="seconds; cases left when it is reached are skipped and listed"
+    )
     ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
@@ -198,9 +216,11 @@ def main() -> None:
     comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind)
     engines = {v: Engine(comps, **VARIANTS[v]) for v in args.variants}
     timer = Timer(comps.device)
-    print(f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.size}x{args.size}, "
-          f"{args.steps} steps, torch threads {torch.get_num_threads()}, variants {', '.join(args.variants)}\n",
-          flush=True)
+    print(
+        f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.size}x{args.size}, "
+        f"{args.steps} steps, torch threads {torch.get_num_threads()}, variants {', '.join(args.variants)}\n",
+        flush=True,
+    )
 
     rows, skipped = [], []
     eager = next(iter(engines.values()))
@@ -229,9 +249,14 @@ def main() -> None:
             first = streams[args.variants[0]]
             row["T"] = first.steps_in_flight
             row["frame_samples"] = eager.begin_streams([first]).samples_total  # dropped: nothing changes
-            cases[mode] = dict(scene=scene, row=row, streams=streams, floor=Floor(eager, first),
-                               times={v: [] for v in engines} | {"floor": [], "gen": [], "unet": [], "unet_plain": []},
-                               last={})
+            cases[mode] = dict(
+                scene=scene,
+                row=row,
+                streams=streams,
+                floor=Floor(eager, first),
+                times={v: [] for v in engines} | {"floor": [], "gen": [], "unet": [], "unet_plain": []},
+                last={},
+            )
         for _ in range(args.repeat):
             for c in cases.values():
                 c["times"]["gen"].append(timer(lambda: eager.generate(c["scene"])))
@@ -258,8 +283,9 @@ def main() -> None:
                 row[f"diff_{v}"] = int(np.abs(c["last"][v].astype(int) - c["last"][args.variants[0]].astype(int)).max())
             row["floor_s"] = statistics.median(times["floor"])
             if times["unet"]:
-                row["regional_attention_cost"] = statistics.median(times["unet"]) / statistics.median(
-                    times["unet_plain"]) - 1
+                row["regional_attention_cost"] = (
+                    statistics.median(times["unet"]) / statistics.median(times["unet_plain"]) - 1
+                )
             row["peak_timed"] = timed_peak
             if not args.no_locality and n > 1:
                 row["locality"] = locality(eager, c["scene"])
@@ -280,17 +306,24 @@ def main() -> None:
 
 def print_tables(rows: list[dict], variants: list[str]) -> None:
     v0 = variants[0]
-    print(f"\n| regions | mode | UNet samples / frame | frame ({v0}) | bare floor | engine overhead | stream FPS "
-          f"| one-shot generate | shape locality |")
+    print(
+        f"\n| regions | mode | UNet samples / frame | frame ({v0}) | bare floor | engine overhead | stream FPS "
+        f"| one-shot generate | shape locality |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         loc = f"{r['locality']:.1f}" if "locality" in r else "-"
-        print(f"| {r['regions']} | {r['mode']} | {r['frame_samples']} | {r[f'frame_{v0}_s'] * 1000:.0f} ms | "
-              f"{r['floor_s'] * 1000:.0f} ms | {(r[f'frame_{v0}_s'] / r['floor_s'] - 1) * 100:+.1f}% | "
-              f"{1 / r[f'frame_{v0}_s']:.2f} | {r['gen_s']:.3f} s ({r['gen_samples']} samples) | {loc} |")
+        print(
+            f"| {r['regions']} | {r['mode']} | {r['frame_samples']} | {r[f'frame_{v0}_s'] * 1000:.0f} ms | "
+            f"{r['floor_s'] * 1000:.0f} ms | {(r[f'frame_{v0}_s'] / r['floor_s'] - 1) * 100:+.1f}% | "
+            f"{1 / r[f'frame_{v0}_s']:.2f} | {r['gen_s']:.3f} s ({r['gen_samples']} samples) | {loc} |"
+        )
     by = {(r["regions"], r["mode"]): r for r in rows}
-    pairs = [(n, by[(n, "latent")], by[(n, "attention")]) for n in sorted({r["regions"] for r in rows})
-             if (n, "latent") in by and (n, "attention") in by]
+    pairs = [
+        (n, by[(n, "latent")], by[(n, "attention")])
+        for n in sorted({r["regions"] for r in rows})
+        if (n, "latent") in by and (n, "attention") in by
+    ]
     if any("regional_attention_cost" in r for r in rows):
         print("\n| regions | UNet call with every region's prompt vs the same call with one plain prompt |")
         print("|---|---|")
@@ -298,31 +331,46 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
             if "regional_attention_cost" in r:
                 print(f"| {r['regions']} | {r['regional_attention_cost'] * 100:+.1f}% |")
     if pairs:
-        print("\n| regions | UNet samples / frame, attention : latent | frame time, attention : latent "
-              "| shape locality, latent / attention |")
+        print(
+            "\n| regions | UNet samples / frame, attention : latent | frame time, attention : latent "
+            "| shape locality, latent / attention |"
+        )
         print("|---|---|---|---|")
         for n, lat, att in pairs:
             loc = f"{lat['locality']:.1f} / {att['locality']:.1f}" if "locality" in lat else "-"
-            print(f"| {n} | {att['frame_samples']} : {lat['frame_samples']} "
-                  f"(1/{lat['frame_samples'] / att['frame_samples']:.1f}) | "
-                  f"{att[f'frame_{v0}_s'] * 1000:.0f} : {lat[f'frame_{v0}_s'] * 1000:.0f} ms "
-                  f"(1/{lat[f'frame_{v0}_s'] / att[f'frame_{v0}_s']:.1f}) | {loc} |")
+            print(
+                f"| {n} | {att['frame_samples']} : {lat['frame_samples']} "
+                f"(1/{lat['frame_samples'] / att['frame_samples']:.1f}) | "
+                f"{att[f'frame_{v0}_s'] * 1000:.0f} : {lat[f'frame_{v0}_s'] * 1000:.0f} ms "
+                f"(1/{lat[f'frame_{v0}_s'] / att[f'frame_{v0}_s']:.1f}) | {loc} |"
+            )
     if len(variants) > 1:
-        print("\n| regions | mode | " + " | ".join(f"{v}: frame (FPS), max pixel diff vs {v0}, peak memory"
-                                                  for v in variants) + " | peak memory, all timed |")
+        print(
+            "\n| regions | mode | "
+            + " | ".join(f"{v}: frame (FPS), max pixel diff vs {v0}, peak memory" for v in variants)
+            + " | peak memory, all timed |"
+        )
         print("|---|---|" + "---|" * (len(variants) + 1))
         for r in rows:
-            cells = [f"{r[f'frame_{v}_s'] * 1000:.1f} ms ({1 / r[f'frame_{v}_s']:.1f}), {r[f'diff_{v}']}, "
-                     f"{r[f'peak_{v}']}" if f"frame_{v}_s" in r else "skipped" for v in variants]
+            cells = [
+                f"{r[f'frame_{v}_s'] * 1000:.1f} ms ({1 / r[f'frame_{v}_s']:.1f}), {r[f'diff_{v}']}, {r[f'peak_{v}']}"
+                if f"frame_{v}_s" in r
+                else "skipped"
+                for v in variants
+            ]
             print(f"| {r['regions']} | {r['mode']} | " + " | ".join(cells) + f" | {r['peak_timed']} |")
     if any("md_s" in r for r in rows):
-        print("\n| regions | SMD generate (4 LCM steps) | UNet samples | MultiDiffusion (50 DDIM, CFG 7.5) "
-              "| UNet samples | speed-up |")
+        print(
+            "\n| regions | SMD generate (4 LCM steps) | UNet samples | MultiDiffusion (50 DDIM, CFG 7.5) "
+            "| UNet samples | speed-up |"
+        )
         print("|---|---|---|---|---|---|")
         for r in rows:
             if "md_s" in r:
-                print(f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {r['md_s']:.2f} s | "
-                      f"{r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x |")
+                print(
+                    f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {r['md_s']:.2f} s | "
+                    f"{r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x |"
+                )
 
 
 if __name__ == "__main__":

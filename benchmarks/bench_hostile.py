@@ -27,8 +27,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import zmq  # noqa: E402
-
 from daemon_util import Daemon, Raw, connect  # noqa: E402
+
 from smd_daemon import protocol  # noqa: E402
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer, SceneEvent  # noqa: E402
 
@@ -69,9 +69,12 @@ def live(address: str, side: int, name: str, timeout: float = 30):
 
 # --- 1. a flood before hello ---------------------------------------------------
 
+
 def flood(args) -> None:
-    print("| flood (one connection, 1-byte garbage, never says hello) | sent | hellos answered | median | max "
-          "| new client connected in | log lines |")
+    print(
+        "| flood (one connection, 1-byte garbage, never says hello) | sent | hellos answered | median | max "
+        "| new client connected in | log lines |"
+    )
     print("|---|---|---|---|---|---|---|")
     for rate in (1000, 0):
         d = started()
@@ -118,10 +121,15 @@ def flood(args) -> None:
             time.sleep(max(0.0, 25 - (time.monotonic() - t_start)))
             stop.set()
             th.join()
-            lines = [line for line in d.text().splitlines()[lines0:] if "probe" not in line
-                     and "artist" not in line and "session" not in line]
-            print(f"| {rate or 'as fast as possible'} msg/s for 25 s | {sent[0]} | {len(lat)}/32 | "
-                  f"{statistics.median(lat):.1f} ms | {max(lat):.1f} ms | {connect_ms:.0f} ms | {len(lines)} |")
+            lines = [
+                line
+                for line in d.text().splitlines()[lines0:]
+                if "probe" not in line and "artist" not in line and "session" not in line
+            ]
+            print(
+                f"| {rate or 'as fast as possible'} msg/s for 25 s | {sent[0]} | {len(lat)}/32 | "
+                f"{statistics.median(lat):.1f} ms | {max(lat):.1f} ms | {connect_ms:.0f} ms | {len(lines)} |"
+            )
         finally:
             d.stop()
             d.close()
@@ -129,17 +137,25 @@ def flood(args) -> None:
 
 # --- 2. one session's scene costs everyone -------------------------------------
 
+
 def bomb(args) -> None:
     side, layers = 4096, 16
     part = zlib.compress(b"\xff" * (side * side), 9)  # every layer paints the whole canvas: 16 regions
     entries = [{"key": str(i), "name": f"a fox {i}", "alpha": {"part": 0, "encoding": "zlib"}} for i in range(layers)]
-    print(f"One update of {len(part) // 1024} KiB asking for {side}² x {layers} layers (every layer's alpha points "
-          f"at the same zlib part), next to a live 128² viewer and a client that pings:\n")
-    print("| daemon | answer (after) | the daemon's count for the session | RSS before → after | ping round trip "
-          "meanwhile (median / max) | longest gap between the viewer's frames (its usual gap) |")
+    print(
+        f"One update of {len(part) // 1024} KiB asking for {side}² x {layers} layers (every layer's alpha points "
+        f"at the same zlib part), next to a live 128² viewer and a client that pings:\n"
+    )
+    print(
+        "| daemon | answer (after) | the daemon's count for the session | RSS before → after | ping round trip "
+        "meanwhile (median / max) | longest gap between the viewer's frames (its usual gap) |"
+    )
     print("|---|---|---|---|---|---|")
-    for flags, label in (((), "default limits, no update (the machine's own jitter, 60 s)"),
-                         (("--max-memory", "1"), "--max-memory 1 (1 GiB per session)"), ((), "default limits")):
+    for flags, label in (
+        ((), "default limits, no update (the machine's own jitter, 60 s)"),
+        (("--max-memory", "1"), "--max-memory 1 (1 GiB per session)"),
+        ((), "default limits"),
+    ):
         d = started("--log-level", "debug", *flags)
         try:
             watcher = Raw(d.address)
@@ -173,9 +189,11 @@ def bomb(args) -> None:
             kept = [line for line in d.text().splitlines() if " keeps " in line and "MiB" in line]
             count = kept[-1].split(" keeps ")[1].split(" MiB")[0] + " MiB" if answer and answer.type == "scene" else "-"
             what = "-" if answer is None else answer.type if answer.type != "error" else f"`{answer.header['code']}`"
-            print(f"| {label} | {what} ({took:.1f} s) | {count} | {before:.0f} → {rss_mib(d.proc.pid):.0f} MiB | "
-                  f"{statistics.median(rtts):.1f} / {max(rtts):.1f} ms ({len(rtts)} pings) | "
-                  f"{max(gaps or [0]):.0f} ms ({usual:.0f} ms) |")
+            print(
+                f"| {label} | {what} ({took:.1f} s) | {count} | {before:.0f} → {rss_mib(d.proc.pid):.0f} MiB | "
+                f"{statistics.median(rtts):.1f} / {max(rtts):.1f} ms ({len(rtts)} pings) | "
+                f"{max(gaps or [0]):.0f} ms ({usual:.0f} ms) |"
+            )
             for c in (raw, watcher):
                 c.close()
             viewer.close()
@@ -185,6 +203,7 @@ def bomb(args) -> None:
 
 
 # --- 3. fair in time -------------------------------------------------------------
+
 
 def fairness(args) -> None:
     d = started()
@@ -205,8 +224,10 @@ def fairness(args) -> None:
         print("| 128² session | frames/s |")
         print("|---|---|")
         print(f"| alone (before, after) | {solo_before:.2f}, {solo_after:.2f} |")
-        print(f"| next to a live {args.big}² session | {rates[0]:.2f} ({rates[0] / solo:.2f} of alone; "
-              f"the {args.big}² session: {rates[1]:.3f} frames/s) |")
+        print(
+            f"| next to a live {args.big}² session | {rates[0]:.2f} ({rates[0] / solo:.2f} of alone; "
+            f"the {args.big}² session: {rates[1]:.3f} frames/s) |"
+        )
         small.close()
     finally:
         d.stop()
@@ -214,6 +235,7 @@ def fairness(args) -> None:
 
 
 # --- 4. SIGTERM -------------------------------------------------------------------
+
 
 def sigterm(args) -> None:
     print("| daemon state when SIGTERM arrives | exit status | seconds to exit |")
@@ -233,9 +255,15 @@ def sigterm(args) -> None:
                 d.wait_serving()
                 c = connect(d.address, name="huge")
                 side = 4096
-                c.set_scene(side, side, [Layer("1", "a red fox", half(side))], background_prompt="snow",
-                            background_image=zlib.compress(bytes(range(256)) * (side * side * 3 // 256), 1),
-                            background_image_encoding="zlib", background_strength=0.5)
+                c.set_scene(
+                    side,
+                    side,
+                    [Layer("1", "a red fox", half(side))],
+                    background_prompt="snow",
+                    background_image=zlib.compress(bytes(range(256)) * (side * side * 3 // 256), 1),
+                    background_image_encoding="zlib",
+                    background_strength=0.5,
+                )
                 assert c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 3) is None  # still planning
             else:
                 d.wait_serving()
@@ -254,14 +282,22 @@ def sigterm(args) -> None:
 
 # --- 6. acks without reading -----------------------------------------------------
 
+
 def blind_acks(args) -> None:
     d = started()
     try:
         raw = Raw(d.address)
         raw.handshake()
         side = 512
-        raw.send("update", [half(side)], revision=1, full=True, width=side, height=side,
-                 layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}])
+        raw.send(
+            "update",
+            [half(side)],
+            revision=1,
+            full=True,
+            width=side,
+            height=side,
+            layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}],
+        )
         raw.expect("scene", 60)
         raw.send("live_start", encoding="raw")
         raw.expect("live")
@@ -279,11 +315,14 @@ def blind_acks(args) -> None:
             if m.type == "frame":
                 got.append(m)
         oldest = time.time() - min(m.header["sent_at"] for m in got) if got else 0
-        print("| client acknowledging without reading, 512² raw frames | frames it was sent | daemon RSS over the "
-              "run | oldest frame waiting |")
+        print(
+            "| client acknowledging without reading, 512² raw frames | frames it was sent | daemon RSS over the "
+            "run | oldest frame waiting |"
+        )
         print("|---|---|---|---|")
-        print(f"| {args.seconds:.0f} s, {seq} blind acks | {len(got)} | {before:.0f} → {after:.0f} MiB | "
-              f"{oldest:.0f} s |")
+        print(
+            f"| {args.seconds:.0f} s, {seq} blind acks | {len(got)} | {before:.0f} → {after:.0f} MiB | {oldest:.0f} s |"
+        )
         raw.close()
     finally:
         d.stop()
@@ -291,6 +330,7 @@ def blind_acks(args) -> None:
 
 
 # --- 8. batching ------------------------------------------------------------------
+
 
 def batching(args) -> None:
     d = started()
@@ -305,8 +345,11 @@ def batching(args) -> None:
         sizes = sorted(set(batches))
         print("| 8 live 128² sessions | frames | sessions per engine call: share of frames |")
         print("|---|---|---|")
-        print(f"| {args.seconds:.0f} s | {len(batches)} | "
-              + ", ".join(f"{b}: {batches.count(b) / len(batches):.0%}" for b in sizes) + " |")
+        print(
+            f"| {args.seconds:.0f} s | {len(batches)} | "
+            + ", ".join(f"{b}: {batches.count(b) / len(batches):.0%}" for b in sizes)
+            + " |"
+        )
         for c in clients:
             c.close()
     finally:
@@ -314,8 +357,14 @@ def batching(args) -> None:
         d.close()
 
 
-PARTS = {"flood": flood, "bomb": bomb, "fairness": fairness, "sigterm": sigterm, "blind_acks": blind_acks,
-         "batching": batching}
+PARTS = {
+    "flood": flood,
+    "bomb": bomb,
+    "fairness": fairness,
+    "sigterm": sigterm,
+    "blind_acks": blind_acks,
+    "batching": batching,
+}
 
 
 def main() -> None:

@@ -46,15 +46,28 @@ def main() -> int:
             return 1
         harness.install_driver(home)
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-        daemon = subprocess.Popen([sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind",
-                                   f"tcp://127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{port}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             t = time.monotonic()
-            result = harness.run(home, "bench", {"side": args.side, "blob": args.blob, "out": args.out,
-                                                 "live_out": args.live_out, "steps": args.steps,
-                                                 "repeats": args.repeats, "address": f"tcp://127.0.0.1:{port}"},
-                                 timeout=600)
+            result = harness.run(
+                home,
+                "bench",
+                {
+                    "side": args.side,
+                    "blob": args.blob,
+                    "out": args.out,
+                    "live_out": args.live_out,
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "address": f"tcp://127.0.0.1:{port}",
+                },
+                timeout=600,
+            )
         finally:
             daemon.kill()
             daemon.wait()

@@ -38,7 +38,7 @@ def scene_at(size: int, image: np.ndarray | None = None) -> Scene:
     regions = []
     for k, prompt in enumerate(PROMPTS):
         m = np.zeros((size, size), np.uint8)
-        m[size // 8: size - size // 8, k * size // 4: (k + 2) * size // 4] = 255
+        m[size // 8 : size - size // 8, k * size // 4 : (k + 2) * size // 4] = 255
         regions.append(Region(prompt, m))
     bg = Background("a wide landscape", image=image, strength=0.5 if image is not None else 0.0)
     return Scene(size, size, regions, background=bg, steps=4)
@@ -76,8 +76,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     components = load_model(args.model)
     print(f"model {args.model}, {components.device}, {torch.get_num_threads()} threads")
-    print("| canvas | first plan (s) | plan again (s) | white latent (s) | full white encode (s) "
-          "| cancel -> stopped (s) |")
+    print(
+        "| canvas | first plan (s) | plan again (s) | white latent (s) | full white encode (s) "
+        "| cancel -> stopped (s) |"
+    )
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         scene = scene_at(size)
@@ -99,8 +101,7 @@ def main() -> None:
         def med(xs):
             return f"{statistics.median(xs):.2f}" if xs else "-"
 
-        print(f"| {size}x{size} | {med(first)} | {med(again)} | {med(white)} | {med(full)} | {med(stop)} |",
-              flush=True)
+        print(f"| {size}x{size} | {med(first)} | {med(again)} | {med(white)} | {med(full)} | {med(stop)} |", flush=True)
 
 
 if __name__ == "__main__":

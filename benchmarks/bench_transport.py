@@ -163,13 +163,20 @@ def stream(address: str, side: int, encoding: str, seconds: float, quality: int 
     c.close()
     fps = (last_seq - start_seq) / (last_t - t_first)
     med = statistics.median
-    return {"fps": fps, "latency": med(lat), "encode": med(encode), "decode": med(decode), "size": med(sizes),
-            "engine": med(engine), "interval": med(intervals) if intervals else float("nan"), "frames": len(lat)}
+    return {
+        "fps": fps,
+        "latency": med(lat),
+        "encode": med(encode),
+        "decode": med(decode),
+        "size": med(sizes),
+        "engine": med(engine),
+        "interval": med(intervals) if intervals else float("nan"),
+        "frames": len(lat),
+    }
 
 
 def transport(sides, encodings, seconds, kind):
-    print("| frame | encoding | frames/s | added latency ms (encode + send→pixels) | encode ms | decode ms | "
-          "size KB |")
+    print("| frame | encoding | frames/s | added latency ms (encode + send→pixels) | encode ms | decode ms | size KB |")
     print("|---|---|---|---|---|---|---|")
     for side in sides:
         port = free_port()
@@ -180,8 +187,11 @@ def transport(sides, encodings, seconds, kind):
             assert proc.stdout.readline().strip() == "serving"
             for enc in encodings:
                 r = stream(f"tcp://127.0.0.1:{port}", side, enc, seconds)
-                print(f"| {side}² {kind} | {enc} | {r['fps']:.0f} | {r['latency']:.2f} | {r['encode']:.2f} | "
-                      f"{r['decode']:.2f} | {r['size'] / 1000:.1f} |", flush=True)
+                print(
+                    f"| {side}² {kind} | {enc} | {r['fps']:.0f} | {r['latency']:.2f} | {r['encode']:.2f} | "
+                    f"{r['decode']:.2f} | {r['size'] / 1000:.1f} |",
+                    flush=True,
+                )
         finally:
             proc.terminate()
             proc.wait(30)
@@ -190,8 +200,20 @@ def transport(sides, encodings, seconds, kind):
 def overhead(model, side, seconds, device, threads):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", model, "--bind", f"tcp://127.0.0.1:{port}",
-           "--max-fps", "1000", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smd_daemon",
+        "serve",
+        "--model",
+        model,
+        "--bind",
+        f"tcp://127.0.0.1:{port}",
+        "--max-fps",
+        "1000",
+        "--log-level",
+        "warning",
+    ]
     if device:
         cmd += ["--device", device]
     if threads:
@@ -204,8 +226,10 @@ def overhead(model, side, seconds, device, threads):
         proc.wait(60)
     print("| model | frame | frames/s | engine call ms | frame interval ms | overhead per frame ms |")
     print("|---|---|---|---|---|---|")
-    print(f"| {model} | {side}² raw | {r['fps']:.1f} | {r['engine']:.2f} | {r['interval']:.2f} | "
-          f"{r['interval'] - r['engine']:.2f} |")
+    print(
+        f"| {model} | {side}² raw | {r['fps']:.1f} | {r['engine']:.2f} | {r['interval']:.2f} | "
+        f"{r['interval'] - r['engine']:.2f} |"
+    )
 
 
 def main() -> None:
@@ -219,8 +243,12 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--skip-transport", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
-    p.add_argument("--image", choices=["painting", "noise"], default="painting",
-                   help="the still frame: painting-like (default) or uniform noise (worst case for compression)")
+    p.add_argument(
+        "--image",
+        choices=["painting", "noise"],
+        default="painting",
+        help="the still frame: painting-like (default) or uniform noise (worst case for compression)",
+    )
     p.add_argument("--serve-still", nargs=2, type=int, metavar=("PORT", "SIDE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_still:

@@ -18,9 +18,13 @@ from smd_daemon.errors import UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", nargs="?", default="127.0.0.1:7555",
-                        help="daemon address: HOST, HOST:PORT, tcp://HOST:PORT, [IPv6]:PORT or ipc://PATH "
-                             "(default 127.0.0.1:7555; the port defaults to 7555)")
+    parser.add_argument(
+        "address",
+        nargs="?",
+        default="127.0.0.1:7555",
+        help="daemon address: HOST, HOST:PORT, tcp://HOST:PORT, [IPv6]:PORT or ipc://PATH "
+        "(default 127.0.0.1:7555; the port defaults to 7555)",
+    )
     parser.add_argument("--server-key", help="the daemon's public key file (server.key) for a remote daemon")
     parser.add_argument("--client-key", help="your secret key file (NAME.key_secret) for a remote daemon")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")
@@ -37,12 +41,16 @@ def no_answer(address: str, timeout: float, keyed: bool = False) -> str:
 
     key = ", and is your key authorised there (smd-daemon keys DIR --client NAME)" if keyed else ""
     if protocol.is_local_address(address) and not keyed:
-        return (f"no answer from {address} within {timeout:g} s: is the daemon running? "
-                f"Start it with '{serve_command()} serve'")
+        return (
+            f"no answer from {address} within {timeout:g} s: is the daemon running? "
+            f"Start it with '{serve_command()} serve'"
+        )
     if protocol.is_local_address(address):
         return f"no answer from {address} within {timeout:g} s: is the daemon running{key}?"
-    return (f"no answer from {address} within {timeout:g} s: is the daemon running there, is the address right "
-            f"and its port open to this machine{key}?")
+    return (
+        f"no answer from {address} within {timeout:g} s: is the daemon running there, is the address right "
+        f"and its port open to this machine{key}?"
+    )
 
 
 def serve_command() -> str:
@@ -77,51 +85,79 @@ def run(args) -> int:
                 _fail(f"{args.client_key} holds no secret key: use the NAME.key_secret file")
         except (ValueError, OSError) as e:
             _fail(f"cannot read the key files: {e}")
-    client = Client(args.address, name="smd-daemon check", server_public_key=server_key,
-                    client_secret_file=args.client_key, timeout=args.timeout)
+    client = Client(
+        args.address,
+        name="smd-daemon check",
+        server_public_key=server_key,
+        client_secret_file=args.client_key,
+        timeout=args.timeout,
+    )
     try:
         client.connect()
         t0 = time.monotonic()
-        ev = client.wait_for(lambda e: isinstance(e, StateEvent) and (e.state == CONNECTED or e.code in (
-            StateCode.AUTH_FAILED, StateCode.REFUSED)), timeout=args.timeout)
+        ev = client.wait_for(
+            lambda e: (
+                isinstance(e, StateEvent)
+                and (e.state == CONNECTED or e.code in (StateCode.AUTH_FAILED, StateCode.REFUSED))
+            ),
+            timeout=args.timeout,
+        )
         if ev is not None and ev.code == StateCode.AUTH_FAILED:
-            _fail(ev.reason + (" (it is not authorised there: ask for it to be added to the daemon's authorized "
-                               "folder)" if server_key is not None else ""))
+            _fail(
+                ev.reason
+                + (
+                    " (it is not authorised there: ask for it to be added to the daemon's authorized folder)"
+                    if server_key is not None
+                    else ""
+                )
+            )
         if ev is not None and ev.code == StateCode.REFUSED:
             _fail(f"the daemon at {args.address} refused the connection: {ev.reason}")
         if ev is None:
             _fail(no_answer(args.address, args.timeout, keyed=server_key is not None))
         model, limits = client.info.get("model", {}), client.limits
         daemon = client.info.get("daemon") or {}
-        print(f"connected to {args.address} in {(time.monotonic() - t0) * 1000:.0f} ms "
-              f"({daemon.get('name', 'daemon')} {daemon.get('version', '?')}, "
-              f"protocol {client.info.get('protocol', '?')})")
-        print(f"model: {model.get('name', '?')} on {model.get('device', '?')} {model.get('dtype', '')}"
-              + ("" if model.get("meaningful", True) else "  (random weights: no meaningful images)"))
+        print(
+            f"connected to {args.address} in {(time.monotonic() - t0) * 1000:.0f} ms "
+            f"({daemon.get('name', 'daemon')} {daemon.get('version', '?')}, "
+            f"protocol {client.info.get('protocol', '?')})"
+        )
+        print(
+            f"model: {model.get('name', '?')} on {model.get('device', '?')} {model.get('dtype', '')}"
+            + ("" if model.get("meaningful", True) else "  (random weights: no meaningful images)")
+        )
         print("limits: " + ", ".join(f"{k}={v}" for k, v in sorted(limits.items())))
         workers = client.info.get("workers") or []
         if workers:  # a cluster daemon: its engine workers
             print(f"workers: {sum(w.get('state') == 'ready' for w in workers)} of {len(workers)} ready")
             for w in workers:
-                print(f"  {w.get('id', '?')}: {w.get('state', '?')}, node {w.get('node') or '?'}, "
-                      f"{w.get('device') or '?'}, {w.get('sessions', 0)} sessions, {w.get('fps', 0):.1f} frames/s"
-                      + (f", engine {100 * w['load']:.0f}% busy" if w.get("load") else "")
-                      + (f" ({w['error']})" if w.get("error") else ""))
+                print(
+                    f"  {w.get('id', '?')}: {w.get('state', '?')}, node {w.get('node') or '?'}, "
+                    f"{w.get('device') or '?'}, {w.get('sessions', 0)} sessions, {w.get('fps', 0):.1f} frames/s"
+                    + (f", engine {100 * w['load']:.0f}% busy" if w.get("load") else "")
+                    + (f" ({w['error']})" if w.get("error") else "")
+                )
         if args.render:
             side = 256
             alpha = bytes([255]) * (side * side // 2) + bytes(side * side // 2)  # top half
             client.set_scene(side, side, [Layer("check", "a red fox", alpha)], background_prompt="a meadow")
             t1 = time.monotonic()
             job = client.generate(encoding="png")
-            ev = client.wait_for(lambda e: isinstance(e, (FrameEvent, ErrorEvent)) and
-                                 (getattr(e, "job", None) == job or getattr(e, "re", None) == job
-                                  or isinstance(e, ErrorEvent)), timeout=max(args.timeout, 120))
+            ev = client.wait_for(
+                lambda e: (
+                    isinstance(e, (FrameEvent, ErrorEvent))
+                    and (getattr(e, "job", None) == job or getattr(e, "re", None) == job or isinstance(e, ErrorEvent))
+                ),
+                timeout=max(args.timeout, 120),
+            )
             if ev is None:
                 _fail(f"the daemon did not return the test image within {max(args.timeout, 120):g} s")
             if isinstance(ev, ErrorEvent):
                 _fail(f"the daemon refused the test image: {ev.code}: {ev.message}")
-            print(f"test image: {ev.width}x{ev.height} {ev.encoding}, {len(ev.data)} bytes in "
-                  f"{(time.monotonic() - t1) * 1000:.0f} ms")
+            print(
+                f"test image: {ev.width}x{ev.height} {ev.encoding}, {len(ev.data)} bytes in "
+                f"{(time.monotonic() - t1) * 1000:.0f} ms"
+            )
     finally:
         client.close()
     return 0

@@ -51,8 +51,17 @@ from dataclasses import dataclass
 import zmq
 
 from . import protocol, scenestate
-from .events import (CancelledEvent, ErrorEvent, FrameEvent, LiveEvent,  # noqa: F401 - re-exported
-                     ProgressEvent, QueuedEvent, SceneEvent, StateCode, StateEvent)
+from .events import (  # re-exported: the client's callers import events from here
+    CancelledEvent,
+    ErrorEvent,
+    FrameEvent,
+    LiveEvent,  # noqa: F401
+    ProgressEvent,
+    QueuedEvent,
+    SceneEvent,
+    StateCode,  # noqa: F401
+    StateEvent,  # noqa: F401
+)
 from .link import CONNECTED, CONNECTING, DISCONNECTED, Connection  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -76,16 +85,26 @@ class ClientError(Exception):
 class Client:
     """One connection to a daemon; see the module docstring."""
 
-    def __init__(self, address: str = "tcp://127.0.0.1:7555", *, name: str = "smd-client",
-                 server_public_key: bytes | None = None, client_secret_file: str | None = None,
-                 compress_planes: bool | None = None, heartbeat_interval: float = 1.0, timeout: float = 5.0,
-                 retry_interval: float = 0.5, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:7555",
+        *,
+        name: str = "smd-client",
+        server_public_key: bytes | None = None,
+        client_secret_file: str | None = None,
+        compress_planes: bool | None = None,
+        heartbeat_interval: float = 1.0,
+        timeout: float = 5.0,
+        retry_interval: float = 0.5,
+        context: zmq.Context | None = None,
+    ):
         self.address = protocol.normalize_address(address)  # ValueError with one sentence if malformed
         self.name = name
         # Alpha planes are mostly 0 or 255: zlib shrinks them ~50x, which
         # matters on a network and costs more than it saves on loopback.
-        self.compress_planes = (not protocol.is_local_address(self.address)) if compress_planes is None \
-            else compress_planes
+        self.compress_planes = (
+            (not protocol.is_local_address(self.address)) if compress_planes is None else compress_planes
+        )
         keys = None
         if server_public_key is not None:
             if not client_secret_file:
@@ -96,10 +115,17 @@ class Client:
             if not keys[1]:
                 raise ClientError(f"{client_secret_file} holds no secret key")
         self._events: list = []
-        self._conn = Connection(context or zmq.Context.instance(), self.address, name, self._events,
-                                server_public_key=server_public_key, keys=keys,
-                                heartbeat_interval=heartbeat_interval, timeout=timeout,
-                                retry_interval=retry_interval)
+        self._conn = Connection(
+            context or zmq.Context.instance(),
+            self.address,
+            name,
+            self._events,
+            server_public_key=server_public_key,
+            keys=keys,
+            heartbeat_interval=heartbeat_interval,
+            timeout=timeout,
+            retry_interval=retry_interval,
+        )
         self._ids = itertools.count(1)
         self._acks: list[dict] = []  # acks that could not go out at once: the newest frame's, results'
         # What the daemon must know again after a reconnect.
@@ -143,10 +169,21 @@ class Client:
 
     # --- the scene ----------------------------------------------------
 
-    def set_scene(self, width: int, height: int, layers: list[Layer], *, background_prompt: str = "",
-                  negative_prompt: str = "", background_image: bytes | None = None,
-                  background_image_encoding: str = "raw", background_strength: float = 0.0, seed: int | None = None,
-                  steps: int | None = None, **options) -> int:
+    def set_scene(
+        self,
+        width: int,
+        height: int,
+        layers: list[Layer],
+        *,
+        background_prompt: str = "",
+        negative_prompt: str = "",
+        background_image: bytes | None = None,
+        background_image_encoding: str = "raw",
+        background_strength: float = 0.0,
+        seed: int | None = None,
+        steps: int | None = None,
+        **options,
+    ) -> int:
         """Replace the whole scene (layers bottom to top); returns its revision.
 
         Settings left as None are the daemon's defaults (``info["defaults"]``)."""
@@ -155,19 +192,30 @@ class Client:
         self._check_planes(layers, width, height)
         image = None if background_image is None else (background_image, background_image_encoding)
         change = scenestate.SceneChange(
-            True, settings, {"prompt": background_prompt, "negative_prompt": negative_prompt,
-                             "strength": background_strength}, image,
-            tuple(scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha, layer.group)
-                  for layer in layers))
+            True,
+            settings,
+            {"prompt": background_prompt, "negative_prompt": negative_prompt, "strength": background_strength},
+            image,
+            tuple(
+                scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha, layer.group)
+                for layer in layers
+            ),
+        )
         self._scene = self._apply(scenestate.SceneState(), change)
         self.revision += 1
         self._need_full = True
         self._flush_scene()
         return self.revision
 
-    def update_scene(self, layers: list[Layer] = (), order: list[str] | None = None, *,
-                     background_image: bytes | None = None, background_image_encoding: str = "raw",
-                     **settings) -> int:
+    def update_scene(
+        self,
+        layers: list[Layer] = (),
+        order: list[str] | None = None,
+        *,
+        background_image: bytes | None = None,
+        background_image_encoding: str = "raw",
+        **settings,
+    ) -> int:
         """Send only what changed: changed layers, the new order (keys bottom
         to top; layers not in it are removed) and changed settings
         (``seed``, ``steps``, ``background`` dict...). A layer whose plane did
@@ -180,9 +228,13 @@ class Client:
             known = set(self._scene.layers) | {layer.key for layer in layers}
             order = tuple(k for k in order if k in known)
         change = scenestate.SceneChange(
-            False, {k: v for k, v in settings.items() if k != "background"}, dict(settings.get("background") or {}),
+            False,
+            {k: v for k, v in settings.items() if k != "background"},
+            dict(settings.get("background") or {}),
             scenestate.KEEP if background_image is None else (background_image, background_image_encoding),
-            scenestate.layer_changes(self._scene, layers), order)
+            scenestate.layer_changes(self._scene, layers),
+            order,
+        )
         self._scene = self._apply(self._scene, change)
         self.revision += 1
         if self._need_full or self._resync or not self.session:
@@ -203,8 +255,10 @@ class Client:
     def _check_planes(layers, width: int, height: int) -> None:
         for layer in layers:
             if layer.alpha is not None and len(layer.alpha) != width * height:
-                raise ClientError(f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
-                                  f"expected {width}x{height} = {width * height}")
+                raise ClientError(
+                    f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
+                    f"expected {width}x{height} = {width * height}"
+                )
 
     def _send_update(self, change) -> bool:
         fields, parts = scenestate.header_fields(change, self.compress_planes)
@@ -212,8 +266,7 @@ class Client:
 
     def _flush_scene(self) -> None:
         """Send the full scene when the daemon needs it and a session is open."""
-        if self._need_full and self.session and self._scene.has_scene \
-                and self._send_update(self._scene.to_change()):
+        if self._need_full and self.session and self._scene.has_scene and self._send_update(self._scene.to_change()):
             self._need_full = False
 
     # --- live mode, generate, cancel ----------------------------------
@@ -234,23 +287,32 @@ class Client:
         if self._live is not None and not self._live_sent and self.session and not self._need_full:
             self._live_sent = self._conn.send("live_start", **self._live)
 
-    def generate(self, encoding: str = "png", quality: int = 95, steps: int | None = None,
-                 seed: int | None = None) -> int:
+    def generate(
+        self, encoding: str = "png", quality: int = 95, steps: int | None = None, seed: int | None = None
+    ) -> int:
         """Render the current scene once; returns the job id (also in its events).
 
         While not connected the request waits and goes out once the daemon
         has the scene again (``close()`` cancels it)."""
         self._check_encoding(encoding)
-        job = {"id": next(self._ids), "encoding": encoding, "quality": quality,
-               **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}}
+        job = {
+            "id": next(self._ids),
+            "encoding": encoding,
+            "quality": quality,
+            **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
+        }
         self._jobs_waiting.append(job)
         self._flush_jobs()
         return job["id"]
 
     def _flush_jobs(self) -> None:
         self._flush_scene()
-        while self._jobs_waiting and self.session and not self._need_full and self._conn.send("generate",
-                                                                                      **self._jobs_waiting[0]):
+        while (
+            self._jobs_waiting
+            and self.session
+            and not self._need_full
+            and self._conn.send("generate", **self._jobs_waiting[0])
+        ):
             self._jobs_waiting.pop(0)
 
     def cancel(self, job: int | None = None) -> None:
@@ -365,7 +427,7 @@ class Client:
             events = self.poll(timeout_ms=20)
             for i, event in enumerate(events):
                 if match(event):
-                    self._events[:0] = events[i + 1:]  # keep the rest for the next poll
+                    self._events[:0] = events[i + 1 :]  # keep the rest for the next poll
                     return event
                 if on_event is not None:
                     on_event(event)

@@ -61,15 +61,26 @@ class FrameEvent:
     received_at: float = 0.0  # time.time() when the bytes arrived
 
     @classmethod
-    def from_message(cls, msg, received_at: float) -> "FrameEvent":
+    def from_message(cls, msg, received_at: float) -> FrameEvent:
         """A ``frame`` or ``result`` message (``protocol.Message``) as an event."""
         h = msg.header
         try:
             data = msg.part(h["part"]).tobytes()
         except ProtocolError:
             data = b""
-        return cls(h["seq"] if msg.type == "frame" else -1, h["revision"], h["width"], h["height"], h["encoding"],
-                   h["channels"], data, bool(h.get("settled", True)), h.get("job"), h, received_at)
+        return cls(
+            h["seq"] if msg.type == "frame" else -1,
+            h["revision"],
+            h["width"],
+            h["height"],
+            h["encoding"],
+            h["channels"],
+            data,
+            bool(h.get("settled", True)),
+            h.get("job"),
+            h,
+            received_at,
+        )
 
 
 @dataclass

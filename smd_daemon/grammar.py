@@ -66,29 +66,107 @@ WARNING_CODES = ("unknown_option", "bad_value", "not_key_value")
 # copy", "Background copy #1", "Ebene 1 Kopie", "Hintergrund-Kopie").
 _AUTO_BASES = (
     # Krita
-    "paint layer", "layer", "group", "vector layer", "fill layer", "file layer", "clone layer",
-    "filter layer", "transparency mask", "selection mask", "colorize mask", "transform mask",
-    "filter mask", "selection", "local selection", "background", "visible", "merged",
+    "paint layer",
+    "layer",
+    "group",
+    "vector layer",
+    "fill layer",
+    "file layer",
+    "clone layer",
+    "filter layer",
+    "transparency mask",
+    "selection mask",
+    "colorize mask",
+    "transform mask",
+    "filter mask",
+    "selection",
+    "local selection",
+    "background",
+    "visible",
+    "merged",
     # GIMP, Photoshop, MyPaint
-    "new layer", "pasted layer", "layer group", "clipboard", "floating selection", "floated layer",
+    "new layer",
+    "pasted layer",
+    "layer group",
+    "clipboard",
+    "floating selection",
+    "floated layer",
     "text layer",
     # German (Krita, GIMP, Photoshop)
-    "malebene", "ebene", "gruppe", "vektorebene", "füllebene", "dateiebene", "ebene klonen", "filterebene",
-    "transparenzmaske", "auswahlmaske", "einfärben der maske", "transformationsmaske", "filtermaske",
-    "auswahl", "hintergrund", "sichtbar", "zusammengeführt", "neue ebene", "eingefügte ebene",
-    "ebenengruppe", "zwischenablage", "schwebende auswahl", "schwebende ebene", "textebene",
+    "malebene",
+    "ebene",
+    "gruppe",
+    "vektorebene",
+    "füllebene",
+    "dateiebene",
+    "ebene klonen",
+    "filterebene",
+    "transparenzmaske",
+    "auswahlmaske",
+    "einfärben der maske",
+    "transformationsmaske",
+    "filtermaske",
+    "auswahl",
+    "hintergrund",
+    "sichtbar",
+    "zusammengeführt",
+    "neue ebene",
+    "eingefügte ebene",
+    "ebenengruppe",
+    "zwischenablage",
+    "schwebende auswahl",
+    "schwebende ebene",
+    "textebene",
     # French
-    "calque de dessin", "calque", "calque de groupe", "groupe", "calque vectoriel", "calque de remplissage",
-    "calque de fichier", "calque de clonage", "calque de filtrage", "masque de transparence",
-    "masque de sélection", "masque de coloration", "masque de transformation", "masque de filtrage",
-    "sélection", "arrière-plan", "fusionnés", "nouveau calque", "calque copié", "groupe de calques",
-    "presse-papiers", "sélection flottante", "calque flottant", "calque de texte",
+    "calque de dessin",
+    "calque",
+    "calque de groupe",
+    "groupe",
+    "calque vectoriel",
+    "calque de remplissage",
+    "calque de fichier",
+    "calque de clonage",
+    "calque de filtrage",
+    "masque de transparence",
+    "masque de sélection",
+    "masque de coloration",
+    "masque de transformation",
+    "masque de filtrage",
+    "sélection",
+    "arrière-plan",
+    "fusionnés",
+    "nouveau calque",
+    "calque copié",
+    "groupe de calques",
+    "presse-papiers",
+    "sélection flottante",
+    "calque flottant",
+    "calque de texte",
     # Spanish ("Fondo" alone is Krita's, GIMP's and Photoshop's background, not a prompt)
-    "capa de pintura", "capa", "agrupar", "grupo", "capa vectorial", "capa de relleno", "capa de archivo",
-    "clonar capa", "capa de filtro", "máscara de transparencia", "máscara de selección",
-    "máscara de coloración", "máscara de transformación", "máscara de filtro", "selección", "fondo",
-    "fusionadas", "capa nueva", "capa pegada", "grupo de capas", "portapapeles", "selección flotante",
-    "capa flotante", "capa de texto",
+    "capa de pintura",
+    "capa",
+    "agrupar",
+    "grupo",
+    "capa vectorial",
+    "capa de relleno",
+    "capa de archivo",
+    "clonar capa",
+    "capa de filtro",
+    "máscara de transparencia",
+    "máscara de selección",
+    "máscara de coloración",
+    "máscara de transformación",
+    "máscara de filtro",
+    "selección",
+    "fondo",
+    "fusionadas",
+    "capa nueva",
+    "capa pegada",
+    "grupo de capas",
+    "portapapeles",
+    "selección flotante",
+    "capa flotante",
+    "capa de texto",
 )
 # Marks after a name: copies (GIMP "%s copy", "%s-Kopie"; Photoshop "Layer 1 copy 2",
 # "Ebene 1 Kopie", "Calque 1 copie", "Capa 1 copia"), Krita's "(pasted)" and "(merged)".
@@ -116,7 +194,7 @@ def _original_name(name: str) -> str:
     """The name without duplicate prefixes: a copy is read as its original."""
     name = name.strip()
     while (copy := _COPY_PREFIX.match(name)) is not None:
-        name = name[copy.end():].strip()
+        name = name[copy.end() :].strip()
     return name
 
 
@@ -153,8 +231,12 @@ class ParsedLayer:
     def to_dict(self) -> dict:
         d = {"name": self.name, "role": self.role, "prompt": self.prompt}
         if self.role == "region":
-            d.update(negative_prompt=self.negative_prompt, strength=self.mask_strength, blur=self.mask_std,
-                     prompt_strength=self.prompt_strength)
+            d.update(
+                negative_prompt=self.negative_prompt,
+                strength=self.mask_strength,
+                blur=self.mask_std,
+                prompt_strength=self.prompt_strength,
+            )
         elif self.role == "background":
             d.update(negative_prompt=self.negative_prompt, strength=self.background_strength)
         if self.reason_code:
@@ -225,7 +307,7 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
 
     m = _BG_PREFIX.match(stripped)
     role = "background" if m else "region"
-    body = stripped[m.end():] if m else stripped
+    body = stripped[m.end() :] if m else stripped
     parts = body.split("|")
     out = ParsedLayer(raw, role, prompt=parts[0].strip())
     for part in parts[1:]:
@@ -291,26 +373,33 @@ def build_scene(
     """
     parsed: list[ParsedLayer] = []
     regions: list[Region] = []
-    bg = Background(prompt=background_prompt, negative_prompt=negative_prompt, image=background_image,
-                    strength=background_strength)
+    bg = Background(
+        prompt=background_prompt, negative_prompt=negative_prompt, image=background_image, strength=background_strength
+    )
     for layer in layers:
         p = ignored(layer.name, "group") if layer.group else parse_layer_name(layer.name, layer.visible)
         if p.role == "region":
             if layer.alpha is not None and layer.alpha.shape != (height, width):
-                p = ignored(layer.name, "size_mismatch", f"{'x'.join(map(str, layer.alpha.shape[::-1]))}, "
-                                                         f"the canvas is {width}x{height}", warnings=p)
+                p = ignored(
+                    layer.name,
+                    "size_mismatch",
+                    f"{'x'.join(map(str, layer.alpha.shape[::-1]))}, the canvas is {width}x{height}",
+                    warnings=p,
+                )
             elif layer.alpha is None or not layer.alpha.any():
                 p = ignored(layer.name, "empty", warnings=p)
             else:
-                regions.append(Region(
-                    prompt=p.prompt,
-                    negative_prompt=p.negative_prompt or negative_prompt,
-                    mask=layer.alpha,  # uint8 as it came: no float copy at canvas size
-                    mask_strength=p.mask_strength,
-                    mask_std=p.mask_std,
-                    prompt_strength=p.prompt_strength,
-                    name=layer.name,
-                ))
+                regions.append(
+                    Region(
+                        prompt=p.prompt,
+                        negative_prompt=p.negative_prompt or negative_prompt,
+                        mask=layer.alpha,  # uint8 as it came: no float copy at canvas size
+                        mask_strength=p.mask_strength,
+                        mask_std=p.mask_std,
+                        prompt_strength=p.prompt_strength,
+                        name=layer.name,
+                    )
+                )
         elif p.role == "background":
             bg.prompt = p.prompt
             if p.negative_prompt:
@@ -318,6 +407,5 @@ def build_scene(
             if p.background_strength is not None:
                 bg.strength = p.background_strength
         parsed.append(p)
-    scene = Scene(width=width, height=height, regions=regions, background=bg, seed=seed, steps=steps,
-                  **scene_options)
+    scene = Scene(width=width, height=height, regions=regions, background=bg, seed=seed, steps=steps, **scene_options)
     return scene, parsed

@@ -35,8 +35,13 @@ def _file_fingerprint(path: str) -> str:
 
 def configure(parser) -> None:
     parser.add_argument("dir", help="folder for the keys (created if missing)")
-    parser.add_argument("--client", action="append", default=None, metavar="NAME",
-                        help="create a key pair for this artist (repeatable; default: one named 'artist')")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="create a key pair for this artist (repeatable; default: one named 'artist')",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing client keys of the same name")
 
 
@@ -78,8 +83,10 @@ def run(args) -> int:
     for n in names:
         public, secret = _create(clients, n)
         shutil.copyfile(public, os.path.join(authorized, n + ".key"))
-        print(f"created client key pair {secret} (allowed: {os.path.join(authorized, n + '.key')}, "
-              f"fingerprint {_file_fingerprint(public)})")
+        print(
+            f"created client key pair {secret} (allowed: {os.path.join(authorized, n + '.key')}, "
+            f"fingerprint {_file_fingerprint(public)})"
+        )
 
     server_public = os.path.join(root, "server.key")
     print()

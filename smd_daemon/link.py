@@ -32,8 +32,13 @@ class Link:
     """A fresh connection attempt; replaced as a whole when the daemon is lost,
     so nothing queued for a daemon that is gone reaches its successor."""
 
-    def __init__(self, ctx: zmq.Context, address: str, server_public_key: bytes | None = None,
-                 keys: tuple[bytes, bytes] | None = None):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        address: str,
+        server_public_key: bytes | None = None,
+        keys: tuple[bytes, bytes] | None = None,
+    ):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         # Not IMMEDIATE: with it, messages already received (the daemon's
@@ -103,8 +108,19 @@ class Connection:
     ``Client`` owns one and hands it every decoded message first; ``handle``
     keeps the ones about the connection itself."""
 
-    def __init__(self, ctx: zmq.Context, address: str, name: str, events: list, *, server_public_key=None,
-                 keys=None, heartbeat_interval: float = 1.0, timeout: float = 5.0, retry_interval: float = 0.5):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        address: str,
+        name: str,
+        events: list,
+        *,
+        server_public_key=None,
+        keys=None,
+        heartbeat_interval: float = 1.0,
+        timeout: float = 5.0,
+        retry_interval: float = 0.5,
+    ):
         self.ctx, self.address, self.name, self.events = ctx, address, name, events
         self.server_public_key, self.keys = server_public_key, keys
         self.heartbeat_interval, self.timeout, self.retry_interval = heartbeat_interval, timeout, retry_interval
@@ -185,21 +201,24 @@ class Connection:
                 self.send("ping")
         elif self.code != StateCode.CLOSED:
             if self._hello_at is None:
-                if now >= self._retry_at and self.send("hello", protocol=protocol.PROTOCOL_VERSION,
-                                                       client=self.name):
+                if now >= self._retry_at and self.send("hello", protocol=protocol.PROTOCOL_VERSION, client=self.name):
                     self._hello_at = now
             elif now - self._hello_at > self.timeout:
                 # One hello per socket: a fresh socket drops anything queued for a daemon that is gone.
                 if self.code == StateCode.AUTH_FAILED:
                     self.reset(self.reason, StateCode.AUTH_FAILED)
                 else:
-                    self.reset(f"no reply from the daemon at {self.address} for {self.timeout:g} s: "
-                               f"is it running?", StateCode.NO_ANSWER)
+                    self.reset(
+                        f"no reply from the daemon at {self.address} for {self.timeout:g} s: is it running?",
+                        StateCode.NO_ANSWER,
+                    )
 
     def undecodable(self, e: protocol.ProtocolError) -> None:
         if e.code == protocol.ErrorCode.BAD_VERSION and self.state != CONNECTED:
-            self.refused(f"the daemon at {self.address} speaks another protocol version ({e.message}): "
-                         f"update the plugin or the daemon")
+            self.refused(
+                f"the daemon at {self.address} speaks another protocol version ({e.message}): "
+                f"update the plugin or the daemon"
+            )
 
     def handle(self, msg) -> bool:
         """Take the messages about the connection itself; False for the client's."""
@@ -219,10 +238,12 @@ class Connection:
         elif t == "error" and h["code"] in (protocol.ErrorCode.HANDSHAKE_REQUIRED, protocol.ErrorCode.NO_SESSION):
             # The daemon restarted or freed our session: start over.
             self.forget_session()
-            self.set_state(DISCONNECTED, "the daemon restarted or dropped the session; reconnecting",
-                           StateCode.CONNECTING)
-        elif t == "error" and h["code"] in (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY) \
-                and not self.session:
+            self.set_state(
+                DISCONNECTED, "the daemon restarted or dropped the session; reconnecting", StateCode.CONNECTING
+            )
+        elif (
+            t == "error" and h["code"] in (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY) and not self.session
+        ):
             busy = h["code"] == protocol.ErrorCode.BUSY
             self.refused(h["message"], 5 * self.retry_interval if busy else float("inf"))
             return False  # also an error event

@@ -23,19 +23,33 @@ from smd_daemon.errors import UsageError
 DTYPES = ("fp32", "fp16", "bf16")
 
 MODEL_OPTIONS = {
-    "model": (str, DEFAULT_MODEL, f"a preset ({', '.join(PRESETS)}: random weights, offline), a diffusers folder, "
-                                  f"a .safetensors/.ckpt file or a hub id"),
-    "lora": (str, None, f"LoRA to fuse at load: hub id, folder or file (plain SD-1.5 models need "
-                        f"{DEFAULT_LCM_LORA})"),
-    "tiny_vae": (str, "auto", f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
-                              f"({DEFAULT_TINY_VAE} for real models, none for presets)"),
-    "model_config": (str, None, "diffusers folder describing a single-file checkpoint's architecture "
-                                "(for offline use)"),
+    "model": (
+        str,
+        DEFAULT_MODEL,
+        f"a preset ({', '.join(PRESETS)}: random weights, offline), a diffusers folder, "
+        f"a .safetensors/.ckpt file or a hub id",
+    ),
+    "lora": (str, None, f"LoRA to fuse at load: hub id, folder or file (plain SD-1.5 models need {DEFAULT_LCM_LORA})"),
+    "tiny_vae": (
+        str,
+        "auto",
+        f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
+        f"({DEFAULT_TINY_VAE} for real models, none for presets)",
+    ),
+    "model_config": (
+        str,
+        None,
+        "diffusers folder describing a single-file checkpoint's architecture (for offline use)",
+    ),
     "device": (str, None, "cpu, cuda, cuda:N or mps (default: best available)"),
     "dtype": (str, None, f"one of {', '.join(DTYPES)} (default: fp16 on CUDA/MPS, fp32 on CPU)"),
-    "model_kind": (str, "auto", "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
-                                "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
-                                "from the model's scheduler config"),
+    "model_kind": (
+        str,
+        "auto",
+        "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
+        "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
+        "from the model's scheduler config",
+    ),
 }
 
 # Engine speed switches: CUDA only, off until a GPU run shows them correct and faster.
@@ -55,12 +69,12 @@ def add_options(parser, options: dict, *, defaults: bool = True) -> None:
     for name, (kind, default, help_text) in options.items():
         shown = f" (default: {default})" if default not in (None, False) and "default" not in help_text else ""
         if kind is bool:
-            parser.add_argument(flag(name), action="store_true", default=default if defaults else None,
-                                help=help_text)
+            parser.add_argument(flag(name), action="store_true", default=default if defaults else None, help=help_text)
             continue
         extra = {"choices": DTYPES} if name == "dtype" else {}
-        parser.add_argument(flag(name), type=kind, default=default if defaults else None, help=help_text + shown,
-                            **extra)
+        parser.add_argument(
+            flag(name), type=kind, default=default if defaults else None, help=help_text + shown, **extra
+        )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +93,16 @@ def _getter(values):
 def load_model_from_options(values, seed: int = 0):
     """Load the model named by an argparse namespace or a dict with the ``MODEL_OPTIONS`` keys."""
     get = _getter(values)
-    return load_model(get("model"), lora=get("lora"), tiny_vae=get("tiny_vae"), config=get("model_config"),
-                      device=get("device"), dtype=get("dtype"), seed=seed, kind=get("model_kind"))
+    return load_model(
+        get("model"),
+        lora=get("lora"),
+        tiny_vae=get("tiny_vae"),
+        config=get("model_config"),
+        device=get("device"),
+        dtype=get("dtype"),
+        seed=seed,
+        kind=get("model_kind"),
+    )
 
 
 def engine_options(values, overlap_decode: bool = False) -> dict:
@@ -91,8 +113,11 @@ def engine_options(values, overlap_decode: bool = False) -> dict:
 
     get = _getter(values)
     check_kind(get("model_kind"))
-    chosen = {"compile": bool(get("compile")), "cuda_graphs": bool(get("cuda_graphs")),
-              "overlap_decode": bool(overlap_decode)}
+    chosen = {
+        "compile": bool(get("compile")),
+        "cuda_graphs": bool(get("cuda_graphs")),
+        "overlap_decode": bool(overlap_decode),
+    }
     try:
         check_speed_options(pick_device(get("device")), **chosen)
     except ValueError as e:

@@ -85,20 +85,33 @@ class Message:
     def part(self, index) -> memoryview:
         """The binary part a header field points to, or a BAD_FIELD error."""
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.parts):
-            raise ProtocolError(ErrorCode.BAD_FIELD, f"{self.type}: binary part {index!r} does not exist "
-                                                     f"(message has {len(self.parts)})")
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"{self.type}: binary part {index!r} does not exist (message has {len(self.parts)})",
+            )
         return memoryview(self.parts[index])
 
 
 # --- field checking ------------------------------------------------------
+
 
 class F:
     """One header field: its kind, whether required, and its bounds."""
 
     __slots__ = ("kind", "required", "lo", "hi", "max_len", "choices", "items", "fields", "nullable")
 
-    def __init__(self, kind, required=False, lo=None, hi=None, max_len=None, choices=None, items=None,
-                 fields=None, nullable=False):
+    def __init__(
+        self,
+        kind,
+        required=False,
+        lo=None,
+        hi=None,
+        max_len=None,
+        choices=None,
+        items=None,
+        fields=None,
+        nullable=False,
+    ):
         self.kind, self.required, self.lo, self.hi = kind, required, lo, hi
         self.max_len, self.choices, self.items, self.fields, self.nullable = max_len, choices, items, fields, nullable
 
@@ -135,8 +148,9 @@ def _check(value, spec: F, where: str):
     elif kind == "any":
         pass
     if spec.choices is not None and value not in spec.choices:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be one of {', '.join(map(str, spec.choices))}, "
-                                                 f"got {value!r}")
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"{where} must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+        )
     if spec.lo is not None and value < spec.lo or spec.hi is not None and value > spec.hi:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{where} must be between {spec.lo} and {spec.hi}, got {value}")
 
@@ -193,34 +207,63 @@ REQUESTS = {
         "order": F("list", items=F("str", max_len=256)),
         **SETTINGS,
     },
-    "live_start": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
-                   "max_fps": F("num", lo=0.1, hi=1000)},
+    "live_start": {
+        "encoding": F("str", choices=FRAME_ENCODINGS),
+        "quality": F("int", lo=1, hi=100),
+        "max_fps": F("num", lo=0.1, hi=1000),
+    },
     "live_stop": {},
     # A live frame (seq) or a generate result (job), with the token it came with.
-    "ack": {"seq": F("int", lo=0, hi=MAX_INT), "job": F("int", lo=0, hi=MAX_INT),
-            "token": F("int", True, 0, MAX_TOKEN)},
-    "generate": {"encoding": F("str", choices=FRAME_ENCODINGS), "quality": F("int", lo=1, hi=100),
-                 "steps": F("int", lo=1, hi=1000), "seed": F("int", lo=0, hi=MAX_INT)},
+    "ack": {
+        "seq": F("int", lo=0, hi=MAX_INT),
+        "job": F("int", lo=0, hi=MAX_INT),
+        "token": F("int", True, 0, MAX_TOKEN),
+    },
+    "generate": {
+        "encoding": F("str", choices=FRAME_ENCODINGS),
+        "quality": F("int", lo=1, hi=100),
+        "steps": F("int", lo=1, hi=1000),
+        "seed": F("int", lo=0, hi=MAX_INT),
+    },
     "cancel": {"job": F("int", lo=0, hi=MAX_INT)},
 }
 
 # Daemon -> client messages (checked by the client more loosely: a newer
 # daemon may add fields).
 REPLIES = {
-    "welcome": {"protocol": F("int", True), "daemon": F("obj"), "model": F("obj"), "limits": F("obj", True),
-                "capabilities": F("obj")},
+    "welcome": {
+        "protocol": F("int", True),
+        "daemon": F("obj"),
+        "model": F("obj"),
+        "limits": F("obj", True),
+        "capabilities": F("obj"),
+    },
     "pong": {},
     "opened": {"session": F("str", True)},
     "closed": {"reason": F("str")},
     "scene": {"revision": F("int", True), "layers": F("list", True, max_len=100000), "regions": F("int")},
     "live": {"active": F("bool", True), "encoding": F("str")},
-    "frame": {"seq": F("int", True), "token": F("int", True), "revision": F("int", True), "width": F("int", True),
-              "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
-              "part": F("int", True)},
+    "frame": {
+        "seq": F("int", True),
+        "token": F("int", True),
+        "revision": F("int", True),
+        "width": F("int", True),
+        "height": F("int", True),
+        "encoding": F("str", True),
+        "channels": F("int", True),
+        "part": F("int", True),
+    },
     "progress": {"job": F("int", True), "step": F("int", True), "total": F("int", True)},
-    "result": {"job": F("int", True), "token": F("int", True), "revision": F("int", True), "width": F("int", True),
-               "height": F("int", True), "encoding": F("str", True), "channels": F("int", True),
-               "part": F("int", True)},
+    "result": {
+        "job": F("int", True),
+        "token": F("int", True),
+        "revision": F("int", True),
+        "width": F("int", True),
+        "height": F("int", True),
+        "encoding": F("str", True),
+        "channels": F("int", True),
+        "part": F("int", True),
+    },
     "queued": {"job": F("int", True)},
     "cancelled": {"job": F("int", True)},
     "error": {"code": F("str", True), "message": F("str", True, max_len=100000)},
@@ -229,6 +272,7 @@ REPLIES = {
 
 
 # --- building and reading messages --------------------------------------
+
 
 def encode(type_: str, parts=(), **fields) -> list:
     """A message as a list of frames ready for ``socket.send_multipart``."""
@@ -263,12 +307,16 @@ def decode(frames, schemas: dict | None = None) -> Message:
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "header is not a JSON object")
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(header):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "header holds text that is not valid Unicode "
-                                                   "(a lone UTF-16 surrogate such as \\ud800)")
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            "header holds text that is not valid Unicode (a lone UTF-16 surrogate such as \\ud800)",
+        )
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # not true, not 2.0
-        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {version!r} is not supported; "
-                                                   f"this side speaks version {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            ErrorCode.BAD_VERSION,
+            f"protocol version {version!r} is not supported; this side speaks version {PROTOCOL_VERSION}",
+        )
     type_ = header.get("type")
     if not isinstance(type_, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "header has no message type")
@@ -307,8 +355,9 @@ def request_id(header: dict):
 
 DEFAULT_PORT = 7555
 DEFAULT_ADDRESS = f"tcp://127.0.0.1:{DEFAULT_PORT}"
-ADDRESS_EXAMPLES = ("an address looks like 127.0.0.1:7555, gpu-box (port 7555), tcp://gpu-box:7555, "
-                    "[::1]:7555 or ipc:///tmp/smd.sock")
+ADDRESS_EXAMPLES = (
+    "an address looks like 127.0.0.1:7555, gpu-box (port 7555), tcp://gpu-box:7555, [::1]:7555 or ipc:///tmp/smd.sock"
+)
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
 
 
@@ -331,8 +380,10 @@ def normalize_address(text: str) -> str:
                 raise ValueError(f"{text!r} names no socket path; {ADDRESS_EXAMPLES}")
             return f"{scheme}://{rest}"
         if scheme != "tcp":
-            raise ValueError(f"{text!r} is not a daemon address ({scheme}:// is not spoken here, the daemon "
-                             f"speaks ZeroMQ); {ADDRESS_EXAMPLES}")
+            raise ValueError(
+                f"{text!r} is not a daemon address ({scheme}:// is not spoken here, the daemon "
+                f"speaks ZeroMQ); {ADDRESS_EXAMPLES}"
+            )
         s = rest
     host, port = _host_port(s, text)
     return f"tcp://{host}:{port}"
@@ -342,7 +393,7 @@ def _host_port(s: str, text: str) -> tuple[str, int]:
     port_text = ""
     if s.startswith("["):  # [v6] or [v6]:port
         end = s.find("]")
-        host, after = (s[1:end], s[end + 1:]) if end > 0 else ("", "?")
+        host, after = (s[1:end], s[end + 1 :]) if end > 0 else ("", "?")
         if after:
             if not after.startswith(":"):
                 raise ValueError(f"{text!r} is not a daemon address; {ADDRESS_EXAMPLES}")

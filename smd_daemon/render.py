@@ -28,15 +28,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="output width (default: the document's; multiple of 8)")
     parser.add_argument("--height", type=int, help="output height (default: the document's; multiple of 8)")
     parser.add_argument("--bootstrap-steps", type=int, help="mask-centering bootstrap steps (default 1)")
-    parser.add_argument("--background-prompt",
-                        help="background prompt (overrides the scene's and any 'bg:' layer's)")
+    parser.add_argument("--background-prompt", help="background prompt (overrides the scene's and any 'bg:' layer's)")
     parser.add_argument("--negative-prompt", help="negative prompt for regions without their own")
-    parser.add_argument("--background-strength", type=float,
-                        help="how strongly the uncovered area follows the non-region layers' image, 0..1 "
-                             "(overrides the scene's)")
-    parser.add_argument("--region-mode", metavar="latent|attention",
-                        help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
-                             "tightly; the default) or 'attention' (one sample for all regions, much faster)")
+    parser.add_argument(
+        "--background-strength",
+        type=float,
+        help="how strongly the uncovered area follows the non-region layers' image, 0..1 (overrides the scene's)",
+    )
+    parser.add_argument(
+        "--region-mode",
+        metavar="latent|attention",
+        help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
+        "tightly; the default) or 'attention' (one sample for all regions, much faster)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     add_speed_arguments(parser)
@@ -45,11 +49,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     speed = engine_options(args)
     out_format = _check_output(args.output)
-    loaded = load_scene(args.scene, Overrides(
-        width=args.width, height=args.height, seed=args.seed, steps=args.steps,
-        bootstrap_steps=args.bootstrap_steps, background_prompt=args.background_prompt,
-        negative_prompt=args.negative_prompt, background_strength=args.background_strength,
-        region_mode=args.region_mode))
+    loaded = load_scene(
+        args.scene,
+        Overrides(
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            steps=args.steps,
+            bootstrap_steps=args.bootstrap_steps,
+            background_prompt=args.background_prompt,
+            negative_prompt=args.negative_prompt,
+            background_strength=args.background_strength,
+            region_mode=args.region_mode,
+        ),
+    )
     scene = loaded.scene
 
     from smd_daemon.engine.core import Engine
@@ -62,9 +75,18 @@ def run(args: argparse.Namespace) -> int:
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
     d = components.describe()
-    log.info("rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s", scene.width,
-             scene.height, len(scene.regions), scene.region_mode, scene.steps, scene.seed, d["name"], d["device"],
-             d["dtype"])
+    log.info(
+        "rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s",
+        scene.width,
+        scene.height,
+        len(scene.regions),
+        scene.region_mode,
+        scene.steps,
+        scene.seed,
+        d["name"],
+        d["device"],
+        d["dtype"],
+    )
     engine = Engine(components, **speed)
     engine.check(scene)  # what this model cannot do (region mode, steps): one line, exit 2
     bar = _ProgressBar(disable=True if args.no_progress else None)
@@ -128,8 +150,7 @@ class _ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="render", unit="step", leave=False, disable=self.disable,
-                            file=self.file)
+            self.bar = tqdm(total=total, desc="render", unit="step", leave=False, disable=self.disable, file=self.file)
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:

@@ -74,7 +74,7 @@ class SceneChange:
     order: tuple | None = None  # every key, bottom to top
 
     @classmethod
-    def from_header(cls, h: dict) -> "SceneChange":
+    def from_header(cls, h: dict) -> SceneChange:
         """The change an ``update`` header describes (already checked against
         ``protocol.REQUESTS``); planes and images stay as their ``{"part": ...}``
         references until ``resolve``."""
@@ -84,19 +84,23 @@ class SceneChange:
             settings={k: h[k] for k in SETTING_NAMES if k in h},
             background={k: bg[k] for k in BACKGROUND_NAMES if k in bg},
             background_image=bg["image"] if "image" in bg else KEEP,
-            layers=tuple(LayerChange(e["key"], e.get("name"), e.get("visible"), e["alpha"] if "alpha" in e else KEEP,
-                                     e.get("group")) for e in h.get("layers", ())),
+            layers=tuple(
+                LayerChange(
+                    e["key"], e.get("name"), e.get("visible"), e["alpha"] if "alpha" in e else KEEP, e.get("group")
+                )
+                for e in h.get("layers", ())
+            ),
             order=tuple(h["order"]) if "order" in h else None,
         )
 
-    def resolve(self, alpha, image) -> "SceneChange":
+    def resolve(self, alpha, image) -> SceneChange:
         """The same change with every plane reference turned into a plane:
         ``alpha(ref, layer_change)`` and ``image(ref)`` (None and KEEP stay)."""
-        layers = tuple(c if c.alpha is KEEP or c.alpha is None else replace(c, alpha=alpha(c.alpha, c))
-                       for c in self.layers)
+        layers = tuple(
+            c if c.alpha is KEEP or c.alpha is None else replace(c, alpha=alpha(c.alpha, c)) for c in self.layers
+        )
         bg = self.background_image
-        return replace(self, layers=layers,
-                       background_image=bg if bg is KEEP or bg is None else image(bg))
+        return replace(self, layers=layers, background_image=bg if bg is KEEP or bg is None else image(bg))
 
     def new_planes(self) -> tuple[int, bool]:
         """(alpha planes, whether a background image) this change brings."""
@@ -138,7 +142,7 @@ class SceneState:
             raise protocol.ProtocolError(E.BAD_FIELD, "changing the output size needs a full update")
         return size
 
-    def apply(self, change: SceneChange, max_layers: int | None = None) -> "SceneState":
+    def apply(self, change: SceneChange, max_layers: int | None = None) -> SceneState:
         """The state after ``change``, or a ``ProtocolError`` (this state is never modified)."""
         self.next_size(change)
         base = SceneState() if change.full else self
@@ -150,15 +154,17 @@ class SceneState:
             alpha = c.alpha
             if alpha is KEEP:
                 if prior is None and not change.full:
-                    raise protocol.ProtocolError(E.BAD_FIELD, f"layers[{i}]: new layer {c.key[:60]!r} needs an "
-                                                              f"alpha plane")
+                    raise protocol.ProtocolError(
+                        E.BAD_FIELD, f"layers[{i}]: new layer {c.key[:60]!r} needs an alpha plane"
+                    )
                 alpha = prior.alpha if prior is not None else None
             layers[c.key] = LayerState(
                 c.key,
                 c.name if c.name is not None else prior.name if prior is not None else "",
                 c.visible if c.visible is not None else prior.visible if prior is not None else True,
                 alpha,
-                c.group if c.group is not None else prior is not None and prior.group)
+                c.group if c.group is not None else prior is not None and prior.group,
+            )
         if change.order is not None:
             unknown = [k for k in change.order if k not in layers]
             if unknown:
@@ -176,8 +182,13 @@ class SceneState:
 
     def to_change(self) -> SceneChange:
         """This whole state as one full update (what a client resends after a reconnect)."""
-        return SceneChange(True, dict(self.settings), dict(self.background), self.background_image,
-                           tuple(LayerChange(s.key, s.name, s.visible, s.alpha, s.group) for s in self.layers.values()))
+        return SceneChange(
+            True,
+            dict(self.settings),
+            dict(self.background),
+            self.background_image,
+            tuple(LayerChange(s.key, s.name, s.visible, s.alpha, s.group) for s in self.layers.values()),
+        )
 
 
 def layer_changes(state: SceneState, layers) -> tuple:
@@ -187,8 +198,11 @@ def layer_changes(state: SceneState, layers) -> tuple:
     for layer in layers:
         prior = state.layers.get(layer.key)
         same = prior is not None and layer.alpha is not None and prior.alpha == layer.alpha
-        out.append(LayerChange(layer.key, layer.name, layer.visible, KEEP if same else layer.alpha,
-                               getattr(layer, "group", False)))
+        out.append(
+            LayerChange(
+                layer.key, layer.name, layer.visible, KEEP if same else layer.alpha, getattr(layer, "group", False)
+            )
+        )
     return tuple(out)
 
 

@@ -41,10 +41,22 @@ class Daemon:
         self.port = port or free_port()
         self.address = bind or f"tcp://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="smd-daemon-", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind", self.address,
-               "--threads", "1", *extra]
-        self.proc = subprocess.Popen(cmd, env={**daemon_env(), **(env or {})}, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "smd_daemon",
+            "serve",
+            "--model",
+            "tiny",
+            "--bind",
+            self.address,
+            "--threads",
+            "1",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env={**daemon_env(), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
 
     def wait_serving(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -65,10 +77,10 @@ class Daemon:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as e:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"daemon ignored signal {sig}:\n{self.text()}")
+                raise AssertionError(f"daemon ignored signal {sig}:\n{self.text()}") from e
         return self.proc.returncode
 
     def close(self) -> None:
@@ -82,8 +94,14 @@ class Daemon:
 
 def run_cli(*args, timeout=60):
     """``smd-daemon ARGS`` in a subprocess, output captured as text."""
-    return subprocess.run([sys.executable, "-m", "smd_daemon", *args], env=daemon_env(), capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "smd_daemon", *args],
+        env=daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def keys_and_stranger(tmp_path):
@@ -152,8 +170,15 @@ class Raw:
 
     def live(self, name: str = "a slow snail") -> None:
         """A one-layer scene and live mode, in raw messages (after ``handshake``)."""
-        self.send("update", [half_mask()], revision=1, full=True, width=S, height=S,
-                  layers=[{"key": "1", "name": name, "alpha": {"part": 0}}])
+        self.send(
+            "update",
+            [half_mask()],
+            revision=1,
+            full=True,
+            width=S,
+            height=S,
+            layers=[{"key": "1", "name": name, "alpha": {"part": 0}}],
+        )
         self.expect("scene")
         self.send("live_start", encoding="raw")
         self.expect("live")
@@ -169,8 +194,11 @@ class Raw:
 
 
 def half_mask(side: int = S, left: bool = True) -> bytes:
-    row = (b"\xff" * (side // 2) + b"\x00" * (side - side // 2)) if left else \
-        (b"\x00" * (side // 2) + b"\xff" * (side - side // 2))
+    row = (
+        (b"\xff" * (side // 2) + b"\x00" * (side - side // 2))
+        if left
+        else (b"\x00" * (side // 2) + b"\xff" * (side - side // 2))
+    )
     return row * side
 
 

@@ -54,20 +54,26 @@ def make_ora(path, w, h, stack, *, stack_xml=None, members=None) -> str:
         if isinstance(item, Group):
             inner = "".join(element(c) for c in item.children)
             isolation = "" if item.isolation is None else f' isolation="{item.isolation}"'
-            return (f'<stack name={quoteattr(item.name)} visibility="{vis}" x="{item.x}" y="{item.y}" '
-                    f'opacity="{item.opacity}"{isolation}>{inner}</stack>')
+            return (
+                f'<stack name={quoteattr(item.name)} visibility="{vis}" x="{item.x}" y="{item.y}" '
+                f'opacity="{item.opacity}"{isolation}>{inner}</stack>'
+            )
         src = item.src
         if src is None:
             src = f"data/layer{counter[0]}.png"
             counter[0] += 1
             files[src] = png_bytes(item.pixels)
-        return (f'<layer name={quoteattr(item.name)} src={quoteattr(src)} x="{item.x}" y="{item.y}" '
-                f'visibility="{vis}" opacity="{item.opacity}" composite-op="svg:src-over"/>')
+        return (
+            f'<layer name={quoteattr(item.name)} src={quoteattr(src)} x="{item.x}" y="{item.y}" '
+            f'visibility="{vis}" opacity="{item.opacity}" composite-op="svg:src-over"/>'
+        )
 
     xml = stack_xml
     if xml is None:
-        xml = (f"<?xml version='1.0' encoding='UTF-8'?><image w=\"{w}\" h=\"{h}\" version=\"0.0.5\">"
-               f"<stack>{''.join(element(i) for i in stack)}</stack></image>")
+        xml = (
+            f'<?xml version=\'1.0\' encoding=\'UTF-8\'?><image w="{w}" h="{h}" version="0.0.5">'
+            f"<stack>{''.join(element(i) for i in stack)}</stack></image>"
+        )
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(zipfile.ZipInfo("mimetype"), "image/openraster")  # stored first, as the spec asks
         if xml is not False:
@@ -81,17 +87,30 @@ def kritarunner(tmp_path, script: str, function: str, **env_vars) -> subprocess.
     """Run ``function`` of ``script`` inside Krita (no window) with a private HOME."""
     (tmp_path / "krita_script.py").write_text(script)
     home = tmp_path / "home"
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # Krita's Python must find the system python3 first
-           "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(tmp_path), "HOME": str(home), **env_vars}
-    for var, sub in [("XDG_CONFIG_HOME", "cfg"), ("XDG_DATA_HOME", "data"), ("XDG_CACHE_HOME", "cache"),
-                     ("XDG_RUNTIME_DIR", "run"), ("TMPDIR", "tmp")]:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # Krita's Python must find the system python3 first
+        "QT_QPA_PLATFORM": "offscreen",
+        "PYTHONPATH": str(tmp_path),
+        "HOME": str(home),
+        **env_vars,
+    }
+    for var, sub in [
+        ("XDG_CONFIG_HOME", "cfg"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_RUNTIME_DIR", "run"),
+        ("TMPDIR", "tmp"),
+    ]:
         (home / sub).mkdir(parents=True)
         env[var] = str(home / sub)
     (home / "run").chmod(0o700)
-    return subprocess.run(["kritarunner", "-s", "krita_script", "-f", function], env=env, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        ["kritarunner", "-s", "krita_script", "-f", function], env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 # tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
-krita_missing = pytest.mark.skipif(not shutil.which("kritarunner") and not os.environ.get("SMD_REQUIRE_KRITA"),
-                                   reason="Krita is not installed (tests/run.sh installs it)")
+krita_missing = pytest.mark.skipif(
+    not shutil.which("kritarunner") and not os.environ.get("SMD_REQUIRE_KRITA"),
+    reason="Krita is not installed (tests/run.sh installs it)",
+)

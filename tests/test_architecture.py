@@ -36,8 +36,9 @@ def test_plugin_never_imports_the_engine_torch_or_numpy():
     for path in _plugin_files():
         for name in _imports(path):
             top = name.split(".")[0]
-            assert top not in ("torch", "numpy", "diffusers", "transformers", "PIL"), \
+            assert top not in ("torch", "numpy", "diffusers", "transformers", "PIL"), (
                 f"{path.relative_to(ROOT)} imports {name}"
+            )
 
 
 def test_plugin_reaches_the_daemon_package_only_through_the_wire_modules():
@@ -77,8 +78,11 @@ def _imports_of(node) -> list[str]:
 def test_daemon_and_plugin_modules_and_classes_stay_readable():
     """No module over 500 lines, no class over 300: past that, split by concern."""
     files = [*(ROOT / "smd_daemon").rglob("*.py"), *(ROOT / "krita_plugin").rglob("*.py")]
-    assert {ROOT / "smd_daemon" / "scenefile" / "ora.py", ROOT / "smd_daemon" / "engine" / "core.py",
-            ROOT / "krita_plugin" / "smd_krita" / "live.py"} <= set(files)
+    assert {
+        ROOT / "smd_daemon" / "scenefile" / "ora.py",
+        ROOT / "smd_daemon" / "engine" / "core.py",
+        ROOT / "krita_plugin" / "smd_krita" / "live.py",
+    } <= set(files)
     for path in files:
         text = path.read_text(encoding="utf-8")
         assert text.count("\n") <= 500, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"

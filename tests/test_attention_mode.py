@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from engine_util import batched_and_solo, count_unet_forwards, edit_in_flight, frame_batches, max_diff
+
 from smd_daemon.engine import attention as A
 from smd_daemon.engine.core import Engine
 from smd_daemon.engine.scene import Background, Region, Scene
@@ -17,26 +17,41 @@ def _masks():
     a = np.zeros((S, S), np.uint8)
     a[:, : S // 2] = 255
     b = np.zeros((S, S), np.uint8)
-    b[S // 4: S - 8, S // 2 + 8: S - 4] = 255
+    b[S // 4 : S - 8, S // 2 + 8 : S - 4] = 255
     return a, b
 
 
 def _scene(prompt_b="snowy pine forest", seed=1, **kw):
     a, b = _masks()
     kw.setdefault("region_mode", "attention")
-    return Scene(S, S, [Region("a red fox", a, mask_std=2), Region(prompt_b, b, mask_std=2)],
-                 background=Background("a blue sky"), seed=seed, steps=4, **kw)
+    return Scene(
+        S,
+        S,
+        [Region("a red fox", a, mask_std=2), Region(prompt_b, b, mask_std=2)],
+        background=Background("a blue sky"),
+        seed=seed,
+        steps=4,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_one_full_canvas_region_equals_plain_generation_with_its_prompt(engine, guidance):
     full = np.full((256, 256), 255, np.uint8)
     region = Region("a red fox", full, negative_prompt="blurry", mask_std=0, prompt_strength=1.0)
-    attention = Scene(256, 256, [region], background=Background("a blue sky", "ugly"), seed=3,
-                      guidance_scale=guidance, region_mode="attention")
+    attention = Scene(
+        256,
+        256,
+        [region],
+        background=Background("a blue sky", "ugly"),
+        seed=3,
+        guidance_scale=guidance,
+        region_mode="attention",
+    )
     # Plain generation: the prompt as the background of a scene without regions.
-    plain = Scene(256, 256, [], background=Background("a red fox", "blurry"), seed=3, guidance_scale=guidance,
-                  bootstrap_steps=0)
+    plain = Scene(
+        256, 256, [], background=Background("a red fox", "blurry"), seed=3, guidance_scale=guidance, bootstrap_steps=0
+    )
     got, expect = engine.generate(attention), engine.generate(plain)
     assert got.std() > 5 and max_diff(got, expect) <= 1
 
@@ -65,8 +80,12 @@ def test_changing_one_prompt_changes_mostly_its_own_area(engine):
 def test_ignored_layers_change_nothing(engine):
     a, b = _masks()
     base = [LayerInput("a red fox", a), LayerInput("snowy pine forest", b)]
-    extra = [LayerInput("a hidden cat", b, visible=False), LayerInput("an empty layer", np.zeros_like(a)),
-             LayerInput("# a note to self", a), LayerInput("Paint Layer 3", b)]
+    extra = [
+        LayerInput("a hidden cat", b, visible=False),
+        LayerInput("an empty layer", np.zeros_like(a)),
+        LayerInput("# a note to self", a),
+        LayerInput("Paint Layer 3", b),
+    ]
     kw = dict(background_prompt="a blue sky", seed=2, region_mode="attention")
     plain, _ = build_scene(base, S, S, **kw)
     noisy, parsed = build_scene(base[:1] + extra + base[1:], S, S, **kw)
@@ -105,8 +124,14 @@ def test_stream_edits_apply_without_a_flush(engine):
 def test_large_canvas_is_one_sample_per_window(engine):
     m = np.zeros((128, 1024), np.uint8)
     m[:, 400:700] = 255
-    scene = Scene(1024, 128, [Region("a red fox", m), Region("a boat", m[:, ::-1].copy())],
-                  background=Background("a long beach"), steps=2, region_mode="attention")
+    scene = Scene(
+        1024,
+        128,
+        [Region("a red fox", m), Region("a boat", m[:, ::-1].copy())],
+        background=Background("a long beach"),
+        steps=2,
+        region_mode="attention",
+    )
     calls, restore = count_unet_forwards(engine)
     try:
         out = engine.generate(scene)
@@ -119,8 +144,7 @@ def test_large_canvas_is_one_sample_per_window(engine):
 def test_several_clients_with_different_region_counts_share_one_call_and_match_solo(engine):
     one = _scene(seed=2)
     one.regions = one.regions[:1]
-    scenes = [_scene(seed=1), one, Scene(S, S, [], background=Background("a meadow"), seed=3,
-                                         region_mode="attention")]
+    scenes = [_scene(seed=1), one, Scene(S, S, [], background=Background("a meadow"), seed=3, region_mode="attention")]
     batch, solo = batched_and_solo(engine, scenes, 5)
     for got, expect in zip(batch, solo):
         assert max_diff(got.image, expect.image) <= 1
@@ -145,6 +169,7 @@ def test_a_model_without_cross_attention_refuses_attention_mode(tiny_components)
 def test_the_daemon_refuses_a_mode_its_model_cannot_do(tiny_components):
     from daemon_util import S as SIDE
     from daemon_util import connect, free_port, half_mask, serving
+
     from smd_daemon import protocol
     from smd_daemon.client import ErrorEvent, Layer, SceneEvent
     from smd_daemon.server import Server

@@ -12,10 +12,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
     out = tmp_path / "figures.json"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "benchmarks/gpu_figures.sh", "--model", "tiny", "--device", "cpu", "--dtype",
-                           "fp32", "--variants", "eager", "--frames", "1", "--warmup", "0", "--repeat", "1",
-                           "--size", "64", "--regions", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            "bash",
+            "benchmarks/gpu_figures.sh",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--variants",
+            "eager",
+            "--frames",
+            "1",
+            "--warmup",
+            "0",
+            "--repeat",
+            "1",
+            "--size",
+            "64",
+            "--regions",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["regions"], r["mode"]) for r in rows] == [(2, "latent"), (2, "attention")]
@@ -25,9 +50,24 @@ def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
 
 
 def test_plan_benchmark_dry_runs_on_cpu():
-    proc = subprocess.run([sys.executable, "benchmarks/bench_plan.py", "--model", "tiny", "--sizes", "512",
-                           "--no-full", "--threads", "1"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_plan.py",
+            "--model",
+            "tiny",
+            "--sizes",
+            "512",
+            "--no-full",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = [line for line in proc.stdout.splitlines() if line.startswith("| 512x512 |")]
     assert len(row) == 1 and row[0].count("|") == 7, proc.stdout

@@ -5,13 +5,18 @@ import sys
 
 import pytest
 import zmq.auth
-
 from daemon_util import ROOT, Daemon, daemon_env, free_port
 
 
 def check(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "smd_daemon", "check", *args], capture_output=True, text=True,
-                          env=daemon_env(), cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "smd_daemon", "check", *args],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 def _one_line_error(res, needle):
@@ -23,8 +28,13 @@ def _one_line_error(res, needle):
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys") / "keys"
-    res = subprocess.run([sys.executable, "-m", "smd_daemon", "keys", str(d), "--client", "alice"],
-                         capture_output=True, text=True, env=daemon_env(), cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "smd_daemon", "keys", str(d), "--client", "alice"],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr
     return d
 
@@ -74,10 +84,16 @@ def test_check_with_keys_only_succeeds_for_an_authorised_key(keys, tmp_path):
     _, stranger_secret = zmq.auth.create_certificates(str(stranger), "mallory")
     try:
         d.wait_serving()
-        ok = check(d.address, "--server-key", str(keys / "server.key"),
-                   "--client-key", str(keys / "clients" / "alice.key_secret"))
-        refused = check(d.address, "--server-key", str(keys / "server.key"), "--client-key", stranger_secret,
-                        "--timeout", "2")
+        ok = check(
+            d.address,
+            "--server-key",
+            str(keys / "server.key"),
+            "--client-key",
+            str(keys / "clients" / "alice.key_secret"),
+        )
+        refused = check(
+            d.address, "--server-key", str(keys / "server.key"), "--client-key", stranger_secret, "--timeout", "2"
+        )
         plaintext = check(d.address, "--timeout", "2")
     finally:
         d.stop()
@@ -88,7 +104,9 @@ def test_check_with_keys_only_succeeds_for_an_authorised_key(keys, tmp_path):
 
 def test_check_refuses_half_or_missing_keys(keys, tmp_path):
     _one_line_error(check("--server-key", str(keys / "server.key")), "both")
-    _one_line_error(check("--server-key", str(tmp_path / "nope.key"), "--client-key", str(tmp_path / "x")),
-                    "does not exist")
-    _one_line_error(check("--server-key", str(keys / "server.key"), "--client-key", str(keys / "server.key")),
-                    "no secret key")
+    _one_line_error(
+        check("--server-key", str(tmp_path / "nope.key"), "--client-key", str(tmp_path / "x")), "does not exist"
+    )
+    _one_line_error(
+        check("--server-key", str(keys / "server.key"), "--client-key", str(keys / "server.key")), "no secret key"
+    )

@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
-
-from daemon_util import ROOT, daemon_env
+from daemon_util import daemon_env
 
 CASES = {
-    "serve: an http address": (["serve", "--model", "tiny", "--bind", "http://127.0.0.1:7555"],
-                               "an address looks like"),
+    "serve: an http address": (
+        ["serve", "--model", "tiny", "--bind", "http://127.0.0.1:7555"],
+        "an address looks like",
+    ),
     "serve: a port that is not a number": (["serve", "--bind", "127.0.0.1:port"], "from 1 to 65535"),
     "serve: a flag's value": (["serve", "--max-fps", "fast"], "invalid float value: 'fast'"),
     "check: an http address": (["check", "http://gpu-box"], "http:// is not spoken here"),
@@ -26,8 +27,14 @@ CASES = {
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path):
     args, needle = CASES[case]
     args = [str(tmp_path / "keys") if a == "KEYDIR" else a for a in args]
-    res = subprocess.run([sys.executable, "-m", "smd_daemon", *args], capture_output=True, text=True,
-                         env=daemon_env(), cwd=tmp_path, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "smd_daemon", *args],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[transformers] ")]
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask
+
 from smd_daemon import protocol
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer
 from smd_daemon.server import messages as m
@@ -44,11 +44,11 @@ def test_messages_cross_the_wire_with_arrays_beside_the_pickle():
     assert len(frames) == 2 and len(frames[1]) == image.nbytes  # the pixels travel as their own frame
     back = wire.loads(frames)
     assert back.worker == "w1" and back.index == 3 and np.array_equal(back.image, image)
-    encoded = wire.loads(wire.dumps(m.FrameReady("s1", EncodedImage(b"jpegbytes", "jpeg", (64, 64, 3)), 1, 1,
-                                                 True, 1, 1.0, 1)))
+    encoded = wire.loads(
+        wire.dumps(m.FrameReady("s1", EncodedImage(b"jpegbytes", "jpeg", (64, 64, 3)), 1, 1, True, 1, 1.0, 1))
+    )
     assert encoded.image.data == b"jpegbytes" and encoded.image.shape == (64, 64, 3)
-    assert isinstance(wire.loads(wire.dumps(m.SetScene("s", None, 1, wire.PLAN_ON_WORKER))).plan,
-                      wire.PlanOnWorker)
+    assert isinstance(wire.loads(wire.dumps(m.SetScene("s", None, 1, wire.PLAN_ON_WORKER))).plan, wire.PlanOnWorker)
 
 
 def test_a_worker_makes_frames_only_within_the_front_ends_credit():
@@ -87,9 +87,12 @@ def test_placement_picks_the_least_engine_time_and_keeps_sessions_below_the_cap(
     from smd_daemon.cluster.frontend import Dispatcher, Worker
 
     d = Dispatcher(None, None, per_worker=2)
-    d.workers = {"w0": Worker("w0", "ready", load=0.9, sessions={"a"}), "w1": Worker("w1", "ready", load=0.2,
-                                                                                       sessions={"b", "c"}),
-                 "w2": Worker("w2", "failed"), "w3": Worker("w3", "loading")}
+    d.workers = {
+        "w0": Worker("w0", "ready", load=0.9, sessions={"a"}),
+        "w1": Worker("w1", "ready", load=0.2, sessions={"b", "c"}),
+        "w2": Worker("w2", "failed"),
+        "w3": Worker("w3", "loading"),
+    }
     assert d._choose(new=True).id == "w0"  # w1 is less busy but full
     assert d._choose(new=False).id == "w1"  # a session moved from a lost worker goes to the least busy
     d.workers["w0"].sessions.add("d")
@@ -190,8 +193,7 @@ class InProcessCluster:
     def worker(self, wid: str):
         from smd_daemon.cluster.worker import EngineWorker
 
-        w = EngineWorker(wid, self.workers_address, self.server.worker_keys(), GIB, GIB, node="here",
-                         device="cpu")
+        w = EngineWorker(wid, self.workers_address, self.server.worker_keys(), GIB, GIB, node="here", device="cpu")
         w.connect()
         self.workers.append(w)
         return w
@@ -248,8 +250,7 @@ def _open_refused(address: str) -> str:
         raw.close()
 
 
-def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker_lost_comes_back(
-        tiny_components):
+def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker_lost_comes_back(tiny_components):
     from smd_daemon.server.command import make_engine
 
     c = InProcessCluster(["w0", "w1"], per_worker=2)
@@ -297,7 +298,8 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
 # tests/run.sh installs Ray (the cluster extra) and requires these tests to run.
 ray_missing = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None and os.environ.get("SMD_REQUIRE_RAY") != "1",
-    reason="Ray is not installed (pip install -e '.[cluster]')")
+    reason="Ray is not installed (pip install -e '.[cluster]')",
+)
 
 
 def _processes() -> dict[int, tuple[int, str, bytes]]:
@@ -336,8 +338,9 @@ def _family(root: int, tmp: str) -> set[tuple[int, str]]:
 def _alive(family: set[tuple[int, str]], named: bytes = b"") -> list[int]:
     """The processes of ``family`` still running (whose command line starts with ``named``)."""
     procs = _processes()
-    return [pid for pid, started in family if pid in procs and procs[pid][1] == started
-            and procs[pid][2].startswith(named)]
+    return [
+        pid for pid, started in family if pid in procs and procs[pid][1] == started and procs[pid][2].startswith(named)
+    ]
 
 
 def _private_env() -> tuple[str, dict]:
@@ -399,8 +402,14 @@ def test_cluster_spreads_artists_over_workers_survives_a_killed_worker_and_stops
             assert len(frames) >= 2, f"client {i} got no frames:\n{d.text()}"
             placed[i] = frames[-1].header["worker"]
             if i == 2:  # with a session free for it: check lists the workers
-                check = subprocess.run([sys.executable, "-m", "smd_daemon", "check", d.address],
-                                       capture_output=True, text=True, env=daemon_env(), cwd=ROOT, timeout=60)
+                check = subprocess.run(
+                    [sys.executable, "-m", "smd_daemon", "check", d.address],
+                    capture_output=True,
+                    text=True,
+                    env=daemon_env(),
+                    cwd=ROOT,
+                    timeout=60,
+                )
                 assert check.returncode == 0, check.stderr
                 assert "workers: 2 of 2 ready" in check.stdout
                 for wid in ("w0", "w1"):
@@ -439,9 +448,26 @@ def test_cluster_spreads_artists_over_workers_survives_a_killed_worker_and_stops
 
 def _serve_fails(*args: str, env=None, timeout: float = 180) -> tuple[str, float]:
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--threads", "1",
-                        "--bind", f"tcp://127.0.0.1:{free_port()}", *args], capture_output=True, text=True,
-                       env={**daemon_env(), **(env or {})}, cwd=ROOT, timeout=timeout)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smd_daemon",
+            "serve",
+            "--model",
+            "tiny",
+            "--threads",
+            "1",
+            "--bind",
+            f"tcp://127.0.0.1:{free_port()}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**daemon_env(), **(env or {})},
+        cwd=ROOT,
+        timeout=timeout,
+    )
     assert p.returncode == 2, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("smd-daemon serve: error: ") and "Traceback" not in p.stderr, p.stderr
@@ -492,13 +518,16 @@ class Node:
 
     def up(self) -> None:
         there = ["ip", "netns", "exec", self.ns, "ip"]
-        for cmd in (["ip", "netns", "add", self.ns],
-                    ["ip", "link", "add", self.here_if, "type", "veth", "peer", "name", self.there_if],
-                    ["ip", "link", "set", self.there_if, "netns", self.ns],
-                    ["ip", "addr", "add", f"{self.here}/30", "dev", self.here_if],
-                    ["ip", "link", "set", self.here_if, "up"],
-                    there + ["addr", "add", f"{self.there}/30", "dev", self.there_if],
-                    there + ["link", "set", self.there_if, "up"], there + ["link", "set", "lo", "up"]):
+        for cmd in (
+            ["ip", "netns", "add", self.ns],
+            ["ip", "link", "add", self.here_if, "type", "veth", "peer", "name", self.there_if],
+            ["ip", "link", "set", self.there_if, "netns", self.ns],
+            ["ip", "addr", "add", f"{self.here}/30", "dev", self.here_if],
+            ["ip", "link", "set", self.here_if, "up"],
+            there + ["addr", "add", f"{self.there}/30", "dev", self.there_if],
+            there + ["link", "set", self.there_if, "up"],
+            there + ["link", "set", "lo", "up"],
+        ):
             subprocess.run(cmd, check=True, capture_output=True)
 
     def cut(self) -> None:
@@ -530,19 +559,52 @@ def test_two_nodes_a_lost_node_moves_its_artists_to_the_other():
 
     node, tmp = Node(), tempfile.mkdtemp(prefix="smdt-", dir="/tmp")
     port = free_port()
-    env = {**daemon_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    ray = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--num-cpus", "1", "--num-gpus", "0",
-           "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+    env = {
+        **daemon_env(),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    ray = [
+        os.path.join(os.path.dirname(sys.executable), "ray"),
+        "start",
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        str(100 * 2**20),
+        "--disable-usage-stats",
+    ]
     d, clients = None, []
     try:
         node.up()
-        subprocess.run(ray + ["--head", "--node-ip-address", node.here, "--port", str(port),
-                              "--include-dashboard=false", "--temp-dir", f"{tmp}/a"],
-                       env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(["ip", "netns", "exec", node.ns] + ray + [
-            "--address", f"{node.here}:{port}", "--node-ip-address", node.there, "--temp-dir", f"{tmp}/b"],
-                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ray
+            + [
+                "--head",
+                "--node-ip-address",
+                node.here,
+                "--port",
+                str(port),
+                "--include-dashboard=false",
+                "--temp-dir",
+                f"{tmp}/a",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", node.ns]
+            + ray
+            + ["--address", f"{node.here}:{port}", "--node-ip-address", node.there, "--temp-dir", f"{tmp}/b"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         d = Daemon("--ray", f"{node.here}:{port}", "--workers", "2", "--max-fps", "10", env=env)
         d.wait_serving(180)
         far = re.search(rf"worker (w\d) ready on node {re.escape(node.there)} ", d.text()).group(1)

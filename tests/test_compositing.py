@@ -15,11 +15,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from ora_util import Group, Layer, krita_missing, kritarunner, make_ora
 
 from smd_daemon.scenefile import Overrides, load_scene
 from smd_daemon.scenefile.compositing import alpha_table, krita_opacity, merge_opacity
-
-from ora_util import Group, Layer, krita_missing, kritarunner, make_ora
 
 SIDE = 256
 # Colours whose 8-bit rounding shows most between a dark layer at 37 % and one at 61 % over white.
@@ -30,8 +29,20 @@ def test_opacity_is_read_in_255ths_as_krita_holds_it():
     # Krita's OpenRaster export writes n/255 with six digits: each reads back as n.
     assert [krita_opacity(float(f"{n / 255:g}")) for n in range(256)] == list(range(256))
     # Other files: what Krita 5.1.5 showed on opening them (it cuts opacity * 255 down to a whole number).
-    opened = {"0.37": 94, "0.61": 155, "0.5": 127, "0.999": 254, "0.05": 12, "0.1": 25, "0.3": 76, "0.7": 178,
-              "0.9": 229, "1": 255, "0": 0, "0.001": 0}
+    opened = {
+        "0.37": 94,
+        "0.61": 155,
+        "0.5": 127,
+        "0.999": 254,
+        "0.05": 12,
+        "0.1": 25,
+        "0.3": 76,
+        "0.7": 178,
+        "0.9": 229,
+        "1": 255,
+        "0": 0,
+        "0.001": 0,
+    }
     assert {text: krita_opacity(float(text)) for text in opened} == opened
     assert krita_opacity(1.5) == 255 and krita_opacity(-1) == 0 and krita_opacity(float("nan")) == 255
 
@@ -41,7 +52,7 @@ def test_alpha_through_a_layer_at_37_percent_inside_a_group_at_61_percent():
     alphas = (2, 12, 15, 20, 24, 37, 200, 255)
     # What Krita 5.1.5 showed: rounded at each level. Rounding the product once is 1 off at these.
     assert [int(table[a]) for a in alphas] == [1, 2, 4, 4, 6, 9, 45, 58]
-    assert [round(a * 94 * 156 / 255 ** 2) for a in alphas] == [0, 3, 3, 5, 5, 8, 45, 58]
+    assert [round(a * 94 * 156 / 255**2) for a in alphas] == [0, 3, 3, 5, 5, 8, 45, 58]
     assert alpha_table((255, 255)).tolist() == list(range(256))
     # A layer at 37 % in a pass-through group at 61 %: Krita 5.1.5 showed 57/255 (a cut-down 57.5).
     assert merge_opacity(94, 156) == 57 and merge_opacity(94, 255) == 94 and merge_opacity(255, 255) == 255
@@ -58,8 +69,12 @@ def _layers(opacities, isolation="isolate") -> list:
     white = np.full((SIDE, SIDE, 4), 255, np.uint8)
     layer_o, group_o = opacities
     group = Group("characters", [Layer("a red fox", fox, opacity=layer_o)], opacity=group_o, isolation=isolation)
-    return [group, Layer("Paint Layer 3", high, opacity=group_o), Layer("Paint Layer 2", low, opacity=layer_o),
-            Layer("Background", white)]
+    return [
+        group,
+        Layer("Paint Layer 3", high, opacity=group_o),
+        Layer("Paint Layer 2", low, opacity=layer_o),
+        Layer("Background", white),
+    ]
 
 
 def test_two_layers_at_37_and_61_percent_composite_as_in_krita(tmp_path):
@@ -67,8 +82,13 @@ def test_two_layers_at_37_and_61_percent_composite_as_in_krita(tmp_path):
     8-bit compositing of pre-rounded alpha was 2/255 off."""
     ora = make_ora(tmp_path / "s.ora", SIDE, SIDE, _layers(("0.368627", "0.611765")))  # as Krita writes them
     image = load_scene(ora, Overrides(background_strength=0.5)).scene.background.image
-    krita = {(102, 1): (221, 223, 220), (192, 14): (187, 190, 182), (60, 35): (215, 217, 216),
-             (241, 60): (152, 156, 149), (255, 255): (67, 69, 74)}
+    krita = {
+        (102, 1): (221, 223, 220),
+        (192, 14): (187, 190, 182),
+        (60, 35): (215, 217, 216),
+        (241, 60): (152, 156, 149),
+        (255, 255): (67, 69, 74),
+    }
     assert {xy: tuple(int(v) for v in image[xy[1], xy[0]]) for xy in krita} == krita
 
 
@@ -188,8 +208,13 @@ def test_layers_at_37_and_61_percent_read_as_real_krita_shows_them(tmp_path):
     assert seen["made_exported"] and seen["made_pass_exported"]
     # Krita cuts the opacity of a file it opens down to whole 255ths, and reads a group without
     # isolation="isolate" as pass-through.
-    assert seen["hand"] == {"Background": 255, "Paint Layer 2": 94, "Paint Layer 3": 155, "characters": 155,
-                            "a red fox": 94}
+    assert seen["hand"] == {
+        "Background": 255,
+        "Paint Layer 2": 94,
+        "Paint Layer 3": 155,
+        "characters": 155,
+        "a red fox": 94,
+    }
     assert not seen["hand pass-through"] and seen["hand_pass pass-through"]
     with zipfile.ZipFile(tmp_path / "made.ora") as zf:
         assert 'opacity="0.368627"' in zf.read("stack.xml").decode()  # n/255 in six digits

@@ -9,8 +9,8 @@ import stat
 import pytest
 import zmq
 import zmq.auth
-
 from daemon_util import Daemon, Raw, S, connect, free_port, half_mask, keys_and_stranger, run_cli
+
 from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
 
@@ -33,12 +33,15 @@ def test_busy_port_fails_before_the_model_loads():
     assert r.returncode == 2 and "cannot bind" in r.stderr and "loading model" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("content,needle", [
-    ('modle = "tiny"\n', "unknown setting 'modle'"),
-    ("max_sessions = 'many'\n", "max_sessions must be int"),
-    ("bind = [\n", "not valid TOML"),
-    ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('modle = "tiny"\n', "unknown setting 'modle'"),
+        ("max_sessions = 'many'\n", "max_sessions must be int"),
+        ("bind = [\n", "not valid TOML"),
+        ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path, content, needle):
     cfg = tmp_path / "smd.toml"
     cfg.write_text(content)
@@ -55,8 +58,10 @@ def test_keys_are_private_and_in_pyzmq_format(tmp_path):
         assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
         public, private = zmq.auth.load_certificate(str(secret))
         assert len(public) == 40 and len(private) == 40
-    assert zmq.auth.load_certificate(str(k / "authorized" / "alice.key"))[0] == \
-        zmq.auth.load_certificate(str(k / "clients" / "alice.key_secret"))[0]
+    assert (
+        zmq.auth.load_certificate(str(k / "authorized" / "alice.key"))[0]
+        == zmq.auth.load_certificate(str(k / "clients" / "alice.key_secret"))[0]
+    )
     again = run_cli("keys", str(k), "--client", "alice")
     assert again.returncode == 2 and "--force" in again.stderr
 
@@ -113,8 +118,12 @@ def test_curve_only_authorised_clients_are_served(tmp_path):
     try:
         d.wait_serving()
         assert "CURVE encryption on; 1 allowed" in d.text()
-        alice = connect(address, name="alice", server_public_key=server_public,
-                        client_secret_file=str(keys / "clients" / "alice.key_secret"))
+        alice = connect(
+            address,
+            name="alice",
+            server_public_key=server_public,
+            client_secret_file=str(keys / "clients" / "alice.key_secret"),
+        )
         try:
             alice.set_scene(S, S, [Layer("1", "a red fox", half_mask())])
             alice.start_live("webp")
@@ -123,8 +132,7 @@ def test_curve_only_authorised_clients_are_served(tmp_path):
         finally:
             alice.close()
 
-        mallory = Client(address, name="mallory", server_public_key=server_public,
-                         client_secret_file=stranger_secret)
+        mallory = Client(address, name="mallory", server_public_key=server_public, client_secret_file=stranger_secret)
         mallory.connect()
         assert mallory.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "connected", 3) is None
         mallory.close()
@@ -185,9 +193,15 @@ def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
     try:
         d.wait_serving()
         c = connect(d.address, name="huge")
-        c.set_scene(side, side, [Layer("1", "a red fox", half_mask(side))], background_prompt="a beach",
-                    background_image=zlib.compress(gradient, 1), background_image_encoding="zlib",
-                    background_strength=0.5)
+        c.set_scene(
+            side,
+            side,
+            [Layer("1", "a red fox", half_mask(side))],
+            background_prompt="a beach",
+            background_image=zlib.compress(gradient, 1),
+            background_image_encoding="zlib",
+            background_strength=0.5,
+        )
         reply = c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 3.0)
         assert reply is None, f"the plan ended before the signal: {reply}"
         t = time.monotonic()

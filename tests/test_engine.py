@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from engine_util import batched_and_solo, count_unet_forwards, edit_in_flight, frame_batches, max_diff
+
 from smd_daemon.engine.core import Cancelled, Engine
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
 
@@ -19,36 +19,48 @@ def _two_regions(prompt_a="a red fox", prompt_b="snowy pine forest", seed=1, **k
     a = np.zeros((S, S), np.float32)
     a[:, : S // 2] = 1
     b = np.zeros((S, S), np.float32)
-    b[S // 4: S - 8, S // 3: S - 4] = 1
-    return Scene(S, S, [Region(prompt_a, a), Region(prompt_b, b)], background=Background("a blue sky"),
-                 seed=seed, steps=4, **kw)
+    b[S // 4 : S - 8, S // 3 : S - 4] = 1
+    return Scene(
+        S, S, [Region(prompt_a, a), Region(prompt_b, b)], background=Background("a blue sky"), seed=seed, steps=4, **kw
+    )
 
 
 def test_single_full_region_matches_diffusers_lcm_pipeline(engine):
     from smd_daemon.engine.tiny import build_tiny_pipeline
 
-    scene = Scene(256, 256, [Region("a red fox", _full(256, 256), mask_std=0, prompt_strength=1.0)],
-                  seed=3, steps=4, bootstrap_steps=0)
+    scene = Scene(
+        256,
+        256,
+        [Region("a red fox", _full(256, 256), mask_std=0, prompt_strength=1.0)],
+        seed=3,
+        steps=4,
+        bootstrap_steps=0,
+    )
     ours = engine.generate(scene)
     pipe = build_tiny_pipeline()  # same seed -> same weights as the preset
-    ref = pipe("a red fox", num_inference_steps=4, guidance_scale=1.0, height=256, width=256,
-               generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    ref = pipe(
+        "a red fox",
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        height=256,
+        width=256,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images[0]
     assert ours.shape == (256, 256, 3) and ours.dtype == np.uint8
     assert max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
     assert ours.std() > 5  # not a blank image
 
 
 def test_identical_prompts_in_every_region_reproduce_the_single_prompt_result(engine):
-    single = Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=5,
-                   bootstrap_steps=0)
+    single = Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=5, bootstrap_steps=0)
     left = np.zeros((S, S), np.float32)
     left[:, :80] = 1
     right = np.zeros((S, S), np.float32)
     right[:, 48:] = 1
     blob = np.zeros((S, S), np.float32)
     blob[20:90, 30:100] = 0.7
-    regions = [Region("a red fox", m, mask_std=s, prompt_strength=1.0) for m, s in
-               [(left, 4), (right, 0), (blob, 8)]]
+    regions = [Region("a red fox", m, mask_std=s, prompt_strength=1.0) for m, s in [(left, 4), (right, 0), (blob, 8)]]
     multi = Scene(S, S, regions, background=Background("a red fox"), seed=5, bootstrap_steps=0)
     assert max_diff(engine.generate(single), engine.generate(multi)) <= 1
 
@@ -64,7 +76,7 @@ def test_static_stream_gives_identical_consecutive_frames(engine):
     stream = engine.open_stream(_two_regions())
     frames = [stream.step() for _ in range(3 * stream.steps_in_flight)]
     assert frames[-1].settled
-    tail = [f.image for f in frames[2 * stream.steps_in_flight:]]
+    tail = [f.image for f in frames[2 * stream.steps_in_flight :]]
     for img in tail[1:]:
         assert np.array_equal(img, tail[0])
     assert [f.index for f in frames] == list(range(len(frames)))
@@ -100,8 +112,10 @@ def test_regions_change_the_image_only_where_they_are(engine):
     moved.regions[1].prompt = "a castle on a hill"
     a, b = engine.generate(base), engine.generate(moved)
     # the left band belongs to region 0 (and region 1 covers x >= 42): far-left columns barely change
-    assert np.abs(a[:, :24].astype(int) - b[:, :24].astype(int)).mean() < \
-        np.abs(a[:, 64:].astype(int) - b[:, 64:].astype(int)).mean()
+    assert (
+        np.abs(a[:, :24].astype(int) - b[:, :24].astype(int)).mean()
+        < np.abs(a[:, 64:].astype(int) - b[:, 64:].astype(int)).mean()
+    )
 
 
 def test_background_image_at_full_strength_is_reproduced(engine):
@@ -117,8 +131,9 @@ def test_large_canvas_uses_overlapping_windows(engine):
     try:
         m = np.zeros((128, 1024), np.float32)
         m[:, 400:700] = 1
-        scene = Scene(1024, 128, [Region("a red fox", m)], background=Background("a long beach"), steps=2,
-                      bootstrap_steps=0)
+        scene = Scene(
+            1024, 128, [Region("a red fox", m)], background=Background("a long beach"), steps=2, bootstrap_steps=0
+        )
         out = engine.generate(scene)
     finally:
         restore()
@@ -166,15 +181,18 @@ def test_generate_reports_progress_and_can_be_cancelled(engine):
         engine.generate(_two_regions(), cancel=lambda: True)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: setattr(s, "width", 100), "multiples of 8"),
-    (lambda s: setattr(s, "width", 8192), "outside"),
-    (lambda s: setattr(s, "steps", 0), "steps"),
-    (lambda s: setattr(s.regions[0], "mask_strength", float("nan")), "mask strength"),
-    (lambda s: setattr(s.regions[0], "mask", np.ones((5, 5), np.float32)), "mask"),
-    (lambda s: setattr(s.regions[0], "prompt", "x" * 5000), "characters"),
-    (lambda s: setattr(s, "regions", s.regions * 20), "regions"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: setattr(s, "width", 100), "multiples of 8"),
+        (lambda s: setattr(s, "width", 8192), "outside"),
+        (lambda s: setattr(s, "steps", 0), "steps"),
+        (lambda s: setattr(s.regions[0], "mask_strength", float("nan")), "mask strength"),
+        (lambda s: setattr(s.regions[0], "mask", np.ones((5, 5), np.float32)), "mask"),
+        (lambda s: setattr(s.regions[0], "prompt", "x" * 5000), "characters"),
+        (lambda s: setattr(s, "regions", s.regions * 20), "regions"),
+    ],
+)
 def test_bad_scenes_are_refused_with_a_clear_message(engine, change, message):
     scene = _two_regions()
     change(scene)
@@ -195,13 +213,29 @@ def test_lcm_distilled_unet_gets_the_guidance_embedding_like_diffusers():
     cfg["time_cond_proj_dim"] = 32
     torch.manual_seed(0)
     pipe.unet = UNet2DConditionModel(**cfg)
-    lcm = LatentConsistencyModelPipeline(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler,
-                                         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ref = lcm("a red fox", num_inference_steps=4, guidance_scale=8.5, height=S, width=S,
-              generator=torch.Generator().manual_seed(2), output_type="np").images[0]
+    lcm = LatentConsistencyModelPipeline(
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        pipe.unet,
+        pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    ref = lcm(
+        "a red fox",
+        num_inference_steps=4,
+        guidance_scale=8.5,
+        height=S,
+        width=S,
+        generator=torch.Generator().manual_seed(2),
+        output_type="np",
+    ).images[0]
     engine = Engine(components_from_pipeline(pipe, "tiny-lcm", torch.device("cpu"), torch.float32))
-    ours = engine.generate(Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=2,
-                                 bootstrap_steps=0))
+    ours = engine.generate(
+        Scene(S, S, [Region("a red fox", _full(), mask_std=0, prompt_strength=1.0)], seed=2, bootstrap_steps=0)
+    )
     assert max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
 
 
@@ -272,6 +306,12 @@ def test_planes_decoded_from_a_message_reach_the_engine_without_a_copy_or_a_warn
         print("drawn")
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr[-3000:]

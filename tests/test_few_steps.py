@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from engine_util import count_unet_forwards, max_diff
+
 from smd_daemon.engine.core import Engine
 from smd_daemon.engine.models import ModelLoadError, load_model
 from smd_daemon.engine.scene import Background, Region, Scene, SceneError
@@ -21,17 +21,30 @@ def _scene(steps, mode="latent", seed=1, size=S, **kw):
     a = np.zeros((size, size), np.uint8)
     a[:, : size // 2] = 255
     b = np.zeros((size, size), np.uint8)
-    b[size // 4:, size // 3:] = 255
-    return Scene(size, size, [Region("a red fox", a), Region("a pine", b)], background=Background("a blue sky"),
-                 seed=seed, steps=steps, region_mode=mode, **kw)
+    b[size // 4 :, size // 3 :] = 255
+    return Scene(
+        size,
+        size,
+        [Region("a red fox", a), Region("a pine", b)],
+        background=Background("a blue sky"),
+        seed=seed,
+        steps=steps,
+        region_mode=mode,
+        **kw,
+    )
 
 
 def _turbo_scheduler(config):
     """The scheduler stabilityai/sd-turbo ships: Euler, trailing timesteps."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing", timestep_type="discrete",
-                                              interpolation_type="linear", use_karras_sigmas=False)
+    return EulerDiscreteScheduler.from_config(
+        config,
+        timestep_spacing="trailing",
+        timestep_type="discrete",
+        interpolation_type="linear",
+        use_karras_sigmas=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +103,22 @@ def test_a_turbo_style_config_is_detected_with_its_own_timesteps(turbo):
 def test_one_step_turbo_image_equals_diffusers_with_the_models_own_scheduler(turbo, turbo_folder, guidance):
     from diffusers import StableDiffusionPipeline
 
-    ours = Engine(turbo).generate(Scene(S, S, [], background=Background("a red fox"), seed=4, steps=1,
-                                        guidance_scale=guidance))
-    pipe = StableDiffusionPipeline.from_pretrained(turbo_folder, local_files_only=True, safety_checker=None,
-                                                   requires_safety_checker=False)
+    ours = Engine(turbo).generate(
+        Scene(S, S, [], background=Background("a red fox"), seed=4, steps=1, guidance_scale=guidance)
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(
+        turbo_folder, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe("a red fox", num_inference_steps=1, guidance_scale=guidance, height=S, width=S,
-               generator=torch.Generator().manual_seed(4), output_type="np").images[0]
+    ref = pipe(
+        "a red fox",
+        num_inference_steps=1,
+        guidance_scale=guidance,
+        height=S,
+        width=S,
+        generator=torch.Generator().manual_seed(4),
+        output_type="np",
+    ).images[0]
     assert ours.std() > 5 and max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
 
 
@@ -138,7 +160,9 @@ def test_steps_the_model_cannot_do_are_refused_before_any_work(engine):
         engine.scheduler.register_to_config(original_inference_steps=50)
 
 
-@pytest.mark.parametrize("command", [["render", "scene.json", "-o", "out.png"], ["serve", "--bind", "tcp://127.0.0.1:1"]])
+@pytest.mark.parametrize(
+    "command", [["render", "scene.json", "-o", "out.png"], ["serve", "--bind", "tcp://127.0.0.1:1"]]
+)
 def test_cli_refuses_an_unknown_model_kind_before_any_work(command, capsys):
     from smd_daemon.cli import main
 

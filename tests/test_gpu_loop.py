@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-
 from daemon_util import S, connect, free_port, half_mask, serving
+
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent, SceneEvent
 from smd_daemon.engine.core import StreamFrame
 from smd_daemon.server import Limits, Server
@@ -26,8 +26,9 @@ class FakeStream:
 
     def frame(self):
         self.index += 1
-        return StreamFrame(np.zeros((self.scene.height, self.scene.width, 3), np.uint8), self.index,
-                           self.revision, True)
+        return StreamFrame(
+            np.zeros((self.scene.height, self.scene.width, 3), np.uint8), self.index, self.revision, True
+        )
 
 
 def _explodes(scene) -> bool:

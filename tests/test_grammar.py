@@ -1,10 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from pathlib import Path
-
-from smd_daemon.grammar import (REASON_CODES, WARNING_CODES, LayerInput, build_scene, is_automatic_name,
-                                parse_layer_name)
+from smd_daemon.grammar import REASON_CODES, WARNING_CODES, LayerInput, build_scene, is_automatic_name, parse_layer_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -12,40 +11,126 @@ REPO = Path(__file__).resolve().parents[1]
 # Default names other programs give layers; Krita's were read from Krita 5.1 itself (en, de, fr, es).
 AUTOMATIC = [
     # Krita 5.1, English: new layers, masks, filter layers with the filter's name, duplicates
-    "Paint Layer 1", "Paint Layer 12", "Background", "background", "Group 3", "Clone Layer 4", "Vector Layer 5",
-    "Fill Layer 6", "File Layer 2", "Filter Layer 6 (Levels)", "Filter Mask 1 (Levels)", "Transparency Mask 1",
-    "Colorize Mask 1", "Transform Mask 1", "Selection 1", "Selection Mask", "Visible", "Layer 2 (pasted)",
-    "Copy of Group 3", "Copy of Copy of Paint Layer 1", "Paint Layer 3 (merged)", "Layer 12",
+    "Paint Layer 1",
+    "Paint Layer 12",
+    "Background",
+    "background",
+    "Group 3",
+    "Clone Layer 4",
+    "Vector Layer 5",
+    "Fill Layer 6",
+    "File Layer 2",
+    "Filter Layer 6 (Levels)",
+    "Filter Mask 1 (Levels)",
+    "Transparency Mask 1",
+    "Colorize Mask 1",
+    "Transform Mask 1",
+    "Selection 1",
+    "Selection Mask",
+    "Visible",
+    "Layer 2 (pasted)",
+    "Copy of Group 3",
+    "Copy of Copy of Paint Layer 1",
+    "Paint Layer 3 (merged)",
+    "Layer 12",
     # Krita 5.1, German / French / Spanish
-    "Hintergrund", "Malebene 2", "Gruppe 1", "Kopie von Gruppe 2", "Ebene klonen 3", "Vektorebene 4",
-    "Transparenzmaske 1", "Einfärben der Maske 1", "Filtermaske 1 (Stufen)", "Auswahl 1", "Filterebene 5 (Stufen)",
-    "Füllebene 5", "Sichtbar",
-    "Arrière-plan", "Calque de dessin 2", "Calque de groupe 2", "Copier de Calque de groupe 2", "Calque de clonage 3",
-    "Calque vectoriel 4", "Masque de transparence 1", "Masque de filtrage 1 (Niveaux)", "Sélection 1",
-    "Calque de filtrage 5 (Niveaux)", "Calque de remplissage 5",
-    "Fondo", "Capa de pintura 2", "Agrupar 2", "Copia de Agrupar 2", "Clonar capa 3", "Capa vectorial 4",
-    "Máscara de transparencia 1", "Máscara de filtro 1 (Niveles)", "Selección 1", "Capa de filtro 5 (Niveles)",
+    "Hintergrund",
+    "Malebene 2",
+    "Gruppe 1",
+    "Kopie von Gruppe 2",
+    "Ebene klonen 3",
+    "Vektorebene 4",
+    "Transparenzmaske 1",
+    "Einfärben der Maske 1",
+    "Filtermaske 1 (Stufen)",
+    "Auswahl 1",
+    "Filterebene 5 (Stufen)",
+    "Füllebene 5",
+    "Sichtbar",
+    "Arrière-plan",
+    "Calque de dessin 2",
+    "Calque de groupe 2",
+    "Copier de Calque de groupe 2",
+    "Calque de clonage 3",
+    "Calque vectoriel 4",
+    "Masque de transparence 1",
+    "Masque de filtrage 1 (Niveaux)",
+    "Sélection 1",
+    "Calque de filtrage 5 (Niveaux)",
+    "Calque de remplissage 5",
+    "Fondo",
+    "Capa de pintura 2",
+    "Agrupar 2",
+    "Copia de Agrupar 2",
+    "Clonar capa 3",
+    "Capa vectorial 4",
+    "Máscara de transparencia 1",
+    "Máscara de filtro 1 (Niveles)",
+    "Selección 1",
+    "Capa de filtro 5 (Niveles)",
     # GIMP 2.10 (en, de, fr, es)
-    "New Layer", "New Layer #2", "Layer 1 copy", "Background copy", "Background copy #1", "Pasted Layer",
-    "Pasted Layer #3", "Layer Group", "Layer Group #1", "Clipboard", "Floating Selection\n(Pasted Layer)",
-    "Neue Ebene", "Neue Ebene #2", "Hintergrund-Kopie", "Eingefügte Ebene", "Ebenengruppe",
-    "Nouveau calque", "Nouveau calque #1", "Copie de Arrière-plan", "Calque copié", "Groupe de calques",
-    "Capa nueva", "Capa nueva #2", "Copia de Fondo", "Capa pegada", "Grupo de capas",
+    "New Layer",
+    "New Layer #2",
+    "Layer 1 copy",
+    "Background copy",
+    "Background copy #1",
+    "Pasted Layer",
+    "Pasted Layer #3",
+    "Layer Group",
+    "Layer Group #1",
+    "Clipboard",
+    "Floating Selection\n(Pasted Layer)",
+    "Neue Ebene",
+    "Neue Ebene #2",
+    "Hintergrund-Kopie",
+    "Eingefügte Ebene",
+    "Ebenengruppe",
+    "Nouveau calque",
+    "Nouveau calque #1",
+    "Copie de Arrière-plan",
+    "Calque copié",
+    "Groupe de calques",
+    "Capa nueva",
+    "Capa nueva #2",
+    "Copia de Fondo",
+    "Capa pegada",
+    "Grupo de capas",
     # Photoshop and MyPaint (en, de, fr, es)
-    "Layer 1", "Layer 1 copy 2", "Group 1", "Ebene 2", "Ebene 1 Kopie", "Calque 1", "Calque 1 copie", "Groupe 1",
-    "Capa 1", "Capa 1 copia", "Grupo 1", "Layer 3",
+    "Layer 1",
+    "Layer 1 copy 2",
+    "Group 1",
+    "Ebene 2",
+    "Ebene 1 Kopie",
+    "Calque 1",
+    "Calque 1 copie",
+    "Groupe 1",
+    "Capa 1",
+    "Capa 1 copia",
+    "Grupo 1",
+    "Layer 3",
     # spacing and case as typed
-    "  paint layer 3 ", "LAYER 2",
+    "  paint layer 3 ",
+    "LAYER 2",
 ]
 # Names that look close but are prompts and must stay regions.
 PROMPTS = [
-    ("a red fox", "a red fox"), ("layer cake", "layer cake"), ("a group of birds", "a group of birds"),
-    ("background trees", "background trees"), ("Fondo marino", "Fondo marino"), ("fondo del mar", "fondo del mar"),
-    ("Visible light", "Visible light"), ("selection of fruit", "selection of fruit"),
-    ("copy of the mona lisa", "copy of the mona lisa"), ("Layer cake 2", "Layer cake 2"),
-    ("background (blurry)", "background (blurry)"), ("a paper copy", "a paper copy"),
-    ("Copy of a red fox", "a red fox"), ("Kopie von ein roter Fuchs", "ein roter Fuchs"),
-    ("Copy of Copy of a cat | blur: 2", "a cat"), ("capa roja", "capa roja"), ("calque 1 of a cat", "calque 1 of a cat"),
+    ("a red fox", "a red fox"),
+    ("layer cake", "layer cake"),
+    ("a group of birds", "a group of birds"),
+    ("background trees", "background trees"),
+    ("Fondo marino", "Fondo marino"),
+    ("fondo del mar", "fondo del mar"),
+    ("Visible light", "Visible light"),
+    ("selection of fruit", "selection of fruit"),
+    ("copy of the mona lisa", "copy of the mona lisa"),
+    ("Layer cake 2", "Layer cake 2"),
+    ("background (blurry)", "background (blurry)"),
+    ("a paper copy", "a paper copy"),
+    ("Copy of a red fox", "a red fox"),
+    ("Kopie von ein roter Fuchs", "ein roter Fuchs"),
+    ("Copy of Copy of a cat | blur: 2", "a cat"),
+    ("capa roja", "capa roja"),
+    ("calque 1 of a cat", "calque 1 of a cat"),
 ]
 
 
@@ -63,11 +148,20 @@ def test_prompts_that_look_like_automatic_names_stay_prompts(name, prompt):
     assert (p.role, p.prompt, p.reason_code) == ("region", prompt, ""), name
 
 
-@pytest.mark.parametrize("name, code", [
-    ("# my sketch", "marker"), ("  #notes", "marker"), ("", "no_name"), ("   ", "no_name"),
-    ("SMD Preview", "plugin_layer"), ("SMD Result 3", "plugin_layer"), ("| neg: ugly", "no_prompt"),
-    ("bg:", None), ("Copy of Paint Layer 2", "automatic_name"),
-])
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("# my sketch", "marker"),
+        ("  #notes", "marker"),
+        ("", "no_name"),
+        ("   ", "no_name"),
+        ("SMD Preview", "plugin_layer"),
+        ("SMD Result 3", "plugin_layer"),
+        ("| neg: ugly", "no_prompt"),
+        ("bg:", None),
+        ("Copy of Paint Layer 2", "automatic_name"),
+    ],
+)
 def test_ignored_names_carry_a_code_and_a_sentence(name, code):
     p = parse_layer_name(name)
     if code is None:  # a bg: layer without a prompt still marks its pixels as background
@@ -84,8 +178,17 @@ def test_hidden_layers_are_ignored():
 
 def test_reason_codes_are_the_documented_closed_set():
     doc = (REPO / "docs" / "protocol.md").read_text()
-    assert set(REASON_CODES) >= {"hidden", "empty", "automatic_name", "marker", "plugin_layer", "no_name",
-                                 "no_prompt", "size_mismatch", "group"}
+    assert set(REASON_CODES) >= {
+        "hidden",
+        "empty",
+        "automatic_name",
+        "marker",
+        "plugin_layer",
+        "no_name",
+        "no_prompt",
+        "size_mismatch",
+        "group",
+    }
     for code in list(REASON_CODES) + list(WARNING_CODES):
         assert f"`{code}`" in doc, code
 
@@ -122,8 +225,12 @@ def test_warnings_stay_on_a_layer_that_is_ignored_for_another_reason():
 
 def test_background_layer():
     p = parse_layer_name("BG: snowy pine forest | strength: 0.4 | neg: people")
-    assert (p.role, p.prompt, p.background_strength, p.negative_prompt) == ("background", "snowy pine forest", 0.4,
-                                                                            "people")
+    assert (p.role, p.prompt, p.background_strength, p.negative_prompt) == (
+        "background",
+        "snowy pine forest",
+        0.4,
+        "people",
+    )
 
 
 def test_build_scene_reads_layers_bottom_to_top():
@@ -147,12 +254,35 @@ def test_build_scene_reads_layers_bottom_to_top():
     assert scene.regions[0].mask_std == 2 and scene.regions[0].negative_prompt == "blurry"
     assert scene.regions[1].mask.dtype == np.uint8 and scene.regions[1].mask.max() == 128  # alpha as it came
     assert scene.background.prompt == "a meadow" and scene.background.strength == 0.5
-    assert [p.role for p in parsed] == ["ignored", "background", "region", "ignored", "ignored", "region", "ignored",
-                                        "ignored", "ignored"]
-    assert [p.reason_code for p in parsed] == ["automatic_name", "", "", "hidden", "empty", "", "size_mismatch",
-                                               "group", "empty"]
+    assert [p.role for p in parsed] == [
+        "ignored",
+        "background",
+        "region",
+        "ignored",
+        "ignored",
+        "region",
+        "ignored",
+        "ignored",
+        "ignored",
+    ]
+    assert [p.reason_code for p in parsed] == [
+        "automatic_name",
+        "",
+        "",
+        "hidden",
+        "empty",
+        "",
+        "size_mismatch",
+        "group",
+        "empty",
+    ]
     assert parsed[6].reason == "its pixels do not match the canvas size (16x32, the canvas is 64x64)"
-    assert parsed[7].to_dict() == {"name": "characters", "role": "ignored", "prompt": "",
-                                   "reason_code": "group", "reason": "a group: its layers are read one by one"}
+    assert parsed[7].to_dict() == {
+        "name": "characters",
+        "role": "ignored",
+        "prompt": "",
+        "reason_code": "group",
+        "reason": "a group: its layers are read one by one",
+    }
     assert parsed[2].to_dict()["blur"] == 2
     scene.validate()

@@ -11,10 +11,9 @@ import zlib
 
 import pytest
 import zmq
-
 import zmq.auth
-
 from daemon_util import Daemon, Raw, S, connect, half_mask, keys_and_stranger, run_cli
+
 from smd_daemon import protocol
 from smd_daemon.client import Client, ErrorEvent, FrameEvent, Layer, StateCode, StateEvent
 from smd_daemon.keys import fingerprint
@@ -96,8 +95,11 @@ def test_a_flood_before_hello_does_not_lock_anyone_out(daemon):
     assert flood.sent > 20000, flood.sent
     assert answered == 20
     # One line per interval for the flooding connection, not one per message.
-    flood_lines = [line for line in daemon.text().splitlines()[lines_before:] if "probe" not in line
-                   and "artist" not in line and "session" not in line]
+    flood_lines = [
+        line
+        for line in daemon.text().splitlines()[lines_before:]
+        if "probe" not in line and "artist" not in line and "session" not in line
+    ]
     assert len(flood_lines) <= 5, flood_lines
 
 
@@ -108,8 +110,10 @@ def test_lone_surrogates_and_loose_versions_are_refused_without_stopping_the_str
         frames(c, 2)
         # The client library cannot even send one (it is not text); a raw peer can.
         raw.handshake()
-        head = ('{"v": %d, "type": "update", "id": 3, "revision": 1, "full": true, "width": %d, "height": %d, '
-                '"layers": [{"key": "1", "name": "a fox \\ud800", "alpha": {"part": 0}}]}' % (V, S, S))
+        head = (
+            '{"v": %d, "type": "update", "id": 3, "revision": 1, "full": true, "width": %d, "height": %d, '
+            '"layers": [{"key": "1", "name": "a fox \\ud800", "alpha": {"part": 0}}]}' % (V, S, S)
+        )
         raw.send_frames([head.encode(), half_mask()])
         err = raw.expect("error")
         assert err.header["code"] == E.BAD_MESSAGE and "surrogate" in err.header["message"]
@@ -117,8 +121,16 @@ def test_lone_surrogates_and_loose_versions_are_refused_without_stopping_the_str
         for v in ("true", "2.0", '"2"'):
             raw.send_frames([b'{"v": %s, "type": "ping"}' % v.encode()])
             assert raw.expect("error").header["code"] == E.BAD_VERSION
-        raw.send("update", [half_mask()], revision=1, full=True, width=S, height=S, mask_mode="blurry",
-                 layers=[{"key": "1", "name": "a fox", "alpha": {"part": 0}}])
+        raw.send(
+            "update",
+            [half_mask()],
+            revision=1,
+            full=True,
+            width=S,
+            height=S,
+            mask_mode="blurry",
+            layers=[{"key": "1", "name": "a fox", "alpha": {"part": 0}}],
+        )
         assert raw.expect("error").header["code"] == E.BAD_FIELD
         # A client whose layer name holds a lone surrogate gets the same, and its stream goes on.
         c.update_scene([Layer("1", "a fox \ud800", half_mask())])
@@ -228,8 +240,15 @@ def test_updates_are_decoded_and_planned_without_stopping_anyone(tmp_path):
         # One 4096x4096 scene of 16 layers from 28 KiB: more than one session may keep.
         bomb = zlib.compress(bytes(4096 * 4096), 9)
         assert len(bomb) < 30000
-        second.send("update", [bomb], revision=2, full=True, width=4096, height=4096,
-                    layers=[dict(e, alpha={"part": 0, "encoding": "zlib"}) for e in layers])
+        second.send(
+            "update",
+            [bomb],
+            revision=2,
+            full=True,
+            width=4096,
+            height=4096,
+            layers=[dict(e, alpha={"part": 0, "encoding": "zlib"}) for e in layers],
+        )
         assert second.expect("error", 10).header["code"] == E.TOO_LARGE
         # Memory comes back when a session ends.
         first.close()
@@ -279,8 +298,7 @@ def test_refused_keys_are_told_to_both_ends(tmp_path):
     d = Daemon("--keys", str(keys))
     try:
         d.wait_serving()
-        mallory = Client(d.address, name="mallory", server_public_key=server_public,
-                         client_secret_file=mallory_secret)
+        mallory = Client(d.address, name="mallory", server_public_key=server_public, client_secret_file=mallory_secret)
         plain = Client(d.address, name="plain")
         try:
             mallory.connect()
@@ -319,11 +337,17 @@ def test_an_accepted_scene_is_drawn_even_when_the_update_after_it_is_refused(dae
     try:
         raw.handshake()
         plane = half_mask(side)
-        raw.send("update", [plane], revision=1, full=True, width=side, height=side,
-                 layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}])
+        raw.send(
+            "update",
+            [plane],
+            revision=1,
+            full=True,
+            width=side,
+            height=side,
+            layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}],
+        )
         raw.send("update", [], revision=2, full=False, layers=[{"key": "1", "name": "a blue fox"}])
-        raw.send("update", [b"not a plane"], revision=3, full=False,
-                 layers=[{"key": "1", "alpha": {"part": 0}}])
+        raw.send("update", [b"not a plane"], revision=3, full=False, layers=[{"key": "1", "alpha": {"part": 0}}])
         assert raw.expect("scene", 60).header["revision"] == 1
         assert raw.expect("scene", 60).header["revision"] == 2
         assert raw.expect("error", 60).header["code"] == E.BAD_IMAGE

@@ -28,8 +28,9 @@ def test_folders_per_platform(tmp_path):
     assert flat["kritarc"] == home / ".var/app/org.kde.krita/config/kritarc"
     (home / ".local/share/krita").mkdir(parents=True)  # a native Krita was used here: prefer it
     assert install.krita_dirs("Linux", {}, home)["kind"] == "linux"
-    win = install.krita_dirs("Windows", {"APPDATA": r"C:\U\AppData\Roaming", "LOCALAPPDATA": r"C:\U\AppData\Local"},
-                             home)
+    win = install.krita_dirs(
+        "Windows", {"APPDATA": r"C:\U\AppData\Roaming", "LOCALAPPDATA": r"C:\U\AppData\Local"}, home
+    )
     assert win["pykrita"] == Path(r"C:\U\AppData\Roaming") / "krita" / "pykrita"
     assert win["kritarc"] == Path(r"C:\U\AppData\Local") / "kritarc"
     mac = install.krita_dirs("Darwin", {}, home)
@@ -60,15 +61,20 @@ def test_kritarc_new_section_and_existing_key():
 
 def run_install(tmp_path, *args):
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, str(REPO / "install.py"), *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "install.py"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_krita_not_found_is_a_clear_error(tmp_path):
     code = install.main([], env={"PATH": str(tmp_path)}, system="Linux", home=tmp_path)
     assert code == 1
-    res = subprocess.run([sys.executable, str(REPO / "install.py")], env={"HOME": str(tmp_path), "PATH": str(tmp_path)},
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "install.py")],
+        env={"HOME": str(tmp_path), "PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "Krita was not found" in res.stderr and res.stderr.count("\n") == 1
 
 
@@ -80,8 +86,14 @@ def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
     kritarc = tmp_path / "kritarc"
     original = "AutoSaveInterval=0\n\n[python]\nenable_other_plugin=true\n"
     kritarc.write_text(original)
-    flags = ["--pykrita", str(pykrita), "--kritarc", str(kritarc), "--krita-python",
-             f"{sys.version_info.major}.{sys.version_info.minor}"] + (["--dev"] if dev else [])
+    flags = [
+        "--pykrita",
+        str(pykrita),
+        "--kritarc",
+        str(kritarc),
+        "--krita-python",
+        f"{sys.version_info.major}.{sys.version_info.minor}",
+    ] + (["--dev"] if dev else [])
     # pyzmq is importable here, so no wheel is fetched: point the check at this interpreter's version
     before_repo = sorted(p.name for p in (REPO / "krita_plugin/smd_krita").iterdir())
     res = run_install(tmp_path, *flags, "--dry-run")
@@ -110,8 +122,16 @@ def test_install_then_uninstall_leaves_exactly_what_was_there(tmp_path, dev):
 
 
 def test_dry_run_shows_the_pyzmq_wheel_for_krita_python(tmp_path):
-    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
-                      "--krita-python", "3.10", "--dry-run")
+    res = run_install(
+        tmp_path,
+        "--pykrita",
+        str(tmp_path / "pk"),
+        "--kritarc",
+        str(tmp_path / "rc"),
+        "--krita-python",
+        "3.10",
+        "--dry-run",
+    )
     assert res.returncode == 0, res.stderr
     assert "pyzmq: installing a wheel for Python 3.10" in res.stdout
     assert "--python-version 3.10 --target" in res.stdout and str(tmp_path / "pk" / "smd_krita" / "deps") in res.stdout
@@ -144,19 +164,41 @@ def test_krita_python_version_from_the_pykrita_library(tmp_path):
 
 def test_quick_start_dry_run_sets_up_the_daemon_and_serves(tmp_path):
     venv = tmp_path / "venv"
-    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
-                      "--krita-python", "3.11", "--daemon-venv", str(venv), "--dry-run", "--serve", "--",
-                      "--model", "tiny")
+    res = run_install(
+        tmp_path,
+        "--pykrita",
+        str(tmp_path / "pk"),
+        "--kritarc",
+        str(tmp_path / "rc"),
+        "--krita-python",
+        "3.11",
+        "--daemon-venv",
+        str(venv),
+        "--dry-run",
+        "--serve",
+        "--",
+        "--model",
+        "tiny",
+    )
     assert res.returncode == 0, res.stderr
     assert f"-m venv {venv}" in res.stdout and f"pip install --disable-pip-version-check {REPO}" in res.stdout
-    assert f"starting the daemon on tcp://127.0.0.1:7555: stop it with Ctrl-C" in res.stdout
+    assert "starting the daemon on tcp://127.0.0.1:7555: stop it with Ctrl-C" in res.stdout
     assert res.stdout.rstrip().endswith(f"run {venv / 'bin' / 'smd-daemon'} serve --model tiny")
     assert not (tmp_path / "pk").exists() and not venv.exists()
 
 
 def test_serve_defaults_to_the_checkouts_venv(tmp_path):
-    res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"),
-                      "--krita-python", "3.11", "--dry-run", "--serve")
+    res = run_install(
+        tmp_path,
+        "--pykrita",
+        str(tmp_path / "pk"),
+        "--kritarc",
+        str(tmp_path / "rc"),
+        "--krita-python",
+        "3.11",
+        "--dry-run",
+        "--serve",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.rstrip().endswith(f"run {REPO / '.venv' / 'bin' / 'smd-daemon'} serve")
 
@@ -179,33 +221,73 @@ def test_quick_start_again_updates_the_plugin_and_the_daemon_and_serves_again(tm
     kritarc = tmp_path / "kritarc"
     original = "AutoSaveInterval=0\n\n[General]\nx=1\n"
     kritarc.write_text(original)
-    args = ["--pykrita", str(pykrita), "--kritarc", str(kritarc), "--krita-python", "3.11", "--daemon-venv",
-            str(venv), "--serve", "--", "--model", "tiny", "--bind", "0.0.0.0:7600", "--keys", "keys"]
+    args = [
+        "--pykrita",
+        str(pykrita),
+        "--kritarc",
+        str(kritarc),
+        "--krita-python",
+        "3.11",
+        "--daemon-venv",
+        str(venv),
+        "--serve",
+        "--",
+        "--model",
+        "tiny",
+        "--bind",
+        "0.0.0.0:7600",
+        "--keys",
+        "keys",
+    ]
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    run = lambda: subprocess.run([sys.executable, str(REPO / "install.py"), *args], env=env, cwd=tmp_path,  # noqa
-                                 capture_output=True, text=True, timeout=120)
+
+    def run():
+        return subprocess.run(
+            [sys.executable, str(REPO / "install.py"), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     first = run()
     assert first.returncode == 0, first.stderr
     (pykrita / "smd_krita" / "docker.py").write_text("# damaged")  # an old or broken copy
     (pykrita / "smd_krita" / "stale.py").write_text("")
     second = run()
     assert second.returncode == 0 and "updating it" in second.stdout, second.stderr
-    assert (pykrita / "smd_krita" / "docker.py").read_bytes() == (REPO / "krita_plugin/smd_krita/docker.py").read_bytes()
+    assert (pykrita / "smd_krita" / "docker.py").read_bytes() == (
+        REPO / "krita_plugin/smd_krita/docker.py"
+    ).read_bytes()
     assert not (pykrita / "smd_krita" / "stale.py").exists()
     calls = (venv / "calls.log").read_text().splitlines()
     serve = "daemon serve --model tiny --bind 0.0.0.0:7600 --keys keys"
     assert calls == [f"python -m pip install --disable-pip-version-check {REPO}", serve] * 2
 
     managed = json.loads((pykrita / "smd_krita" / "managed_daemon.json").read_text())
-    assert managed == {"command": [str(venv / "bin/smd-daemon"), "serve", "--model", "tiny", "--bind", "0.0.0.0:7600",
-                                   "--keys", str(keys)],
-                       "address": "tcp://127.0.0.1:7600", "log": str(tmp_path / "data/krita/smd_live/daemon.log"),
-                       "venv": str(venv)}
+    assert managed == {
+        "command": [
+            str(venv / "bin/smd-daemon"),
+            "serve",
+            "--model",
+            "tiny",
+            "--bind",
+            "0.0.0.0:7600",
+            "--keys",
+            str(keys),
+        ],
+        "address": "tcp://127.0.0.1:7600",
+        "log": str(tmp_path / "data/krita/smd_live/daemon.log"),
+        "venv": str(venv),
+    }
     assert (tmp_path / "data/krita/smd_live").is_dir()
 
     # Krita, on the plugin's behalf, stores its settings and the docker's place in kritarc.
-    kritarc.write_text(kritarc.read_text() + "\n[smd_live]\naddress=127.0.0.1:7600\n\n"
-                       "[krita][DockWidget smd_live_docker]\nDockArea=2\n\n[krita][DockWidget other]\nDockArea=1\n")
+    kritarc.write_text(
+        kritarc.read_text() + "\n[smd_live]\naddress=127.0.0.1:7600\n\n"
+        "[krita][DockWidget smd_live_docker]\nDockArea=2\n\n[krita][DockWidget other]\nDockArea=1\n"
+    )
     gone = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(kritarc), "--uninstall")
     assert gone.returncode == 0, gone.stderr
     assert kritarc.read_text() == original + "\n[krita][DockWidget other]\nDockArea=1\n"
@@ -218,13 +300,18 @@ def test_purge_removes_the_venv_only_if_install_created_it(tmp_path):
     for created in (True, False):
         pykrita = tmp_path / str(created) / "pykrita"
         venv = fake_venv(tmp_path / str(created) / "venv")
-        inst = install.Installer(pykrita, tmp_path / str(created) / "kritarc", dev=False, dry_run=False,
-                                 krita_python="3.11", out=open(os.devnull, "w"))
+        inst = install.Installer(
+            pykrita,
+            tmp_path / str(created) / "kritarc",
+            dev=False,
+            dry_run=False,
+            krita_python="3.11",
+            out=open(os.devnull, "w"),
+        )
         inst._ensure_zmq = lambda deps: None
         inst.install()
         inst.set_up_managed_daemon(venv, created, [])
-        res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(inst.kritarc), "--uninstall",
-                          "--purge")
+        res = run_install(tmp_path, "--pykrita", str(pykrita), "--kritarc", str(inst.kritarc), "--uninstall", "--purge")
         assert res.returncode == 0, res.stderr
         assert venv.exists() != created, res.stdout
         assert ("remove the daemon's virtual environment" in res.stdout) == created
@@ -240,11 +327,14 @@ def test_a_plugin_folder_not_installed_by_install_py_is_left_alone(tmp_path):
     assert (pykrita / "smd_krita" / "mine.py").read_text() == "x"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--serve", "--dry-run", "--", "--bind", "http://127.0.0.1:7555"], "an address looks like 127.0.0.1:7555"),
-    (["--purge"], "--purge goes with --uninstall"),
-    (["--uninstall", "--serve"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--serve", "--dry-run", "--", "--bind", "http://127.0.0.1:7555"], "an address looks like 127.0.0.1:7555"),
+        (["--purge"], "--purge goes with --uninstall"),
+        (["--uninstall", "--serve"], "cannot be combined"),
+    ],
+)
 def test_bad_options_are_one_line(tmp_path, args, needle):
     res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"), *args)
     assert res.returncode == 1 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr

@@ -55,8 +55,15 @@ def test_upper_region_takes_precedence_where_masks_overlap():
     upper = torch.zeros(1, 32, 32)
     upper[0, :, 16:] = 1
     # Discrete levels 0.2 and 0.5: the covered part of the lower mask weighs 0.3.
-    q = M.quantize_masks(torch.cat([lower, upper]), [1.0, 1.0], [0.0, 0.0], torch.tensor([0.5, 0.2]), (32, 32),
-                         "discrete", cover_alpha=0.3)
+    q = M.quantize_masks(
+        torch.cat([lower, upper]),
+        [1.0, 1.0],
+        [0.0, 0.0],
+        torch.tensor([0.5, 0.2]),
+        (32, 32),
+        "discrete",
+        cover_alpha=0.3,
+    )
     assert torch.all(q[0, 0, :, 16:] == 0) and torch.all(q[1, 0, :, 16:] == 1)
     assert torch.all(q[:, 0, :, :16] == 1) and torch.equal(q[:, 1], upper.expand(2, -1, -1))
 

@@ -20,8 +20,8 @@ from smd_daemon.engine.models import (
     pick_device,
     pick_dtype,
 )
-from smd_daemon.options import add_model_arguments, load_model_from_options
 from smd_daemon.engine.tiny import build_tiny_autoencoder, build_tiny_pipeline, save_single_file
+from smd_daemon.options import add_model_arguments, load_model_from_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,19 +30,30 @@ def _image(c, prompt="a red fox in the snow", seed=7):
     """A 2-step LCM image from loaded components through diffusers' own pipeline."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                   scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=c.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
-    return pipe(prompt, height=64, width=64, num_inference_steps=2, guidance_scale=1.0, generator=g,
-                output_type="np").images[0]
+    return pipe(
+        prompt, height=64, width=64, num_inference_steps=2, guidance_scale=1.0, generator=g, output_type="np"
+    ).images[0]
 
 
 def _mismatched(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
     sa, sb = a.state_dict(), b.state_dict()
-    return sorted(k for k in sa.keys() | sb.keys()
-                  if k not in sa or k not in sb or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k]))
+    return sorted(
+        k
+        for k in sa.keys() | sb.keys()
+        if k not in sa or k not in sb or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +133,21 @@ def _make_lora(tmp_path):
 
     unet = build_tiny_pipeline(0).unet
     torch.manual_seed(3)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                init_lora_weights=False))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if "lora_B" in name:  # make the LoRA's effect clearly visible
                 p.normal_(0, 0.5)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     # The metadata carries lora_alpha; without it diffusers assumes alpha == rank.
-    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=layers, safe_serialization=True,
-                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path,
+        unet_lora_layers=layers,
+        safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
     path = tmp_path / "pytorch_lora_weights.safetensors"
     assert path.is_file()
     return path, unet
@@ -232,13 +248,22 @@ def _bad(tmp_path, kind):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("missing file", "no such file"), ("missing folder", "no such file or folder"),
-    ("wrong extension", "expected a .safetensors or .ckpt"), ("folder without model_index.json", "no model_index.json"),
-    ("corrupt safetensors", "not a readable .safetensors"), ("corrupt ckpt", "could not be loaded"),
-    ("not an SD checkpoint", "no Stable Diffusion UNet"), ("not a spec", "hub id (owner/name)"),
-    ("missing lora", "no such file"), ("bad lora file", "could not be loaded"),
-    ("tiny vae folder without weights", "could not be loaded")])
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("missing file", "no such file"),
+        ("missing folder", "no such file or folder"),
+        ("wrong extension", "expected a .safetensors or .ckpt"),
+        ("folder without model_index.json", "no model_index.json"),
+        ("corrupt safetensors", "not a readable .safetensors"),
+        ("corrupt ckpt", "could not be loaded"),
+        ("not an SD checkpoint", "no Stable Diffusion UNet"),
+        ("not a spec", "hub id (owner/name)"),
+        ("missing lora", "no such file"),
+        ("bad lora file", "could not be loaded"),
+        ("tiny vae folder without weights", "could not be loaded"),
+    ],
+)
 def test_bad_specs_give_one_line(tmp_path, kind, says):
     kw = _bad(tmp_path, kind)
     spec = kw.pop("spec")
@@ -268,12 +293,22 @@ def test_uncached_downloads_fail_fast_offline_with_one_line(tmp_path, tiny_folde
     and how to work offline, within seconds."""
     ckpt = tmp_path / "tiny.safetensors"
     save_single_file(build_tiny_pipeline(0), str(ckpt))
-    cases = [(DEFAULT_MODEL, {}), ("tiny", {"tiny_vae": DEFAULT_TINY_VAE}),
-             ("tiny", {"lora": "latent-consistency/lcm-lora-sdv1-5"}), (str(ckpt), {})]
+    cases = [
+        (DEFAULT_MODEL, {}),
+        ("tiny", {"tiny_vae": DEFAULT_TINY_VAE}),
+        ("tiny", {"lora": "latent-consistency/lcm-lora-sdv1-5"}),
+        (str(ckpt), {}),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=ROOT)
     env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT, json.dumps(cases)], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT, json.dumps(cases)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(results) == len(cases), out.stdout

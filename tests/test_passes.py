@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from engine_util import count_unet_forwards, max_diff, recording
+
 from smd_daemon.engine import vae as V
 from smd_daemon.engine.scene import Background, Cancelled, Region, Scene
 
@@ -17,9 +17,16 @@ def _scene(prompt_b="snowy pine forest", seed=1, size=S, **kw):
     a = np.zeros((size, size), np.uint8)
     a[:, : size // 2] = 255
     b = np.zeros((size, size), np.uint8)
-    b[size // 4: size - 8, size // 3: size - 4] = 200
-    return Scene(size, size, [Region("a red fox", a), Region(prompt_b, b)], background=Background("a blue sky"),
-                 seed=seed, steps=4, **kw)
+    b[size // 4 : size - 8, size // 3 : size - 4] = 200
+    return Scene(
+        size,
+        size,
+        [Region("a red fox", a), Region(prompt_b, b)],
+        background=Background("a blue sky"),
+        seed=seed,
+        steps=4,
+        **kw,
+    )
 
 
 def _run_passes(work, max_samples):
@@ -34,8 +41,11 @@ def _run_passes(work, max_samples):
 
 @pytest.mark.parametrize("max_samples", [1, 4])
 def test_passes_of_any_size_give_the_frames_of_one_whole_step(engine, max_samples):
-    scenes = [_scene(seed=1), _scene(prompt_b="a castle on a hill", seed=2, guidance_scale=2.0),
-              _scene(seed=3, region_mode="attention")]
+    scenes = [
+        _scene(seed=1),
+        _scene(prompt_b="a castle on a hill", seed=2, guidance_scale=2.0),
+        _scene(seed=3, region_mode="attention"),
+    ]
     whole = [engine.open_stream(s) for s in scenes]
     passes = [engine.open_stream(s) for s in scenes]
     sizes, restore = count_unet_forwards(engine)
@@ -51,7 +61,7 @@ def test_passes_of_any_size_give_the_frames_of_one_whole_step(engine, max_sample
             if max_samples is not None:
                 # one sample of a guided scene is two rows (conditional and unconditional)
                 assert max(sizes) <= max(max_samples, 2)
-            assert ran[-len(scenes):] == [0] * len(scenes)  # one finishing pass per stream
+            assert ran[-len(scenes) :] == [0] * len(scenes)  # one finishing pass per stream
             for g, e in zip(got, expect):
                 assert (g.index, g.revision, g.settled) == (e.index, e.revision, e.settled)
                 assert max_diff(g.image, e.image) <= 1
@@ -100,8 +110,9 @@ def test_work_dropped_before_its_finishing_pass_leaves_the_stream_as_it_was(engi
 def test_large_canvas_decodes_one_tile_per_pass(engine):
     m = np.zeros((128, 1024), np.uint8)
     m[:, 400:700] = 255
-    scene = Scene(1024, 128, [Region("a red fox", m)], background=Background("a long beach"), steps=2,
-                  bootstrap_steps=0)
+    scene = Scene(
+        1024, 128, [Region("a red fox", m)], background=Background("a long beach"), steps=2, bootstrap_steps=0
+    )
     with recording(engine.c.vae, "decode", lambda z: tuple(z.shape[-2:])) as decoded:
         stream = engine.open_stream(scene)
         work = engine.begin_streams([stream])
@@ -143,8 +154,14 @@ def test_large_background_image_is_encoded_in_tiles(engine):
 
 @pytest.mark.parametrize("height, width", [(768, 640), (128, 1024), (256, 256)])
 def test_white_latent_is_one_tile_encode_that_equals_the_full_encode(engine, height, width):
-    full = V.encode(engine.c.vae, np.full((height, width, 3), 255, np.uint8), engine.c.device, engine.c.dtype,
-                    engine.vae_scale, engine.native)
+    full = V.encode(
+        engine.c.vae,
+        np.full((height, width, 3), 255, np.uint8),
+        engine.c.device,
+        engine.c.dtype,
+        engine.vae_scale,
+        engine.native,
+    )
     with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
         white = engine.white_latent(height, width)
     assert encoded == [(min(height, 512), min(width, 512))]  # one tile, whatever the canvas
@@ -269,14 +286,18 @@ def no_host_values(monkeypatch):
         def refuse(name):
             def refuse(*a, **k):
                 raise _HostTouch(f"{name} inside a pass")
+
             return refuse
 
         monkeypatch.setattr(torch, "tensor", refuse("torch.tensor"))
         for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy"):
             monkeypatch.setattr(torch.Tensor, name, refuse(f"Tensor.{name}"))
         real_cpu = torch.Tensor.cpu
-        monkeypatch.setattr(torch.Tensor, "cpu", (lambda t, *a, **k: (copies.append(1), real_cpu(t, *a, **k))[1])
-                            if copy_allowed else refuse("Tensor.cpu"))
+        monkeypatch.setattr(
+            torch.Tensor,
+            "cpu",
+            (lambda t, *a, **k: (copies.append(1), real_cpu(t, *a, **k))[1]) if copy_allowed else refuse("Tensor.cpu"),
+        )
 
     return arm, monkeypatch.undo, copies
 
@@ -284,12 +305,19 @@ def no_host_values(monkeypatch):
 @pytest.mark.parametrize("mode", ["latent", "attention"])
 def test_passes_touch_no_host_values_but_the_frame_copy(engine, no_host_values, mode):
     arm, disarm, copies = no_host_values
-    streams = [engine.open_stream(_scene(region_mode=mode, bootstrap_steps=2)),
-               engine.open_stream(_scene(seed=4, region_mode=mode, guidance_scale=2.0))]
+    streams = [
+        engine.open_stream(_scene(region_mode=mode, bootstrap_steps=2)),
+        engine.open_stream(_scene(seed=4, region_mode=mode, guidance_scale=2.0)),
+    ]
     wide = np.zeros((128, 1024), np.uint8)
     wide[:, 300:700] = 255
-    streams.append(engine.open_stream(Scene(1024, 128, [Region("a fox", wide)], background=Background("sand"),
-                                            region_mode=mode, bootstrap_steps=1)))
+    streams.append(
+        engine.open_stream(
+            Scene(
+                1024, 128, [Region("a fox", wide)], background=Background("sand"), region_mode=mode, bootstrap_steps=1
+            )
+        )
+    )
     for _ in range(3):  # bootstrap and plain levels
         work = engine.begin_streams(streams)
         copies.clear()

@@ -2,13 +2,22 @@
 clock the test moves: what is sent when, how layers are explained, what
 the status says. No sleeping, no sockets."""
 
+import krita  # the fake
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
-from plugin_unit.fakes import (Clock, ErrorEvent, FakeClient, add, bgra, frame_event, ignored,
-                               new_doc, region, scene_event, state_event)
-
-import krita  # the fake
-
+from plugin_unit.fakes import (
+    Clock,
+    ErrorEvent,
+    FakeClient,
+    add,
+    bgra,
+    frame_event,
+    ignored,
+    new_doc,
+    region,
+    scene_event,
+    state_event,
+)
 from smd_krita import kritaapi, live, settings
 from smd_krita.managed import ManagedDaemon
 from smd_krita.scheduler import DEBOUNCE_S, MAX_IN_FLIGHT, MIN_GAP_S
@@ -125,17 +134,23 @@ def test_roles_come_from_codes_never_from_sentences(setup):
     ctl._send(force=True)
     first = client.calls[-1][2]["background_image"]
     px = (1 * 64 + 62) * 3  # the sketch's pixel, at the 64x64 output size
-    assert first[px:px + 3] == b"\x00\x00\x00", "before the daemon's reading, everything is canvas"
+    assert first[px : px + 3] == b"\x00\x00\x00", "before the daemon's reading, everything is canvas"
     # The sentences are anything at all: only the codes count.
-    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name", "zzz"),
-                            region("a fox"), ignored("# sketch", "marker", "qqq")))
+    ctl._handle(
+        scene_event(
+            client.revision,
+            ignored("Background", "automatic_name", "zzz"),
+            region("a fox"),
+            ignored("# sketch", "marker", "qqq"),
+        )
+    )
     assert ctl.sync.reader.bg_dirty
     later(ctl, clock)
     kind, layers, order, kw = client.calls[-1]
     assert layers == []
     bg_image = kw["background_image"]
     assert bg_image[:3] == b"\xff\xff\xff", "the red fox region is not part of the canvas image"
-    assert bg_image[px:px + 3] == b"\xff\xff\xff", "nor is the # sketch"
+    assert bg_image[px : px + 3] == b"\xff\xff\xff", "nor is the # sketch"
     ctl._handle(frame_event(client.revision))
     bg.setPixelData(bgra(0, 0, 0, 255, 1), 15, 15, 1, 1)
     later(ctl, clock)
@@ -149,8 +164,13 @@ def test_without_codes_every_layer_is_read_in_full(setup):
     ctl, client, clock, doc, bg, fox = setup
     go_live(ctl)
     ctl._send(force=True)
-    ctl._handle(scene_event(client.revision, {"name": "Background", "role": "ignored",
-                                              "reason": "automatic layer name"}, region("a fox")))
+    ctl._handle(
+        scene_event(
+            client.revision,
+            {"name": "Background", "role": "ignored", "reason": "automatic layer name"},
+            region("a fox"),
+        )
+    )
     ctl._handle(frame_event(client.revision))
     bg.setPixelData(bgra(0, 0, 0, 255, 1), 15, 15, 1, 1)
     later(ctl, clock)
@@ -164,13 +184,21 @@ def test_layers_are_explained_when_connected_without_live(setup):
     ctl._scan()
     kind, layers, kw = client.calls[-1]
     assert kind == "full" and "live" not in [c[0] for c in client.calls], "read at once, no Live needed"
-    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name",
-                                                     "automatic name: rename it with a prompt"),
-                            region("a fox", warnings=["unknown option 'strenght' (ignored)"]),
-                            ignored("Paint Layer 3", "automatic_name", "automatic name: rename it with a prompt")))
+    ctl._handle(
+        scene_event(
+            client.revision,
+            ignored("Background", "automatic_name", "automatic name: rename it with a prompt"),
+            region("a fox", warnings=["unknown option 'strenght' (ignored)"]),
+            ignored("Paint Layer 3", "automatic_name", "automatic name: rename it with a prompt"),
+        )
+    )
     rows = [(r.name, r.role, r.code) for r in ctl.rows]
-    assert rows == [("characters", "group", "group"), ("Paint Layer 3", "ignored", "automatic_name"),
-                    ("a fox", "region", ""), ("Background", "ignored", "automatic_name")]
+    assert rows == [
+        ("characters", "group", "group"),
+        ("Paint Layer 3", "ignored", "automatic_name"),
+        ("a fox", "region", ""),
+        ("Background", "ignored", "automatic_name"),
+    ]
     fox_row = ctl.rows[2]
     assert fox_row.warnings == ["unknown option 'strenght' (ignored)"]
     assert ctl.rows[3].text == "ignored: automatic name: rename it with a prompt"
@@ -186,8 +214,10 @@ def test_rows_before_any_connection_say_so(setup):
     ctl.conn.set_state("disconnected", "closed", "not connected")
     ctl.sync.layers = []
     ctl._scan()
-    assert [(r.name, r.text) for r in ctl.rows] == [("a fox", "not read yet: connect to the daemon"),
-                                                    ("Background", "not read yet: connect to the daemon")]
+    assert [(r.name, r.text) for r in ctl.rows] == [
+        ("a fox", "not read yet: connect to the daemon"),
+        ("Background", "not read yet: connect to the daemon"),
+    ]
     assert ctl.status_text() == ("not connected: press Connect", "problem")
 
 
@@ -235,9 +265,16 @@ def test_nothing_is_sent_or_timed_while_reconnecting(setup):
     assert ctl.stats.latency_ms < 1000, "measured from the send after the outage, not from the edit before it"
 
 
-@pytest.mark.parametrize("code,words", [
-    ("auth_failed", "did not accept this key"), ("refused", "refused"), ("bye", "closed the connection"),
-    ("connecting", "connecting to"), ("closed", "press Connect")])
+@pytest.mark.parametrize(
+    "code,words",
+    [
+        ("auth_failed", "did not accept this key"),
+        ("refused", "refused"),
+        ("bye", "closed the connection"),
+        ("connecting", "connecting to"),
+        ("closed", "press Connect"),
+    ],
+)
 def test_status_words_come_from_state_codes(setup, code, words):
     ctl, client, clock, doc, bg, fox = setup
     ctl._handle(state_event("disconnected" if code != "connecting" else "connecting", "some reason", code))
@@ -363,8 +400,17 @@ def test_output_size_follows_aspect_and_limits():
 
 
 def test_settings_clean_bad_values():
-    s = settings.clean({"steps": "999", "seed": "x", "background_source": "moon", "strength": 3,
-                        "preview_mode": "wall", "region_mode": 5}, {"max_steps": 50})
+    s = settings.clean(
+        {
+            "steps": "999",
+            "seed": "x",
+            "background_source": "moon",
+            "strength": 3,
+            "preview_mode": "wall",
+            "region_mode": 5,
+        },
+        {"max_steps": 50},
+    )
     assert (s["steps"], s["seed"], s["background_source"], s["strength"]) == (50, 0, "canvas", 1.0)
     assert (s["preview_mode"], s["region_mode"]) == ("canvas", "latent")
     settings.save_global({**settings.DEFAULTS, "address": "10.0.0.2:7555"})

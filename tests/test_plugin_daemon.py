@@ -2,13 +2,11 @@
 against a real ``smd-daemon serve --model tiny``: the daemon's reading of
 every layer before Live, state codes in words, and the region-mode choice."""
 
+import krita  # the fake
 import pytest
+from daemon_util import Daemon
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import add, bgra, new_doc, run_until
-
-import krita  # the fake
-
-from daemon_util import Daemon
 from smd_krita import live
 from smd_krita.managed import ManagedDaemon
 

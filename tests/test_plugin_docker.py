@@ -1,14 +1,12 @@
 """The docker's widgets, offscreen against the fake ``krita``: compact, every
 layer explained in its row, choices shown only where the daemon has them."""
 
+import krita  # the fake
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
-from plugin_unit.fakes import FakeClient, add, ignored, new_doc, region, scene_event
-
-import krita  # the fake
+from plugin_unit.fakes import FakeClient, add, ignored, new_doc, scene_event
 from PyQt5.QtCore import QPoint
 from PyQt5.QtWidgets import QApplication, QHeaderView, QLabel, QPushButton, QTreeWidget
-
 from smd_krita import docker, live
 
 
@@ -54,10 +52,18 @@ def test_every_layer_in_its_row_with_warnings_and_the_full_name_on_hover(dock):
     ctl._follow_document()
     ctl._scan()
     long_name = doc.rootNode().childNodes()[-1].name()
-    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name",
-                                                     "automatic name: rename it with a prompt"),
-                            {"name": long_name, "role": "background", "prompt": "a very long background prompt",
-                             "warnings": ["unknown option 'strenght' (ignored)"]}))
+    ctl._handle(
+        scene_event(
+            client.revision,
+            ignored("Background", "automatic_name", "automatic name: rename it with a prompt"),
+            {
+                "name": long_name,
+                "role": "background",
+                "prompt": "a very long background prompt",
+                "warnings": ["unknown option 'strenght' (ignored)"],
+            },
+        )
+    )
     d.refresh()
     tree = d.findChild(QTreeWidget, "smd_layers")
     rows = [(tree.topLevelItem(i).text(0), tree.topLevelItem(i).text(1)) for i in range(tree.topLevelItemCount())]
@@ -105,6 +111,7 @@ def test_preview_choices_reach_the_settings(dock):
 
 def test_unsupported_krita_gets_a_docker_saying_so():
     import smd_krita
+
     assert smd_krita._problem("5.2.2") is None
     assert "this is Krita 6.0.0" in smd_krita._problem("6.0.0")
     app = krita.Krita.instance()
@@ -127,8 +134,16 @@ def test_the_local_daemon_is_offered_only_when_install_py_set_one_up(tmp_path):
     new_doc(16, 16)
     for configured in (False, True):
         if configured:
-            (tmp_path / CONFIG).write_text(json.dumps({"command": ["/bin/true"], "address": "127.0.0.1:7555",
-                                                       "log": str(tmp_path / "d.log"), "venv": str(tmp_path)}))
+            (tmp_path / CONFIG).write_text(
+                json.dumps(
+                    {
+                        "command": ["/bin/true"],
+                        "address": "127.0.0.1:7555",
+                        "log": str(tmp_path / "d.log"),
+                        "venv": str(tmp_path),
+                    }
+                )
+            )
         live._controller = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
         live._controller.timer.stop()
         d = docker.SMDDocker()

@@ -62,9 +62,13 @@ def test_wrapper_reads_layers_as_the_artist_sees_them(krita_home, tmp_path):
     result = harness.run(fresh(krita_home[0], tmp_path), "documents", {}, timeout=90)
     assert result["errors"] == [], result
     c = result["checks"]
-    assert c["layers"] == [["Background", "paintlayer", True, 0], ["a house", "grouplayer", True, 0],
-                           ["Paint Layer 2", "paintlayer", True, 1], ["a hidden cat", "paintlayer", False, 0],
-                           ["a fox", "paintlayer", True, 0]], c
+    assert c["layers"] == [
+        ["Background", "paintlayer", True, 0],
+        ["a house", "grouplayer", True, 0],
+        ["Paint Layer 2", "paintlayer", True, 1],
+        ["a hidden cat", "paintlayer", False, 0],
+        ["a fox", "paintlayer", True, 0],
+    ], c
     assert c["inner_alpha_count"] == 4 * 8 and c["inner_alpha_corner"] == 255, c  # 4 of 8 columns on canvas
     assert c["hidden_alpha_count"] == 8 * 8, c  # read (the daemon decides), scaled 2x
     assert c["masked_fox_count"] == 8 * 16, c  # its transparency mask shows the left half
@@ -79,6 +83,7 @@ def test_wrapper_reads_layers_as_the_artist_sees_them(krita_home, tmp_path):
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -86,8 +91,12 @@ def free_port() -> int:
 
 def start_daemon(port: int, log) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind",
-                             f"tcp://127.0.0.1:{port}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind", f"tcp://127.0.0.1:{port}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -133,8 +142,15 @@ def test_an_artists_session(krita_home, tmp_path):
 
     size = 256
     kra, during_live = tmp_path / "painting.kra", tmp_path / "saved-during-live.kra"
-    args = {"address": f"127.0.0.1:{port}", "size": size, "steps": 2,
-            "sync": str(sync), "shots": str(shots), "kra": str(kra), "saved_during_live": str(during_live)}
+    args = {
+        "address": f"127.0.0.1:{port}",
+        "size": size,
+        "steps": 2,
+        "sync": str(sync),
+        "shots": str(shots),
+        "kra": str(kra),
+        "saved_during_live": str(during_live),
+    }
     try:
         result = harness.run(home, "session", args, timeout=420, during=during, screen="1366x768")
     finally:
@@ -149,8 +165,13 @@ def test_an_artists_session(krita_home, tmp_path):
     assert c["status_connected"].startswith("connected") and c["live_before_rows"] is False, why
     assert c["region_choice"] == [True, ["latent", "attention"]], why  # offered: the docker shows the choice
     rows = {r[0]: r for r in c["rows"]}
-    assert [r[0] for r in c["rows"]] == ["characters", "a cat | strenght: 2", "Paint Layer 2", "a red fox",
-                                         "Background"], why
+    assert [r[0] for r in c["rows"]] == [
+        "characters",
+        "a cat | strenght: 2",
+        "Paint Layer 2",
+        "a red fox",
+        "Background",
+    ], why
     assert rows["characters"][1] == "group" and rows["a red fox"][1] == "region", why
     assert rows["Paint Layer 2"][1] == "ignored" and rows["Background"][1] == "ignored", why
     assert "automatic" in rows["Paint Layer 2"][3], why
@@ -212,8 +233,7 @@ def test_settings_come_back_with_the_document(krita_home, tmp_path):
     """Global settings persist in Krita's config, the document's inside the .kra."""
     home = fresh(krita_home[0], tmp_path)
     kra = tmp_path / "settings.kra"
-    result = harness.run(home, "save_settings", {"kra": str(kra), "seed": 1234, "address": "10.1.2.3:7555"},
-                         timeout=90)
+    result = harness.run(home, "save_settings", {"kra": str(kra), "seed": 1234, "address": "10.1.2.3:7555"}, timeout=90)
     assert result["errors"] == [], result
     result = harness.run(home, "reopen", {}, files=[str(kra)], timeout=90)
     assert result["errors"] == [], result
@@ -227,9 +247,21 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
     home = fresh(krita_home[0], tmp_path)
     port, other_port = free_port(), free_port()
     log = tmp_path / "data" / "smd-daemon.log"
-    config = {"command": [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--bind",
-                          f"tcp://127.0.0.1:{port}"],
-              "address": f"tcp://127.0.0.1:{port}", "log": str(log), "venv": str(Path(sys.executable).parents[1])}
+    config = {
+        "command": [
+            sys.executable,
+            "-m",
+            "smd_daemon",
+            "serve",
+            "--model",
+            "tiny",
+            "--bind",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        "address": f"tcp://127.0.0.1:{port}",
+        "log": str(log),
+        "venv": str(Path(sys.executable).parents[1]),
+    }
     (harness.plugin_folder(home) / "managed_daemon.json").write_text(json.dumps(config))
     with open(tmp_path / "other.log", "w") as other_log:
         other = start_daemon(other_port, other_log)  # started another way: must survive
@@ -245,8 +277,10 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and Path(f"/proc/{c['pid']}").exists():
                 time.sleep(0.1)
-            alive = Path(f"/proc/{c['pid']}").exists() and "zombie" not in \
-                Path(f"/proc/{c['pid']}/status").read_text(errors="replace").lower()
+            alive = (
+                Path(f"/proc/{c['pid']}").exists()
+                and "zombie" not in Path(f"/proc/{c['pid']}/status").read_text(errors="replace").lower()
+            )
             assert not alive, "the daemon the plugin started outlived Krita"
             assert other.poll() is None, "a daemon the plugin did not start was stopped"
         finally:
@@ -268,8 +302,9 @@ def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
     with open(tmp_path / "daemon.log", "w") as log:
         daemon = start_daemon(port, log)
         try:
-            result = harness.run(home, "parity", {"address": f"127.0.0.1:{port}", "out": str(out),
-                                                  "ora": str(ora)}, timeout=180)
+            result = harness.run(
+                home, "parity", {"address": f"127.0.0.1:{port}", "out": str(out), "ora": str(ora)}, timeout=180
+            )
         finally:
             stop(daemon)
     assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
@@ -277,11 +312,15 @@ def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
     assert c["exported"] and c["size"] == [128, 96], c
     w, h = c["size"]
     planes = json.loads((out / "planes.json").read_text())
-    plugin_regions = {p["name"]: np.frombuffer((out / p["file"]).read_bytes(), np.uint8).reshape(h, w)
-                      for p in planes if p["role"] == "region"}
+    plugin_regions = {
+        p["name"]: np.frombuffer((out / p["file"]).read_bytes(), np.uint8).reshape(h, w)
+        for p in planes
+        if p["role"] == "region"
+    }
     plugin_bg = np.frombuffer((out / "background.raw").read_bytes(), np.uint8).reshape(h, w, 3)
 
     loaded = load_scene(str(ora), Overrides(width=w, background_strength=0.5))
+
     def alpha8(mask):  # the scene keeps layer alpha as uint8, or as floats in [0, 1]
         mask = np.asarray(mask)
         return mask if mask.dtype == np.uint8 else np.round(mask * 255).astype(np.uint8)
@@ -289,8 +328,9 @@ def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
     render_regions = {r.name: alpha8(r.mask) for r in loaded.scene.regions}
     assert sorted(plugin_regions) == sorted(render_regions) == ["a cat", "a red fox", "a tree"], c["rows"]
     for name, mask in render_regions.items():
-        assert np.array_equal(plugin_regions[name], mask), \
+        assert np.array_equal(plugin_regions[name], mask), (
             f"{name}: {int((plugin_regions[name] != mask).sum())} pixels differ"
+        )
     assert plugin_regions["a red fox"].max() == 128, "the 50 % group reaches its layers"
     assert plugin_regions["a tree"][60:].max() == 0, "the tree's mask hides its lower part"
     diff = np.abs(plugin_bg.astype(int) - loaded.scene.background.image.astype(int))

@@ -1,13 +1,11 @@
 """The plugin's Krita wrapper against the fake ``krita`` module: reading layers
 as the artist sees them, the preview layer and applied results."""
 
+import krita  # the fake
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import add, bgra, new_doc
-
-import krita  # the fake
 from PyQt5.QtGui import QImage
-
 from smd_krita import kritaapi
 
 
@@ -28,8 +26,12 @@ def test_layers_bottom_to_top_groups_hidden_preview_and_masks_left_out():
     add(doc, kritaapi.PREVIEW_NAME)
     add(doc, "Transparency Mask 1", parent=fox, kind="transparencymask")
     got = [(l.name, l.kind, l.visible, l.depth) for l in kritaapi.layers(doc)]
-    assert got == [("Background", "paintlayer", True, 0), ("a fox", "paintlayer", True, 0),
-                   ("a house", "grouplayer", False, 0), ("a window", "paintlayer", False, 1)]
+    assert got == [
+        ("Background", "paintlayer", True, 0),
+        ("a fox", "paintlayer", True, 0),
+        ("a house", "grouplayer", False, 0),
+        ("a window", "paintlayer", False, 1),
+    ]
     assert win.visible()  # effective visibility comes from the parent; the node is untouched
     assert by_name(doc)["a window"].parent == grp.uniqueId().toString()
 
@@ -79,8 +81,7 @@ def test_opacity_scaling_rounds_exactly_at_each_level():
     assert all(table[a] == int(a * 128 / 255 + 0.5) for a in range(256))
     assert kritaapi.scale_table((255, 255))[200] == 200
     # A layer at 37 % in a group at 61 %: what Krita 5.1 shows, one rounding per level.
-    assert [kritaapi.scale_table((94, 156))[a] for a in (2, 12, 15, 20, 24, 37, 200, 255)] == \
-           [1, 2, 4, 4, 6, 9, 45, 58]
+    assert [kritaapi.scale_table((94, 156))[a] for a in (2, 12, 15, 20, 24, 37, 200, 255)] == [1, 2, 4, 4, 6, 9, 45, 58]
 
 
 def test_a_pass_through_group_gives_its_opacity_to_each_layer_in_it():

@@ -6,8 +6,11 @@ import pathlib
 
 PLUGIN = pathlib.Path(__file__).resolve().parents[1] / "krita_plugin" / "smd_krita"
 # Krita makes a plugin subclass these and register them; every other call goes through kritaapi/.
-KRITA_OUTSIDE_KRITAAPI = {"__init__.py": {"DockWidgetFactory", "DockWidgetFactoryBase", "Krita", "DockWidget"},
-                          "docker.py": {"DockWidget"}, "extension.py": {"Extension"}}
+KRITA_OUTSIDE_KRITAAPI = {
+    "__init__.py": {"DockWidgetFactory", "DockWidgetFactoryBase", "Krita", "DockWidget"},
+    "docker.py": {"DockWidget"},
+    "extension.py": {"Extension"},
+}
 
 
 def _modules():

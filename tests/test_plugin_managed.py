@@ -10,9 +10,7 @@ import sys
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import run_until
-
 from PyQt5.QtCore import QProcess
-
 from smd_krita import managed
 
 # Stands in for `smd-daemon serve`: a progress bar, then waits for SIGTERM like the daemon.
@@ -27,8 +25,9 @@ time.sleep(120)
 
 
 def write_config(folder, command, log):
-    (folder / managed.CONFIG).write_text(json.dumps({"command": command, "address": "tcp://127.0.0.1:7999",
-                                                     "log": str(log), "venv": str(folder)}))
+    (folder / managed.CONFIG).write_text(
+        json.dumps({"command": command, "address": "tcp://127.0.0.1:7999", "log": str(log), "venv": str(folder)})
+    )
 
 
 def test_no_file_no_offer_and_bad_files_say_why(tmp_path):

@@ -2,9 +2,7 @@
 
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import Clock
-
 from smd_krita.scheduler import DEBOUNCE_S, MAX_IN_FLIGHT, MAX_WAIT_S, MIN_GAP_S, LiveScheduler
-
 
 EPS = 1e-6  # the clock is a float: land just past a threshold
 

@@ -17,13 +17,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from ora_util import Group, Layer, krita_missing, kritarunner, make_ora, rgba
 from PIL import Image
 
 from smd_daemon.engine.masks import as_float_mask
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
 from smd_daemon.scenefile import Overrides, load_scene
-
-from ora_util import Group, Layer, krita_missing, kritarunner, make_ora, rgba
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,8 +52,13 @@ def make_json(folder, doc: dict, images: dict[str, np.ndarray]) -> str:
 
 def run_render(*args, timeout=240):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "smd_daemon", "render", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "smd_daemon", "render", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def render_here(*args):
@@ -87,16 +91,21 @@ def assert_one_line_error(proc):
 
 def test_ora_layer_order_grammar_and_ignored_layers(tmp_path):
     W = H = 64
-    path = make_ora(tmp_path / "s.ora", W, H, [  # top first
-        Layer("a blue bird | neg: blurry | blur: 2 | strength: 0.9", rgba(W, H, box=(0, 0, 16, 16))),
-        Layer("# sketch", rgba(W, H)),
-        Layer("Paint Layer 3", rgba(W, H)),
-        Layer("a hidden cat", rgba(W, H), visible=False),
-        Layer("SMD preview", rgba(W, H)),
-        Layer("an empty one", rgba(W, H, alpha=0)),
-        Layer("a red fox", rgba(W, H, box=(32, 32, 64, 64))),
-        Layer("bg: snowy forest | strength: 0.5", rgba(W, H, color=(0, 0, 255))),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [  # top first
+            Layer("a blue bird | neg: blurry | blur: 2 | strength: 0.9", rgba(W, H, box=(0, 0, 16, 16))),
+            Layer("# sketch", rgba(W, H)),
+            Layer("Paint Layer 3", rgba(W, H)),
+            Layer("a hidden cat", rgba(W, H), visible=False),
+            Layer("SMD preview", rgba(W, H)),
+            Layer("an empty one", rgba(W, H, alpha=0)),
+            Layer("a red fox", rgba(W, H, box=(32, 32, 64, 64))),
+            Layer("bg: snowy forest | strength: 0.5", rgba(W, H, color=(0, 0, 255))),
+        ],
+    )
     loaded = load_scene(path, Overrides(negative_prompt="ugly"))
     scene = loaded.scene
     assert [r.prompt for r in scene.regions] == ["a red fox", "a blue bird"]  # bottom to top
@@ -107,10 +116,16 @@ def test_ora_layer_order_grammar_and_ignored_layers(tmp_path):
     assert _fmask(bird).sum() == 16 * 16
     assert scene.background.prompt == "snowy forest" and scene.background.strength == 0.5
     roles = {p.name: p.role for p in loaded.layers}
-    assert roles == {"bg: snowy forest | strength: 0.5": "background", "a red fox": "region",
-                     "an empty one": "ignored", "SMD preview": "ignored", "a hidden cat": "ignored",
-                     "Paint Layer 3": "ignored", "# sketch": "ignored",
-                     "a blue bird | neg: blurry | blur: 2 | strength: 0.9": "region"}
+    assert roles == {
+        "bg: snowy forest | strength: 0.5": "background",
+        "a red fox": "region",
+        "an empty one": "ignored",
+        "SMD preview": "ignored",
+        "a hidden cat": "ignored",
+        "Paint Layer 3": "ignored",
+        "# sketch": "ignored",
+        "a blue bird | neg: blurry | blur: 2 | strength: 0.9": "region",
+    }
     assert [p.name for p in loaded.layers][0].startswith("bg:")  # bottom first
     assert (scene.width, scene.height) == (W, H)
 
@@ -118,11 +133,16 @@ def test_ora_layer_order_grammar_and_ignored_layers(tmp_path):
 def test_ora_offsets_crop_layers_sticking_out(tmp_path):
     W, H = 128, 96
     small = rgba(40, 30)  # fully opaque 40x30
-    path = make_ora(tmp_path / "s.ora", W, H, [
-        Layer("top left out", small, x=-10, y=-20),
-        Layer("bottom right out", small, x=100, y=80),
-        Layer("inside", small, x=50, y=40),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [
+            Layer("top left out", small, x=-10, y=-20),
+            Layer("bottom right out", small, x=100, y=80),
+            Layer("inside", small, x=50, y=40),
+        ],
+    )
     scene = load_scene(path).scene
     masks = {r.prompt: _fmask(r) for r in scene.regions}
     expect = np.zeros((H, W), np.float32)
@@ -146,15 +166,24 @@ def test_ora_masks_are_alpha_times_opacity_not_colour(tmp_path):
 def test_ora_group_rule_names_never_read_layers_as_the_artist_sees_them(tmp_path):
     """A group named like a prompt is not a region; its layers are, with every group's opacity applied."""
     W = H = 64
-    path = make_ora(tmp_path / "s.ora", W, H, [
-        Group("characters", [
-            Group("Group 2", [Layer("an owl", rgba(16, 16), x=48)], opacity=0.501961),
-            Layer("a cat", rgba(48, 32), x=16, y=16, opacity=0.8),
-            Layer("a red fox", rgba(32, 32)),
-        ], opacity=0.501961),
-        Group("hidden things", [Layer("a ghost", rgba(16, 16), y=48)], visible=False),
-        Layer("Background", rgba(W, H, color=(255, 255, 255))),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [
+            Group(
+                "characters",
+                [
+                    Group("Group 2", [Layer("an owl", rgba(16, 16), x=48)], opacity=0.501961),
+                    Layer("a cat", rgba(48, 32), x=16, y=16, opacity=0.8),
+                    Layer("a red fox", rgba(32, 32)),
+                ],
+                opacity=0.501961,
+            ),
+            Group("hidden things", [Layer("a ghost", rgba(16, 16), y=48)], visible=False),
+            Layer("Background", rgba(W, H, color=(255, 255, 255))),
+        ],
+    )
     loaded = load_scene(path)
     assert [r.prompt for r in loaded.scene.regions] == ["a red fox", "a cat", "an owl"]
     fox, cat, owl = (alpha8(r) for r in loaded.scene.regions)
@@ -162,9 +191,16 @@ def test_ora_group_rule_names_never_read_layers_as_the_artist_sees_them(tmp_path
     assert cat.max() == 102 and (cat > 0).sum() == 48 * 32  # 255 * 0.8 * 0.502 = 102.4
     assert owl.max() == 64 and (owl > 0).sum() == 16 * 16  # 255 * 0.502 * 0.502 = 64.25
     read = [(p.name, p.role, p.reason_code) for p in loaded.layers]
-    assert read == [("Background", "ignored", "automatic_name"), ("a ghost", "ignored", "hidden"),
-                    ("hidden things", "ignored", "group"), ("a red fox", "region", ""), ("a cat", "region", ""),
-                    ("an owl", "region", ""), ("Group 2", "ignored", "group"), ("characters", "ignored", "group")]
+    assert read == [
+        ("Background", "ignored", "automatic_name"),
+        ("a ghost", "ignored", "hidden"),
+        ("hidden things", "ignored", "group"),
+        ("a red fox", "region", ""),
+        ("a cat", "region", ""),
+        ("an owl", "region", ""),
+        ("Group 2", "ignored", "group"),
+        ("characters", "ignored", "group"),
+    ]
     ghost = next(p for p in loaded.layers if p.name == "a ghost")
     assert ghost.reason == "hidden: show the layer to use it (the group 'hidden things' is hidden)"
 
@@ -174,12 +210,17 @@ def test_ora_background_image_composites_groups_at_their_opacity(tmp_path):
     a hidden group or a layer's transparent part adds nothing."""
     W = H = 64
     red, blue = rgba(W, H, color=(255, 0, 0)), rgba(W, H, color=(0, 0, 255), box=(0, 0, 32, 64))
-    path = make_ora(tmp_path / "s.ora", W, H, [
-        Layer("a cat", rgba(W, H, box=(0, 0, 8, 8))),
-        Group("sky", [Layer("bg: blue sky | strength: 0.6", blue), Layer("Paint Layer 2", red)], opacity=0.5),
-        Group("hidden", [Layer("Paint Layer 3", rgba(W, H, color=(0, 255, 0)))], visible=False),
-        Layer("bg: green | strength: 0.5", rgba(W, H, color=(0, 255, 0), box=(0, 48, 64, 64))),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [
+            Layer("a cat", rgba(W, H, box=(0, 0, 8, 8))),
+            Group("sky", [Layer("bg: blue sky | strength: 0.6", blue), Layer("Paint Layer 2", red)], opacity=0.5),
+            Group("hidden", [Layer("Paint Layer 3", rgba(W, H, color=(0, 255, 0)))], visible=False),
+            Layer("bg: green | strength: 0.5", rgba(W, H, color=(0, 255, 0), box=(0, 48, 64, 64))),
+        ],
+    )
     scene = load_scene(path).scene
     assert scene.background.prompt == "blue sky" and scene.background.strength == 0.6
     img = scene.background.image.astype(int)
@@ -193,33 +234,54 @@ def test_ora_background_image_composites_groups_at_their_opacity(tmp_path):
 def test_ora_groups_flatten_hide_and_offset(tmp_path):
     W = H = 64
     dot = rgba(8, 8)
-    path = make_ora(tmp_path / "s.ora", W, H, [
-        Layer("a moon", dot, x=0, y=0),
-        Group("Group 1", [Layer("a star", dot, x=2, y=2), Group("inner", [Layer("a comet", dot)], x=10, y=0)],
-              x=20, y=20),
-        Group("hidden group", [Layer("a ghost", dot), Group("visible inside", [Layer("a bat", dot)])],
-              visible=False),
-        Layer("a hill", dot, x=56, y=56),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [
+            Layer("a moon", dot, x=0, y=0),
+            Group(
+                "Group 1",
+                [Layer("a star", dot, x=2, y=2), Group("inner", [Layer("a comet", dot)], x=10, y=0)],
+                x=20,
+                y=20,
+            ),
+            Group(
+                "hidden group", [Layer("a ghost", dot), Group("visible inside", [Layer("a bat", dot)])], visible=False
+            ),
+            Layer("a hill", dot, x=56, y=56),
+        ],
+    )
     loaded = load_scene(path)
     assert [r.prompt for r in loaded.scene.regions] == ["a hill", "a comet", "a star", "a moon"]
     masks = {r.prompt: _fmask(r) for r in loaded.scene.regions}
     assert masks["a star"][22:30, 22:30].all() and masks["a star"].sum() == 64
     assert masks["a comet"][20:28, 30:38].all() and masks["a comet"].sum() == 64
     hidden = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
-    assert hidden == {"a ghost": "hidden", "a bat": "hidden", "Group 1": "group", "inner": "group",
-                      "hidden group": "group", "visible inside": "group"}
+    assert hidden == {
+        "a ghost": "hidden",
+        "a bat": "hidden",
+        "Group 1": "group",
+        "inner": "group",
+        "hidden group": "group",
+        "visible inside": "group",
+    }
 
 
 def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
     W = H = 64
-    path = make_ora(tmp_path / "s.ora", W, H, [
-        Layer("a red fox", rgba(W, H, color=(255, 0, 0), box=(0, 0, 32, 64))),  # a region: not in the image
-        Layer("# notes", rgba(W, H, color=(0, 0, 0))),  # explicitly ignored: not in the image
-        Layer("SMD preview", rgba(W, H, color=(0, 0, 0))),  # the plugin's own: not in the image
-        Layer("Paint Layer 2", rgba(W, H, color=(0, 0, 255), box=(0, 0, 64, 16)), opacity=0.5),
-        Layer("bg: a field | strength: 0.7", rgba(W, H, color=(0, 255, 0), box=(0, 0, 64, 32))),
-    ])
+    path = make_ora(
+        tmp_path / "s.ora",
+        W,
+        H,
+        [
+            Layer("a red fox", rgba(W, H, color=(255, 0, 0), box=(0, 0, 32, 64))),  # a region: not in the image
+            Layer("# notes", rgba(W, H, color=(0, 0, 0))),  # explicitly ignored: not in the image
+            Layer("SMD preview", rgba(W, H, color=(0, 0, 0))),  # the plugin's own: not in the image
+            Layer("Paint Layer 2", rgba(W, H, color=(0, 0, 255), box=(0, 0, 64, 16)), opacity=0.5),
+            Layer("bg: a field | strength: 0.7", rgba(W, H, color=(0, 255, 0), box=(0, 0, 64, 32))),
+        ],
+    )
     scene = load_scene(path).scene
     img = scene.background.image
     assert scene.background.strength == 0.7 and img.shape == (H, W, 3) and img.dtype == np.uint8
@@ -238,8 +300,13 @@ def test_ora_background_image_composites_non_region_layers_over_white(tmp_path):
 
 
 def test_ora_scene_checked_before_background_pixels_are_decoded(tmp_path):
-    path = make_ora(tmp_path / "s.ora", 64, 64, [Layer("a fox", rgba(64, 64)), Layer("Background", src="data/bad.png")],
-                    members={"data/bad.png": b"not a png"})
+    path = make_ora(
+        tmp_path / "s.ora",
+        64,
+        64,
+        [Layer("a fox", rgba(64, 64)), Layer("Background", src="data/bad.png")],
+        members={"data/bad.png": b"not a png"},
+    )
     with pytest.raises(SceneError, match="background strength must be between 0 and 1"):
         load_scene(path, Overrides(background_strength=5))
     with pytest.raises(SceneError, match="'Background': 'data/bad.png' is not a PNG image"):
@@ -269,7 +336,11 @@ def test_json_scene(tmp_path):
     alpha_mask = rgba(W, H, color=(0, 0, 0), box=(48, 0, 96, 64))
     os.mkdir(tmp_path / "masks")
     doc = {
-        "width": W, "height": H, "seed": 3, "steps": 3, "negative_prompt": "blurry",
+        "width": W,
+        "height": H,
+        "seed": 3,
+        "steps": 3,
+        "negative_prompt": "blurry",
         "background": {"prompt": "a meadow", "image": "bg.png", "strength": 0.4},
         "regions": [
             {"prompt": "a red fox | not an option", "mask": "masks/left.png", "blur": 0, "strength": 0.8},
@@ -277,8 +348,11 @@ def test_json_scene(tmp_path):
             {"layer": "a bird | neg: cage | blur: 3 | strength: 0.5", "mask": "masks/right.png", "strength": 0.9},
         ],
     }
-    path = make_json(tmp_path, doc, {"masks/left.png": grey, "masks/right.png": alpha_mask,
-                                     "bg.png": rgba(W, H, color=(10, 20, 30))[..., :3]})
+    path = make_json(
+        tmp_path,
+        doc,
+        {"masks/left.png": grey, "masks/right.png": alpha_mask, "bg.png": rgba(W, H, color=(10, 20, 30))[..., :3]},
+    )
     scene = load_scene(path).scene
     fox, tree, bird = scene.regions
     assert fox.prompt == "a red fox | not an option"  # JSON prompts are literal: no layer-name grammar
@@ -303,34 +377,55 @@ def test_json_mask_kinds(tmp_path):
     pal.putpalette([0, 0, 0, 255, 255, 255])
     pal.paste(0, (0, 0, 32, 64))
     pal.save(tmp_path / "pal.png", transparency=0)
-    path = make_json(tmp_path, {"width": W, "height": H, "regions": [
-        {"prompt": "a", "mask": "grey16.png"}, {"prompt": "b", "mask": "pal.png"}]}, {})
+    path = make_json(
+        tmp_path,
+        {
+            "width": W,
+            "height": H,
+            "regions": [{"prompt": "a", "mask": "grey16.png"}, {"prompt": "b", "mask": "pal.png"}],
+        },
+        {},
+    )
     grey16, pal = (_fmask(r) for r in load_scene(path).scene.regions)
     np.testing.assert_allclose(grey16[0], np.linspace(0, 1, W), atol=1 / 255)
     assert pal[:, :32].max() == 0 and pal[:, 32:].min() == 1
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({"height": 64, "regions": []}, "'width' is missing"),
-    ({"width": "64", "height": 64, "regions": []}, "'width' must be a whole number"),
-    ({"width": 64, "height": 64}, "'regions' is missing"),
-    ({"width": 64, "height": 64, "regions": [{"mask": "m.png"}]}, "region 1 has no prompt"),
-    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox"}]}, "region 1 has no \"mask\""),
-    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "nope.png"}]}, "'nope.png' not found"),
-    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "blur": "x"}]},
-     "'blur' must be a number"),
-    ({"width": 64, "height": 64, "regions": ["a fox"]}, "region 1 must be an object"),
-    ({"width": 64, "height": 64, "steps": 0, "regions": []}, "steps must be between"),
-    ({"width": 72, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png"}]}, "is 64x64, the scene is 72x64"),
-    ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "strength": 2}]},
-     "mask strength must be between 0 and 1"),
-    ([1, 2], "a JSON scene is an object"),
-    ({"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
-     "layer name 'Paint Layer 2' is not a region (automatic name: rename it with a prompt)"),
-    ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, "use the \"background\" field"),
-    ({"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
-     "gives both"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"height": 64, "regions": []}, "'width' is missing"),
+        ({"width": "64", "height": 64, "regions": []}, "'width' must be a whole number"),
+        ({"width": 64, "height": 64}, "'regions' is missing"),
+        ({"width": 64, "height": 64, "regions": [{"mask": "m.png"}]}, "region 1 has no prompt"),
+        ({"width": 64, "height": 64, "regions": [{"prompt": "a fox"}]}, 'region 1 has no "mask"'),
+        ({"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "nope.png"}]}, "'nope.png' not found"),
+        (
+            {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "blur": "x"}]},
+            "'blur' must be a number",
+        ),
+        ({"width": 64, "height": 64, "regions": ["a fox"]}, "region 1 must be an object"),
+        ({"width": 64, "height": 64, "steps": 0, "regions": []}, "steps must be between"),
+        (
+            {"width": 72, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png"}]},
+            "is 64x64, the scene is 72x64",
+        ),
+        (
+            {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png", "strength": 2}]},
+            "mask strength must be between 0 and 1",
+        ),
+        ([1, 2], "a JSON scene is an object"),
+        (
+            {"width": 64, "height": 64, "regions": [{"layer": "Paint Layer 2", "mask": "m.png"}]},
+            "layer name 'Paint Layer 2' is not a region (automatic name: rename it with a prompt)",
+        ),
+        ({"width": 64, "height": 64, "regions": [{"layer": "bg: sea", "mask": "m.png"}]}, 'use the "background" field'),
+        (
+            {"width": 64, "height": 64, "regions": [{"layer": "a fox", "prompt": "a fox", "mask": "m.png"}]},
+            "gives both",
+        ),
+    ],
+)
 def test_json_bad_fields(tmp_path, doc, message):
     path = make_json(tmp_path, doc, {"m.png": np.full((64, 64), 255, np.uint8)})
     with pytest.raises(SceneError, match=re.escape(message)):
@@ -349,23 +444,34 @@ BAD_ORA = {
     "missing stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml=False),
     "a Krita .kra renamed": lambda p: make_ora(p, 64, 64, [], stack_xml=False, members={"maindoc.xml": b"<DOC/>"}),
     "malformed stack.xml": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='64' h='64'><stack>"),
-    "layer PNG that does not decode": lambda p: make_ora(p, 64, 64, [Layer("a fox", src="data/x.png")],
-                                                         members={"data/x.png": b"\x89PNG\r\n\x1a\nbroken"}),
+    "layer PNG that does not decode": lambda p: make_ora(
+        p, 64, 64, [Layer("a fox", src="data/x.png")], members={"data/x.png": b"\x89PNG\r\n\x1a\nbroken"}
+    ),
     "layer PNG missing from the zip": lambda p: make_ora(p, 64, 64, [Layer("a fox", src="data/gone.png")]),
-    "no region layers": lambda p: make_ora(p, 64, 64, [Layer("Paint Layer 1", rgba(64, 64)),
-                                                      Layer("a cat", rgba(64, 64), visible=False)]),
+    "no region layers": lambda p: make_ora(
+        p, 64, 64, [Layer("Paint Layer 1", rgba(64, 64)), Layer("a cat", rgba(64, 64), visible=False)]
+    ),
     "document over the size limit": lambda p: make_ora(p, MAX_SIDE * 4, 64, _ok_layers()),
     "decompression bomb layer": lambda p: make_ora(
-        p, 64, 64, [Layer("a fox", src="data/bomb.png")],
-        members={"data/bomb.png": b"\x89PNG\r\n\x1a\n" + _ihdr(60000, 60000)}),
+        p,
+        64,
+        64,
+        [Layer("a fox", src="data/bomb.png")],
+        members={"data/bomb.png": b"\x89PNG\r\n\x1a\n" + _ihdr(60000, 60000)},
+    ),
     "layer over the size limit": lambda p: make_ora(
-        p, 64, 64, [Layer("a fox", src="data/big.png")],
-        members={"data/big.png": b"\x89PNG\r\n\x1a\n" + _ihdr(9000, 9000)}),
+        p,
+        64,
+        64,
+        [Layer("a fox", src="data/big.png")],
+        members={"data/big.png": b"\x89PNG\r\n\x1a\n" + _ihdr(9000, 9000)},
+    ),
     "size not a number": lambda p: make_ora(p, 64, 64, [], stack_xml="<image w='big' h='64'><stack/></image>"),
     "groups nested too deep": lambda p: make_ora(p, 64, 64, [_nested(20)]),
     "too many layers": lambda p: make_ora(p, 64, 64, [Layer(f"a fox {i}", src="data/x.png") for i in range(600)]),
     "group opacity not a number": lambda p: make_ora(
-        p, 64, 64, [], stack_xml="<image w='64' h='64'><stack><stack name='g' opacity='half'/></stack></image>"),
+        p, 64, 64, [], stack_xml="<image w='64' h='64'><stack><stack name='g' opacity='half'/></stack></image>"
+    ),
 }
 
 
@@ -381,8 +487,11 @@ def _ihdr(w: int, h: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 100000)) + chunk(b"IEND", b""))
+    return (
+        chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100000))
+        + chunk(b"IEND", b"")
+    )
 
 
 EXPECTED = {
@@ -425,14 +534,22 @@ def test_cli_bad_json_one_line_error(tmp_path):
     (tmp_path / "scene.json").write_text('{"width": 64, "height": ')
     line = assert_one_line_error(run_render(tmp_path / "scene.json", "-o", tmp_path / "o.png", "--model", "tiny"))
     assert "not valid JSON" in line
-    path = make_json(tmp_path, {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "none.png"}]},
-                     {})
+    path = make_json(tmp_path, {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "none.png"}]}, {})
     line = assert_one_line_error(render_here(path, "-o", tmp_path / "o.png", "--model", "tiny"))
     assert "'none.png' not found" in line
 
 
-@pytest.mark.parametrize("case", ["missing scene", "unknown extension", "missing output folder",
-                                  "output is a folder", "unknown output format", "bad size flag"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing scene",
+        "unknown extension",
+        "missing output folder",
+        "output is a folder",
+        "unknown output format",
+        "bad size flag",
+    ],
+)
 def test_cli_bad_arguments_one_line_error(tmp_path, case):
     scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
     args = [scene, "-o", tmp_path / "o.png", "--model", "tiny"]
@@ -450,9 +567,14 @@ def test_cli_bad_arguments_one_line_error(tmp_path, case):
     elif case == "bad size flag":
         args += ["--width", "100"]
     line = assert_one_line_error(render_here(*args))
-    expected = {"missing scene": "no such file", "unknown extension": "unknown scene type",
-                "missing output folder": "does not exist", "output is a folder": "is a folder",
-                "unknown output format": "cannot write", "bad size flag": "multiples of 8"}[case]
+    expected = {
+        "missing scene": "no such file",
+        "unknown extension": "unknown scene type",
+        "missing output folder": "does not exist",
+        "output is a folder": "is a folder",
+        "unknown output format": "cannot write",
+        "bad size flag": "multiples of 8",
+    }[case]
     assert expected in line
 
 
@@ -497,11 +619,16 @@ def test_progress_bar_counts_steps():
 
 def test_cli_renders_ora(tmp_path):
     W, H = 192, 128
-    path = make_ora(tmp_path / "scene.ora", W, H, [
-        Layer("a red fox | blur: 4", rgba(96, 96), x=80, y=40),
-        Layer("Paint Layer 1", rgba(W, H, color=(250, 250, 250))),
-        Layer("bg: a snowy field | strength: 0.3", rgba(W, H, color=(40, 90, 200), box=(0, 64, W, H))),
-    ])
+    path = make_ora(
+        tmp_path / "scene.ora",
+        W,
+        H,
+        [
+            Layer("a red fox | blur: 4", rgba(96, 96), x=80, y=40),
+            Layer("Paint Layer 1", rgba(W, H, color=(250, 250, 250))),
+            Layer("bg: a snowy field | strength: 0.3", rgba(W, H, color=(40, 90, 200), box=(0, 64, W, H))),
+        ],
+    )
     out = tmp_path / "out.png"
     proc = run_render(path, "-o", out, "--model", "tiny", "--seed", "5", "--steps", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr
@@ -516,11 +643,18 @@ def test_cli_renders_json(tmp_path):
     left = np.zeros((H, W), np.uint8)
     left[:, :64] = 255
     right = 255 - left
-    path = make_json(tmp_path, {"width": W, "height": H, "seed": 1, "steps": 2,
-                                "background": {"prompt": "a meadow"},
-                                "regions": [{"prompt": "a fox", "mask": "l.png"},
-                                            {"prompt": "a tree", "mask": "r.png", "blur": 2}]},
-                     {"l.png": left, "r.png": right})
+    path = make_json(
+        tmp_path,
+        {
+            "width": W,
+            "height": H,
+            "seed": 1,
+            "steps": 2,
+            "background": {"prompt": "a meadow"},
+            "regions": [{"prompt": "a fox", "mask": "l.png"}, {"prompt": "a tree", "mask": "r.png", "blur": 2}],
+        },
+        {"l.png": left, "r.png": right},
+    )
     out = tmp_path / "out.png"
     proc = run_render(path, "-o", out, "--model", "tiny", "--width", "64")  # size flag: aspect ratio kept
     assert proc.returncode == 0, proc.stderr
@@ -531,7 +665,7 @@ def test_cli_renders_json(tmp_path):
 
 # ---------------------------------------------------------------- a file written by real Krita
 
-KRITA_EXPORT = '''
+KRITA_EXPORT = """
 import os
 import shutil
 from krita import Krita, InfoObject
@@ -565,7 +699,7 @@ def export(*_):
     doc.setModified(False)
     doc.close()
     print("exported", ok)
-'''
+"""
 
 
 @pytest.mark.krita
@@ -589,8 +723,7 @@ def test_reads_an_ora_written_by_krita(tmp_path):
     np.testing.assert_allclose(mist, expect)
     assert scene.regions[0].mask_std == 2
     reasons = {p.name: p.reason_code for p in loaded.layers if p.role == "ignored"}
-    assert reasons == {"Background": "automatic_name", "a ghost": "hidden", "Group 1": "group",
-                       "hidden group": "group"}
+    assert reasons == {"Background": "automatic_name", "a ghost": "hidden", "Group 1": "group", "hidden group": "group"}
     np.testing.assert_array_equal(np.unique(scene.background.image), [255])  # Krita's white Background
 
 
@@ -599,7 +732,7 @@ def test_reads_an_ora_written_by_krita(tmp_path):
 # (opacity 80 %, a transparency mask keeping x 16..40) and a group "Group 2" at 50 % with "an owl"; a
 # hidden group with "a ghost"; "bg: a meadow | strength: 0.5" (green band y 48..64, a transparency
 # mask keeping x < 32); "Filter Layer 1 (Levels)"; the white "Background".
-KRITA_REEXPORT = '''
+KRITA_REEXPORT = """
 import os
 from krita import Krita, InfoObject
 
@@ -613,15 +746,20 @@ def export(*_):
     doc.waitForDone()
     print("exported", doc.exportImage(os.environ["ORA_OUT"], InfoObject()))
     doc.close()
-'''
+"""
 
 
 @pytest.mark.krita
 @krita_missing
 def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_sees_it(tmp_path):
     ora = tmp_path / "k.ora"
-    proc = kritarunner(tmp_path, KRITA_REEXPORT, "export", ORA_OUT=str(ora),
-                       KRA_IN=os.path.join(ROOT, "tests", "data", "krita_groups_masks.kra"))
+    proc = kritarunner(
+        tmp_path,
+        KRITA_REEXPORT,
+        "export",
+        ORA_OUT=str(ora),
+        KRA_IN=os.path.join(ROOT, "tests", "data", "krita_groups_masks.kra"),
+    )
     assert ora.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
     loaded = load_scene(str(ora))
     scene = loaded.scene
@@ -637,10 +775,17 @@ def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_see
     expect[0:16, 48:64] = 64  # two groups at 50 %
     np.testing.assert_array_equal(owl, expect)
     read = {p.name: (p.role, p.reason_code) for p in loaded.layers}
-    assert read == {"Background": ("ignored", "automatic_name"), "a ghost": ("ignored", "hidden"),
-                    "hidden things": ("ignored", "group"), "characters": ("ignored", "group"),
-                    "Group 2": ("ignored", "group"), "a red fox": ("region", ""), "a cat": ("region", ""),
-                    "an owl": ("region", ""), "bg: a meadow | strength: 0.5": ("background", "")}
+    assert read == {
+        "Background": ("ignored", "automatic_name"),
+        "a ghost": ("ignored", "hidden"),
+        "hidden things": ("ignored", "group"),
+        "characters": ("ignored", "group"),
+        "Group 2": ("ignored", "group"),
+        "a red fox": ("region", ""),
+        "a cat": ("region", ""),
+        "an owl": ("region", ""),
+        "bg: a meadow | strength: 0.5": ("background", ""),
+    }
     # Krita leaves filter layers out of OpenRaster files; its masks are applied to the layer pixels.
     assert "Filter Layer 1 (Levels)" not in read
     bg = scene.background
@@ -651,6 +796,7 @@ def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_see
 
     # Every layer composited as the reader sees it matches Krita's own flattened image within 1/255.
     from smd_daemon.scenefile import ora as ora_reader
+
     with zipfile.ZipFile(ora) as zf:
         _, _, tree = ora_reader.read_stack(zf, str(ora))
         everything = {id(n) for n in ora_reader.bottom_first(tree) if not n.group}
@@ -677,8 +823,9 @@ def test_region_mode_from_json_and_the_command_line(tmp_path):
 
 def test_cli_renders_in_attention_mode_and_refuses_unknown_modes_in_one_line(tmp_path):
     scene = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
-    line = assert_one_line_error(render_here(scene, "-o", tmp_path / "o.png", "--model", "tiny",
-                                             "--region-mode", "fancy"))
+    line = assert_one_line_error(
+        render_here(scene, "-o", tmp_path / "o.png", "--model", "tiny", "--region-mode", "fancy")
+    )
     assert "region mode must be 'latent' or 'attention'" in line
     out = tmp_path / "out.png"
     proc = run_render(scene, "-o", out, "--model", "tiny", "--region-mode", "attention", "--steps", "2")

@@ -18,9 +18,10 @@ def _scene(seed=1, **kw):
     a = np.zeros((S, S), np.uint8)
     a[:, : S // 2] = 255
     b = np.zeros((S, S), np.uint8)
-    b[S // 4:, S // 3:] = 255
-    return Scene(S, S, [Region("a red fox", a), Region("a pine", b)], background=Background("a blue sky"),
-                 seed=seed, **kw)
+    b[S // 4 :, S // 3 :] = 255
+    return Scene(
+        S, S, [Region("a red fox", a), Region("a pine", b)], background=Background("a blue sky"), seed=seed, **kw
+    )
 
 
 def _scenes():
@@ -88,10 +89,15 @@ def test_failed_compile_falls_back_to_eager_with_one_warning(engine, caplog):
     assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
 
 
-@pytest.mark.parametrize("switches, word", [(dict(compile=True), "torch.compile needs a CUDA device"),
-                                            (dict(cuda_graphs=True), "CUDA graphs needs a CUDA device"),
-                                            (dict(compile=True, cuda_graphs=True), "need a CUDA device"),
-                                            (dict(overlap_decode=True), "side stream needs a CUDA device")])
+@pytest.mark.parametrize(
+    "switches, word",
+    [
+        (dict(compile=True), "torch.compile needs a CUDA device"),
+        (dict(cuda_graphs=True), "CUDA graphs needs a CUDA device"),
+        (dict(compile=True, cuda_graphs=True), "need a CUDA device"),
+        (dict(overlap_decode=True), "side stream needs a CUDA device"),
+    ],
+)
 def test_speed_switches_are_refused_off_cuda_in_one_sentence(tiny_components, switches, word):
     with pytest.raises(ValueError, match=word) as e:
         Engine(tiny_components, **switches)
@@ -99,7 +105,9 @@ def test_speed_switches_are_refused_off_cuda_in_one_sentence(tiny_components, sw
     R.check_speed_options(torch.device("cuda"), **switches)  # a CUDA device may
 
 
-@pytest.mark.parametrize("command", [["render", "scene.json", "-o", "out.png"], ["serve", "--bind", "tcp://127.0.0.1:1"]])
+@pytest.mark.parametrize(
+    "command", [["render", "scene.json", "-o", "out.png"], ["serve", "--bind", "tcp://127.0.0.1:1"]]
+)
 @pytest.mark.parametrize("flag", ["--compile", "--cuda-graphs"])
 def test_cli_refuses_speed_switches_off_cuda_before_any_work(command, flag, capsys):
     from smd_daemon.cli import main

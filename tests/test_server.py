@@ -7,9 +7,9 @@ import io
 import time
 
 import pytest
+from daemon_util import Daemon, Raw, S, connect, half_mask
 from PIL import Image
 
-from daemon_util import Daemon, Raw, S, connect, half_mask
 from smd_daemon import protocol
 from smd_daemon.client import CancelledEvent, ErrorEvent, FrameEvent, Layer, ProgressEvent, SceneEvent
 
@@ -35,8 +35,13 @@ def client(daemon):
 
 
 def fox_scene(c, prompt="a red fox", **kw) -> int:
-    return c.set_scene(S, S, [Layer("1", prompt, half_mask()), Layer("2", "Paint Layer 2", half_mask(left=False))],
-                       background_prompt="snowy forest", **kw)
+    return c.set_scene(
+        S,
+        S,
+        [Layer("1", prompt, half_mask()), Layer("2", "Paint Layer 2", half_mask(left=False))],
+        background_prompt="snowy forest",
+        **kw,
+    )
 
 
 def next_frame(c, timeout=20.0, job=None) -> FrameEvent:
@@ -52,8 +57,15 @@ def test_handshake_reports_model_limits_and_capabilities(daemon):
         assert w["protocol"] == protocol.PROTOCOL_VERSION
         assert w["model"]["name"] == "tiny"
         lim = w["limits"]
-        for key in ("max_sessions", "max_regions", "max_side", "max_prompt_chars", "max_message_bytes", "max_fps",
-                    "heartbeat_timeout"):
+        for key in (
+            "max_sessions",
+            "max_regions",
+            "max_side",
+            "max_prompt_chars",
+            "max_message_bytes",
+            "max_fps",
+            "heartbeat_timeout",
+        ):
             assert key in lim
         assert lim["max_message_bytes"] == 2**20 and lim["heartbeat_timeout"] == 2
         assert {"raw", "png", "jpeg"} <= set(w["capabilities"]["frame_encodings"])
@@ -71,18 +83,28 @@ def test_scene_reply_reads_layer_names(client):
 
 
 def test_scene_reply_explains_every_layer_with_a_code(client):
-    layers = [Layer("g", "characters", None, group=True), Layer("1", "a fox | strenght: 2", half_mask()),
-              Layer("2", "Ebene 2", half_mask()), Layer("3", "# sketch", half_mask()),
-              Layer("4", "a cat", half_mask(), visible=False), Layer("5", "an owl", bytes(S * S)),
-              Layer("6", "SMD Preview", half_mask())]
+    layers = [
+        Layer("g", "characters", None, group=True),
+        Layer("1", "a fox | strenght: 2", half_mask()),
+        Layer("2", "Ebene 2", half_mask()),
+        Layer("3", "# sketch", half_mask()),
+        Layer("4", "a cat", half_mask(), visible=False),
+        Layer("5", "an owl", bytes(S * S)),
+        Layer("6", "SMD Preview", half_mask()),
+    ]
     rev = client.set_scene(S, S, layers)
     ev = client.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)) and getattr(e, "revision", rev) == rev, 10)
     assert isinstance(ev, SceneEvent), ev
     read = [(d["name"], d["role"], d.get("reason_code"), d.get("warning_codes")) for d in ev.layers]
-    assert read == [("characters", "ignored", "group", None), ("a fox | strenght: 2", "region", None, ["unknown_option"]),
-                    ("Ebene 2", "ignored", "automatic_name", None), ("# sketch", "ignored", "marker", None),
-                    ("a cat", "ignored", "hidden", None), ("an owl", "ignored", "empty", None),
-                    ("SMD Preview", "ignored", "plugin_layer", None)]
+    assert read == [
+        ("characters", "ignored", "group", None),
+        ("a fox | strenght: 2", "region", None, ["unknown_option"]),
+        ("Ebene 2", "ignored", "automatic_name", None),
+        ("# sketch", "ignored", "marker", None),
+        ("a cat", "ignored", "hidden", None),
+        ("an owl", "ignored", "empty", None),
+        ("SMD Preview", "ignored", "plugin_layer", None),
+    ]
     assert ev.layers[0]["reason"] == "a group: its layers are read one by one"
     # A partial update keeps a layer a group until it says otherwise.
     rev = client.update_scene([Layer("g", "renamed group", None, group=True)])
@@ -159,8 +181,11 @@ def test_generate_reports_progress_and_returns_png(client):
     fox_scene(client, steps=3)
     job = client.generate("png")
     progress = []
-    result = client.wait_for(lambda e: isinstance(e, FrameEvent) and e.job == job, 30,
-                             on_event=lambda e: isinstance(e, ProgressEvent) and progress.append(e.step))
+    result = client.wait_for(
+        lambda e: isinstance(e, FrameEvent) and e.job == job,
+        30,
+        on_event=lambda e: isinstance(e, ProgressEvent) and progress.append(e.step),
+    )
     assert result is not None
     assert progress == [1, 2, 3]
     im = Image.open(io.BytesIO(result.data))
@@ -277,9 +302,11 @@ def test_client_heartbeats_keep_session_alive(client):
 
 # --- bad input: each row gets an error reply with a code, and the daemon keeps serving -------------
 
+
 def _update(**over):
-    fields = dict(revision=1, full=True, width=S, height=S,
-                  layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}])
+    fields = dict(
+        revision=1, full=True, width=S, height=S, layers=[{"key": "1", "name": "a red fox", "alpha": {"part": 0}}]
+    )
     fields.update(over)
     return fields
 
@@ -302,20 +329,48 @@ BAD_REQUESTS = [
     ("strength out of range", ("update", [half_mask()], _update(background={"strength": 2})), E.BAD_FIELD, True),
     ("alpha plane of the wrong size", ("update", [b"\xff" * 100], _update()), E.BAD_IMAGE, True),
     ("missing binary part", ("update", [], _update()), E.BAD_FIELD, True),
-    ("undecodable png alpha", ("update", [b"\x89PNG\r\n\x1a\nrubbish"],
-                               _update(layers=[{"key": "1", "name": "fox", "alpha": {"part": 0, "encoding": "png"}}])),
-     E.BAD_IMAGE, True),
-    ("zlib bomb", ("update", [__import__("zlib").compress(b"\0" * (50 * 2**20))],
-                   _update(layers=[{"key": "1", "name": "fox", "alpha": {"part": 0, "encoding": "zlib"}}])),
-     E.BAD_IMAGE, True),
-    ("undecodable background image", ("update", [half_mask(), b"GIF89a-not-really"],
-                                      _update(background={"image": {"part": 1, "encoding": "webp"}})),
-     E.BAD_IMAGE, True),
-    ("too many regions", ("update", [half_mask()] * 17,
-                          _update(layers=[{"key": str(i), "name": f"fox {i}", "alpha": {"part": i}}
-                                          for i in range(17)])), E.TOO_MANY_REGIONS, True),
-    ("prompt too long", ("update", [half_mask()], _update(layers=[{"key": "1", "name": "x" * 1500,
-                                                                   "alpha": {"part": 0}}])), E.TOO_LARGE, True),
+    (
+        "undecodable png alpha",
+        (
+            "update",
+            [b"\x89PNG\r\n\x1a\nrubbish"],
+            _update(layers=[{"key": "1", "name": "fox", "alpha": {"part": 0, "encoding": "png"}}]),
+        ),
+        E.BAD_IMAGE,
+        True,
+    ),
+    (
+        "zlib bomb",
+        (
+            "update",
+            [__import__("zlib").compress(b"\0" * (50 * 2**20))],
+            _update(layers=[{"key": "1", "name": "fox", "alpha": {"part": 0, "encoding": "zlib"}}]),
+        ),
+        E.BAD_IMAGE,
+        True,
+    ),
+    (
+        "undecodable background image",
+        ("update", [half_mask(), b"GIF89a-not-really"], _update(background={"image": {"part": 1, "encoding": "webp"}})),
+        E.BAD_IMAGE,
+        True,
+    ),
+    (
+        "too many regions",
+        (
+            "update",
+            [half_mask()] * 17,
+            _update(layers=[{"key": str(i), "name": f"fox {i}", "alpha": {"part": i}} for i in range(17)]),
+        ),
+        E.TOO_MANY_REGIONS,
+        True,
+    ),
+    (
+        "prompt too long",
+        ("update", [half_mask()], _update(layers=[{"key": "1", "name": "x" * 1500, "alpha": {"part": 0}}])),
+        E.TOO_LARGE,
+        True,
+    ),
     ("steps over the limit", ("update", [half_mask()], _update(steps=500)), E.BAD_FIELD, True),
     ("too many parts in total", ("update", [b"\0" * (600 * 1024)] * 2, _update()), E.TOO_LARGE, True),
     ("update before hello", ("update", [half_mask()], _update()), E.HANDSHAKE_REQUIRED, False),
@@ -361,11 +416,30 @@ JUNK = [None, -1, 0, 1e308, -1e308, "x", "", [], {}, True, 2**64, "a" * 5000, [1
 def _mutate(fields: dict, rng) -> None:
     value = rng.choice(JUNK)
     where = rng.choice(["top", "layer", "alpha", "background"])
-    layer = fields["layers"][0] if isinstance(fields.get("layers"), list) and fields["layers"] \
-        and isinstance(fields["layers"][0], dict) else None
+    layer = (
+        fields["layers"][0]
+        if isinstance(fields.get("layers"), list) and fields["layers"] and isinstance(fields["layers"][0], dict)
+        else None
+    )
     if where == "top":
-        fields[rng.choice(["revision", "full", "width", "height", "seed", "steps", "guidance_scale", "mask_mode",
-                           "negative_prompt", "layers", "order", "background"])] = value
+        fields[
+            rng.choice(
+                [
+                    "revision",
+                    "full",
+                    "width",
+                    "height",
+                    "seed",
+                    "steps",
+                    "guidance_scale",
+                    "mask_mode",
+                    "negative_prompt",
+                    "layers",
+                    "order",
+                    "background",
+                ]
+            )
+        ] = value
     elif where == "layer" and layer is not None:
         layer[rng.choice(["key", "name", "visible", "alpha"])] = value
     elif where == "alpha" and layer is not None and isinstance(layer.get("alpha"), dict):

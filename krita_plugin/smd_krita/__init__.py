@@ -45,8 +45,9 @@ def _register():
         app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SMDDocker))
         return
     sys.stderr.write(problem + "\n")
-    app.addDockWidgetFactory(DockWidgetFactory("smd_live_docker", DockWidgetFactoryBase.DockRight,
-                                               _message_docker(problem)))
+    app.addDockWidgetFactory(
+        DockWidgetFactory("smd_live_docker", DockWidgetFactoryBase.DockRight, _message_docker(problem))
+    )
 
 
 def _message_docker(problem: str):

@@ -45,8 +45,9 @@ class Connection(QObject):
         try:
             key = server_key.strip().encode("ascii") or None
             # The client accepts host, host:port, tcp://host:port... (a sentence when it cannot).
-            self.client = client_mod.Client(address.strip(), name="krita", server_public_key=key,
-                                            client_secret_file=key_file.strip() or None)
+            self.client = client_mod.Client(
+                address.strip(), name="krita", server_public_key=key, client_secret_file=key_file.strip() or None
+            )
             self.client.connect()
         except Exception as e:  # a bad address or key file: say so, stay usable
             self.client = None

@@ -9,8 +9,22 @@ from __future__ import annotations
 
 from krita import DockWidget
 from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
-                             QLineEdit, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from . import settings
 from .connection import same_address
@@ -202,16 +216,24 @@ class SMDDocker(DockWidget):
         self.seed_random.clicked.connect(ctl.randomize_seed)
         self.start_btn.clicked.connect(ctl.start_managed)
         self.stop_btn.clicked.connect(ctl.managed.stop)
-        for w, key in ((self.address, "address"), (self.server_key, "server_key"), (self.key_file, "client_key_file"),
-                       (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
+        for w, key in (
+            (self.address, "address"),
+            (self.server_key, "server_key"),
+            (self.key_file, "client_key_file"),
+            (self.bg_prompt, "background_prompt"),
+            (self.neg_prompt, "negative_prompt"),
+        ):
             w.editingFinished.connect(lambda w=w, key=key: self._set(key, w.text()))
         for w, key in ((self.seed, "seed"), (self.size, "size")):
             w.valueChanged.connect(lambda v, key=key: self._set(key, v))
         self.steps.valueChanged.connect(lambda v: self._set("steps", v or None))
         self.seed_lock.toggled.connect(lambda v: self._set("seed_locked", v))
         self.strength.valueChanged.connect(lambda v: self._set("strength", round(v, 3) if v >= 0 else None))
-        for w, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
-                       (self.preview_mode, "preview_mode")):
+        for w, key in (
+            (self.source, "background_source"),
+            (self.region_mode, "region_mode"),
+            (self.preview_mode, "preview_mode"),
+        ):
             w.currentIndexChanged.connect(lambda _i, w=w, key=key: self._set(key, w.currentData()))
         self.preview_visible.toggled.connect(lambda v: self._set("preview_visible", v))
         self.preview_opacity.valueChanged.connect(lambda v: self._set("preview_opacity", v / 100.0))
@@ -264,8 +286,13 @@ class SMDDocker(DockWidget):
         self.preview_opacity.setEnabled(not in_docker)
 
     def _show_settings(self, s: dict, limits: dict) -> None:
-        for w, key in ((self.address, "address"), (self.server_key, "server_key"), (self.key_file, "client_key_file"),
-                       (self.bg_prompt, "background_prompt"), (self.neg_prompt, "negative_prompt")):
+        for w, key in (
+            (self.address, "address"),
+            (self.server_key, "server_key"),
+            (self.key_file, "client_key_file"),
+            (self.bg_prompt, "background_prompt"),
+            (self.neg_prompt, "negative_prompt"),
+        ):
             if not w.hasFocus() and w.text() != s[key]:
                 w.setText(s[key])
         self.steps.setRange(0, int(limits.get("max_steps") or SANITY_MAX_STEPS))
@@ -277,10 +304,14 @@ class SMDDocker(DockWidget):
         self.strength.setValue(-0.05 if s["strength"] is None else s["strength"])
         defaults = self.ctl.conn.defaults
         self.steps.setToolTip(f"the daemon's default: {defaults['steps']}" if "steps" in defaults else "")
-        self.strength.setToolTip(f"the daemon's default: {defaults['background_strength']}"
-                                 if "background_strength" in defaults else "")
-        for combo, key in ((self.source, "background_source"), (self.region_mode, "region_mode"),
-                           (self.preview_mode, "preview_mode")):
+        self.strength.setToolTip(
+            f"the daemon's default: {defaults['background_strength']}" if "background_strength" in defaults else ""
+        )
+        for combo, key in (
+            (self.source, "background_source"),
+            (self.region_mode, "region_mode"),
+            (self.preview_mode, "preview_mode"),
+        ):
             combo.setCurrentIndex(max(0, combo.findData(s[key])))
         modes = self.ctl.conn.region_modes()
         self.region_mode.setVisible(bool(modes))

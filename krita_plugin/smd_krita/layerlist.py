@@ -60,8 +60,17 @@ def rows(layers: list, reading_of, connected: bool, preview: bool = False) -> li
             if reading is None or reading.get("name") != layer.name:
                 out.append(Row(layer.uid, layer.name, layer.parent, "", "", waiting))
                 continue
-            out.append(Row(layer.uid, layer.name, layer.parent, reading.get("role", ""),
-                           reading.get("reason_code", ""), describe(reading), list(reading.get("warnings", []))))
+            out.append(
+                Row(
+                    layer.uid,
+                    layer.name,
+                    layer.parent,
+                    reading.get("role", ""),
+                    reading.get("reason_code", ""),
+                    describe(reading),
+                    list(reading.get("warnings", [])),
+                )
+            )
 
     emit("")
     return out

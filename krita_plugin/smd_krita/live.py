@@ -311,8 +311,9 @@ class Controller(QObject):
             return
         canvas = self.settings["background_source"] in ("canvas", "both")
         try:
-            restructured = self.sync.step(self.doc, self.client, self.output_size(), self.scene_settings(),
-                                          canvas, force)
+            restructured = self.sync.step(
+                self.doc, self.client, self.output_size(), self.scene_settings(), canvas, force
+            )
         except kritaapi.Unsupported as e:
             self.error = str(e)
             return

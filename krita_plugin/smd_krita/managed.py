@@ -116,8 +116,11 @@ class ManagedDaemon(QObject):
 
     def _error(self, error) -> None:
         if error == QProcess.FailedToStart:
-            self.exit_text = (f"cannot start {self.config['command'][0]}: run install.py --serve again"
-                              if self.config else "cannot start the daemon")
+            self.exit_text = (
+                f"cannot start {self.config['command'][0]}: run install.py --serve again"
+                if self.config
+                else "cannot start the daemon"
+            )
             self.changed.emit()
 
     def log_tail(self, lines: int = 6) -> list[str]:

@@ -40,8 +40,9 @@ class PreviewOutput:
             kritaapi.hide_preview(doc)
             return
         visible = values["preview_visible"]
-        node, previous = kritaapi.write_preview(doc, img, visible, values["preview_opacity"],
-                                                create=visible and not self._written)
+        node, previous = kritaapi.write_preview(
+            doc, img, visible, values["preview_opacity"], create=visible and not self._written
+        )
         if node is None and not visible:
             return  # hidden: no layer is added for it
         if node is None:

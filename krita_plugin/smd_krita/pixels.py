@@ -24,7 +24,7 @@ def packed_bytes(img: QImage, bytes_per_pixel: int, qt: bool = False):
         return QByteArray(ptr.asstring(row * h)) if qt else ptr.asstring(row * h)
     data = bytes(ptr)
     bpl = img.bytesPerLine()
-    data = b"".join(data[y * bpl:y * bpl + row] for y in range(h))
+    data = b"".join(data[y * bpl : y * bpl + row] for y in range(h))
     return QByteArray(data) if qt else data
 
 

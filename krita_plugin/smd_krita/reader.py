@@ -87,8 +87,9 @@ class LayerReader:
     def snapshot(self, doc, size: tuple, settings: dict) -> Snapshot:
         layers = kritaapi.layers(doc)
         sent = [layer for layer in layers if not layer.is_group]
-        return Snapshot(layers, {l.uid: kritaapi.fingerprint(l) for l in sent}, [l.uid for l in sent],
-                        tuple(size), dict(settings))
+        return Snapshot(
+            layers, {l.uid: kritaapi.fingerprint(l) for l in sent}, [l.uid for l in sent], tuple(size), dict(settings)
+        )
 
     def pending(self, snap: Snapshot) -> bool:
         sent = (self._sent_fp, self._sent_order, self._sent_size, self._sent_settings)
@@ -131,13 +132,15 @@ class LayerReader:
         if not layer.visible:
             return False
         reading = self._roles.get(layer.uid)
-        return not (reading and reading.get("name") == layer.name
-                    and reading.get("reason_code") in NO_PIXELS_NEEDED)
+        return not (reading and reading.get("name") == layer.name and reading.get("reason_code") in NO_PIXELS_NEEDED)
 
     def _background(self, doc, snap: Snapshot) -> bytes | None:
         """The canvas (visible layers that are not regions) as RGB bytes, or None if unchanged."""
-        chosen = {l.uid for l in snap.sent_layers
-                  if l.visible and self.role(l.uid) != "region" and self.code(l.uid) not in NOT_CANVAS}
+        chosen = {
+            l.uid
+            for l in snap.sent_layers
+            if l.visible and self.role(l.uid) != "region" and self.code(l.uid) not in NOT_CANVAS
+        }
         data = kritaapi.read_composite(doc, snap.layers, chosen, *snap.size)
         crc = zlib.crc32(data)
         if crc == self._sent_bg_crc:

@@ -19,8 +19,14 @@ MAX_IN_FLIGHT = 2  # sent revisions without an answer yet
 
 
 class LiveScheduler:
-    def __init__(self, clock=time.monotonic, debounce_s: float = DEBOUNCE_S, max_wait_s: float = MAX_WAIT_S,
-                 min_gap_s: float = MIN_GAP_S, max_in_flight: int = MAX_IN_FLIGHT):
+    def __init__(
+        self,
+        clock=time.monotonic,
+        debounce_s: float = DEBOUNCE_S,
+        max_wait_s: float = MAX_WAIT_S,
+        min_gap_s: float = MIN_GAP_S,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ):
         self.clock = clock
         self.debounce_s, self.max_wait_s, self.min_gap_s = debounce_s, max_wait_s, min_gap_s
         self.max_in_flight = max_in_flight

@@ -32,9 +32,20 @@ DEFAULTS = {
     "preview_visible": True,
     "preview_opacity": 1.0,
 }
-DOCUMENT_KEYS = ("seed", "seed_locked", "steps", "size", "background_prompt", "negative_prompt",
-                 "background_source", "strength", "region_mode", "preview_mode", "preview_visible",
-                 "preview_opacity")
+DOCUMENT_KEYS = (
+    "seed",
+    "seed_locked",
+    "steps",
+    "size",
+    "background_prompt",
+    "negative_prompt",
+    "background_source",
+    "strength",
+    "region_mode",
+    "preview_mode",
+    "preview_visible",
+    "preview_opacity",
+)
 SOURCES = ("canvas", "prompt", "both")
 PREVIEW_MODES = ("canvas", "docker")
 REGION_MODES = ("latent", "attention")
@@ -127,9 +138,12 @@ def scene_settings(values: dict, defaults: dict, region_modes: list) -> dict:
     """The scene settings an update carries, from the docker's settings."""
     source = values["background_source"]
     strength = effective(values, "strength", defaults)
-    out = {"seed": int(values["seed"]), "negative_prompt": values["negative_prompt"],
-           "background_prompt": values["background_prompt"] if source in ("prompt", "both") else "",
-           "background_strength": float(strength or 0.0) if source in ("canvas", "both") else 0.0}
+    out = {
+        "seed": int(values["seed"]),
+        "negative_prompt": values["negative_prompt"],
+        "background_prompt": values["background_prompt"] if source in ("prompt", "both") else "",
+        "background_strength": float(strength or 0.0) if source in ("canvas", "both") else 0.0,
+    }
     steps = effective(values, "steps", defaults)
     if steps is not None:
         out["steps"] = int(steps)

@@ -8,7 +8,14 @@ import time
 
 # Client.state_code values (docs/protocol.md, "Connection states").
 CONNECTED, CONNECTING, NO_ANSWER, AUTH_FAILED, REFUSED, CLOSED, BYE = (
-    "", "connecting", "no_answer", "auth_failed", "refused", "closed", "bye")
+    "",
+    "connecting",
+    "no_answer",
+    "auth_failed",
+    "refused",
+    "closed",
+    "bye",
+)
 RECONNECTS = "the plugin reconnects by itself"
 
 
@@ -82,8 +89,7 @@ def connection_text(code: str | None, state: str, reason: str, address: str, inf
     if code == NO_ANSWER:
         return f"no answer from {address}: is the daemon running? ({RECONNECTS})", "problem"
     if code == AUTH_FAILED:
-        return ("the daemon did not accept this key: check the server key and your key file "
-                f"({RECONNECTS})", "problem")
+        return (f"the daemon did not accept this key: check the server key and your key file ({RECONNECTS})", "problem")
     if code == REFUSED:
         return f"the daemon refused the connection: {reason}", "problem"
     if code == BYE:

@@ -57,8 +57,9 @@ class SceneSync:
             w, h = update.size
             rev = client.set_scene(w, h, update.layers, background_image=update.background, **update.settings)
         else:
-            rev = client.update_scene(update.layers, order=update.order, background_image=update.background,
-                                      **update.settings)
+            rev = client.update_scene(
+                update.layers, order=update.order, background_image=update.background, **update.settings
+            )
         first, last = self.scheduler.sent(rev)
         self.reader.sent(rev, snap)
         self.read_ms = (time.perf_counter() - t0) * 1000
@@ -71,5 +72,10 @@ class SceneSync:
         """A live frame is on screen: complete its revision's trace."""
         trace = self.trace.get(frame.revision)
         if trace is not None and "written" not in trace:
-            trace.update(received_wall=frame.received_at, daemon_sent_wall=frame.header.get("sent_at"),
-                         engine_ms=frame.header.get("engine_ms"), handled=handled, written=time.monotonic())
+            trace.update(
+                received_wall=frame.received_at,
+                daemon_sent_wall=frame.header.get("sent_at"),
+                engine_ms=frame.header.get("engine_ms"),
+                handled=handled,
+                written=time.monotonic(),
+            )

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from PyQt5.QtCore import QSize, Qt, pyqtSignal
 from PyQt5.QtGui import QColor, QPixmap
-from PyQt5.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QSizePolicy, QToolButton, QTreeWidget,
-                             QTreeWidgetItem, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QSizePolicy,
+    QToolButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 WARNING_MARK = "\u26a0"  # ⚠
-ROLE_COLORS = {"region": "#3a8a3a", "background": "#3a6ab0", "ignored": "#8a8a8a", "group": "#8a8a8a",
-               "preview": "#8a8a8a"}
+ROLE_COLORS = {
+    "region": "#3a8a3a",
+    "background": "#3a6ab0",
+    "ignored": "#8a8a8a",
+    "group": "#8a8a8a",
+    "preview": "#8a8a8a",
+}
 WARNING_COLOR = "#c07000"
 VIEW_MIN = 64  # the docker's preview view, in pixels
 

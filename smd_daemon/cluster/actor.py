@@ -14,17 +14,35 @@ import os
 
 
 class WorkerActor:
-    def __init__(self, worker_id: str, front_address: str, keys, opts: dict, max_session_bytes: int,
-                 max_memory_bytes: int | None, log_level: str = "info"):
-        logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s %(levelname)s [{worker_id}] "
-                                                            f"%(name)s: %(message)s", datefmt="%H:%M:%S")
+    def __init__(
+        self,
+        worker_id: str,
+        front_address: str,
+        keys,
+        opts: dict,
+        max_session_bytes: int,
+        max_memory_bytes: int | None,
+        log_level: str = "info",
+    ):
+        logging.basicConfig(
+            level=log_level.upper(),
+            format=f"%(asctime)s %(levelname)s [{worker_id}] %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import ray
 
         from smd_daemon.cluster.worker import EngineWorker
 
-        self.worker = EngineWorker(worker_id, front_address, keys, max_session_bytes, max_memory_bytes,
-                                   node=ray.util.get_node_ip_address(), on_link_failure=lambda: os._exit(70))
+        self.worker = EngineWorker(
+            worker_id,
+            front_address,
+            keys,
+            max_session_bytes,
+            max_memory_bytes,
+            node=ray.util.get_node_ip_address(),
+            on_link_failure=lambda: os._exit(70),
+        )
         self.worker.connect()
         try:
             if opts.get("threads"):

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from smd_daemon.cluster import wire
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
-from smd_daemon.cluster import wire
 
 log = logging.getLogger("smd_daemon.cluster")
 
@@ -86,8 +86,15 @@ class Worker:
     placed: int = 0  # sessions placed since its last stats (their load is not measured yet)
 
     def describe(self) -> dict:
-        out = {"id": self.id, "state": self.state, "node": self.node, "device": self.device,
-               "sessions": len(self.sessions), "fps": round(self.fps, 2), "load": round(self.load, 3)}
+        out = {
+            "id": self.id,
+            "state": self.state,
+            "node": self.node,
+            "device": self.device,
+            "sessions": len(self.sessions),
+            "fps": round(self.fps, 2),
+            "load": round(self.load, 3),
+        }
         if self.error:
             out["error"] = self.error
         return out
@@ -113,7 +120,7 @@ class Dispatcher:
     """Stands in for the engine loop on the front end's I/O thread (``send``,
     ``wake``, ``join``, ``is_alive``); everything here runs on that thread."""
 
-    def __init__(self, server: "ClusterServer", sock, per_worker: int):
+    def __init__(self, server: ClusterServer, sock, per_worker: int):
         self.server, self.sock, self.per_worker = server, sock, per_worker
         self.workers: dict[str, Worker] = {}
         self.by_identity: dict[bytes, Worker] = {}
@@ -151,10 +158,13 @@ class Dispatcher:
         if w is None:
             ready = [x for x in self.workers.values() if x.state == "ready"]
             if ready:
-                raise ProtocolError(ErrorCode.BUSY, f"all {self.per_worker * len(ready)} sessions of the "
-                                                    f"{len(ready)} engine workers are in use")
-            raise ProtocolError(ErrorCode.BUSY, f"no engine worker is available right now "
-                                                f"({self._states()}); try again shortly")
+                raise ProtocolError(
+                    ErrorCode.BUSY,
+                    f"all {self.per_worker * len(ready)} sessions of the {len(ready)} engine workers are in use",
+                )
+            raise ProtocolError(
+                ErrorCode.BUSY, f"no engine worker is available right now ({self._states()}); try again shortly"
+            )
         r = self.routes[c.session] = Route(c.session, c.flow)
         c.flow.on_room = lambda: self._credit(r)
         self._assign(r, w)
@@ -167,7 +177,7 @@ class Dispatcher:
         elif isinstance(c, m.QueueJob):
             r.jobs[c.job.id] = c
         elif isinstance(c, m.CancelJobs):
-            for job in (list(r.jobs) if c.jobs is None else [j for j in c.jobs if j in r.jobs]):
+            for job in list(r.jobs) if c.jobs is None else [j for j in c.jobs if j in r.jobs]:
                 if r.worker is None:  # nothing runs it: cancelled here
                     del r.jobs[job]
                     self.server.post(m.JobCancelled(r.session, job, c.re))
@@ -222,8 +232,7 @@ class Dispatcher:
         if w.state in ("lost", "failed"):
             return
         moved = [r for r in self.routes.values() if r.worker is w]
-        log.warning("worker %s lost (%s)%s", w.id, why,
-                    f": moving its {len(moved)} session(s)" if moved else "")
+        log.warning("worker %s lost (%s)%s", w.id, why, f": moving its {len(moved)} session(s)" if moved else "")
         w.state = "lost"
         w.sessions.clear()
         for r in moved:
@@ -238,10 +247,14 @@ class Dispatcher:
                 log.info("session %s moved to worker %s", r.session[:8], target.id)
             elif not r.told_no_worker:
                 r.told_no_worker = True
-                self.server.post(m.SessionError(
-                    r.session, ErrorCode.ENGINE_ERROR,
-                    f"no engine worker is available right now ({self._states()}); your scene is kept and "
-                    f"frames resume by themselves when a worker is back"))
+                self.server.post(
+                    m.SessionError(
+                        r.session,
+                        ErrorCode.ENGINE_ERROR,
+                        f"no engine worker is available right now ({self._states()}); your scene is kept and "
+                        f"frames resume by themselves when a worker is back",
+                    )
+                )
 
     def _states(self) -> str:
         return ", ".join(f"{w.id}: {w.state}" for w in self.workers.values())
@@ -299,8 +312,9 @@ class Dispatcher:
             if now - self._resets.get(identity, float("-inf")) > 1.0:
                 self._resets[identity] = now
                 try:
-                    self.sock.send_multipart([identity, *wire.dumps(wire.Reset("its sessions moved elsewhere"))],
-                                             zmq.NOBLOCK)
+                    self.sock.send_multipart(
+                        [identity, *wire.dumps(wire.Reset("its sessions moved elsewhere"))], zmq.NOBLOCK
+                    )
                 except zmq.ZMQError:
                     pass  # gone again: nothing to reset
             return
@@ -352,8 +366,14 @@ class Dispatcher:
             log.info("worker %s loading the model on node %s (pid %d)", w.id, w.node, w.pid)
         elif h.state == "ready":
             self.server.engine.learn(h.can)
-            log.info("worker %s ready on node %s (pid %d, %s): model %s", w.id, w.node, w.pid, w.device,
-                     w.model.get("name", "?"))
+            log.info(
+                "worker %s ready on node %s (pid %d, %s): model %s",
+                w.id,
+                w.node,
+                w.pid,
+                w.device,
+                w.model.get("name", "?"),
+            )
             self._place_waiting()
         else:
             log.error("worker %s on node %s cannot load the model: %s", w.id, w.node, w.error)
@@ -426,7 +446,7 @@ class ClusterServer(Server):
             sock.curve_server = True
             sock.curve_secretkey = self.keys.server_secret
             sock.curve_publickey = self.keys.server_public
-            host = endpoint[len("tcp://"):]
+            host = endpoint[len("tcp://") :]
             sock.bind(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
         else:
             sock.bind(endpoint)

@@ -13,11 +13,11 @@ import logging
 import signal
 import time
 
+from smd_daemon.cluster.frontend import ClusterServer
+from smd_daemon.cluster.ray_workers import RayCluster, parse_target
 from smd_daemon.errors import UsageError
 from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, check_kind
 from smd_daemon.server.limits import GIB
-from smd_daemon.cluster.frontend import ClusterServer
-from smd_daemon.cluster.ray_workers import RayCluster, parse_target
 
 log = logging.getLogger("smd_daemon.cluster")
 
@@ -34,8 +34,10 @@ def check_options(opts: dict) -> None:
         raise UsageError("workers must be >= 1")
     device = opts.get("device") or ""
     if device.startswith("cuda:"):
-        raise UsageError(f"--device {device} cannot be used with --ray: Ray gives each worker its own GPU "
-                         f"(use --device cuda, or leave it out)")
+        raise UsageError(
+            f"--device {device} cannot be used with --ray: Ray gives each worker its own GPU "
+            f"(use --device cuda, or leave it out)"
+        )
 
 
 def make_server(opts: dict, limits) -> ClusterServer:
@@ -70,8 +72,9 @@ def start(server: ClusterServer, opts: dict) -> None:
         n = opts["workers"] or 1
         cpus = resources.get("CPU", 0)
         if n * threads > cpus:
-            raise UsageError(f"--workers {n} needs {n * threads} CPUs ({threads} each, see --threads); the Ray "
-                             f"cluster has {cpus:g}")
+            raise UsageError(
+                f"--workers {n} needs {n * threads} CPUs ({threads} each, see --threads); the Ray cluster has {cpus:g}"
+            )
         each = {"num_cpus": threads}
     worker_opts = {k: opts.get(k) for k in (*MODEL_OPTIONS, *SPEED_OPTIONS, "overlap_decode")}
     worker_opts["threads"] = opts.get("threads")
@@ -79,13 +82,25 @@ def start(server: ClusterServer, opts: dict) -> None:
         worker_opts["device"] = "cuda"
     address = server.open_worker_socket(cluster.worker_endpoint())
     max_memory = int(opts["max_memory"] * GIB) if opts.get("max_memory") else None
-    log.info("starting %d engine worker(s), each with %s; they connect to %s", n,
-             ", ".join(f"{v} {k[4:].upper()}" for k, v in each.items()), address)
+    log.info(
+        "starting %d engine worker(s), each with %s; they connect to %s",
+        n,
+        ", ".join(f"{v} {k[4:].upper()}" for k, v in each.items()),
+        address,
+    )
     for i in range(n):
         wid = f"w{i}"
         server.dispatcher.add_worker(wid)
-        cluster.start(wid, each, address, server.worker_keys(), worker_opts, server.limits.max_session_bytes,
-                      max_memory, (opts.get("log_level") or logging.getLevelName(logging.getLogger().level)).lower())
+        cluster.start(
+            wid,
+            each,
+            address,
+            server.worker_keys(),
+            worker_opts,
+            server.limits.max_session_bytes,
+            max_memory,
+            (opts.get("log_level") or logging.getLevelName(logging.getLogger().level)).lower(),
+        )
     _wait(server, address)
     ready = [w for w in server.dispatcher.workers.values() if w.state == "ready"]
     server.model_info = dict(ready[0].model)
@@ -126,8 +141,11 @@ def _wait(server: ClusterServer, address: str) -> None:
         workers = list(d.workers.values())
         for w in workers:
             if w.state == "starting" and now - cluster.started.get(w.id, now) > REACH_WITHIN_S:
-                d.worker_failed(w.id, f"it started on its node but cannot reach the front end at {address} "
-                                      f"(is that port open between the nodes?)")
+                d.worker_failed(
+                    w.id,
+                    f"it started on its node but cannot reach the front end at {address} "
+                    f"(is that port open between the nodes?)",
+                )
         for w in workers:
             if w.starts > MAX_STARTS and w.state != "ready":
                 d.worker_failed(w.id, f"its process died {w.starts - 1} times while loading the model")
@@ -136,13 +154,18 @@ def _wait(server: ClusterServer, address: str) -> None:
         if now > hello_by and not any(w.state == "loading" for w in workers):
             for w in workers:
                 if w.state not in ("ready", "failed"):
-                    log.warning("worker %s has not started within %g s (%s): continuing without it; it joins "
-                                "when it says hello", w.id, HELLO_WITHIN_S,
-                                "Ray could not place it" if w.state == "starting" else w.state)
+                    log.warning(
+                        "worker %s has not started within %g s (%s): continuing without it; it joins "
+                        "when it says hello",
+                        w.id,
+                        HELLO_WITHIN_S,
+                        "Ray could not place it" if w.state == "starting" else w.state,
+                    )
             break
     if not any(w.state == "ready" for w in workers):
         why: dict[str, list[str]] = {}
         for w in workers:
             why.setdefault(w.error or "did not start", []).append(w.id)
-        raise UsageError("no engine worker could start: " + "; ".join(f"{', '.join(ids)}: {error}"
-                                                                      for error, ids in why.items()))
+        raise UsageError(
+            "no engine worker could start: " + "; ".join(f"{', '.join(ids)}: {error}" for error, ids in why.items())
+        )

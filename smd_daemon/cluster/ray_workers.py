@@ -26,8 +26,9 @@ from smd_daemon.errors import UsageError
 
 log = logging.getLogger("smd_daemon.cluster")
 
-INSTALL_HINT = ("--ray needs Ray, which is not installed: pip install -e '.[cluster]' "
-                "(or pip install 'ray[client]==2.60.0')")
+INSTALL_HINT = (
+    "--ray needs Ray, which is not installed: pip install -e '.[cluster]' (or pip install 'ray[client]==2.60.0')"
+)
 OBJECT_STORE_BYTES = 100 * 2**20  # nothing large goes through Ray's object store
 CONNECT_TIMEOUT_S = 5.0
 
@@ -40,11 +41,12 @@ def parse_target(text: str) -> tuple[str, str, int]:
     t = text.strip()
     if t in ("local", "auto"):
         return t, "", 0
-    kind, rest = ("client", t[len("ray://"):]) if t.startswith("ray://") else ("gcs", t)
+    kind, rest = ("client", t[len("ray://") :]) if t.startswith("ray://") else ("gcs", t)
     match = _HOST_PORT.match(rest)
     if not match or not 0 < int(match.group(2)) < 65536:
-        raise UsageError(f"--ray {text!r}: give local, auto, ray://HOST:PORT (Ray Client) or HOST:PORT "
-                         f"(a Ray head's address)")
+        raise UsageError(
+            f"--ray {text!r}: give local, auto, ray://HOST:PORT (Ray Client) or HOST:PORT (a Ray head's address)"
+        )
     return kind, match.group(1).strip("[]"), int(match.group(2))
 
 
@@ -103,18 +105,26 @@ class RayCluster:
             # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
             parent = tempfile.gettempdir()
             self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=parent if len(parent) <= 24 else "/tmp")  # 0700
-            args = dict(address="local", num_cpus=num_cpus, num_gpus=None if gpus else 0, include_dashboard=False,
-                        object_store_memory=OBJECT_STORE_BYTES, _temp_dir=self.temp_dir)
+            args = dict(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=None if gpus else 0,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                _temp_dir=self.temp_dir,
+            )
             where = "a private Ray instance"
         else:
             if self.kind in ("client", "gcs"):
                 try:
                     socket.create_connection((self.host, self.port), CONNECT_TIMEOUT_S).close()
                 except OSError as e:
-                    raise UsageError(f"cannot reach the Ray cluster at {self.host}:{self.port}: "
-                                     f"{e.strerror or e}") from None
-            address = {"auto": "auto", "gcs": f"{self.host}:{self.port}",
-                       "client": f"ray://{self.host}:{self.port}"}[self.kind]
+                    raise UsageError(
+                        f"cannot reach the Ray cluster at {self.host}:{self.port}: {e.strerror or e}"
+                    ) from None
+            address = {"auto": "auto", "gcs": f"{self.host}:{self.port}", "client": f"ray://{self.host}:{self.port}"}[
+                self.kind
+            ]
             args = dict(address=address)
             where = f"the Ray cluster at {address}"
         try:
@@ -123,8 +133,10 @@ class RayCluster:
             raise  # a signal arrived while Ray started (ray.init installs its own SIGTERM handler)
         except ConnectionError as e:
             if self.kind == "auto":
-                raise UsageError("--ray auto: no Ray cluster runs on this machine (start one with 'ray start "
-                                 "--head', or give --ray HOST:PORT)") from None
+                raise UsageError(
+                    "--ray auto: no Ray cluster runs on this machine (start one with 'ray start "
+                    "--head', or give --ray HOST:PORT)"
+                ) from None
             raise UsageError(f"cannot join {where}: {_error_line(e)}") from None
         except Exception as e:
             raise UsageError(f"cannot start or join {where}: {_error_line(e)}") from None

@@ -112,11 +112,11 @@ class Keys:
     worker_secret: bytes
 
     @classmethod
-    def generate(cls) -> "Keys":
+    def generate(cls) -> Keys:
         sp, ss = zmq.curve_keypair()
         wp, ws = zmq.curve_keypair()
         return cls(sp, ss, wp, ws)
 
-    def for_worker(self) -> "Keys":
+    def for_worker(self) -> Keys:
         """What a worker needs: no front-end secret."""
         return Keys(self.server_public, b"", self.worker_public, self.worker_secret)

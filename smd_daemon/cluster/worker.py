@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zmq
 
+from smd_daemon.cluster import wire
 from smd_daemon.engine.scene import Cancelled
 from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
@@ -39,7 +40,6 @@ from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.scenes import plan_scene
-from smd_daemon.cluster import wire
 
 log = logging.getLogger("smd_daemon.cluster")
 
@@ -144,8 +144,17 @@ class _TimedWork:
 
 
 class EngineWorker:
-    def __init__(self, worker_id: str, front_address: str, keys: wire.Keys | None, max_session_bytes: int,
-                 max_memory_bytes: int | None = None, node: str = "", device: str = "", on_link_failure=None):
+    def __init__(
+        self,
+        worker_id: str,
+        front_address: str,
+        keys: wire.Keys | None,
+        max_session_bytes: int,
+        max_memory_bytes: int | None = None,
+        node: str = "",
+        device: str = "",
+        on_link_failure=None,
+    ):
         self.id, self.front_address, self.keys = worker_id, front_address, keys
         self.on_link_failure = on_link_failure  # the link thread died of a bug (a Ray actor exits: Ray restarts it)
         self.node, self.device = node, device
@@ -199,11 +208,29 @@ class EngineWorker:
 
     def _hello(self) -> None:
         engine = self.engine._engine if self.engine is not None else None
-        can = {} if engine is None else {"region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
-                                         "max_steps": getattr(engine, "max_steps", None),
-                                         "kind": getattr(engine, "kind", "")}
-        self._send(wire.Hello(self.id, self.incarnation, self.state, self.node, self.device, os.getpid(),
-                              self.model, self.error, can, self.started))
+        can = (
+            {}
+            if engine is None
+            else {
+                "region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
+                "max_steps": getattr(engine, "max_steps", None),
+                "kind": getattr(engine, "kind", ""),
+            }
+        )
+        self._send(
+            wire.Hello(
+                self.id,
+                self.incarnation,
+                self.state,
+                self.node,
+                self.device,
+                os.getpid(),
+                self.model,
+                self.error,
+                can,
+                self.started,
+            )
+        )
 
     # --- the socket's thread ---------------------------------------------------------
 
@@ -249,8 +276,15 @@ class EngineWorker:
                 now = time.monotonic()
                 if now >= next_stats:
                     next_stats = now + wire.HEARTBEAT_S
-                    self._outbox.append(wire.Stats(self.id, self.incarnation, len(self.flows), self.frames,
-                                                   self.engine.busy_s if self.engine else 0.0))
+                    self._outbox.append(
+                        wire.Stats(
+                            self.id,
+                            self.incarnation,
+                            len(self.flows),
+                            self.frames,
+                            self.engine.busy_s if self.engine else 0.0,
+                        )
+                    )
         except Exception:
             log.exception("worker link failed")
             if self.on_link_failure is not None:
@@ -346,8 +380,9 @@ class EngineWorker:
 
     def _encode_result(self, ev: m.JobResult) -> None:
         job = dataclasses.replace(ev.job, scene=None, plan=None)  # the front end has the scene
-        self._send(dataclasses.replace(ev, job=job, image=_encoded(ev.image, job.encoding, job.quality),
-                                       worker=self.id))
+        self._send(
+            dataclasses.replace(ev, job=job, image=_encoded(ev.image, job.encoding, job.quality), worker=self.id)
+        )
 
 
 def _encoded(image: np.ndarray, encoding: str, quality: int):

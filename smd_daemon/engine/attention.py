@@ -34,16 +34,22 @@ class RegionAttnProcessor:
         self.inner = inner
         self.ctx = ctx
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         weights = self.ctx.weights
         if weights is None or encoder_hidden_states is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         return regional_attention(attn, hidden_states, encoder_hidden_states, weights, temb)
 
 
-def regional_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                       weights_by_size: dict[int, torch.Tensor], temb=None) -> torch.Tensor:
+def regional_attention(
+    attn,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    weights_by_size: dict[int, torch.Tensor],
+    temb=None,
+) -> torch.Tensor:
     """Cross-attention to each of G prompts separately, mixed per pixel.
 
     Mirrors diffusers' ``AttnProcessor2_0`` around the attention itself."""
@@ -130,8 +136,9 @@ def region_weights(masks: torch.Tensor, uncovered: torch.Tensor, sizes: list[tup
     return out
 
 
-def crop_weights(maps: list[torch.Tensor], step: int, tile: tuple[int, int, int, int],
-                 tile_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+def crop_weights(
+    maps: list[torch.Tensor], step: int, tile: tuple[int, int, int, int], tile_sizes: list[tuple[int, int]]
+) -> list[torch.Tensor]:
     """One window's weights, (1, G, positions) per resolution, cut from the
     whole-canvas maps (windows not aligned to a coarse pixel snap to it)."""
     y, x = tile[0], tile[1]
@@ -139,5 +146,5 @@ def crop_weights(maps: list[torch.Tensor], step: int, tile: tuple[int, int, int,
     for k, (wk, (a, b)) in enumerate(zip(maps, tile_sizes)):
         H, W = wk.shape[-2:]
         yk, xk = min(y >> k, H - a), min(x >> k, W - b)
-        out.append(wk[step, :, yk:yk + a, xk:xk + b].reshape(1, wk.shape[1], a * b))
+        out.append(wk[step, :, yk : yk + a, xk : xk + b].reshape(1, wk.shape[1], a * b))
     return out

@@ -43,9 +43,16 @@ class Engine:
     encoded white and background images). Passes run on one thread; ``plan``
     may run on others at the same time (its caches are locked)."""
 
-    def __init__(self, components: Components, max_batch: int | None = DEFAULT_MAX_BATCH,
-                 embed_cache_size: int = 256, *, compile: bool = False, cuda_graphs: bool = False,
-                 overlap_decode: bool = False):
+    def __init__(
+        self,
+        components: Components,
+        max_batch: int | None = DEFAULT_MAX_BATCH,
+        embed_cache_size: int = 256,
+        *,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        overlap_decode: bool = False,
+    ):
         check_speed_options(components.device, compile, cuda_graphs, overlap_decode)
         self.c = components
         self.kind = getattr(components, "kind", "lcm")
@@ -86,8 +93,13 @@ class Engine:
         with self._lock:
             missing = [p for p in dict.fromkeys(prompts) if p not in self._emb]
             if missing:
-                tok = self.c.tokenizer(missing, padding="max_length", max_length=self.c.tokenizer.model_max_length,
-                                       truncation=True, return_tensors="pt")
+                tok = self.c.tokenizer(
+                    missing,
+                    padding="max_length",
+                    max_length=self.c.tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                )
                 ids = tok.input_ids.to(self.c.device)
                 mask = None
                 if getattr(self.c.text_encoder.config, "use_attention_mask", False):
@@ -106,19 +118,28 @@ class Engine:
         """uint8 (H, W, 3) -> (1, 4, h, w) clean latent (scaled), cached by
         content. ``cancel()`` is asked before each tile (``Cancelled``)."""
         key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest() + repr(image.shape).encode()
-        return self._cached_latent(key, lambda: V.encode(self.c.vae, image, self.c.device, self.c.dtype,
-                                                         self.vae_scale, self.native, cancel_check(cancel)))
+        return self._cached_latent(
+            key,
+            lambda: V.encode(
+                self.c.vae, image, self.c.device, self.c.dtype, self.vae_scale, self.native, cancel_check(cancel)
+            ),
+        )
 
     def white_latent(self, height: int, width: int, cancel=None) -> torch.Tensor:
         """The bootstrap background: the latent of an all-white image, cached by
         size. Its tiles are all one white tile, encoded once per tile size: a
         new canvas size costs a blend, not a canvas-sized encode."""
+
         def tile(shape, encode):
             return self._cached_latent(b"white tile" + repr(shape).encode(), encode)
 
         cancel_check(cancel)()
-        return self._cached_latent(b"white" + repr((height, width)).encode(), lambda: V.encode_uniform(
-            self.c.vae, height, width, 255, self.c.device, self.c.dtype, self.vae_scale, self.native, tile))
+        return self._cached_latent(
+            b"white" + repr((height, width)).encode(),
+            lambda: V.encode_uniform(
+                self.c.vae, height, width, 255, self.c.device, self.c.dtype, self.vae_scale, self.native, tile
+            ),
+        )
 
     def _cached_latent(self, key: bytes, encode) -> torch.Tensor:
         with self._lock:
@@ -154,8 +175,7 @@ class Engine:
         """(c_skip, c_out) per step: the LCM boundary condition, or none (turbo)."""
         if self.kind != "lcm":
             return [(0.0, 1.0)] * len(ts)
-        return [tuple(float(v) for v in self.scheduler.get_scalings_for_boundary_condition_discrete(t))
-                for t in ts]
+        return [tuple(float(v) for v in self.scheduler.get_scalings_for_boundary_condition_discrete(t)) for t in ts]
 
     def plan(self, scene: Scene, cancel=None) -> Plan:
         """Compile ``scene``; safe to call from another thread while passes run.
@@ -180,10 +200,12 @@ class Engine:
         attention = scene.region_mode == "attention"
         G = P + 1
         per_level = n_tiles if attention else n_tiles * G
-        plan = (T * (P + 1) * hw * b  # masks, uncovered
-                + 2 * 4 * hw * b  # white and background latents
-                + 2 * G * tokens * b * cfg  # prompt embeddings
-                + T * per_level * (tokens * (G if attention else 1) * b * cfg + 16))  # per-sample rows
+        plan = (
+            T * (P + 1) * hw * b  # masks, uncovered
+            + 2 * 4 * hw * b  # white and background latents
+            + 2 * G * tokens * b * cfg  # prompt embeddings
+            + T * per_level * (tokens * (G if attention else 1) * b * cfg + 16)
+        )  # per-sample rows
         if attention:
             plan += T * G * hw * 2 * b  # weights at every UNet resolution (sum < 4/3 of the latent's)
         elif n_tiles == 1:
@@ -254,4 +276,3 @@ class Engine:
         while not work.done:
             work.run()
         return work.frames()
-

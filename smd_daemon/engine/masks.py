@@ -137,9 +137,11 @@ def uncenter(x: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
 def ramp_weights(h: int, w: int) -> torch.Tensor:
     """Triangular window weights for overlapping tiles: high in the middle,
     low (never zero) at the edges, so seams blend."""
+
     def ramp(n: int) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float32)
         return torch.minimum(i + 1, n - i)
+
     return ramp(h)[:, None] * ramp(w)[None, :]
 
 

@@ -42,7 +42,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # How to do without the hub, per kind of download.
 _OFFLINE_HINTS = {
     "model": "point --model at a local diffusers folder or a .safetensors/.ckpt file, "
-             "or use --model tiny for an offline smoke run",
+    "or use --model tiny for an offline smoke run",
     "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
     "LoRA": "point --lora at a local .safetensors file or folder",
 }
@@ -71,8 +71,10 @@ class Components:
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
         their file name, so the server's file system layout never leaks."""
-        info = {k: (os.path.basename(os.path.normpath(v)) if isinstance(v, str) and os.path.exists(v) else v)
-                for k, v in self.info.items()}
+        info = {
+            k: (os.path.basename(os.path.normpath(v)) if isinstance(v, str) and os.path.exists(v) else v)
+            for k, v in self.info.items()
+        }
         return {
             "name": self.name,
             "device": str(self.device),
@@ -111,22 +113,40 @@ def pick_device(device: str | None = None) -> torch.device:
 
 def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     if dtype:
-        table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        table = {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }
         if dtype not in table:
             raise ModelLoadError(f"unknown dtype {dtype!r}: use one of fp32, fp16, bf16")
         return table[dtype]
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
-def components_from_pipeline(pipe, name: str, device: torch.device, dtype: torch.dtype,
-                             meaningful: bool = True, kind: str = "lcm", **info) -> Components:
+def components_from_pipeline(
+    pipe, name: str, device: torch.device, dtype: torch.dtype, meaningful: bool = True, kind: str = "lcm", **info
+) -> Components:
     for part in (pipe.text_encoder, pipe.unet, pipe.vae):
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
             part.to(dtype=dtype)
         part.to(device=device).eval().requires_grad_(False)
-    return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler,
-                      device, dtype, name, meaningful, dict(info), kind)
+    return Components(
+        pipe.tokenizer,
+        pipe.text_encoder,
+        pipe.unet,
+        pipe.vae,
+        pipe.scheduler,
+        device,
+        dtype,
+        name,
+        meaningful,
+        dict(info),
+        kind,
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -167,8 +187,9 @@ def _from_hub(what: str, repo: str, load):
         if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
             raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
     if constants.is_offline_mode():
-        raise ModelLoadError(f"{what} {repo!r} is not in the local cache and offline mode is on "
-                             f"(HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}")
+        raise ModelLoadError(
+            f"{what} {repo!r} is not in the local cache and offline mode is on (HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}"
+        )
     log.info("%s %r is not cached: downloading it from the Hugging Face hub (first use only)", what, repo)
     try:
         # One quick request first: file downloads retry for ~20 s when the hub is unreachable.
@@ -179,11 +200,15 @@ def _from_hub(what: str, repo: str, load):
     except Exception as e:  # noqa: BLE001 - reported as one line
         problem = _hub_problem(e)
         if problem == "unreachable":
-            raise ModelLoadError(f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
-                                 f"cannot be reached: {_OFFLINE_HINTS[what]}") from None
+            raise ModelLoadError(
+                f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
+                f"cannot be reached: {_OFFLINE_HINTS[what]}"
+            ) from None
         if problem == "missing":
-            raise ModelLoadError(f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
-                                 f"log in with `hf auth login`)") from None
+            raise ModelLoadError(
+                f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
+                f"log in with `hf auth login`)"
+            ) from None
         raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
 
 
@@ -198,8 +223,10 @@ def _check_checkpoint_file(path: str) -> None:
             raise ModelLoadError(f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}") from None
         # Checked here because diffusers would otherwise guess an architecture for it.
         if not any(k.startswith("model.diffusion_model.") for k in keys):
-            raise ModelLoadError(f"checkpoint {path!r} holds no Stable Diffusion UNet (model.diffusion_model.*): "
-                                 f"not a full SD-1.5 checkpoint (a LoRA goes to --lora)")
+            raise ModelLoadError(
+                f"checkpoint {path!r} holds no Stable Diffusion UNet (model.diffusion_model.*): "
+                f"not a full SD-1.5 checkpoint (a LoRA goes to --lora)"
+            )
 
 
 def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
@@ -214,14 +241,16 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
     try:
         # With no config, diffusers infers the architecture and reads its config
         # files from the cache, or fetches them (a few kB) once.
-        return StableDiffusionPipeline.from_single_file(path, local_files_only=config is None or
-                                                        os.path.isdir(config), **kw)
+        return StableDiffusionPipeline.from_single_file(
+            path, local_files_only=config is None or os.path.isdir(config), **kw
+        )
     except Exception as e:  # noqa: BLE001 - reported as one line
         if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
             raise ModelLoadError(
                 f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
                 f"pass --model-config DIR with any diffusers folder of the same architecture (e.g. SD-1.5), "
-                f"or connect once so they are cached") from None
+                f"or connect once so they are cached"
+            ) from None
         raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
 
 
@@ -233,8 +262,10 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise ModelLoadError(f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
-                                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)")
+            raise ModelLoadError(
+                f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
+                f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
+            )
         try:
             return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
         except Exception as e:  # noqa: BLE001 - reported as one line
@@ -243,14 +274,19 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
         if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
             raise ModelLoadError(f"model file {spec!r}: expected a .safetensors or .ckpt checkpoint")
         return _load_single_file(path, config, dtype), "single_file"
-    if path.lower().endswith(CHECKPOINT_EXTENSIONS) or spec.startswith((".", "/", "~")) \
-            or spec.count("/") > 1 or "\\" in spec:
+    if (
+        path.lower().endswith(CHECKPOINT_EXTENSIONS)
+        or spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or "\\" in spec
+    ):
         raise ModelLoadError(f"model {spec!r}: no such file or folder")
     if _HUB_ID.match(spec):
         pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
         return pipe, "hub"
-    raise ModelLoadError(f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, "
-                         f"or a hub id (owner/name)")
+    raise ModelLoadError(
+        f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
+    )
 
 
 def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
@@ -268,8 +304,7 @@ def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
             raise ModelLoadError(f"tiny autoencoder folder {spec!r} could not be loaded: {_first_line(e)}") from None
     if not _HUB_ID.match(spec):
         raise ModelLoadError(f"tiny autoencoder {spec!r}: not a folder, a hub id (owner/name) or 'tiny'")
-    return _from_hub("tiny autoencoder", spec,
-                     lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
+    return _from_hub("tiny autoencoder", spec, lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
 
 
 def _fuse_lora(pipe, spec: str, scale: float) -> None:
@@ -279,9 +314,15 @@ def _fuse_lora(pipe, spec: str, scale: float) -> None:
             pipe.load_lora_weights(path, local_files_only=True)
         elif _HUB_ID.match(spec):
             # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
-            _from_hub("LoRA", spec, lambda local_files_only: pipe.load_lora_weights(
-                spec, local_files_only=local_files_only,
-                **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {})))
+            _from_hub(
+                "LoRA",
+                spec,
+                lambda local_files_only: pipe.load_lora_weights(
+                    spec,
+                    local_files_only=local_files_only,
+                    **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {}),
+                ),
+            )
         else:
             raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
         # Fused into the base weights, then the adapter layers are dropped: no
@@ -326,14 +367,26 @@ def _set_scheduler(pipe, name: str, kind: str, warn: bool) -> bool:
         return was_lcm
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     if warn and not was_lcm:
-        log.warning("model %r does not look LCM-distilled and no LoRA was given: few-step images will be poor; "
-                    "add --lora %s", name, DEFAULT_LCM_LORA)
+        log.warning(
+            "model %r does not look LCM-distilled and no LoRA was given: few-step images will be poor; add --lora %s",
+            name,
+            DEFAULT_LCM_LORA,
+        )
     return was_lcm
 
 
-def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | None = None,
-               config: str | None = None, lora_scale: float = 1.0, device: str | None = None,
-               dtype: str | None = None, seed: int = 0, kind: str | None = None) -> Components:
+def load_model(
+    spec: str = "tiny",
+    *,
+    lora: str | None = None,
+    tiny_vae: str | None = None,
+    config: str | None = None,
+    lora_scale: float = 1.0,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    kind: str | None = None,
+) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
     ``tiny_vae``: None keeps the model's VAE; 'auto' means the default TAESD
@@ -374,8 +427,27 @@ def load_model(spec: str = "tiny", *, lora: str | None = None, tiny_vae: str | N
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
     kind = kind or detected
     lcm = _set_scheduler(pipe, name, kind, warn=source != "preset" and lora is None and detected == "lcm")
-    comps = components_from_pipeline(pipe, name, dev, dt, meaningful, kind, source=source, spec=spec, lora=lora,
-                                     tiny_vae=tiny_vae, lcm=lcm or lora is not None)
-    log.info("loaded %s model %s (%s) on %s %s%s%s", kind, name, source, dev, str(dt).replace("torch.", ""),
-             f", LoRA {lora} fused" if lora else "", f", tiny autoencoder {tiny_vae}" if tiny_vae else "")
+    comps = components_from_pipeline(
+        pipe,
+        name,
+        dev,
+        dt,
+        meaningful,
+        kind,
+        source=source,
+        spec=spec,
+        lora=lora,
+        tiny_vae=tiny_vae,
+        lcm=lcm or lora is not None,
+    )
+    log.info(
+        "loaded %s model %s (%s) on %s %s%s%s",
+        kind,
+        name,
+        source,
+        dev,
+        str(dt).replace("torch.", ""),
+        f", LoRA {lora} fused" if lora else "",
+        f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
+    )
     return comps

@@ -94,7 +94,6 @@ class Plan:
         return self.mode, t[2], t[3], self.cfg, self.scene.guidance_scale if guided else 0
 
 
-
 @torch.no_grad()
 def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
     """Compile ``scene`` for ``engine`` (see ``Engine.plan``); ``cancel()`` is
@@ -126,8 +125,9 @@ def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
         from diffusers.models.embeddings import get_timestep_embedding
 
         g = scene.guidance_scale if scene.guidance_scale > 1 else DEFAULT_LCM_GUIDANCE
-        time_cond = get_timestep_embedding(torch.tensor([(g - 1) * 1000.0]), cond_dim, flip_sin_to_cos=False,
-                                           downscale_freq_shift=1).to(dev, dt)
+        time_cond = get_timestep_embedding(
+            torch.tensor([(g - 1) * 1000.0]), cond_dim, flip_sin_to_cos=False, downscale_freq_shift=1
+        ).to(dev, dt)
     region_neg = bg_neg = None
     if cfg:
         negs = engine.encode_prompts([bg.negative_prompt] + [r.negative_prompt for r in regions])
@@ -135,9 +135,16 @@ def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
         between()
 
     sigmas = M.noise_levels(engine.alphas_cumprod, ts)
-    masks = M.quantize_masks([r.mask for r in regions], [r.mask_strength for r in regions],
-                             [r.mask_std for r in regions], sigmas, (h, w), scene.mask_mode, scene.cover_alpha,
-                             between)
+    masks = M.quantize_masks(
+        [r.mask for r in regions],
+        [r.mask_strength for r in regions],
+        [r.mask_std for r in regions],
+        sigmas,
+        (h, w),
+        scene.mask_mode,
+        scene.cover_alpha,
+        between,
+    )
     uncovered = (1 - masks.sum(1, keepdim=True)).clamp(0, 1)
 
     tiled = h > engine.native or w > engine.native
@@ -146,7 +153,7 @@ def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
     weight = M.ramp_weights(th, tw) if tiled else torch.ones(th, tw)
     # Which regions (and whether uncovered area) each window sees at each step.
     both = torch.cat([masks, uncovered], 1)
-    peak = torch.stack([both[..., y:y + a, x:x + b].amax(dim=(-2, -1)) for (y, x, a, b) in tiles], 1) > 0
+    peak = torch.stack([both[..., y : y + a, x : x + b].amax(dim=(-2, -1)) for (y, x, a, b) in tiles], 1) > 0
     active = peak[..., :P].tolist()
     need_bg = peak[..., P].tolist()
     # Centring moves a region within the whole canvas; on a tiled canvas
@@ -168,25 +175,62 @@ def make_plan(engine: Engine, scene: Scene, cancel=None) -> Plan:
         neg = torch.cat([bg_neg, region_neg]).reshape(1, -1, bg_emb.shape[-1]) if cfg else None
         levels = [_attention_level(dev, i, ts[i], tiles, maps, tile_sizes, emb, neg, tiled) for i in range(T)]
     else:
-        levels = [_latent_level(dev, dt, i, ts[i], tiles, active[i], need_bg[i], offsets, region_emb, bg_emb,
-                                region_neg, bg_neg, masks_d, tiled) for i in range(T)]
+        levels = [
+            _latent_level(
+                dev,
+                dt,
+                i,
+                ts[i],
+                tiles,
+                active[i],
+                need_bg[i],
+                offsets,
+                region_emb,
+                bg_emb,
+                region_neg,
+                bg_neg,
+                masks_d,
+                tiled,
+            )
+            for i in range(T)
+        ]
 
     return Plan(
-        scene=scene, mode=scene.region_mode, timesteps=ts, sqrt_ab=ab.sqrt().to(dev, dt),
+        scene=scene,
+        mode=scene.region_mode,
+        timesteps=ts,
+        sqrt_ab=ab.sqrt().to(dev, dt),
         sqrt_1mab=(1 - ab).sqrt().to(dev, dt),
         c_skip=torch.tensor([s[0] for s in scalings], device=dev, dtype=dt),
         c_out=torch.tensor([s[1] for s in scalings], device=dev, dtype=dt),
         # Turbo models start like diffusers' Euler schedulers: pure noise at level 0.
         entry_scale=1.0 if engine.kind == "lcm" else float((1 - ab[0]).sqrt()),
-        latent_hw=(h, w), region_emb=region_emb, region_neg=region_neg, bg_emb=bg_emb, bg_neg=bg_neg,
-        masks=masks_d, uncovered=uncovered_d, offsets=offsets, white=white, bg_image=bg_image, tiles=tiles,
-        tile_weight=weight.to(dev, dt)[None, None], active=active, need_bg=need_bg, cfg=cfg, time_cond=time_cond,
-        levels=levels, prompts=G, attn_maps=attn_maps, attn_tile_sizes=tile_sizes,
+        latent_hw=(h, w),
+        region_emb=region_emb,
+        region_neg=region_neg,
+        bg_emb=bg_emb,
+        bg_neg=bg_neg,
+        masks=masks_d,
+        uncovered=uncovered_d,
+        offsets=offsets,
+        white=white,
+        bg_image=bg_image,
+        tiles=tiles,
+        tile_weight=weight.to(dev, dt)[None, None],
+        active=active,
+        need_bg=need_bg,
+        cfg=cfg,
+        time_cond=time_cond,
+        levels=levels,
+        prompts=G,
+        attn_maps=attn_maps,
+        attn_tile_sizes=tile_sizes,
     )
 
 
-def _latent_level(dev, dt, i, t, tiles, active, need_bg, offsets, region_emb, bg_emb, region_neg, bg_neg,
-                  masks, tiled) -> Level:
+def _latent_level(
+    dev, dt, i, t, tiles, active, need_bg, offsets, region_emb, bg_emb, region_neg, bg_neg, masks, tiled
+) -> Level:
     """Latent mode: one sample per (window, region touching it), plus the
     background where any pixel of the window is uncovered."""
     P = region_emb.shape[0]
@@ -210,8 +254,18 @@ def _latent_level(dev, dt, i, t, tiles, active, need_bg, offsets, region_emb, bg
         variant = row
         region_weight = torch.cat([masks[i], masks.new_zeros((1, h, w))])[row][:, None]
         bg_weight = (row == P).to(dt).view(n, 1, 1, 1)
-    return Level(regions, tile_of, shifts, torch.full((n,), t, device=dev, dtype=torch.long), emb, neg,
-                 variant, region_weight, bg_weight, None)
+    return Level(
+        regions,
+        tile_of,
+        shifts,
+        torch.full((n,), t, device=dev, dtype=torch.long),
+        emb,
+        neg,
+        variant,
+        region_weight,
+        bg_weight,
+        None,
+    )
 
 
 def _attention_level(dev, i, t, tiles, maps, tile_sizes, emb, neg, tiled) -> Level:
@@ -220,6 +274,15 @@ def _attention_level(dev, i, t, tiles, maps, tile_sizes, emb, neg, tiled) -> Lev
     attn = None
     if not tiled:
         attn = [m[i].reshape(1, m.shape[1], -1) for m in maps]
-    return Level([WHOLE] * n, list(range(n)), [(0, 0)] * n,
-                 torch.full((n,), t, device=dev, dtype=torch.long), emb.expand(n, -1, -1),
-                 None if neg is None else neg.expand(n, -1, -1), None, None, None, attn)
+    return Level(
+        [WHOLE] * n,
+        list(range(n)),
+        [(0, 0)] * n,
+        torch.full((n,), t, device=dev, dtype=torch.long),
+        emb.expand(n, -1, -1),
+        None if neg is None else neg.expand(n, -1, -1),
+        None,
+        None,
+        None,
+        attn,
+    )

@@ -19,14 +19,23 @@ log = logging.getLogger(__name__)
 MAX_GRAPHS = 4  # captured shapes kept; each holds its own activation memory
 
 
-def check_speed_options(device: torch.device, compile: bool = False, cuda_graphs: bool = False,
-                        overlap_decode: bool = False) -> None:
+def check_speed_options(
+    device: torch.device, compile: bool = False, cuda_graphs: bool = False, overlap_decode: bool = False
+) -> None:
     """Refuse, in one sentence (ValueError), a speed switch this device cannot do."""
-    asked = [name for name, on in (("torch.compile", compile), ("CUDA graphs", cuda_graphs),
-                                   ("decoding on a side stream", overlap_decode)) if on]
+    asked = [
+        name
+        for name, on in (
+            ("torch.compile", compile),
+            ("CUDA graphs", cuda_graphs),
+            ("decoding on a side stream", overlap_decode),
+        )
+        if on
+    ]
     if asked and torch.device(device).type != "cuda":
-        raise ValueError(f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} a CUDA device; "
-                         f"this model runs on {device}")
+        raise ValueError(
+            f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} a CUDA device; this model runs on {device}"
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -49,9 +58,14 @@ class UNetRunner:
         self._seen: set[tuple] = set()
         self.captures = 0  # counted for tests and benchmarks
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, emb: torch.Tensor,
-                 time_cond: torch.Tensor | None = None,
-                 region_weights: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        emb: torch.Tensor,
+        time_cond: torch.Tensor | None = None,
+        region_weights: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         inputs = {"sample": sample, "timestep": timestep, "emb": emb}
         if time_cond is not None:
             inputs["time_cond"] = time_cond
@@ -63,8 +77,7 @@ class UNetRunner:
                 if out is not None:
                     return out
             except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
-                log.warning("CUDA graph capture failed (%s); the UNet runs without graphs from now on",
-                            _first_line(e))
+                log.warning("CUDA graph capture failed (%s); the UNet runs without graphs from now on", _first_line(e))
                 self.cuda_graphs = False
                 self._graphs.clear()
         return self.forward(inputs)
@@ -76,8 +89,9 @@ class UNetRunner:
         if self.ctx is not None:
             self.ctx.weights = weights or None
         try:
-            return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"],
-                      return_dict=False, **kw)[0]
+            return fn(
+                inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw
+            )[0]
         except Exception as e:  # noqa: BLE001 - a compile failure surfaces at the first call
             if fn is self.unet:
                 raise

@@ -39,9 +39,11 @@ class Cancelled(Exception):
 def cancel_check(cancel=None):
     """``cancel() -> bool`` as a check to call between pieces of work, which
     raises ``Cancelled`` when asked to; a no-op without ``cancel``."""
+
     def check() -> None:
         if cancel is not None and cancel():
             raise Cancelled()
+
     return check
 
 
@@ -78,7 +80,7 @@ class Scene:
     cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
     region_mode: str = "latent"  # or "attention" (see REGION_MODES)
 
-    def validate(self) -> "Scene":
+    def validate(self) -> Scene:
         if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
             raise SceneError(f"canvas {self.width}x{self.height} is outside {MIN_SIDE}..{MAX_SIDE} pixels per side")
         if self.width % 8 or self.height % 8:
@@ -116,20 +118,25 @@ class Scene:
                 raise SceneError(f"region {label!r}: mask is {r.mask.shape}, canvas is {(self.height, self.width)}")
             if not (r.mask.dtype == np.uint8 or np.issubdtype(r.mask.dtype, np.floating)):
                 raise SceneError(f"region {label!r}: mask must be uint8 (0..255) or float (0..1), got {r.mask.dtype}")
-            for what, v, hi in [("mask strength", r.mask_strength, 1), ("prompt strength", r.prompt_strength, 1),
-                                ("blur", r.mask_std, 256)]:
+            for what, v, hi in [
+                ("mask strength", r.mask_strength, 1),
+                ("prompt strength", r.prompt_strength, 1),
+                ("blur", r.mask_std, 256),
+            ]:
                 if not (np.isfinite(v) and 0 <= v <= hi):
                     raise SceneError(f"region {label!r}: {what} must be between 0 and {hi}, got {v}")
         return self
 
-    def check_model(self, region_modes: tuple, max_steps: int, kind: str) -> "Scene":
+    def check_model(self, region_modes: tuple, max_steps: int, kind: str) -> Scene:
         """``validate``, then refuse what a model with these abilities cannot
         do, in one sentence (the engine's own check, and a cluster front end's
         on what its workers reported)."""
         self.validate()
         if self.region_mode not in region_modes:
-            raise SceneError(f"region mode {self.region_mode!r} is not available with this model "
-                             f"(available: {', '.join(region_modes)})")
+            raise SceneError(
+                f"region mode {self.region_mode!r} is not available with this model "
+                f"(available: {', '.join(region_modes)})"
+            )
         if self.steps > max_steps:
             raise SceneError(f"this {kind} model takes at most {max_steps} steps, got {self.steps}")
         return self

@@ -99,12 +99,14 @@ class StreamSession:
         since = [self.revision] * T
         m = min(S, T - 1)  # levels that move down one
         if m:
-            moved = plan.sqrt_ab[1:m + 1].view(-1, 1, 1, 1) * x0[:m] + \
-                plan.sqrt_1mab[1:m + 1].view(-1, 1, 1, 1) * self._renoise[:m, 0]
+            moved = (
+                plan.sqrt_ab[1 : m + 1].view(-1, 1, 1, 1) * x0[:m]
+                + plan.sqrt_1mab[1 : m + 1].view(-1, 1, 1, 1) * self._renoise[:m, 0]
+            )
             for i in range(m):
-                slots[i + 1] = moved[i:i + 1]
+                slots[i + 1] = moved[i : i + 1]
                 since[i + 1] = self._since[i]
         self._slots, self._since = slots, since
         frame = StreamFrame(image=None, index=self.frames, revision=self.revision, settled=settled)
         self.frames += 1
-        return x0[deepest:deepest + 1], frame
+        return x0[deepest : deepest + 1], frame

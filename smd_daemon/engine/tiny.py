@@ -177,9 +177,16 @@ def build_tiny_pipeline(seed: int = 0):
 def _assemble(tokenizer, text_encoder, unet, vae):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=lcm_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
@@ -221,10 +228,16 @@ def build_random_sd15(seed: int = 0):
 
 def _ldm_unet_names(cfg) -> dict[str, str]:
     """diffusers UNet module prefix -> original LDM prefix, for SD-1.x layouts."""
-    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
-             "mid_block.resnets.1": "middle_block.2"}
+    names = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+        "mid_block.resnets.0": "middle_block.0",
+        "mid_block.attentions.0": "middle_block.1",
+        "mid_block.resnets.1": "middle_block.2",
+    }
     levels, per = len(cfg.block_out_channels), cfg.layers_per_block
     for i in range(levels):
         for j in range(per):
@@ -239,7 +252,9 @@ def _ldm_unet_names(cfg) -> dict[str, str]:
             names[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{n}.0"
             names[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{n}.1"
         if i < levels - 1:
-            names[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * (per + 1) + per}.{2 if has_attn else 1}.conv"
+            names[f"up_blocks.{i}.upsamplers.0.conv"] = (
+                f"output_blocks.{i * (per + 1) + per}.{2 if has_attn else 1}.conv"
+            )
     return names
 
 
@@ -263,21 +278,31 @@ def _ldm_vae_names(cfg) -> dict[str, str]:
 
 # Leaf renames inside a renamed module (UNet resnets; VAE resnets and attention).
 _LDM_LEAVES = {
-    "norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection",
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
 }
-_LDM_VAE_LEAVES = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q", "to_k": "k",
-                   "to_v": "v", "to_out.0": "proj_out"}
+_LDM_VAE_LEAVES = {
+    "conv_shortcut": "nin_shortcut",
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
 
 
 def _rename(key: str, names: dict[str, str], leaves: dict[str, str]) -> str:
     # Longest module prefix first, so "resnets.1" never claims "resnets.10".
     for prefix in sorted(names, key=len, reverse=True):
         if key.startswith(prefix + "."):
-            rest = key[len(prefix) + 1:]
+            rest = key[len(prefix) + 1 :]
             for leaf in leaves:
                 if rest.startswith(leaf + "."):
-                    rest = leaves[leaf] + rest[len(leaf):]
+                    rest = leaves[leaf] + rest[len(leaf) :]
                     break
             return f"{names[prefix]}.{rest}"
     return key

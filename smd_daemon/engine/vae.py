@@ -20,8 +20,9 @@ OVERLAP = 16  # latent pixels shared by neighbouring tiles
 def tile_grid(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
     """(y, x, th, tw) latent tiles of at most ``window`` per side covering (h, w)."""
     th, tw = min(h, window), min(w, window)
-    return [(y, x, th, tw) for y in M.tile_origins(h, th, window - OVERLAP)
-            for x in M.tile_origins(w, tw, window - OVERLAP)]
+    return [
+        (y, x, th, tw) for y in M.tile_origins(h, th, window - OVERLAP) for x in M.tile_origins(w, tw, window - OVERLAP)
+    ]
 
 
 @torch.no_grad()
@@ -35,13 +36,20 @@ def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int, betwe
         if between is not None:
             between()
         return _encode(vae, image, device, dtype)
-    return _blend(tiles, h, w, dtype, between, lambda y, x, a, b: _encode(
-        vae, image[y * scale:(y + a) * scale, x * scale:(x + b) * scale], device, dtype))
+    return _blend(
+        tiles,
+        h,
+        w,
+        dtype,
+        between,
+        lambda y, x, a, b: _encode(vae, image[y * scale : (y + a) * scale, x * scale : (x + b) * scale], device, dtype),
+    )
 
 
 @torch.no_grad()
-def encode_uniform(vae, height: int, width: int, value: int, device, dtype, scale: int, window: int,
-                   tile_latent=None) -> torch.Tensor:
+def encode_uniform(
+    vae, height: int, width: int, value: int, device, dtype, scale: int, window: int, tile_latent=None
+) -> torch.Tensor:
     """What ``encode`` gives for an image of one colour, with one VAE call:
     every tile is then the same image, so one tile is encoded and blended
     into every place. ``tile_latent(shape, encode)`` may supply it (a cache)."""
@@ -69,8 +77,8 @@ def _blend(tiles, h: int, w: int, dtype, between, tile_latent) -> torch.Tensor:
             acc = z.new_zeros((1, z.shape[1], h, w))
             wsum = z.new_zeros((1, 1, h, w))
         wt = M.ramp_weights(a, b).to(z.device)
-        acc[..., y:y + a, x:x + b] += wt * z
-        wsum[..., y:y + a, x:x + b] += wt
+        acc[..., y : y + a, x : x + b] += wt * z
+        wsum[..., y : y + a, x : x + b] += wt
     return (acc / wsum).to(dtype)
 
 
@@ -119,7 +127,7 @@ class Decoder:
     def _piece(self) -> None:
         y, x, a, b = self.tiles[self.next]
         self.next += 1
-        z = self.latent[..., y:y + a, x:x + b] / self.vae.config.scaling_factor
+        z = self.latent[..., y : y + a, x : x + b] / self.vae.config.scaling_factor
         img = self.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
         if len(self.tiles) == 1:
             self._to_host(img)
@@ -130,8 +138,8 @@ class Decoder:
             self._acc = img.new_zeros((3, h * s, w * s))
             self._wsum = img.new_zeros((1, h * s, w * s))
         wt = M.ramp_weights(a * s, b * s).to(img.device)
-        self._acc[:, y * s:(y + a) * s, x * s:(x + b) * s] += wt * img
-        self._wsum[:, y * s:(y + a) * s, x * s:(x + b) * s] += wt
+        self._acc[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt * img
+        self._wsum[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt
         if self.done:
             self._to_host(self._acc / self._wsum)
 

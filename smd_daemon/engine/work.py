@@ -83,7 +83,7 @@ class _Job:
             if lv < len(p.offsets):
                 m = p.masks[lv][:, None]  # (P, 1, h, w)
                 mixed = (1 - m) * self._white_t(lv) + m * x
-                rows = torch.cat([M.center(mixed[k:k + 1], off) for k, off in enumerate(p.offsets[lv])] + [x])
+                rows = torch.cat([M.center(mixed[k : k + 1], off) for k, off in enumerate(p.offsets[lv])] + [x])
             self._variants[lv] = rows
         return self._variants[lv]
 
@@ -97,11 +97,11 @@ class _Job:
         out = []
         for j in range(j0, j1):
             y, x0, a, b = p.tiles[L.tiles[j]]
-            crop = x[..., y:y + a, x0:x0 + b]
+            crop = x[..., y : y + a, x0 : x0 + b]
             r = L.regions[j]
             if boot and r >= 0:
-                m = p.masks[lv, r][y:y + a, x0:x0 + b]
-                crop = (1 - m) * white_t[..., y:y + a, x0:x0 + b] + m * crop
+                m = p.masks[lv, r][y : y + a, x0 : x0 + b]
+                crop = (1 - m) * white_t[..., y : y + a, x0 : x0 + b] + m * crop
             out.append(crop)
         return torch.cat(out)
 
@@ -127,8 +127,8 @@ class _Job:
                 return
             for j in range(j0, j1):
                 y, x, a, b = p.tiles[L.tiles[j]]
-                self.num[k, :, y:y + a, x:x + b] += p.tile_weight[0] * x0[j - j0]
-                self.den[k, :, y:y + a, x:x + b] += p.tile_weight[0]
+                self.num[k, :, y : y + a, x : x + b] += p.tile_weight[0] * x0[j - j0]
+                self.den[k, :, y : y + a, x : x + b] += p.tile_weight[0]
             return
         if p.one_window:
             rw, bw = L.region_weight[j0:j1], L.bg_weight[j0:j1]
@@ -142,19 +142,19 @@ class _Job:
             y, x, a, b = p.tiles[L.tiles[j]]
             r = L.regions[j]
             if r == BACKGROUND:
-                self.bnum[k, :, y:y + a, x:x + b] += tw * x0[j - j0]
-                self.bden[k, :, y:y + a, x:x + b] += tw
+                self.bnum[k, :, y : y + a, x : x + b] += tw * x0[j - j0]
+                self.bden[k, :, y : y + a, x : x + b] += tw
             else:
-                wgt = tw * p.masks[lv, r][None, y:y + a, x:x + b]
-                self.num[k, :, y:y + a, x:x + b] += wgt * x0[j - j0]
-                self.den[k, :, y:y + a, x:x + b] += wgt
+                wgt = tw * p.masks[lv, r][None, y : y + a, x : x + b]
+                self.num[k, :, y : y + a, x : x + b] += wgt * x0[j - j0]
+                self.den[k, :, y : y + a, x : x + b] += wgt
 
     def finish(self) -> torch.Tensor:
         """The pre-averaged clean estimates x̄0, (S, 4, h, w): regions by
         their masks, the uncovered area from the background prediction and
         image."""
         p = self.plan
-        B = p.uncovered[self.first:self.first + len(self.xs)]
+        B = p.uncovered[self.first : self.first + len(self.xs)]
         s = p.scene.background.strength
         if p.mode == "attention":
             x = self.num / self.den.clamp_min(1e-8)
@@ -179,8 +179,10 @@ class _Passes:
         for job in jobs:
             groups.setdefault(job.plan.batch_key(), []).append(job)
         # (rows per sample, prompts per sample, [(job, level, samples)])
-        self.groups = [(2 if g[0].plan.cfg else 1, max(j.plan.prompts for j in g),
-                        [(j, lv, n) for j in g for lv, n in j.runs]) for g in groups.values()]
+        self.groups = [
+            (2 if g[0].plan.cfg else 1, max(j.plan.prompts for j in g), [(j, lv, n) for j in g for lv, n in j.runs])
+            for g in groups.values()
+        ]
         self.rows = {id(j): j.samples * (2 if j.plan.cfg else 1) for j in jobs}
         self.total = sum(self.rows.values())
         self.left = self.total
@@ -230,8 +232,9 @@ class _Passes:
             # UNet without a guidance embedding): never a doubled batch at 1.0.
             if region_w:
                 region_w = {k: torch.cat([v, v]) for k, v in region_w.items()}
-            eps_u, eps_c = self.e.runner(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.cat(negs), emb]),
-                                         None, region_w).chunk(2)
+            eps_u, eps_c = self.e.runner(
+                torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.cat(negs), emb]), None, region_w
+            ).chunk(2)
             eps = eps_u + plan0.scene.guidance_scale * (eps_c - eps_u)
         else:
             tc = plan0.time_cond.expand(x.shape[0], -1) if plan0.time_cond is not None else None
@@ -294,8 +297,11 @@ class StepWork(_Work):
 
     @property
     def done(self) -> bool:
-        return (self._passes.left == 0 and len(self._finished) == len(self.streams)
-                and all(d.done for d, _ in self._finished))
+        return (
+            self._passes.left == 0
+            and len(self._finished) == len(self.streams)
+            and all(d.done for d, _ in self._finished)
+        )
 
     @torch.no_grad()
     def run(self, max_samples: int | None = None) -> int:
@@ -378,4 +384,3 @@ class GenerateWork(_Work):
         if not self.done:
             raise RuntimeError("image() before the work is done")
         return _checked(self._decoder)
-

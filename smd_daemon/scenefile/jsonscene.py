@@ -13,8 +13,17 @@ from PIL import Image
 from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
 from smd_daemon.grammar import ParsedLayer, ignored, parse_layer_name
 
-from .common import (MAX_LAYERS, MAX_MEMBER_BYTES, LoadedScene, Overrides, check_cheap, check_scene, decode,
-                     output_size, resize_alpha)
+from .common import (
+    MAX_LAYERS,
+    MAX_MEMBER_BYTES,
+    LoadedScene,
+    Overrides,
+    check_cheap,
+    check_scene,
+    decode,
+    output_size,
+    resize_alpha,
+)
 
 MAX_JSON_BYTES = 4 << 20
 
@@ -36,21 +45,30 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
     if not (1 <= doc_w <= MAX_SIDE and 1 <= doc_h <= MAX_SIDE):
         raise SceneError(f"{path}: the scene is {doc_w}x{doc_h} pixels; at most {MAX_SIDE} per side is allowed")
     width, height = output_size(doc_w, doc_h, o.width, o.height)
-    opts = check_cheap(width, height, o, seed=where.get(doc, "seed", int, None),
-                        steps=where.get(doc, "steps", int, None),
-                        bootstrap_steps=where.get(doc, "bootstrap_steps", int, None),
-                        mask_mode=where.get(doc, "mask_mode", str, None),
-                        guidance_scale=where.get(doc, "guidance_scale", float, None),
-                        region_mode=where.get(doc, "region_mode", str, None))
+    opts = check_cheap(
+        width,
+        height,
+        o,
+        seed=where.get(doc, "seed", int, None),
+        steps=where.get(doc, "steps", int, None),
+        bootstrap_steps=where.get(doc, "bootstrap_steps", int, None),
+        mask_mode=where.get(doc, "mask_mode", str, None),
+        guidance_scale=where.get(doc, "guidance_scale", float, None),
+        region_mode=where.get(doc, "region_mode", str, None),
+    )
     negative = o.negative_prompt if o.negative_prompt is not None else where.get(doc, "negative_prompt", str, "")
 
     bg_doc = where.get(doc, "background", dict, {})
     bg = Background(
-        prompt=o.background_prompt if o.background_prompt is not None else where.get(bg_doc, "prompt", str, "",
-                                                                                      "background"),
+        prompt=o.background_prompt
+        if o.background_prompt is not None
+        else where.get(bg_doc, "prompt", str, "", "background"),
         negative_prompt=where.get(bg_doc, "negative_prompt", str, negative, "background"),
-        strength=(o.background_strength if o.background_strength is not None
-                  else where.get(bg_doc, "strength", float, 0.0, "background")),
+        strength=(
+            o.background_strength
+            if o.background_strength is not None
+            else where.get(bg_doc, "strength", float, 0.0, "background")
+        ),
     )
     image_path = where.get(bg_doc, "image", str, None, "background")
 
@@ -61,47 +79,62 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
     for i, entry in enumerate(entries):
         label = f"region {i + 1}"
         if not isinstance(entry, dict):
-            raise SceneError(f"{path}: {label} must be an object {{\"prompt\": ..., \"mask\": ...}}")
+            raise SceneError(f'{path}: {label} must be an object {{"prompt": ..., "mask": ...}}')
         base = _json_region_base(where, entry, label)
         mask_path = where.get(entry, "mask", str, None, label)
         if mask_path is None:
-            raise SceneError(f"{path}: {label} has no \"mask\" (a PNG path relative to the JSON file)")
+            raise SceneError(f'{path}: {label} has no "mask" (a PNG path relative to the JSON file)')
         mask = _json_mask(path, mask_path, doc_w, doc_h, width, height, label)
         # Fields given in the JSON win over the defaults and over options in a layer name.
         p = ParsedLayer(
-            name=where.get(entry, "name", str, base.name, label), role="region", prompt=base.prompt,
+            name=where.get(entry, "name", str, base.name, label),
+            role="region",
+            prompt=base.prompt,
             negative_prompt=where.get(entry, "negative_prompt", str, base.negative_prompt or negative, label),
             mask_strength=where.get(entry, "strength", float, base.mask_strength, label),
             mask_std=where.get(entry, "blur", float, base.mask_std, label),
             prompt_strength=where.get(entry, "prompt_strength", float, base.prompt_strength, label),
-            warnings=base.warnings, warning_codes=base.warning_codes,
+            warnings=base.warnings,
+            warning_codes=base.warning_codes,
         )
         if not mask.any():
             p = ignored(p.name, "empty", "the mask is empty", warnings=p)
         else:
-            regions.append(Region(prompt=p.prompt, mask=mask.astype(np.float32) / 255.0,
-                                  negative_prompt=p.negative_prompt, mask_strength=p.mask_strength,
-                                  mask_std=p.mask_std, prompt_strength=p.prompt_strength, name=p.name))
+            regions.append(
+                Region(
+                    prompt=p.prompt,
+                    mask=mask.astype(np.float32) / 255.0,
+                    negative_prompt=p.negative_prompt,
+                    mask_strength=p.mask_strength,
+                    mask_std=p.mask_std,
+                    prompt_strength=p.prompt_strength,
+                    name=p.name,
+                )
+            )
         parsed.append(p)
     scene = Scene(width=width, height=height, regions=regions, background=bg, **opts)
     check_scene(path, scene, parsed)
     if image_path is not None and bg.strength > 0:
-        im = decode(_read_file(path, image_path, "background image"), ("PNG", "JPEG", "WEBP"),
-                     f"{path}: background image {image_path!r}", MAX_SIDE)
+        im = decode(
+            _read_file(path, image_path, "background image"),
+            ("PNG", "JPEG", "WEBP"),
+            f"{path}: background image {image_path!r}",
+            MAX_SIDE,
+        )
         bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
     return LoadedScene(scene, parsed)
 
 
-def _json_region_base(where: "_Where", entry: dict, label: str) -> ParsedLayer:
+def _json_region_base(where: _Where, entry: dict, label: str) -> ParsedLayer:
     """A region's prompt: literal text (``prompt``), or a layer name read by the grammar (``layer``)."""
     prompt = where.get(entry, "prompt", str, None, label)
     layer = where.get(entry, "layer", str, None, label)
     if prompt is not None and layer is not None:
-        raise SceneError(f"{where.path}: {label} gives both \"prompt\" and \"layer\"; give one")
+        raise SceneError(f'{where.path}: {label} gives both "prompt" and "layer"; give one')
     if layer is not None:
         p = parse_layer_name(layer)
         if p.role != "region":
-            why = p.reason or "a background layer: use the \"background\" field"
+            why = p.reason or 'a background layer: use the "background" field'
             raise SceneError(f"{where.path}: {label}: layer name {layer!r} is not a region ({why})")
         return p
     if prompt is None or not prompt.strip():

@@ -15,8 +15,18 @@ from PIL import Image
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
 from smd_daemon.grammar import LayerInput, build_scene, joins_background_image, parse_layer_name
 
-from .common import (MAX_LAYER_SIDE, MAX_LAYERS, MAX_MEMBER_BYTES, LoadedScene, Overrides, check_cheap,
-                     check_scene, decode, output_size, resize_alpha)
+from .common import (
+    MAX_LAYER_SIDE,
+    MAX_LAYERS,
+    MAX_MEMBER_BYTES,
+    LoadedScene,
+    Overrides,
+    check_cheap,
+    check_scene,
+    decode,
+    output_size,
+    resize_alpha,
+)
 from .compositing import krita_opacity, merge_opacity, over, seen_alpha
 
 MAX_DEPTH = 16  # groups inside groups; each level may need a canvas to composite
@@ -151,9 +161,16 @@ def _node(el: ET.Element, around: _Enclosing, path: str, count: list[int], depth
     visible = around.shown and el.get("visibility", "visible") != "hidden"
     seen_own = merge_opacity(_opacity(el, path), around.passing)  # a pass-through group's goes to each layer
     # Krita writes isolation="isolate" for its normal groups and reads anything else as pass-through.
-    node = OraLayer(name, el.get("src"), x, y, visible, (seen_own, *around.opacities),
-                    hidden_by=around.hidden_by if not around.shown else "",
-                    isolated=el.get("isolation") == "isolate")
+    node = OraLayer(
+        name,
+        el.get("src"),
+        x,
+        y,
+        visible,
+        (seen_own, *around.opacities),
+        hidden_by=around.hidden_by if not around.shown else "",
+        isolated=el.get("isolation") == "isolate",
+    )
     if el.tag == "stack":
         hidden_by = around.hidden_by if not around.shown else ("" if visible else name)
         if node.isolated:
@@ -215,7 +232,7 @@ def _layer_rgba(zf: zipfile.ZipFile, layer: OraLayer, doc_w: int, doc_h: int, pa
     """The layer's pixels placed on the document canvas (cropped where it sticks out)."""
     piece, x, y = _layer_piece(zf, layer, doc_w, doc_h, path)
     canvas = np.zeros((doc_h, doc_w, 4), np.uint8)
-    canvas[y:y + piece.shape[0], x:x + piece.shape[1]] = piece
+    canvas[y : y + piece.shape[0], x : x + piece.shape[1]] = piece
     return canvas
 
 
@@ -249,7 +266,7 @@ def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, p
             over(canvas, inner, node.own_opacity)
         else:
             piece, x, y = _layer_piece(zf, node, doc_w, doc_h, path)
-            over(canvas[y:y + piece.shape[0], x:x + piece.shape[1]], piece, node.own_opacity)
+            over(canvas[y : y + piece.shape[0], x : x + piece.shape[1]], piece, node.own_opacity)
 
 
 def _joins(node: OraLayer, joins: set) -> bool:

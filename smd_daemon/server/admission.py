@@ -148,8 +148,11 @@ class LogThrottle:
         now = self.clock()
         if now - self._window_start >= self.interval:
             if self._suppressed:
-                log.info("%d more log lines held back in the last %g s (many clients at once)", self._suppressed,
-                         self.interval)
+                log.info(
+                    "%d more log lines held back in the last %g s (many clients at once)",
+                    self._suppressed,
+                    self.interval,
+                )
             self._window_start, self._lines, self._suppressed = now, 0, 0
             if len(self._last) > 4096:  # forget connections long gone
                 self._last = {k: t for k, t in self._last.items() if now - t < self.interval}

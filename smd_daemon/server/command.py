@@ -31,23 +31,37 @@ STOP_WITHIN_S = 4.0  # from the signal to the process's end, whatever is running
 
 OPTIONS = {
     **MODEL_OPTIONS,
-    "bind": (str, DEFAULT_BIND, "address to listen on: HOST[:PORT], tcp://HOST[:PORT], [IPv6]:PORT or ipc://PATH "
-                                "(port 7555 when none is given; * for every interface)"),
+    "bind": (
+        str,
+        DEFAULT_BIND,
+        "address to listen on: HOST[:PORT], tcp://HOST[:PORT], [IPv6]:PORT or ipc://PATH "
+        "(port 7555 when none is given; * for every interface)",
+    ),
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
     "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
     "max_message_mb": (float, Limits.max_message_bytes / MIB, "largest message part accepted, in MiB"),
-    "max_memory": (float, None, "GiB all sessions together may keep (planes, plans, latents, frames); "
-                                "default: half of this machine's memory"),
+    "max_memory": (
+        float,
+        None,
+        "GiB all sessions together may keep (planes, plans, latents, frames); default: half of this machine's memory",
+    ),
     "threads": (int, None, "CPU threads for torch (default: torch's choice)"),
     **SPEED_OPTIONS,
-    "overlap_decode": (bool, False, "CUDA only: decode frames and copy them to the host on a side stream, "
-                                    "beside the next step"),
-    "ray": (str, None, "run the engine on Ray workers: local (a private Ray instance on this machine), auto "
-                       "(the cluster this machine is part of), HOST:PORT (a Ray head) or ray://HOST:PORT "
-                       "(Ray Client); see docs/cluster.md"),
+    "overlap_decode": (
+        bool,
+        False,
+        "CUDA only: decode frames and copy them to the host on a side stream, beside the next step",
+    ),
+    "ray": (
+        str,
+        None,
+        "run the engine on Ray workers: local (a private Ray instance on this machine), auto "
+        "(the cluster this machine is part of), HOST:PORT (a Ray head) or ray://HOST:PORT "
+        "(Ray Client); see docs/cluster.md",
+    ),
     "workers": (int, None, "engine workers with --ray (default: one per GPU; 1 on a CPU-only cluster)"),
 }
 
@@ -75,13 +89,22 @@ def resolve_options(args) -> dict:
 
 
 def make_limits(opts: dict) -> Limits:
-    limits = Limits(max_sessions=opts["max_sessions"], max_fps=opts["max_fps"],
-                    heartbeat_timeout=opts["heartbeat_timeout"],
-                    max_message_bytes=int(opts["max_message_mb"] * MIB))
-    if limits.max_sessions < 1 or not 0 < limits.max_fps <= 1000 or not 0.5 <= limits.heartbeat_timeout <= 3600 \
-            or not 2**16 <= limits.max_message_bytes <= 2**32:
-        raise UsageError("max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
-                         "max-message-mb in [0.0625, 4096]")
+    limits = Limits(
+        max_sessions=opts["max_sessions"],
+        max_fps=opts["max_fps"],
+        heartbeat_timeout=opts["heartbeat_timeout"],
+        max_message_bytes=int(opts["max_message_mb"] * MIB),
+    )
+    if (
+        limits.max_sessions < 1
+        or not 0 < limits.max_fps <= 1000
+        or not 0.5 <= limits.heartbeat_timeout <= 3600
+        or not 2**16 <= limits.max_message_bytes <= 2**32
+    ):
+        raise UsageError(
+            "max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
+            "max-message-mb in [0.0625, 4096]"
+        )
     if opts["max_memory"] is not None:
         total = machine_memory()
         if not 0.0625 <= opts["max_memory"] <= max(1.0, 4 * total / GIB):
@@ -99,11 +122,16 @@ def check_bind(opts: dict) -> None:
         raise UsageError(f"--bind: {e}") from None
     if not protocol.is_local_address(bind):
         if opts["keys"] is None and not opts["insecure"]:
-            raise UsageError(f"{bind} is reachable from the network: give --keys DIR (made by 'smd-daemon keys DIR') "
-                             f"to require encryption and client keys, or --insecure to serve anyone unencrypted")
+            raise UsageError(
+                f"{bind} is reachable from the network: give --keys DIR (made by 'smd-daemon keys DIR') "
+                f"to require encryption and client keys, or --insecure to serve anyone unencrypted"
+            )
         if opts["keys"] is None:
-            log.warning("serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it "
-                        "can use this GPU and see the frames", bind)
+            log.warning(
+                "serving %s WITHOUT encryption or authentication (--insecure): anyone who can reach it "
+                "can use this GPU and see the frames",
+                bind,
+            )
     if opts["keys"] is not None and not os.path.isdir(opts["keys"]):
         raise UsageError(f"keys folder {opts['keys']} does not exist: create it with 'smd-daemon keys {opts['keys']}'")
 
@@ -153,13 +181,23 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
             t0 = time.perf_counter()
             server.engine, server.model_info = load_engine(opts)
             info = server.model_info
-            log.info("model %s loaded in %.1f s on %s (%s)", info.get("name"), time.perf_counter() - t0,
-                     info.get("device"), info.get("dtype"))
+            log.info(
+                "model %s loaded in %.1f s on %s (%s)",
+                info.get("name"),
+                time.perf_counter() - t0,
+                info.get("device"),
+                info.get("dtype"),
+            )
         server.start()
         serving.set()
         if not server.stopping.is_set():
-            log.info("serving on %s (protocol %d, up to %d sessions, %.1f GiB for sessions)", opts["bind"],
-                     protocol.PROTOCOL_VERSION, limits.max_sessions, limits.max_memory_bytes / GIB)
+            log.info(
+                "serving on %s (protocol %d, up to %d sessions, %.1f GiB for sessions)",
+                opts["bind"],
+                protocol.PROTOCOL_VERSION,
+                limits.max_sessions,
+                limits.max_memory_bytes / GIB,
+            )
             server.serve_forever()
     except _Stop:
         log.info("stopped before serving")
@@ -196,16 +234,20 @@ def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
     """Exit now if some thread would keep the process alive past the deadline."""
     deadline = (stop_at[0] if stop_at else time.monotonic()) + STOP_WITHIN_S
     while True:
-        busy = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
-                and (not t.daemon or t.name == "engine-loop")]
+        busy = [
+            t
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and (not t.daemon or t.name == "engine-loop")
+        ]
         if not busy and engine_stopped:
             return
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)
         engine_stopped = engine_stopped or not any(t.name == "engine-loop" for t in busy)
-    log.warning("stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy),
-                STOP_WITHIN_S)
+    log.warning(
+        "stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy), STOP_WITHIN_S
+    )
     log.info("stopped")
     _exit()
 

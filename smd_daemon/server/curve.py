@@ -41,9 +41,15 @@ class LoggingAuthenticator(ThreadAuthenticator):
     def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
         if status_code != b"200":
             address, key = self._asking
-            self.throttled_log(logging.INFO, "zap", (address, key),
-                               "refused a client from %s: its key %s is not in the authorized folder (%s)",
-                               address, key or "(none)", status_text.decode("utf-8", "replace"))
+            self.throttled_log(
+                logging.INFO,
+                "zap",
+                (address, key),
+                "refused a client from %s: its key %s is not in the authorized folder (%s)",
+                address,
+                key or "(none)",
+                status_text.decode("utf-8", "replace"),
+            )
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
@@ -51,8 +57,9 @@ def check_secret_file(path: str) -> None:
     """Refuse a secret key others may read, as ssh does."""
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        raise UsageError(f"{path} is readable or writable by other users (mode {mode:04o}): "
-                         f"make it private with 'chmod 600 {path}'")
+        raise UsageError(
+            f"{path} is readable or writable by other users (mode {mode:04o}): make it private with 'chmod 600 {path}'"
+        )
 
 
 def setup(context, sock, keys_dir: str, throttled_log) -> LoggingAuthenticator:
@@ -62,8 +69,7 @@ def setup(context, sock, keys_dir: str, throttled_log) -> LoggingAuthenticator:
     if not os.path.isfile(secret_file):
         raise UsageError(f"no server key in {keys_dir}: create one with 'smd-daemon keys {keys_dir}'")
     if not os.path.isdir(allowed):
-        raise UsageError(f"no folder of allowed client keys at {allowed}: "
-                         f"create one with 'smd-daemon keys {keys_dir}'")
+        raise UsageError(f"no folder of allowed client keys at {allowed}: create one with 'smd-daemon keys {keys_dir}'")
     check_secret_file(secret_file)
     public, secret = load_certificate(secret_file)
     if not secret:

@@ -82,9 +82,15 @@ class EngineLoop(threading.Thread):
         seconds = time.perf_counter() - t0
         self.scheduler.charge(r, seconds, samples)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("pass: %s for %s, %s samples (asked %s) in %.0f ms; engine time %s", r.kind,
-                      ",".join(s.id[:8] for s in r.members), samples, size, seconds * 1000,
-                      ",".join(f"{s.vtime:.2f}" for s in r.members))
+            log.debug(
+                "pass: %s for %s, %s samples (asked %s) in %.0f ms; engine time %s",
+                r.kind,
+                ",".join(s.id[:8] for s in r.members),
+                samples,
+                size,
+                seconds * 1000,
+                ",".join(f"{s.vtime:.2f}" for s in r.members),
+            )
         if r.kind == "generate":
             self._generate_progress(r)
         elif r.work.done:
@@ -132,9 +138,18 @@ class EngineLoop(threading.Thread):
             s.solo = False
             s.step_samples = max(1, round(share * r.work.samples_total)) if r.work.samples_total else s.step_samples
             s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
-            s.flow.made(m.FrameReady(s.id, frame.image, int(frame.index), int(frame.revision), bool(frame.settled),
-                                     int(getattr(s.stream, "steps_in_flight", 0) or 0), r.seconds * 1000,
-                                     len(r.members)))
+            s.flow.made(
+                m.FrameReady(
+                    s.id,
+                    frame.image,
+                    int(frame.index),
+                    int(frame.revision),
+                    bool(frame.settled),
+                    int(getattr(s.stream, "steps_in_flight", 0) or 0),
+                    r.seconds * 1000,
+                    len(r.members),
+                )
+            )
             self.post(m.FrameMade(s.id))
 
     def _generate_progress(self, r: Running) -> None:

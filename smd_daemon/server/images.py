@@ -64,11 +64,14 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
             except zlib.error as e:
                 raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: not valid zlib data ({e})") from None
             if len(raw) != expected or not d.eof:
-                raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: zlib data does not inflate to {width}x{height}"
-                                                         f"x{channels} = {expected} bytes")
+                raise ProtocolError(
+                    ErrorCode.BAD_IMAGE,
+                    f"{what}: zlib data does not inflate to {width}x{height}x{channels} = {expected} bytes",
+                )
         elif len(data) != expected:
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}"
-                                                     f"x{channels} = {expected}")
+            raise ProtocolError(
+                ErrorCode.BAD_IMAGE, f"{what}: {len(data)} bytes, expected {width}x{height}x{channels} = {expected}"
+            )
         else:
             raw = bytes(data)  # our own copy: the message buffer is not kept
         # Read-only over bytes of its own, copied no further: nothing writes to a plane.
@@ -77,8 +80,9 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
         im = Image.open(io.BytesIO(data))
         # Check the size from the file header before decoding any pixels.
         if im.size != (width, height):
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, "
-                                                     f"expected {width}x{height}")
+            raise ProtocolError(
+                ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, expected {width}x{height}"
+            )
         if im.format not in {"jpeg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}[encoding]:
             raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: data is {im.format}, not {encoding}")
         im = im.convert("L" if channels == 1 else "RGB")

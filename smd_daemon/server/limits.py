@@ -64,7 +64,10 @@ SCENE_SETTINGS = ("guidance_scale", "mask_mode", "region_mode")
 def scene_defaults() -> dict:
     """What a scene setting is when a client leaves it out (``welcome.defaults``),
     read from the engine's own dataclasses so it is written once."""
-    scene = {f.name: f.default for f in dataclasses.fields(engine_scene.Scene)
-             if f.name in SCENE_SETTINGS + ("seed", "steps")}
+    scene = {
+        f.name: f.default
+        for f in dataclasses.fields(engine_scene.Scene)
+        if f.name in SCENE_SETTINGS + ("seed", "steps")
+    }
     background = {f.name: f.default for f in dataclasses.fields(engine_scene.Background)}
     return {**scene, "background_strength": background["strength"]}

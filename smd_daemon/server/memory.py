@@ -37,16 +37,22 @@ class MemoryBudget:
     def reserve(self, session: str, nbytes: int) -> None:
         """Hold ``nbytes`` for ``session`` (replacing what it held), or refuse."""
         if nbytes > self.per_session:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"this scene would keep {_mib(nbytes)} in the daemon, at most "
-                                                     f"{_mib(self.per_session)} per session: use a smaller canvas or "
-                                                     f"fewer layers")
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"this scene would keep {_mib(nbytes)} in the daemon, at most "
+                f"{_mib(self.per_session)} per session: use a smaller canvas or "
+                f"fewer layers",
+            )
         with self._lock:
             old = self._held.get(session, 0)
             if self.used - old + nbytes > self.total:
-                raise ProtocolError(ErrorCode.NO_MEMORY, f"the daemon's memory budget is spent: this scene needs "
-                                                         f"{_mib(nbytes)}, {_mib(self.total - self.used + old)} of "
-                                                         f"{_mib(self.total)} are free; try again later or with a "
-                                                         f"smaller canvas")
+                raise ProtocolError(
+                    ErrorCode.NO_MEMORY,
+                    f"the daemon's memory budget is spent: this scene needs "
+                    f"{_mib(nbytes)}, {_mib(self.total - self.used + old)} of "
+                    f"{_mib(self.total)} are free; try again later or with a "
+                    f"smaller canvas",
+                )
             self._held[session] = nbytes
             self.used += nbytes - old
 

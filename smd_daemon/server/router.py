@@ -36,8 +36,15 @@ RECV_BATCH = 200  # messages read before outgoing events get a turn
 
 
 class Server:
-    def __init__(self, engine, model_info: dict, bind: str = DEFAULT_BIND, limits: Limits | None = None,
-                 keys_dir: str | None = None, context: zmq.Context | None = None):
+    def __init__(
+        self,
+        engine,
+        model_info: dict,
+        bind: str = DEFAULT_BIND,
+        limits: Limits | None = None,
+        keys_dir: str | None = None,
+        context: zmq.Context | None = None,
+    ):
         self.engine = engine
         self.model_info = model_info
         self.bind = bind
@@ -46,8 +53,12 @@ class Server:
         self.ctx = context or zmq.Context()
         self.stopping = threading.Event()
         # A client may acknowledge every frame it is allowed: acks come on top of its requests.
-        self.peers = PeerTable(self.limits.max_clients, self.limits.max_pending_clients,
-                               self.limits.max_requests_per_s + self.limits.max_fps, self.limits.max_hellos_per_s)
+        self.peers = PeerTable(
+            self.limits.max_clients,
+            self.limits.max_pending_clients,
+            self.limits.max_requests_per_s + self.limits.max_fps,
+            self.limits.max_hellos_per_s,
+        )
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
         self.sessions = SessionManager(self)
@@ -62,10 +73,16 @@ class Server:
         self.defaults = scene_defaults()
 
     def capabilities(self) -> dict:
-        return {"frame_encodings": list(FRAME_ENCODINGS), "plane_encodings": list(protocol.PLANE_ENCODINGS),
-                "image_encodings": ["raw", "zlib"] + list(FRAME_ENCODINGS[1:]), "partial_updates": True,
-                "generate": True, "cancel": True, "curve": self.keys_dir is not None,
-                "region_modes": list(getattr(self.engine, "region_modes", ("latent",)))}
+        return {
+            "frame_encodings": list(FRAME_ENCODINGS),
+            "plane_encodings": list(protocol.PLANE_ENCODINGS),
+            "image_encodings": ["raw", "zlib"] + list(FRAME_ENCODINGS[1:]),
+            "partial_updates": True,
+            "generate": True,
+            "cancel": True,
+            "curve": self.keys_dir is not None,
+            "region_modes": list(getattr(self.engine, "region_modes", ("latent",))),
+        }
 
     # --- threads ------------------------------------------------------------
 
@@ -189,15 +206,17 @@ class Server:
             log.debug("could not send %s: %s", type_, e)
 
     def error(self, identity: bytes, code: str, message: str, re=None, **fields) -> None:
-        self.throttled_log(logging.INFO, "error:" + code, identity, "error for client %s: %s: %s",
-                           label(identity), code, message)
+        self.throttled_log(
+            logging.INFO, "error:" + code, identity, "error for client %s: %s: %s", label(identity), code, message
+        )
         if re is not None:
             fields["re"] = re
         self.send(identity, "error", code=code, message=message, **fields)
 
     def note_bad_ack(self, identity: bytes) -> None:
-        self.throttled_log(logging.INFO, "ack", identity, "client %s acknowledged a frame it was not sent "
-                                                          "(ignored)", label(identity))
+        self.throttled_log(
+            logging.INFO, "ack", identity, "client %s acknowledged a frame it was not sent (ignored)", label(identity)
+        )
 
     def _drain_outbox(self) -> None:
         while self._outbox:
@@ -217,8 +236,9 @@ class Server:
         total = sum(len(f.buffer) for f in frames[1:])
         try:
             if total > self.limits.max_message_bytes:
-                raise ProtocolError(ErrorCode.TOO_LARGE, f"message is {total} bytes, at most "
-                                                         f"{self.limits.max_message_bytes} allowed")
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE, f"message is {total} bytes, at most {self.limits.max_message_bytes} allowed"
+                )
             msg = protocol.decode(frames[1:], protocol.REQUESTS)
         except ProtocolError as e:
             self.error(identity, e.code, e.message, self._header_id(frames[1]))
@@ -238,18 +258,28 @@ class Server:
             return
         peer.warned_at = now
         rate = self.limits.max_requests_per_s if peer.welcomed else self.limits.max_hellos_per_s
-        self.throttled_log(logging.WARNING, "rate", peer.identity, "client %s is rate limited: %d messages "
-                                                                   "dropped", peer.label, peer.dropped)
+        self.throttled_log(
+            logging.WARNING,
+            "rate",
+            peer.identity,
+            "client %s is rate limited: %d messages dropped",
+            peer.label,
+            peer.dropped,
+        )
         if peer.welcomed:  # a connection that never said hello gets nothing for its flood
-            self.send(peer.identity, "error", code=ErrorCode.RATE_LIMITED,
-                      message=f"more than {rate:g} requests per second; {peer.dropped} were dropped")
+            self.send(
+                peer.identity,
+                "error",
+                code=ErrorCode.RATE_LIMITED,
+                message=f"more than {rate:g} requests per second; {peer.dropped} were dropped",
+            )
         peer.dropped = 0
 
     @staticmethod
     def _header_id(frame):
         """The request id of a message that failed its checks, if it can be read at all."""
         try:
-            return protocol.request_id(json.loads(frame.bytes[:protocol.MAX_HEADER_BYTES]))
+            return protocol.request_id(json.loads(frame.bytes[: protocol.MAX_HEADER_BYTES]))
         except (ValueError, RecursionError):
             return None
 
@@ -257,17 +287,28 @@ class Server:
         t, identity = msg.type, peer.identity
         if t == "hello":
             if msg.header["protocol"] != protocol.PROTOCOL_VERSION:
-                raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol {msg.header['protocol']} is not supported; "
-                                                           f"this daemon speaks {protocol.PROTOCOL_VERSION}")
+                raise ProtocolError(
+                    ErrorCode.BAD_VERSION,
+                    f"protocol {msg.header['protocol']} is not supported; "
+                    f"this daemon speaks {protocol.PROTOCOL_VERSION}",
+                )
             if not self.peers.welcome(peer, now):
                 raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
             if not peer.name:
                 peer.name = msg.header.get("client", "?")
                 log.info("client %s (%s) connected", peer.label, peer.name[:60])
-            self.send(identity, "welcome", re=rid, protocol=protocol.PROTOCOL_VERSION,
-                      daemon={"name": "smd-daemon", "version": __version__}, model=self.model_info,
-                      limits=self.limits.to_dict(), defaults=self.defaults, capabilities=self.capabilities(),
-                      **self.welcome_extra())
+            self.send(
+                identity,
+                "welcome",
+                re=rid,
+                protocol=protocol.PROTOCOL_VERSION,
+                daemon={"name": "smd-daemon", "version": __version__},
+                model=self.model_info,
+                limits=self.limits.to_dict(),
+                defaults=self.defaults,
+                capabilities=self.capabilities(),
+                **self.welcome_extra(),
+            )
             return
         if not peer.welcomed:
             raise ProtocolError(ErrorCode.HANDSHAKE_REQUIRED, f"{t} before hello: say hello first")

@@ -52,8 +52,15 @@ class SceneSession:
 
 
 class SceneWorkers:
-    def __init__(self, engine, limits: Limits, budget: MemoryBudget, post, threads: int = 2,
-                 stopping: threading.Event | None = None):
+    def __init__(
+        self,
+        engine,
+        limits: Limits,
+        budget: MemoryBudget,
+        post,
+        threads: int = 2,
+        stopping: threading.Event | None = None,
+    ):
         self.engine, self.limits, self.budget, self.post = engine, limits, budget, post
         self.stopping = stopping or threading.Event()
         self._lock = threading.Lock()
@@ -64,10 +71,13 @@ class SceneWorkers:
         """Queue an ``update`` or ``generate`` of ``s`` (I/O thread); ``busy`` when too much waits."""
         size = sum(len(p) for p in msg.parts)
         with self._lock:
-            if len(s.queue) >= self.limits.max_updates_queued or \
-                    s.queued_bytes + size > 2 * self.limits.max_message_bytes:
-                raise ProtocolError(E.BUSY, f"{len(s.queue)} updates of this session are still being decoded: "
-                                            f"send fewer")
+            if (
+                len(s.queue) >= self.limits.max_updates_queued
+                or s.queued_bytes + size > 2 * self.limits.max_message_bytes
+            ):
+                raise ProtocolError(
+                    E.BUSY, f"{len(s.queue)} updates of this session are still being decoded: send fewer"
+                )
             s.queue.append((kind, msg, re, job_id))
             s.queued_bytes += size
             if s.busy:
@@ -114,8 +124,11 @@ class SceneWorkers:
             except Exception as e:  # a bug must cost one request, not the session's worker
                 log.exception("internal error building a scene")
                 error = (E.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}")
-                self.post(m.UpdateDone(s.id, re, msg.header.get("revision", 0), error=error) if kind == "update"
-                          else m.JobReady(s.id, re, None, error + (job_id,)))
+                self.post(
+                    m.UpdateDone(s.id, re, msg.header.get("revision", 0), error=error)
+                    if kind == "update"
+                    else m.JobReady(s.id, re, None, error + (job_id,))
+                )
 
     # --- update ---------------------------------------------------------------
 
@@ -133,8 +146,13 @@ class SceneWorkers:
             self._restore(s, old_bytes)
             return m.UpdateDone(s.id, re, revision, error=(E.BAD_SCENE, str(e)))
         s.state, s.revision, s.scene, s.plan = state, revision, scene, plan
-        log.debug("session %s keeps %.0f MiB (all sessions: %.0f of %.0f MiB)", s.id[:8], nbytes / 2**20,
-                  self.budget.used / 2**20, self.budget.total / 2**20)
+        log.debug(
+            "session %s keeps %.0f MiB (all sessions: %.0f of %.0f MiB)",
+            s.id[:8],
+            nbytes / 2**20,
+            self.budget.used / 2**20,
+            self.budget.total / 2**20,
+        )
         return m.UpdateDone(s.id, re, revision, scene, plan, [p.to_dict() for p in parsed])
 
     def _plan_late(self, s: SceneSession) -> None:
@@ -164,8 +182,10 @@ class SceneWorkers:
             if side > lim.max_side:
                 raise ProtocolError(E.TOO_LARGE, f"output {w}x{h_} is larger than {lim.max_side} per side")
             if side < lim.min_side or side % 8:
-                raise ProtocolError(E.BAD_FIELD, f"output {w}x{h_}: sides must be multiples of 8 between "
-                                                 f"{lim.min_side} and {lim.max_side}")
+                raise ProtocolError(
+                    E.BAD_FIELD,
+                    f"output {w}x{h_}: sides must be multiples of 8 between {lim.min_side} and {lim.max_side}",
+                )
         settings = {**({} if change.full else s.state.settings), **change.settings}
         if settings.get("steps", self._defaults["steps"]) > lim.max_steps:
             raise ProtocolError(E.BAD_FIELD, f"steps must be at most {lim.max_steps}")
@@ -175,18 +195,26 @@ class SceneWorkers:
         # every layer with a plane as a region (the engine's part from shapes alone).
         n_new, new_bg = change.new_planes()
         kept = {c.key for c in change.layers}
-        planes = n_new + (0 if change.full else sum(1 for k, layer in s.state.layers.items()
-                                                    if k not in kept and layer.alpha is not None))
-        has_bg = new_bg or (change.background_image is KEEP and not change.full
-                            and s.state.background_image is not None)
+        planes = n_new + (
+            0
+            if change.full
+            else sum(1 for k, layer in s.state.layers.items() if k not in kept and layer.alpha is not None)
+        )
+        has_bg = new_bg or (
+            change.background_image is KEEP and not change.full and s.state.background_image is not None
+        )
         shape = self._shape_scene(w, h_, min(planes, lim.max_regions), settings)
-        self.budget.reserve(s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_)
-                            + self.engine.session_bytes(shape))
+        self.budget.reserve(
+            s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_) + self.engine.session_bytes(shape)
+        )
         change = change.resolve(
-            alpha=lambda ref, c: decode_plane(msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 1,
-                                              f"layer {(c.name or c.key)[:60]!r} alpha"),
-            image=lambda ref: decode_plane(msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 3,
-                                           "background image"))
+            alpha=lambda ref, c: decode_plane(
+                msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 1, f"layer {(c.name or c.key)[:60]!r} alpha"
+            ),
+            image=lambda ref: decode_plane(
+                msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 3, "background image"
+            ),
+        )
         state = s.state.apply(change, lim.max_layers)
         scene, parsed = self._scene(state)
         pixels = sum(layer.alpha.nbytes for layer in state.layers.values() if layer.alpha is not None)
@@ -198,8 +226,13 @@ class SceneWorkers:
         """A scene with the sizes of the one an update will build, and no pixels."""
         nothing = np.broadcast_to(np.uint8(0), (h, w))  # zero-stride: no memory
         d = self._defaults
-        return Scene(w, h, [Region("", nothing)] * regions, steps=settings.get("steps", d["steps"]),
-                     **{k: settings.get(k, d[k]) for k in SCENE_SETTINGS})
+        return Scene(
+            w,
+            h,
+            [Region("", nothing)] * regions,
+            steps=settings.get("steps", d["steps"]),
+            **{k: settings.get(k, d[k]) for k in SCENE_SETTINGS},
+        )
 
     def _frame_bytes(self, w: int, h: int) -> int:
         return frame_bytes(self.limits.frame_window, w, h)
@@ -208,21 +241,29 @@ class SceneWorkers:
         lim, d = self.limits, self._defaults
         settings, bg = state.settings, state.background
         w, h = state.size
-        inputs = [LayerInput(layer.name, layer.alpha, layer.visible, group=layer.group)
-                  for layer in state.layers.values()]
+        inputs = [
+            LayerInput(layer.name, layer.alpha, layer.visible, group=layer.group) for layer in state.layers.values()
+        ]
         scene, parsed = build_scene(
-            inputs, w, h, background_prompt=bg.get("prompt", ""),
-            negative_prompt=settings.get("negative_prompt", ""), background_image=state.background_image,
-            background_strength=bg.get("strength", d["background_strength"]), seed=settings.get("seed", d["seed"]),
+            inputs,
+            w,
+            h,
+            background_prompt=bg.get("prompt", ""),
+            negative_prompt=settings.get("negative_prompt", ""),
+            background_image=state.background_image,
+            background_strength=bg.get("strength", d["background_strength"]),
+            seed=settings.get("seed", d["seed"]),
             steps=settings.get("steps", d["steps"]),
-            **{k: settings[k] for k in SCENE_SETTINGS if k in settings})
+            **{k: settings[k] for k in SCENE_SETTINGS if k in settings},
+        )
         for text in [bg.get("prompt", ""), settings.get("negative_prompt", "")] + [p.prompt for p in parsed]:
             if len(text) > lim.max_prompt_chars:
-                raise ProtocolError(E.TOO_LARGE, f"a prompt of {len(text)} characters: at most "
-                                                 f"{lim.max_prompt_chars} allowed ({text[:40]!r}...)")
+                raise ProtocolError(
+                    E.TOO_LARGE,
+                    f"a prompt of {len(text)} characters: at most {lim.max_prompt_chars} allowed ({text[:40]!r}...)",
+                )
         if len(scene.regions) > lim.max_regions:
-            raise ProtocolError(E.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most {lim.max_regions} "
-                                                    f"allowed")
+            raise ProtocolError(E.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most {lim.max_regions} allowed")
         scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
         scene.validate()
         try:  # a setting this model cannot do (region mode, steps): refused before any work
@@ -277,5 +318,6 @@ def plan_scene(engine, scene, cancel):
         raise ProtocolError(E.BAD_SCENE, str(e)) from None
     except Exception as e:  # the engine cannot draw it (out of memory...)
         log.error("planning failed: %s: %s", type(e).__name__, e)
-        raise ProtocolError(E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: "
-                                            f"{str(e)[:300]}") from None
+        raise ProtocolError(
+            E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: {str(e)[:300]}"
+        ) from None

@@ -92,9 +92,16 @@ class Scheduler:
         """Works in progress, plus the works that could begin now (not begun yet)."""
         out = list(running)
         busy = {id(s) for r in running for s in r.members}
-        ready = [s for s in sessions if id(s) not in busy and s.live and not s.closed
-                 and (s.stream is not None or s.pending is not None) and now >= s.next_step_at
-                 and s.flow.can_make()]
+        ready = [
+            s
+            for s in sessions
+            if id(s) not in busy
+            and s.live
+            and not s.closed
+            and (s.stream is not None or s.pending is not None)
+            and now >= s.next_step_at
+            and s.flow.can_make()
+        ]
         for s in ready + [s for s in sessions if s.jobs]:
             # A session that sat out (its client did not ack, its frame rate) comes back
             # with little credit: it must not take the engine for long to catch up.
@@ -104,8 +111,11 @@ class Scheduler:
             out.append(Running("step", shared))
         out += [Running("step", [s]) for s in ready if s not in shared]
         generating = {id(s) for r in running if r.kind == "generate" for s in r.members}
-        out += [Running("generate", [s], job=s.jobs[0]) for s in sessions
-                if s.jobs and not s.closed and id(s) not in generating]
+        out += [
+            Running("generate", [s], job=s.jobs[0])
+            for s in sessions
+            if s.jobs and not s.closed and id(s) not in generating
+        ]
         return out
 
     def pick(self, candidates: list[Running]) -> Running:

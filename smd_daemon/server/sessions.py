@@ -109,8 +109,7 @@ class SessionManager:
                 self.server.note_bad_ack(s.identity)
         elif t == "generate":
             if len(s.jobs) >= self.limits.max_jobs:
-                raise ProtocolError(E.BUSY, f"{len(s.jobs)} jobs are queued; at most {self.limits.max_jobs} "
-                                            f"allowed")
+                raise ProtocolError(E.BUSY, f"{len(s.jobs)} jobs are queued; at most {self.limits.max_jobs} allowed")
             job_id = rid if rid is not None else next(self._job_ids)
             if job_id in s.jobs:
                 raise ProtocolError(E.BAD_FIELD, f"job {job_id} is already queued")
@@ -141,8 +140,7 @@ class SessionManager:
                 return
             if ev.plan is not None:  # a scene replaced at once by a newer one is never drawn
                 self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
-            send(s.identity, "scene", re=ev.re, revision=ev.revision, regions=len(ev.scene.regions),
-                 layers=ev.layers)
+            send(s.identity, "scene", re=ev.re, revision=ev.revision, regions=len(ev.scene.regions), layers=ev.layers)
         elif isinstance(ev, m.PlanReady):
             self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
         elif isinstance(ev, m.JobReady):
@@ -168,10 +166,25 @@ class SessionManager:
             s.cancelled.pop(ev.job.id, None)
             token = s.results[ev.job.id] = s.flow.new_token()
             h, w = ev.image.shape[:2]
-            self._send_image(s, "result", ev.image, ev.job.encoding, ev.job.quality,
-                             dict(job=ev.job.id, token=token, revision=ev.job.revision, width=w, height=h,
-                                  encoding=ev.job.encoding, channels=3, part=0, engine_ms=round(ev.engine_ms, 3),
-                                  **({"worker": ev.worker} if ev.worker else {})))
+            self._send_image(
+                s,
+                "result",
+                ev.image,
+                ev.job.encoding,
+                ev.job.quality,
+                dict(
+                    job=ev.job.id,
+                    token=token,
+                    revision=ev.job.revision,
+                    width=w,
+                    height=h,
+                    encoding=ev.job.encoding,
+                    channels=3,
+                    part=0,
+                    engine_ms=round(ev.engine_ms, 3),
+                    **({"worker": ev.worker} if ev.worker else {}),
+                ),
+            )
         elif isinstance(ev, m.SessionError):
             if "job" in ev.fields:
                 s.jobs.discard(ev.fields["job"])
@@ -192,11 +205,29 @@ class SessionManager:
             return
         frame, seq, token = item
         h, w = frame.image.shape[:2]
-        self._send_image(s, "frame", frame.image, s.encoding, s.quality,
-                         dict(seq=seq, token=token, revision=frame.revision, settled=frame.settled,
-                              index=frame.index, steps_in_flight=frame.steps_in_flight, width=w, height=h,
-                              encoding=s.encoding, channels=3, part=0, engine_ms=round(frame.engine_ms, 3),
-                              batch=frame.batch, **({"worker": frame.worker} if frame.worker else {})))
+        self._send_image(
+            s,
+            "frame",
+            frame.image,
+            s.encoding,
+            s.quality,
+            dict(
+                seq=seq,
+                token=token,
+                revision=frame.revision,
+                settled=frame.settled,
+                index=frame.index,
+                steps_in_flight=frame.steps_in_flight,
+                width=w,
+                height=h,
+                encoding=s.encoding,
+                channels=3,
+                part=0,
+                engine_ms=round(frame.engine_ms, 3),
+                batch=frame.batch,
+                **({"worker": frame.worker} if frame.worker else {}),
+            ),
+        )
 
     def _send_image(self, s: Session, type_: str, image, encoding: str, quality: int, fields: dict) -> None:
         """Encode and send a frame or result; compression runs on the encoder
@@ -216,8 +247,7 @@ class SessionManager:
                 data, problem = encode_frame(image, encoding, quality), ""
             except Exception as e:  # Pillow failures: this client only
                 data, problem = None, f"{type(e).__name__}: {e}"
-            self.server.post(m.Encoded(s.id, type_, data, round((time.perf_counter() - t0) * 1000, 3), fields,
-                                       problem))
+            self.server.post(m.Encoded(s.id, type_, data, round((time.perf_counter() - t0) * 1000, 3), fields, problem))
 
         self._encoders.submit(work)
 
@@ -230,10 +260,13 @@ class SessionManager:
             if extra:
                 s.jobs.discard(extra["job"])
                 s.results.pop(extra["job"], None)
-            self.server.error(s.identity, E.ENGINE_ERROR, f"could not encode the {ev.type} as "
-                                                          f"{ev.fields['encoding']}: {ev.error}", **extra)
+            self.server.error(
+                s.identity,
+                E.ENGINE_ERROR,
+                f"could not encode the {ev.type} as {ev.fields['encoding']}: {ev.error}",
+                **extra,
+            )
         else:
-            self.server.send(s.identity, ev.type, [ev.data], encode_ms=ev.encode_ms, sent_at=time.time(),
-                             **ev.fields)
+            self.server.send(s.identity, ev.type, [ev.data], encode_ms=ev.encode_ms, sent_at=time.time(), **ev.fields)
         if ev.type == "frame":
             self._send_frame(s)

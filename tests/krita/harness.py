@@ -30,9 +30,16 @@ def available() -> str:
 
 
 def home_env(home: Path) -> dict:
-    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share"),
-           "XDG_CACHE_HOME": str(home / ".cache"), "XDG_RUNTIME_DIR": str(home / "run"), "TMPDIR": str(home / "tmp"),
-           "PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_RUNTIME_DIR": str(home / "run"),
+        "TMPDIR": str(home / "tmp"),
+        "PATH": SYSTEM_PATH,
+        "LANG": "C.UTF-8",
+    }
     for d in ("run", "tmp", ".config", ".local/share"):
         (home / d).mkdir(parents=True, exist_ok=True)
     os.chmod(home / "run", 0o700)
@@ -49,8 +56,9 @@ def new_home(path: Path) -> Path:
 def install_plugin(home: Path, *extra: str) -> subprocess.CompletedProcess:
     """Run the real install.py for this HOME (it finds Krita and its folders itself)."""
     env = home_env(home)
-    return subprocess.run([sys.executable, str(REPO / "install.py"), *extra], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "install.py"), *extra], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def install_driver(home: Path) -> None:
@@ -78,8 +86,15 @@ NO_DISPLAY = "could not connect to display"
 START_TRIES = 3
 
 
-def run(home: Path, scenario: str, args: dict | None = None, files: list[str] = (), timeout: float = 150,
-        during=None, screen: str = "1280x1024") -> dict:
+def run(
+    home: Path,
+    scenario: str,
+    args: dict | None = None,
+    files: list[str] = (),
+    timeout: float = 150,
+    during=None,
+    screen: str = "1280x1024",
+) -> dict:
     """Run one scenario on an X screen of ``screen`` pixels; ``during(proc)`` is
     called repeatedly while Krita runs."""
     for _ in range(START_TRIES - 1):
@@ -99,10 +114,26 @@ def _run(home: Path, scenario: str, args, files, timeout: float, during, screen:
     out = home / f"result-{scenario}.json"
     if out.exists():
         out.unlink()
-    env.update(SMD_TEST_SCENARIO=scenario, SMD_TEST_OUT=str(out), SMD_TEST_ARGS=json.dumps(args or {}),
-               SMD_TEST_TIMEOUT=str(timeout - 10), HF_HUB_OFFLINE="1")
-    cmd = ["timeout", "-k", "5", str(int(timeout)), "xvfb-run", "-a", "-s", f"-screen 0 {screen}x24 -nolisten tcp",
-           "krita", "--nosplash", *files]
+    env.update(
+        SMD_TEST_SCENARIO=scenario,
+        SMD_TEST_OUT=str(out),
+        SMD_TEST_ARGS=json.dumps(args or {}),
+        SMD_TEST_TIMEOUT=str(timeout - 10),
+        HF_HUB_OFFLINE="1",
+    )
+    cmd = [
+        "timeout",
+        "-k",
+        "5",
+        str(int(timeout)),
+        "xvfb-run",
+        "-a",
+        "-s",
+        f"-screen 0 {screen}x24 -nolisten tcp",
+        "krita",
+        "--nosplash",
+        *files,
+    ]
     log = open(home / f"krita-{scenario}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True)
     try:

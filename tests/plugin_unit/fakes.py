@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import time
 
-from PyQt5.QtWidgets import QApplication
-
 import krita  # the fake, put on sys.path by env.py
+from PyQt5.QtWidgets import QApplication
 
 from smd_daemon.client import ErrorEvent, FrameEvent, SceneEvent, StateEvent  # noqa: F401
 
@@ -64,10 +63,12 @@ class FakeClient:
     def __init__(self, address="tcp://127.0.0.1:7555", limits=None, capabilities=None):
         self.address = address
         self.calls, self.revision = [], 0
-        self.info = {"model": {"name": "tiny", "device": "cpu", "meaningful": False},
-                     "limits": limits or {"max_side": 1024, "min_side": 64, "max_steps": 50},
-                     "defaults": {"seed": 0, "steps": 4, "background_strength": 0.3},
-                     "capabilities": capabilities or {}}
+        self.info = {
+            "model": {"name": "tiny", "device": "cpu", "meaningful": False},
+            "limits": limits or {"max_side": 1024, "min_side": 64, "max_steps": 50},
+            "defaults": {"seed": 0, "steps": 4, "background_strength": 0.3},
+            "capabilities": capabilities or {},
+        }
         self.state, self.state_code, self.state_reason = "connected", "", "connected"
         self.known = set()
         self.closed = False
@@ -92,12 +93,23 @@ class FakeClient:
         self.last_layers = layers
         return self.revision
 
-    def poll(self, timeout_ms=0): return []
-    def fileno(self): return -1
-    def connect(self): pass
-    def close(self): self.closed = True
-    def start_live(self, **kw): self.calls.append(("live",))
-    def stop_live(self): self.calls.append(("stop",))
+    def poll(self, timeout_ms=0):
+        return []
+
+    def fileno(self):
+        return -1
+
+    def connect(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def start_live(self, **kw):
+        self.calls.append(("live",))
+
+    def stop_live(self):
+        self.calls.append(("stop",))
 
     def generate(self, **kw):
         self.calls.append(("generate", kw))

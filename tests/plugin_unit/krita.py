@@ -38,20 +38,47 @@ class Node:
         self._px = {}  # (x, y) -> pixel bytes, only where painted (masks: one byte)
 
     # identity and flags
-    def name(self): return self._name
-    def setName(self, n): self._name = n
-    def type(self): return self._type
-    def visible(self): return self._visible
-    def setVisible(self, v): self._visible = v
-    def locked(self): return self._locked
-    def setLocked(self, v): self._locked = v
-    def opacity(self): return self._opacity
-    def setOpacity(self, v): self._opacity = int(v)
-    def passThroughMode(self): return self._pass_through
-    def setPassThroughMode(self, v): self._pass_through = bool(v)
-    def uniqueId(self): return self._uuid
-    def childNodes(self): return list(self._children)
-    def parentNode(self): return self._parent
+    def name(self):
+        return self._name
+
+    def setName(self, n):
+        self._name = n
+
+    def type(self):
+        return self._type
+
+    def visible(self):
+        return self._visible
+
+    def setVisible(self, v):
+        self._visible = v
+
+    def locked(self):
+        return self._locked
+
+    def setLocked(self, v):
+        self._locked = v
+
+    def opacity(self):
+        return self._opacity
+
+    def setOpacity(self, v):
+        self._opacity = int(v)
+
+    def passThroughMode(self):
+        return self._pass_through
+
+    def setPassThroughMode(self, v):
+        self._pass_through = bool(v)
+
+    def uniqueId(self):
+        return self._uuid
+
+    def childNodes(self):
+        return list(self._children)
+
+    def parentNode(self):
+        return self._parent
 
     def addChildNode(self, child, above):
         i = 0 if above is None else self._children.index(above) + 1
@@ -97,7 +124,7 @@ class Node:
             a = v[bpp - 1]
             for m in masks:
                 a = int(a * m._mask_value(x, y) / 255 + 0.5)
-            out[(x, y)] = v[:bpp - 1] + bytes([a])
+            out[(x, y)] = v[: bpp - 1] + bytes([a])
         return out
 
     def _read(self, px, x, y, w, h, bpp):
@@ -121,7 +148,7 @@ class Node:
         for j in range(h):
             for i in range(w):
                 o = (j * w + i) * bpp
-                self._px[(x + i, y + j)] = data[o:o + bpp]
+                self._px[(x + i, y + j)] = data[o : o + bpp]
         self.doc._pixels_written += 1
         return True
 
@@ -154,20 +181,47 @@ class Document:
         self._file = ""
         self.refreshes = 0
 
-    def width(self): return self._w
-    def height(self): return self._h
-    def colorModel(self): return self._model
-    def colorDepth(self): return self._depth
-    def rootNode(self): return self._root
-    def createNode(self, name, kind): return Node(self, name, kind)
-    def createGroupLayer(self, name): return Node(self, name, "grouplayer")
-    def modified(self): return self._modified
-    def setModified(self, v): self._modified = v
-    def waitForDone(self): pass
-    def fileName(self): return self._file
-    def setActiveNode(self, n): self._active = n
-    def activeNode(self): return self._active
-    def annotation(self, kind): return QByteArray(self._annotations.get(kind, b""))
+    def width(self):
+        return self._w
+
+    def height(self):
+        return self._h
+
+    def colorModel(self):
+        return self._model
+
+    def colorDepth(self):
+        return self._depth
+
+    def rootNode(self):
+        return self._root
+
+    def createNode(self, name, kind):
+        return Node(self, name, kind)
+
+    def createGroupLayer(self, name):
+        return Node(self, name, "grouplayer")
+
+    def modified(self):
+        return self._modified
+
+    def setModified(self, v):
+        self._modified = v
+
+    def waitForDone(self):
+        pass
+
+    def fileName(self):
+        return self._file
+
+    def setActiveNode(self, n):
+        self._active = n
+
+    def activeNode(self):
+        return self._active
+
+    def annotation(self, kind):
+        return QByteArray(self._annotations.get(kind, b""))
 
     def refreshProjection(self):
         self.refreshes += 1
@@ -195,8 +249,11 @@ class _Action:
 
 
 class _Window:
-    def __init__(self, app): self.app = app
-    def qwindow(self): return self.app.qwindow  # a test may give Krita a main window
+    def __init__(self, app):
+        self.app = app
+
+    def qwindow(self):
+        return self.app.qwindow  # a test may give Krita a main window
 
 
 class Krita:
@@ -222,20 +279,40 @@ class Krita:
         for fn in queued:
             fn()
 
-    def version(self): return "5.2.2"
-    def addExtension(self, ext): self.extensions = getattr(self, "extensions", []) + [ext]
-    def addDockWidgetFactory(self, f): self.dockers = getattr(self, "dockers", []) + [f]
-    def activeDocument(self): return self._doc
-    def documents(self): return list(self._docs)
-    def windows(self): return [_Window(self)]
-    def activeWindow(self): return _Window(self)
-    def action(self, name): return _Action(self, name)
-    def readSetting(self, group, key, default): return self.settings.get((group, key), default)
-    def writeSetting(self, group, key, value): self.settings[(group, key)] = value
+    def version(self):
+        return "5.2.2"
+
+    def addExtension(self, ext):
+        self.extensions = getattr(self, "extensions", []) + [ext]
+
+    def addDockWidgetFactory(self, f):
+        self.dockers = getattr(self, "dockers", []) + [f]
+
+    def activeDocument(self):
+        return self._doc
+
+    def documents(self):
+        return list(self._docs)
+
+    def windows(self):
+        return [_Window(self)]
+
+    def activeWindow(self):
+        return _Window(self)
+
+    def action(self, name):
+        return _Action(self, name)
+
+    def readSetting(self, group, key, default):
+        return self.settings.get((group, key), default)
+
+    def writeSetting(self, group, key, value):
+        self.settings[(group, key)] = value
 
 
 class Extension:
-    def __init__(self, parent=None): self.parent = parent
+    def __init__(self, parent=None):
+        self.parent = parent
 
 
 class DockWidget(QDockWidget):
@@ -247,4 +324,5 @@ class DockWidgetFactoryBase:
 
 
 class DockWidgetFactory:
-    def __init__(self, *a): self.args = a
+    def __init__(self, *a):
+        self.args = a

@@ -10,11 +10,36 @@ registers them.)
 - ``saving``: keeping the preview out of saved files.
 """
 
-from .document import (ANNOTATION, PREVIEW_NAME, RESULT_NAME, Layer, Unsupported, activate,  # noqa: F401
-                       active_document, active_uid, app, canvas_size, color_problem, documents, fingerprint,
-                       is_open, is_plugin_layer, layers, load_document_settings, read_setting,
-                       save_document_settings, write_setting)
-from .preview import (ActiveKeeper, apply_frame, find_preview, hide_preview, next_result_name,  # noqa: F401
-                      set_preview_look, write_preview)
-from .reading import read_alpha, read_composite, scale_table  # noqa: F401
-from .saving import SaveGuard  # noqa: F401
+from .document import (
+    ANNOTATION,
+    PREVIEW_NAME,
+    RESULT_NAME,
+    Layer,
+    Unsupported,
+    activate,
+    active_document,
+    active_uid,
+    app,
+    canvas_size,
+    color_problem,
+    documents,
+    fingerprint,
+    is_open,
+    is_plugin_layer,
+    layers,
+    load_document_settings,
+    read_setting,
+    save_document_settings,
+    write_setting,
+)
+from .preview import (
+    ActiveKeeper,
+    apply_frame,
+    find_preview,
+    hide_preview,
+    next_result_name,
+    set_preview_look,
+    write_preview,
+)
+from .reading import read_alpha, read_composite, scale_table
+from .saving import SaveGuard

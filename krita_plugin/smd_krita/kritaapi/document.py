@@ -23,10 +23,20 @@ FINGERPRINT_SIZE = 96  # thumbnail side used only to notice pixel changes cheapl
 MASK_KINDS = ("transparencymask", "filtermask", "transformmask", "selectionmask", "colorizemask")
 
 # bytes per pixel and offset of the (most significant byte of the) alpha channel
-ALPHA_LAYOUT = {("RGBA", "U8"): (4, 3), ("RGBA", "U16"): (8, 7), ("GRAYA", "U8"): (2, 1),
-                ("GRAYA", "U16"): (4, 3), ("CMYKA", "U8"): (5, 4), ("CMYKA", "U16"): (10, 9),
-                ("LABA", "U8"): (4, 3), ("LABA", "U16"): (8, 7), ("XYZA", "U8"): (4, 3),
-                ("XYZA", "U16"): (8, 7), ("YCbCrA", "U8"): (4, 3), ("YCbCrA", "U16"): (8, 7)}
+ALPHA_LAYOUT = {
+    ("RGBA", "U8"): (4, 3),
+    ("RGBA", "U16"): (8, 7),
+    ("GRAYA", "U8"): (2, 1),
+    ("GRAYA", "U16"): (4, 3),
+    ("CMYKA", "U8"): (5, 4),
+    ("CMYKA", "U16"): (10, 9),
+    ("LABA", "U8"): (4, 3),
+    ("LABA", "U16"): (8, 7),
+    ("XYZA", "U8"): (4, 3),
+    ("XYZA", "U16"): (8, 7),
+    ("YCbCrA", "U8"): (4, 3),
+    ("YCbCrA", "U16"): (8, 7),
+}
 _WRITABLE = {("RGBA", "U8"), ("RGBA", "U16")}
 
 
@@ -100,11 +110,15 @@ def color_problem(doc, writing: bool = False) -> str:
     """Why this document's pixels cannot be used ('' when they can)."""
     key = (doc.colorModel(), doc.colorDepth())
     if key not in ALPHA_LAYOUT:
-        return (f"{key[0]} {key[1]} documents are not supported: use Image > Convert Image Color Space "
-                "to RGB/Alpha 8-bit or 16-bit integer")
+        return (
+            f"{key[0]} {key[1]} documents are not supported: use Image > Convert Image Color Space "
+            "to RGB/Alpha 8-bit or 16-bit integer"
+        )
     if writing and key not in _WRITABLE:
-        return (f"the live preview needs an RGB document (8 or 16-bit integer), not {key[0]} {key[1]}: "
-                "use Image > Convert Image Color Space")
+        return (
+            f"the live preview needs an RGB document (8 or 16-bit integer), not {key[0]} {key[1]}: "
+            "use Image > Convert Image Color Space"
+        )
     return ""
 
 
@@ -136,10 +150,20 @@ def layers(doc) -> list[Layer]:
             opacities = (seen, *outer)
             own = [m for m in node.childNodes() if m.type() in MASK_KINDS]
             uid = node.uniqueId().toString()
-            layer = Layer(node, name, uid, kind, visible, node.locked(), depth,
-                          opacities=opacities, group_masks=list(parent_masks),
-                          own_masks=own, parent=parent_uid,
-                          pass_through=kind == "grouplayer" and node.passThroughMode())
+            layer = Layer(
+                node,
+                name,
+                uid,
+                kind,
+                visible,
+                node.locked(),
+                depth,
+                opacities=opacities,
+                group_masks=list(parent_masks),
+                own_masks=own,
+                parent=parent_uid,
+                pass_through=kind == "grouplayer" and node.passThroughMode(),
+            )
             out.append(layer)
             if kind == "grouplayer":
                 masks = [m for m in own if m.type() == "transparencymask" and m.visible()]
@@ -177,6 +201,7 @@ def fingerprint(layer: Layer) -> tuple:
 
 # ------------------------------------------------------------ the active layer
 
+
 def active_uid(doc) -> str:
     node = doc.activeNode()
     return node.uniqueId().toString() if node is not None else ""
@@ -202,6 +227,7 @@ def _find(parent, uid: str):
 
 
 # ------------------------------------------------------------ per-document settings
+
 
 def load_document_settings(doc) -> dict:
     try:

@@ -113,8 +113,9 @@ def read_alpha(doc, layer: Layer, out_w: int, out_h: int) -> bytes:
         alpha = bytes(_projection(layer, r))[off::bpp]  # every bpp-th byte is (the high byte of) alpha
         if layer.factor < 1.0:
             alpha = alpha.translate(scale_table(layer.opacities))
-        img = _apply_masks(doc, layer.group_masks, QImage(alpha, r.width(), r.height(), r.width(),
-                                                          QImage.Format_Alpha8), r)
+        img = _apply_masks(
+            doc, layer.group_masks, QImage(alpha, r.width(), r.height(), r.width(), QImage.Format_Alpha8), r
+        )
     sx, sy = out_w / doc.width(), out_h / doc.height()
     out = pixels.alpha_of(pixels.place([(img, r, 1.0)], out_w, out_h, sx, sy))
     del keep

@@ -18,9 +18,8 @@ document as it is at once.
 
 from __future__ import annotations
 
-import time
-
 import logging
+import time
 
 from PyQt5.QtCore import QEvent, QObject, Qt, QTimer
 
@@ -57,8 +56,13 @@ class SaveGuard(QObject):
 
     def eventFilter(self, obj, event) -> bool:
         # Only a dialog: Krita adds other child widgets to its window all the time (a new layer adds one).
-        if event.type() == QEvent.ChildAdded and event.child().isWidgetType() \
-                and event.child().windowType() == Qt.Dialog and not OWN_CHANGE[0] and not self._holding:
+        if (
+            event.type() == QEvent.ChildAdded
+            and event.child().isWidgetType()
+            and event.child().windowType() == Qt.Dialog
+            and not OWN_CHANGE[0]
+            and not self._holding
+        ):
             try:
                 self._hold(event.child())
             except Exception:  # never in Krita's way: an exception here would open a "Script error" dialog

@@ -56,8 +56,11 @@ class Runner:
         self.timer.start()
 
     def ready(self):
-        return (Krita.instance().activeWindow() is not None and QThread.currentThread().loopLevel() == 1
-                and QApplication.activeModalWidget() is None)
+        return (
+            Krita.instance().activeWindow() is not None
+            and QThread.currentThread().loopLevel() == 1
+            and QApplication.activeModalWidget() is None
+        )
 
     def step(self):
         modal = QApplication.activeModalWidget()
@@ -73,6 +76,7 @@ class Runner:
                 if not self.ready():
                     return
                 from . import parity, scenarios, session
+
                 name = os.environ["SMD_TEST_SCENARIO"]
                 args = json.loads(os.environ.get("SMD_TEST_ARGS", "{}"))
                 module = next(m for m in (session, parity, scenarios) if hasattr(m, name))

@@ -65,8 +65,14 @@ def parity(args, out):
         if layer.alpha is not None:
             with open(os.path.join(folder, f"plane-{i}.raw"), "wb") as f:
                 f.write(layer.alpha)
-        planes.append({"name": layer.name, "file": f"plane-{i}.raw" if layer.alpha is not None else None,
-                       "role": reader.role(layer.key), "code": reader.code(layer.key)})
+        planes.append(
+            {
+                "name": layer.name,
+                "file": f"plane-{i}.raw" if layer.alpha is not None else None,
+                "role": reader.role(layer.key),
+                "code": reader.code(layer.key),
+            }
+        )
     with open(os.path.join(folder, "background.raw"), "wb") as f:
         f.write(update.background)
     c["size"] = list(update.size)

@@ -6,11 +6,10 @@ Coordination with the test process (kill/restart the daemon) goes through
 files in ``args["sync"]``.
 """
 
-import os
 import time
 
 from krita import Krita
-from PyQt5.QtWidgets import QLabel, QLineEdit, QPushButton, QSpinBox
+from PyQt5.QtWidgets import QLabel, QLineEdit, QSpinBox
 
 DOCKER_ID = "smd_live_docker"
 
@@ -30,6 +29,7 @@ def status():
 
 def controller():
     from smd_krita import live  # the product's public state, read-only here
+
     return live.controller()
 
 
@@ -106,6 +106,7 @@ def reopen(args, out):
 
 def _median_ms(fn, n):
     import statistics
+
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -118,9 +119,9 @@ def bench(args, out):
     """Numbers for docs/benchmarks.md (run by benchmarks/bench_krita.py)."""
     import statistics
 
+    from PyQt5.QtGui import QImage
     from smd_krita import kritaapi
     from smd_krita.transport import client as client_mod
-    from PyQt5.QtGui import QImage
 
     app = Krita.instance()
     c = out["checks"]
@@ -140,10 +141,14 @@ def bench(args, out):
     def read_all():
         layers = kritaapi.layers(doc)
         [kritaapi.fingerprint(l) for l in layers]
-        msg = [client_mod.Layer(l.uid, l.name, kritaapi.read_alpha(doc, l, out_side, out_side), l.visible)
-               for l in layers if l.name.startswith("region")]
-        kritaapi.read_composite(doc, layers, {l.uid for l in layers if not l.name.startswith("region")},
-                                out_side, out_side)
+        msg = [
+            client_mod.Layer(l.uid, l.name, kritaapi.read_alpha(doc, l, out_side, out_side), l.visible)
+            for l in layers
+            if l.name.startswith("region")
+        ]
+        kritaapi.read_composite(
+            doc, layers, {l.uid for l in layers if not l.name.startswith("region")}, out_side, out_side
+        )
         return msg
 
     def scan_only():
@@ -151,12 +156,14 @@ def bench(args, out):
 
     c["read_8_regions_ms"] = _median_ms(read_all, n)
     c["scan_no_change_ms"] = _median_ms(scan_only, n)
-    frame = QImage(bytes(range(256)) * (out_side * out_side * 3 // 256), out_side, out_side, out_side * 3,
-                   QImage.Format_RGB888).copy()
+    frame = QImage(
+        bytes(range(256)) * (out_side * out_side * 3 // 256), out_side, out_side, out_side * 3, QImage.Format_RGB888
+    ).copy()
     kritaapi.write_preview(doc, frame)
     yield 0.5  # the new layer settles (locked) before timing
     c["write_frame_ms"] = _median_ms(lambda: kritaapi.write_preview(doc, frame), n)
     from smd_krita import pixels
+
     prev = kritaapi.find_preview(doc)
     parts = {"scale_convert": [], "set_pixel_data": [], "refresh_projection": []}
     for _ in range(n):  # the steps of write_preview, timed one after another as they run there
@@ -202,26 +209,32 @@ def bench(args, out):
         regions[0].setPixelData(_square(patch, patch, color), side // 2, side // 2, patch, patch)
 
         def shown():
-            for rev, tr in ctl.sync.trace.items():
+            for tr in ctl.sync.trace.values():
                 if tr["first_seen"] >= t_edit and "written" in tr:
                     return True
             return False
+
         yield ("edit shown", shown, 30)
-        tr = min((tr for tr in ctl.sync.trace.values() if tr["first_seen"] >= t_edit and "written" in tr),
-                 key=lambda tr: tr["first_seen"])
+        tr = min(
+            (tr for tr in ctl.sync.trace.values() if tr["first_seen"] >= t_edit and "written" in tr),
+            key=lambda tr: tr["first_seen"],
+        )
         daemon = (tr["daemon_sent_wall"] - tr["sent_wall"]) * 1000 if tr.get("daemon_sent_wall") else None
-        rows.append({
-            "detect": (tr["first_seen"] - t_edit) * 1000,  # until a scan noticed the edit
-            "hold_read_send": (tr["sent"] - tr["first_seen"]) * 1000,  # throttling, reading, sending
-            "daemon": daemon,
-            "engine_step": tr.get("engine_ms"),
-            "receive": ((tr["received_wall"] - tr["daemon_sent_wall"]) * 1000) if daemon is not None else None,
-            "write": (tr["written"] - tr["handled"]) * 1000,
-            "total": (tr["written"] - t_edit) * 1000,
-        })
+        rows.append(
+            {
+                "detect": (tr["first_seen"] - t_edit) * 1000,  # until a scan noticed the edit
+                "hold_read_send": (tr["sent"] - tr["first_seen"]) * 1000,  # throttling, reading, sending
+                "daemon": daemon,
+                "engine_step": tr.get("engine_ms"),
+                "receive": ((tr["received_wall"] - tr["daemon_sent_wall"]) * 1000) if daemon is not None else None,
+                "write": (tr["written"] - tr["handled"]) * 1000,
+                "total": (tr["written"] - t_edit) * 1000,
+            }
+        )
     keys = rows[0].keys()
-    c["e2e_ms"] = {k: (round(statistics.median([r[k] for r in rows]), 2) if rows[0][k] is not None else None)
-                   for k in keys}
+    c["e2e_ms"] = {
+        k: (round(statistics.median([r[k] for r in rows]), 2) if rows[0][k] is not None else None) for k in keys
+    }
     c["e2e_rows"] = rows
     c["live_read_ms"] = ctl.sync.read_ms
     ctl.set_live(False)
@@ -232,6 +245,7 @@ def mask_via_action(doc, layer, x, y, w, h):
     """A transparency mask showing only (x, y, w, h), made as an artist does (Krita 5.1's Python
     API cannot make a working mask: one from createNode has no selection)."""
     from krita import Selection
+
     app = Krita.instance()
     doc.setActiveNode(layer)
     sel = Selection()
@@ -247,8 +261,8 @@ def mask_via_action(doc, layer, x, y, w, h):
 def documents(args, out):
     """The Krita wrapper against real Krita: groups (opacity, masks), masks, hidden, outside the canvas,
     16-bit, float."""
-    from smd_krita import kritaapi
     from PyQt5.QtGui import QImage
+    from smd_krita import kritaapi
 
     app = Krita.instance()
     c = out["checks"]

@@ -60,6 +60,7 @@ def drag(doc_widget_window, canvas, points):
 
     def at(p):
         return canvas.mapTo(doc_widget_window, QPoint(*p))
+
     QTest.mouseMove(handle, at(points[0]))
     QTest.mousePress(handle, Qt.LeftButton, Qt.NoModifier, at(points[0]))
     for p in points[1:]:
@@ -87,6 +88,7 @@ def rows_in_docker():
         out.append([depth, item.text(0), item.text(1)])
         for i in range(item.childCount()):
             walk(item.child(i), depth + 1)
+
     for i in range(tree.topLevelItemCount()):
         walk(tree.topLevelItem(i), 0)
     return out
@@ -133,8 +135,11 @@ def session(args, out):
     c["active_after_live"] = doc.activeNode().name()
     c["preview_on_top"] = top_names(doc)[-1] == "SMD Preview"
     c["preview_locked"] = preview.locked()
-    canvas = [w for w in window.findChildren(QWidget)
-              if w.metaObject().className() in ("KisOpenGLCanvas2", "KisQPainterCanvas") and w.isVisible()][0]
+    canvas = [
+        w
+        for w in window.findChildren(QWidget)
+        if w.metaObject().className() in ("KisOpenGLCanvas2", "KisQPainterCanvas") and w.isVisible()
+    ][0]
     before = bytes(fox.pixelData(0, 0, size, size))
     cx, cy = canvas.width() // 2, canvas.height() // 2
     drag(window, canvas, [(cx - 60 + i * 6, cy + i * 2) for i in range(20)])
@@ -157,8 +162,11 @@ def session(args, out):
     yield ("applied", lambda: node_named(doc, "SMD Result 1") is not None, 10)
     yield 1.0
     c["active_after_apply"] = doc.activeNode().name()
-    for action, name, done in (("edit_undo", "undone", False), ("edit_redo", "redone", True),
-                               ("edit_undo", "undone again", False)):
+    for action, name, done in (
+        ("edit_undo", "undone", False),
+        ("edit_redo", "redone", True),
+        ("edit_undo", "undone again", False),
+    ):
         doc.waitForDone()  # an undo right after a redo was once lost on a busy machine: let Krita settle
         yield 0.3
         app.action(action).trigger()
@@ -229,6 +237,7 @@ def session(args, out):
 
 def undo_history():
     from PyQt5.QtWidgets import QAbstractItemView
+
     for d in Krita.instance().dockers():
         if d.objectName() == "History":
             views = d.findChildren(QAbstractItemView)
@@ -260,8 +269,11 @@ def managed(args, out):
     click("smd_daemon_start")
     yield ("process running", lambda: ctl.managed.running, 20)
     c["pid"] = ctl.managed.process.processId()
-    yield ("loading shown", lambda: "starting" in find("smd_daemon_state", QLabel).text()
-           or ctl.state == "connected", 30)
+    yield (
+        "loading shown",
+        lambda: "starting" in find("smd_daemon_state", QLabel).text() or ctl.state == "connected",
+        30,
+    )
     c["state_while_loading"] = find("smd_daemon_state", QLabel).text()
     yield ("connected", lambda: ctl.state == "connected", 120)
     yield 1.5  # the docker reads the log once a second
@@ -274,6 +286,7 @@ def managed(args, out):
 def save_settings(args, out):
     """Choices made in the docker, then the document saved (see scenarios.reopen)."""
     from PyQt5.QtWidgets import QComboBox
+
     app = Krita.instance()
     doc, root, bg = new_document(64, "settings")
     yield ("document active", lambda: app.activeDocument() == doc, 10)
