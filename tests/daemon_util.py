@@ -37,7 +37,9 @@ def daemon_env() -> dict:
 class Daemon:
     """One daemon process; its log goes to a temporary file shown on failure."""
 
-    def __init__(self, *extra: str, port: int | None = None, bind: str | None = None, env: dict | None = None):
+    def __init__(
+        self, *extra: str, port: int | None = None, bind: str | None = None, env: dict | None = None, stdin=None
+    ):
         self.port = port or free_port()
         self.address = bind or f"tcp://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="smd-daemon-", suffix=".log", delete=False)
@@ -55,7 +57,7 @@ class Daemon:
             *extra,
         ]
         self.proc = subprocess.Popen(
-            cmd, env={**daemon_env(), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
+            cmd, env={**daemon_env(), **(env or {})}, stdin=stdin, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
         )
 
     def wait_serving(self, timeout: float = 120) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import zmq
 import zmq.auth
-from daemon_util import Daemon, Raw, S, connect, free_port, half_mask, keys_and_stranger, run_cli
+from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask, keys_and_stranger, run_cli
 
 from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
@@ -181,7 +184,6 @@ def test_client_recovers_from_a_daemon_crash():
 def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
     # A 4096x4096 background image is 121 VAE tiles to encode: half a minute of
     # planning on a CPU, which must stop at the next tile, not run on.
-    import time
     import zlib
 
     from smd_daemon.client import ErrorEvent
@@ -216,3 +218,82 @@ def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
         if c is not None:
             c.close()
         d.close()
+
+
+def test_watch_stdin_stops_cleanly_when_the_pipe_closes():
+    """--watch-stdin (what the docker starts its daemon with): the parent's end of the pipe closing
+    is a clean stop, as SIGTERM is."""
+    d = Daemon("--watch-stdin", stdin=subprocess.PIPE)
+    try:
+        d.wait_serving()
+        client = connect(d.address, name="watcher")
+        client.close()
+        d.proc.stdin.close()
+        assert d.proc.wait(30) == 0, d.text()[-2000:]
+        log = d.text()
+        assert "standard input closed" in log and log.rstrip().endswith("stopped"), log[-2000:]
+        assert "without waiting" not in log and "Traceback" not in log, log[-2000:]
+    finally:
+        d.close()
+
+
+# A parent that starts the daemon with a pipe on its stdin, as Krita's docker does, says the
+# daemon's pid, then waits to be killed.
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=sys.stdout, stderr=subprocess.STDOUT)
+print("daemon pid", child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_watch_stdin_daemon_ends_when_its_parent_is_killed(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "daemon.log"
+    cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--threads", "1", "--watch-stdin"]
+    with open(log_path, "w") as log:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, *cmd, "--bind", f"tcp://127.0.0.1:{port}"],
+            env=daemon_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "serving on" not in log_path.read_text():
+            assert parent.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+        text = log_path.read_text()
+        assert "serving on" in text, text
+        pid = int(text.split("daemon pid ")[1].split()[0])
+        parent.kill()  # SIGKILL: no handler, no clean-up in the parent
+        parent.wait()
+        assert wait_gone(pid, 30), log_path.read_text()[-2000:]
+        text = log_path.read_text()
+        assert "standard input closed" in text and text.rstrip().endswith("stopped"), text[-2000:]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if pid is not None and process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False

@@ -10,6 +10,7 @@ exits anyway, rather than being killed half way.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
 import os
@@ -63,6 +64,12 @@ OPTIONS = {
         "(Ray Client); see docs/cluster.md",
     ),
     "workers": (int, None, "engine workers with --ray (default: one per GPU; 1 on a CPU-only cluster)"),
+    "watch_stdin": (
+        bool,
+        False,
+        "shut down when standard input closes: the program that started the daemon with a pipe there "
+        "(Krita's docker) has ended, however it ended",
+    ),
 }
 
 
@@ -168,6 +175,8 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if opts["watch_stdin"]:
+        watch_stdin()
     try:
         server.open_socket()
         if opts["ray"]:
@@ -207,6 +216,29 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     _exit_in_time(stop_at, stopped)
     log.info("stopped")
     _exit()
+
+
+def watch_stdin(fd: int = 0) -> threading.Thread:
+    """Stop as SIGTERM does once ``fd`` reaches end of file. The parent holds the pipe's other end,
+    and the system closes it whenever the parent ends, a crash or SIGKILL included, on every
+    platform. Should the clean stop not end the process in time, it ends anyway."""
+
+    def watch():
+        try:
+            while os.read(fd, 65536):
+                pass
+            why = "standard input closed"
+        except OSError as e:
+            why = f"standard input unreadable ({e.strerror})"
+        log.info("%s: the program that started the daemon has ended; shutting down", why)
+        _thread.interrupt_main(signal.SIGTERM)
+        time.sleep(STOP_WITHIN_S + 2.0)
+        log.warning("still running %.0f s after standard input closed: exiting now", STOP_WITHIN_S + 2.0)
+        _exit()
+
+    thread = threading.Thread(target=watch, name="stdin-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_engine(opts: dict):
