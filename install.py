@@ -471,6 +471,9 @@ class Installer:
             path = Path(p)
             if not (path.exists() or path.is_symlink()):
                 continue
+            if not self._placed_by_install_py(path):
+                self.say(f"leave {path}: install.py places nothing there (its record names another folder)")
+                continue
             self.say(f"remove {path}")
             if self.dry:
                 continue
@@ -478,6 +481,17 @@ class Installer:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+    def _placed_by_install_py(self, path: Path) -> bool:
+        """Whether a recorded path is one install.py places: the plugin in this pykrita folder, the
+        managed daemon's log folder beside it, or (--dev) what it adds to this checkout's package. A
+        record carried to another place (a copied home) names paths elsewhere: those stay."""
+        folder = os.path.realpath(path.parent)
+        if folder == os.path.realpath(self.pykrita):
+            return path.name in (NAME, NAME + ".desktop")
+        if folder == os.path.realpath(self.pykrita.parent):
+            return path.name == DATA_DIR
+        return folder == os.path.realpath(PLUGIN_SRC / NAME) and path.name in ("vendor", "deps", MANAGED)
 
     def _vendor(self, vendor: Path) -> None:
         self.say(f"vendor {', '.join(VENDORED)} into {vendor}")

@@ -12,7 +12,20 @@ import time
 import pytest
 import zmq
 import zmq.auth
-from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask, keys_and_stranger, run_cli
+from daemon_util import (
+    ROOT,
+    Daemon,
+    Raw,
+    S,
+    connect,
+    daemon_env,
+    free_port,
+    half_mask,
+    keys_and_stranger,
+    process_alive,
+    run_cli,
+    wait_gone,
+)
 
 from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
@@ -279,21 +292,3 @@ def test_watch_stdin_daemon_ends_when_its_parent_is_killed(tmp_path):
             parent.wait()
         if pid is not None and process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process_alive(pid):
-            return True
-        time.sleep(0.05)
-    return False

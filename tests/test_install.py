@@ -512,6 +512,19 @@ def test_purge_leaves_a_venv_that_is_no_longer_the_one_install_py_made(tmp_path,
     assert not (root / "pykrita").exists()  # the plugin itself is gone
 
 
+def test_a_record_copied_elsewhere_removes_nothing_of_the_original(tmp_path):
+    """A pykrita folder copied with its install record (a copied or moved home): uninstalling the copy
+    never reaches into the folder the record names."""
+    inst, _ = fast_installer(tmp_path / "first")
+    inst.install()
+    subprocess.run(["cp", "-a", str(tmp_path / "first"), str(tmp_path / "copy")], check=True)
+    res = purge(tmp_path / "copy", "--purge")
+    assert res.returncode == 0, res.stderr
+    assert f"leave {tmp_path / 'first' / 'pykrita' / 'smd_krita'}: install.py places nothing there" in res.stdout
+    assert (tmp_path / "first" / "pykrita" / "smd_krita" / "__init__.py").is_file()
+    assert (tmp_path / "first" / "pykrita" / install.MANIFEST).is_file()
+
+
 def test_fresh_home_install_then_purge_leaves_the_home_empty(tmp_path):
     """In a fresh HOME install.py creates .local/share/krita/pykrita and .config (for kritarc):
     --uninstall --purge removes them all again."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
 import harness  # noqa: E402
+from daemon_util import process_alive, wait_gone  # noqa: E402
 
 # tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
 _SKIP = bool(harness.available()) and not os.environ.get("SMD_REQUIRE_KRITA")
@@ -39,6 +41,9 @@ def fresh(home: Path, tmp_path: Path) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     dst = tmp_path / "home"
     subprocess.run(["cp", "-a", str(home), str(dst)], check=True)
+    # install.py's record names the paths it made: in the copy, the copy's own (as if installed there).
+    record = harness.plugin_folder(dst).parent / "smd_krita.install.json"
+    record.write_text(record.read_text().replace(json.dumps(str(home))[1:-1], json.dumps(str(dst))[1:-1]))
     return dst
 
 
@@ -243,26 +248,40 @@ def test_settings_come_back_with_the_document(krita_home, tmp_path):
     assert c["address"] == "10.1.2.3:7555", c
 
 
+def daemon_venv(path: Path) -> Path:
+    """A folder install.py takes as a venv (a pyvenv.cfg) whose smd-daemon is this checkout's daemon
+    (exec'd: the docker's process is the daemon) and whose pip does nothing: installing torch into a
+    new venv is not for a test."""
+    (path / "bin").mkdir(parents=True)
+    (path / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).parent}\n")
+    (path / "bin" / "python").write_text("#!/bin/sh\nexit 0\n")
+    (path / "bin" / "smd-daemon").write_text(
+        f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} -m smd_daemon "$@"\n'
+    )
+    for exe in ("python", "smd-daemon"):
+        (path / "bin" / exe).chmod(0o755)
+    return path
+
+
+def install_local_daemon(home: Path, tmp_path: Path, port: int) -> dict:
+    """install.py --daemon-venv, as the quick start runs it, serving on ``port``: the docker's config."""
+    venv = daemon_venv(tmp_path / "venv")
+    serve = ["--model", "tiny", "--threads", "1", "--bind", f"127.0.0.1:{port}"]
+    res = harness.install_plugin(home, "--daemon-venv", str(venv), "--", *serve)
+    assert res.returncode == 0, res.stderr + res.stdout
+    config = json.loads((harness.plugin_folder(home) / "managed_daemon.json").read_text())
+    assert config["command"] == [str(venv / "bin/smd-daemon"), "serve", "--watch-stdin", *serve], config
+    assert config["address"] == f"tcp://127.0.0.1:{port}", config
+    return config
+
+
 def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home, tmp_path):
+    """The daemon install.py set up: the docker takes its address, starts it, and stops it when Krita
+    quits; a daemon started another way is left alone."""
     home = fresh(krita_home[0], tmp_path)
     port, other_port = free_port(), free_port()
-    log = tmp_path / "data" / "smd-daemon.log"
-    config = {
-        "command": [
-            sys.executable,
-            "-m",
-            "smd_daemon",
-            "serve",
-            "--model",
-            "tiny",
-            "--bind",
-            f"tcp://127.0.0.1:{port}",
-        ],
-        "address": f"tcp://127.0.0.1:{port}",
-        "log": str(log),
-        "venv": str(Path(sys.executable).parents[1]),
-    }
-    (harness.plugin_folder(home) / "managed_daemon.json").write_text(json.dumps(config))
+    config = install_local_daemon(home, tmp_path, port)
+    log = Path(config["log"])
     with open(tmp_path / "other.log", "w") as other_log:
         other = start_daemon(other_port, other_log)  # started another way: must survive
         try:
@@ -270,21 +289,48 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
             assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
             c = result["checks"]
             assert result["returncode"] == 0, result["krita_log"][-3000:]
+            assert c["address_before_start"] == config["address"], c  # not the built-in :7555
             assert c["offered"] and c["address"] == config["address"], c
             assert c["state_running"] == "running", c
             assert "serving on" in c["log_shown"] or "loaded" in c["log_shown"], c
-            assert "model" in log.read_text()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and Path(f"/proc/{c['pid']}").exists():
-                time.sleep(0.1)
-            alive = (
-                Path(f"/proc/{c['pid']}").exists()
-                and "zombie" not in Path(f"/proc/{c['pid']}/status").read_text(errors="replace").lower()
-            )
-            assert not alive, "the daemon the plugin started outlived Krita"
+            assert wait_gone(c["pid"], 10), "the daemon the plugin started outlived Krita"
+            text = log.read_text()
+            assert "shutting down" in text and text.rstrip().endswith("stopped"), text[-2000:]  # cleanly
             assert other.poll() is None, "a daemon the plugin did not start was stopped"
         finally:
             stop(other)
+
+
+def test_local_daemon_ends_when_krita_is_killed(krita_home, tmp_path):
+    """SIGKILL to Krita (as a crash): nothing of the plugin runs, yet the daemon it started ends, cleanly,
+    within seconds: the pipe on its standard input closes with Krita."""
+    home = fresh(krita_home[0], tmp_path)
+    config = install_local_daemon(home, tmp_path, free_port())
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    killed = {}
+
+    def during(proc):
+        if killed or not (sync / "pids.json").exists():
+            return
+        killed.update(json.loads((sync / "pids.json").read_text()))
+        t = time.monotonic()
+        os.kill(killed["krita"], signal.SIGKILL)
+        killed["gone"] = wait_gone(killed["daemon"], 30)
+        killed["seconds"] = time.monotonic() - t
+
+    try:
+        result = harness.run(home, "managed_killed", {"sync": str(sync)}, timeout=240, during=during)
+    finally:
+        if killed.get("daemon") and process_alive(killed["daemon"]):
+            os.kill(killed["daemon"], signal.SIGKILL)
+    assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
+    c = result["checks"]
+    assert c["state_running"] == "running" and killed.get("krita") == c["krita_pid"], (c, killed)
+    text = Path(config["log"]).read_text()
+    assert killed["gone"], f"the daemon outlived Krita's SIGKILL: {text[-2000:]}"
+    assert "standard input closed" in text and text.rstrip().endswith("stopped"), text[-2000:]
+    print(f"daemon gone {killed['seconds']:.2f} s after SIGKILL of Krita")
 
 
 def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):

@@ -4,13 +4,19 @@ per-document ones inside the .kra as an annotation (see kritaapi).
 Limits (steps, output size) are the daemon's, from its handshake; without
 one only sanity bounds apply here. Steps and canvas strength left unset
 (None) are the daemon's defaults (``welcome.defaults``).
+
+The daemon's address defaults to the local daemon ``install.py`` recorded
+(``managed_daemon.json``), else to the built-in one. Only an address the
+artist chose, one other than those two, is remembered: a later install
+that serves elsewhere moves the default with it.
 """
 
 from __future__ import annotations
 
 import json
 
-from . import kritaapi
+from . import kritaapi, managed
+from .transport import protocol
 
 GROUP = "smd_live"
 DEFAULTS = {
@@ -104,11 +110,38 @@ def load_global() -> dict:
         stored = json.loads(raw) if raw else {}
     except ValueError:
         stored = {}
-    return clean(stored if isinstance(stored, dict) else {})
+    values = clean(stored if isinstance(stored, dict) else {})
+    if not chosen_address(values["address"]):
+        values["address"] = default_address()
+    return values
 
 
 def save_global(values: dict) -> None:
-    kritaapi.write_setting(GROUP, "settings", json.dumps(clean(values), sort_keys=True))
+    values = clean(values)
+    if not chosen_address(values["address"]):
+        del values["address"]  # the default follows install.py
+    kritaapi.write_setting(GROUP, "settings", json.dumps(values, sort_keys=True))
+
+
+def default_address() -> str:
+    """Where the local daemon ``install.py`` set up listens, else the built-in default."""
+    config, _ = managed.load_config(managed.PACKAGE_DIR)
+    return config["address"] if config is not None else DEFAULTS["address"]
+
+
+def chosen_address(address: str) -> bool:
+    """Whether the artist chose ``address``: an endpoint other than the built-in default and the recorded one."""
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return bool(address.strip())  # kept as typed: the docker says what is wrong with it
+    return endpoint not in (_endpoint(DEFAULTS["address"]), _endpoint(default_address()))
+
+
+def _endpoint(address: str) -> str | None:
+    try:
+        return protocol.normalize_address(address)
+    except ValueError:
+        return None
 
 
 def output_size(width: int, height: int, long_side: int, limits: dict | None = None) -> tuple[int, int]:

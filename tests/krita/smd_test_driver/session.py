@@ -1,6 +1,7 @@
 """An artist's session in real Krita, and the local daemon managed from the
 docker. Run by tests/test_plugin_krita.py (see scenarios.py for the form)."""
 
+import json
 import os
 import shutil
 import time
@@ -263,9 +264,29 @@ def opened_without_plugin(args, out):
 
 def managed(args, out):
     """Start the daemon install.py set up from the docker; quitting Krita stops it (only it)."""
+    yield from _start_managed(out["checks"])
+    out["quit"] = True  # the driver quits Krita through File > Quit
+
+
+def managed_killed(args, out):
+    """Start the daemon install.py set up from the docker, then say the pids and wait: the test
+    kills Krita with SIGKILL (nothing of Krita or the plugin runs after that)."""
+    from . import checkpoint
+
     c = out["checks"]
+    yield from _start_managed(c)
+    c["krita_pid"] = os.getpid()
+    checkpoint()
+    with open(os.path.join(args["sync"], "pids.tmp"), "w") as f:
+        json.dump({"krita": os.getpid(), "daemon": c["pid"]}, f)
+    os.replace(os.path.join(args["sync"], "pids.tmp"), os.path.join(args["sync"], "pids.json"))
+    yield ("killed by the test", lambda: False, 600)
+
+
+def _start_managed(c):
     ctl = controller()
     c["offered"] = find("smd_daemon_start", QPushButton).isVisible() or ctl.managed.available
+    c["address_before_start"] = find("smd_address", QLineEdit).text()
     click("smd_daemon_start")
     yield ("process running", lambda: ctl.managed.running, 20)
     c["pid"] = ctl.managed.process.processId()
@@ -280,7 +301,6 @@ def managed(args, out):
     c["state_running"] = find("smd_daemon_state", QLabel).text()
     c["log_shown"] = find("smd_daemon_log", QLabel).text()
     c["address"] = ctl.settings["address"]
-    out["quit"] = True  # the driver quits Krita through File > Quit
 
 
 def save_settings(args, out):
