@@ -705,10 +705,13 @@ class Installer:
         if used and used not in [r["path"] for r in records] and Path(used).is_dir():
             # Used, never created, by install.py (an older install.py recorded "venv_created"
             # without a mark in pyvenv.cfg, so that venv cannot be told from the user's own).
-            size = human_size(dir_size(Path(used)))
+            if (Path(used) / "pyvenv.cfg").is_file():
+                what = f"the daemon's virtual environment {used} ({human_size(dir_size(Path(used)))})"
+            else:  # an older install.py took any folder, a home folder included
+                what = f"{used}, recorded as the daemon's folder by an older install.py,"
             self.say(
-                f"the daemon's virtual environment {used} ({size}) was not created by install.py "
-                f"(or by one too old to mark it): it stays; delete it yourself if you no longer need it"
+                f"{what} was not created by install.py (or by one too old to mark it): it stays; "
+                f"delete it yourself if you no longer need it"
             )
         elif purge and not records:
             self.say("--purge: install.py created no daemon venv here")

@@ -392,7 +392,8 @@ def test_a_home_recorded_by_an_older_install_py_is_never_purged(tmp_path):
     res = purge(home, "--purge")
     assert res.returncode == 0, res.stderr
     assert (home / "Documents" / "letter.txt").read_text() == "my letter"
-    assert f"{home} (" in res.stdout and "not created by install.py" in res.stdout, res.stdout
+    assert f"{home}, recorded as the daemon's folder by an older install.py," in res.stdout, res.stdout
+    assert "not created by install.py" in res.stdout, res.stdout
 
 
 def test_a_venv_install_py_made_is_purged_even_after_a_plain_uninstall(tmp_path):

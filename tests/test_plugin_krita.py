@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
 import harness  # noqa: E402
-from daemon_util import process_alive, wait_gone  # noqa: E402
+from daemon_util import wait_gone  # noqa: E402
 
 # tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
 _SKIP = bool(harness.available()) and not os.environ.get("SMD_REQUIRE_KRITA")
@@ -39,12 +38,7 @@ def krita_home(tmp_path_factory):
 
 def fresh(home: Path, tmp_path: Path) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    dst = tmp_path / "home"
-    subprocess.run(["cp", "-a", str(home), str(dst)], check=True)
-    # install.py's record names the paths it made: in the copy, the copy's own (as if installed there).
-    record = harness.plugin_folder(dst).parent / "smd_krita.install.json"
-    record.write_text(record.read_text().replace(json.dumps(str(home))[1:-1], json.dumps(str(dst))[1:-1]))
-    return dst
+    return harness.copy_home(home, tmp_path / "home")
 
 
 def test_install_into_empty_home_then_krita_shows_docker(krita_home):
@@ -248,24 +242,9 @@ def test_settings_come_back_with_the_document(krita_home, tmp_path):
     assert c["address"] == "10.1.2.3:7555", c
 
 
-def daemon_venv(path: Path) -> Path:
-    """A folder install.py takes as a venv (a pyvenv.cfg) whose smd-daemon is this checkout's daemon
-    (exec'd: the docker's process is the daemon) and whose pip does nothing: installing torch into a
-    new venv is not for a test."""
-    (path / "bin").mkdir(parents=True)
-    (path / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).parent}\n")
-    (path / "bin" / "python").write_text("#!/bin/sh\nexit 0\n")
-    (path / "bin" / "smd-daemon").write_text(
-        f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} -m smd_daemon "$@"\n'
-    )
-    for exe in ("python", "smd-daemon"):
-        (path / "bin" / exe).chmod(0o755)
-    return path
-
-
 def install_local_daemon(home: Path, tmp_path: Path, port: int) -> dict:
     """install.py --daemon-venv, as the quick start runs it, serving on ``port``: the docker's config."""
-    venv = daemon_venv(tmp_path / "venv")
+    venv = harness.daemon_venv(tmp_path / "venv")
     serve = ["--model", "tiny", "--threads", "1", "--bind", f"127.0.0.1:{port}"]
     res = harness.install_plugin(home, "--daemon-venv", str(venv), "--", *serve)
     assert res.returncode == 0, res.stderr + res.stdout
@@ -308,29 +287,18 @@ def test_local_daemon_ends_when_krita_is_killed(krita_home, tmp_path):
     config = install_local_daemon(home, tmp_path, free_port())
     sync = tmp_path / "sync"
     sync.mkdir()
-    killed = {}
-
-    def during(proc):
-        if killed or not (sync / "pids.json").exists():
-            return
-        killed.update(json.loads((sync / "pids.json").read_text()))
-        t = time.monotonic()
-        os.kill(killed["krita"], signal.SIGKILL)
-        killed["gone"] = wait_gone(killed["daemon"], 30)
-        killed["seconds"] = time.monotonic() - t
-
+    kill = harness.KillKrita(sync)
     try:
-        result = harness.run(home, "managed_killed", {"sync": str(sync)}, timeout=240, during=during)
+        result = harness.run(home, "managed_killed", {"sync": str(sync)}, timeout=240, during=kill)
     finally:
-        if killed.get("daemon") and process_alive(killed["daemon"]):
-            os.kill(killed["daemon"], signal.SIGKILL)
+        kill.clean_up()
     assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
     c = result["checks"]
-    assert c["state_running"] == "running" and killed.get("krita") == c["krita_pid"], (c, killed)
+    assert c["state_running"] == "running" and kill.pids.get("krita") == c["krita_pid"], (c, kill.pids)
     text = Path(config["log"]).read_text()
-    assert killed["gone"], f"the daemon outlived Krita's SIGKILL: {text[-2000:]}"
+    assert kill.gone, f"the daemon outlived Krita's SIGKILL: {text[-2000:]}"
     assert "standard input closed" in text and text.rstrip().endswith("stopped"), text[-2000:]
-    print(f"daemon gone {killed['seconds']:.2f} s after SIGKILL of Krita")
+    print(f"daemon gone {kill.seconds:.2f} s after SIGKILL of Krita")
 
 
 def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
