@@ -607,6 +607,7 @@ class Installer:
 
     def _run(self, cmd: list[str], then: str = "") -> None:
         self.say("run " + " ".join(cmd))
+        self.out.flush()  # before the command's own output, also when stdout is a file
         if not self.dry and subprocess.run(cmd).returncode != 0:
             raise InstallError(f"failed: {' '.join(cmd)}" + (f" ({then})" if then else ""))
 
@@ -882,10 +883,11 @@ def main(
             who = who_answers(address)
             if who:
                 holder = "a daemon already answers" if who == "daemon" else "another program already listens"
+                options = argv[: argv.index("--")] if "--" in argv else argv
+                elsewhere = install_py_line(*options, "--", *without_bind(serve_args), "--bind", next_port(address))
                 raise InstallError(
                     f"{holder} at {address}: nothing was installed or started. Stop it first (Ctrl-C in its "
-                    f"terminal, or Stop in Krita's docker), or serve on another port: "
-                    f"{install_py_line('--serve', '--', *without_bind(serve_args), '--bind', next_port(address))}"
+                    f"terminal, or Stop in Krita's docker), or serve on another port: {elsewhere}"
                 )
         dirs = krita_dirs(system, env, home)
         krita = find_krita(system, env, home)

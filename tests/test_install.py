@@ -204,7 +204,7 @@ def test_quick_start_while_a_daemon_answers_there_changes_nothing(tmp_path):
             )
             assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
             assert f"{needle} at tcp://127.0.0.1:{port}: nothing was installed or started" in res.stderr
-            assert f"--serve -- --model tiny --bind 127.0.0.1:{port + 1}" in res.stderr, res.stderr
+            assert f"--daemon-venv {venv} --serve -- --model tiny --bind 127.0.0.1:{port + 1}" in res.stderr, res.stderr
             assert not (tmp_path / "pk").exists() and not (venv / "calls.log").exists()
         connect(daemon.address, name="after the check").close()  # the daemon serves on, undisturbed
         assert daemon.proc.poll() is None
