@@ -230,7 +230,7 @@ def watch_stdin(fd: int = 0) -> threading.Thread:
             why = "standard input closed"
         except OSError as e:
             why = f"standard input unreadable ({e.strerror})"
-        log.info("%s: the program that started the daemon has ended; shutting down", why)
+        log.info("%s (the program that started the daemon asks it to stop, or has ended): shutting down", why)
         _thread.interrupt_main(signal.SIGTERM)
         time.sleep(STOP_WITHIN_S + 2.0)
         log.warning("still running %.0f s after standard input closed: exiting now", STOP_WITHIN_S + 2.0)
