@@ -566,11 +566,7 @@ class Installer:
         """A virtual environment with the daemon from this checkout: created in ``venv`` when that
         folder is missing (and recorded as install.py's, with a mark in its pyvenv.cfg) or empty,
         or the daemon updated in the venv already there. ``venv``: absolute, links resolved."""
-        if sys.version_info < (3, 11):
-            raise InstallError(
-                f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
-                f"run install.py with a newer python3"
-            )
+        check_daemon_python()
         state = venv_folder(venv)
         python = venv_python(venv)
         if state == "missing":
@@ -755,6 +751,15 @@ def daemon_executable(venv: Path) -> Path:
     return venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
 
 
+def check_daemon_python() -> None:
+    """The daemon's venv is made with this Python: it must be one the daemon runs on."""
+    if sys.version_info < (3, 11):
+        raise InstallError(
+            f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
+            f"run install.py with a newer python3"
+        )
+
+
 def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
 
@@ -877,8 +882,9 @@ def main(
         address = daemon_address(serve_args) if args.daemon_venv else None  # a bad --bind fails before any work
         # Links resolved: the folder checked is the folder recorded, and the one --purge may remove.
         venv = Path(os.path.realpath(args.daemon_venv)) if args.daemon_venv else None
-        if venv is not None:
-            venv_folder(venv)  # a folder that is not a venv is refused before any work
+        if venv is not None:  # refused before any work: an old Python, a folder that is not a venv
+            check_daemon_python()
+            venv_folder(venv)
         if args.serve and not args.dry_run:
             who = who_answers(address)
             if who:

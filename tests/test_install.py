@@ -560,3 +560,11 @@ def test_bad_options_are_one_line(tmp_path, args, needle):
     res = run_install(tmp_path, "--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"), *args)
     assert res.returncode == 1 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "pk").exists()
+
+
+def test_a_python_too_old_for_the_daemon_is_said_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(install.sys, "version_info", (3, 8, 18))
+    args = ["--pykrita", str(tmp_path / "pk"), "--kritarc", str(tmp_path / "rc"), "--krita-python", "3.11"]
+    assert install.main([*args, "--daemon-venv", str(tmp_path / "venv")], home=tmp_path) == 1
+    assert "the daemon needs Python 3.11 or newer" in capsys.readouterr().err
+    assert not (tmp_path / "pk").exists() and not (tmp_path / "venv").exists()
