@@ -55,7 +55,7 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     c = result["checks"]
     assert c["docker_present"], c
     assert c["status"] == "not connected: press Connect", c
-    assert c["actions"] == ["smd_live_toggle", "smd_generate", "smd_apply"], c
+    assert c["actions"] == ["smd_live_toggle", "smd_generate", "smd_apply", "smd_show_swap"], c
 
 
 def test_wrapper_reads_layers_as_the_artist_sees_them(krita_home, tmp_path):
@@ -188,6 +188,7 @@ def test_an_artists_session(krita_home, tmp_path):
     assert looks["painting"][0] is False and looks["painting"][2] == PROBE_BGRA, why  # one click: the painting
     assert looks["preview"][:2] == [True, 255] and looks["both"][:2] == [True, 128], why
     assert looks["both"][2] != looks["preview"][2] != PROBE_BGRA, why  # half the preview over the painting
+    assert c["after_swap_action"] == ["preview", 255], why  # one key: from both to the preview alone
     assert c["modified_after_show_choices"] is False and c["modified_after_mode"] is False, why
     assert c["holds_while_looking"] == 0, why
     # The preview out of the way: the whole canvas shows the painting at once (Krita redraws it).

@@ -190,6 +190,11 @@ def session(args, out):
         yield 0.5
         looks[choice] = [preview.visible(), preview.opacity(), projection_at(doc, *probe)]
     c["looks"] = looks
+    app.action("smd_show_swap").trigger()  # the action an artist gives a key to
+    yield 0.3
+    c["after_swap_action"] = [ctl.settings["preview_show"], preview.opacity()]
+    find("smd_show_both", QToolButton).click()
+    yield 0.3
     c["modified_after_show_choices"] = doc.modified()
     c["holds_while_looking"] = ctl.guard.holds - holds  # no save meanwhile: nothing hid the preview
     canvas = [
