@@ -248,7 +248,8 @@ class Connection:
             self.refused(h["message"], 5 * self.retry_interval if busy else float("inf"))
             return False  # also an error event
         elif t == "bye":
-            self.reset(f"daemon closed the connection: {h.get('reason', '')}".rstrip(": "), StateCode.BYE)
+            # The daemon's own reason alone: the code already says it closed the connection.
+            self.reset(h.get("reason") or "no reason given", StateCode.BYE)
         elif t == "closed":
             self.session = None
             if self.state == CONNECTED:

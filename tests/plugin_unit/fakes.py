@@ -125,11 +125,25 @@ def scene_event(revision, *readings):
 
 
 def region(name, prompt=None, **extra):
-    return {"name": name, "role": "region", "prompt": prompt or name, **extra}
+    return {"name": name, "role": "region", "prompt": prompt or name, "joins_background": False, **extra}
+
+
+def background(name, prompt, **extra):
+    return {"name": name, "role": "background", "prompt": prompt, "joins_background": True, **extra}
 
 
 def ignored(name, code, reason="", **extra):
-    return {"name": name, "role": "ignored", "prompt": "", "reason_code": code, "reason": reason or code, **extra}
+    """As the daemon reads it: automatic names and unnamed layers join the background image."""
+    joins = code in ("automatic_name", "no_name")
+    return {
+        "name": name,
+        "role": "ignored",
+        "prompt": "",
+        "reason_code": code,
+        "reason": reason or code,
+        "joins_background": joins,
+        **extra,
+    }
 
 
 def state_event(state, reason, code):

@@ -39,7 +39,8 @@ def startup(args, out):
     out["checks"]["krita_version"] = app.version()
     out["checks"]["docker_present"] = d is not None
     out["checks"]["status"] = status()
-    out["checks"]["actions"] = [n for n in ("smd_live_toggle", "smd_generate", "smd_apply") if app.action(n)]
+    names = ("smd_live_toggle", "smd_generate", "smd_apply", "smd_show_swap")
+    out["checks"]["actions"] = [n for n in names if app.action(n)]
     yield 0.1
 
 
