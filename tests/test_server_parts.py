@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
-from smd_daemon.server.admission import LogThrottle, PeerTable
+from smd_daemon.server.admission import LogThrottle, Origin, PeerTable, origin_of, printable
 from smd_daemon.server.frames import FrameFlow
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.messages import FrameReady, Job
@@ -131,7 +131,68 @@ def test_peers_before_hello_are_bounded_and_each_has_its_own_budget():
         table.admit(b"stranger%d" % i, 1.0 + i)
     assert len(table) == 3 and table.get(b"flood") is None  # the least recently heard went first
     peer = table.admit(b"stranger4", 10.0)
-    assert table.welcome(peer, 10.0) and peer.bucket.rate == 100
+    table.welcome(peer, 10.0)
+    assert peer.welcomed and peer.bucket.rate == 100
+
+
+def test_one_origin_has_at_most_its_share_of_the_connections():
+    table = PeerTable(max_clients=4, max_pending=10, rate=100, hello_rate=5, max_per_origin=2)
+    alice, bob = Origin("key", "alice"), Origin("key", "bob")
+
+    def hello(identity, origin):
+        peer = table.admit(identity, 0.0)
+        peer.origin = origin
+        table.welcome(peer, 0.0)
+
+    hello(b"a1", alice)
+    hello(b"a2", alice)
+    with pytest.raises(ProtocolError) as e:
+        hello(b"a3", alice)
+    assert e.value.code == ErrorCode.QUOTA and "client key alice" in e.value.message
+    hello(b"b1", bob)  # others still get in
+    hello(b"b2", bob)
+    table.remove(b"a1")  # a connection that leaves gives its place back
+    hello(b"a3", alice)
+    with pytest.raises(ProtocolError) as e:
+        hello(b"c1", Origin("key", "carol"))
+    assert e.value.code == ErrorCode.BUSY  # all four places taken
+
+
+class Frame:
+    """What ``origin_of`` reads of a zmq.Frame: its properties (absent ones raise, as libzmq's EINVAL)."""
+
+    def __init__(self, **props):
+        self.props = props
+
+    def get(self, name):
+        if name not in self.props:
+            raise OSError("EINVAL")
+        return self.props[name]
+
+
+@pytest.mark.parametrize(
+    "props,transport,origin",
+    [
+        ({"User-Id": "alice", "Peer-Address": "10.0.0.5"}, "tcp", Origin("key", "alice")),  # the key wins
+        ({"Peer-Address": "10.0.0.5"}, "tcp", Origin("host", "10.0.0.5")),
+        ({"Peer-Address": "::ffff:10.0.0.5"}, "tcp", Origin("host", "::ffff:10.0.0.5")),
+        ({"Peer-Address": "127.0.0.1"}, "tcp", Origin("connection", "0000c0de")),  # every local process alike
+        ({"Peer-Address": "::1"}, "tcp", Origin("connection", "0000c0de")),
+        ({"Peer-Address": "::ffff:127.0.0.1"}, "tcp", Origin("connection", "0000c0de")),
+        ({"Peer-Address": "localhost:1000:1000:4242"}, "ipc", Origin("user", "1000")),
+        ({}, "tcp", Origin("connection", "0000c0de")),
+        ({}, "inproc", Origin("connection", "0000c0de")),
+    ],
+)
+def test_a_connection_is_counted_by_its_key_its_local_user_or_its_host(props, transport, origin):
+    assert origin_of(Frame(**props), b"\x00\x00\xc0\xde", transport) == origin
+
+
+def test_text_a_peer_chose_is_logged_on_one_line_without_terminal_codes():
+    shown = printable("krita\x1b[2J\nFAKE 12:00 INFO refused\u202e\r\x00" + "x" * 200, 60)
+    assert shown.isprintable() and "\n" not in shown and "\x1b" not in shown and len(shown) < 100
+    assert shown.startswith("krita\\x1b[2J\\nFAKE") and "\\u202e" in shown and shown.endswith("...")
+    assert printable("Füchse im Schnee") == "Füchse im Schnee"  # letters of any language stay as they are
 
 
 def test_log_throttle_says_it_once_per_interval_with_a_count(caplog):

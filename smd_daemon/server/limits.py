@@ -31,7 +31,10 @@ def default_max_memory() -> int:
 @dataclass
 class Limits:
     max_sessions: int = 8
+    # Of those, what one origin (client key, local user, host: admission.py) may hold at once.
+    max_sessions_per_origin: int = 4
     max_clients: int = 128  # handshaken connections, with or without a session
+    max_clients_per_origin: int = 16
     max_pending_clients: int = 256  # connections that have not said hello yet, tracked at once
     max_layers: int = 64  # layers per scene, regions or not
     max_regions: int = engine_scene.MAX_REGIONS
