@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
+    for w in loaded.warnings:
+        log.warning("%s", w)
     d = components.describe()
     log.info(
         "rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s",

@@ -663,6 +663,38 @@ def test_cli_renders_json(tmp_path):
         assert np.asarray(im).std() > 0  # an image, not a blank
 
 
+def test_json_keys_nothing_reads_are_named_in_one_warning_line(tmp_path):
+    mask = np.full((64, 64), 255, np.uint8)
+    doc = {
+        "width": 64,
+        "height": 64,
+        "controls": [{"type": "depth"}],
+        "backgroud": {"prompt": "a meadow"},
+        "regions": [{"prompt": "a fox", "mask": "m.png", "stength": 0.5}],
+    }
+    loaded = load_scene(make_json(tmp_path, doc, {"m.png": mask}))
+    assert loaded.scene.background.prompt == "" and loaded.scene.regions[0].mask_strength == 1  # as if absent
+    (line,) = loaded.warnings
+    assert "'controls'" in line and "'backgroud' (did you mean 'background'?)" in line
+    assert "'stength' in region 1 (did you mean 'strength'?)" in line
+    doc = {
+        "width": 64,
+        "height": 64,
+        "background": {"prompt": "a meadow"},
+        "regions": [{"prompt": "a", "mask": "m.png"}],
+    }
+    assert load_scene(make_json(tmp_path, doc, {"m.png": mask})).warnings == []  # a clean file says nothing
+
+    out = tmp_path / "out.png"
+    proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
+    assert proc.returncode == 0 and "does not know" not in proc.stderr, proc.stderr
+    make_json(tmp_path, {**doc, "backgroud": {}, "controls": []}, {})
+    proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
+    told = [line for line in proc.stderr.splitlines() if "does not know" in line]
+    assert proc.returncode == 0 and len(told) == 1 and "WARNING" in told[0], proc.stderr
+    assert "'backgroud'" in told[0] and "'controls'" in told[0]
+
+
 # ---------------------------------------------------------------- a file written by real Krita
 
 KRITA_EXPORT = """

@@ -28,6 +28,7 @@ class LoadedScene:
 
     scene: Scene
     layers: list[ParsedLayer] = field(default_factory=list)  # bottom to top
+    warnings: list[str] = field(default_factory=list)  # about the file as a whole, one line each
 
 
 @dataclass
