@@ -15,7 +15,7 @@ import time
 from smd_daemon.engine.scene import DEFAULT_STEPS
 from smd_daemon.errors import UsageError
 from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
-from smd_daemon.scenefile import Overrides, load_scene
+from smd_daemon.scenefile import Overrides, dockersettings, load_scene
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     scene = loaded.scene
+    docker = dockersettings.find(args.scene)
 
     from smd_daemon.engine.core import Engine
 
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             log.warning("layer %r: %s", p.name, w)
     for w in loaded.warnings:
         log.warning("%s", w)
+    if docker is not None:
+        _compare_with_docker(*docker, scene)
     d = components.describe()
     log.info(
         "rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s",
@@ -100,6 +103,21 @@ def run(args: argparse.Namespace) -> int:
     _write_image(image, args.output, out_format)
     log.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
+
+
+def _compare_with_docker(where: str, settings: dict, scene) -> None:
+    """Say where this render differs from the SMD Live docker's settings saved with the document."""
+    diff = dockersettings.differences(settings, scene)
+    if not diff:
+        log.info("%s holds the SMD Live docker's settings for this document: this render matches them", where)
+        return
+    log.warning(
+        "%s holds the SMD Live docker's settings for this document, and this render differs: %s. "
+        "To render as the docker does, add: %s",
+        where,
+        "; ".join(f"{d.what} {d.docker} there, {d.render} here" for d in diff),
+        " ".join(d.flag for d in diff),
+    )
 
 
 def _check_output(path: str) -> str:
