@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 
-from smd_daemon.engine.scene import DEFAULT_STEPS
+from smd_daemon.engine.scene import DEFAULT_STEPS, REGION_MODES
 from smd_daemon.errors import UsageError
 from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
 from smd_daemon.scenefile import Overrides, dockersettings, load_scene
@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--region-mode",
-        metavar="latent|attention",
+        metavar="|".join(REGION_MODES),
         help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
         "tightly; the default) or 'attention' (one sample for all regions, much faster)",
     )

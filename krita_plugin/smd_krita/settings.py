@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from . import kritaapi
+from .transport import protocol
 
 GROUP = "smd_live"
 DEFAULTS = {
@@ -27,7 +28,7 @@ DEFAULTS = {
     "negative_prompt": "",
     "background_source": "canvas",  # canvas, prompt or both
     "strength": None,  # how strongly the canvas is followed; None: the daemon's default
-    "region_mode": "latent",  # latent (shape-following) or attention (fast), where the daemon offers both
+    "region_mode": protocol.REGION_MODES[0],  # where the daemon offers a choice
     "preview_mode": "canvas",  # canvas (a locked layer on top) or docker (a view inside the docker)
     "preview_visible": True,
     "preview_opacity": 1.0,
@@ -48,7 +49,7 @@ DOCUMENT_KEYS = (
 )
 SOURCES = ("canvas", "prompt", "both")
 PREVIEW_MODES = ("canvas", "docker")
-REGION_MODES = ("latent", "attention")
+REGION_MODES = protocol.REGION_MODES
 _CHOICES = {"background_source": SOURCES, "preview_mode": PREVIEW_MODES, "region_mode": REGION_MODES}
 MAX_SEED = 2**31 - 1
 OPTIONAL = {"steps": int, "strength": float}  # None means the daemon's default

@@ -32,7 +32,7 @@ import numpy as np
 import zmq
 
 from smd_daemon.cluster import wire
-from smd_daemon.engine.scene import Cancelled
+from smd_daemon.engine.scene import REGION_MODES, Cancelled
 from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.engine_loop import EngineLoop
@@ -212,7 +212,7 @@ class EngineWorker:
             {}
             if engine is None
             else {
-                "region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
+                "region_modes": tuple(getattr(engine, "region_modes", REGION_MODES[:1])),
                 "max_steps": getattr(engine, "max_steps", None),
                 "kind": getattr(engine, "kind", ""),
             }

@@ -83,7 +83,7 @@ class Server:
             "generate": True,
             "cancel": True,
             "curve": self.keys_dir is not None,
-            "region_modes": list(getattr(self.engine, "region_modes", ("latent",))),
+            "region_modes": list(getattr(self.engine, "region_modes", protocol.REGION_MODES[:1])),
         }
 
     # --- threads ------------------------------------------------------------
