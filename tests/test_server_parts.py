@@ -4,6 +4,7 @@ flow, admission, throttled logging and the memory budget."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -221,3 +222,52 @@ def test_memory_budget_per_session_and_in_all():
     budget.reserve("b", 60)
     budget.release("a")
     assert budget.used == 60
+
+
+def test_session_order_runs_each_sessions_tasks_in_order_and_sessions_side_by_side():
+    import threading
+
+    from smd_daemon.server.ordered import SessionOrder
+
+    order = SessionOrder(2, "test")
+    started, gate, ran = threading.Event(), threading.Event(), []
+
+    def task(session, i):
+        if (session, i) == ("a", 0):
+            started.set()
+            gate.wait(10)  # a's first task holds a's queue, not b's
+        ran.append((session, i))
+
+    def wait_for(n):
+        deadline = time.monotonic() + 10
+        while len(ran) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    try:
+        assert order.submit("a", task, "a", 0, cost=10, max_tasks=2, max_cost=25)
+        assert started.wait(10)  # running: no longer waiting, nor counted
+        assert order.submit("a", task, "a", 1, cost=10, max_tasks=2, max_cost=25)
+        assert not order.submit("a", task, "a", 9, cost=20, max_tasks=2, max_cost=25)  # 10 + 20 waiting > 25
+        assert order.submit("a", task, "a", 2, cost=15, max_tasks=2, max_cost=25)
+        assert not order.submit("a", task, "a", 9, max_tasks=2)  # two already wait
+        assert [args[1] for args in order.waiting("a")] == [1, 2]
+        for i in range(3):
+            order.submit("b", task, "b", i)
+        wait_for(3)
+        assert ran == [("b", 0), ("b", 1), ("b", 2)]  # b went on while a's first task waited
+        gate.set()
+        wait_for(6)
+        assert ran[3:] == [("a", 0), ("a", 1), ("a", 2)]
+        assert not order.drop("a")  # nothing runs for it any more
+        started.clear()
+        gate.clear()
+        order.submit("a", task, "a", 0)
+        assert started.wait(10)
+        order.submit("a", task, "a", 5)
+        assert order.drop("a") and order.waiting("a") == []  # the running one finishes, the waiting one is gone
+        gate.set()
+        wait_for(7)
+        time.sleep(0.1)
+        assert ran[6:] == [("a", 0)]
+    finally:
+        order.shutdown()
