@@ -38,7 +38,7 @@ def test_busy_port_fails_before_the_model_loads():
     [
         ('modle = "tiny"\n', "unknown setting 'modle'"),
         ("max_sessions = 'many'\n", "max_sessions must be int"),
-        ("max_sessions_per_origin = 9\n", "max-sessions-per-origin between 1 and max-sessions"),
+        ("max_sessions_per_origin = 0\n", "max-sessions-per-origin must be >= 1"),
         ("bind = [\n", "not valid TOML"),
         ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
     ],

@@ -43,8 +43,8 @@ OPTIONS = {
     "max_sessions_per_origin": (
         int,
         None,
-        "most sessions one client key holds at once (with --keys; else one local user on ipc://, one host "
-        "on TCP; on loopback TCP each connection has one session; docs/daemon.md); default: half of --max-sessions",
+        "most sessions one client key holds at once (without --keys: one local user on ipc://, one host on TCP; "
+        "docs/daemon.md); default: half of the sessions served",
     ),
     "max_clients_per_origin": (
         int,
@@ -100,10 +100,9 @@ def resolve_options(args) -> dict:
 
 
 def make_limits(opts: dict) -> Limits:
-    per_origin = opts["max_sessions_per_origin"]
     limits = Limits(
         max_sessions=opts["max_sessions"],
-        max_sessions_per_origin=max(1, opts["max_sessions"] // 2) if per_origin is None else per_origin,
+        max_sessions_per_origin=opts["max_sessions_per_origin"] or 0,
         max_clients_per_origin=opts["max_clients_per_origin"],
         max_fps=opts["max_fps"],
         heartbeat_timeout=opts["heartbeat_timeout"],
@@ -111,14 +110,15 @@ def make_limits(opts: dict) -> Limits:
     )
     if (
         limits.max_sessions < 1
-        or not 1 <= limits.max_sessions_per_origin <= limits.max_sessions
+        or opts["max_sessions_per_origin"] is not None
+        and limits.max_sessions_per_origin < 1
         or not 1 <= limits.max_clients_per_origin <= limits.max_clients
         or not 0 < limits.max_fps <= 1000
         or not 0.5 <= limits.heartbeat_timeout <= 3600
         or not 2**16 <= limits.max_message_bytes <= 2**32
     ):
         raise UsageError(
-            f"max-sessions must be >= 1, max-sessions-per-origin between 1 and max-sessions, "
+            f"max-sessions and max-sessions-per-origin must be >= 1, "
             f"max-clients-per-origin between 1 and {limits.max_clients}, max-fps in (0, 1000], "
             f"heartbeat-timeout in [0.5, 3600] s, max-message-mb in [0.0625, 4096]"
         )

@@ -56,7 +56,7 @@ class SessionManager:
 
     def open(self, identity: bytes, origin) -> Session:
         """A new session for the connection ``identity`` (which holds none now)."""
-        held, share = self._held_by[origin], self.limits.max_sessions_per_origin
+        held, share = self._held_by[origin], self.limits.sessions_per_origin
         if held >= share:
             raise ProtocolError(
                 E.QUOTA,
