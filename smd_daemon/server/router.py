@@ -116,7 +116,6 @@ class Server:
         sock.setsockopt(zmq.SNDTIMEO, 0)
         if self.keys_dir is not None:
             self._auth = curve.setup(self.ctx, sock, self.keys_dir, self.throttled_log)
-        self._refusals = curve.RefusalLog(sock, self.throttled_log, encrypted=self.keys_dir is not None)
         if protocol.is_ipv6_endpoint(self.bind):
             sock.setsockopt(zmq.IPV6, 1)
         try:
@@ -124,6 +123,7 @@ class Server:
         except zmq.ZMQError as e:
             sock.close(0)
             raise UsageError(f"cannot bind {self.bind}: {e}") from None
+        self._refusals = curve.RefusalLog(sock, self.throttled_log, encrypted=self.keys_dir is not None)
         self.sock = sock
         self.wake_sock = self.ctx.socket(zmq.PULL)
         self.wake_sock.bind(self._wake_addr)

@@ -5,8 +5,8 @@ small pool of worker threads does it, one request of a session at a time
 and in the order the session sent them (``ordered.SessionOrder``: updates,
 and ``generate``s, which render the scene as it stands after the updates
 before them), so revisions are applied in order and each reply is all or
-nothing. Meanwhile the I/O
-thread keeps answering everyone and the engine keeps stepping every stream.
+nothing. Meanwhile the I/O thread keeps answering everyone and the engine
+keeps stepping every stream.
 
 The memory a scene will keep is reserved (``MemoryBudget``) from its sizes
 before any plane is decoded, and exactly once the scene is built.
