@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
 from smd_daemon.engine.runner import UNetRunner  # noqa: E402
-from smd_daemon.engine.scene import Background, Region, Scene  # noqa: E402
+from smd_daemon.engine.scene import REGION_MODES, Background, Region, Scene  # noqa: E402
 
 PROMPTS = ["a red fox", "snowy pine forest", "a castle on a hill", "a hot air balloon", "a river", "an old oak tree"]
 VARIANTS = {
@@ -40,7 +40,7 @@ VARIANTS = {
 }
 
 
-def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = "latent") -> Scene:
+def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = REGION_MODES[0]) -> Scene:
     """``n`` overlapping regions spread over the canvas, plus a background prompt."""
     regions = []
     for k in range(n):
@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--regions", type=int, nargs="+", default=[1, 3, 6])
-    ap.add_argument("--modes", nargs="+", default=["latent", "attention"], choices=["latent", "attention"])
+    ap.add_argument("--modes", nargs="+", default=list(REGION_MODES), choices=REGION_MODES)
     ap.add_argument(
         "--variants",
         nargs="+",

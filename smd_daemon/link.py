@@ -26,6 +26,8 @@ MISMATCH = "mismatch"  # encryption on at one end only, or another handshake fai
 # Handshake failures the socket monitor reports (libzmq >= 4.3; 0 where unknown).
 _FAILED_AUTH = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
 _FAILED_OTHER = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
+# Errors that refuse the handshake or the session (the state code "refused").
+_REFUSALS = (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY, protocol.ErrorCode.QUOTA)
 
 
 class Link:
@@ -241,10 +243,8 @@ class Connection:
             self.set_state(
                 DISCONNECTED, "the daemon restarted or dropped the session; reconnecting", StateCode.CONNECTING
             )
-        elif (
-            t == "error" and h["code"] in (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY) and not self.session
-        ):
-            busy = h["code"] == protocol.ErrorCode.BUSY
+        elif t == "error" and h["code"] in _REFUSALS and not self.session:
+            busy = h["code"] != protocol.ErrorCode.BAD_VERSION  # busy or quota may change: try again later
             self.refused(h["message"], 5 * self.retry_interval if busy else float("inf"))
             return False  # also an error event
         elif t == "bye":

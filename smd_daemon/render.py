@@ -12,10 +12,10 @@ import os
 import tempfile
 import time
 
-from smd_daemon.engine.scene import DEFAULT_STEPS
+from smd_daemon.engine.scene import DEFAULT_STEPS, REGION_MODES
 from smd_daemon.errors import UsageError
 from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
-from smd_daemon.scenefile import Overrides, load_scene
+from smd_daemon.scenefile import Overrides, dockersettings, load_scene
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--region-mode",
-        metavar="latent|attention",
+        metavar="|".join(REGION_MODES),
         help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
         "tightly; the default) or 'attention' (one sample for all regions, much faster)",
     )
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     scene = loaded.scene
+    docker = dockersettings.find(args.scene)
 
     from smd_daemon.engine.core import Engine
 
@@ -74,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    if docker is not None:
+        _compare_with_docker(*docker, scene)
     d = components.describe()
     log.info(
         "rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s",
@@ -98,6 +103,21 @@ def run(args: argparse.Namespace) -> int:
     _write_image(image, args.output, out_format)
     log.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
+
+
+def _compare_with_docker(where: str, settings: dict, scene) -> None:
+    """Say where this render differs from the SMD Live docker's settings saved with the document."""
+    diff = dockersettings.differences(settings, scene)
+    if not diff:
+        log.info("%s holds the SMD Live docker's settings for this document: this render matches them", where)
+        return
+    log.warning(
+        "%s holds the SMD Live docker's settings for this document, and this render differs: %s. "
+        "To render as the docker does, add: %s",
+        where,
+        "; ".join(f"{d.what} {d.docker} there, {d.render} here" for d in diff),
+        " ".join(d.flag for d in diff),
+    )
 
 
 def _check_output(path: str) -> str:

@@ -54,6 +54,7 @@ def test_busy_port_fails_before_the_model_loads():
     [
         ('modle = "tiny"\n', "unknown setting 'modle'"),
         ("max_sessions = 'many'\n", "max_sessions must be int"),
+        ("max_sessions_per_origin = 0\n", "max-sessions-per-origin must be >= 1"),
         ("bind = [\n", "not valid TOML"),
         ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
     ],
@@ -85,7 +86,7 @@ def test_keys_are_private_and_in_pyzmq_format(tmp_path):
 def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
     # Settings from a config file; the --bind flag wins over the file's non-loopback bind.
     cfg = tmp_path / "smd.toml"
-    cfg.write_text('bind = "tcp://0.0.0.0:1"\nmax_sessions = 3\nheartbeat_timeout = 5\n')
+    cfg.write_text('bind = "tcp://0.0.0.0:1"\nmax_sessions = 3\nmax_sessions_per_origin = 2\nheartbeat_timeout = 5\n')
     port = free_port()
     first = Daemon("--config", str(cfg), port=port)
     client = None
@@ -93,6 +94,7 @@ def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
         first.wait_serving()
         client = connect(first.address, name="survivor", timeout=30)
         assert client.limits["max_sessions"] == 3 and client.limits["heartbeat_timeout"] == 5
+        assert client.limits["max_sessions_per_origin"] == 2
         rev = client.set_scene(S, S, [Layer("1", "a red fox", half_mask())], background_prompt="forest")
         client.start_live("raw")
         assert client.wait_for(lambda e: isinstance(e, FrameEvent), 30) is not None

@@ -4,7 +4,7 @@ every layer before Live, state codes in words, and the region-mode choice."""
 
 import krita  # the fake
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, connect
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import add, bgra, new_doc, run_until
 from smd_krita import live
@@ -155,3 +155,26 @@ def test_the_background_image_holds_only_what_the_daemon_flags(daemon, controlle
         assert at(40, 4) == b"\x00\xa0\x00", "the bg: layer is"
     rows = {r.name: r.role for r in ctl.rows}
     assert rows["Filter Layer 1 (Levels)"] == "filter" and rows["# sketch lines"] == "ignored"
+
+
+def test_a_refusal_for_the_origins_share_is_shown_in_words(controller, tmp_path):
+    """Beyond its share of sessions (here: one local user on ipc://), the docker says
+    whose share is taken; it tries again by itself and gets in once one is free."""
+    d = Daemon("--max-sessions", "2", bind=f"ipc://{tmp_path}/smd.sock")
+    other = None
+    try:
+        d.wait_serving()
+        other = connect(d.address, name="another window")
+        ctl, doc = controller
+        ctl.set_setting("address", d.address)
+        ctl.connect_daemon()
+        assert run_until(lambda: "refused" in ctl.status_text()[0], 30), ctl.status_text()
+        words = ctl.status_text()[0]
+        assert "the daemon refused the connection: local user" in words and "already holds 1 of the 2" in words
+        other.close()
+        assert run_until(lambda: ctl.state == "connected", 30), ctl.status_text()
+    finally:
+        if other is not None:
+            other.close()
+        d.stop()
+        d.close()

@@ -50,7 +50,8 @@ SANITY_MAX_SIDE = 16384
 MIN_HEIGHT = 170
 STATUS_COLORS = {"ok": "", "busy": "color: #b08000", "problem": "color: #c05000"}
 PREVIEW_MODES = (("canvas", "on the canvas"), ("docker", "in this docker"))
-REGION_MODES = (("latent", "shape-following (latent)"), ("attention", "fast (attention)"))
+REGION_WORDS = {"latent": "shape-following", "attention": "fast"}  # each mode in the artist's words
+REGION_MODES = tuple((m, f"{REGION_WORDS.get(m, m)} ({m})") for m in settings.REGION_MODES)
 SOURCES = (("canvas", "the canvas"), ("prompt", "the prompt"), ("both", "both"))
 SHOWS = (
     ("painting", "Painting", "the canvas shows your painting alone"),

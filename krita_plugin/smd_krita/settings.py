@@ -39,7 +39,7 @@ DEFAULTS = {
     "negative_prompt": "",
     "background_source": "canvas",  # canvas, prompt or both
     "strength": None,  # how strongly the canvas is followed; None: the daemon's default
-    "region_mode": "latent",  # latent (shape-following) or attention (fast), where the daemon offers both
+    "region_mode": protocol.REGION_MODES[0],  # where the daemon offers a choice
     "preview_mode": "canvas",  # canvas (a locked layer on top) or docker (a view inside the docker)
     # What the canvas shows during Live: the painting, both (the preview at preview_opacity over
     # the painting) or the preview alone (docs/plugin.md says why "both" at 50 % is the default).
@@ -66,7 +66,7 @@ VIEW_KEYS = ("preview_mode", "preview_show", "preview_opacity")
 SOURCES = ("canvas", "prompt", "both")
 PREVIEW_MODES = ("canvas", "docker")
 PREVIEW_SHOWS = ("painting", "both", "preview")
-REGION_MODES = ("latent", "attention")
+REGION_MODES = protocol.REGION_MODES
 _CHOICES = {
     "background_source": SOURCES,
     "preview_mode": PREVIEW_MODES,

@@ -26,7 +26,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon.cluster import wire
-from smd_daemon.protocol import ErrorCode, ProtocolError
+from smd_daemon.protocol import REGION_MODES, ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
 
@@ -44,11 +44,11 @@ class FrontEngine:
     the model can do (region modes, steps) is what the workers reported."""
 
     def __init__(self):
-        self.region_modes, self.max_steps, self.kind = ("latent",), None, ""
+        self.region_modes, self.max_steps, self.kind = REGION_MODES[:1], None, ""
 
     def learn(self, can: dict) -> None:
         if can:
-            self.region_modes = tuple(can.get("region_modes") or ("latent",))
+            self.region_modes = tuple(can.get("region_modes") or REGION_MODES[:1])
             self.max_steps, self.kind = can.get("max_steps"), can.get("kind", "")
 
     def check(self, scene):

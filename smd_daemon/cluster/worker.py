@@ -26,19 +26,19 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zmq
 
 from smd_daemon.cluster import wire
-from smd_daemon.engine.scene import Cancelled
+from smd_daemon.engine.scene import REGION_MODES, Cancelled
 from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.ordered import SessionOrder
 from smd_daemon.server.scenes import plan_scene
 
 log = logging.getLogger("smd_daemon.cluster")
@@ -75,40 +75,6 @@ class RemoteFlow:
     def credit(self, allowed: int) -> None:
         with self._lock:
             self.allowed = max(self.allowed, allowed)
-
-
-class SessionOrder:
-    """Tasks on a few threads; each session's tasks one at a time, in order."""
-
-    def __init__(self, threads: int, name: str):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
-        self._lock = threading.Lock()
-        self._queues: dict[str, collections.deque] = {}
-
-    def submit(self, session: str, fn, *args) -> None:
-        with self._lock:
-            q = self._queues.get(session)
-            if q is not None:
-                q.append((fn, args))
-                return
-            self._queues[session] = collections.deque([(fn, args)])
-        self._pool.submit(self._drain, session)
-
-    def _drain(self, session: str) -> None:
-        while True:
-            with self._lock:
-                q = self._queues[session]
-                if not q:
-                    del self._queues[session]
-                    return
-                fn, args = q.popleft()
-            try:
-                fn(*args)
-            except Exception:  # a bug must cost one command, not the session's order
-                log.exception("internal error in a worker task")
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class TimedEngine:
@@ -212,7 +178,7 @@ class EngineWorker:
             {}
             if engine is None
             else {
-                "region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
+                "region_modes": tuple(getattr(engine, "region_modes", REGION_MODES[:1])),
                 "max_steps": getattr(engine, "max_steps", None),
                 "kind": getattr(engine, "kind", ""),
             }

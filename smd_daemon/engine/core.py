@@ -26,7 +26,7 @@ from smd_daemon.engine import vae as V
 from smd_daemon.engine.models import Components
 from smd_daemon.engine.plan import TILE_STRIDE, Plan, make_plan
 from smd_daemon.engine.runner import UNetRunner, check_speed_options
-from smd_daemon.engine.scene import Cancelled, Scene, cancel_check
+from smd_daemon.engine.scene import REGION_MODES, Cancelled, Scene, cancel_check
 from smd_daemon.engine.stream import StreamFrame, StreamSession
 from smd_daemon.engine.work import GenerateWork, StepWork
 
@@ -68,7 +68,7 @@ class Engine:
         self.native = int(components.unet.config.sample_size)
         self.unet_levels = len(components.unet.config.block_out_channels)
         self._region_ctx = A.install(components.unet)
-        self.region_modes = ("latent", "attention") if self._region_ctx is not None else ("latent",)
+        self.region_modes = REGION_MODES if self._region_ctx is not None else REGION_MODES[:1]
         self.runner = UNetRunner(components.unet, self._region_ctx, compile=compile, cuda_graphs=cuda_graphs)
         self._side = torch.cuda.Stream(components.device) if overlap_decode else None
         self.unet_calls = 0  # counted for tests and benchmarks

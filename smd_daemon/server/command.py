@@ -41,6 +41,17 @@ OPTIONS = {
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
+    "max_sessions_per_origin": (
+        int,
+        None,
+        "most sessions one client key holds at once (without --keys: one local user on ipc://, one host on TCP; "
+        "docs/daemon.md); default: half of the sessions served",
+    ),
+    "max_clients_per_origin": (
+        int,
+        Limits.max_clients_per_origin,
+        f"most connections one client key (local user, host) may have open, of {Limits.max_clients} in all",
+    ),
     "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
     "max_message_mb": (float, Limits.max_message_bytes / MIB, "largest message part accepted, in MiB"),
@@ -98,19 +109,25 @@ def resolve_options(args) -> dict:
 def make_limits(opts: dict) -> Limits:
     limits = Limits(
         max_sessions=opts["max_sessions"],
+        max_sessions_per_origin=opts["max_sessions_per_origin"] or 0,
+        max_clients_per_origin=opts["max_clients_per_origin"],
         max_fps=opts["max_fps"],
         heartbeat_timeout=opts["heartbeat_timeout"],
         max_message_bytes=int(opts["max_message_mb"] * MIB),
     )
     if (
         limits.max_sessions < 1
+        or opts["max_sessions_per_origin"] is not None
+        and limits.max_sessions_per_origin < 1
+        or not 1 <= limits.max_clients_per_origin <= limits.max_clients
         or not 0 < limits.max_fps <= 1000
         or not 0.5 <= limits.heartbeat_timeout <= 3600
         or not 2**16 <= limits.max_message_bytes <= 2**32
     ):
         raise UsageError(
-            "max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
-            "max-message-mb in [0.0625, 4096]"
+            f"max-sessions and max-sessions-per-origin must be >= 1, "
+            f"max-clients-per-origin between 1 and {limits.max_clients}, max-fps in (0, 1000], "
+            f"heartbeat-timeout in [0.5, 3600] s, max-message-mb in [0.0625, 4096]"
         )
     if opts["max_memory"] is not None:
         total = machine_memory()

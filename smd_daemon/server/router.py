@@ -21,7 +21,7 @@ from smd_daemon import __version__, protocol
 from smd_daemon.errors import UsageError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import curve
-from smd_daemon.server.admission import LogThrottle, PeerTable, label
+from smd_daemon.server.admission import LogThrottle, PeerTable, label, origin_of, printable
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
@@ -58,6 +58,7 @@ class Server:
             self.limits.max_pending_clients,
             self.limits.max_requests_per_s + self.limits.max_fps,
             self.limits.max_hellos_per_s,
+            self.limits.max_clients_per_origin,
         )
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
@@ -66,6 +67,7 @@ class Server:
         self._wake_addr = f"inproc://wake-{uuid.uuid4().hex}"
         self._thread_wake = threading.local()
         self._auth = None
+        self._refusals = None
         self.sock = None
         self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
         self.engine_loop: EngineLoop | None = None
@@ -81,7 +83,7 @@ class Server:
             "generate": True,
             "cancel": True,
             "curve": self.keys_dir is not None,
-            "region_modes": list(getattr(self.engine, "region_modes", ("latent",))),
+            "region_modes": list(getattr(self.engine, "region_modes", protocol.REGION_MODES[:1])),
         }
 
     # --- threads ------------------------------------------------------------
@@ -121,6 +123,7 @@ class Server:
         except zmq.ZMQError as e:
             sock.close(0)
             raise UsageError(f"cannot bind {self.bind}: {e}") from None
+        self._refusals = curve.RefusalLog(sock, self.throttled_log, encrypted=self.keys_dir is not None)
         self.sock = sock
         self.wake_sock = self.ctx.socket(zmq.PULL)
         self.wake_sock.bind(self._wake_addr)
@@ -186,6 +189,8 @@ class Server:
         if self.sock is not None:
             self.sock.close(linger=500)
             self.wake_sock.close(linger=0)
+        if self._refusals is not None:
+            self._refusals.stop()
         if self._auth is not None:
             self._auth.stop()
         self.ctx.destroy(linger=0)
@@ -207,7 +212,13 @@ class Server:
 
     def error(self, identity: bytes, code: str, message: str, re=None, **fields) -> None:
         self.throttled_log(
-            logging.INFO, "error:" + code, identity, "error for client %s: %s: %s", label(identity), code, message
+            logging.INFO,
+            "error:" + code,
+            identity,
+            "error for client %s: %s: %s",
+            label(identity),
+            code,
+            printable(message, 300),  # may quote what the client sent
         )
         if re is not None:
             fields["re"] = re
@@ -233,6 +244,8 @@ class Server:
         if peer is None:
             self._rate_limited(self.peers.get(identity), now)
             return
+        if peer.origin is None:
+            peer.origin = origin_of(frames[1], identity, self.bind.partition("://")[0])
         total = sum(len(f.buffer) for f in frames[1:])
         try:
             if total > self.limits.max_message_bytes:
@@ -292,11 +305,11 @@ class Server:
                     f"protocol {msg.header['protocol']} is not supported; "
                     f"this daemon speaks {protocol.PROTOCOL_VERSION}",
                 )
-            if not self.peers.welcome(peer, now):
-                raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
+            self.peers.welcome(peer, now)
             if not peer.name:
                 peer.name = msg.header.get("client", "?")
-                log.info("client %s (%s) connected", peer.label, peer.name[:60])
+                origin = "" if peer.origin.kind == "connection" else f", {peer.origin}"
+                log.info("client %s (%s%s) connected", peer.label, printable(peer.name, 60), origin)
             self.send(
                 identity,
                 "welcome",
@@ -318,7 +331,7 @@ class Server:
             if peer.session is not None:
                 self.sessions.free(peer.session, "reopened")
                 peer.session = None
-            peer.session = self.sessions.open(identity)
+            peer.session = self.sessions.open(identity, peer.origin)
             self.send(identity, "opened", re=rid, session=peer.session.id)
         elif peer.session is None or peer.session.id not in self.sessions.sessions:
             peer.session = None
