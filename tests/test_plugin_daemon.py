@@ -4,7 +4,7 @@ every layer before Live, state codes in words, and the region-mode choice."""
 
 import krita  # the fake
 import pytest
-from daemon_util import Daemon
+from daemon_util import running
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import add, bgra, new_doc, run_until
 from smd_krita import live
@@ -13,13 +13,8 @@ from smd_krita.managed import ManagedDaemon
 
 @pytest.fixture
 def daemon():
-    d = Daemon()
-    try:
-        d.wait_serving()
+    with running() as d:
         yield d
-    finally:
-        d.stop()
-        d.close()
 
 
 @pytest.fixture

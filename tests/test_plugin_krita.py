@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
 import harness  # noqa: E402
 
+from install import VENDORED  # the wire modules the plugin carries
+
 # tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
 _SKIP = bool(harness.available()) and not os.environ.get("SMD_REQUIRE_KRITA")
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(_SKIP, reason=harness.available() or "ok")]
@@ -48,7 +50,7 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     assert "pyzmq: already importable by Python 3." in res.stdout, res.stdout
     assert "enable_smd_krita=true" in (home / ".config/kritarc").read_text()
     pkg = harness.plugin_folder(home)
-    for f in ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py"):
+    for f in VENDORED:
         assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
     assert result["errors"] == [], result
     c = result["checks"]

@@ -1,0 +1,115 @@
+"""The plugin's side of frames that are not what it asked for: its decoder
+(Qt, no numpy) allocates only for the size it expects, and its controller,
+connected to a fake daemon on a real socket that sends a 1 GiB part, wrong
+sizes and a PNG bomb, shows one line for each and keeps showing good frames.
+Real Krita meets the same fake daemon in test_plugin_krita.py."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path: first)
+
+# isort: split
+import krita  # the fake
+import numpy as np
+import pytest
+from daemon_util import ROOT, daemon_env, free_port
+from hostile_daemon import BAD, HostileDaemon, png_bomb
+from PIL import Image
+from plugin_unit.fakes import add, bgra, new_doc, run_until
+from smd_krita import live, pixels
+from smd_krita.managed import ManagedDaemon
+
+
+def encoded(fmt: str, w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), (200, 40, 40), np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("encoding, fmt", [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_the_decoder_reads_only_the_size_and_format_it_was_told(encoding, fmt):
+    data = encoded(fmt, 96, 40)
+    img = pixels.decode_frame(encoding, data, 96, 40, 3)
+    assert (img.width(), img.height()) == (96, 40) and not img.isNull()
+    assert pixels.decode_frame(encoding, data, 40, 96, 3).isNull()  # another size than the header's
+    other = "png" if encoding != "png" else "jpeg"
+    assert pixels.decode_frame(other, data, 96, 40, 3).isNull()  # sent as another format
+    assert pixels.decode_frame("raw", bytes(96 * 40 * 3 - 1), 96, 40, 3).isNull()
+
+
+DECODE_BOMB = r"""
+import resource, sys
+sys.path[:0] = [sys.argv[2] + "/tests"]
+from plugin_unit import env
+from smd_krita import pixels
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = pixels.decode_frame("png", data, 256, 256, 3)
+print(img.isNull(), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_png_bomb_allocates_nothing_in_the_plugins_decoder(tmp_path):
+    """A ~0.35 MB PNG whose header names 11000² pixels (QImage.fromData, the decoder before, took 440 MB more)."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb())
+    r = subprocess.run(
+        [sys.executable, "-c", DECODE_BOMB, str(bomb), ROOT],
+        env=daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    null, grew_mb = r.stdout.split()
+    assert null == "True" and int(grew_mb) < 50, r.stdout
+
+
+@pytest.fixture
+def controller(tmp_path):
+    krita.Krita.instance().settings.clear()
+    doc, _ = new_doc(64, 64)
+    fox = add(doc, "a red fox")
+    fox.setPixelData(bgra(0, 0, 255, 255, 16 * 16), 0, 0, 16, 16)
+    ctl = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
+    ctl.settings["size"] = 64
+    yield ctl, doc, fox
+    ctl.timer.stop()
+    ctl.disconnect_daemon()
+
+
+def test_the_plugin_keeps_working_beside_a_hostile_daemon(controller):
+    ctl, doc, fox = controller
+    painted = bytes(fox.pixelData(0, 0, 64, 64))
+    png_bomb()
+    fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=BAD)
+    fake.start()
+    errors = []
+
+    def seen(predicate):
+        def check():
+            if ctl.error and ctl.error not in errors:
+                errors.append(ctl.error)
+            return predicate()
+
+        return check
+
+    try:
+        ctl.set_setting("address", fake.address)
+        ctl.connect_daemon()
+        assert run_until(seen(lambda: ctl.state == "connected")), ctl.status_text()
+        ctl.set_live(True)
+        # Every bad frame was sent, the 1 GiB part closed the connection, the client reconnected
+        # and live mode came back with good frames.
+        assert run_until(seen(lambda: "oversize" in fake.sent and fake.sent[-1] == "good"), 60), fake.sent
+        assert run_until(seen(lambda: ctl.frame_event is not None and ctl.frame_event.seq > 5), 60), ctl.status_text()
+    finally:
+        fake.stop()
+    assert len(errors) == 4 and all(e.startswith("dropped ") and "\n" not in e for e in errors), errors
+    img = ctl.output.image
+    assert (img.width(), img.height()) == (64, 64) and img.pixelColor(5, 5).getRgb()[:3] == (200, 40, 40)
+    assert bytes(fox.pixelData(0, 0, 64, 64)) == painted  # the artist's layer untouched
