@@ -289,6 +289,28 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
             stop(other)
 
 
+def test_a_hostile_daemon_costs_krita_no_memory(krita_home, tmp_path):
+    """Whatever answers at the daemon's address: a 1 GiB part, wrong sizes and a PNG bomb that
+    decodes to 11000² pixels cost Krita nothing; each is one line, then Live shows good frames."""
+    from hostile_daemon import BAD, HostileDaemon, png_bomb
+
+    home = fresh(krita_home[0], tmp_path)
+    png_bomb()
+    fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=BAD)
+    fake.start()
+    try:
+        result = harness.run(home, "hostile_frames", {"address": fake.address}, timeout=150)
+    finally:
+        fake.stop()
+    assert result["errors"] == [], result
+    c = result["checks"]
+    assert fake.sent[: len(BAD)] == list(BAD), fake.sent
+    assert len(c["errors"]) == 4 and all(e.startswith("dropped ") and "\n" not in e for e in c["errors"]), c
+    assert "file header says 11000x11000" in c["errors"][3], c
+    assert c["frame_pixel"] == [200, 40, 40] and c["fox_untouched"], c
+    assert c["peak_after_mb"] - c["peak_before_mb"] < 100, c  # the old client grew by a GiB
+
+
 def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
     """Parity: the plugin in real Krita, and `render` on Krita's own .ora export of the same
     document, give the same scene: the same regions, masks equal pixel for pixel, the same
