@@ -200,6 +200,7 @@ class Client:
 
     revision = property(lambda self: self._scene.revision)  # of the scene as last set or updated
     compress_planes = property(lambda self: self._scene.compress)
+    last_update_bytes = property(lambda self: self._scene.sent_bytes)  # as sent: compressed when it had to be
 
     # --- live mode, generate, cancel ----------------------------------
 

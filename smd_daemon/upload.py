@@ -30,6 +30,7 @@ class SceneUpload:
         self.asked = framecheck.AskedSizes()
         self.need_full = False  # the daemon must get the whole scene before anything else
         self.resync = False  # the daemon refused an update: send the next change as a full update
+        self.sent_bytes = 0  # the size of the last update sent, as it went (compressed or not)
 
     def set(self, width: int, height: int, layers, settings: dict, background: dict, image) -> int:
         """Replace the whole scene; returns its revision."""
@@ -101,7 +102,10 @@ class SceneUpload:
             fields = {"code": protocol.ErrorCode.TOO_LARGE, "message": message, "revision": self.revision}
             self._events.append(ErrorEvent(fields["code"], message, None, fields))
             return True
-        return self._conn.send("update", parts, revision=self.revision, full=change.full, **fields)
+        if not self._conn.send("update", parts, revision=self.revision, full=change.full, **fields):
+            return False
+        self.sent_bytes = size
+        return True
 
     def _size(self, change, fields: dict, parts: list) -> int:
         """The whole message's bytes, as the daemon counts them against its limit."""

@@ -5,22 +5,29 @@ for (a 1 GiB part, a huge declared size, the wrong size, the wrong byte
 count, a PNG decompression bomb), then good frames.
 
 In a thread of the test process (``HostileDaemon(address, plan).start()``)
-or a process of its own (``python tests/hostile_daemon.py ADDRESS KIND...``,
-for real Krita). Not a daemon: a test fixture.
+or a process of its own (``python tests/hostile_daemon.py ADDRESS KIND...``).
+``probe`` runs a client process against it and ``decode_bomb`` the plugin's
+decoder on the bomb, each reporting its peak memory (the tests, and
+``benchmarks/bench_hostile.py fake_daemon``). Not a daemon: a test fixture.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
+import os
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
 
 import zmq
 
-sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from smd_daemon import protocol  # noqa: E402
 
 GIB = 2**30
@@ -156,6 +163,82 @@ class HostileDaemon(threading.Thread):
         elif t == "close":
             self.live.discard(ident)
             self.send(ident, "closed", reason="closed by the client")
+
+
+# Peak RSS in MB of this process's own memory (VmHWM: ru_maxrss would start at the peak of
+# the process that started it, the test process, which holds the fake daemon).
+PEAK = r"""
+def peak_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+"""
+
+# A client process (the client library of the checkout at argv[4]): its peak RSS is what the frames cost it.
+PROBE = (
+    PEAK
+    + r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+from smd_daemon.client import Client, ErrorEvent, FrameEvent, Layer, StateEvent
+address, side, want_errors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = Client(address, name="probe")
+c.connect()
+c.set_scene(side, side, [Layer("1", "a red fox", bytes([255]) * (side * side))])
+c.start_live("raw")
+errors, frames, states, last = [], 0, [], None
+deadline = time.monotonic() + 40
+while time.monotonic() < deadline and not (len(errors) >= want_errors and frames >= 2):
+    for e in c.poll(timeout_ms=20):
+        if isinstance(e, ErrorEvent):
+            errors.append([e.code, e.message])
+        elif isinstance(e, FrameEvent):
+            frames += 1
+            last = [e.width, e.height, len(e.data), e.data[:3].hex()]
+        elif isinstance(e, StateEvent):
+            states.append([e.state, e.code, e.reason])
+rss = peak_mb()
+print(json.dumps({"errors": errors, "frames": frames, "last": last, "states": states, "state": c.state, "rss": rss}))
+"""
+)
+
+
+def probe(address: str, side: int = 256, want_errors: int = 4, root: str = ROOT) -> dict:
+    """Stream from ``address`` in a client process until ``want_errors`` dropped frames and two
+    good ones (40 s at most); its events, its log (``stderr``) and its peak RSS in MB (``rss``)."""
+    env = {**os.environ, "PYTHONPATH": ""}
+    cmd = [sys.executable, "-c", PROBE, address, str(side), str(want_errors), root]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr)
+    return {**json.loads(r.stdout), "stderr": r.stderr}
+
+
+DECODE = (
+    PEAK
+    + r"""
+import sys
+sys.path[:0] = [sys.argv[2] + "/tests"]
+from plugin_unit import env
+from smd_krita import pixels
+data = open(sys.argv[1], "rb").read()
+before = peak_mb()
+img = pixels.decode_frame("png", data, 256, 256, 3)
+print(img.isNull(), peak_mb() - before)
+"""
+)
+
+
+def decode_bomb(root: str = ROOT) -> tuple[bool, float]:
+    """The plugin's decoder (of the checkout at ``root``) on the bomb, told it is a 256² frame, in a
+    process of its own: (whether it refused it, how much its peak RSS grew, in MB)."""
+    with tempfile.NamedTemporaryFile(suffix=".png") as f:
+        f.write(png_bomb())
+        f.flush()
+        r = subprocess.run([sys.executable, "-c", DECODE, f.name, root], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr)
+    null, grew = r.stdout.split()
+    return null == "True", float(grew)
 
 
 if __name__ == "__main__":

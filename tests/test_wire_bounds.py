@@ -15,17 +15,15 @@ the connection intact.
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import zmq
-from daemon_util import ROOT, connect, daemon_env, free_port, running
-from hostile_daemon import BAD, BOMB_SIDE, HostileDaemon, png_bomb
+from daemon_util import connect, free_port, running
+from hostile_daemon import BAD, BOMB_SIDE, HostileDaemon, png_bomb, probe
 from PIL import Image
 
+from benchmarks.bench_transport import region_mask
 from smd_daemon import framecheck, protocol
 from smd_daemon.client import Client, ErrorEvent, FrameEvent, Layer, SceneEvent, StateEvent
 
@@ -94,48 +92,14 @@ def test_the_socket_refuses_any_part_larger_than_a_frame_it_may_ask_for():
         fake.stop()
 
 
-# A client process: its peak RSS is what the frames cost it.
-PROBE = r"""
-import json, resource, sys, time
-from smd_daemon.client import Client, ErrorEvent, FrameEvent, Layer, StateEvent
-address, side, want_errors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-c = Client(address, name="probe")
-c.connect()
-c.set_scene(side, side, [Layer("1", "a red fox", bytes([255]) * (side * side))])
-c.start_live("raw")
-errors, frames, states, last = [], 0, [], None
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline and not (len(errors) >= want_errors and frames >= 2):
-    for e in c.poll(timeout_ms=20):
-        if isinstance(e, ErrorEvent):
-            errors.append([e.code, e.message])
-        elif isinstance(e, FrameEvent):
-            frames += 1
-            last = [e.width, e.height, len(e.data), e.data[:3].hex()]
-        elif isinstance(e, StateEvent):
-            states.append([e.state, e.code, e.reason])
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"errors": errors, "frames": frames, "last": last, "states": states, "state": c.state, "rss": rss}))
-"""
-
-
 def test_a_hostile_daemon_costs_the_client_no_memory():
     png_bomb()  # made before the clock starts
     fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=BAD)
     fake.start()
     try:
-        r = subprocess.run(
-            [sys.executable, "-c", PROBE, fake.address, "256", "4"],
-            env=daemon_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        out = probe(fake.address, side=256, want_errors=4)
     finally:
         fake.stop()
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
     assert fake.sent[: len(BAD)] == list(BAD), fake.sent
     # Each bad frame: one line, dropped before it was copied or decoded.
     assert [e[0] for e in out["errors"]] == [E.BAD_FRAME] * 4, out
@@ -148,7 +112,7 @@ def test_a_hostile_daemon_costs_the_client_no_memory():
     assert out["frames"] >= 2 and out["last"] == [256, 256, 256 * 256 * 3, "c82828"], out
     # A 1 GiB part and a ~480 MB bomb cost nothing: a bare client peaks at ~27 MB.
     assert out["rss"] < 100, out
-    assert r.stderr.count("\n") <= 1, r.stderr  # a flood of bad frames is one log line
+    assert out["stderr"].count("\n") <= 1, out["stderr"]  # a flood of bad frames is one log line
 
 
 def test_results_are_checked_like_frames():
@@ -173,18 +137,6 @@ def test_results_are_checked_like_frames():
 
 
 # --- scenes: every scene within the limits fits ----------------------------------------
-
-
-def painted_mask(side: int, i: int) -> bytes:
-    """A soft-edged round region, as an artist paints one, in cell i of a 4x4 grid."""
-    cell = side // 4
-    y, x = np.ogrid[0:cell, 0:cell]
-    d = np.sqrt(((x - cell / 2) ** 2 + (y - cell / 2) ** 2).astype(np.float32))
-    blob = (np.clip((cell * 0.45 - d) / (cell / 16), 0, 1) * 255).astype(np.uint8)
-    mask = np.zeros((side, side), np.uint8)
-    row, col = i // 4 % 4, i % 4
-    mask[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = blob
-    return mask.tobytes()
 
 
 def painting(side: int) -> bytes:
@@ -212,7 +164,7 @@ def accepted(c: Client, rev: int, timeout: float = 600) -> SceneEvent:
 @pytest.mark.parametrize("side", [2048, 4096])
 def test_every_scene_within_the_limits_reaches_the_daemon_on_loopback(daemon, side):
     n = 16  # max_regions
-    layers = [Layer(str(i), f"a red fox number {i}", painted_mask(side, i)) for i in range(n)]
+    layers = [Layer(str(i), f"a red fox number {i}", region_mask(side, i)) for i in range(n)]
     background = painting(side)
     c = connect(daemon.address, timeout=60)
     try:
@@ -224,8 +176,10 @@ def test_every_scene_within_the_limits_reaches_the_daemon_on_loopback(daemon, si
         rev = c.set_scene(side, side, layers, background_image=background, background_strength=0.0)
         ev = accepted(c, rev)
         assert ev.regions == n and all(layer["role"] == "region" for layer in ev.layers)
+        assert c.last_update_bytes < limits["max_message_bytes"]  # compressed to fit
         # A change of one plane next to it goes raw and is accepted.
-        rev = c.update_scene([Layer("0", "a blue fox", painted_mask(side, 5))])
+        rev = c.update_scene([Layer("0", "a blue fox", region_mask(side, 5))])
+        assert c.last_update_bytes > side * side  # raw: it fits as it is
         assert accepted(c, rev).layers[0]["prompt"] == "a blue fox"
     finally:
         c.close()
@@ -243,7 +197,7 @@ def test_a_scene_that_cannot_fit_is_refused_by_the_client_in_one_line():
         # Nothing was sent: the connection and the session are intact, and a scene that fits goes through
         # (compressed: its raw planes are over the 1 MiB limit too).
         assert c.state == "connected"
-        masks = [painted_mask(side, i) for i in range(5)]
+        masks = [region_mask(side, i) for i in range(5)]
         rev = c.update_scene([Layer(str(i), f"fox {i}", m) for i, m in enumerate(masks)])
         assert accepted(c, rev, 60).regions == 5
         c.close()
