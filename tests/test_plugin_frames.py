@@ -11,15 +11,13 @@ import io
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path: first)
 
 # isort: split
-import krita  # the fake
 import numpy as np
 import pytest
 from daemon_util import free_port
 from hostile_daemon import BAD, HostileDaemon, decode_bomb, png_bomb
 from PIL import Image
-from plugin_unit.fakes import add, bgra, new_doc, run_until
-from smd_krita import live, pixels
-from smd_krita.managed import ManagedDaemon
+from plugin_unit.fakes import live_controller, run_until
+from smd_krita import pixels
 
 
 def encoded(fmt: str, w: int, h: int) -> bytes:
@@ -47,15 +45,8 @@ def test_a_png_bomb_allocates_nothing_in_the_plugins_decoder():
 
 @pytest.fixture
 def controller(tmp_path):
-    krita.Krita.instance().settings.clear()
-    doc, _ = new_doc(64, 64)
-    fox = add(doc, "a red fox")
-    fox.setPixelData(bgra(0, 0, 255, 255, 16 * 16), 0, 0, 16, 16)
-    ctl = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
-    ctl.settings["size"] = 64
-    yield ctl, doc, fox
-    ctl.timer.stop()
-    ctl.disconnect_daemon()
+    with live_controller(str(tmp_path), "a red fox") as parts:
+        yield parts
 
 
 def test_the_plugin_keeps_working_beside_a_hostile_daemon(controller):
