@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from . import protocol
 
@@ -212,6 +213,7 @@ def header_fields(change: SceneChange, compress: bool = False, compress_image: b
     ``compress`` sends raw planes zlib-compressed, and a raw image too unless
     ``compress_image`` says otherwise."""
     parts: list = []
+    squeeze_image = compress if compress_image is None else compress_image
 
     def ref(data: bytes, encoding: str, squeeze: bool) -> dict:
         if squeeze and encoding == "raw":
@@ -223,9 +225,7 @@ def header_fields(change: SceneChange, compress: bool = False, compress_image: b
     background = dict(change.background)
     if change.background_image is not KEEP:
         image = change.background_image
-        background["image"] = (
-            None if image is None else ref(*image, compress if compress_image is None else compress_image)
-        )
+        background["image"] = None if image is None else ref(*cast("tuple[bytes, str]", image), squeeze=squeeze_image)
     if background or change.full:
         fields["background"] = background
     entries = []
@@ -236,7 +236,7 @@ def header_fields(change: SceneChange, compress: bool = False, compress_image: b
         if c.visible is not None:
             entry["visible"] = c.visible
         if c.alpha is not KEEP:
-            entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw", compress)
+            entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw", squeeze=compress)
         if c.group:
             entry["group"] = True
         entries.append(entry)

@@ -87,12 +87,14 @@ class SceneUpload:
         connection unread): it is answered here with ``too_large``, and the
         next change goes as a full update."""
         limit = self.message_limit()
-        # Raw; else the planes compressed (cheap: ~50x smaller); else the image too.
-        for planes, image in dict.fromkeys([(self.compress, self.compress), (True, self.compress), (True, True)]):
-            fields, parts = scenestate.header_fields(change, planes, image)
-            size = self._size(change, fields, parts)
+        fields, parts = scenestate.header_fields(change, self.compress)
+        size = self._size(change, fields, parts)
+        # Else the planes compressed (cheap: ~100x smaller when painted), else the image too.
+        for planes, image in ((True, self.compress), (True, True)):
             if size <= limit:
                 break
+            fields, parts = scenestate.header_fields(change, planes, image)
+            size = self._size(change, fields, parts)
         if size > limit:
             self.resync = True
             message = (
