@@ -38,7 +38,13 @@ the full scene, restarts live mode and sends the jobs asked for meanwhile.
 
 ``poll`` returns the events of ``events.py`` (re-exported here). Live
 frames are acknowledged automatically; when several arrive in one ``poll``
-only the newest is returned (latest frame wins).
+only the newest is returned (latest frame wins). A frame or result that is
+not the size of the scene it shows, or whose file header names another
+size, never becomes a ``FrameEvent``: it is dropped before being copied and
+told as an ``ErrorEvent`` with code ``bad_frame`` (``framecheck.py``). An
+update too big for the daemon's message limit goes compressed, or, if it
+cannot fit even so, is answered here with an ``ErrorEvent`` ``too_large``
+(``upload.py``).
 """
 
 from __future__ import annotations
