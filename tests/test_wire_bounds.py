@@ -188,7 +188,7 @@ def test_every_scene_within_the_limits_reaches_the_daemon_on_loopback(daemon, si
 def test_a_scene_that_cannot_fit_is_refused_by_the_client_in_one_line():
     with running("--max-message-mb", "1") as d:
         c = connect(d.address)
-        side = 512
+        side = 640
         noise = [np.random.default_rng(i).integers(0, 256, side * side, dtype=np.uint8).tobytes() for i in range(5)]
         rev = c.set_scene(side, side, [Layer(str(i), f"fox {i}", a) for i, a in enumerate(noise)])
         ev = c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 30)
@@ -199,6 +199,10 @@ def test_a_scene_that_cannot_fit_is_refused_by_the_client_in_one_line():
         assert c.state == "connected"
         masks = [region_mask(side, i) for i in range(5)]
         rev = c.update_scene([Layer(str(i), f"fox {i}", m) for i, m in enumerate(masks)])
+        assert accepted(c, rev, 60).regions == 5
+        # An image over the limit alone goes compressed too (planes first, then the image).
+        rev = c.update_scene(background_image=painting(side), background={"strength": 0.0})
+        assert c.last_update_bytes < 2**20 < side * side * 3
         assert accepted(c, rev, 60).regions == 5
         c.close()
         assert d.text().count("(smd-client) connected") == 1, d.text()  # never dropped, never reconnected
