@@ -45,6 +45,7 @@ def curve_keys(server_public_key: bytes | None, client_secret_file: str | None) 
 # Handshake failures the socket monitor reports (libzmq >= 4.3; 0 where unknown).
 _FAILED_AUTH = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
 _FAILED_OTHER = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
+_UP = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
 
 
 class Link:
@@ -73,9 +74,10 @@ class Link:
             sock.curve_serverkey = server_public_key
             sock.curve_publickey, sock.curve_secretkey = keys
         self.monitor = None
+        self.dropped = False  # the connection closed and has not come back (read from the monitor)
         if _FAILED_AUTH | _FAILED_OTHER:
             try:
-                self.monitor = sock.get_monitor_socket(_FAILED_AUTH | _FAILED_OTHER)
+                self.monitor = sock.get_monitor_socket(_FAILED_AUTH | _FAILED_OTHER | _UP | zmq.EVENT_DISCONNECTED)
             except zmq.ZMQError:  # no socket monitors here: a refused key looks like silence
                 self.monitor = None
         if protocol.is_ipv6_endpoint(address):
@@ -107,7 +109,9 @@ class Link:
             return None
 
     def handshake_failure(self) -> str | None:
-        """``AUTH`` or ``MISMATCH`` if the monitor saw a handshake fail since the last call."""
+        """``AUTH`` or ``MISMATCH`` if the monitor saw a handshake fail since the last
+        call; also notes whether the connection has closed since it was last up
+        (``dropped``: ZeroMQ does not reconnect after refusing an oversized part)."""
         if self.monitor is None:
             return None
         from zmq.utils.monitor import recv_monitor_message
@@ -118,7 +122,12 @@ class Link:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
             except zmq.Again:
                 return failure
-            failure = AUTH if event & _FAILED_AUTH else MISMATCH
+            if event & zmq.EVENT_DISCONNECTED:
+                self.dropped = True
+            elif event & _UP:
+                self.dropped = False
+            else:
+                failure = AUTH if event & _FAILED_AUTH else MISMATCH
 
     def close(self, linger: int = 0) -> None:
         if self.monitor is not None:
@@ -248,7 +257,11 @@ class Connection:
         now = time.monotonic()
         if self.state == CONNECTED:
             if now - self.last_rx > self.timeout and not self.link.has_input():
-                self.reset(f"no reply from the daemon for {self.timeout:g} s", StateCode.NO_ANSWER)
+                why = f"no reply from the daemon for {self.timeout:g} s"
+                if self.link.dropped:
+                    limit = framecheck.max_part_bytes(self.max_side) // 2**20
+                    why += f": the connection closed (the daemon stopped, or sent a part over {limit} MiB)"
+                self.reset(why, StateCode.NO_ANSWER)
             elif now - self.last_tx >= self.heartbeat_interval:
                 self.send("ping")
         elif self.code != StateCode.CLOSED:

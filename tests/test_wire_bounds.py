@@ -109,6 +109,7 @@ def test_a_hostile_daemon_costs_the_client_no_memory():
     assert f"file header says {BOMB_SIDE}x{BOMB_SIDE}" in messages[3]
     # The 1 GiB part closed the connection unread; the client reconnected by itself and streams again.
     assert ["disconnected", "no_answer"] == out["states"][-2][:2] and out["state"] == "connected", out
+    assert "the connection closed (the daemon stopped, or sent a part over 96 MiB)" in out["states"][-2][2], out
     assert out["frames"] >= 2 and out["last"] == [256, 256, 256 * 256 * 3, "c82828"], out
     # A 1 GiB part and a ~480 MB bomb cost nothing: a bare client peaks at ~27 MB.
     assert out["rss"] < 100, out
