@@ -96,11 +96,6 @@ class Link:
             return False
         return True
 
-    def has_input(self) -> bool:
-        """Whether a message waits to be read: after a long pause of the caller
-        (a big scene compressed) the daemon's replies are there, not missing."""
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-
     def recv(self):
         """The next multipart message, or None."""
         try:
@@ -168,6 +163,7 @@ class Connection:
         self.info: dict = {}
         self.session: str | None = None
         self.last_rx = self.last_tx = 0.0
+        self._ticked_at = time.monotonic()
         self._hello_at: float | None = None  # when hello went out on this socket
         self._retry_at = 0.0
         self._open_sent = False
@@ -255,8 +251,14 @@ class Connection:
                 why = f"the encrypted handshake with {self.address} failed: is encryption on at the daemon?"
             self.set_state(DISCONNECTED, why, StateCode.AUTH_FAILED)
         now = time.monotonic()
+        away, self._ticked_at = now - self._ticked_at, now
+        if away > self.heartbeat_interval:
+            # The caller did not poll meanwhile (a big scene read and compressed): nothing was
+            # read and no ping went out, so the daemon's silence then proves nothing.
+            self.last_rx = min(now, self.last_rx + away)
+            self._hello_at = None if self._hello_at is None else min(now, self._hello_at + away)
         if self.state == CONNECTED:
-            if now - self.last_rx > self.timeout and not self.link.has_input():
+            if now - self.last_rx > self.timeout:
                 why = f"no reply from the daemon for {self.timeout:g} s"
                 if self.link.dropped:
                     limit = framecheck.max_part_bytes(self.max_side) // 2**20

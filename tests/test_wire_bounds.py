@@ -15,6 +15,7 @@ the connection intact.
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -184,6 +185,23 @@ def test_every_scene_within_the_limits_reaches_the_daemon_on_loopback(daemon, si
         assert accepted(c, rev).layers[0]["prompt"] == "a blue fox"
     finally:
         c.close()
+
+
+def test_a_caller_that_pauses_to_prepare_a_big_scene_is_not_taken_for_a_dead_daemon():
+    """Reading and compressing a big scene blocks the caller (the plugin's GUI thread) for
+    seconds without polling: the daemon's silence meanwhile proves nothing."""
+    fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=[])
+    fake.start()
+    c = connect(fake.address, timeout=30)
+    try:
+        time.sleep(c._conn.timeout + 1.5)  # away longer than the client's timeout
+        rev = c.set_scene(64, 64, [Layer("1", "a red fox", bytes(64 * 64))])
+        ev = c.wait_for(lambda e: isinstance(e, (SceneEvent, StateEvent)), 10)
+        assert isinstance(ev, SceneEvent) and ev.revision == rev, ev
+        assert c.state == "connected"
+    finally:
+        c.close()
+        fake.stop()
 
 
 def test_a_scene_that_cannot_fit_is_refused_by_the_client_in_one_line():
