@@ -95,7 +95,10 @@ def check(msg, asked: AskedSizes) -> None:
         raise _refuse(f"a {what} of {w}x{h_} pixels; the scene asked for {size[0]}x{size[1]}")
     if h["channels"] != CHANNELS:
         raise _refuse(f"a {what} with {h['channels']} channels, not {CHANNELS}")
-    data = msg.part(h["part"])  # a BAD_FIELD error if it does not exist
+    try:
+        data = msg.part(h["part"])
+    except ProtocolError:
+        raise _refuse(f"a {what} whose pixels are not in the message") from None
     encoding = h["encoding"]
     if encoding == "raw":
         if len(data) != w * h_ * CHANNELS:

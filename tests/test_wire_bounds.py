@@ -74,6 +74,28 @@ def test_frames_must_be_the_size_of_the_revision_they_show():
     assert asked.at(1) is None and asked.at(4 + framecheck.AskedSizes.KEPT - 1) is not None
 
 
+def test_each_refusal_is_one_bad_frame_line():
+    asked = framecheck.AskedSizes()
+    asked.asked(3, (64, 32))
+    head = {"seq": 1, "token": 7, "revision": 3, "width": 64, "height": 32, "encoding": "raw", "channels": 3, "part": 0}
+    good = bytes(64 * 32 * 3)
+    cases = {
+        "which this client never sent": ({"revision": 4}, good),
+        "whose pixels are not in the message": ({"part": 1}, good),
+        "with 4 channels": ({"channels": 4}, bytes(64 * 32 * 4)),
+        "in an unknown encoding 'gif'": ({"encoding": "gif"}, b"GIF89a"),
+        "that is not a png file": ({"encoding": "png"}, b"\xff\xd8" + bytes(100)),
+    }
+    assert framecheck.refusal(protocol.Message("frame", head, [good]), asked) is None
+    for words, (fields, data) in cases.items():
+        event, ack = framecheck.refusal(protocol.Message("frame", {**head, **fields}, [data]), asked)
+        assert event.code == E.BAD_FRAME and words in event.message and "\n" not in event.message, event
+        assert ack == {"seq": 1, "token": 7} and event.re is None
+    result = {**head, "job": 5, "width": 32}
+    event, ack = framecheck.refusal(protocol.Message("result", result, [good]), asked)
+    assert "result of job 5" in event.message and event.re == 5 and ack == {"job": 5, "token": 7}
+
+
 def test_the_socket_refuses_any_part_larger_than_a_frame_it_may_ask_for():
     fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=[], max_side=8192)
     fake.start()
