@@ -49,7 +49,7 @@ NAME = "smd_krita"
 ROOT = Path(__file__).resolve().parent
 PLUGIN_SRC = ROOT / "krita_plugin"
 # The wire modules, from smd_daemon/, byte for byte (the client library and what it imports).
-VENDORED = ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py")
+VENDORED = ("protocol.py", "scenestate.py", "events.py", "framecheck.py", "link.py", "upload.py", "client.py")
 MANIFEST = NAME + ".install.json"  # beside the plugin in pykrita/: what we created, for --uninstall
 MANAGED = "managed_daemon.json"  # in the plugin package: the local daemon the docker may start and stop
 SETTINGS_GROUP = "smd_live"  # the plugin's settings in kritarc (written by the plugin through Krita)

@@ -70,6 +70,8 @@ class ErrorCode:
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
     INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
+    # Never sent: the client library's own, for a frame or result it dropped (framecheck.py).
+    BAD_FRAME = "bad_frame"
 
 
 class ProtocolError(ValueError):

@@ -94,6 +94,18 @@ class Daemon:
             os.unlink(self.log.name)
 
 
+@contextlib.contextmanager
+def running(*extra: str, **kw):
+    """A ``Daemon`` serving for the duration of the block, stopped and cleaned up after it."""
+    d = Daemon(*extra, **kw)
+    try:
+        d.wait_serving()
+        yield d
+    finally:
+        d.stop()
+        d.close()
+
+
 def run_cli(*args, timeout=60):
     """``smd-daemon ARGS`` in a subprocess, output captured as text."""
     return subprocess.run(

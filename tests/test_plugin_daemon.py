@@ -2,38 +2,23 @@
 against a real ``smd-daemon serve --model tiny``: the daemon's reading of
 every layer before Live, state codes in words, and the region-mode choice."""
 
-import krita  # the fake
 import pytest
-from daemon_util import Daemon, connect
+from daemon_util import Daemon, connect, running
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
-from plugin_unit.fakes import add, bgra, new_doc, run_until
-from smd_krita import live
+from plugin_unit.fakes import add, bgra, live_controller, run_until
 from smd_krita.managed import ManagedDaemon
 
 
 @pytest.fixture
 def daemon():
-    d = Daemon()
-    try:
-        d.wait_serving()
+    with running() as d:
         yield d
-    finally:
-        d.stop()
-        d.close()
 
 
 @pytest.fixture
 def controller(tmp_path):
-    krita.Krita.instance().settings.clear()
-    doc, bg = new_doc(64, 64)
-    fox = add(doc, "a red fox | strenght: 2")
-    fox.setPixelData(bgra(0, 0, 255, 255, 16 * 16), 0, 0, 16, 16)
-    add(doc, "Paint Layer 2")
-    ctl = live.Controller(managed=ManagedDaemon(folder=str(tmp_path)))
-    ctl.settings["size"] = 64
-    yield ctl, doc
-    ctl.timer.stop()
-    ctl.disconnect_daemon()
+    with live_controller(str(tmp_path), "a red fox | strenght: 2", "Paint Layer 2") as (ctl, doc, _):
+        yield ctl, doc
 
 
 def test_every_layer_explained_before_live(daemon, controller):

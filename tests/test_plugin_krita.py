@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
 import harness  # noqa: E402
 from daemon_util import wait_gone  # noqa: E402
 
+from install import VENDORED  # the wire modules the plugin carries
+
 # tests/run.sh installs Krita and sets SMD_REQUIRE_KRITA: there a missing Krita fails instead of skipping.
 _SKIP = bool(harness.available()) and not os.environ.get("SMD_REQUIRE_KRITA")
 pytestmark = [pytest.mark.krita, pytest.mark.skipif(_SKIP, reason=harness.available() or "ok")]
@@ -48,7 +50,7 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     assert "pyzmq: already importable by Python 3." in res.stdout, res.stdout
     assert "enable_smd_krita=true" in (home / ".config/kritarc").read_text()
     pkg = harness.plugin_folder(home)
-    for f in ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py"):
+    for f in VENDORED:
         assert (pkg / "vendor" / f).read_bytes() == (REPO / "smd_daemon" / f).read_bytes()
     assert result["errors"] == [], result
     c = result["checks"]
@@ -367,6 +369,28 @@ def test_local_daemon_ends_when_krita_is_killed(krita_home, tmp_path):
     assert kill.gone, f"the daemon outlived Krita's SIGKILL: {text[-2000:]}"
     assert "standard input closed" in text and text.rstrip().endswith("stopped"), text[-2000:]
     print(f"daemon gone {kill.seconds:.2f} s after SIGKILL of Krita")
+
+
+def test_a_hostile_daemon_costs_krita_no_memory(krita_home, tmp_path):
+    """Whatever answers at the daemon's address: a 1 GiB part, wrong sizes and a PNG bomb that
+    decodes to 11000² pixels cost Krita nothing; each is one line, then Live shows good frames."""
+    from hostile_daemon import BAD, HostileDaemon, png_bomb
+
+    home = fresh(krita_home[0], tmp_path)
+    png_bomb()
+    fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=BAD)
+    fake.start()
+    try:
+        result = harness.run(home, "hostile_frames", {"address": fake.address}, timeout=150)
+    finally:
+        fake.stop()
+    assert result["errors"] == [], result
+    c = result["checks"]
+    assert fake.sent[: len(BAD)] == list(BAD), fake.sent
+    assert len(c["errors"]) == 4 and all(e.startswith("dropped ") and "\n" not in e for e in c["errors"]), c
+    assert "file header says 11000x11000" in c["errors"][3], c
+    assert c["frame_pixel"] == [200, 40, 40] and c["fox_untouched"], c
+    assert c["peak_after_mb"] - c["peak_before_mb"] < 100, c  # the old client grew by a GiB
 
 
 def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
