@@ -19,6 +19,8 @@ back.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +28,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon.cluster import wire
+from smd_daemon.cluster.codec import CodecError
+from smd_daemon.errors import UsageError
+from smd_daemon.keys import fingerprint
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
@@ -266,6 +271,8 @@ class Dispatcher:
             return
         try:
             self.sock.send_multipart([w.identity, *wire.dumps(obj)], zmq.NOBLOCK, copy=False)
+        except CodecError as e:  # a bug must cost one message, not the session
+            log.error("cannot send %s to worker %s: %s", type(obj).__name__, w.id, e)
         except zmq.ZMQError as e:  # gone (EHOSTUNREACH) or not reading (EAGAIN)
             if w not in self._suspects:
                 self._suspects.append(w)
@@ -294,6 +301,12 @@ class Dispatcher:
             identity = frames[0].bytes
             try:
                 msg = wire.loads(frames[1:])
+            except CodecError as e:
+                self.server.throttled_log(
+                    logging.WARNING, "worker-message", identity, "refused a message from a worker: %s", e
+                )
+                continue
+            try:
                 self._from_worker(identity, msg)
             except Exception:  # a bug must cost one message, not the front end
                 log.exception("cannot handle a message from a worker")
@@ -408,12 +421,20 @@ class Dispatcher:
 
 
 class _OneKey:
-    """Admits the one CURVE key this run's workers hold."""
+    """Admits the one CURVE key this run's workers hold; logs anyone else."""
 
-    def __init__(self, public: bytes):
-        self.public = public
+    def __init__(self, public: bytes, throttled_log):
+        self.public, self.throttled_log = public, throttled_log
 
     def callback(self, domain, key) -> bool:
+        if key != self.public:
+            self.throttled_log(
+                logging.WARNING,
+                "worker-key",
+                key,
+                "refused a connection to the workers' socket: its CURVE key %s is not this run's worker key",
+                fingerprint(key),
+            )
         return key == self.public
 
 
@@ -424,39 +445,52 @@ class ClusterServer(Server):
         self.per_worker = per_worker
         self._worker_ctx = zmq.Context()
         self._worker_auth = None
+        self.worker_socket_path: str | None = None
+        self._socket_file: tuple | None = None  # (device, inode) of the socket file bound, while it is there
         self.dispatcher: Dispatcher | None = None
         self.cluster = None  # what started the workers (ray_workers.RayCluster); stopped with the server
 
     def open_worker_socket(self, endpoint: str) -> str:
         """Listen for this run's workers; returns the address they connect to.
 
-        ``tcp://HOST``: on the cluster's network, CURVE-encrypted, admitting only
-        this run's worker key. ``ipc://PATH`` (workers on this machine): a socket
-        file in a folder only this user can enter, unencrypted (raw frames cost
-        half the CPU)."""
+        ``tcp://HOST`` (on the cluster's network) or ``ipc://PATH`` (a socket
+        file, for workers on this machine, in a folder only this user may
+        enter: checked here). Either way a CURVE server that admits only this
+        run's worker key; anyone else is refused by ZeroMQ, and logged."""
         sock = self._worker_ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+        wire.configure(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 10000)
-        sock.setsockopt(zmq.RCVHWM, 10000)
+        self._worker_auth = ThreadAuthenticator(self._worker_ctx)
+        self._worker_auth.start()
+        self._worker_auth.configure_curve_callback("*", _OneKey(self.keys.worker_public, self.throttled_log))
+        sock.curve_server = True
+        sock.curve_secretkey = self.keys.server_secret
+        sock.curve_publickey = self.keys.server_public
+        monitor = wire.watch_handshakes(sock)
         if endpoint.startswith("tcp://"):
-            self._worker_auth = ThreadAuthenticator(self._worker_ctx)
-            self._worker_auth.start()
-            self._worker_auth.configure_curve_callback("*", _OneKey(self.keys.worker_public))
-            sock.curve_server = True
-            sock.curve_secretkey = self.keys.server_secret
-            sock.curve_publickey = self.keys.server_public
             host = endpoint[len("tcp://") :]
             sock.bind(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
         else:
+            path = endpoint[len("ipc://") :]
+            check_private_folder(os.path.dirname(path))
             sock.bind(endpoint)
+            self.worker_socket_path, self._socket_file = path, _file_id(path)
         self.dispatcher = Dispatcher(self, sock, self.per_worker)
         self.extra_sockets[sock] = self.dispatcher.on_readable
+        self.extra_sockets[monitor] = lambda: self._log_refusals(monitor)
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def worker_keys(self) -> wire.Keys | None:
-        """What workers need to connect (None on an unencrypted ipc channel)."""
-        return self.keys.for_worker() if self._worker_auth is not None else None
+    def _log_refusals(self, monitor) -> None:
+        for event in wire.handshake_failures(monitor):
+            if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # a key refused: _OneKey told whose
+                why = wire.HANDSHAKE_FAILURES[event]
+                self.throttled_log(
+                    logging.WARNING, "worker-handshake", why, "refused a connection to the workers' socket: %s", why
+                )
+
+    def worker_keys(self) -> wire.Keys:
+        """What workers need to connect."""
+        return self.keys.for_worker()
 
     def make_engine_loop(self):
         return self.dispatcher
@@ -466,7 +500,15 @@ class ClusterServer(Server):
 
     def _sweep(self) -> None:
         super()._sweep()
-        self.dispatcher.tick(time.monotonic())
+        now = time.monotonic()
+        self.dispatcher.tick(now)
+        if self._socket_file is not None and _file_id(self.worker_socket_path) != self._socket_file:
+            log.error(
+                "the workers' socket file %s was removed or replaced by another process: workers that start "
+                "from now on cannot reach this front end",
+                self.worker_socket_path,
+            )
+            self._socket_file = None
 
     def shutdown(self, engine_timeout: float = 3.0) -> bool:
         stopped = super().shutdown(engine_timeout)
@@ -474,7 +516,28 @@ class ClusterServer(Server):
             self.cluster.stop()
         for sock in self.extra_sockets:
             sock.close(0)
+        if self._socket_file is not None and _file_id(self.worker_socket_path) == self._socket_file:
+            os.unlink(self.worker_socket_path)  # ours, still: a file someone put in its place is not
         if self._worker_auth is not None:
             self._worker_auth.stop()
         self._worker_ctx.destroy(linger=0)
         return stopped
+
+
+def check_private_folder(folder: str) -> None:
+    """The workers' socket file goes only into a folder of this user's that nobody else may enter."""
+    st = os.lstat(folder)
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or mode & 0o077:
+        raise UsageError(
+            f"the workers' socket folder {folder} must be a folder of this user's that only it may enter "
+            f"(it is owned by uid {st.st_uid}, mode {mode:04o})"
+        )
+
+
+def _file_id(path: str) -> tuple | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

@@ -73,6 +73,12 @@ def _route_ip(host: str, port: int) -> str:
         return s.getsockname()[0]
 
 
+def _short_temp_parent() -> str:
+    """The temp folder, or ``/tmp`` where its path is too long to hold socket files."""
+    parent = tempfile.gettempdir()
+    return parent if len(parent) <= 24 else "/tmp"
+
+
 class RayCluster:
     """The Ray instance a daemon uses (its own with ``local``, else a cluster it joins)
     and the workers it started there."""
@@ -90,6 +96,7 @@ class RayCluster:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' log lines in the daemon's log, without ANSI codes
         self.ray = import_ray()
         self.temp_dir: str | None = None
+        self.socket_dir: str | None = None  # the workers' socket file, outside Ray's temp dir (which Ray opens to all)
         self.connected = False
         self.actors: dict = {}  # worker id -> actor handle
         self.started: dict[str, float] = {}  # worker id -> when Ray said its __init__ had run
@@ -103,8 +110,7 @@ class RayCluster:
         common = dict(logging_level=logging.WARNING, log_to_driver=True)
         if self.kind == "local":
             # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
-            parent = tempfile.gettempdir()
-            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=parent if len(parent) <= 24 else "/tmp")  # 0700
+            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=_short_temp_parent())
             args = dict(
                 address="local",
                 num_cpus=num_cpus,
@@ -147,10 +153,13 @@ class RayCluster:
         return dict(self.ray.cluster_resources())
 
     def worker_endpoint(self) -> str:
-        """Where the front end listens for its workers: a socket file in the private
-        temp dir for a private instance, else this node's address on the cluster's network."""
+        """Where the front end listens for its workers: for a private instance, a socket
+        file in a folder of our own (mode 0700; Ray opens its own temp dir to every user),
+        else this node's address on the cluster's network."""
         if self.kind == "local":
-            return f"ipc://{self.temp_dir}/workers"
+            if self.socket_dir is None:
+                self.socket_dir = tempfile.mkdtemp(prefix="smd-w-", dir=_short_temp_parent())  # mode 0700
+            return f"ipc://{self.socket_dir}/workers"
         if self.kind == "client":
             return f"tcp://{_route_ip(self.host, self.port)}"
         return f"tcp://{self.ray.util.get_node_ip_address()}"
@@ -216,6 +225,7 @@ class RayCluster:
             except Exception as e:
                 log.warning("stopping Ray: %s", _error_line(e))
             self.connected = False
-        if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-            self.temp_dir = None
+        for folder in (self.temp_dir, self.socket_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.temp_dir = self.socket_dir = None
