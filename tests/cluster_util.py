@@ -11,9 +11,9 @@ import tempfile
 import time
 
 import pytest
-from daemon_util import Daemon
+from daemon_util import Daemon, S, connect, half_mask
 
-from smd_daemon.client import ErrorEvent, FrameEvent
+from smd_daemon.client import ErrorEvent, FrameEvent, Layer
 
 # tests/run.sh installs Ray (the cluster extra) and requires these tests to run.
 ray_missing = pytest.mark.skipif(
@@ -23,7 +23,8 @@ ray_missing = pytest.mark.skipif(
 
 
 def processes() -> dict[int, tuple[int, str, bytes]]:
-    """Every process: pid -> (parent pid, start time, command line)."""
+    """Every process that runs (not a zombie, which only waits for its parent to reap it):
+    pid -> (parent pid, start time, command line)."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -31,6 +32,8 @@ def processes() -> dict[int, tuple[int, str, bytes]]:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 out[int(pid)] = (int(fields[1]), fields[19], f.read())
         except (OSError, IndexError):
@@ -118,3 +121,87 @@ def frames_of(clients, n: int, timeout: float, worker=None, errors: list | None 
                     assert errors is not None, f"unexpected error {ev.code}: {ev.message}"
                     errors.append(ev)
     return got
+
+
+# --- a private Ray instance's own processes ------------------------------------------------------
+
+
+HELPERS = ("log monitor", "autoscaler monitor", "dashboard head")  # the workers do not need them
+NEEDED = ("dashboard agent", "runtime env agent", "raylet", "GCS")  # the raylet ends when an agent does
+
+
+def node_processes(daemon_pid: int) -> dict[str, int]:
+    """The private Ray instance's own processes, by what they are: the children of
+    the daemon's Ray host (GCS, raylet, helpers) and the raylet's agents. Found by
+    parentage, so that nothing else on the machine is touched."""
+    procs = processes()
+    hosts = [pid for pid, (ppid, _, cmd) in procs.items() if ppid == daemon_pid and b"ray_host" in cmd]
+    out = {"host": hosts[0]} if hosts else {}
+    for host in hosts:  # the active one and the standby: the active one's raylet runs the worker
+        raylets = [pid for pid, (ppid, _, cmd) in procs.items() if ppid == host and b"raylet/raylet" in cmd]
+        if any(ppid in raylets and cmd.startswith(b"ray::WorkerActor") for ppid, _, cmd in procs.values()):
+            out["host"] = host
+        else:
+            out["standby host"] = host
+    for pid, (ppid, _, cmd) in procs.items():
+        if ppid != out.get("host"):
+            continue
+        argv = [os.path.basename(a) for a in cmd.split(b"\0")]
+        named = {
+            b"raylet": "raylet",
+            b"gcs_server": "GCS",
+            b"log_monitor.py": "log monitor",
+            b"monitor.py": "autoscaler monitor",
+            b"dashboard.py": "dashboard head",
+        }
+        for arg, what in named.items():
+            if arg in argv[:3]:
+                out[what] = pid
+    for pid, (ppid, _, cmd) in procs.items():
+        if ppid == out.get("raylet"):
+            if cmd.startswith(b"ray::DashboardAgent"):
+                out["dashboard agent"] = pid
+            elif cmd.startswith(b"ray::RuntimeEnvAgent"):
+                out["runtime env agent"] = pid
+    return out
+
+
+def streaming_artist(d, name: str = "artist"):
+    """A client of the daemon ``d`` (once it serves) streaming one region live, raw."""
+    d.wait_serving(300)
+    client = connect(d.address, name=name)
+    client.set_scene(S, S, [Layer("1", "a red fox", half_mask())], background_prompt="snow")
+    client.start_live("raw")
+    return client
+
+
+def next_frame(client, within: float, errors: list) -> float | None:
+    """Seconds until the client's next frame (None if none within ``within``); errors go to ``errors``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        for ev in client.poll(timeout_ms=20):
+            if isinstance(ev, FrameEvent):
+                return time.monotonic() - t0
+            if isinstance(ev, ErrorEvent):
+                errors.append(ev)
+    return None
+
+
+def frame_after_an_error(client, within: float) -> tuple[float | None, list]:
+    """Seconds until the first frame after the client was told that no worker is available."""
+    t0, errors = time.monotonic(), []
+    while time.monotonic() - t0 < within:
+        for ev in client.poll(timeout_ms=20):
+            if isinstance(ev, ErrorEvent):
+                errors.append(ev)
+            elif isinstance(ev, FrameEvent) and errors:
+                return time.monotonic() - t0, errors
+    return None, errors
+
+
+def wait_for(d, line: str, count: int, within: float = 120) -> None:
+    """Until the daemon's log holds ``line`` ``count`` times."""
+    deadline = time.monotonic() + within
+    while d.text().count(line) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d.text().count(line) == count, d.text()

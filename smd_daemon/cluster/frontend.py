@@ -19,18 +19,14 @@ back.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import time
 from dataclasses import dataclass, field
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon.cluster import wire
 from smd_daemon.cluster.codec import CodecError
-from smd_daemon.errors import UsageError
-from smd_daemon.keys import fingerprint
+from smd_daemon.cluster.worker_socket import WorkerSocket
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
@@ -234,12 +230,24 @@ class Dispatcher:
                 log.info("session %s placed on worker %s", r.session[:8], w.id)
 
     def _lose(self, w: Worker, why: str) -> None:
-        if w.state in ("lost", "failed"):
-            return
-        moved = [r for r in self.routes.values() if r.worker is w]
-        log.warning("worker %s lost (%s)%s", w.id, why, f": moving its {len(moved)} session(s)" if moved else "")
-        w.state = "lost"
-        w.sessions.clear()
+        self.lose([w], why)
+
+    def lose_all(self, why: str) -> None:
+        """Every worker's process is going away (its Ray node is gone): never hear them again."""
+        for w in self.workers.values():
+            if w.identity is not None:
+                self._stale.add(w.identity)
+        self.lose(list(self.workers.values()), why)
+
+    def lose(self, workers: list, why: str) -> None:
+        """Stop counting on these workers: their sessions move to the others, or wait for one."""
+        workers = [w for w in workers if w.state not in ("lost", "failed")]
+        moved = [r for r in self.routes.values() if r.worker in workers]
+        for w in workers:
+            n = len(w.sessions)
+            log.warning("worker %s lost (%s)%s", w.id, why, f": moving its {n} session(s)" if n else "")
+            w.state = "lost"
+            w.sessions.clear()
         for r in moved:
             r.worker = None
             for job, re in r.cancelling.items():  # its worker will never confirm these
@@ -314,10 +322,10 @@ class Dispatcher:
 
     def _from_worker(self, identity: bytes, msg) -> None:
         now = time.monotonic()
+        if identity in self._stale:
+            return
         if isinstance(msg, wire.Hello):
             self._hello(identity, msg, now)
-            return
-        if identity in self._stale:
             return
         w = self.by_identity.get(identity)
         if w is None or w.identity != identity or w.state == "lost":
@@ -420,73 +428,24 @@ class Dispatcher:
         return [w.describe() for w in self.workers.values()]
 
 
-class _OneKey:
-    """Admits the one CURVE key this run's workers hold; logs anyone else."""
-
-    def __init__(self, public: bytes, throttled_log):
-        self.public, self.throttled_log = public, throttled_log
-
-    def callback(self, domain, key) -> bool:
-        if key != self.public:
-            self.throttled_log(
-                logging.WARNING,
-                "worker-key",
-                key,
-                "refused a connection to the workers' socket: its CURVE key %s is not this run's worker key",
-                fingerprint(key),
-            )
-        return key == self.public
-
-
 class ClusterServer(Server):
     def __init__(self, bind: str, limits, keys_dir: str | None, per_worker: int):
         super().__init__(FrontEngine(), {}, bind, limits, keys_dir)
         self.keys = wire.Keys.generate()
         self.per_worker = per_worker
         self._worker_ctx = zmq.Context()
-        self._worker_auth = None
-        self.worker_socket_path: str | None = None
-        self._socket_file: tuple | None = None  # (device, inode) of the socket file bound, while it is there
+        self.worker_socket = WorkerSocket(self._worker_ctx, self.keys, self.throttled_log)
         self.dispatcher: Dispatcher | None = None
         self.cluster = None  # what started the workers (ray_workers.RayCluster); stopped with the server
+        self.recovery = None  # recovery.NodeRecovery of a private Ray instance
 
     def open_worker_socket(self, endpoint: str) -> str:
-        """Listen for this run's workers; returns the address they connect to.
-
-        ``tcp://HOST`` (on the cluster's network) or ``ipc://PATH`` (a socket
-        file, for workers on this machine, in a folder only this user may
-        enter: checked here). Either way a CURVE server that admits only this
-        run's worker key; anyone else is refused by ZeroMQ, and logged."""
-        sock = self._worker_ctx.socket(zmq.ROUTER)
-        wire.configure(sock)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._worker_auth = ThreadAuthenticator(self._worker_ctx)
-        self._worker_auth.start()
-        self._worker_auth.configure_curve_callback("*", _OneKey(self.keys.worker_public, self.throttled_log))
-        sock.curve_server = True
-        sock.curve_secretkey = self.keys.server_secret
-        sock.curve_publickey = self.keys.server_public
-        monitor = wire.watch_handshakes(sock)
-        if endpoint.startswith("tcp://"):
-            host = endpoint[len("tcp://") :]
-            sock.bind(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
-        else:
-            path = endpoint[len("ipc://") :]
-            check_private_folder(os.path.dirname(path))
-            sock.bind(endpoint)
-            self.worker_socket_path, self._socket_file = path, _file_id(path)
+        """Listen for this run's workers (``worker_socket``); returns the address they connect to."""
+        sock, monitor = self.worker_socket.open(endpoint)
         self.dispatcher = Dispatcher(self, sock, self.per_worker)
         self.extra_sockets[sock] = self.dispatcher.on_readable
-        self.extra_sockets[monitor] = lambda: self._log_refusals(monitor)
+        self.extra_sockets[monitor] = self.worker_socket.log_refusals
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-    def _log_refusals(self, monitor) -> None:
-        for event in wire.handshake_failures(monitor):
-            if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # a key refused: _OneKey told whose
-                why = wire.HANDSHAKE_FAILURES[event]
-                self.throttled_log(
-                    logging.WARNING, "worker-handshake", why, "refused a connection to the workers' socket: %s", why
-                )
 
     def worker_keys(self) -> wire.Keys:
         """What workers need to connect."""
@@ -501,14 +460,10 @@ class ClusterServer(Server):
     def _sweep(self) -> None:
         super()._sweep()
         now = time.monotonic()
+        if self.recovery is not None:
+            self.recovery.check(now)
         self.dispatcher.tick(now)
-        if self._socket_file is not None and _file_id(self.worker_socket_path) != self._socket_file:
-            log.error(
-                "the workers' socket file %s was removed or replaced by another process: workers that start "
-                "from now on cannot reach this front end",
-                self.worker_socket_path,
-            )
-            self._socket_file = None
+        self.worker_socket.check()
 
     def shutdown(self, engine_timeout: float = 3.0) -> bool:
         stopped = super().shutdown(engine_timeout)
@@ -516,28 +471,6 @@ class ClusterServer(Server):
             self.cluster.stop()
         for sock in self.extra_sockets:
             sock.close(0)
-        if self._socket_file is not None and _file_id(self.worker_socket_path) == self._socket_file:
-            os.unlink(self.worker_socket_path)  # ours, still: a file someone put in its place is not
-        if self._worker_auth is not None:
-            self._worker_auth.stop()
+        self.worker_socket.close()
         self._worker_ctx.destroy(linger=0)
         return stopped
-
-
-def check_private_folder(folder: str) -> None:
-    """The workers' socket file goes only into a folder of this user's that nobody else may enter."""
-    st = os.lstat(folder)
-    mode = stat.S_IMODE(st.st_mode)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or mode & 0o077:
-        raise UsageError(
-            f"the workers' socket folder {folder} must be a folder of this user's that only it may enter "
-            f"(it is owned by uid {st.st_uid}, mode {mode:04o})"
-        )
-
-
-def _file_id(path: str) -> tuple | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino

@@ -73,7 +73,7 @@ def _route_ip(host: str, port: int) -> str:
         return s.getsockname()[0]
 
 
-def _short_temp_parent() -> str:
+def short_temp_parent() -> str:
     """The temp folder, or ``/tmp`` where its path is too long to hold socket files."""
     parent = tempfile.gettempdir()
     return parent if len(parent) <= 24 else "/tmp"
@@ -96,7 +96,6 @@ class RayCluster:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' log lines in the daemon's log, without ANSI codes
         self.ray = import_ray()
         self.temp_dir: str | None = None
-        self.socket_dir: str | None = None  # the workers' socket file, outside Ray's temp dir (which Ray opens to all)
         self.connected = False
         self.actors: dict = {}  # worker id -> actor handle
         self.started: dict[str, float] = {}  # worker id -> when Ray said its __init__ had run
@@ -104,13 +103,14 @@ class RayCluster:
 
     # --- joining ---------------------------------------------------------------------------
 
-    def connect(self, num_cpus: int, gpus: bool) -> None:
-        """``ray.init``: a private instance (``local``) or the cluster; one line when it fails."""
+    def connect(self, num_cpus: int, gpus: bool, temp_dir: str | None = None) -> None:
+        """``ray.init``: a private instance (``local``, in ``temp_dir`` or a new folder) or the
+        cluster; one line when it fails."""
         ray = self.ray
         common = dict(logging_level=logging.WARNING, log_to_driver=True)
         if self.kind == "local":
             # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
-            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=_short_temp_parent())
+            self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())
             args = dict(
                 address="local",
                 num_cpus=num_cpus,
@@ -153,13 +153,8 @@ class RayCluster:
         return dict(self.ray.cluster_resources())
 
     def worker_endpoint(self) -> str:
-        """Where the front end listens for its workers: for a private instance, a socket
-        file in a folder of our own (mode 0700; Ray opens its own temp dir to every user),
-        else this node's address on the cluster's network."""
-        if self.kind == "local":
-            if self.socket_dir is None:
-                self.socket_dir = tempfile.mkdtemp(prefix="smd-w-", dir=_short_temp_parent())  # mode 0700
-            return f"ipc://{self.socket_dir}/workers"
+        """Where the front end listens for its workers: this node's address on the cluster's network
+        (a private instance's workers use a socket file: ``private_ray``)."""
         if self.kind == "client":
             return f"tcp://{_route_ip(self.host, self.port)}"
         return f"tcp://{self.ray.util.get_node_ip_address()}"
@@ -189,6 +184,21 @@ class RayCluster:
             except Exception as e:
                 out[wid] = _error_line(e)
         return out
+
+    # --- a private instance's own processes ------------------------------------------------
+
+    def dead_node_processes(self) -> list[tuple[str, int, int]]:
+        """(kind, pid, exit status) of each process of the private instance that exited
+        (Ray's own handles of the processes ``ray.init`` started: Ray 2.60's ``Node``)."""
+        node = getattr(self.ray._private.worker, "_global_node", None) if self.kind == "local" else None
+        if node is None or not self.connected:
+            return []
+        return [
+            (kind, info.process.pid, info.process.returncode)
+            for kind, infos in list(node.all_processes.items())
+            for info in infos
+            if info.process.poll() is not None
+        ]
 
     def _wait_gone(self, wait_s: float) -> None:
         """Ask each killed worker until Ray answers that it is dead."""
@@ -225,7 +235,6 @@ class RayCluster:
             except Exception as e:
                 log.warning("stopping Ray: %s", _error_line(e))
             self.connected = False
-        for folder in (self.temp_dir, self.socket_dir):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-        self.temp_dir = self.socket_dir = None
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
