@@ -4,7 +4,9 @@ A real ``smd-daemon serve --ray local --workers 1`` with the tiny model and
 one artist streaming live. Each round kills one of the instance's own
 processes (found by parentage: the dashboard agent, the runtime-env agent,
 the raylet, the GCS) with SIGKILL and times the gap until the artist's next
-frame (after the one ``engine_error`` saying no worker is available). Rounds
+frame (after the one ``engine_error`` saying no worker is available), and,
+from the daemon's log, until the workers were started again and until one
+was ready (its model loaded). Rounds
 wait until the daemon's standby instance is ready, as it is when failures
 are rare; ``cold`` rounds first kill the standby's host, so the daemon must
 start Ray from nothing.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import sys
@@ -38,6 +41,9 @@ from cluster_util import (  # noqa: E402
 from daemon_util import S  # noqa: E402
 
 STANDBY = "a standby Ray instance is ready"
+READY = "the private Ray instance runs again"
+STARTED = re.compile(r"the workers start on a new Ray instance \(([\d.]+) s after the failure\)")
+READY_AT = re.compile(r"the private Ray instance runs again: a worker is ready ([\d.]+) s after the failure")
 
 
 def main() -> None:
@@ -61,20 +67,27 @@ def main() -> None:
                 os.kill(node["raylet" if what == "cold" else what], signal.SIGKILL)
                 seconds, _ = frame_after_an_error(client, 300)
                 assert seconds is not None, f"no frame after the {what} was killed:\n{d.text()}"
-                gaps[what].append(seconds)
+                wait_for(d, READY, standbys, 30)
+                started, ready = (float(x) for x in (STARTED.findall(d.text())[-1], READY_AT.findall(d.text())[-1]))
+                gaps[what].append((started, ready, seconds))
                 standbys += 1
-                print(f"{what}: {seconds:.1f} s", file=sys.stderr, flush=True)
+                print(f"{what}: {started:.1f} / {ready:.1f} / {seconds:.1f} s", file=sys.stderr, flush=True)
     finally:
         if client is not None:
             client.close()
         d.close()
-    print("| process killed | instance that takes over | seconds to the next frame: median | min | max |")
-    print("|---|---|---|---|---|")
-    for what, values in gaps.items():
+    print(
+        "| process killed | instance that takes over | workers started again (s after noticed) "
+        "| a worker ready (s after noticed) | next frame (s after the kill): median | min | max |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    med = statistics.median
+    for what, rounds in gaps.items():
         path = "a new one (no standby)" if what == "cold" else "the standby"
+        started, ready, frame = zip(*rounds)
         print(
-            f"| {'raylet' if what == 'cold' else what} | {path} | {statistics.median(values):.1f} | "
-            f"{min(values):.1f} | {max(values):.1f} |"
+            f"| {'raylet' if what == 'cold' else what} | {path} | {med(started):.1f} | {med(ready):.1f} | "
+            f"{med(frame):.1f} | {min(frame):.1f} | {max(frame):.1f} |"
         )
     print(f"\n({args.rounds} kills per row; tiny model, one worker, one artist at {S}² and 10 frames/s)")
 

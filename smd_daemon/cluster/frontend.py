@@ -10,7 +10,8 @@ events coming back are handed to the sessions as the engine loop's would be.
 The dispatcher keeps, per session, what a worker needs to take the session
 over: the newest scene (built from the front end's ``scenestate`` copy),
 live mode, and unfinished jobs. When a worker is lost (silent for
-``WORKER_TIMEOUT_S``, unreachable, or restarted by Ray) its sessions are
+``WORKER_TIMEOUT_S``, unreachable, restarted by Ray, or gone with its
+private Ray instance: ``recovery``) its sessions are
 placed on the others and replayed there; with no worker left, their clients
 get one ``engine_error`` and frames resume by themselves once a worker is
 back.
