@@ -306,7 +306,7 @@ def test_a_peer_without_this_runs_keys_is_refused_by_zeromq_and_logged(private_f
 ATTACKER = r"""
 import json, os, pickle, socket, sys, time
 
-mode, folder, path, marker = sys.argv[1:5]
+mode, folder, path, marker, ray_temp = sys.argv[1:6]
 
 
 class Payload:
@@ -315,13 +315,14 @@ class Payload:
 
 
 payload = pickle.dumps(Payload())
-own = os.path.join(sys.argv[5], "evil")  # a socket file of the attacker's own, to move over the daemon's
+own = os.path.join(sys.argv[6], "evil")  # a socket file of the attacker's own, to move over the daemon's
 out = {}
 if mode == "closed":
-    try:
-        out["list"] = os.listdir(folder)
-    except PermissionError:
-        out["list"] = "denied"
+    for what, where in (("list", folder), ("ray", os.path.join(ray_temp, "session_latest", "sockets"))):
+        try:
+            out[what] = os.listdir(where)
+        except PermissionError:
+            out[what] = "denied"
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(path)
@@ -352,6 +353,7 @@ for curve in (False, True):  # plainly, then with a key of its own (the server's
     s.send_multipart([payload], zmq.NOBLOCK)
     if s.poll(3000):
         received.append(s.recv_multipart())
+    s.close(0)  # or it would reconnect to its own socket below
 out["answered"] = len(received)
 router = ctx.socket(zmq.ROUTER)  # what a worker would find at the path from now on
 router.bind("ipc://" + own)
@@ -401,11 +403,14 @@ def test_another_local_user_can_neither_reach_nor_replace_the_workers_socket_nor
     try:
         d.wait_serving(180)
         path = re.search(r"they connect to ipc://(\S+)", d.text()).group(1)
+        ray_temp = re.search(r"joined a private Ray instance \(temp dir (\S+)\)", d.text()).group(1)
         folder = os.path.dirname(path)
         assert "smd-ray-" not in folder  # not in the folder Ray opens to everyone
-        args = [script, "closed", folder, path, str(marker), scratch]
+        assert os.stat(ray_temp).st_mode & 0o777 == 0o777  # Ray's own, opened to all, in a folder that is not
+        args = [script, "closed", folder, path, str(marker), ray_temp, scratch]
         closed = subprocess.run([*nobody, *args], capture_output=True, text=True, timeout=60)
-        assert json.loads(closed.stdout) == {"list": "denied", "connect": "denied", "replace": "denied"}, closed.stderr
+        found = json.loads(closed.stdout)
+        assert found == {"list": "denied", "ray": "denied", "connect": "denied", "replace": "denied"}, closed.stderr
 
         # The second lock: a folder opened to everyone (as Ray 2.60 opens its own) still lets nobody in.
         os.chmod(folder, 0o777)

@@ -13,7 +13,9 @@ standby, and a new standby is started once they are ready again. It costs
 the memory of an idle Ray instance (about 0.6 GB).
 
 The workers' socket file lives in a folder of the daemon's own (mode 0700,
-outside Ray's temp dirs, which Ray opens to every user), created here.
+outside Ray's temp dirs, which Ray opens to every user), created here; each
+Ray temp dir is itself inside a folder of mode 0700, so that Ray's own
+sockets are out of other users' reach too.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ class Host:
 
     def __init__(self, num_cpus: int, gpus: bool):
         self.asked = (num_cpus, gpus)
-        self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())  # ours: it may be killed first
+        # Ray opens its temp dir (and the sockets in it) to every user: it goes into a folder only
+        # this user may enter. Made here, not by the host, which may be killed before it could say.
+        self.folder = tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())
+        self.temp_dir = os.path.join(self.folder, "ray")
         self.resources: dict = {}
         self.events: collections.deque = collections.deque()
         self.ended = threading.Event()  # its events pipe closed
@@ -138,7 +143,7 @@ class Host:
         _end(family, END_WITHIN_S)
         self.process.stdin.close()
         self.ended.wait(5)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
         return status
 
     def stop(self, wait_s: float) -> None:

@@ -74,9 +74,11 @@ def _route_ip(host: str, port: int) -> str:
 
 
 def short_temp_parent() -> str:
-    """The temp folder, or ``/tmp`` where its path is too long to hold socket files."""
+    """The temp folder, or ``/tmp`` where its path is too long to hold socket files: a socket
+    path has at most 107 characters, and Ray's go ~64 below its temp dir
+    (``PARENT/smd-ray-XXXXXXXX/ray``: ``private_ray``)."""
     parent = tempfile.gettempdir()
-    return parent if len(parent) <= 24 else "/tmp"
+    return parent if len(parent) <= 20 else "/tmp"
 
 
 class RayCluster:
@@ -109,7 +111,6 @@ class RayCluster:
         ray = self.ray
         common = dict(logging_level=logging.WARNING, log_to_driver=True)
         if self.kind == "local":
-            # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
             self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())
             args = dict(
                 address="local",
