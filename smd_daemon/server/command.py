@@ -230,9 +230,9 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     finally:
         serving.set()  # a signal now only asks again
         stopped = server.shutdown(engine_timeout=_time_left(stop_at, 2.5))
-    _exit_in_time(stop_at, stopped)
+    _exit_in_time(stop_at, stopped, server.fatal)
     log.info("stopped")
-    _exit()
+    _exit(server.fatal)
 
 
 def watch_stdin(fd: int = 0) -> threading.Thread:
@@ -279,7 +279,7 @@ def _time_left(stop_at: list, share: float) -> float:
     return max(0.1, stop_at[0] + share - time.monotonic())
 
 
-def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
+def _exit_in_time(stop_at: list, engine_stopped: bool, fatal: str = "") -> None:
     """Exit now if some thread would keep the process alive past the deadline."""
     deadline = (stop_at[0] if stop_at else time.monotonic()) + STOP_WITHIN_S
     while True:
@@ -298,14 +298,18 @@ def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
         "stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy), STOP_WITHIN_S
     )
     log.info("stopped")
-    _exit()
+    _exit(fatal)
 
 
-def _exit() -> None:
+def _exit(fatal: str = "") -> None:
     """End the process, sockets closed and logs flushed. Not through the
     interpreter's own teardown: freeing the model and torch's thread pools
-    there takes seconds (and has aborted when a thread was still running)."""
+    there takes seconds (and has aborted when a thread was still running).
+    ``fatal``: why serving failed, the last line, and a non-zero status for
+    whoever supervises the daemon (and restarts it)."""
     logging.shutdown()
     sys.stdout.flush()
+    if fatal:
+        print(f"smd-daemon serve: error: {fatal}", file=sys.stderr)
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(1 if fatal else 0)

@@ -52,6 +52,7 @@ class Server:
         self.keys_dir = keys_dir
         self.ctx = context or zmq.Context()
         self.stopping = threading.Event()
+        self.fatal = ""  # why serving ended in failure: the command exits non-zero with it
         # A client may acknowledge every frame it is allowed: acks come on top of its requests.
         self.peers = PeerTable(
             self.limits.max_clients,
