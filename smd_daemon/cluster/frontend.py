@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import zmq
 
 from smd_daemon.cluster import wire
 from smd_daemon.cluster.codec import CodecError
+from smd_daemon.cluster.routes import FrontEngine, Route, Worker
 from smd_daemon.cluster.worker_socket import WorkerSocket
-from smd_daemon.protocol import REGION_MODES, ErrorCode, ProtocolError
+from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
 
@@ -36,86 +36,6 @@ log = logging.getLogger("smd_daemon.cluster")
 
 WORKER_TIMEOUT_S = 5.0  # a worker silent this long is lost (it reports every wire.HEARTBEAT_S)
 RECV_BATCH = 200
-EWMA = 0.3
-
-
-class FrontEngine:
-    """What the front end's scene workers ask of an engine. Plans are made by the
-    worker that draws the scene, and the engine's bytes are counted there, in the
-    worker's own memory budget; here only the planes and frames are kept. What
-    the model can do (region modes, steps) is what the workers reported."""
-
-    def __init__(self):
-        self.region_modes, self.max_steps, self.kind = REGION_MODES[:1], None, ""
-
-    def learn(self, can: dict) -> None:
-        if can:
-            self.region_modes = tuple(can.get("region_modes") or REGION_MODES[:1])
-            self.max_steps, self.kind = can.get("max_steps"), can.get("kind", "")
-
-    def check(self, scene):
-        """The engine's own check, on the reported capabilities (the same sentences)."""
-        if self.max_steps is None:
-            return scene.validate()
-        return scene.check_model(self.region_modes, self.max_steps, self.kind)
-
-    def plan(self, scene, cancel=None):
-        return wire.PLAN_ON_WORKER
-
-    def session_bytes(self, scene) -> int:
-        return 0
-
-
-@dataclass(eq=False)
-class Worker:
-    id: str
-    state: str = "starting"  # starting, loading, ready, failed, lost
-    identity: bytes | None = None  # ZeroMQ identity of its current process
-    node: str = ""
-    device: str = ""
-    pid: int = 0
-    model: dict = field(default_factory=dict)
-    error: str = ""
-    starts: int = 0  # processes that said hello (Ray restarts a dead one)
-    started: float = 0.0  # when its current process started (time.time() there)
-    sessions: set = field(default_factory=set)
-    last_seen: float = 0.0
-    frames: int = 0
-    engine_s: float = 0.0
-    stats_at: float = 0.0
-    fps: float = 0.0
-    load: float = 0.0  # engine seconds per second, recently
-    placed: int = 0  # sessions placed since its last stats (their load is not measured yet)
-
-    def describe(self) -> dict:
-        out = {
-            "id": self.id,
-            "state": self.state,
-            "node": self.node,
-            "device": self.device,
-            "sessions": len(self.sessions),
-            "fps": round(self.fps, 2),
-            "load": round(self.load, 3),
-        }
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
-@dataclass(eq=False)
-class Route:
-    """One session as the dispatcher keeps it: where it runs and what replays it."""
-
-    session: str
-    flow: object  # the session's FrameFlow
-    worker: Worker | None = None
-    scene: m.SetScene | None = None
-    live: m.SetLive | None = None
-    jobs: dict = field(default_factory=dict)  # job id -> QueueJob not finished yet
-    cancelling: dict = field(default_factory=dict)  # job id -> cancel request id, not confirmed yet
-    received: int = 0  # frames received from its worker since it was placed there
-    allowed: int = 0  # the credit last granted to that worker
-    told_no_worker: bool = False
 
 
 class Dispatcher:
@@ -342,7 +262,7 @@ class Dispatcher:
             return
         w.last_seen = now
         if isinstance(msg, wire.Stats):
-            self._stats(w, msg, now)
+            w.note_stats(msg, now)
             return
         r = self.routes.get(getattr(msg, "session", None))
         if r is None or r.worker is not w:
@@ -378,12 +298,8 @@ class Dispatcher:
                 self._lose(w, "Ray restarted it")
             self.by_identity.pop(w.identity, None)
             w.starts += 1
-        w.identity, w.last_seen, w.started = identity, now, h.started
+        w.adopt(identity, h, now)
         self.by_identity[identity] = w
-        w.node, w.device, w.pid, w.error = h.node, h.device or w.device, h.pid, h.error
-        w.model = h.model or w.model
-        w.stats_at, w.placed, w.fps, w.load = 0.0, 0, 0.0, 0.0
-        w.state = h.state
         if h.state == "loading":
             log.info("worker %s loading the model on node %s (pid %d)", w.id, w.node, w.pid)
         elif h.state == "ready":
@@ -399,13 +315,6 @@ class Dispatcher:
             self._place_waiting()
         else:
             log.error("worker %s on node %s cannot load the model: %s", w.id, w.node, w.error)
-
-    def _stats(self, w: Worker, s: wire.Stats, now: float) -> None:
-        if w.stats_at:
-            dt = max(1e-3, now - w.stats_at)
-            w.fps = (1 - EWMA) * w.fps + EWMA * max(0, s.frames - w.frames) / dt
-            w.load = (1 - EWMA) * w.load + EWMA * max(0.0, s.engine_s - w.engine_s) / dt
-        w.frames, w.engine_s, w.stats_at, w.placed = s.frames, s.engine_s, now, 0
 
     # --- upkeep -----------------------------------------------------------------------------
 

@@ -8,12 +8,10 @@ at once whatever another client sends.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
 import time
-import uuid
 
 import zmq
 
@@ -26,6 +24,7 @@ from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.outbox import Outbox
 from smd_daemon.server.scenes import SceneWorkers
 from smd_daemon.server.sessions import SessionManager
 
@@ -64,9 +63,7 @@ class Server:
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
         self.sessions = SessionManager(self)
-        self._outbox: collections.deque = collections.deque()
-        self._wake_addr = f"inproc://wake-{uuid.uuid4().hex}"
-        self._thread_wake = threading.local()
+        self.outbox = Outbox(self.ctx, self.stopping)
         self._auth = None
         self._refusals = None
         self.sock = None
@@ -91,21 +88,7 @@ class Server:
 
     def post(self, event) -> None:
         """Hand an event to the I/O thread (any thread); dropped once the daemon stops."""
-        if self.stopping.is_set():
-            return
-        self._outbox.append(event)
-        try:
-            sock = getattr(self._thread_wake, "sock", None)
-            if sock is None:
-                sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, 1)
-                sock.connect(self._wake_addr)
-            sock.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a wake-up is already pending
-        except zmq.ZMQError:
-            pass  # the context is closing: the daemon is stopping
+        self.outbox.post(event)
 
     def open_socket(self) -> None:
         """Bind first, so a busy port or bad keys fail before a long model load."""
@@ -126,8 +109,7 @@ class Server:
             raise UsageError(f"cannot bind {self.bind}: {e}") from None
         self._refusals = curve.RefusalLog(sock, self.throttled_log, encrypted=self.keys_dir is not None)
         self.sock = sock
-        self.wake_sock = self.ctx.socket(zmq.PULL)
-        self.wake_sock.bind(self._wake_addr)
+        self.wake_sock = self.outbox.bind()
 
     def start(self) -> None:
         if self.sock is None:
@@ -153,11 +135,7 @@ class Server:
                 if sock in ready:
                     handle()
             if self.wake_sock in ready:
-                while True:
-                    try:
-                        self.wake_sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                self.outbox.clear_wakeups()
             self._drain_outbox()
             if self.sock in ready:
                 for _ in range(RECV_BATCH):
@@ -189,7 +167,7 @@ class Server:
         self.sessions.shutdown()
         if self.sock is not None:
             self.sock.close(linger=500)
-            self.wake_sock.close(linger=0)
+            self.outbox.close()
         if self._refusals is not None:
             self._refusals.stop()
         if self._auth is not None:
@@ -231,8 +209,7 @@ class Server:
         )
 
     def _drain_outbox(self) -> None:
-        while self._outbox:
-            self.sessions.event(self._outbox.popleft())
+        self.outbox.drain(self.sessions.event)
 
     # --- receiving --------------------------------------------------------------
 
