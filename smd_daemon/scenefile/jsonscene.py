@@ -7,6 +7,7 @@ import difflib
 import json
 import math
 import os
+from typing import Any, TypeVar, overload
 
 import numpy as np
 from PIL import Image
@@ -146,21 +147,28 @@ def _json_region_base(where: _Where, entry: dict, label: str) -> ParsedLayer:
     return ParsedLayer(name=prompt, role="region", prompt=prompt)
 
 
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+_MISSING: Any = object()  # "no default": the field is required
+
+
 class _Where:
     """Typed field access with one-line errors that say where the problem is; it
     remembers the keys it was asked for, so those it never was are told (``unknown``)."""
-
-    _MISSING = object()
 
     def __init__(self, path: str):
         self.path = path
         self._asked: dict[int, set] = {}  # id of a JSON object -> the keys read from it
 
-    def get(self, obj: dict, key: str, typ: type, default=_MISSING, where: str = ""):
+    @overload
+    def get(self, obj: dict, key: str, typ: type[_T]) -> _T: ...
+    @overload
+    def get(self, obj: dict, key: str, typ: type[_T], default: _D, where: str = "") -> _T | _D: ...
+    def get(self, obj: dict, key: str, typ: type, default: Any = _MISSING, where: str = "") -> Any:
         self._asked.setdefault(id(obj), set()).add(key)
         label = f"{where} " if where else ""
         if key not in obj or obj[key] is None:
-            if default is self._MISSING:
+            if default is _MISSING:
                 raise SceneError(f"{self.path}: {label}field {key!r} is missing")
             return default
         v = obj[key]

@@ -100,7 +100,7 @@ def bottom_first(tree: list[OraLayer]) -> list[OraLayer]:
     """Every layer and group, bottom to top as the grammar reads them; a group just above its layers."""
     out = []
     for node in reversed(tree):
-        if node.group:
+        if node.children is not None:  # a group
             out += bottom_first(node.children)
         out.append(node)
     return out
@@ -258,9 +258,9 @@ def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, p
     for node in reversed(nodes):
         if not node.visible or not _joins(node, joins):
             continue
-        if node.group and not node.isolated:
+        if node.children is not None and not node.isolated:
             _composite_into(canvas, zf, node.children, joins, path)
-        elif node.group:
+        elif node.children is not None:
             inner = np.zeros_like(canvas)
             _composite_into(inner, zf, node.children, joins, path)
             over(canvas, inner, node.own_opacity)
@@ -271,4 +271,4 @@ def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, p
 
 def _joins(node: OraLayer, joins: set) -> bool:
     """Whether the layer, or any layer of the group, joins the background image."""
-    return any(_joins(c, joins) for c in node.children) if node.group else id(node) in joins
+    return any(_joins(c, joins) for c in node.children) if node.children is not None else id(node) in joins
