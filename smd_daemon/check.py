@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from typing import NoReturn
 
 from smd_daemon.errors import UsageError
 
@@ -31,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render", action="store_true", help="also render one 256x256 test image")
 
 
-def _fail(message: str):
+def _fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 

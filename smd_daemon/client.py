@@ -53,6 +53,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import zmq
 
@@ -148,8 +149,7 @@ class Client:
         The client replaces its socket when it loses the daemon, so read
         this again after every ``StateEvent`` to ``"disconnected"``.
         """
-        self._conn.open()
-        return self._conn.link.fileno()
+        return self._conn.open().fileno()
 
     def close(self) -> None:
         self._conn.close()
@@ -185,7 +185,7 @@ class Client:
 
     def update_scene(
         self,
-        layers: list[Layer] = (),
+        layers: Sequence[Layer] = (),
         order: list[str] | None = None,
         *,
         background_image: bytes | None = None,

@@ -73,6 +73,8 @@ class Link:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if server_public_key is not None:
+            if keys is None:
+                raise ClientError("a CURVE server key needs the client's key pair (curve_keys)")
             sock.curve_serverkey = server_public_key
             sock.curve_publickey, sock.curve_secretkey = keys
         self.monitor = None
@@ -171,9 +173,10 @@ class Connection:
         self._open_sent = False
         self._acks: list[dict] = []  # acks that could not go out at once: the newest frame's, results'
 
-    def open(self) -> None:
+    def open(self) -> Link:
         if self.link is None:
             self.link = Link(self.ctx, self.address, self.server_public_key, self.keys, self.max_side)
+        return self.link
 
     def connect(self) -> None:
         self.open()

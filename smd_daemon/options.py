@@ -93,8 +93,9 @@ def _getter(values):
 def load_model_from_options(values, seed: int = 0):
     """Load the model named by an argparse namespace or a dict with the ``MODEL_OPTIONS`` keys."""
     get = _getter(values)
+    model = get("model")
     return load_model(
-        get("model"),
+        DEFAULT_MODEL if model is None else model,  # absent: the flag's default, as for every other option
         lora=get("lora"),
         tiny_vae=get("tiny_vae"),
         config=get("model_config"),

@@ -29,8 +29,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from smd_daemon.server.sessions import Session
 
 log = logging.getLogger("smd_daemon.server")
 
@@ -111,7 +115,7 @@ class Peer:
     last_seen: float
     bucket: TokenBucket
     welcomed: bool = False  # said hello and was answered
-    session: object = None  # router.Session
+    session: Session | None = None
     origin: Origin | None = None  # set from its first message
     name: str = ""
     dropped: int = 0  # messages dropped since the last rate_limited reply

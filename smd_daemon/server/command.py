@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from smd_daemon import protocol
 from smd_daemon.config import load_config
@@ -168,11 +169,12 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     if opts["threads"] is not None and opts["threads"] < 1:
         raise UsageError("threads must be >= 1")
     check_bind(opts)
+    cluster_server = None
     if opts["ray"]:
         from smd_daemon.cluster import launch
 
         launch.check_options(opts)
-        server = launch.make_server(opts, limits)
+        server = cluster_server = launch.make_server(opts, limits)
     elif opts["workers"] is not None:
         raise UsageError("--workers needs --ray")
     else:
@@ -196,8 +198,8 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
         watch_stdin()
     try:
         server.open_socket()
-        if opts["ray"]:
-            launch.start(server, opts)
+        if cluster_server is not None:
+            launch.start(cluster_server, opts)
         else:
             if opts["threads"]:
                 import torch
@@ -301,7 +303,7 @@ def _exit_in_time(stop_at: list, engine_stopped: bool, fatal: str = "") -> None:
     _exit(fatal)
 
 
-def _exit(fatal: str = "") -> None:
+def _exit(fatal: str = "") -> NoReturn:
     """End the process, sockets closed and logs flushed. Not through the
     interpreter's own teardown: freeing the model and torch's thread pools
     there takes seconds (and has aborted when a thread was still running).

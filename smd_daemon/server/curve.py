@@ -119,7 +119,7 @@ def _key_names(folder: str) -> dict[bytes, str]:
 
 
 # What a failed handshake means, by libzmq's protocol error code.
-_FAILURES = {
+_FAILURES: dict[int, str] = {  # keyed by the event's value, a plain int
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "mechanism",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "key",
 }

@@ -17,7 +17,7 @@ import time
 
 from smd_daemon.protocol import ErrorCode
 from smd_daemon.server import messages as m
-from smd_daemon.server.scheduler import EngineSession, Running, Scheduler
+from smd_daemon.server.scheduler import EngineSession, Running, RunningJob, RunningStep, Scheduler, Work
 
 log = logging.getLogger("smd_daemon.server")
 
@@ -70,12 +70,13 @@ class EngineLoop(threading.Thread):
         if r.kind == "generate" and r.job.cancelled:
             self._end_generate(r, m.JobCancelled(r.members[0].id, r.job.id, r.job.re))
             return
-        if r.work is None and not self._begin(r):
+        work = r.work if r.work is not None else self._begin(r)
+        if work is None:
             return
         size = self.scheduler.pass_size(r, others_waiting=len(candidates) > 1)
         t0 = time.perf_counter()
         try:
-            samples = r.work.run(size)
+            samples = work.run(size)
         except Exception as e:  # engine failure: these sessions only
             self._work_failed(r, e)
             return
@@ -93,29 +94,31 @@ class EngineLoop(threading.Thread):
             )
         if r.kind == "generate":
             self._generate_progress(r)
-        elif r.work.done:
+        elif work.done:
             self._frames(r)
 
-    def _begin(self, r: Running) -> bool:
+    def _begin(self, r: Running) -> Work | None:
+        """Begin ``r``'s work; None if the engine refused it (the sessions are told)."""
         t0 = time.perf_counter()
+        work: Work
         try:
             if r.kind == "step":
                 for s in r.members:
                     self._open_stream(s)
                     s.flow.start_making()
                 streams = [s.stream for s in r.members]
-                r.work = self.engine.begin_streams(streams)
+                r.work = work = self.engine.begin_streams(streams)
             else:
-                r.work = self.engine.begin_generate(r.job.scene, r.job.plan)
+                r.work = work = self.engine.begin_generate(r.job.scene, r.job.plan)
         except Exception as e:
             self._work_failed(r, e)
-            return False
+            return None
         for s in r.members:
             s.work = r
         r.began = time.monotonic()
         self.scheduler.charge(r, time.perf_counter() - t0, 0)  # preparing the work is engine time too
         self.running.append(r)
-        return True
+        return work
 
     def _open_stream(self, s: EngineSession) -> None:
         """Apply the newest scene to the session's stream (opening it if needed)."""
@@ -128,15 +131,17 @@ class EngineLoop(threading.Thread):
         else:
             s.stream.update(scene, revision, plan=plan)
 
-    def _frames(self, r: Running) -> None:
+    def _frames(self, r: RunningStep) -> None:
+        work = r.work
+        assert work is not None, "frames are taken from a work that ran"
         t0 = time.perf_counter()
-        frames = r.work.frames()  # waits for the frames' copy to the host
+        frames = work.frames()  # waits for the frames' copy to the host
         self.scheduler.charge(r, time.perf_counter() - t0, 0)
         self._finish(r)
-        shares = getattr(r.work, "share", None) or [1 / len(r.members)] * len(r.members)
+        shares = getattr(work, "share", None) or [1 / len(r.members)] * len(r.members)
         for s, frame, share in zip(r.members, frames, shares):
             s.solo = False
-            s.step_samples = max(1, round(share * r.work.samples_total)) if r.work.samples_total else s.step_samples
+            s.step_samples = max(1, round(share * work.samples_total)) if work.samples_total else s.step_samples
             s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
             s.flow.made(
                 m.FrameReady(
@@ -152,19 +157,21 @@ class EngineLoop(threading.Thread):
             )
             self.post(m.FrameMade(s.id))
 
-    def _generate_progress(self, r: Running) -> None:
+    def _generate_progress(self, r: RunningJob) -> None:
+        work = r.work
+        assert work is not None, "progress is read from a work that ran"
         s = r.members[0]
-        progress = tuple(r.work.progress)
-        if progress != r.progress and progress[0] > 0:
-            r.progress = progress
-            self.post(m.JobProgress(s.id, r.job.id, *progress))
-        if r.work.done:
+        step, total = work.progress
+        if (step, total) != r.progress and step > 0:
+            r.progress = (step, total)
+            self.post(m.JobProgress(s.id, r.job.id, step, total))
+        if work.done:
             t0 = time.perf_counter()
-            image = r.work.image()
+            image = work.image()
             self.scheduler.charge(r, time.perf_counter() - t0, 0)
             self._end_generate(r, m.JobResult(s.id, r.job, image, r.seconds * 1000))
 
-    def _end_generate(self, r: Running, event) -> None:
+    def _end_generate(self, r: RunningJob, event) -> None:
         s = r.members[0]
         if r in self.running:
             self._finish(r)
@@ -214,6 +221,7 @@ class EngineLoop(threading.Thread):
                 return
             s = self.sessions.get(c.session)
             if isinstance(c, m.OpenSession):
+                assert c.flow is not None, "only the cluster channel carries a session without its flow"
                 self.sessions[c.session] = EngineSession(c.session, c.flow)
             elif s is None:
                 continue
@@ -236,7 +244,9 @@ class EngineLoop(threading.Thread):
                 del self.sessions[c.session]
 
     def _cancel(self, s: EngineSession, c: m.CancelJobs) -> None:
-        running = s.jobs[0] if s.jobs and any(r.job is s.jobs[0] for r in self.running) else None
+        running = (
+            s.jobs[0] if s.jobs and any(r.kind == "generate" and r.job is s.jobs[0] for r in self.running) else None
+        )
         for job in list(s.jobs):
             if c.jobs is not None and job.id not in c.jobs:
                 continue

@@ -9,8 +9,21 @@ each session's ``FrameFlow`` (``frames.py``), which has its own lock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from smd_daemon.engine.scene import Scene
+
+
+class Flow(Protocol):
+    """Where a session's frames go: ``frames.FrameFlow``, or a cluster worker's ``RemoteFlow``."""
+
+    def can_make(self) -> bool: ...
+    def start_making(self) -> None: ...
+    def made(self, frame: FrameReady | None) -> None: ...
+
 
 # --- I/O thread -> engine loop ------------------------------------------
 
@@ -32,7 +45,7 @@ class Job:
 @dataclass
 class OpenSession:
     session: str
-    flow: object  # the session's FrameFlow
+    flow: Flow | None  # None only on the cluster channel: the worker gives the session its own
 
 
 @dataclass
@@ -139,7 +152,7 @@ class UpdateDone:
     session: str
     re: int | None
     revision: int
-    scene: object = None
+    scene: Scene | None = None
     plan: object = None
     layers: list = field(default_factory=list)  # grammar.ParsedLayer.to_dict() per layer
     error: tuple | None = None  # (code, message)

@@ -25,9 +25,9 @@ class Outbox:
 
     def bind(self) -> zmq.Socket:
         """The socket the I/O thread polls (inproc: bound before any thread posts)."""
-        self.wake_sock = self.ctx.socket(zmq.PULL)
-        self.wake_sock.bind(self._addr)
-        return self.wake_sock
+        self.wake_sock = sock = self.ctx.socket(zmq.PULL)
+        sock.bind(self._addr)
+        return sock
 
     def post(self, event) -> None:
         """Hand an event to the I/O thread (any thread); dropped once the daemon stops."""
@@ -48,6 +48,8 @@ class Outbox:
             pass  # the context is closing: the daemon is stopping
 
     def clear_wakeups(self) -> None:
+        if self.wake_sock is None:
+            return  # not bound yet: nothing can have woken it
         while True:
             try:
                 self.wake_sock.recv(zmq.NOBLOCK)

@@ -66,7 +66,7 @@ class Server:
         self.outbox = Outbox(self.ctx, self.stopping)
         self._auth = None
         self._refusals = None
-        self.sock = None
+        self.sock: zmq.Socket | None = None
         self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
         self.engine_loop: EngineLoop | None = None
         self.workers: SceneWorkers | None = None
@@ -123,8 +123,10 @@ class Server:
         return EngineLoop(self.engine, self.post, self.stopping)
 
     def serve_forever(self) -> None:
+        main = self.sock
+        assert main is not None, "start() opens the socket"
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        poller.register(main, zmq.POLLIN)
         poller.register(self.wake_sock, zmq.POLLIN)
         for sock in self.extra_sockets:
             poller.register(sock, zmq.POLLIN)
@@ -137,10 +139,10 @@ class Server:
             if self.wake_sock in ready:
                 self.outbox.clear_wakeups()
             self._drain_outbox()
-            if self.sock in ready:
+            if main in ready:
                 for _ in range(RECV_BATCH):
                     try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = main.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._on_message(frames)
@@ -182,6 +184,7 @@ class Server:
     # --- sending --------------------------------------------------------------
 
     def send(self, identity: bytes, type_: str, parts=(), **fields) -> None:
+        assert self.sock is not None, "only the I/O thread sends, while serving"
         try:
             self.sock.send_multipart([identity, *protocol.encode(type_, parts, **fields)], zmq.NOBLOCK, copy=False)
         except zmq.Again:

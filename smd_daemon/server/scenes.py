@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
 from smd_daemon.server.ordered import SessionOrder
 
+if TYPE_CHECKING:
+    from smd_daemon.engine.plan import Plan
+
 log = logging.getLogger("smd_daemon.server")
 
 E = ErrorCode
@@ -43,8 +47,8 @@ class SceneSession:
     id: str
     state: SceneState = field(default_factory=SceneState)
     revision: int = 0
-    scene: object = None  # the engine Scene of ``revision``
-    plan: object = None  # its plan, made when first needed
+    scene: Scene | None = None  # the engine Scene of ``revision``
+    plan: Plan | None = None  # its plan, made when first needed
     closed: bool = False
 
 
@@ -196,8 +200,9 @@ class SceneWorkers:
         state = s.state.apply(change, lim.max_layers)
         scene, parsed = self._scene(state)
         pixels = sum(layer.alpha.nbytes for layer in state.layers.values() if layer.alpha is not None)
-        if state.background_image is not None:
-            pixels += state.background_image.nbytes
+        image = _background_image(state)
+        if image is not None:
+            pixels += image.nbytes
         return state, scene, parsed, pixels + self.engine.session_bytes(scene) + self._frame_bytes(w, h_)
 
     def _shape_scene(self, w: int, h: int, regions: int, settings: dict) -> Scene:
@@ -228,7 +233,7 @@ class SceneWorkers:
             h,
             background_prompt=bg.get("prompt", ""),
             negative_prompt=settings.get("negative_prompt", ""),
-            background_image=state.background_image,
+            background_image=_background_image(state),
             background_strength=bg.get("strength", d["background_strength"]),
             seed=settings.get("seed", d["seed"]),
             steps=settings.get("steps", d["steps"]),
@@ -300,3 +305,11 @@ def plan_scene(engine, scene, cancel):
         raise ProtocolError(
             E.ENGINE_ERROR, f"the engine cannot draw this scene: {type(e).__name__}: {str(e)[:300]}"
         ) from None
+
+
+def _background_image(state: SceneState) -> np.ndarray | None:
+    """The scene's background image as the daemon holds it (``SceneState`` is shared with the plugin,
+    which holds bytes there)."""
+    image = state.background_image
+    assert image is None or isinstance(image, np.ndarray), "the daemon applies changes decode_plane resolved"
+    return image

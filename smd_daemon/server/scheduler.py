@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from smd_daemon.server.messages import Flow, Job
 
 PASS_S = 0.1  # a pass's target length while other work waits
 SOLO_PASS_S = 1.0  # ...and while none does: long enough to batch well, short enough to stop promptly
@@ -33,25 +36,53 @@ CREDIT_S = 0.5  # engine time a session can save up while it waits (for an ack, 
 EWMA = 0.3  # weight of the newest measurement of seconds per sample
 
 
+class Stream(Protocol):
+    """What the engine thread does to an engine ``StreamSession`` itself (the engine steps it)."""
+
+    def update(self, scene: Any, revision: int, plan: Any = None) -> None: ...
+
+
+class Work(Protocol):
+    """An engine work (``Engine.begin_streams`` / ``begin_generate``), run in bounded passes."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def samples_left(self) -> int: ...
+    @property
+    def samples_total(self) -> int: ...
+    def run(self, max_samples: int | None = None) -> int: ...
+
+
+class StepWork(Work, Protocol):
+    def frames(self) -> list[Any]: ...  # engine StreamFrames, one per stream
+
+
+class GenerateWork(Work, Protocol):
+    @property
+    def progress(self) -> tuple[int, int]: ...
+    def image(self) -> Any: ...  # the finished image
+
+
 @dataclass(eq=False)
 class EngineSession:
     """What the engine thread knows of one session."""
 
     id: str
-    flow: object  # frames.FrameFlow
-    stream: object = None  # engine StreamSession, opened while live
+    flow: Flow
+    stream: Stream | None = None  # engine StreamSession, opened while live
     pending: tuple | None = None  # the newest (scene, revision, plan), applied when a step begins
     newest: tuple | None = None  # the same, kept after it is applied
     live: bool = False
     min_interval: float = 0.0
     next_step_at: float = 0.0
-    jobs: deque = field(default_factory=deque)
+    jobs: deque[Job] = field(default_factory=deque)
     vtime: float = 0.0
     sec_per_sample: float | None = None
     step_samples: int | None = None  # UNet samples of its last step
     solo: bool = False  # a shared work failed: step alone until one succeeds
     last_kind: str = ""  # of the work that last ran a pass for it
-    work: object = None  # the Running work it is part of
+    work: Running | None = None  # the work it is part of
     closed: bool = False
 
     @property
@@ -62,21 +93,38 @@ class EngineSession:
 
 
 @dataclass(eq=False)
-class Running:
+class _Running:
     """A work in progress (or about to begin) and who it is for."""
 
-    kind: str  # "step" or "generate"
-    members: list  # EngineSession
-    work: object = None  # engine StepWork / GenerateWork, None until begun
-    job: object = None  # messages.Job for a generate
+    members: list[EngineSession]
     seconds: float = 0.0  # engine time spent on it so far
     began: float = 0.0  # time.monotonic() of its first pass
     payer: EngineSession | None = None  # on whose behalf the next pass runs
-    progress: tuple = (0, 0)
 
     @property
     def vtime(self) -> float:
         return min(s.vtime for s in self.members)
+
+
+@dataclass(eq=False)
+class RunningStep(_Running):
+    """A step of one or more live sessions' streams."""
+
+    kind: Literal["step"] = field(default="step", init=False)
+    work: StepWork | None = None  # None until begun
+
+
+@dataclass(eq=False)
+class RunningJob(_Running):
+    """A session's generate job."""
+
+    kind: Literal["generate"] = field(default="generate", init=False)
+    job: Job = field(kw_only=True)
+    work: GenerateWork | None = None  # None until begun
+    progress: tuple[int, int] = (0, 0)
+
+
+Running = RunningStep | RunningJob  # told apart by ``kind``
 
 
 class Scheduler:
@@ -108,14 +156,10 @@ class Scheduler:
             s.vtime = max(s.vtime, self.vclock - CREDIT_S)
         shared = [s for s in ready if not s.solo and s.step_seconds is not None and s.step_seconds <= self.batch_s]
         if shared:
-            out.append(Running("step", shared))
-        out += [Running("step", [s]) for s in ready if s not in shared]
+            out.append(RunningStep(shared))
+        out += [RunningStep([s]) for s in ready if s not in shared]
         generating = {id(s) for r in running if r.kind == "generate" for s in r.members}
-        out += [
-            Running("generate", [s], job=s.jobs[0])
-            for s in sessions
-            if s.jobs and not s.closed and id(s) not in generating
-        ]
+        out += [RunningJob([s], job=s.jobs[0]) for s in sessions if s.jobs and not s.closed and id(s) not in generating]
         return out
 
     def pick(self, candidates: list[Running]) -> Running:
@@ -139,6 +183,8 @@ class Scheduler:
         if not costs:
             return 1
         per = max(costs)
+        if r.work is None:  # not begun: no cost measured for it yet
+            return 1
         left = r.work.samples_left
         if not others_waiting:
             return max(1, min(left, int(self.solo_pass_s / per)))

@@ -153,6 +153,7 @@ class SessionManager:
             if ev.error is not None:
                 error(s.identity, *ev.error, ev.re, revision=ev.revision)
                 return
+            assert ev.scene is not None, "an update that was not refused carries its scene"
             if ev.plan is not None:  # a scene replaced at once by a newer one is never drawn
                 self.server.engine_loop.send(m.SetScene(s.id, ev.scene, ev.revision, ev.plan))
             send(s.identity, "scene", re=ev.re, revision=ev.revision, regions=len(ev.scene.regions), layers=ev.layers)
@@ -164,6 +165,7 @@ class SessionManager:
                 s.jobs.discard(job_id)
                 error(s.identity, code, message, ev.re, job=job_id)
                 return
+            assert ev.job is not None, "a generate that was not refused is resolved to a job"
             if ev.job.id in s.cancelled:
                 s.jobs.discard(ev.job.id)
                 send(s.identity, "cancelled", re=s.cancelled.pop(ev.job.id), job=ev.job.id)
