@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import TypeVar
 
 import numpy as np
 import zmq
@@ -171,7 +172,10 @@ class _Reader:
         return out
 
 
-def _expect(v: dict, key: str, kind: type):
+_T = TypeVar("_T")
+
+
+def _expect(v: dict, key: str, kind: type[_T]) -> _T:
     x = v.get(key)
     if type(x) is not kind:
         raise CodecError(f"{v.get('$')!r}: {key!r} must be {kind.__name__}")

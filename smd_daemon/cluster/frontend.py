@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -30,7 +31,12 @@ from smd_daemon.cluster.routes import FrontEngine, Route, Worker
 from smd_daemon.cluster.worker_socket import WorkerSocket
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
+from smd_daemon.server.frames import FrameFlow
 from smd_daemon.server.router import Server
+
+if TYPE_CHECKING:
+    from smd_daemon.cluster.ray_workers import Cluster
+    from smd_daemon.cluster.recovery import NodeRecovery
 
 log = logging.getLogger("smd_daemon.cluster")
 
@@ -87,6 +93,7 @@ class Dispatcher:
             raise ProtocolError(
                 ErrorCode.BUSY, f"no engine worker is available right now ({self._states()}); try again shortly"
             )
+        assert isinstance(c.flow, FrameFlow), "the front end's sessions send their own FrameFlow"
         r = self.routes[c.session] = Route(c.session, c.flow)
         c.flow.on_room = lambda: self._credit(r)
         self._assign(r, w)
@@ -264,7 +271,8 @@ class Dispatcher:
         if isinstance(msg, wire.Stats):
             w.note_stats(msg, now)
             return
-        r = self.routes.get(getattr(msg, "session", None))
+        session = getattr(msg, "session", None)
+        r = self.routes.get(session) if isinstance(session, str) else None
         if r is None or r.worker is not w:
             return  # closed meanwhile, or moved away
         if isinstance(msg, m.FrameReady):
@@ -296,7 +304,8 @@ class Dispatcher:
                 return
             if w.state in ("ready", "loading"):
                 self._lose(w, "Ray restarted it")
-            self.by_identity.pop(w.identity, None)
+            if w.identity is not None:
+                self.by_identity.pop(w.identity, None)
             w.starts += 1
         w.adopt(identity, h, now)
         self.by_identity[identity] = w
@@ -345,17 +354,24 @@ class ClusterServer(Server):
         self.per_worker = per_worker
         self._worker_ctx = zmq.Context()
         self.worker_socket = WorkerSocket(self._worker_ctx, self.keys, self.throttled_log)
-        self.dispatcher: Dispatcher | None = None
-        self.cluster = None  # what started the workers (ray_workers.RayCluster); stopped with the server
-        self.recovery = None  # recovery.NodeRecovery of a private Ray instance
+        self._dispatcher: Dispatcher | None = None
+        self.cluster: Cluster | None = None  # what started the workers; stopped with the server
+        self.recovery: NodeRecovery | None = None  # of a private Ray instance
 
     def open_worker_socket(self, endpoint: str) -> str:
         """Listen for this run's workers (``worker_socket``); returns the address they connect to."""
         sock, monitor = self.worker_socket.open(endpoint)
-        self.dispatcher = Dispatcher(self, sock, self.per_worker)
-        self.extra_sockets[sock] = self.dispatcher.on_readable
+        self._dispatcher = Dispatcher(self, sock, self.per_worker)
+        self.extra_sockets[sock] = self._dispatcher.on_readable
         self.extra_sockets[monitor] = self.worker_socket.log_refusals
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """What stands in for the engine loop; ``open_worker_socket`` makes it."""
+        if self._dispatcher is None:
+            raise RuntimeError("open_worker_socket() comes first")
+        return self._dispatcher
 
     def worker_keys(self) -> wire.Keys:
         """What workers need to connect."""

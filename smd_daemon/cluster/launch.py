@@ -16,7 +16,7 @@ import time
 
 from smd_daemon.cluster.frontend import ClusterServer
 from smd_daemon.cluster.private_ray import PrivateRay
-from smd_daemon.cluster.ray_workers import RayCluster, parse_target
+from smd_daemon.cluster.ray_workers import Cluster, RayCluster, parse_target
 from smd_daemon.cluster.recovery import NodeRecovery
 from smd_daemon.errors import UsageError
 from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, check_kind
@@ -54,6 +54,7 @@ def make_server(opts: dict, limits) -> ClusterServer:
 def start(server: ClusterServer, opts: dict) -> None:
     """Start the workers and wait for them; ``UsageError`` when none can draw."""
     cluster = server.cluster
+    assert cluster is not None, "make_server() gives the server its cluster"
     device = opts.get("device") or ""
     want_gpu = device == "" or device.startswith("cuda")
     threads = opts.get("threads") or 1
@@ -105,24 +106,25 @@ def start(server: ClusterServer, opts: dict) -> None:
             max_memory,
             (opts.get("log_level") or logging.getLevelName(logging.getLogger().level)).lower(),
         )
-    _wait(server, address)
+    _wait(server, cluster, address)
     ready = [w for w in server.dispatcher.workers.values() if w.state == "ready"]
     server.model_info = dict(ready[0].model)
     server.limits.max_sessions = server.per_worker * n
-    if cluster.kind == "local":
+    if isinstance(cluster, PrivateRay):
         server.recovery = NodeRecovery(server, cluster)
         cluster.prepare_standby()  # now that the workers' model load no longer competes with it
 
 
-def _connect(cluster: RayCluster, num_cpus: int, gpus: bool) -> None:
+def _connect(cluster: Cluster, num_cpus: int, gpus: bool) -> None:
     """``ray.init`` replaces the SIGTERM handler: put the daemon's back, and
     treat a SIGTERM that Ray's handler caught as the daemon's own."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         cluster.connect(num_cpus, gpus)
     except SystemExit:
-        if callable(handlers[signal.SIGTERM]):
-            handlers[signal.SIGTERM](signal.SIGTERM, None)
+        handler = handlers[signal.SIGTERM]
+        if callable(handler):
+            handler(signal.SIGTERM, None)
         raise
     finally:
         for sig, handler in handlers.items():
@@ -135,8 +137,8 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _wait(server: ClusterServer, address: str) -> None:
-    d, cluster = server.dispatcher, server.cluster
+def _wait(server: ClusterServer, cluster: Cluster, address: str) -> None:
+    d = server.dispatcher
     hello_by = time.monotonic() + HELLO_WITHIN_S
     while True:
         if d.sock.poll(200):

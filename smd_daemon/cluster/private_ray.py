@@ -76,6 +76,8 @@ class Host:
             text=True,
         )
         os.close(events_w)
+        assert self.process.stdin is not None, "stdin=PIPE"
+        self._stdin = self.process.stdin
         threading.Thread(target=self._read, args=(os.fdopen(events_r),), name="ray-host", daemon=True).start()
 
     @property
@@ -96,8 +98,8 @@ class Host:
 
     def send(self, **command) -> None:
         try:
-            self.process.stdin.write(json.dumps(command) + "\n")
-            self.process.stdin.flush()
+            self._stdin.write(json.dumps(command) + "\n")
+            self._stdin.flush()
         except (BrokenPipeError, ValueError):
             pass  # it ended: the reader says so
 
@@ -141,7 +143,7 @@ class Host:
                 pass
         status = self.process.wait()
         _end(family, END_WITHIN_S)
-        self.process.stdin.close()
+        self._stdin.close()
         self.ended.wait(5)
         shutil.rmtree(self.folder, ignore_errors=True)
         return status
@@ -180,8 +182,15 @@ class PrivateRay:
         self.host = Host(num_cpus, gpus)
         self.host.connect()
 
+    def _active(self) -> Host:
+        """The instance the workers run on; ``connect`` (or ``restart``) started it."""
+        host = self.host
+        if host is None:
+            raise UsageError("the private Ray instance is not running")
+        return host
+
     def resources(self) -> dict:
-        return dict(self.host.resources)
+        return dict(self._active().resources)
 
     def worker_endpoint(self) -> str:
         if self.socket_dir is None:
@@ -191,11 +200,13 @@ class PrivateRay:
     def start(self, worker_id: str, resources: dict, address: str, keys: tuple, *rest) -> None:
         self._specs[worker_id] = (resources, address, keys, *rest)
         text_keys = [k.decode() for k in keys]  # Z85: text already
-        self.host.send(op="start", worker=worker_id, resources=resources, args=[address, text_keys, *rest])
+        self._active().send(op="start", worker=worker_id, resources=resources, args=[address, text_keys, *rest])
 
     def failures(self) -> dict[str, str]:
         """Workers that could not start at all, by id (their starts and the instance's exits are noted)."""
         out, host = {}, self.host
+        if host is None:  # none yet, or being replaced: nothing to report
+            return out
         while host.events:
             ev = host.events.popleft()
             if ev["event"] == "started":
@@ -214,9 +225,9 @@ class PrivateRay:
         """(kind, pid, exit status) of the instance's processes that ended since the last call; the
         host's own end, when it did not say why, counts as one of them."""
         self.failures()
-        out, self._exits = self._exits, []
-        if self.host.ended.is_set() and not any(kind in ESSENTIAL for kind, _, _ in out):
-            out.append((HOST, self.host.pid, None))  # reaped when it is replaced
+        out, self._exits, host = self._exits, [], self.host
+        if host is not None and host.ended.is_set() and not any(kind in ESSENTIAL for kind, _, _ in out):
+            out.append((HOST, host.pid, None))  # reaped when it is replaced
         return out
 
     # --- replacing the instance -----------------------------------------------------------------
@@ -226,7 +237,7 @@ class PrivateRay:
         with self._lock:
             if self._stopping or self.standby is not None or self._preparing is not None:
                 return
-            self._preparing = Host(*self.host.asked)
+            self._preparing = Host(*self._active().asked)
             self._standby_thread = threading.Thread(
                 target=self._standby_up, args=(self._preparing,), name="ray-standby", daemon=True
             )
@@ -259,7 +270,7 @@ class PrivateRay:
         with self._lock:
             if self._stopping:
                 return
-            broken, self.host = self.host, None
+            broken, self.host = self._active(), None
             starting = self._standby_thread if self._preparing is not None else None
         broken.kill()
         if starting is not None:  # a standby on its way is sooner than a new one

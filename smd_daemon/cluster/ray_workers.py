@@ -21,6 +21,7 @@ import shutil
 import socket
 import tempfile
 import time
+from typing import Any, Protocol
 
 from smd_daemon.errors import UsageError
 
@@ -81,6 +82,21 @@ def short_temp_parent() -> str:
     return parent if len(parent) <= 20 else "/tmp"
 
 
+class Cluster(Protocol):
+    """What the front end asks of the Ray instance its workers run on: ``RayCluster``, or
+    ``private_ray.PrivateRay`` for ``--ray local``."""
+
+    kind: str
+    started: dict[str, float]  # worker id -> when Ray said its __init__ had run
+
+    def connect(self, num_cpus: int, gpus: bool) -> None: ...
+    def resources(self) -> dict: ...
+    def worker_endpoint(self) -> str: ...
+    def start(self, worker_id: str, resources: dict, address: str, keys: tuple, /, *rest) -> None: ...
+    def failures(self) -> dict[str, str]: ...
+    def stop(self) -> None: ...
+
+
 class RayCluster:
     """The Ray instance a daemon uses (its own with ``local``, else a cluster it joins)
     and the workers it started there."""
@@ -109,7 +125,8 @@ class RayCluster:
         """``ray.init``: a private instance (``local``, in ``temp_dir`` or a new folder) or the
         cluster; one line when it fails."""
         ray = self.ray
-        common = dict(logging_level=logging.WARNING, log_to_driver=True)
+        common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
+        args: dict[str, Any]
         if self.kind == "local":
             self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())
             args = dict(
@@ -191,7 +208,9 @@ class RayCluster:
     def dead_node_processes(self) -> list[tuple[str, int, int]]:
         """(kind, pid, exit status) of each process of the private instance that exited
         (Ray's own handles of the processes ``ray.init`` started: Ray 2.60's ``Node``)."""
-        node = getattr(self.ray._private.worker, "_global_node", None) if self.kind == "local" else None
+        from ray._private import worker  # Ray's own Node of this process, not exported by ray
+
+        node = getattr(worker, "_global_node", None) if self.kind == "local" else None
         if node is None or not self.connected:
             return []
         return [
@@ -203,13 +222,15 @@ class RayCluster:
 
     def _wait_gone(self, wait_s: float) -> None:
         """Ask each killed worker until Ray answers that it is dead."""
+        from ray.exceptions import GetTimeoutError
+
         deadline = time.monotonic() + wait_s
         alive = dict(self.actors)
         while alive and time.monotonic() < deadline:
             for wid, actor in list(alive.items()):
                 try:
                     self.ray.get(actor.started.remote(), timeout=max(0.1, min(1.0, deadline - time.monotonic())))
-                except self.ray.exceptions.GetTimeoutError:
+                except GetTimeoutError:
                     continue
                 except Exception:  # RayActorError: it is gone
                     del alive[wid]

@@ -47,7 +47,7 @@ class NodeRecovery:
 
     def check(self, now: float) -> None:
         if self._since is not None:
-            self._follow(now)
+            self._follow(now, self._since)
             return
         dead = self.cluster.exits()
         essential = [(name, pid, status) for name, pid, status in dead if name in ESSENTIAL or name == HOST]
@@ -72,11 +72,11 @@ class NodeRecovery:
         except Exception as e:  # UsageError: Ray did not start, in one line
             self._error = str(e).splitlines()[0] if str(e) else type(e).__name__
 
-    def _follow(self, now: float) -> None:
-        """After the restart began: wait for its thread, then for a worker that can draw."""
+    def _follow(self, now: float, since: float) -> None:
+        """After the restart began (at ``since``): wait for its thread, then for a worker that can draw."""
         if self._thread is not None:
             if self._thread.is_alive():
-                if now - self._since > RESTART_WITHIN_S:
+                if now - since > RESTART_WITHIN_S:
                     self._give_up(f"Ray did not start again within {RESTART_WITHIN_S:g} s")
                 return
             self._thread = None
@@ -88,16 +88,14 @@ class NodeRecovery:
             d.worker_failed(wid, error)
         workers = list(d.workers.values())
         if any(w.state == "ready" for w in workers):
-            log.info(
-                "the private Ray instance runs again: a worker is ready %.1f s after the failure", now - self._since
-            )
+            log.info("the private Ray instance runs again: a worker is ready %.1f s after the failure", now - since)
             self._since = None
             self.cluster.prepare_standby()
             return
         if all(w.state == "failed" for w in workers):
             errors = "; ".join(f"{w.id}: {w.error}" for w in workers)
             self._give_up(f"no engine worker could start again ({errors})")
-        elif now - self._since > RESTART_WITHIN_S:
+        elif now - since > RESTART_WITHIN_S:
             self._give_up(f"no engine worker was ready within {RESTART_WITHIN_S:g} s")
 
     def _give_up(self, why: str) -> None:

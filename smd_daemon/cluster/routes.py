@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from smd_daemon.cluster import wire
 from smd_daemon.protocol import REGION_MODES
 from smd_daemon.server import messages as m
+from smd_daemon.server.frames import FrameFlow
 
 EWMA = 0.3  # weight of the newest stats in a worker's frame rate and load
 
@@ -94,7 +95,7 @@ class Route:
     """One session as the dispatcher keeps it: where it runs and what replays it."""
 
     session: str
-    flow: object  # the session's FrameFlow
+    flow: FrameFlow
     worker: Worker | None = None
     scene: m.SetScene | None = None
     live: m.SetLive | None = None

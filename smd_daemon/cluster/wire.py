@@ -148,7 +148,7 @@ class Keys:
 
 # --- refusals --------------------------------------------------------------------
 
-HANDSHAKE_FAILURES = {
+HANDSHAKE_FAILURES: dict[int, str] = {  # keyed by the monitor event's value, a plain int
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer does not speak CURVE with this run's keys",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the peer's key was refused",

@@ -306,7 +306,8 @@ class EngineWorker:
             flow = self.flows.get(c.session)
             if flow is not None:
                 flow.credit(c.allowed)
-                self.loop.wake()
+                if self.loop is not None:  # it is: sessions are placed here only once serving
+                    self.loop.wake()
             return
         if isinstance(c, wire.Reset):
             log.warning("the front end reset this worker (%s): dropping %d sessions", c.reason, len(self.flows))
@@ -318,17 +319,19 @@ class EngineWorker:
             return  # not serving: the front end places no sessions here
         # Only this thread changes ``flows``; the rest goes through the session's order.
         if isinstance(c, m.OpenSession):
-            c = m.OpenSession(c.session, RemoteFlow(c.session, self._frame_made))
-            self.flows[c.session] = c.flow
+            flow = self.flows[c.session] = RemoteFlow(c.session, self._frame_made)
+            c = m.OpenSession(c.session, flow)
         elif isinstance(c, m.CloseSession):
             self.flows.pop(c.session, None)
         self._planners.submit(c.session, self._apply, c)
 
     def _apply(self, c) -> None:
         """One command, in its session's order, on a planner thread."""
+        loop, engine = self.loop, self.engine
+        assert loop is not None and engine is not None, "commands are applied only once serving (_command)"
         if isinstance(c, m.SetScene):
             try:
-                self.budget.reserve(c.session, self.engine.session_bytes(c.scene))
+                self.budget.reserve(c.session, engine.session_bytes(c.scene))
                 c = m.SetScene(c.session, c.scene, c.revision, self._plan(c.session, c.scene))
             except Cancelled:
                 return  # the worker stops, or the session closed or moved meanwhile
@@ -349,7 +352,7 @@ class EngineWorker:
                 flow.encoding, flow.quality = c.encoding, c.quality
         elif isinstance(c, m.CloseSession):
             self.budget.release(c.session)
-        self.loop.send(c)
+        loop.send(c)
 
     def _plan(self, session: str, scene):
         # A plan of a huge canvas takes seconds: it stops when the worker or the session does.

@@ -81,7 +81,7 @@ class WorkerSocket:
 
     def check(self) -> None:
         """Say once if the socket file is no longer the one bound (upkeep)."""
-        if self._file is not None and _file_id(self.path) != self._file:
+        if self._file is not None and self.path is not None and _file_id(self.path) != self._file:
             log.error(
                 "the workers' socket file %s was removed or replaced by another process: workers that start "
                 "from now on cannot reach this front end",
@@ -91,7 +91,7 @@ class WorkerSocket:
 
     def close(self) -> None:
         """After the socket closed: remove its file if it is still ours; stop the ZAP handler."""
-        if self._file is not None and _file_id(self.path) == self._file:
+        if self._file is not None and self.path is not None and _file_id(self.path) == self._file:
             os.unlink(self.path)
         if self.auth is not None:
             self.auth.stop()

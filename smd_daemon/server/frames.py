@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 from smd_daemon.server.messages import FrameReady
 
@@ -37,7 +38,7 @@ class FrameFlow:
         self._random = random.SystemRandom()
         # Called (outside the lock) when the room to make frames grows (an ack, a stop):
         # whoever makes frames out of sight, such as a cluster worker, is told at once.
-        self.on_room = None
+        self.on_room: Callable[[], None] | None = None
 
     def room(self) -> int:
         """How many more frames the engine may start now."""
