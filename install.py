@@ -62,6 +62,8 @@ VENV_MARK = "smd-install-id"  # install.py's line in the pyvenv.cfg of a venv it
 def _load_protocol():
     """smd_daemon/protocol.py from this checkout, without importing the daemon package (stdlib only)."""
     spec = importlib.util.spec_from_file_location("smd_protocol", ROOT / "smd_daemon" / "protocol.py")
+    if spec is None or spec.loader is None:
+        raise InstallError("smd_daemon/protocol.py cannot be loaded from this checkout")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -430,7 +432,7 @@ class Installer:
                 raise InstallError(f"smd_daemon/{f} is missing from this checkout")
         self.say(f"plugin folder: {self.pykrita}")
         managed = None
-        if installed:
+        if installed and previous is not None:
             # Update in place: what the last install placed goes, what it recorded (the original
             # kritarc, folders it created, the daemon venvs) is kept for --uninstall, and so is
             # the docker's local daemon.
@@ -886,6 +888,7 @@ def main(
             check_daemon_python()
             venv_folder(venv)
         if args.serve and not args.dry_run:
+            assert address is not None, "--serve comes with a daemon venv (set above)"
             who = who_answers(address)
             if who:
                 holder = "a daemon already answers" if who == "daemon" else "another program already listens"
@@ -927,6 +930,7 @@ def main(
             by_hand = shell_line([str(daemon_executable(venv)), "serve", *serve_args])
             inst.say(f"daemon: start it in a terminal with: {by_hand}")
         if args.serve:
+            assert venv is not None, "--serve comes with a daemon venv (set above)"
             cmd = [str(daemon_executable(venv)), "serve", *serve_args]
             again = install_py_line(*[a for a in argv if a != "--dry-run"])
             inst.say(

@@ -294,6 +294,7 @@ def main() -> None:
                 text=True,
             )
             procs.append(proc)
+            assert proc.stdout is not None  # stdout=PIPE
             assert proc.stdout.readline().strip() == "serving", f"{kind} daemon did not start"
             daemons[kind] = f"tcp://127.0.0.1:{port}"
         pids = dict(zip(daemons, (proc.pid for proc in procs)))

@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--kill", nargs="+", default=[*NEEDED, "cold"], choices=[*NEEDED, "cold"])
     args = p.parse_args()
     d = ClusterDaemon("--workers", "1", "--max-fps", "10")
-    gaps: dict[str, list[float]] = {what: [] for what in args.kill}
+    gaps: dict[str, list[tuple[float, float, float]]] = {what: [] for what in args.kill}  # (started, ready, frame) s
     client = None
     try:
         client = streaming_artist(d, "bench")

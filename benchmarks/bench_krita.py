@@ -23,7 +23,7 @@ import harness  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--side", type=int, default=2048, help="document side in pixels")
     p.add_argument("--blob", type=int, default=768, help="side of each region's painted square")
     p.add_argument("--out", type=int, default=512, help="output size for the read/write timings")

@@ -72,7 +72,7 @@ def one_run(base: Path, tmp: Path, how: str) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     why = harness.available()

@@ -160,7 +160,9 @@ def stream(address: str, side: int, encoding: str, seconds: float, quality: int 
     for _ in range(10):  # warm up
         c.wait_for(lambda e: isinstance(e, FrameEvent), 60)
     lat, decode, sizes, encode, engine, intervals = [], [], [], [], [], []
-    start_seq, last_seq, t0, last_t = None, None, time.perf_counter(), None
+    t0 = time.perf_counter()
+    first: tuple[int, float] | None = None  # (seq, time) of the first frame timed
+    last_seq, last_t = 0, t0
     end = t0 + seconds
     while time.perf_counter() < end:
         for ev in c.poll(timeout_ms=5):
@@ -175,13 +177,16 @@ def stream(address: str, side: int, encoding: str, seconds: float, quality: int 
             encode.append(ev.header["encode_ms"])
             engine.append(ev.header["engine_ms"])
             sizes.append(len(ev.data))
-            if start_seq is None:
-                start_seq, t_first = ev.seq, time.perf_counter()
+            if first is None:
+                first = ev.seq, time.perf_counter()
             else:
                 intervals.append((time.perf_counter() - last_t) * 1000 / max(1, ev.seq - last_seq))
             last_t, last_seq = time.perf_counter(), ev.seq
     c.stop_live()
     c.close()
+    if first is None:
+        raise RuntimeError(f"{encoding}: no frame in {seconds:g} s of live mode")
+    start_seq, t_first = first
     fps = (last_seq - start_seq) / (last_t - t_first)
     med = statistics.median
     return {
@@ -205,6 +210,7 @@ def transport(sides, encodings, seconds, kind):
         cmd = [sys.executable, __file__, "--serve-still", str(port), str(side), "--image", kind]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
         try:
+            assert proc.stdout is not None  # stdout=PIPE
             assert proc.stdout.readline().strip() == "serving"
             for enc in encodings:
                 r = stream(f"tcp://127.0.0.1:{port}", side, enc, seconds)
@@ -318,7 +324,8 @@ def main() -> None:
     p.add_argument("--serve-still", nargs=2, type=int, metavar=("PORT", "SIDE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_still:
-        serve_still(*args.serve_still, args.image)
+        port, side = args.serve_still
+        serve_still(port, side, args.image)
         return
     if not args.skip_transport:
         transport(args.sides, args.encodings, args.seconds, args.image)
