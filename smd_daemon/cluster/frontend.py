@@ -271,8 +271,7 @@ class Dispatcher:
         if isinstance(msg, wire.Stats):
             w.note_stats(msg, now)
             return
-        session = getattr(msg, "session", None)
-        r = self.routes.get(session) if isinstance(session, str) else None
+        r = self.routes.get(getattr(msg, "session", ""))  # a message without a session has no route
         if r is None or r.worker is not w:
             return  # closed meanwhile, or moved away
         if isinstance(msg, m.FrameReady):
