@@ -62,6 +62,11 @@ class Link:
         keys: tuple[bytes, bytes] | None = None,
         max_side: int = framecheck.DEFAULT_MAX_SIDE,
     ):
+        curve = None  # (server public, client public, client secret)
+        if server_public_key is not None:
+            if keys is None:
+                raise ClientError("a CURVE server key needs the client's key pair (curve_keys)")
+            curve = (server_public_key, *keys)
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         # A part larger than the biggest frame this client can ask for closes
@@ -72,11 +77,8 @@ class Link:
         # "bye") are discarded when the connection drops.
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if server_public_key is not None:
-            if keys is None:
-                raise ClientError("a CURVE server key needs the client's key pair (curve_keys)")
-            sock.curve_serverkey = server_public_key
-            sock.curve_publickey, sock.curve_secretkey = keys
+        if curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
         self.monitor = None
         self.dropped = False  # the connection closed and has not come back (read from the monitor)
         if _FAILED_AUTH | _FAILED_OTHER:
