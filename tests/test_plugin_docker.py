@@ -175,7 +175,7 @@ def test_the_wheel_over_the_layer_list_scrolls_the_docker(dock):
     at = QPointF(tree.viewport().width() / 2, 5)
     down = QWheelEvent(
         at,
-        tree.viewport().mapToGlobal(at.toPoint()),
+        QPointF(tree.viewport().mapToGlobal(at.toPoint())),
         QPoint(),
         QPoint(0, -120),
         Qt.MouseButton.NoButton,

@@ -59,8 +59,10 @@ MAJOR = qt_major()
 
 if TYPE_CHECKING or MAJOR == 6:
     from PyQt6 import QtCore, QtGui, QtWidgets, sip
+    from PyQt6.QtGui import QAction  # noqa: F401  (Qt 6 keeps it in QtGui)
 elif MAJOR == 5:
     from PyQt5 import QtCore, QtGui, QtWidgets, sip
+    from PyQt5.QtWidgets import QAction  # noqa: F401  (Qt 5 keeps it in QtWidgets)
 else:
     raise ImportError(f"SMD Live needs Qt 5 or Qt 6 (PyQt5 or PyQt6); this Krita runs on Qt {MAJOR}")
 

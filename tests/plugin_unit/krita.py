@@ -21,6 +21,7 @@ import uuid
 import pykrita  # the fake beside this one
 
 PYQT5_REFUSED = "This version of Krita is not compatible with PyQt5!"  # Krita 6's words
+REFUSED_IMPORTS: list = []  # every import of PyQt5 refused so far (the plugin must never try one)
 
 
 def _refuse_pyqt5() -> None:
@@ -31,6 +32,7 @@ def _refuse_pyqt5() -> None:
 
     def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
         if level == 0 and name.split(".")[0] == "PyQt5":
+            REFUSED_IMPORTS.append(name)
             raise ModuleNotFoundError(PYQT5_REFUSED)
         return real_import(name, globals, locals, fromlist, level)
 
