@@ -6,7 +6,20 @@ import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import FakeClient, add, ignored, new_doc, scene_event
 from smd_krita import docker, live
-from smd_krita.qt import QApplication, QHeaderView, QLabel, QPoint, QPushButton, QTreeWidget
+from smd_krita.qt import (
+    BINDING,
+    QApplication,
+    QHeaderView,
+    QImage,
+    QLabel,
+    QMainWindow,
+    QPoint,
+    QPushButton,
+    Qt,
+    QTreeWidget,
+    QWidget,
+    image_bits,
+)
 
 
 @pytest.fixture
@@ -126,6 +139,47 @@ def test_fits_krita_default_dock_column(dock):
             assert 0 <= left and left + b.width() <= scroll.viewport().width(), b.objectName() or b.text()
             need = b.minimumWidth() or b.minimumSizeHint().width()  # compact buttons: their text's width
             assert b.width() >= need and b.width() >= b.fontMetrics().horizontalAdvance(b.text()), b.objectName()
+
+
+def _grey_levels(img) -> int:
+    """How many grey levels a picture holds (a blank or unpainted one holds one or two)."""
+    grey = img.convertToFormat(QImage.Format.Format_Grayscale8)
+    return len(set(image_bits(grey).asstring()))
+
+
+def test_docker_shown_in_a_1366x768_window_and_screenshots_taken(dock, tmp_path):
+    """As the real-Krita test does, in whichever binding this run uses (tests/run.sh runs both):
+    the docker beside the canvas of a 1366x768 window, and alone at Krita's default column."""
+    d, ctl, doc = dock
+    connected(ctl)
+    for section in (d.preview_section, d.settings_section, d.daemon_section):
+        section.set_open(True)
+    window = QMainWindow()
+    window.setCentralWidget(QWidget())
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, d)
+    window.resize(1366, 768)
+    window.show()
+    QApplication.processEvents()
+    try:
+        shot = window.grab().toImage()
+        assert shot.save(str(tmp_path / f"window-1366x768-{BINDING}.png"))
+        assert (shot.width(), shot.height()) == (1366, 768)
+        assert d.isVisible() and window.rect().contains(d.geometry()), "the docker is inside the window"
+        docker_part = shot.copy(d.geometry())
+        assert _grey_levels(docker_part) > 8, "the docker was drawn (text, buttons), not left blank"
+        for name in ("smd_status", "smd_connect", "smd_live", "smd_layers"):
+            w = d.findChild(QWidget, name)
+            assert w is not None and w.isVisible(), name
+        d.setFloating(True)
+        d.resize(DEFAULT_COLUMN, 700)
+        QApplication.processEvents()
+        alone = d.grab().toImage()
+        assert alone.save(str(tmp_path / f"docker-default-column-{BINDING}.png"))
+        assert (alone.width(), alone.height()) == (d.width(), d.height()) and d.width() <= DEFAULT_COLUMN + 2
+        assert _grey_levels(alone) > 8
+    finally:
+        d.setParent(None)
+        window.deleteLater()
 
 
 def test_live_on_is_seen_at_a_glance(dock):
