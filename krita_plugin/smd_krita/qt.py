@@ -21,8 +21,6 @@ import importlib.util
 import os
 from typing import TYPE_CHECKING, Any, cast
 
-SUPPORTED_QT = (5, 6)
-
 
 def _krita_qt_major() -> int | None:
     """The Qt major version of the Krita we run in (None outside Krita)."""
