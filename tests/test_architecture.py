@@ -23,7 +23,7 @@ def test_engine_imports_nothing_from_the_daemon_room():
         for name in _imports(path):
             if name.startswith("smd_daemon"):
                 assert name.startswith("smd_daemon.engine"), f"{path.name} imports {name}"
-            assert not name.startswith(("zmq", "krita", "PyQt5")), f"{path.name} imports {name}"
+            assert not name.startswith(("zmq", "krita", "PyQt5", "PyQt6")), f"{path.name} imports {name}"
 
 
 def _plugin_files():
@@ -39,6 +39,16 @@ def test_plugin_never_imports_the_engine_torch_or_numpy():
             assert top not in ("torch", "numpy", "diffusers", "transformers", "PIL"), (
                 f"{path.relative_to(ROOT)} imports {name}"
             )
+
+
+def test_only_the_qt_layer_imports_a_qt_binding():
+    """Krita 6 refuses every import of PyQt5: the plugin chooses its binding in one place."""
+    layer = ROOT / "krita_plugin" / "smd_krita" / "qt.py"
+    for path in _plugin_files():
+        for name in _imports(path):
+            if name.split(".")[0] in ("PyQt5", "PyQt6", "sip", "PySide2", "PySide6"):
+                assert path == layer, f"{path.relative_to(ROOT)} imports {name}: import it from smd_krita.qt"
+    assert {"PyQt5", "PyQt6"} <= {name.split(".")[0] for name in _imports(layer)}
 
 
 def test_plugin_reaches_the_daemon_package_only_through_the_wire_modules():

@@ -5,9 +5,21 @@ import krita  # the fake
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import FakeClient, add, ignored, new_doc, scene_event
-from PyQt5.QtCore import QPoint
-from PyQt5.QtWidgets import QApplication, QHeaderView, QLabel, QPushButton, QTreeWidget
 from smd_krita import docker, live
+from smd_krita.qt import (
+    BINDING,
+    QApplication,
+    QHeaderView,
+    QImage,
+    QLabel,
+    QMainWindow,
+    QPoint,
+    QPushButton,
+    Qt,
+    QTreeWidget,
+    QWidget,
+    image_bits,
+)
 
 
 @pytest.fixture
@@ -77,7 +89,7 @@ def test_every_layer_in_its_row_with_warnings_and_the_full_name_on_hover(dock):
     assert "\u26a0" in rows[0][1] and "strenght" in rows[0][1], "the warning is in the row, not only a tooltip"
     assert rows[1] == ("Background", "ignored: automatic name: rename it with a prompt")
     assert long_name in tree.topLevelItem(0).toolTip(0)
-    assert tree.header().sectionResizeMode(0) == QHeaderView.Interactive, "the name column can be widened"
+    assert tree.header().sectionResizeMode(0) == QHeaderView.ResizeMode.Interactive, "the name column can be widened"
     assert "connected" in d.findChild(QLabel, "smd_status").text()
 
 
@@ -108,7 +120,7 @@ DEFAULT_COLUMN = 260  # Krita's default dock column at first start (262 px measu
 
 def test_fits_krita_default_dock_column(dock):
     """Every button whole at Krita's default width, every section open (the real-Krita test takes screenshots)."""
-    from PyQt5.QtWidgets import QAbstractButton
+    from smd_krita.qt import QAbstractButton
 
     d, ctl, doc = dock
     ctl.conn.client = FakeClient(capabilities={"region_modes": ["latent", "attention"]})
@@ -127,6 +139,47 @@ def test_fits_krita_default_dock_column(dock):
             assert 0 <= left and left + b.width() <= scroll.viewport().width(), b.objectName() or b.text()
             need = b.minimumWidth() or b.minimumSizeHint().width()  # compact buttons: their text's width
             assert b.width() >= need and b.width() >= b.fontMetrics().horizontalAdvance(b.text()), b.objectName()
+
+
+def _grey_levels(img) -> int:
+    """How many grey levels a picture holds (a blank or unpainted one holds one or two)."""
+    grey = img.convertToFormat(QImage.Format.Format_Grayscale8)
+    return len(set(image_bits(grey).asstring()))
+
+
+def test_docker_shown_in_a_1366x768_window_and_screenshots_taken(dock, tmp_path):
+    """As the real-Krita test does, in whichever binding this run uses (tests/run.sh runs both):
+    the docker beside the canvas of a 1366x768 window, and alone at Krita's default column."""
+    d, ctl, doc = dock
+    connected(ctl)
+    for section in (d.preview_section, d.settings_section, d.daemon_section):
+        section.set_open(True)
+    window = QMainWindow()
+    window.setCentralWidget(QWidget())
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, d)
+    window.resize(1366, 768)
+    window.show()
+    QApplication.processEvents()
+    try:
+        shot = window.grab().toImage()
+        assert shot.save(str(tmp_path / f"window-1366x768-{BINDING}.png"))
+        assert (shot.width(), shot.height()) == (1366, 768)
+        assert d.isVisible() and window.rect().contains(d.geometry()), "the docker is inside the window"
+        docker_part = shot.copy(d.geometry())
+        assert _grey_levels(docker_part) > 8, "the docker was drawn (text, buttons), not left blank"
+        for name in ("smd_status", "smd_connect", "smd_live", "smd_layers"):
+            w = d.findChild(QWidget, name)
+            assert w is not None and w.isVisible(), name
+        d.setFloating(True)
+        d.resize(DEFAULT_COLUMN, 700)
+        QApplication.processEvents()
+        alone = d.grab().toImage()
+        assert alone.save(str(tmp_path / f"docker-default-column-{BINDING}.png"))
+        assert (alone.width(), alone.height()) == (d.width(), d.height()) and d.width() <= DEFAULT_COLUMN + 2
+        assert _grey_levels(alone) > 8
+    finally:
+        d.setParent(None)
+        window.deleteLater()
 
 
 def test_live_on_is_seen_at_a_glance(dock):
@@ -161,8 +214,7 @@ def test_warnings_are_shown_in_full_below_the_list(dock):
 
 
 def test_the_wheel_over_the_layer_list_scrolls_the_docker(dock):
-    from PyQt5.QtCore import QPointF, Qt
-    from PyQt5.QtGui import QWheelEvent
+    from smd_krita.qt import QPointF, Qt, QWheelEvent
 
     d, ctl, doc = dock
     for section in (d.preview_section, d.settings_section, d.daemon_section):
@@ -177,12 +229,12 @@ def test_the_wheel_over_the_layer_list_scrolls_the_docker(dock):
     at = QPointF(tree.viewport().width() / 2, 5)
     down = QWheelEvent(
         at,
-        tree.viewport().mapToGlobal(at.toPoint()),
+        QPointF(tree.viewport().mapToGlobal(at.toPoint())),
         QPoint(),
         QPoint(0, -120),
-        Qt.NoButton,
-        Qt.NoModifier,
-        Qt.NoScrollPhase,
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
         False,
     )
     QApplication.sendEvent(tree.viewport(), down)
@@ -208,17 +260,21 @@ def test_preview_choices_reach_the_settings(dock):
 def test_unsupported_krita_gets_a_docker_saying_so():
     import smd_krita
 
-    assert smd_krita._problem("5.2.2") is None
-    assert "this is Krita 6.0.0" in smd_krita._problem("6.0.0")
+    for version in ("5.1.5", "5.2.2", "5.3.0", "6.0.0", "6.1.0-beta1"):
+        assert smd_krita._problem(version) is None, version
+    for version in ("4.4.8", "5.0.2", "5.10.0", "7.0.0"):
+        assert f"this is Krita {version}" in smd_krita._problem(version)
     app = krita.Krita.instance()
-    app.dockers = []
-    app.version = lambda: "6.0.0"
-    try:
-        smd_krita._register()
-    finally:
-        del app.version
-    widget = app.dockers[-1].args[2]()
-    assert "supports Krita 5.1 and 5.2" in widget.widget().text()
+    for version in ("4.4.8", "7.0.0"):
+        app.dockers = []
+        app.version = lambda v=version: v
+        try:
+            smd_krita._register()
+        finally:
+            del app.version
+        assert len(app.dockers) == 1 and app.dockers[0].args[1] == krita.DockWidgetFactoryBase.DockPosition.DockRight
+        widget = app.dockers[0].args[2]()
+        assert widget.widget().text() == f"SMD Live supports Krita 5.1, 5.2, 5.3 and 6.x; this is Krita {version}."
 
 
 def test_the_local_daemon_is_offered_only_when_install_py_set_one_up(tmp_path):

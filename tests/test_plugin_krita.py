@@ -55,6 +55,9 @@ def test_install_into_empty_home_then_krita_shows_docker(krita_home):
     assert result["errors"] == [], result
     c = result["checks"]
     assert c["docker_present"], c
+    # Krita 5.1 cannot name its Qt (no pykrita.qt_major_version): the plugin's layer chose by its version
+    assert c["krita_version"].startswith("5.1") and c["qt_binding"][0] == "PyQt5", c
+    assert c["qt_binding"][1].startswith("5.") and c["bindings_loaded"] == ["PyQt5"], c
     assert c["status"] == "not connected: press Connect", c
     assert c["actions"] == ["smd_live_toggle", "smd_generate", "smd_apply", "smd_show_swap"], c
 

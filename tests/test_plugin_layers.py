@@ -5,8 +5,8 @@ import krita  # the fake
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import add, bgra, new_doc
-from PyQt5.QtGui import QImage
 from smd_krita import kritaapi
+from smd_krita.qt import QImage
 
 
 def by_name(doc):
@@ -14,7 +14,7 @@ def by_name(doc):
 
 
 def frame(color=(10, 20, 30), w=4, h=4):
-    return QImage(bytes(color) * (w * h), w, h, w * 3, QImage.Format_RGB888).copy()
+    return QImage(bytes(color) * (w * h), w, h, w * 3, QImage.Format.Format_RGB888).copy()
 
 
 def test_layers_bottom_to_top_groups_hidden_preview_and_masks_left_out():
@@ -241,8 +241,7 @@ def test_document_settings_round_trip_and_bad_values():
 
 def test_the_save_guard_hides_the_preview_while_a_dialog_of_the_main_window_exists():
     """Krita builds a wait dialog on its main window before it copies the image to save it."""
-    from PyQt5.QtCore import QEvent
-    from PyQt5.QtWidgets import QApplication, QDialog, QMainWindow, QWidget
+    from smd_krita.qt import QApplication, QDialog, QEvent, QMainWindow, QWidget
 
     doc, bg = new_doc(8, 8)
     app = krita.Krita.instance()
@@ -262,7 +261,7 @@ def test_the_save_guard_hides_the_preview_while_a_dialog_of_the_main_window_exis
         kritaapi.write_preview(doc, frame())  # a frame arrives meanwhile: it stays hidden
         assert not node.visible()
         dialog.deleteLater()
-        QApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
         QApplication.processEvents()  # the next turn of the event loop
         assert node.visible() and not doc.modified()
     finally:

@@ -10,8 +10,8 @@ import sys
 import pytest
 from plugin_unit import env  # noqa: F401  (Qt, the fake krita, the plugin on sys.path)
 from plugin_unit.fakes import run_until
-from PyQt5.QtCore import QProcess
 from smd_krita import managed
+from smd_krita.qt import QProcess
 
 # Stands in for `smd-daemon serve`: a progress bar, then waits for SIGTERM like the daemon.
 FAKE_SERVE = r"""
@@ -54,7 +54,7 @@ def test_start_shows_loading_progress_and_the_log_then_stop(tmp_path):
     assert d.describe(True, tail) == "running"
     assert not d.start(), "one process at a time"
     d.stop(wait=True)
-    assert d.process.state() == QProcess.NotRunning
+    assert d.process.state() == QProcess.ProcessState.NotRunning
     assert run_until(lambda: d.exit_text == "the daemon stopped")
     assert "stopped" in d.log_tail()[-1]
 
@@ -137,6 +137,6 @@ def test_stop_closes_the_daemons_standard_input(tmp_path):
     assert run_until(lambda: "serving" in log.read_text())
     assert not run_until(lambda: "closed" in log.read_text(), timeout=1.0), "its standard input stays open"
     d.stop(wait=True)
-    assert d.process.state() == QProcess.NotRunning
-    assert d.process.exitStatus() == QProcess.NormalExit and d.process.exitCode() == 0, "not killed"
+    assert d.process.state() == QProcess.ProcessState.NotRunning
+    assert d.process.exitStatus() == QProcess.ExitStatus.NormalExit and d.process.exitCode() == 0, "not killed"
     assert "standard input closed" in log.read_text()

@@ -1,26 +1,32 @@
 """SMD Live: paint on layers named with prompts, watch StreamMultiDiffusion draw them.
 
-Imports only the standard library, PyQt5 and pyzmq (vendored protocol and
-client from the daemon). Where this Krita cannot run it, a docker says why
-instead of a script error.
+Imports only the standard library, the Qt binding Krita runs on (PyQt5 or
+PyQt6, chosen in ``qt.py``) and pyzmq (vendored protocol and client from the
+daemon). Where this Krita cannot run it, a docker says why instead of a
+script error.
 """
 
 import os
 import sys
 
-SUPPORTED_KRITA = ("5.1", "5.2")
+SUPPORTED_KRITA = ("5.1", "5.2", "5.3", "6")  # a major.minor, or a major for all its releases
 _DEPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deps")
 if os.path.isdir(_DEPS) and _DEPS not in sys.path:
     sys.path.append(_DEPS)  # pyzmq installed by install.py for this Krita's Python
 
 
+def _supported(version: str) -> bool:
+    parts = version.split(".")
+    return parts[0] in SUPPORTED_KRITA or ".".join(parts[:2]) in SUPPORTED_KRITA
+
+
 def _problem(version: str):
-    if not version.startswith(SUPPORTED_KRITA):
-        return f"SMD Live supports Krita {' and '.join(SUPPORTED_KRITA)}; this is Krita {version}."
+    if not _supported(version):
+        return f"SMD Live supports Krita 5.1, 5.2, 5.3 and 6.x; this is Krita {version}."
     try:
-        import PyQt5  # noqa: F401
-    except ImportError:
-        return "SMD Live needs PyQt5 (Krita 5); this Krita's Python has no PyQt5."
+        from . import qt  # noqa: F401
+    except ImportError as e:  # a Qt that is neither 5 nor 6, or a Krita without its PyQt
+        return f"SMD Live cannot use this Krita's Qt: {e}"
     try:
         import zmq  # noqa: F401
     except ImportError as e:
@@ -33,7 +39,11 @@ def _problem(version: str):
 
 
 def _register():
-    from krita import DockWidgetFactory, DockWidgetFactoryBase, Krita
+    from krita import (  # pyright: ignore[reportMissingImports]  (Krita's own module: it exists only inside Krita)
+        DockWidgetFactory,
+        DockWidgetFactoryBase,
+        Krita,
+    )
 
     app = Krita.instance()
     problem = _problem(app.version())
@@ -42,22 +52,21 @@ def _register():
         from .extension import SMDExtension
 
         app.addExtension(SMDExtension(app))
-        app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SMDDocker))
+        app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockPosition.DockRight, SMDDocker))
         return
     sys.stderr.write(problem + "\n")
-    app.addDockWidgetFactory(
-        DockWidgetFactory("smd_live_docker", DockWidgetFactoryBase.DockRight, _message_docker(problem))
-    )
+    try:
+        docker = _message_docker(problem)
+    except ImportError:  # no Qt binding the plugin knows: the line above is all it can say
+        return
+    app.addDockWidgetFactory(DockWidgetFactory("smd_live_docker", DockWidgetFactoryBase.DockPosition.DockRight, docker))
 
 
 def _message_docker(problem: str):
     """A docker that only shows ``problem``, built with whichever PyQt this Krita has."""
-    from krita import DockWidget
+    from krita import DockWidget  # pyright: ignore[reportMissingImports]  (as above)
 
-    try:
-        from PyQt5.QtWidgets import QLabel
-    except ImportError:  # Krita 6: Qt 6
-        from PyQt6.QtWidgets import QLabel
+    from .qt import QLabel
 
     class UnsupportedDocker(DockWidget):
         def __init__(self):

@@ -4,9 +4,8 @@ docs/protocol.md) for the docker to put in words."""
 
 from __future__ import annotations
 
-from PyQt5.QtCore import QObject, QSocketNotifier
-
 from . import status
+from .qt import QObject, QSocketNotifier, sip
 from .transport import client as client_mod
 from .transport import protocol
 
@@ -87,7 +86,7 @@ class Connection(QObject):
         if self._notifier is not None:
             self._notifier.setEnabled(False)
             self._notifier.deleteLater()
-        self._notifier = QSocketNotifier(fd, QSocketNotifier.Read, self)
+        self._notifier = QSocketNotifier(sip.voidptr(fd), QSocketNotifier.Type.Read, self)  # the fd as Qt's qintptr
         self._notifier.activated.connect(lambda _fd: self._on_readable())
         self._notifier_fd = fd
 
@@ -103,7 +102,8 @@ class Connection(QObject):
     def encoding(self) -> str:
         # Raw frames cost nothing to decode on loopback; over a network JPEG, which
         # every Qt build decodes (WebP needs an optional image-format plugin).
-        return "raw" if protocol.is_local_address(self.client.address) else "jpeg"
+        local = self.client is not None and protocol.is_local_address(self.client.address)
+        return "raw" if local else "jpeg"
 
     @property
     def defaults(self) -> dict:

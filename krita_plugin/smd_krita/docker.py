@@ -8,9 +8,11 @@ daemon's address fold away, and the whole docker scrolls, so it is usable at
 
 from __future__ import annotations
 
-from krita import DockWidget
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtWidgets import (
+from krita import DockWidget  # pyright: ignore[reportMissingImports]  (Krita's own module, only inside Krita)
+
+from . import settings
+from .connection import same_address
+from .qt import (
     QCheckBox,
     QDoubleSpinBox,
     QFrame,
@@ -22,13 +24,12 @@ from PyQt5.QtWidgets import (
     QSizePolicy,
     QSlider,
     QSpinBox,
+    Qt,
+    QTimer,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
-
-from . import settings
-from .connection import same_address
 from .widgets import (
     Choice,
     LayerList,
@@ -219,9 +220,9 @@ class SMDDocker(DockWidget):
         self.managed_log = wrapping_label("smd_daemon_log")
         self.managed_log.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.managed_log.setStyleSheet("font-family: monospace; font-size: 8pt; color: #808080")
-        form.addRow("Local", self.managed_row)
+        self.managed_label = QLabel("Local")
+        form.addRow(self.managed_label, self.managed_row)
         form.addRow(self.managed_log)
-        self.managed_label = form.labelForField(self.managed_row)
 
     def _connect_signals(self) -> None:
         ctl = self.ctl

@@ -3,7 +3,7 @@ what the canvas shows (a key can be given to each in Settings > Configure Krita 
 
 from __future__ import annotations
 
-from krita import Extension
+from krita import Extension  # pyright: ignore[reportMissingImports]  (Krita's own module, only inside Krita)
 
 from . import live
 

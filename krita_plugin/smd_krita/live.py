@@ -18,13 +18,11 @@ import logging
 import random
 import time
 
-from PyQt5.QtCore import QCoreApplication, QObject, QTimer, pyqtSignal
-from PyQt5.QtGui import QImage
-
 from . import kritaapi, pixels, settings, status
 from .connection import Connection, same_address
 from .managed import ManagedDaemon
 from .output import PreviewOutput
+from .qt import QCoreApplication, QImage, QObject, QTimer, pyqtSignal
 from .sync import SceneSync
 from .transport import client as client_mod
 

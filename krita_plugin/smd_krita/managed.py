@@ -23,7 +23,7 @@ import json
 import os
 import re
 
-from PyQt5.QtCore import QIODevice, QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
+from .qt import QIODevice, QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 CONFIG = "managed_daemon.json"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -70,7 +70,7 @@ class ManagedDaemon(QObject):
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.state() != QProcess.NotRunning
+        return self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning
 
     def start(self) -> bool:
         """Start the daemon (False, with ``exit_text`` saying why, if it cannot)."""
@@ -88,8 +88,8 @@ class ManagedDaemon(QObject):
         for key in ("PYTHONPATH", "PYTHONHOME"):  # Krita's Python settings are not the daemon's
             env.remove(key)
         proc.setProcessEnvironment(env)
-        proc.setProcessChannelMode(QProcess.MergedChannels)
-        proc.setStandardOutputFile(log, QIODevice.Append)
+        proc.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
+        proc.setStandardOutputFile(log, QIODevice.OpenModeFlag.Append)
         # stdin stays a pipe from Krita (never closed until Stop): when Krita ends, it reaches end of file.
         proc.setProgram(self.config["command"][0])
         proc.setArguments(self.config["command"][1:])
@@ -104,7 +104,7 @@ class ManagedDaemon(QObject):
         """Stop the process this plugin started: SIGTERM, then SIGKILL after 5 s.
         ``wait``: block until it is gone (when Krita quits)."""
         proc = self.process
-        if proc is None or proc.state() == QProcess.NotRunning:
+        if proc is None or proc.state() == QProcess.ProcessState.NotRunning:
             return
         proc.closeWriteChannel()  # end of input: --watch-stdin stops the daemon, on every platform
         proc.terminate()
@@ -113,17 +113,19 @@ class ManagedDaemon(QObject):
                 proc.kill()
                 proc.waitForFinished(1000)
             return
-        QTimer.singleShot(STOP_WAIT_MS, lambda: proc.kill() if proc.state() != QProcess.NotRunning else None)
+        QTimer.singleShot(
+            STOP_WAIT_MS, lambda: proc.kill() if proc.state() != QProcess.ProcessState.NotRunning else None
+        )
 
     def _finished(self, code: int, status) -> None:
-        if status == QProcess.CrashExit:
+        if status == QProcess.ExitStatus.CrashExit:
             self.exit_text = "the daemon stopped (killed)" if code in (0, 9, 15) else f"the daemon crashed ({code})"
         else:
             self.exit_text = "the daemon stopped" if code == 0 else f"the daemon exited with code {code}: see its log"
         self.changed.emit()
 
     def _error(self, error) -> None:
-        if error == QProcess.FailedToStart:
+        if error == QProcess.ProcessError.FailedToStart:
             self.exit_text = (
                 f"cannot start {self.config['command'][0]}: run install.py --serve again"
                 if self.config

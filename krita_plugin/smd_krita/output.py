@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import time
 
-from PyQt5.QtGui import QImage
-
 from . import kritaapi, settings
+from .qt import QImage
 
 
 class PreviewOutput:

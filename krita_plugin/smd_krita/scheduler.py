@@ -76,9 +76,8 @@ class LiveScheduler:
         reconnection) is timed from now, the request: never from an edit made before it.
         """
         now = self.clock()
-        carries_change = self._dirty_since is not None
-        first = self._dirty_since if carries_change else now
-        last = self._last_change if carries_change else now
+        dirty_since = self._dirty_since
+        first, last = (dirty_since, self._last_change) if dirty_since is not None else (now, now)
         self._last_send = now
         self._sent_at[revision] = last
         self._dirty_since = None

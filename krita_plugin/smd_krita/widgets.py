@@ -9,25 +9,29 @@ addresses and paths.
 
 from __future__ import annotations
 
-from PyQt5.QtCore import QSize, Qt, pyqtSignal
-from PyQt5.QtGui import QColor, QFontMetrics, QPixmap
-from PyQt5.QtWidgets import (
+from .qt import (
     QAbstractItemView,
     QAbstractScrollArea,
     QApplication,
     QButtonGroup,
+    QColor,
     QComboBox,
+    QFontMetrics,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QPixmap,
+    QSize,
     QSizePolicy,
     QStyle,
+    Qt,
     QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
+    pyqtSignal,
 )
 
 WARNING_MARK = "\u26a0"  # ⚠
@@ -149,9 +153,9 @@ class Section(QWidget):
         self.button.setObjectName(f"smd_{name}_toggle")
         self.button.setText(title)
         self.button.setCheckable(True)
-        self.button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.button.setAutoRaise(True)
-        self.button.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.body = QWidget(self)
         self.body.setObjectName(f"smd_{name}")
         box = QVBoxLayout(self)
@@ -163,7 +167,7 @@ class Section(QWidget):
         self._toggle(False)
 
     def _toggle(self, on: bool) -> None:
-        self.button.setArrowType(Qt.DownArrow if on else Qt.RightArrow)
+        self.button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
         self.body.setVisible(on)
         self.toggled.emit(on)
 
@@ -189,14 +193,15 @@ class LayerList(QTreeWidget):
         self.setRootIsDecorated(True)
         self.setIndentation(12)
         self.setUniformRowHeights(True)
-        self.setTextElideMode(Qt.ElideRight)
-        self.setSelectionMode(QAbstractItemView.NoSelection)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        self.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         header = self.header()
-        header.setStretchLastSection(True)
-        header.setSectionResizeMode(0, QHeaderView.Interactive)  # drag to widen the names
-        header.resizeSection(0, 130)
-        header.setMinimumSectionSize(40)
+        if header is not None:  # a tree widget always has one
+            header.setStretchLastSection(True)
+            header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # drag to widen the names
+            header.resizeSection(0, 130)
+            header.setMinimumSectionSize(40)
         self._shown = None
 
     def wheelEvent(self, event) -> None:
@@ -206,8 +211,8 @@ class LayerList(QTreeWidget):
             outer = self.parentWidget()
             while outer is not None and not isinstance(outer, QAbstractScrollArea):
                 outer = outer.parentWidget()
-            if outer is not None:
-                bar = outer.verticalScrollBar()
+            bar = outer.verticalScrollBar() if isinstance(outer, QAbstractScrollArea) else None
+            if bar is not None:
                 before = bar.value()
                 bar.setValue(before - round(dy / 120 * bar.singleStep() * QApplication.wheelScrollLines()))
                 if bar.value() != before:
@@ -217,6 +222,8 @@ class LayerList(QTreeWidget):
 
     def _at_end(self, dy: int) -> bool:
         bar = self.verticalScrollBar()
+        if bar is None:
+            return True
         return dy == 0 or (dy > 0 and bar.value() <= bar.minimum()) or (dy < 0 and bar.value() >= bar.maximum())
 
     def sizeHint(self) -> QSize:
@@ -243,7 +250,7 @@ class LayerList(QTreeWidget):
             color = WARNING_COLOR if r.warnings else ROLE_COLORS.get(r.role)
             if color:
                 item.setForeground(1, QColor(color))
-            item.setData(0, Qt.UserRole, r.uid)
+            item.setData(0, Qt.ItemDataRole.UserRole, r.uid)
             parent = items.get(r.parent)
             if parent is not None:
                 parent.addChild(item)
@@ -265,9 +272,9 @@ class PreviewView(QLabel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setObjectName("smd_preview_view")
-        self.setAlignment(Qt.AlignCenter)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.setMinimumSize(VIEW_MIN, VIEW_MIN)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setText("no picture yet")
         self._image = None
 
@@ -280,7 +287,9 @@ class PreviewView(QLabel):
             self.setText("no picture yet")
             return
         side = max(VIEW_MIN, self.width() - 4)
-        pix = QPixmap.fromImage(image).scaled(side, side, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+        pix = QPixmap.fromImage(image).scaled(
+            side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+        )
         self.setPixmap(pix)
 
     def heightForWidth(self, width: int) -> int:

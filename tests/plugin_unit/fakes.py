@@ -7,7 +7,7 @@ import contextlib
 import time
 
 import krita  # the fake, put on sys.path by env.py
-from PyQt5.QtWidgets import QApplication
+from smd_krita.qt import QApplication
 
 from smd_daemon.client import ErrorEvent, FrameEvent, SceneEvent, StateEvent  # noqa: F401
 

@@ -10,13 +10,46 @@ activates the new layer a moment later (``Krita.process_queued()``);
 setPixelData, visibility, opacity and lock changes are no undo steps;
 a filter layer's projection is the whole picture below it; an annotation
 marks the document modified.
+
+Like Krita 6, a fake Krita on Qt 6 (``pykrita.qt_major_version()``, see
+pykrita.py) imports PyQt6 and makes every import of PyQt5 fail.
 """
 
+import builtins
 import uuid
 
-from PyQt5.QtCore import QByteArray, QRect
-from PyQt5.QtGui import QImage
-from PyQt5.QtWidgets import QDockWidget
+import pykrita  # the fake beside this one
+
+PYQT5_REFUSED = "This version of Krita is not compatible with PyQt5!"  # Krita 6's words
+REFUSED_IMPORTS: list = []  # every import of PyQt5 refused so far (the plugin must never try one)
+
+
+def _refuse_pyqt5() -> None:
+    """As Krita 6 does: replace ``builtins.__import__`` so that importing PyQt5 raises."""
+    real_import = builtins.__import__
+    if getattr(real_import, "refuses_pyqt5", False):
+        return
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name.split(".")[0] == "PyQt5":
+            REFUSED_IMPORTS.append(name)
+            raise ModuleNotFoundError(PYQT5_REFUSED)
+        return real_import(name, globals, locals, fromlist, level)
+
+    guarded_import.refuses_pyqt5 = True
+    builtins.__import__ = guarded_import
+
+
+QT_MAJOR = pykrita.qt_major_version()
+if QT_MAJOR == 6:
+    _refuse_pyqt5()
+    from PyQt6.QtCore import QByteArray, QRect
+    from PyQt6.QtGui import QImage
+    from PyQt6.QtWidgets import QDockWidget
+else:
+    from PyQt5.QtCore import QByteArray, QRect
+    from PyQt5.QtGui import QImage
+    from PyQt5.QtWidgets import QDockWidget
 
 _BPP = {"U8": 4, "U16": 8}
 _MASK_KINDS = ("transparencymask", "filtermask", "selectionmask", "transformmask", "colorizemask")
@@ -152,7 +185,7 @@ class Node:
         if self._type == "grouplayer":
             return False
         bpp = 1 if self._is_mask() else _BPP[self.doc._depth]
-        data = bytes(data)
+        data = QByteArray(data).data()  # Krita takes a QByteArray (bytes are turned into one)
         assert len(data) == w * h * bpp, "wrong size for setPixelData"
         for j in range(h):
             for i in range(w):
@@ -174,7 +207,7 @@ class Node:
 
     def thumbnail(self, w, h):
         # Any image that changes when the pixels change will do for the plugin.
-        img = QImage(w, h, QImage.Format_ARGB32)
+        img = QImage(w, h, QImage.Format.Format_ARGB32)
         img.fill(hash(tuple(sorted(self._px.items()))) & 0xFFFFFFFF)
         return img
 
@@ -236,7 +269,7 @@ class Document:
         self.refreshes += 1
 
     def setAnnotation(self, kind, description, data):
-        self._annotations[kind] = bytes(data)
+        self._annotations[kind] = QByteArray(data).data()  # a QByteArray (bytes are turned into one)
         self._modified = True
 
 
@@ -289,7 +322,7 @@ class Krita:
             fn()
 
     def version(self):
-        return "5.2.2"
+        return "6.0.0" if QT_MAJOR == 6 else "5.2.2"
 
     def addExtension(self, ext):
         self.extensions = getattr(self, "extensions", []) + [ext]
@@ -329,7 +362,8 @@ class DockWidget(QDockWidget):
 
 
 class DockWidgetFactoryBase:
-    DockRight = 2
+    class DockPosition:  # only the scoped name, as PyQt6 has it
+        DockRight = 2
 
 
 class DockWidgetFactory:

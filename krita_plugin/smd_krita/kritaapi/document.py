@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
-from krita import Krita
-from PyQt5.QtCore import QByteArray, QTimer
+from krita import Krita  # pyright: ignore[reportMissingImports]  (Krita's own module, only inside Krita)
+
+from ..qt import QByteArray, QTimer, image_bits
 
 PREVIEW_NAME = "SMD Preview"
 RESULT_NAME = "SMD Result"
@@ -48,7 +50,7 @@ class Unsupported(Exception):
 
 @dataclass
 class Layer:
-    node: object
+    node: Any  # Krita's Node (Krita's module has no types outside Krita)
     name: str
     uid: str
     kind: str
@@ -187,11 +189,9 @@ def layers(doc) -> list[Layer]:
 
 def _thumb_crc(node) -> int:
     thumb = node.thumbnail(FINGERPRINT_SIZE, FINGERPRINT_SIZE)
-    ptr = thumb.constBits()
-    if ptr is None:
+    if thumb.isNull():
         return 0
-    ptr.setsize(thumb.bytesPerLine() * thumb.height())
-    return zlib.crc32(bytes(ptr))
+    return zlib.crc32(image_bits(thumb).asstring())
 
 
 def _bounds(node) -> tuple:
@@ -266,7 +266,7 @@ def _annotation(doc) -> dict:
     if doc.rootNode() is None:  # a document still being made: asking for its annotation crashes Krita 5.1
         return {}
     try:
-        raw = bytes(doc.annotation(ANNOTATION))
+        raw = doc.annotation(ANNOTATION).data()
         values = json.loads(raw.decode("utf-8")) if raw else {}
     except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
@@ -276,7 +276,7 @@ def _annotation(doc) -> dict:
 def _write_annotation(doc, values: dict, edit: bool) -> None:
     """Store ``values``; ``edit=False``: Krita marks the document modified, which is undone."""
     data = json.dumps(values, sort_keys=True).encode("utf-8")
-    if bytes(doc.annotation(ANNOTATION) or b"") == data:
+    if doc.annotation(ANNOTATION).data() == data:
         return
     was_modified = doc.modified()
     doc.setAnnotation(ANNOTATION, "SMD Live settings", QByteArray(data))
@@ -307,6 +307,6 @@ def own_layer_uid(doc, role: str) -> str:
 def set_own_layer_uid(doc, role: str, uid: str) -> None:
     """Remember that the plugin made this layer (no edit: the document stays as modified as it was)."""
     values = _annotation(doc)
-    own = values.get(OWN_LAYERS) if isinstance(values.get(OWN_LAYERS), dict) else {}
-    values[OWN_LAYERS] = {**own, role: uid}
+    own = values.get(OWN_LAYERS)
+    values[OWN_LAYERS] = {**(own if isinstance(own, dict) else {}), role: uid}
     _write_annotation(doc, values, edit=False)

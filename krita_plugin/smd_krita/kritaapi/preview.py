@@ -23,10 +23,8 @@ from __future__ import annotations
 import re
 import time
 
-from PyQt5.QtCore import QTimer
-from PyQt5.QtGui import QImage
-
 from .. import pixels
+from ..qt import QImage, QTimer
 from .document import (
     PREVIEW_NAME,
     RESULT_NAME,

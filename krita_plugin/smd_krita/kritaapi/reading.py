@@ -17,15 +17,8 @@ opacity. Opacity is applied exactly: QPainter's own opacity n/255 acts as
 
 from __future__ import annotations
 
-from PyQt5.QtCore import QByteArray, QRect, QRectF, Qt
-from PyQt5.QtGui import QColor, QImage, QPainter
-
-try:
-    from PyQt5 import sip
-except ImportError:  # PyQt5 before 5.11 ships sip on its own
-    import sip
-
 from .. import pixels
+from ..qt import QByteArray, QColor, QImage, QPainter, QRect, QRectF, Qt, image_over
 from .document import ALPHA_LAYOUT, Layer, Unsupported, color_problem
 
 _SCALE_TABLES: dict[tuple, bytes] = {}
@@ -51,9 +44,9 @@ def _visible_rect(doc, node) -> QRect:
     return node.bounds().intersected(QRect(0, 0, doc.width(), doc.height()))
 
 
-def _view(data: QByteArray, r: QRect, bpl: int, fmt) -> QImage:
+def _view(data: QByteArray, r: QRect, bpl: int, fmt: QImage.Format) -> QImage:
     """A QImage over the QByteArray's memory, without copying it: use it while ``data`` lives."""
-    return QImage(sip.voidptr(data), r.width(), r.height(), bpl, fmt)
+    return image_over(data, r.width(), r.height(), bpl, fmt)
 
 
 def _projection(layer: Layer, r: QRect) -> QByteArray:
@@ -63,21 +56,21 @@ def _projection(layer: Layer, r: QRect) -> QByteArray:
 
 def _mask_plane(doc, mask, r: QRect) -> QImage:
     """A transparency mask over ``r`` as an 8-bit alpha image (0 hides, 255 shows)."""
-    data = bytes(mask.pixelData(r.x(), r.y(), r.width(), r.height()))
+    data = mask.pixelData(r.x(), r.y(), r.width(), r.height()).data()
     if len(data) != r.width() * r.height():  # Krita gave nothing: the mask hides nothing
-        img = QImage(r.width(), r.height(), QImage.Format_Alpha8)
-        img.fill(Qt.white)
+        img = QImage(r.width(), r.height(), QImage.Format.Format_Alpha8)
+        img.fill(Qt.GlobalColor.white)
         return img
-    return QImage(data, r.width(), r.height(), r.width(), QImage.Format_Alpha8).copy()
+    return QImage(data, r.width(), r.height(), r.width(), QImage.Format.Format_Alpha8).copy()
 
 
 def _apply_masks(doc, masks: list, img: QImage, r: QRect) -> QImage:
     """Multiply the image's alpha by transparency masks (over the canvas rectangle ``r``)."""
     if not masks:
         return img
-    out = img.convertToFormat(QImage.Format_ARGB32_Premultiplied)
+    out = img.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
     p = QPainter(out)
-    p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
+    p.setCompositionMode(QPainter.CompositionMode.CompositionMode_DestinationIn)
     for mask in masks:
         p.drawImage(0, 0, _mask_plane(doc, mask, r))
     p.end()
@@ -89,10 +82,10 @@ def _seen_u8(doc, layer: Layer, r: QRect, opacities: tuple, masks: list) -> tupl
     and ``masks``: (ARGB32 image, the buffer it lives in)."""
     data = _projection(layer, r)
     if any(n < 255 for n in opacities):
-        buf = bytearray(data)
+        buf = bytearray(data.data())
         buf[3::4] = bytes(buf[3::4]).translate(scale_table(opacities))
         data = QByteArray(bytes(buf))
-    img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
+    img = _view(data, r, r.width() * 4, QImage.Format.Format_ARGB32)
     return _apply_masks(doc, masks, img, r), data
 
 
@@ -110,11 +103,11 @@ def read_alpha(doc, layer: Layer, out_w: int, out_h: int) -> bytes:
     if bpp == 4 and off == 3:
         img, keep = _seen_u8(doc, layer, r, layer.opacities, layer.group_masks)
     else:
-        alpha = bytes(_projection(layer, r))[off::bpp]  # every bpp-th byte is (the high byte of) alpha
+        alpha = _projection(layer, r).data()[off::bpp]  # every bpp-th byte is (the high byte of) alpha
         if layer.factor < 1.0:
             alpha = alpha.translate(scale_table(layer.opacities))
         img = _apply_masks(
-            doc, layer.group_masks, QImage(alpha, r.width(), r.height(), r.width(), QImage.Format_Alpha8), r
+            doc, layer.group_masks, QImage(alpha, r.width(), r.height(), r.width(), QImage.Format.Format_Alpha8), r
         )
     sx, sy = out_w / doc.width(), out_h / doc.height()
     out = pixels.alpha_of(pixels.place([(img, r, 1.0)], out_w, out_h, sx, sy))
@@ -146,12 +139,12 @@ def read_composite(doc, layers: list[Layer], chosen: set, out_w: int, out_h: int
             wanted.add(layer.parent)
     canvas = _Canvas(doc, out_w, out_h)
     img = canvas.compose(children, chosen, wanted, "")
-    flat = QImage(out_w, out_h, QImage.Format_RGBA64_Premultiplied)
-    flat.fill(Qt.white)  # transparent canvas reads as white paper
+    flat = QImage(out_w, out_h, QImage.Format.Format_RGBA64_Premultiplied)
+    flat.fill(Qt.GlobalColor.white)  # transparent canvas reads as white paper
     p = QPainter(flat)
     p.drawImage(0, 0, img)
     p.end()
-    return pixels.packed_bytes(flat.convertToFormat(QImage.Format_RGB888), 3)
+    return pixels.packed_bytes(flat.convertToFormat(QImage.Format.Format_RGB888), 3)
 
 
 def _at_opacity(img: QImage, opacity: int) -> QImage:
@@ -160,9 +153,9 @@ def _at_opacity(img: QImage, opacity: int) -> QImage:
     composites the same, without a copy of a whole layer: measured)."""
     if opacity >= 255:
         return img
-    out = img.convertToFormat(QImage.Format_RGBA64_Premultiplied)
+    out = img.convertToFormat(QImage.Format.Format_RGBA64_Premultiplied)
     p = QPainter(out)
-    p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
+    p.setCompositionMode(QPainter.CompositionMode.CompositionMode_DestinationIn)
     p.fillRect(out.rect(), QColor.fromRgba64(0, 0, 0, opacity * 257))
     p.end()
     return out
@@ -176,10 +169,10 @@ class _Canvas:
         self.sx, self.sy = out_w / doc.width(), out_h / doc.height()
 
     def compose(self, children: dict, chosen: set, wanted: set, parent: str) -> QImage:
-        out = QImage(self.out_w, self.out_h, QImage.Format_RGBA64_Premultiplied)
-        out.fill(Qt.transparent)
+        out = QImage(self.out_w, self.out_h, QImage.Format.Format_RGBA64_Premultiplied)
+        out.fill(Qt.GlobalColor.transparent)
         p = QPainter(out)
-        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
         self._draw(p, children, chosen, wanted, parent)
         p.end()
         return out
@@ -205,16 +198,16 @@ class _Canvas:
                     continue
                 data = _projection(layer, r)
                 if self.doc.colorDepth() == "U8":
-                    img = _view(data, r, r.width() * 4, QImage.Format_ARGB32)
+                    img = _view(data, r, r.width() * 4, QImage.Format.Format_ARGB32)
                 else:
-                    img = _view(data, r, r.width() * 8, QImage.Format_RGBA64).rgbSwapped()
+                    img = _view(data, r, r.width() * 8, QImage.Format.Format_RGBA64).rgbSwapped()
                 target = QRectF(r.x() * self.sx, r.y() * self.sy, r.width() * self.sx, r.height() * self.sy)
                 p.drawImage(target, _at_opacity(img, layer.opacities[0]))  # drawn while data lives
 
     def _masked(self, img: QImage, masks: list, whole: QRect) -> QImage:
         p = QPainter(img)
-        p.setRenderHint(QPainter.SmoothPixmapTransform, True)
-        p.setCompositionMode(QPainter.CompositionMode_DestinationIn)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        p.setCompositionMode(QPainter.CompositionMode.CompositionMode_DestinationIn)
         for mask in masks:
             p.drawImage(QRectF(0, 0, self.out_w, self.out_h), _mask_plane(self.doc, mask, whole))
         p.end()

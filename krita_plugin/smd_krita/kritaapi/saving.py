@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from PyQt5.QtCore import QEvent, QObject, Qt, QTimer
-
+from ..qt import QEvent, QObject, Qt, QTimer
 from .document import app, documents, is_open
 from .preview import HELD, OWN_CHANGE, find_preview, keep_unmodified
 
@@ -57,9 +56,9 @@ class SaveGuard(QObject):
     def eventFilter(self, obj, event) -> bool:
         # Only a dialog: Krita adds other child widgets to its window all the time (a new layer adds one).
         if (
-            event.type() == QEvent.ChildAdded
+            event.type() == QEvent.Type.ChildAdded
             and event.child().isWidgetType()
-            and event.child().windowType() == Qt.Dialog
+            and event.child().windowType() == Qt.WindowType.Dialog
             and not OWN_CHANGE[0]
             and not self._holding
         ):

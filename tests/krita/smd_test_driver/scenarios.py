@@ -6,6 +6,7 @@ Coordination with the test process (kill/restart the daemon) goes through
 files in ``args["sync"]``.
 """
 
+import sys
 import time
 
 from krita import Krita
@@ -37,6 +38,10 @@ def startup(args, out):
     app = Krita.instance()
     d = docker()
     out["checks"]["krita_version"] = app.version()
+    from smd_krita import qt  # the binding the plugin's Qt layer chose in this Krita
+
+    out["checks"]["qt_binding"] = [qt.BINDING, qt.QT_VERSION]
+    out["checks"]["bindings_loaded"] = sorted({m.split(".")[0] for m in sys.modules if m.startswith("PyQt")})
     out["checks"]["docker_present"] = d is not None
     out["checks"]["status"] = status()
     names = ("smd_live_toggle", "smd_generate", "smd_apply", "smd_show_swap")
