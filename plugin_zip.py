@@ -194,13 +194,16 @@ def write_zip(path: Path, files: dict) -> None:
     os.replace(tmp, path)
 
 
-def build(plugin_files: dict, dist: Path, cache: Path, version: str | None = None, lock: Path = LOCK) -> dict:
+def build(
+    plugin_files: dict, dist: Path, cache: Path, version: str | None = None, lock: Path = LOCK, platforms=None
+) -> dict:
     """Write ``dist/smd_live-<version>.zip`` and its wheel hash list beside it.
 
     ``plugin_files``: name in the zip -> bytes, the plugin as install.py would place it (desktop file,
-    package, vendor/). Returns the paths written and what went in."""
+    package, vendor/). ``platforms``: a part of PLATFORMS (tests on one machine); the release has all.
+    Returns the paths written and what went in."""
     version = version or project_version()
-    wanted = targets()
+    wanted = targets(platforms)
     with ThreadPoolExecutor(DOWNLOADS_AT_ONCE) as pool:
         wheels = list(pool.map(lambda t: fetch(t, cache), wanted))
     hashes = {w.name: sha256(w) for w in wheels}
