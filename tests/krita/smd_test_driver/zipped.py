@@ -2,6 +2,7 @@
 tests/test_plugin_zip_krita.py (see scenarios.py for the form)."""
 
 import os
+import platform
 import sys
 
 from krita import Krita
@@ -41,6 +42,8 @@ def _loaded(c):
     c["zmq_version"] = getattr(zmq, "__version__", None)
     c["sys_path_head"] = sys.path[:3]
     c["plugin_file"] = getattr(sys.modules.get("smd_krita"), "__file__", None)
+    c["python"] = "%d.%d" % sys.version_info[:2]
+    c["machine"] = platform.machine()
 
 
 def zip_live(args, out):
@@ -59,13 +62,20 @@ def zip_live(args, out):
     fox = doc.createNode("a red fox", "paintlayer")
     fox.setPixelData(bytes((0, 0, 255, 255)) * (32 * 32), 16, 16, 32, 32)
     root.addChildNode(fox, bg)
+    doc.setActiveNode(fox)
     ctl = controller()
-    find("smd_size").setValue(64)
-    find("smd_steps").setValue(2)
+    c["preview_mode_kept"] = ctl.settings["preview_mode"]
+    ctl.set_setting("preview_mode", "canvas")  # the frame on a layer, where its pixels can be read
+    ctl.set_setting("size", 64)  # the smallest the engine takes: the CPU keeps up
+    ctl.set_setting("steps", 2)
     click("smd_connect")
     yield ("connected", lambda: ctl.state == "connected", 90)
     c["status_connected"] = status()
+    yield ("every layer read", lambda: ctl.rows and all(r.role for r in ctl.rows), 30)
+    c["rows"] = [[r.name, r.role] for r in ctl.rows]
     click("smd_live")
+    yield 0.5
+    c["live"], c["status_live"] = ctl.live, status()
     yield ("first frame", lambda: ctl.frame_event is not None and node_named(doc, "SMD Preview"), 120)
     preview = node_named(doc, "SMD Preview")
     pixels = bytes(preview.pixelData(0, 0, 64, 64))
