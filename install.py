@@ -25,8 +25,8 @@ The plugin talks to the daemon through ``smd_daemon/protocol.py`` and
 ``smd_daemon/client.py``; they are vendored unchanged into the installed
 package (``smd_krita/vendor/``) so plugin and daemon always speak the same
 protocol. pyzmq must import in the Python that Krita embeds: when it does not,
-a wheel matching that Python is installed into ``smd_krita/deps/``, which the
-plugin puts on ``sys.path``.
+a wheel matching that Python is installed into ``smd_krita/deps/<platform>-<python>/``,
+the folder the plugin puts first on ``sys.path`` (the release zip's layout).
 
 Only the standard library is used, so any Python 3.8+ can run this file.
 """
@@ -927,7 +927,8 @@ def main(
         if args.krita_python and not re.fullmatch(r"3\.\d+", args.krita_python):
             raise InstallError(f"--krita-python must look like 3.11, not {args.krita_python!r}")
         if args.zip:
-            others = [f for f in ("dev", "uninstall", "serve", "daemon_venv", "pykrita", "kritarc") if getattr(args, f)]
+            alone = "dev uninstall purge serve daemon_venv pykrita kritarc krita_python dry_run".split()
+            others = [f for f in alone if getattr(args, f)]
             if others or serve_args:
                 raise InstallError("--zip builds the release zip only: give it alone (or with --dist, --wheel-cache)")
             return build_zip(args.dist.absolute(), args.wheel_cache.absolute())
