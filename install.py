@@ -14,6 +14,9 @@
                                       also create (or update) a virtual environment with the daemon,
                                       which the docker can start and stop (managed_daemon.json);
                                       DIR is a new folder, an empty one or a venv, nothing else
+    python install.py --zip           build dist/smd_live-<version>.zip, the release zip artists import in
+                                      Krita (Tools > Scripts > Import Python Plugin from File...),
+                                      with pyzmq for Windows, macOS and Linux (plugin_zip.py)
     python install.py --serve [-- SERVE-ARGS]
                                       the quick start: plugin, daemon venv (.venv in this checkout
                                       unless --daemon-venv), then run 'smd-daemon serve SERVE-ARGS'
@@ -22,8 +25,8 @@ The plugin talks to the daemon through ``smd_daemon/protocol.py`` and
 ``smd_daemon/client.py``; they are vendored unchanged into the installed
 package (``smd_krita/vendor/``) so plugin and daemon always speak the same
 protocol. pyzmq must import in the Python that Krita embeds: when it does not,
-a wheel matching that Python is installed into ``smd_krita/deps/``, which the
-plugin puts on ``sys.path``.
+a wheel matching that Python is installed into ``smd_krita/deps/<platform>-<python>/``,
+the folder the plugin puts first on ``sys.path`` (the release zip's layout).
 
 Only the standard library is used, so any Python 3.8+ can run this file.
 """
@@ -31,6 +34,7 @@ Only the standard library is used, so any Python 3.8+ can run this file.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import importlib.util
 import json
@@ -45,6 +49,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import plugin_zip  # beside this file: the release zip, and the pyzmq pins both use
+
 NAME = "smd_krita"
 ROOT = Path(__file__).resolve().parent
 PLUGIN_SRC = ROOT / "krita_plugin"
@@ -57,6 +63,9 @@ DOCKER_ID = "smd_live_docker"  # Krita may remember the docker's place in a "Doc
 DATA_DIR = "smd_live"  # beside pykrita/ in Krita's data folder: the managed daemon's log
 FLATPAK_ID = "org.kde.krita"
 VENV_MARK = "smd-install-id"  # install.py's line in the pyvenv.cfg of a venv it created: its identity
+# What of the checkout's plugin package is not copied: made per install (vendor/, deps/) or per machine.
+NOT_COPIED = ("__pycache__", "*.pyc", "vendor", "deps", MANAGED)
+VENDOR_INIT = '"""The wire modules from smd_daemon, unchanged."""\n'
 
 
 def _load_protocol():
@@ -72,6 +81,40 @@ def _load_protocol():
 
 class InstallError(Exception):
     """A problem the user can fix; printed as one line, exit status 1."""
+
+
+def plugin_files() -> dict:
+    """The plugin as an install places it, name -> bytes: the desktop file, the package (what
+    _place copies) and vendor/ (what _vendor writes). The release zip holds exactly these."""
+    files = {f"{NAME}.desktop": (PLUGIN_SRC / f"{NAME}.desktop").read_bytes()}
+    package = PLUGIN_SRC / NAME
+    for dirpath, dirnames, filenames in os.walk(package):
+        dirnames[:] = sorted(d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in NOT_COPIED))
+        for f in filenames:
+            if not any(fnmatch.fnmatch(f, p) for p in NOT_COPIED):
+                path = Path(dirpath) / f
+                files[f"{NAME}/{path.relative_to(package).as_posix()}"] = path.read_bytes()
+    files[f"{NAME}/vendor/__init__.py"] = VENDOR_INIT.encode()
+    for f in VENDORED:
+        src = ROOT / "smd_daemon" / f
+        if not src.is_file():
+            raise InstallError(f"smd_daemon/{f} is missing from this checkout")
+        files[f"{NAME}/vendor/{f}"] = src.read_bytes()
+    return files
+
+
+def build_zip(dist: Path, cache: Path) -> int:
+    """install.py --zip: the release zip for Krita's Import Python Plugin from File."""
+    try:
+        built = plugin_zip.build(plugin_files(), dist, cache)
+    except plugin_zip.ZipError as e:
+        raise InstallError(str(e)) from None
+    size = built["zip"].stat().st_size
+    print(f"wrote {built['zip']} ({human_size(size)}, SHA-256 {plugin_zip.sha256(built['zip'])})")
+    print(f"pyzmq for {len(built['folders'])} Pythons and platforms: {', '.join(built['folders'])}")
+    print(f"wrote {built['hashes']} (the wheels used; also inside the zip)")
+    print("in Krita: Tools > Scripts > Import Python Plugin from File..., pick the zip, restart Krita")
+    return 0
 
 
 # ---------------------------------------------------------------- locations
@@ -395,9 +438,7 @@ class Installer:
             self.say(f"copy {src} -> {dst}")
             if not self.dry:
                 if src.is_dir():
-                    shutil.copytree(
-                        src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "vendor", "deps", MANAGED)
-                    )
+                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*NOT_COPIED))
                 else:
                     shutil.copy2(src, dst)
         self.created.append(str(dst))
@@ -502,7 +543,7 @@ class Installer:
         if vendor.exists() or vendor.is_symlink():
             shutil.rmtree(vendor) if vendor.is_dir() and not vendor.is_symlink() else vendor.unlink()
         vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""The wire modules from smd_daemon, unchanged."""\n')
+        (vendor / "__init__.py").write_text(VENDOR_INIT)
         for f in VENDORED:
             src = ROOT / "smd_daemon" / f
             if self.dev:
@@ -520,6 +561,11 @@ class Installer:
         if ver is None:
             ver = f"{sys.version_info.major}.{sys.version_info.minor}"
             self.say(f"Krita's Python version not found; assuming {ver}")
+        python = tuple(int(x) for x in ver.split("."))
+        # The folder the plugin looks in for that Python on this machine (the zip's layout).
+        target = deps / plugin_zip.plugin_module("zmq_folder.py").folder_name(
+            python, sys.platform, platform.machine(), sys.maxsize > 2**32
+        )
         cmd = [
             sys.executable,
             "-m",
@@ -531,10 +577,10 @@ class Installer:
             "--python-version",
             ver,
             "--target",
-            str(deps),
-            "pyzmq",
+            str(target),
+            f"pyzmq=={plugin_zip.pyzmq_for(python)}",
         ]
-        self.say(f"pyzmq: installing a wheel for Python {ver} into {deps}")
+        self.say(f"pyzmq: installing a wheel for Python {ver} into {target}")
         self.say("run " + " ".join(cmd))
         if self.dry:
             return
@@ -866,6 +912,11 @@ def main(
         "--serve", action="store_true", help="then start the daemon (arguments after '--' go to 'smd-daemon serve')"
     )
     p.add_argument("--purge", action="store_true", help="with --uninstall: also remove the daemon venv it created")
+    p.add_argument("--zip", action="store_true", help="build the release zip (dist/) for Krita's plugin importer")
+    p.add_argument("--dist", type=Path, default=ROOT / "dist", metavar="DIR", help="with --zip: where it goes")
+    p.add_argument(
+        "--wheel-cache", type=Path, default=ROOT / "build" / "wheels", metavar="DIR", help="with --zip: pyzmq wheels"
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     serve_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -877,6 +928,12 @@ def main(
     try:
         if args.krita_python and not re.fullmatch(r"3\.\d+", args.krita_python):
             raise InstallError(f"--krita-python must look like 3.11, not {args.krita_python!r}")
+        if args.zip:
+            alone = "dev uninstall purge serve daemon_venv pykrita kritarc krita_python dry_run".split()
+            others = [f for f in alone if getattr(args, f)]
+            if others or serve_args:
+                raise InstallError("--zip builds the release zip only: give it alone (or with --dist, --wheel-cache)")
+            return build_zip(args.dist.absolute(), args.wheel_cache.absolute())
         if args.purge and not args.uninstall:
             raise InstallError("--purge goes with --uninstall (it also removes the daemon's venv)")
         if args.uninstall and (args.serve or args.daemon_venv):

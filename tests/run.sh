@@ -28,7 +28,7 @@ echo "== installing the daemon, its cluster extra (Ray) and test dependencies in
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cluster]"
 
 echo "== static checks: ruff (lint, format) and pyright"
-STATIC="smd_daemon krita_plugin install.py benchmarks"
+STATIC="smd_daemon krita_plugin install.py plugin_zip.py benchmarks"
 .venv/bin/ruff check $STATIC
 .venv/bin/ruff format --check $STATIC
 .venv/bin/pyright --pythonpath .venv/bin/python $STATIC

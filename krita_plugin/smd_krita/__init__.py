@@ -9,10 +9,11 @@ script error.
 import os
 import sys
 
+from . import zmq_folder
+
 SUPPORTED_KRITA = ("5.1", "5.2", "5.3", "6")  # a major.minor, or a major for all its releases
 _DEPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deps")
-if os.path.isdir(_DEPS) and _DEPS not in sys.path:
-    sys.path.append(_DEPS)  # pyzmq installed by install.py for this Krita's Python
+zmq_folder.put_first(_DEPS)  # the vendored pyzmq for this Python and platform, before any other
 
 
 def _supported(version: str) -> bool:
@@ -30,7 +31,7 @@ def _problem(version: str):
     try:
         import zmq  # noqa: F401
     except ImportError as e:
-        return f"SMD Live cannot import pyzmq ({e}): run install.py again to install it for Krita's Python."
+        return zmq_folder.missing(_DEPS, e)
     try:
         from .transport import client  # noqa: F401
     except ImportError as e:
