@@ -67,6 +67,7 @@ class Components:
     meaningful: bool = True  # False for random-weight presets
     info: dict = field(default_factory=dict)
     kind: str = "lcm"  # "lcm" | "turbo" (see the module docstring)
+    family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to

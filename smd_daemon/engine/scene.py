@@ -22,8 +22,11 @@ MAX_PROMPT_CHARS = 1000
 DEFAULT_STEPS = 4
 # How regions enter the model: one UNet sample per region and latent
 # pre-averaging (follows shapes tightly), or one sample for all regions with
-# per-region cross-attention (much faster with several regions).
-REGION_MODES = ("latent", "attention")
+# per-region cross-attention (much faster with several regions). The engine
+# turns the name into a strategy once, when it plans (``modes.strategy_for``).
+LATENT = "latent"
+ATTENTION = "attention"
+REGION_MODES = (LATENT, ATTENTION)
 
 
 class SceneError(ValueError):
@@ -78,7 +81,7 @@ class Scene:
     guidance_scale: float = 1.0
     mask_mode: str = "continuous"  # or "discrete"
     cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
-    region_mode: str = "latent"  # or "attention" (see REGION_MODES)
+    region_mode: str = LATENT  # or ATTENTION (see REGION_MODES)
 
     def validate(self) -> Scene:
         if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
@@ -94,7 +97,7 @@ class Scene:
         if self.mask_mode not in ("continuous", "discrete"):
             raise SceneError(f"mask mode must be 'continuous' or 'discrete', got {self.mask_mode!r}")
         if self.region_mode not in REGION_MODES:
-            raise SceneError(f"region mode must be 'latent' or 'attention', got {self.region_mode!r}")
+            raise SceneError(f"region mode must be {' or '.join(map(repr, REGION_MODES))}, got {self.region_mode!r}")
         if not (np.isfinite(self.guidance_scale) and 0 <= self.guidance_scale <= 30):
             raise SceneError("guidance scale must be between 0 and 30")
         if not (np.isfinite(self.cover_alpha) and 0 <= self.cover_alpha <= 1):

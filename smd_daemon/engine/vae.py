@@ -25,70 +25,74 @@ def tile_grid(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-@torch.no_grad()
-def encode(vae, image: np.ndarray, device, dtype, scale: int, window: int, between=None) -> torch.Tensor:
-    """uint8 (H, W, 3) -> (1, C, h, w) clean latent, scaled; tiled above
-    ``window`` latent pixels per side. ``between()`` is called before each
-    tile (it may raise to stop)."""
-    h, w = image.shape[0] // scale, image.shape[1] // scale
-    tiles = tile_grid(h, w, window)
-    if len(tiles) == 1:
-        if between is not None:
-            between()
-        return _encode(vae, image, device, dtype)
-    return _blend(
-        tiles,
-        h,
-        w,
-        dtype,
-        between,
-        lambda y, x, a, b: _encode(vae, image[y * scale : (y + a) * scale, x * scale : (x + b) * scale], device, dtype),
-    )
+class Autoencoder:
+    """The model's VAE (or tiny autoencoder) and its latent scaling, bounded:
+    above ``window`` latent pixels per side, images are encoded and decoded
+    in blended tiles. Latents are scaled: ``(vae latent - shift) * scale``."""
 
+    def __init__(self, vae, device, dtype, factor: int, window: int, scale: float, shift: float = 0.0):
+        self.vae, self.device, self.dtype = vae, device, dtype
+        self.factor, self.window = factor, window  # pixels per latent pixel; native latent size
+        self.scale, self.shift = scale, shift
 
-@torch.no_grad()
-def encode_uniform(
-    vae, height: int, width: int, value: int, device, dtype, scale: int, window: int, tile_latent=None
-) -> torch.Tensor:
-    """What ``encode`` gives for an image of one colour, with one VAE call:
-    every tile is then the same image, so one tile is encoded and blended
-    into every place. ``tile_latent(shape, encode)`` may supply it (a cache)."""
-    h, w = height // scale, width // scale
-    tiles = tile_grid(h, w, window)
-    _, _, a, b = tiles[0]  # every tile has this size
+    @torch.no_grad()
+    def encode(self, image: np.ndarray, between=None) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, C, h, w) clean latent. ``between()`` is called
+        before each tile (it may raise to stop)."""
+        f = self.factor
+        h, w = image.shape[0] // f, image.shape[1] // f
+        tiles = tile_grid(h, w, self.window)
+        if len(tiles) == 1:
+            if between is not None:
+                between()
+            return self._encode(image)
+        return self._blend(
+            tiles, h, w, between, lambda y, x, a, b: self._encode(image[y * f : (y + a) * f, x * f : (x + b) * f])
+        )
 
-    def encode_tile():
-        return _encode(vae, np.full((a * scale, b * scale, 3), value, np.uint8), device, dtype)
+    @torch.no_grad()
+    def encode_uniform(self, height: int, width: int, value: int, tile_latent=None) -> torch.Tensor:
+        """What ``encode`` gives for an image of one colour, with one VAE call:
+        every tile is then the same image, so one tile is encoded and blended
+        into every place. ``tile_latent(shape, encode)`` may supply it (a cache)."""
+        f = self.factor
+        h, w = height // f, width // f
+        tiles = tile_grid(h, w, self.window)
+        _, _, a, b = tiles[0]  # every tile has this size
 
-    z = encode_tile() if tile_latent is None else tile_latent((a, b), encode_tile)
-    if len(tiles) == 1:
-        return z
-    return _blend(tiles, h, w, dtype, None, lambda *_: z)
+        def encode_tile():
+            return self._encode(np.full((a * f, b * f, 3), value, np.uint8))
 
+        z = encode_tile() if tile_latent is None else tile_latent((a, b), encode_tile)
+        if len(tiles) == 1:
+            return z
+        return self._blend(tiles, h, w, None, lambda *_: z)
 
-def _blend(tiles, h: int, w: int, dtype, between, tile_latent) -> torch.Tensor:
-    """Overlapping tile latents blended with ramp weights into (1, C, h, w)."""
-    acc = wsum = None
-    for y, x, a, b in tiles:
-        if between is not None:
-            between()
-        z = tile_latent(y, x, a, b).float()
-        if acc is None:
-            acc = z.new_zeros((1, z.shape[1], h, w))
-            wsum = z.new_zeros((1, 1, h, w))
-        wt = M.ramp_weights(a, b).to(z.device)
-        acc[..., y : y + a, x : x + b] += wt * z
-        wsum[..., y : y + a, x : x + b] += wt
-    return (acc / wsum).to(dtype)
+    def _blend(self, tiles, h: int, w: int, between, tile_latent) -> torch.Tensor:
+        """Overlapping tile latents blended with ramp weights into (1, C, h, w)."""
+        acc = wsum = None
+        for y, x, a, b in tiles:
+            if between is not None:
+                between()
+            z = tile_latent(y, x, a, b).float()
+            if acc is None:
+                acc = z.new_zeros((1, z.shape[1], h, w))
+                wsum = z.new_zeros((1, 1, h, w))
+            wt = M.ramp_weights(a, b).to(z.device)
+            acc[..., y : y + a, x : x + b] += wt * z
+            wsum[..., y : y + a, x : x + b] += wt
+        return (acc / wsum).to(self.dtype)
 
+    def _encode(self, image: np.ndarray) -> torch.Tensor:
+        # Converted while copied: a read-only image (decoded from a message) is only read.
+        x = torch.asarray(image, dtype=self.dtype).to(self.device)
+        x = (x.permute(2, 0, 1)[None] / 127.5) - 1
+        enc = self.vae.encode(x)
+        z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
+        return (z - self.shift) * self.scale
 
-def _encode(vae, image: np.ndarray, device, dtype) -> torch.Tensor:
-    # Converted while copied: a read-only image (decoded from a message) is only read.
-    x = torch.asarray(image, dtype=dtype).to(device)
-    x = (x.permute(2, 0, 1)[None] / 127.5) - 1
-    enc = vae.encode(x)
-    z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
-    return z * vae.config.scaling_factor
+    def decoder(self, latent: torch.Tensor, side_stream=None) -> Decoder:
+        return Decoder(self, latent, side_stream)
 
 
 class Decoder:
@@ -98,12 +102,12 @@ class Decoder:
     stream, the decoding and the copy (into pinned memory) run beside the
     engine's next step; ``result()`` waits for the copy only."""
 
-    def __init__(self, vae, latent: torch.Tensor, window: int, side_stream=None):
-        self.vae = vae
+    def __init__(self, autoencoder: Autoencoder, latent: torch.Tensor, side_stream=None):
+        self.ae = autoencoder
         self.side = side_stream
         self.latent = latent
         self.finite = torch.isfinite(latent).all()
-        self.tiles = tile_grid(latent.shape[-2], latent.shape[-1], window)
+        self.tiles = tile_grid(latent.shape[-2], latent.shape[-1], autoencoder.window)
         self.next = 0
         self._acc = self._wsum = None
         self._host = self._event = None
@@ -127,8 +131,8 @@ class Decoder:
     def _piece(self) -> None:
         y, x, a, b = self.tiles[self.next]
         self.next += 1
-        z = self.latent[..., y : y + a, x : x + b] / self.vae.config.scaling_factor
-        img = self.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
+        z = self.latent[..., y : y + a, x : x + b] / self.ae.scale + self.ae.shift
+        img = self.ae.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
         if len(self.tiles) == 1:
             self._to_host(img)
             return
