@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from smd_daemon.cluster import wire
+from smd_daemon.cluster.timing import TimedEngine
 from smd_daemon.engine.scene import Cancelled
 from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
@@ -39,6 +40,7 @@ from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.ports import EnginePort
 from smd_daemon.server.scenes import plan_scene
 
 log = logging.getLogger("smd_daemon.cluster")
@@ -111,38 +113,6 @@ class SessionOrder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class TimedEngine:
-    """The engine, adding up the seconds its passes take (placement reads them)."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.busy_s = 0.0
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def begin_streams(self, streams):
-        return _TimedWork(self, self._engine.begin_streams(streams))
-
-    def begin_generate(self, scene, plan=None):
-        return _TimedWork(self, self._engine.begin_generate(scene, plan))
-
-
-class _TimedWork:
-    def __init__(self, owner: TimedEngine, work):
-        self._owner, self._work = owner, work
-
-    def __getattr__(self, name):
-        return getattr(self._work, name)
-
-    def run(self, max_samples=None):
-        t0 = time.perf_counter()
-        try:
-            return self._work.run(max_samples)
-        finally:
-            self._owner.busy_s += time.perf_counter() - t0  # only the engine thread adds
-
-
 class EngineWorker:
     def __init__(
         self,
@@ -182,7 +152,7 @@ class EngineWorker:
         self._link.start()
         self._hello()
 
-    def serve(self, engine, model: dict) -> None:
+    def serve(self, engine: EnginePort, model: dict) -> None:
         """The model is loaded: run the engine loop and take sessions."""
         self.engine, self.model = TimedEngine(engine), model
         self.loop = EngineLoop(self.engine, self._post, self.stopping)
@@ -207,15 +177,11 @@ class EngineWorker:
         self._encoders.shutdown()
 
     def _hello(self) -> None:
-        engine = self.engine._engine if self.engine is not None else None
+        engine = self.engine
         can = (
             {}
             if engine is None
-            else {
-                "region_modes": tuple(getattr(engine, "region_modes", ("latent",))),
-                "max_steps": getattr(engine, "max_steps", None),
-                "kind": getattr(engine, "kind", ""),
-            }
+            else {"region_modes": tuple(engine.region_modes), "max_steps": engine.max_steps, "kind": engine.kind}
         )
         self._send(
             wire.Hello(

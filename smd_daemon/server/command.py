@@ -21,7 +21,7 @@ import time
 from smd_daemon import protocol
 from smd_daemon.config import load_config
 from smd_daemon.errors import UsageError
-from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_model_from_options
+from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_engine
 from smd_daemon.server.limits import GIB, MIB, Limits, machine_memory
 from smd_daemon.server.router import DEFAULT_BIND, Server
 
@@ -207,21 +207,6 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     _exit_in_time(stop_at, stopped)
     log.info("stopped")
     _exit()
-
-
-def load_engine(opts: dict):
-    """The engine for the model flags in ``opts``, and the model's description
-    (``welcome.model``); a cluster's workers load theirs the same way."""
-    speed = engine_options(opts, overlap_decode=bool(opts.get("overlap_decode")))
-    components = load_model_from_options(opts)
-    return make_engine(components, **speed), components.describe()
-
-
-def make_engine(components, **speed):
-    """The engine the daemon runs on loaded components (``speed``: the CUDA switches)."""
-    from smd_daemon.engine.core import Engine
-
-    return Engine(components, **speed)
 
 
 def _time_left(stop_at: list, share: float) -> float:

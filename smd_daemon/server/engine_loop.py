@@ -6,10 +6,15 @@ runs one pass at a time of whichever work the scheduler picks, and posts
 frames, progress, results and errors back. Scenes arrive already planned (a
 scene worker planned them), so applying one between two passes is cheap.
 It checks for a stop request between passes, so it stops within one pass.
+
+A step's frames are collected once their copy to the host is done
+(``StepWork.ready``): with ``--overlap-decode`` that copy runs on a side
+stream, and the loop begins the next step meanwhile.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -17,13 +22,14 @@ import time
 
 from smd_daemon.protocol import ErrorCode
 from smd_daemon.server import messages as m
+from smd_daemon.server.ports import EnginePort
 from smd_daemon.server.scheduler import EngineSession, Running, Scheduler
 
 log = logging.getLogger("smd_daemon.server")
 
 
 class EngineLoop(threading.Thread):
-    def __init__(self, engine, post, stopping: threading.Event, scheduler: Scheduler | None = None):
+    def __init__(self, engine: EnginePort, post, stopping: threading.Event, scheduler: Scheduler | None = None):
         super().__init__(name="engine-loop", daemon=True)
         self.engine = engine
         self.post = post  # hands an event to the I/O thread
@@ -31,6 +37,7 @@ class EngineLoop(threading.Thread):
         self.scheduler = scheduler or Scheduler()
         self.sessions: dict[str, EngineSession] = {}
         self.running: list[Running] = []
+        self.collecting: collections.deque[Running] = collections.deque()  # steps done, frames on their way
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
 
@@ -56,9 +63,13 @@ class EngineLoop(threading.Thread):
     def _iteration(self) -> None:
         self._wake.clear()
         self._commands()
+        self._collect(wait=False)
         now = time.monotonic()
         candidates = self.scheduler.candidates(self.running, self.sessions.values(), now)
         if not candidates:
+            if self.collecting:
+                self._collect(wait=True)  # nothing else to run: wait for the copy
+                return
             waits = [s.next_step_at - now for s in self.sessions.values() if s.live and s.next_step_at > now]
             self._wake.wait(min(waits + [0.1]))
             return
@@ -94,7 +105,7 @@ class EngineLoop(threading.Thread):
         if r.kind == "generate":
             self._generate_progress(r)
         elif r.work.done:
-            self._frames(r)
+            self._step_done(r)
 
     def _begin(self, r: Running) -> bool:
         t0 = time.perf_counter()
@@ -128,16 +139,34 @@ class EngineLoop(threading.Thread):
         else:
             s.stream.update(scene, revision, plan=plan)
 
+    def _step_done(self, r: Running) -> None:
+        """A step's passes have all run: its sessions may begin their next step
+        while its frames are still on their way to the host."""
+        self._finish(r)
+        for s, share in zip(r.members, r.work.share):
+            s.solo = False
+            if r.work.samples_total:
+                s.step_samples = max(1, round(share * r.work.samples_total))
+            s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
+        self.collecting.append(r)
+        self._collect(wait=False)
+
+    def _collect(self, wait: bool) -> None:
+        """Hand over the frames of steps whose copy to the host is done, oldest
+        first; with ``wait``, the oldest step's in any case."""
+        while self.collecting and (wait or self.collecting[0].work.ready()):
+            self._frames(self.collecting.popleft())
+            wait = False
+
     def _frames(self, r: Running) -> None:
         t0 = time.perf_counter()
-        frames = r.work.frames()  # waits for the frames' copy to the host
+        try:
+            frames = r.work.frames()  # waits for the frames' copy to the host, if it is not done
+        except Exception as e:  # a non-finite frame: an error, never a black picture
+            self._work_failed(r, e)
+            return
         self.scheduler.charge(r, time.perf_counter() - t0, 0)
-        self._finish(r)
-        shares = getattr(r.work, "share", None) or [1 / len(r.members)] * len(r.members)
-        for s, frame, share in zip(r.members, frames, shares):
-            s.solo = False
-            s.step_samples = max(1, round(share * r.work.samples_total)) if r.work.samples_total else s.step_samples
-            s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
+        for s, frame in zip(r.members, frames):
             s.flow.made(
                 m.FrameReady(
                     s.id,
@@ -145,7 +174,7 @@ class EngineLoop(threading.Thread):
                     int(frame.index),
                     int(frame.revision),
                     bool(frame.settled),
-                    int(getattr(s.stream, "steps_in_flight", 0) or 0),
+                    s.stream.steps_in_flight if s.stream is not None else 0,
                     r.seconds * 1000,
                     len(r.members),
                 )

@@ -2,8 +2,13 @@
 
 The I/O thread sends commands to the engine loop (``EngineLoop.send``); the
 engine loop, the scene workers and the frame encoders send events back to
-the I/O thread (``Server.post``). Nothing else is shared between them but
-each session's ``FrameFlow`` (``frames.py``), which has its own lock.
+the I/O thread (``Server.post``). A message's contents (scenes, plans,
+jobs, frames) are not changed by its sender once sent; only the engine
+thread sets ``Job.cancelled``. Besides messages, the threads share objects
+that lock for themselves: each session's ``FrameFlow`` (``frames.py``), the
+memory budget (``memory.py``), the scene workers' queues (``scenes.py``),
+and the engine, whose caches scene workers fill while they plan and the
+engine thread runs passes.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.ports import EngineLoopPort, EnginePort, Planner
 from smd_daemon.server.scenes import SceneWorkers
 from smd_daemon.server.sessions import SessionManager
 
@@ -38,7 +39,7 @@ RECV_BATCH = 200  # messages read before outgoing events get a turn
 class Server:
     def __init__(
         self,
-        engine,
+        engine: Planner | None,  # None until the model is loaded (``start`` needs it)
         model_info: dict,
         bind: str = DEFAULT_BIND,
         limits: Limits | None = None,
@@ -68,7 +69,7 @@ class Server:
         self._auth = None
         self.sock = None
         self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
-        self.engine_loop: EngineLoop | None = None
+        self.engine_loop: EngineLoopPort | None = None
         self.workers: SceneWorkers | None = None
         self.defaults = scene_defaults()
 
@@ -81,7 +82,7 @@ class Server:
             "generate": True,
             "cancel": True,
             "curve": self.keys_dir is not None,
-            "region_modes": list(getattr(self.engine, "region_modes", ("latent",))),
+            "region_modes": list(self.engine.region_modes),
         }
 
     # --- threads ------------------------------------------------------------
@@ -132,8 +133,10 @@ class Server:
         self.engine_loop = self.make_engine_loop()
         self.engine_loop.start()
 
-    def make_engine_loop(self):
+    def make_engine_loop(self) -> EngineLoopPort:
         """What runs the engine: a thread here (a cluster sends the same messages to its workers)."""
+        if not isinstance(self.engine, EnginePort):
+            raise TypeError(f"{type(self.engine).__name__} cannot run an engine loop")
         return EngineLoop(self.engine, self.post, self.stopping)
 
     def serve_forever(self) -> None:

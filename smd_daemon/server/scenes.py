@@ -30,6 +30,7 @@ from smd_daemon.server import messages as m
 from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
 from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
+from smd_daemon.server.ports import Planner
 
 log = logging.getLogger("smd_daemon.server")
 
@@ -54,7 +55,7 @@ class SceneSession:
 class SceneWorkers:
     def __init__(
         self,
-        engine,
+        engine: Planner,
         limits: Limits,
         budget: MemoryBudget,
         post,
@@ -306,7 +307,7 @@ class SceneWorkers:
         return m.JobReady(s.id, re, job)
 
 
-def plan_scene(engine, scene, cancel):
+def plan_scene(engine: Planner, scene, cancel):
     """``engine.plan`` with its failures as the wire's errors (``ProtocolError``),
     for this request only; ``Cancelled`` passes through. A cluster's workers plan
     the same way."""

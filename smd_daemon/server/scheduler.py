@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from smd_daemon.server.ports import FramePort, GenerateWork, StepWork, Stream
+
 PASS_S = 0.1  # a pass's target length while other work waits
 SOLO_PASS_S = 1.0  # ...and while none does: long enough to batch well, short enough to stop promptly
 BATCH_S = 0.25  # sessions whose step takes longer run in a work of their own
@@ -38,8 +40,8 @@ class EngineSession:
     """What the engine thread knows of one session."""
 
     id: str
-    flow: object  # frames.FrameFlow
-    stream: object = None  # engine StreamSession, opened while live
+    flow: FramePort  # frames.FrameFlow (a cluster worker's RemoteFlow)
+    stream: Stream | None = None  # the engine's stream, opened while live
     pending: tuple | None = None  # the newest (scene, revision, plan), applied when a step begins
     newest: tuple | None = None  # the same, kept after it is applied
     live: bool = False
@@ -51,7 +53,7 @@ class EngineSession:
     step_samples: int | None = None  # UNet samples of its last step
     solo: bool = False  # a shared work failed: step alone until one succeeds
     last_kind: str = ""  # of the work that last ran a pass for it
-    work: object = None  # the Running work it is part of
+    work: Running | None = None  # the work it is part of
     closed: bool = False
 
     @property
@@ -66,8 +68,8 @@ class Running:
     """A work in progress (or about to begin) and who it is for."""
 
     kind: str  # "step" or "generate"
-    members: list  # EngineSession
-    work: object = None  # engine StepWork / GenerateWork, None until begun
+    members: list[EngineSession]
+    work: StepWork | GenerateWork | None = None  # None until begun
     job: object = None  # messages.Job for a generate
     seconds: float = 0.0  # engine time spent on it so far
     began: float = 0.0  # time.monotonic() of its first pass
