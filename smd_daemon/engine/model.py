@@ -25,7 +25,7 @@ from smd_daemon.engine.families import Conditioning, family_of
 from smd_daemon.engine.runner import DenoiserRunner, check_speed_options
 from smd_daemon.engine.scene import cancel_check
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")
+PREDICTIONS = ("epsilon", "v_prediction", "sample")  # what a denoiser may predict
 LATENT_CACHE = 8  # encoded images kept (white tiles and canvases, background images)
 
 
@@ -43,21 +43,31 @@ class Schedule:
     sigmas: torch.Tensor  # (T,) float32 on the CPU: the noise levels masks are quantized against
     entry_scale: float  # fresh noise entering level 0 is scaled by this
     prediction: str  # what the denoiser predicts (one of PREDICTIONS)
+    clean_x: torch.Tensor  # (T,) x̂0 = clean_x * x + clean_out * out (see ``clean``)
+    clean_out: torch.Tensor  # (T,)
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
     def clean(self, i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The clean estimate x̂0 of samples ``x`` at level ``i`` from the
-        denoiser's output, with the LCM boundary condition."""
-        signal, noise = self.signal[i], self.noise[i]
-        if self.prediction == "epsilon":
-            predicted_original = (x - noise * out) / signal
-        elif self.prediction == "v_prediction":
-            predicted_original = signal * x - noise * out
-        else:  # "sample"
-            predicted_original = out
-        return self.c_out[i] * predicted_original + self.c_skip[i] * x
+        denoiser's output, with the LCM boundary condition: one fused
+        multiply-add with the coefficients ``clean_coefficients`` made."""
+        return torch.addcmul(self.clean_x[i] * x, self.clean_out[i], out)
+
+
+def clean_coefficients(
+    prediction: str, signal: torch.Tensor, noise: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with x̂0 = a * x + b * out, where x̂0 = c_out * predicted_original
+    + c_skip * x and the predicted original sample is, for a denoiser that
+    predicts the noise (epsilon): (x - noise * out) / signal; the velocity
+    (v_prediction): signal * x - noise * out; the sample itself: out."""
+    if prediction == "epsilon":
+        return c_out / signal + c_skip, -c_out * noise / signal
+    if prediction == "v_prediction":
+        return c_out * signal + c_skip, -c_out * noise
+    return c_skip, c_out  # "sample"
 
 
 class Model:
@@ -124,19 +134,29 @@ class Model:
             scalings = [(0.0, 1.0)] * len(ts)  # turbo: no boundary condition
 
         def stack(values) -> torch.Tensor:
-            return torch.tensor([float(v) for v in values], device=self.device, dtype=self.dtype)
+            return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+        signal, noise = ab.double().sqrt(), (1 - ab.double()).sqrt()
+        c_skip, c_out = stack(s[0] for s in scalings), stack(s[1] for s in scalings)
+        prediction = self.scheduler.config.prediction_type
+        clean_x, clean_out = clean_coefficients(prediction, signal, noise, c_skip, c_out)
+
+        def on_device(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, self.dtype)
 
         return Schedule(
             timesteps=ts,
             t=torch.tensor(ts, device=self.device, dtype=torch.long),
-            signal=ab.sqrt().to(self.device, self.dtype),
-            noise=(1 - ab).sqrt().to(self.device, self.dtype),
-            c_skip=stack(s[0] for s in scalings),
-            c_out=stack(s[1] for s in scalings),
+            signal=on_device(ab.sqrt()),
+            noise=on_device((1 - ab).sqrt()),
+            c_skip=on_device(c_skip),
+            c_out=on_device(c_out),
             sigmas=M.noise_levels(self.alphas_cumprod, ts),
             # Turbo models start like diffusers' Euler schedulers: pure noise at level 0.
             entry_scale=1.0 if self.kind == "lcm" else float((1 - ab[0]).sqrt()),
-            prediction=self.scheduler.config.prediction_type,
+            prediction=prediction,
+            clean_x=on_device(clean_x),
+            clean_out=on_device(clean_out),
         )
 
     # ---- conditioning ---------------------------------------------------

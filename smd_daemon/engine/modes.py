@@ -34,7 +34,7 @@ def _long(values: list[int], device) -> torch.Tensor:
 class LatentRegions:
     """One sample per (window, region touching it), plus the background's
     where the window has uncovered pixels; two sums per latent: the regions'
-    (mask-weighted) and the background's."""
+    (mask-weighted) and the background's (whose mask row is all ones)."""
 
     name = LATENT
     slots = 2
@@ -53,7 +53,7 @@ class LatentRegions:
         return min(scene.bootstrap_steps, steps) if scene.regions else 0
 
     def levels(self, plan: Plan, coverage: Coverage) -> list[Level]:
-        dev, dt = plan.masks.device, plan.masks.dtype
+        dev = plan.masks.device
         P, rolls = plan.masks.shape[1] - 1, coverage.rolls
         out = []
         for i, (act, bg) in enumerate(zip(coverage.active, coverage.need_bg)):
@@ -63,6 +63,7 @@ class LatentRegions:
                 rows += picked
                 wins += [v] * len(picked)
             row = _long(rows, dev)
+            slot = (row == P).long()  # the background's samples into the second sum
             roll = None
             if i < len(rolls) and plan.rolls is not None:
                 roll = _long([rolls[i][p] if p < P else 0 for p in rows], dev)
@@ -73,7 +74,8 @@ class LatentRegions:
                     window=_long(wins, dev) if plan.windows.tiled else None,
                     roll=roll,
                     boot=i < len(rolls),
-                    background=(row == P).to(dt).view(-1, 1, 1, 1),
+                    slot=slot if plan.windows.tiled else None,
+                    into=None if plan.windows.tiled else torch.eye(2, dtype=plan.masks.dtype, device=dev)[slot],
                     weights=None,
                 )
             )
@@ -84,23 +86,20 @@ class LatentRegions:
         return plan.cond.rows(r), None if plan.neg is None else plan.neg.rows(r), {}
 
     def weights(self, plan: Plan, level: Level, i: int, j0: int, j1: int) -> torch.Tensor:
-        r, bg, W = level.row[j0:j1], level.background[j0:j1], plan.windows
+        """A region's sample by its mask, the background's by 1 (its row)."""
+        r, W = level.row[j0:j1], plan.windows
         if W.tiled:
-            region = W.crop_rows(plan.masks[i], r, level.window[j0:j1])[:, None] * W.weight
-            background = bg * W.weight
-        else:  # the sample's estimate is already back in canvas coordinates
-            region = plan.masks[i][r][:, None]
-            background = bg.expand_as(region)
-        return torch.stack([region, background], 1)
+            return W.crop_rows(plan.masks[i], r, level.window[j0:j1])[:, None] * W.weight
+        return plan.masks[i][r][:, None]  # the sample's estimate is already back in canvas coordinates
 
     def finish(self, plan: Plan, sums: torch.Tensor, first: int) -> torch.Tensor:
         """Regions by their masks; the uncovered area from the background's
         estimate, and its image as strong as asked."""
-        C = sums.shape[2] - 1
+        C = sums.shape[1] - 1
         B = plan.uncovered[first : first + sums.shape[0]]
-        fg = sums[:, 0, :C] / sums[:, 0, C:].clamp_min(1e-8)
-        bg_weight = sums[:, 1, C:]
-        bg = sums[:, 1, :C] / bg_weight.clamp_min(1e-8)
+        fg = sums[:, :C, 0] / sums[:, C:, 0].clamp_min(1e-8)
+        bg_weight = sums[:, C:, 1]
+        bg = sums[:, :C, 1] / bg_weight.clamp_min(1e-8)
         if plan.bg_image is not None:
             s = plan.scene.background.strength
             bg = (1 - s) * bg + s * plan.bg_image
@@ -154,7 +153,8 @@ class AttentionRegions:
                 window=torch.arange(n, device=dev) if W.tiled else None,
                 roll=None,
                 boot=False,
-                background=None,
+                slot=None,
+                into=None,
                 weights=RegionWeights([m[i] for m in maps], index),
             )
             for i in range(len(plan.schedule))
@@ -175,12 +175,12 @@ class AttentionRegions:
         return cond, neg, extras
 
     def weights(self, plan: Plan, level: Level, i: int, j0: int, j1: int) -> torch.Tensor:
-        return plan.windows.weight.expand(j1 - j0, 1, 1, -1, -1)
+        return plan.windows.weight.expand(j1 - j0, 1, -1, -1)
 
     def finish(self, plan: Plan, sums: torch.Tensor, first: int) -> torch.Tensor:
         """The windows' estimates blended; the background image where nothing covers."""
-        C = sums.shape[2] - 1
-        x = sums[:, 0, :C] / sums[:, 0, C:].clamp_min(1e-8)
+        C = sums.shape[1] - 1
+        x = sums[:, :C, 0] / sums[:, C:, 0].clamp_min(1e-8)
         if plan.bg_image is None:
             return x
         w = plan.uncovered[first : first + sums.shape[0]] * plan.scene.background.strength

@@ -46,18 +46,22 @@ class Windows:
     def crop(self, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """(K, h, w) -> (m, K, th, tw): each of ``windows``' pixels."""
         k = x.shape[0]
-        return x.reshape(k, -1)[:, self.index[windows]].transpose(0, 1).reshape(-1, k, *self.size)
+        picked = torch.index_select(x.reshape(k, -1), 1, self.index[windows].reshape(-1))
+        return picked.view(k, -1, *self.size).transpose(0, 1)
 
     def crop_rows(self, table: torch.Tensor, rows: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """(R, h, w) -> (m, th, tw): row ``rows[j]`` of ``table`` inside window ``windows[j]``."""
-        return table.reshape(table.shape[0], -1)[rows[:, None], self.index[windows]].view(-1, *self.size)
+        hw = table.shape[-2] * table.shape[-1]
+        return torch.take(table, rows[:, None] * hw + self.index[windows]).view(-1, *self.size)
 
-    def add(self, acc: torch.Tensor, windows: torch.Tensor, values: torch.Tensor) -> None:
-        """acc (..., h, w) += ``values`` (m, ..., th, tw), each row at its window."""
-        flat = acc.view(-1, acc.shape[-2] * acc.shape[-1])
-        m = values.shape[0]
-        vals = values.reshape(m, flat.shape[0], -1).transpose(0, 1).reshape(flat.shape[0], -1)
-        flat.index_add_(1, self.index[windows].reshape(-1), vals)
+    def add(self, acc: torch.Tensor, windows: torch.Tensor, values: torch.Tensor, slot: torch.Tensor | None) -> None:
+        """acc (K, slots, h, w) += ``values`` (K, m, th, tw): sample j's at its
+        window, into its slot (``slot``: (m,); None: the first)."""
+        k, hw = acc.shape[0], acc.shape[-2] * acc.shape[-1]
+        index = self.index[windows]
+        if slot is not None:
+            index = index + (slot * hw)[:, None]
+        acc.view(k, -1).index_add_(1, index.reshape(-1), values.reshape(k, -1))
 
 
 @dataclass
@@ -87,7 +91,10 @@ class RegionWeights:
         """(m, G, positions) per resolution for ``m`` samples (of ``windows``)."""
         if self.index is None:
             return [wk[None].expand(m, -1, -1) for wk in self.maps]
-        return [wk[:, ik[windows]].transpose(0, 1) for wk, ik in zip(self.maps, self.index)]
+        return [
+            torch.index_select(wk, 1, ik[windows].reshape(-1)).view(wk.shape[0], m, -1).transpose(0, 1)
+            for wk, ik in zip(self.maps, self.index)
+        ]
 
 
 @dataclass
@@ -99,7 +106,8 @@ class Level:
     window: torch.Tensor | None  # (n,) each sample's window (tiled canvases); None: the whole canvas
     roll: torch.Tensor | None  # (n,) each sample's centring roll (``Rolls``); None: no sample is centred
     boot: bool  # bootstrap step: region samples see the white latent outside their mask
-    background: torch.Tensor | None  # (n, 1, 1, 1) latent mode: 1 for the background's samples
+    slot: torch.Tensor | None  # (n,) tiled: the sum each sample's estimate adds into; None: the first (the only)
+    into: torch.Tensor | None  # (n, slots) one window: the same, one-hot
     weights: RegionWeights | None  # attention mode
 
 
@@ -128,7 +136,7 @@ class Plan:
     cfg: bool  # classifier-free guidance: a doubled batch
     guidance: dict[str, torch.Tensor]  # (1, ...) inputs embedding the guidance scale (LCM-distilled models)
     window_inputs: dict[str, torch.Tensor]  # (V, ...) inputs per window (``Family.window_inputs``)
-    masks: torch.Tensor  # (T, P + 1, h, w) quantized region masks, then a row of zeros (the background's)
+    masks: torch.Tensor  # (T, P + 1, h, w) quantized region masks, then a row of ones (the background's)
     uncovered: torch.Tensor  # (T, 1, h, w) B = clip(1 - sum_p M, 0, 1)
     white: torch.Tensor | None  # (1, C, h, w) clean latent of a white image (bootstrap steps)
     bg_image: torch.Tensor | None  # (1, C, h, w) clean latent of the background image
@@ -176,13 +184,13 @@ class RegionStrategy(Protocol):
         ...
 
     def weights(self, plan: Plan, level: Level, i: int, j0: int, j1: int) -> torch.Tensor:
-        """(m, slots, 1, th, tw): how much each sample's clean estimate counts in
-        each sum, at its window's pixels."""
+        """(m, 1, th, tw): how much each sample's clean estimate counts in its
+        sum (``Level.slot``), at its window's pixels."""
         ...
 
     def finish(self, plan: Plan, sums: torch.Tensor, first: int) -> torch.Tensor:
         """The pre-averaged clean latents (S, C, h, w) from the sums of levels
-        ``first ..``: (S, slots, C + 1, h, w), weighted estimates and weights."""
+        ``first ..``: (S, C + 1, slots, h, w), weighted estimates and weights."""
         ...
 
     def plan_bytes(self, shape: dict) -> int:

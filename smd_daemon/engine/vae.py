@@ -89,7 +89,7 @@ class Autoencoder:
         x = (x.permute(2, 0, 1)[None] / 127.5) - 1
         enc = self.vae.encode(x)
         z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
-        return (z - self.shift) * self.scale
+        return (z - self.shift if self.shift else z) * self.scale
 
     def decoder(self, latent: torch.Tensor, side_stream=None) -> Decoder:
         return Decoder(self, latent, side_stream)
@@ -131,7 +131,9 @@ class Decoder:
     def _piece(self) -> None:
         y, x, a, b = self.tiles[self.next]
         self.next += 1
-        z = self.latent[..., y : y + a, x : x + b] / self.ae.scale + self.ae.shift
+        z = self.latent[..., y : y + a, x : x + b] / self.ae.scale
+        if self.ae.shift:
+            z = z + self.ae.shift
         img = self.ae.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
         if len(self.tiles) == 1:
             self._to_host(img)

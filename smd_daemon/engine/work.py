@@ -23,8 +23,9 @@ class Job:
     """One plan's latents at consecutive levels in a step, and the weighted
     sums their samples' clean estimates add up into.
 
-    ``x[k]`` is the latent at level ``first + k``. ``sums[k]`` holds, per
-    slot of the strategy, the weighted estimates and the weights."""
+    ``x[k]`` is the latent at level ``first + k``. ``sums[k]`` (C + 1, slots,
+    h, w) holds, for each sum of the strategy, the weighted estimates and
+    their weights."""
 
     def __init__(self, plan: Plan, x: torch.Tensor, first: int, white_noise: torch.Tensor):
         self.plan, self.x, self.first = plan, x, first
@@ -32,7 +33,7 @@ class Job:
         self.runs = [(lv, plan.levels[lv].n) for lv in range(first, first + x.shape[0])]
         self.samples = sum(n for _, n in self.runs)
         S, C, h, w = x.shape
-        self.sums = x.new_zeros((S, plan.strategy.slots, C + 1, h, w))
+        self.sums = x.new_zeros((S, C + 1, plan.strategy.slots, h, w))
 
     def inputs(self, lv: int, j0: int, j1: int) -> torch.Tensor:
         """Samples ``j0:j1`` of level ``lv``: the latent in each one's window;
@@ -50,8 +51,7 @@ class Job:
                 m, white = p.masks[lv][rows][:, None], white[None]
             else:
                 m, white = W.crop_rows(p.masks[lv], rows, windows)[:, None], W.crop(white, windows)
-            m = m + L.background[j0:j1]  # the background's sample keeps the latent everywhere
-            xin = torch.lerp(white, xin, m)
+            xin = torch.lerp(white, xin, m)  # the background's mask row is all ones: its sample keeps the latent
         if L.roll is not None:
             xin = Rolls.gather(xin, p.rolls.index[L.roll[j0:j1]])
         return xin
@@ -62,12 +62,17 @@ class Job:
         x0 = p.schedule.clean(lv, x_in, out)
         if L.roll is not None:
             x0 = Rolls.gather(x0, p.rolls.inverse[L.roll[j0:j1]])
-        w = p.strategy.weights(p, L, lv, j0, j1)  # (m, slots, 1, th, tw)
-        values = w * torch.cat([x0, torch.ones_like(x0[:, :1])], 1)[:, None]
-        if L.window is None:
-            self.sums[k] += values.sum(0)
-        else:
-            p.windows.add(self.sums[k], L.window[j0:j1], values)
+        w = p.strategy.weights(p, L, lv, j0, j1).expand(x0.shape[0], 1, -1, -1)  # (m, 1, th, tw)
+        if L.window is not None:  # channels first: what index_add_ adds, in one copy
+            values = torch.cat([(w * x0).transpose(0, 1), w.transpose(0, 1)])
+            p.windows.add(self.sums[k], L.window[j0:j1], values, None if L.slot is None else L.slot[j0:j1])
+            return
+        values = torch.cat([w * x0, w], 1)
+        if L.into is None:
+            self.sums[k, :, 0] += values.sum(0)
+        else:  # each sum as one product, in a fixed order (no atomics: a static scene's frames stay identical)
+            sums = L.into[j0:j1].t() @ values.view(values.shape[0], -1)
+            self.sums[k] += sums.view(-1, *values.shape[1:]).transpose(0, 1)
 
     def finish(self) -> torch.Tensor:
         """The pre-averaged clean estimates x̄0, (S, C, h, w)."""
