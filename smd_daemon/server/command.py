@@ -53,7 +53,7 @@ OPTIONS = {
     "overlap_decode": (
         bool,
         False,
-        "CUDA only: decode frames and copy them to the host on a side stream, beside the next step",
+        "CUDA only: decode frames and copy them to the host on a side stream while the next step begins",
     ),
     "ray": (
         str,
