@@ -5,13 +5,15 @@
                                       (run it again to update the plugin in place)
     python install.py --dev           symlink instead of copying (edit the checkout, restart Krita)
     python install.py --uninstall     remove exactly what earlier installs put there (the daemon's
-                                      venv stays: its size is printed)
+                                      venv stays: its size is printed, and a record of it)
     python install.py --uninstall --purge
-                                      ... and the daemon's venv too, if install.py created it
+                                      ... and the daemon's venv too, if install.py created that folder
+                                      (also after a plain --uninstall)
     python install.py --dry-run       print every step without changing anything
     python install.py --daemon-venv DIR
                                       also create (or update) a virtual environment with the daemon,
-                                      which the docker can start and stop (managed_daemon.json)
+                                      which the docker can start and stop (managed_daemon.json);
+                                      DIR is a new folder, an empty one or a venv, nothing else
     python install.py --serve [-- SERVE-ARGS]
                                       the quick start: plugin, daemon venv (.venv in this checkout
                                       unless --daemon-venv), then run 'smd-daemon serve SERVE-ARGS'
@@ -35,22 +37,26 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 NAME = "smd_krita"
 ROOT = Path(__file__).resolve().parent
 PLUGIN_SRC = ROOT / "krita_plugin"
 # The wire modules, from smd_daemon/, byte for byte (the client library and what it imports).
-VENDORED = ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py")
+VENDORED = ("protocol.py", "scenestate.py", "events.py", "framecheck.py", "link.py", "upload.py", "client.py")
 MANIFEST = NAME + ".install.json"  # beside the plugin in pykrita/: what we created, for --uninstall
 MANAGED = "managed_daemon.json"  # in the plugin package: the local daemon the docker may start and stop
 SETTINGS_GROUP = "smd_live"  # the plugin's settings in kritarc (written by the plugin through Krita)
 DOCKER_ID = "smd_live_docker"  # Krita may remember the docker's place in a "DockWidget <id>" group
 DATA_DIR = "smd_live"  # beside pykrita/ in Krita's data folder: the managed daemon's log
 FLATPAK_ID = "org.kde.krita"
+VENV_MARK = "smd-install-id"  # install.py's line in the pyvenv.cfg of a venv it created: its identity
 
 
 def _load_protocol():
@@ -293,6 +299,58 @@ def daemon_address(serve_args: list[str]) -> str:
     return endpoint
 
 
+ZMTP_SIGNATURE = b"\xff" + bytes(8) + b"\x7f"  # how every ZeroMQ peer opens a connection (ZMTP 3)
+
+
+def who_answers(address: str, timeout: float = 2.0) -> str:
+    """'' when nothing listens at a daemon address; 'daemon' when a ZeroMQ program (a daemon) answers
+    there; 'program' when something else holds it."""
+    if address.startswith("ipc://") and hasattr(socket, "AF_UNIX"):
+        family, target = socket.AF_UNIX, address[len("ipc://") :]
+    elif address.startswith("tcp://"):
+        host, _, port = address[len("tcp://") :].rpartition(":")
+        family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+        target = (host.strip("[]"), int(port))
+    else:
+        return ""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(target)
+        except OSError:
+            return ""
+        try:
+            s.sendall(ZMTP_SIGNATURE)
+            greeting = b""
+            while len(greeting) < len(ZMTP_SIGNATURE):
+                part = s.recv(len(ZMTP_SIGNATURE) - len(greeting))
+                if not part:
+                    break
+                greeting += part
+        except OSError:
+            return "program"
+    return "daemon" if greeting[:1] == b"\xff" and greeting[9:10] == b"\x7f" else "program"
+
+
+def shell_line(words: list[str]) -> str:
+    """A command as the user would type it in this system's shell."""
+    if platform.system() == "Windows":
+        return subprocess.list2cmdline(words)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def install_py_line(*words: str) -> str:
+    """``python3 install.py WORDS``, with install.py's path as seen from here."""
+    script = Path(__file__).resolve()
+    try:
+        shown = os.path.relpath(script)
+    except ValueError:  # another drive (Windows)
+        shown = str(script)
+    if shown.startswith(".."):
+        shown = str(script)
+    return shell_line(["python3", shown, *words])
+
+
 # ---------------------------------------------------------------- steps
 
 
@@ -357,9 +415,12 @@ class Installer:
             ) from None
         return data
 
-    def install(self) -> None:
+    def install(self, keep_managed: bool = True) -> None:
+        """Place or update the plugin. ``keep_managed``: an update keeps the docker's local daemon
+        (managed_daemon.json) as the last install set it up."""
         previous = self._read_manifest()
-        if previous is None and ((self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists()):
+        installed = previous is not None and not previous.get("plugin_removed")
+        if not installed and ((self.pykrita / NAME).exists() or (self.pykrita / (NAME + ".desktop")).exists()):
             raise InstallError(
                 f"{self.pykrita / NAME} was not installed by install.py (there is no {MANIFEST}): "
                 f"remove it by hand, then run install.py again"
@@ -368,16 +429,22 @@ class Installer:
             if not (ROOT / "smd_daemon" / f).is_file():
                 raise InstallError(f"smd_daemon/{f} is missing from this checkout")
         self.say(f"plugin folder: {self.pykrita}")
-        if previous is not None:
+        managed = None
+        if installed:
             # Update in place: what the last install placed goes, what it recorded (the original
-            # kritarc, folders it created, the daemon venv) is kept for --uninstall.
+            # kritarc, folders it created, the daemon venvs) is kept for --uninstall, and so is
+            # the docker's local daemon.
             self.say("the plugin is installed here already: updating it")
             self.manifest = previous
+            managed_file = self.pykrita / NAME / MANAGED
+            if keep_managed and managed_file.is_file():
+                managed = managed_file.read_text(encoding="utf-8")
             self._remove_paths(previous["created"])
+        elif previous is not None:  # a plain --uninstall kept the record of a daemon venv install.py made
+            self.manifest = {k: previous[k] for k in ("created_dirs", "daemon_venvs", "venv") if k in previous}
         created_dirs = list(self.manifest.get("created_dirs", []))
         if not self.pykrita.is_dir():
-            missing = [d for d in [self.pykrita, *self.pykrita.parents] if not d.exists()]
-            created_dirs += [str(d) for d in missing if str(d) not in created_dirs]
+            created_dirs += [d for d in missing_folders(self.pykrita) if d not in created_dirs]
             self.say(f"create {self.pykrita}")
             if not self.dry:
                 self.pykrita.mkdir(parents=True)
@@ -388,16 +455,24 @@ class Installer:
         # there (git-ignored) and holds links back to the daemon's sources.
         self._vendor(self.package / "vendor")
         self._ensure_zmq(self.package / "deps")
+        if managed is not None:
+            self.say(f"keep {self.package / MANAGED}: the docker's local daemon")
+            if not self.dry:
+                (self.package / MANAGED).write_text(managed, encoding="utf-8")
+            if self.dev:
+                self.created.append(str(self.package / MANAGED))
         change = self._enable()
         if "kritarc_change" not in self.manifest:
             self.manifest["kritarc_change"] = change
         self._write_manifest()
-        self.say("done: restart Krita, then open Settings > Dockers > SMD Live")
 
     def _remove_paths(self, paths: list[str]) -> None:
         for p in reversed(paths):
             path = Path(p)
             if not (path.exists() or path.is_symlink()):
+                continue
+            if not self._placed_by_install_py(path):
+                self.say(f"leave {path}: install.py places nothing there (its record names another folder)")
                 continue
             self.say(f"remove {path}")
             if self.dry:
@@ -406,6 +481,17 @@ class Installer:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+    def _placed_by_install_py(self, path: Path) -> bool:
+        """Whether a recorded path is one install.py places: the plugin in this pykrita folder, the
+        managed daemon's log folder beside it, or (--dev) what it adds to this checkout's package. A
+        record carried to another place (a copied home) names paths elsewhere: those stay."""
+        folder = os.path.realpath(path.parent)
+        if folder == os.path.realpath(self.pykrita):
+            return path.name in (NAME, NAME + ".desktop")
+        if folder == os.path.realpath(self.pykrita.parent):
+            return path.name == DATA_DIR
+        return folder == os.path.realpath(PLUGIN_SRC / NAME) and path.name in ("vendor", "deps", MANAGED)
 
     def _vendor(self, vendor: Path) -> None:
         self.say(f"vendor {', '.join(VENDORED)} into {vendor}")
@@ -462,18 +548,66 @@ class Installer:
         text = self.kritarc.read_text(encoding="utf-8") if self.kritarc.exists() else ""
         new, change = enable_in_kritarc(text)
         change["file_created"] = not self.kritarc.exists()
+        created_dirs = self.manifest.setdefault("created_dirs", [])
+        created_dirs += [d for d in missing_folders(self.kritarc.parent) if d not in created_dirs]
         if not self.dry:
             self.kritarc.parent.mkdir(parents=True, exist_ok=True)
             self.kritarc.write_text(new, encoding="utf-8")
         return change
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, quiet: bool = False) -> None:
         self.manifest.update(name=NAME, dev=self.dev, created=self.created, kritarc=str(self.kritarc))
-        self.say(f"record what was installed in {self.pykrita / MANIFEST}")
+        if not quiet:
+            self.say(f"record what was installed in {self.pykrita / MANIFEST}")
         if not self.dry:
             (self.pykrita / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n", encoding="utf-8")
 
-    def set_up_managed_daemon(self, venv: Path, venv_created: bool, serve_args: list[str]) -> Path:
+    def set_up_daemon_venv(self, venv: Path) -> None:
+        """A virtual environment with the daemon from this checkout: created in ``venv`` when that
+        folder is missing (and recorded as install.py's, with a mark in its pyvenv.cfg) or empty,
+        or the daemon updated in the venv already there. ``venv``: absolute, links resolved."""
+        check_daemon_python()
+        state = venv_folder(venv)
+        python = venv_python(venv)
+        if state == "missing":
+            self._create_venv(venv)
+        elif state == "empty" or not python.exists():
+            mark = venv_mark(venv)
+            self._run([sys.executable, "-m", "venv", str(venv)])
+            if mark and not self.dry:  # venv rewrites pyvenv.cfg: keep install.py's mark
+                add_venv_mark(venv, mark)
+        else:
+            self.say(f"daemon: {venv} is a virtual environment already: updating the daemon in it")
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]
+        self._run(pip, then=f"the plugin is installed; run install.py again to retry the daemon's venv {venv}")
+
+    def _create_venv(self, venv: Path) -> None:
+        record = {"path": str(venv), "id": uuid.uuid4().hex, "parents": missing_folders(venv.parent)}
+        # Recorded before the venv is filled, so --purge finds even a half-made one.
+        self.say(f"create {venv} (recorded in {MANIFEST}: 'install.py --uninstall --purge' removes it)")
+        if not self.dry:
+            venv.mkdir(parents=True)  # fails if it appeared meanwhile: only a folder made here is recorded
+            self.manifest.setdefault("daemon_venvs", []).append(record)
+            self._write_manifest(quiet=True)
+        try:
+            self._run([sys.executable, "-m", "venv", str(venv)])
+        except InstallError:
+            self.say(f"remove {venv} (made by install.py a moment ago)")
+            shutil.rmtree(venv)
+            remove_empty_folders(record["parents"])
+            self.manifest["daemon_venvs"].remove(record)
+            self._write_manifest(quiet=True)
+            raise
+        if not self.dry:
+            add_venv_mark(venv, record["id"])
+
+    def _run(self, cmd: list[str], then: str = "") -> None:
+        self.say("run " + " ".join(cmd))
+        self.out.flush()  # before the command's own output, also when stdout is a file
+        if not self.dry and subprocess.run(cmd).returncode != 0:
+            raise InstallError(f"failed: {' '.join(cmd)}" + (f" ({then})" if then else ""))
+
+    def set_up_managed_daemon(self, venv: Path, serve_args: list[str]) -> Path:
         """Contract with the docker: managed_daemon.json says how to start the local daemon, where it
         listens and where it logs. Returns the log file."""
         address = daemon_address(serve_args)
@@ -481,17 +615,18 @@ class Installer:
         if not data_dir.exists() and str(data_dir) not in self.manifest.get("created_dirs", []):
             self.manifest.setdefault("created_dirs", []).append(str(data_dir))
         log = data_dir / "daemon.log"
-        command = [str(daemon_executable(venv)), "serve", *absolute_paths(serve_args, Path.cwd())]
+        # --watch-stdin: the docker holds the other end of the daemon's stdin, so the daemon ends
+        # with Krita however Krita ends.
+        command = [str(daemon_executable(venv)), "serve", "--watch-stdin", *absolute_paths(serve_args, Path.cwd())]
         managed = {"command": command, "address": address, "log": str(log), "venv": str(venv)}
         path = self.package / MANAGED
         self.say(f"write {path}: the docker can start and stop this daemon ({address})")
         if not self.dry:
             data_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(managed, indent=2) + "\n", encoding="utf-8")
-        if self.dev:  # inside the checkout's package (git-ignored): removed with the plugin
+        if self.dev and str(path) not in self.created:  # inside the checkout's package (git-ignored)
             self.created.append(str(path))
-        if self.manifest.get("venv") != str(venv):
-            self.manifest["venv"], self.manifest["venv_created"] = str(venv), venv_created
+        self.manifest["venv"] = str(venv)
         self._write_manifest()
         return log
 
@@ -500,52 +635,99 @@ class Installer:
         data = self._read_manifest()
         if data is None:
             raise InstallError(f"nothing to uninstall: {manifest} not found")
-        self._remove_paths(data["created"])
+        removed_now = not data.get("plugin_removed")
+        if not removed_now:
+            self.say("the plugin was removed already; what is left is the daemon's virtual environment")
+        else:
+            self._remove_paths(data["created"])
+            self._restore_kritarc(data)
+        kept = self._venvs_after_uninstall(data, purge)
+        if kept:  # the plugin's files are gone; the record stays so that --purge can still remove them
+            record = {"name": NAME, "plugin_removed": True, "created": [], "daemon_venvs": kept}
+            record["created_dirs"] = [d for d in data.get("created_dirs", []) if Path(d).is_dir()]
+            self.say(f"keep {manifest}: the record of what 'python3 install.py --uninstall --purge' still removes")
+            if not self.dry:
+                manifest.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        else:
+            self.say(f"remove {manifest}")
+            if not self.dry:
+                manifest.unlink()
+        created_dirs = data.get("created_dirs", [])
+        self._remove_paths([d for d in created_dirs if Path(d).name == DATA_DIR])  # the managed daemon's log
+        remove_empty_folders(created_dirs, self.say, self.dry)
+        if removed_now:
+            self.say("done (quit Krita before uninstalling, or it writes its settings back when it quits)")
+        else:
+            self.say("done")
+
+    def _restore_kritarc(self, data: dict) -> None:
         kritarc = Path(data["kritarc"])
         change = data.get("kritarc_change", {})
-        if kritarc.exists():
-            self.say(f"restore {kritarc} (enable_{NAME}; the plugin's [{SETTINGS_GROUP}] settings)")
-            if not self.dry:
-                new = restore_kritarc(kritarc.read_text(encoding="utf-8"), change)
-                new, _ = remove_plugin_groups(new)
-                if change.get("file_created") and not new.strip():
-                    kritarc.unlink()
-                else:
-                    kritarc.write_text(new, encoding="utf-8")
-        self.say(f"remove {manifest}")
-        if not self.dry:
-            manifest.unlink()
-        for d in sorted(data.get("created_dirs", []), key=len, reverse=True):  # deepest first
-            path = Path(d)
-            if path.name == DATA_DIR and path.is_dir():
-                self._remove_paths([d])  # the managed daemon's log: ours alone
-            elif path.is_dir() and not any(path.iterdir()):
-                self.say(f"remove {path} (created by install.py, now empty)")
-                if not self.dry:
-                    path.rmdir()
-        self._venv_after_uninstall(data, purge)
-        self.say("done (quit Krita before uninstalling, or it writes its settings back when it quits)")
-
-    def _venv_after_uninstall(self, data: dict, purge: bool) -> None:
-        venv = Path(data["venv"]) if data.get("venv") else None
-        if venv is None or not venv.exists():
-            if purge:
-                self.say("--purge: no daemon venv was set up by install.py")
+        if not kritarc.exists():
             return
-        size = human_size(dir_size(venv))
-        if purge and data.get("venv_created"):
-            self.say(f"remove the daemon's virtual environment {venv} ({size})")
-            if not self.dry:
-                shutil.rmtree(venv)
-        elif purge:
+        self.say(f"restore {kritarc} (enable_{NAME}; the plugin's [{SETTINGS_GROUP}] settings)")
+        if not self.dry:
+            new = restore_kritarc(kritarc.read_text(encoding="utf-8"), change)
+            new, _ = remove_plugin_groups(new)
+            if change.get("file_created") and not new.strip():
+                kritarc.unlink()
+            else:
+                kritarc.write_text(new, encoding="utf-8")
+
+    def _venvs_after_uninstall(self, data: dict, purge: bool) -> list[dict]:
+        """Remove (with ``purge``) or describe the daemon venvs; returns the records of the venvs
+        install.py created that are still there and may still be removed by a later --purge."""
+        records = [r for r in data.get("daemon_venvs", []) if isinstance(r, dict) and isinstance(r.get("path"), str)]
+        kept = []
+        for record in records:
+            venv = Path(record["path"])
+            if not venv.is_dir():
+                continue
+            size = human_size(dir_size(venv))
+            why = why_not_removable(record)
+            if why:
+                self.say(f"the daemon's virtual environment {venv} ({size}) stays: {why}; delete it yourself")
+            elif purge:
+                self.say(f"remove the daemon's virtual environment {venv} ({size})")
+                if not self.dry:
+                    shutil.rmtree(venv)
+                    remove_empty_folders(record.get("parents", []), self.say)
+            else:
+                self.say(
+                    f"the daemon's virtual environment {venv} ({size}) is still there: "
+                    f"'python3 install.py --uninstall --purge' removes it"
+                )
+                kept.append(record)
+        used = data.get("venv")
+        if used and used not in [r["path"] for r in records] and Path(used).is_dir():
+            # Used, never created, by install.py (an older install.py recorded "venv_created"
+            # without a mark in pyvenv.cfg, so that venv cannot be told from the user's own).
+            if (Path(used) / "pyvenv.cfg").is_file():
+                what = f"the daemon's virtual environment {used} ({human_size(dir_size(Path(used)))})"
+            else:  # an older install.py took any folder, a home folder included
+                what = f"{used}, recorded as the daemon's folder by an older install.py,"
             self.say(
-                f"the daemon's virtual environment {venv} ({size}) existed before install.py used it: left in place"
+                f"{what} was not created by install.py (or by one too old to mark it): it stays; "
+                f"delete it yourself if you no longer need it"
             )
-        else:
-            self.say(
-                f"the daemon's virtual environment {venv} ({size}) is still there: delete that folder to "
-                f"remove it ('python3 install.py --uninstall --purge' removes it together with the plugin)"
-            )
+        elif purge and not records:
+            self.say("--purge: install.py created no daemon venv here")
+        return kept
+
+
+def missing_folders(path: Path) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    return [str(d) for d in [path, *path.parents] if not (d.exists() or d.is_symlink())]
+
+
+def remove_empty_folders(paths: list[str], say=lambda msg: None, dry: bool = False) -> None:
+    """Remove each folder (deepest first) that is empty: folders install.py created."""
+    for d in sorted(paths, key=len, reverse=True):
+        path = Path(d)
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            say(f"remove {path} (created by install.py, now empty)")
+            if not dry:
+                path.rmdir()
 
 
 def zmq_importable(version: str, krita: Path | None = None) -> bool:
@@ -569,31 +751,92 @@ def daemon_executable(venv: Path) -> Path:
     return venv / ("Scripts/smd-daemon.exe" if platform.system() == "Windows" else "bin/smd-daemon")
 
 
-def setup_daemon_venv(venv: Path, dry: bool, out=sys.stdout) -> bool:
-    """Create a virtual environment with the daemon installed from this checkout, or update the
-    daemon in an existing one. Returns whether the venv was created now."""
-    tag = "[dry-run] " if dry else ""
+def check_daemon_python() -> None:
+    """The daemon's venv is made with this Python: it must be one the daemon runs on."""
     if sys.version_info < (3, 11):
         raise InstallError(
             f"the daemon needs Python 3.11 or newer; this is {platform.python_version()}: "
             f"run install.py with a newer python3"
         )
-    py = venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
-    create = not py.exists()
-    steps = [[str(py), "-m", "pip", "install", "--disable-pip-version-check", str(ROOT)]]
-    if create:
-        steps.insert(0, [sys.executable, "-m", "venv", str(venv)])
-    else:
-        print(f"{tag}daemon: {venv} exists: updating the daemon in it", file=out)
-    for cmd in steps:
-        print(f"{tag}run {' '.join(cmd)}", file=out)
-        if not dry and subprocess.run(cmd).returncode != 0:
-            raise InstallError(f"failed: {' '.join(cmd)}")
-    print(
-        f"{tag}daemon: the command is {daemon_executable(venv)} (start it with '{daemon_executable(venv)} serve')",
-        file=out,
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if platform.system() == "Windows" else "bin/python")
+
+
+def venv_folder(venv: Path) -> str:
+    """What --daemon-venv names: 'missing' (install.py creates it), 'empty' or 'venv' (a folder with a
+    pyvenv.cfg). Anything else is an InstallError: a venv there would mix with what is already there,
+    and the folder could never be told apart from the user's own files again."""
+    if not (venv.exists() or venv.is_symlink()):
+        return "missing"
+    if not venv.is_dir():
+        raise InstallError(f"--daemon-venv {venv} is not a folder (a file or a broken link is there)")
+    if (venv / "pyvenv.cfg").is_file():
+        return "venv"
+    if any(venv.iterdir()):
+        raise InstallError(
+            f"--daemon-venv {venv} is a folder with other things in it, not a virtual environment: "
+            f"name a new folder (install.py creates it) or an existing venv"
+        )
+    return "empty"
+
+
+def venv_mark(venv: Path) -> str | None:
+    """The identity install.py wrote into the pyvenv.cfg of a venv it created (None: no such mark)."""
+    cfg = venv / "pyvenv.cfg"
+    if cfg.is_symlink() or not cfg.is_file():
+        return None
+    try:
+        text = cfg.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == VENV_MARK:
+            return value.strip() or None
+    return None
+
+
+def add_venv_mark(venv: Path, mark: str) -> None:
+    cfg = venv / "pyvenv.cfg"
+    text = cfg.read_text(encoding="utf-8")
+    cfg.write_text(
+        text + ("" if text.endswith("\n") or not text else "\n") + f"{VENV_MARK} = {mark}\n", encoding="utf-8"
     )
-    return create
+
+
+def why_not_removable(record: dict) -> str:
+    """'' when the folder in an install record is still the venv install.py created, else why not."""
+    path = Path(record["path"])
+    if path.is_symlink() or os.path.realpath(path) != str(path):
+        return "it is a symbolic link now, or lies under one"
+    if not path.is_dir():
+        return "it is not a folder now"
+    mark = venv_mark(path)
+    if mark is None:
+        return "its pyvenv.cfg no longer carries the mark install.py wrote when it created it"
+    if mark != record.get("id"):
+        return "its pyvenv.cfg carries another install's mark"
+    return ""
+
+
+def without_bind(serve_args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in serve_args:
+        if skip:
+            skip = False
+        elif a == "--bind":
+            skip = True
+        elif not a.startswith("--bind="):
+            out.append(a)
+    return out
+
+
+def next_port(address: str) -> str:
+    """The address with the next port (for a hint), as --bind takes it."""
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    return f"{host}:{int(port) + 1}" if port.isdigit() else "127.0.0.1:7556"
 
 
 def run_daemon(cmd: list[str]) -> int:
@@ -637,6 +880,21 @@ def main(
         if args.uninstall and (args.serve or args.daemon_venv):
             raise InstallError("--uninstall cannot be combined with --serve or --daemon-venv")
         address = daemon_address(serve_args) if args.daemon_venv else None  # a bad --bind fails before any work
+        # Links resolved: the folder checked is the folder recorded, and the one --purge may remove.
+        venv = Path(os.path.realpath(args.daemon_venv)) if args.daemon_venv else None
+        if venv is not None:  # refused before any work: an old Python, a folder that is not a venv
+            check_daemon_python()
+            venv_folder(venv)
+        if args.serve and not args.dry_run:
+            who = who_answers(address)
+            if who:
+                holder = "a daemon already answers" if who == "daemon" else "another program already listens"
+                options = argv[: argv.index("--")] if "--" in argv else argv
+                elsewhere = install_py_line(*options, "--", *without_bind(serve_args), "--bind", next_port(address))
+                raise InstallError(
+                    f"{holder} at {address}: nothing was installed or started. Stop it first (Ctrl-C in its "
+                    f"terminal, or Stop in Krita's docker), or serve on another port: {elsewhere}"
+                )
         dirs = krita_dirs(system, env, home)
         krita = find_krita(system, env, home)
         if args.pykrita is None and krita is None and not args.uninstall:
@@ -659,17 +917,21 @@ def main(
         if args.uninstall:
             inst.uninstall(purge=args.purge)
             return 0
-        inst.install()
-        if args.daemon_venv:
-            venv = args.daemon_venv.absolute()
-            created = setup_daemon_venv(venv, args.dry_run)
-            log = inst.set_up_managed_daemon(venv, created, serve_args)
+        inst.install(keep_managed=venv is None)
+        if venv is not None:
+            inst.set_up_daemon_venv(venv)
+            log = inst.set_up_managed_daemon(venv, serve_args)
             inst.say(f"in Krita, the SMD Live docker can start and stop this daemon (log: {log})")
+        inst.say("done: restart Krita, then open Settings > Dockers > SMD Live")
+        if venv is not None and not args.serve:
+            by_hand = shell_line([str(daemon_executable(venv)), "serve", *serve_args])
+            inst.say(f"daemon: start it in a terminal with: {by_hand}")
         if args.serve:
-            cmd = [str(daemon_executable(args.daemon_venv.absolute())), "serve", *serve_args]
+            cmd = [str(daemon_executable(venv)), "serve", *serve_args]
+            again = install_py_line(*[a for a in argv if a != "--dry-run"])
             inst.say(
-                f"starting the daemon on {address}: stop it with Ctrl-C; start it again with the same "
-                f"command or 'python3 install.py --serve'"
+                f"starting the daemon on {address}: stop it with Ctrl-C; start it again with: "
+                f"{shell_line(cmd)}  (or: {again})"
             )
             inst.say(f"run {' '.join(cmd)}")
             if not args.dry_run:

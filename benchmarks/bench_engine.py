@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
 from smd_daemon.engine.runner import WEIGHTS, DenoiserRunner  # noqa: E402
-from smd_daemon.engine.scene import Background, Region, Scene  # noqa: E402
+from smd_daemon.engine.scene import REGION_MODES, Background, Region, Scene  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ VARIANTS = {
 }
 
 
-def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = "latent", width: int = 0) -> Scene:
+def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = REGION_MODES[0], width: int = 0) -> Scene:
     """``n`` overlapping regions spread over the canvas (``size`` high, ``width``
     or ``size`` wide), plus a background prompt."""
     width = width or size
@@ -221,7 +221,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=0, help="canvas width; above the model's native size it is tiled")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--regions", type=int, nargs="+", default=[1, 3, 6])
-    ap.add_argument("--modes", nargs="+", default=["latent", "attention"], choices=["latent", "attention"])
+    ap.add_argument("--modes", nargs="+", default=list(REGION_MODES), choices=REGION_MODES)
     ap.add_argument(
         "--variants",
         nargs="+",

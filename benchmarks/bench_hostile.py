@@ -8,7 +8,10 @@ Parts: flood (hello answers under a flood before hello), bomb (a 28 KiB update
 asking for 4096x4096 x 16 layers; pings while a big update is decoded and
 planned), fairness (a 128x128 session's frame rate next to a 2048x2048 one),
 sigterm (time to exit), blind_acks (a client that acknowledges without
-reading), batching (8 live sessions). Each prints a Markdown table row set.
+reading), batching (8 live sessions), fake_daemon (the other way round: what a
+fake daemon's 1 GiB part, wrong sizes and PNG bomb cost a client process and
+the plugin's decoder; ``--before DIR`` measures another checkout's code too).
+Each prints a Markdown table row set.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import zmq  # noqa: E402
-from daemon_util import Daemon, Raw, connect  # noqa: E402
+from daemon_util import Daemon, Raw, connect, free_port  # noqa: E402
 
 from smd_daemon import protocol  # noqa: E402
 from smd_daemon.client import ErrorEvent, FrameEvent, Layer, SceneEvent  # noqa: E402
@@ -357,6 +360,27 @@ def batching(args) -> None:
         d.close()
 
 
+def fake_daemon(args) -> None:
+    from hostile_daemon import BAD, HostileDaemon, decode_bomb, png_bomb, probe
+
+    png_bomb()
+    print(
+        "| code of | client peak RSS MB | bad frames told (of 4) | plugin decoder: bomb refused, peak RSS growth MB |"
+    )
+    print("|---|---|---|---|")
+    for root in [ROOT] + ([args.before] if args.before else []):
+        fake = HostileDaemon(f"tcp://127.0.0.1:{free_port()}", plan=BAD)
+        fake.start()
+        try:
+            out = probe(fake.address, 256, 4, root)
+        finally:
+            fake.stop()
+        refused, grew = decode_bomb(root)
+        told = sum(code == "bad_frame" for code, _ in out["errors"])
+        name = "this checkout" if root == ROOT else root
+        print(f"| {name} | {out['rss']:.0f} | {told} | {'yes' if refused else 'no'}, {grew:.0f} |", flush=True)
+
+
 PARTS = {
     "flood": flood,
     "bomb": bomb,
@@ -364,6 +388,7 @@ PARTS = {
     "sigterm": sigterm,
     "blind_acks": blind_acks,
     "batching": batching,
+    "fake_daemon": fake_daemon,
 }
 
 
@@ -372,6 +397,7 @@ def main() -> None:
     p.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)")
     p.add_argument("--seconds", type=float, default=20, help="length of each measurement window")
     p.add_argument("--big", type=int, default=2048, help="side of the big canvas in the fairness part")
+    p.add_argument("--before", metavar="DIR", help="fake_daemon: also measure the checkout in DIR")
     args = p.parse_args()
     unknown = [x for x in args.parts if x not in PARTS]
     if unknown:

@@ -9,9 +9,15 @@ compresses about like a real render; pure noise or flat colour would not.
 Part 2 (overhead): a real ``smd-daemon serve`` process with a real model;
 per-frame overhead = the client's frame interval minus the engine call.
 
-    python benchmarks/bench_transport.py                  # both parts
+Part 3 (scenes, ``--scenes``): big scenes on loopback, as the plugin sends
+them (painted regions, a canvas image): the update's size raw and as sent,
+the client's time to build and send it, and the time until the daemon's
+``scene`` reply (decoding, checking and planning with the given model).
+
+    python benchmarks/bench_transport.py                  # parts 1 and 2
     python benchmarks/bench_transport.py --sides 512 --encodings raw webp
     python benchmarks/bench_transport.py --model random-sd15 --engine-side 512   # on a GPU
+    python benchmarks/bench_transport.py --skip-transport --skip-overhead --scenes 2048x4 2048x16 4096x16
 
 Prints Markdown tables for docs/benchmarks.md. Not a test: no pass/fail.
 """
@@ -49,10 +55,31 @@ def test_image(side: int, kind: str = "painting"):
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+def region_mask(side: int, i: int) -> bytes:
+    """A soft-edged round region as an artist paints one, in cell i of a 4x4 grid (8-bit alpha)."""
+    import numpy as np
+
+    cell = side // 4
+    y, x = np.ogrid[0:cell, 0:cell]
+    d = np.sqrt(((x - cell / 2) ** 2 + (y - cell / 2) ** 2).astype(np.float32))
+    mask = np.zeros((side, side), np.uint8)
+    row, col = i // 4 % 4, i % 4
+    mask[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = (
+        np.clip((cell * 0.45 - d) / (cell / 16), 0, 1) * 255
+    )
+    return mask.tobytes()
+
+
 class StillEngine:
     """Returns the same frame at once: the engine costs nothing, only the daemon is measured."""
 
-    region_modes, max_steps, kind = ("latent", "attention"), 50, "still"
+    max_steps, kind = 50, "still"
+
+    @property
+    def region_modes(self) -> tuple[str, ...]:
+        from smd_daemon.protocol import REGION_MODES
+
+        return REGION_MODES
 
     def __init__(self, side: int, kind: str):
         self.image = test_image(side, kind)
@@ -255,6 +282,49 @@ def overhead(model, side, seconds, device, threads):
     )
 
 
+def scenes(configs, model, threads, repeat):
+    """Full updates of SIDE x SIDE with N regions and a canvas image, on loopback."""
+    from smd_daemon.client import Client, ErrorEvent, Layer, SceneEvent, StateEvent
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", model, "--bind", f"tcp://127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        cmd + (["--threads", str(threads)] if threads else []) + ["--log-level", "warning"], env=env
+    )
+    print("| scene | raw MiB | sent MiB | client build + send ms | until the scene reply ms | reply |")
+    print("|---|---|---|---|---|---|")
+    try:
+        for config in configs:
+            side, n = map(int, config.split("x"))
+            layers = [Layer(str(i), f"a red fox number {i}", region_mask(side, i)) for i in range(n)]
+            canvas = test_image(side).tobytes()
+            raw = n * side * side + len(canvas)
+            sends, replies, sent, outcome = [], [], 0, ""
+            for _ in range(repeat):
+                c = Client(f"tcp://127.0.0.1:{port}", name="bench", timeout=30)
+                c.connect()
+                assert c.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "connected", 120), c.state_reason
+                t0 = time.perf_counter()
+                # Strength 0: the image travels all the same; the model need not encode it.
+                c.set_scene(side, side, layers, background_image=canvas, background_strength=0.0)
+                sends.append((time.perf_counter() - t0) * 1000)
+                ev = c.wait_for(lambda e: isinstance(e, (SceneEvent, ErrorEvent)), 1200)
+                replies.append((time.perf_counter() - t0) * 1000)
+                sent = c.last_update_bytes
+                outcome = f"{ev.regions} regions" if isinstance(ev, SceneEvent) else getattr(ev, "code", "none")
+                c.close()
+            med = statistics.median
+            print(
+                f"| {side}² × {n} + image | {raw / 2**20:.1f} | {sent / 2**20:.1f} | {med(sends):.0f} | "
+                f"{med(replies):.0f} | {outcome} |",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sides", type=int, nargs="+", default=[512, 1024])
@@ -266,6 +336,8 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--skip-transport", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--scenes", nargs="*", metavar="SIDExN", help="part 3: full updates of SIDE² with N regions")
+    p.add_argument("--repeat", type=int, default=3, help="runs per scene (part 3; the median is shown)")
     p.add_argument(
         "--image",
         choices=["painting", "noise"],
@@ -282,6 +354,9 @@ def main() -> None:
         print()
     if not args.skip_overhead:
         overhead(args.model, args.engine_side, args.seconds, args.device, args.threads)
+    if args.scenes:
+        print()
+        scenes(args.scenes, args.model, args.threads, args.repeat)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,13 @@ the full scene, restarts live mode and sends the jobs asked for meanwhile.
 
 ``poll`` returns the events of ``events.py`` (re-exported here). Live
 frames are acknowledged automatically; when several arrive in one ``poll``
-only the newest is returned (latest frame wins).
+only the newest is returned (latest frame wins). A frame or result that is
+not the size of the scene it shows, or whose file header names another
+size, never becomes a ``FrameEvent``: it is dropped before being copied and
+told as an ``ErrorEvent`` with code ``bad_frame`` (``framecheck.py``). An
+update too big for the daemon's message limit goes compressed, or, if it
+cannot fit even so, is answered here with an ``ErrorEvent`` ``too_large``
+(``upload.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from . import protocol, scenestate
+from . import framecheck, protocol, scenestate
 from .events import (  # re-exported: the client's callers import events from here
     CancelledEvent,
     ErrorEvent,
@@ -62,7 +68,8 @@ from .events import (  # re-exported: the client's callers import events from he
     StateCode,  # noqa: F401
     StateEvent,  # noqa: F401
 )
-from .link import CONNECTED, CONNECTING, DISCONNECTED, Connection  # noqa: F401 - re-exported
+from .link import CONNECTED, CONNECTING, DISCONNECTED, ClientError, Connection, curve_keys  # noqa: F401 - re-exported
+from .upload import SceneUpload
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +83,6 @@ class Layer:
     alpha: bytes | None = None  # height*width bytes, row-major
     visible: bool = True
     group: bool = False  # a group layer (send no alpha): listed with reason_code "group", never read
-
-
-class ClientError(Exception):
-    """A call the client cannot make (e.g. an alpha plane of the wrong size)."""
 
 
 class Client:
@@ -101,19 +104,9 @@ class Client:
         self.address = protocol.normalize_address(address)  # ValueError with one sentence if malformed
         self.name = name
         # Alpha planes are mostly 0 or 255: zlib shrinks them ~50x, which
-        # matters on a network and costs more than it saves on loopback.
-        self.compress_planes = (
-            (not protocol.is_local_address(self.address)) if compress_planes is None else compress_planes
-        )
-        keys = None
-        if server_public_key is not None:
-            if not client_secret_file:
-                raise ClientError("a CURVE server key needs a client key file (client_secret_file)")
-            from zmq.auth import load_certificate
-
-            keys = load_certificate(client_secret_file)
-            if not keys[1]:
-                raise ClientError(f"{client_secret_file} holds no secret key")
+        # matters on a network. On loopback it costs more than it saves, so
+        # there only an update too big for the daemon's message limit is compressed.
+        compress = (not protocol.is_local_address(self.address)) if compress_planes is None else compress_planes
         self._events: list = []
         self._conn = Connection(
             context or zmq.Context.instance(),
@@ -121,18 +114,15 @@ class Client:
             name,
             self._events,
             server_public_key=server_public_key,
-            keys=keys,
+            keys=curve_keys(server_public_key, client_secret_file),
             heartbeat_interval=heartbeat_interval,
             timeout=timeout,
             retry_interval=retry_interval,
         )
         self._ids = itertools.count(1)
-        self._acks: list[dict] = []  # acks that could not go out at once: the newest frame's, results'
         # What the daemon must know again after a reconnect.
-        self._scene = scenestate.SceneState()
-        self.revision = 0
-        self._need_full = False
-        self._resync = False  # the daemon refused an update: send the next change as a full update
+        self._scene = SceneUpload(self._conn, self._events, compress)
+        self._warned_at = float("-inf")  # when a dropped frame was last logged
         self._live: dict | None = None
         self._live_sent = False
         self._jobs_waiting: list[dict] = []  # generate requests made while not connected
@@ -189,23 +179,9 @@ class Client:
         Settings left as None are the daemon's defaults (``info["defaults"]``)."""
         settings = {"width": int(width), "height": int(height), "negative_prompt": negative_prompt, **options}
         settings.update({k: v for k, v in (("seed", seed), ("steps", steps)) if v is not None})
-        self._check_planes(layers, width, height)
+        background = {"prompt": background_prompt, "negative_prompt": negative_prompt, "strength": background_strength}
         image = None if background_image is None else (background_image, background_image_encoding)
-        change = scenestate.SceneChange(
-            True,
-            settings,
-            {"prompt": background_prompt, "negative_prompt": negative_prompt, "strength": background_strength},
-            image,
-            tuple(
-                scenestate.LayerChange(layer.key, layer.name, layer.visible, layer.alpha, layer.group)
-                for layer in layers
-            ),
-        )
-        self._scene = self._apply(scenestate.SceneState(), change)
-        self.revision += 1
-        self._need_full = True
-        self._flush_scene()
-        return self.revision
+        return self._scene.set(int(width), int(height), layers, settings, background, image)
 
     def update_scene(
         self,
@@ -220,54 +196,17 @@ class Client:
         to top; layers not in it are removed) and changed settings
         (``seed``, ``steps``, ``background`` dict...). A layer whose plane did
         not change travels without it (a rename costs no pixels)."""
-        if not self._scene.has_scene:
-            raise ClientError("set_scene() must come before update_scene()")
-        w, h = settings.get("width", self._scene.size[0]), settings.get("height", self._scene.size[1])
-        self._check_planes(layers, w, h)
-        if order is not None:  # keys the daemon never heard of are left out
-            known = set(self._scene.layers) | {layer.key for layer in layers}
-            order = tuple(k for k in order if k in known)
-        change = scenestate.SceneChange(
-            False,
+        return self._scene.update(
+            layers,
+            order,
             {k: v for k, v in settings.items() if k != "background"},
             dict(settings.get("background") or {}),
             scenestate.KEEP if background_image is None else (background_image, background_image_encoding),
-            scenestate.layer_changes(self._scene, layers),
-            order,
         )
-        self._scene = self._apply(self._scene, change)
-        self.revision += 1
-        if self._need_full or self._resync or not self.session:
-            self._need_full, self._resync = True, False
-            self._flush_scene()
-        elif not self._send_update(change):
-            self._need_full = True  # the daemon missed this change: resend everything
-        return self.revision
 
-    @staticmethod
-    def _apply(state, change):
-        try:
-            return state.apply(change)
-        except protocol.ProtocolError as e:
-            raise ClientError(e.message) from None
-
-    @staticmethod
-    def _check_planes(layers, width: int, height: int) -> None:
-        for layer in layers:
-            if layer.alpha is not None and len(layer.alpha) != width * height:
-                raise ClientError(
-                    f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
-                    f"expected {width}x{height} = {width * height}"
-                )
-
-    def _send_update(self, change) -> bool:
-        fields, parts = scenestate.header_fields(change, self.compress_planes)
-        return self._conn.send("update", parts, revision=self.revision, full=change.full, **fields)
-
-    def _flush_scene(self) -> None:
-        """Send the full scene when the daemon needs it and a session is open."""
-        if self._need_full and self.session and self._scene.has_scene and self._send_update(self._scene.to_change()):
-            self._need_full = False
+    revision = property(lambda self: self._scene.revision)  # of the scene as last set or updated
+    compress_planes = property(lambda self: self._scene.compress)
+    last_update_bytes = property(lambda self: self._scene.sent_bytes)  # as sent: compressed when it had to be
 
     # --- live mode, generate, cancel ----------------------------------
 
@@ -284,7 +223,7 @@ class Client:
             self._conn.send("live_stop")
 
     def _flush_live(self) -> None:
-        if self._live is not None and not self._live_sent and self.session and not self._need_full:
+        if self._live is not None and not self._live_sent and self.session and not self._scene.need_full:
             self._live_sent = self._conn.send("live_start", **self._live)
 
     def generate(
@@ -306,11 +245,11 @@ class Client:
         return job["id"]
 
     def _flush_jobs(self) -> None:
-        self._flush_scene()
+        self._scene.flush()
         while (
             self._jobs_waiting
             and self.session
-            and not self._need_full
+            and not self._scene.need_full
             and self._conn.send("generate", **self._jobs_waiting[0])
         ):
             self._jobs_waiting.pop(0)
@@ -352,9 +291,11 @@ class Client:
                 log.warning("ignoring a malformed message from the daemon: %s", e)
                 self._conn.undecodable(e)
                 continue
+            if msg.type in ("frame", "result") and not self._frame_ok(msg):
+                continue
             if msg.type == "frame":
                 latest_frame = FrameEvent.from_message(msg, now)
-                self._ack(seq=msg.header["seq"], token=msg.header["token"])
+                self._conn.ack(seq=msg.header["seq"], token=msg.header["token"])
                 continue
             if latest_frame is not None:  # keep the order: that frame came first
                 self._events.append(latest_frame)
@@ -366,6 +307,21 @@ class Client:
         self._timers()
         return self._take_events()
 
+    def _frame_ok(self, msg) -> bool:
+        """Whether a frame or result is what was asked for. One that is not is dropped
+        before its bytes are copied, acknowledged (the daemon's window moves on) and
+        told as an ``ErrorEvent`` with code ``bad_frame`` (``framecheck``)."""
+        refused = framecheck.refusal(msg, self._scene.asked)
+        if refused is None:
+            return True
+        event, ack = refused
+        self._events.append(event)
+        self._conn.ack(**ack)
+        if time.monotonic() - self._warned_at > 10:  # a flood of bad frames is one log line per 10 s
+            self._warned_at = time.monotonic()
+            log.warning("%s", event.message)
+        return False
+
     def _take_events(self) -> list:
         events, self._events[:] = list(self._events), []
         return events
@@ -374,24 +330,15 @@ class Client:
         self._conn.tick()
         if self.session is None:
             self._live_sent = False
-            self._acks = []
         elif self.state == CONNECTED:
-            self._ack()
+            self._conn.ack()
             self._flush_jobs()
             self._flush_live()
-
-    def _ack(self, **ack) -> None:
-        """Acknowledge a frame or result (and whatever could not go out before; of frames only the newest)."""
-        if "seq" in ack:
-            self._acks = [a for a in self._acks if "seq" not in a]
-        self._acks += [ack] if ack else []
-        while self._acks and self._conn.send("ack", **self._acks[0]):
-            self._acks.pop(0)
 
     def _handle(self, msg, now: float) -> None:
         h, t = msg.header, msg.type
         if t == "opened":
-            self._need_full = self._scene.has_scene
+            self._scene.opened()
             self._live_sent = False
             self._flush_jobs()
             self._flush_live()
@@ -399,13 +346,13 @@ class Client:
             self._live_sent = False
         elif t == "error":
             if "revision" in h and h["code"] != protocol.ErrorCode.STALE_REVISION:
-                self._resync = True  # the daemon's scene is not ours: the next update is a full one
+                self._scene.resync = True  # the daemon's scene is not ours: the next update is a full one
             self._events.append(ErrorEvent(h["code"], h["message"], h.get("re"), h))
         elif t == "scene":
             self._events.append(SceneEvent(h["revision"], h["layers"], h.get("regions", 0)))
         elif t == "result":
             self._events.append(FrameEvent.from_message(msg, now))
-            self._ack(job=h["job"], token=h["token"])  # the daemon holds the job's place until then
+            self._conn.ack(job=h["job"], token=h["token"])  # the daemon holds the job's place until then
         elif t == "progress":
             self._events.append(ProgressEvent(h["job"], h["step"], h["total"]))
         elif t == "queued":

@@ -4,7 +4,8 @@
 layer: ``grammar.ParsedLayer.to_dict()``, passed through unchanged),
 ``FrameEvent`` (live frames and generate results; ``job`` is None for live
 frames; raw frames are ``channels`` bytes per pixel, row-major; compressed
-ones are the encoded file bytes, decodable with ``QImage.fromData``),
+ones are the encoded file bytes, whose header names ``width`` x ``height``:
+``framecheck`` checked both against the size asked for),
 ``ProgressEvent``, ``QueuedEvent``, ``CancelledEvent``, ``LiveEvent`` and
 ``ErrorEvent`` (a code from ``protocol.ErrorCode`` and a message for people).
 

@@ -7,7 +7,8 @@ the same reading everywhere.
     a red fox                          region, prompt "a red fox"
     a red fox | neg: blurry | blur: 4  region with options
     bg: snowy pine forest              background prompt (pixels join the
-                                       background image)
+                                       background image, as do automatic
+                                       names' and unnamed layers')
     # sketch                           ignored (marker)
     Paint Layer 3, Background, Ebene 2 ignored (automatic names of Krita,
                                        GIMP, Photoshop, MyPaint; en/de/fr/es)
@@ -227,9 +228,12 @@ class ParsedLayer:
     reason: str = ""  # the same for people
     warnings: list[str] = field(default_factory=list)  # option problems, for people
     warning_codes: list[str] = field(default_factory=list)  # one of WARNING_CODES per warning
+    # Whether its pixels join the background image (see parse_layer_name); decided by the name alone,
+    # so a region stays out while it is empty or mis-sized.
+    joins_background: bool = False
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "role": self.role, "prompt": self.prompt}
+        d = {"name": self.name, "role": self.role, "prompt": self.prompt, "joins_background": self.joins_background}
         if self.role == "region":
             d.update(
                 negative_prompt=self.negative_prompt,
@@ -253,10 +257,14 @@ class ParsedLayer:
         self.warnings.append(message)
 
 
+# Ignored layers whose pixels still join the background image: their names are no prompts.
+_PICTURE_CODES = ("automatic_name", "no_name")
+
+
 def ignored(name: str, code: str, detail: str = "", warnings: ParsedLayer | None = None) -> ParsedLayer:
     """An ignored layer with its reason code and sentence (``detail`` is added to the sentence)."""
     sentence = REASON_CODES[code] + (f" ({detail})" if detail else "")
-    p = ParsedLayer(name, "ignored", reason_code=code, reason=sentence)
+    p = ParsedLayer(name, "ignored", reason_code=code, reason=sentence, joins_background=code in _PICTURE_CODES)
     if warnings is not None:
         p.warnings, p.warning_codes = warnings.warnings, warnings.warning_codes
     return p
@@ -289,7 +297,13 @@ def _unknown_option(out: ParsedLayer, key: str) -> None:
 
 
 def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
-    """Read one layer name. Never raises: problems become warnings."""
+    """Read one layer name. Never raises: problems become warnings.
+
+    Which layers make the background image is decided here, once (``joins_background``): every
+    visible layer whose name is no prompt (``bg:`` layers, automatic names, unnamed layers), never
+    a region (painted or not), a name with options but no prompt, one marked ``#``, the plugin's own
+    (its preview must never feed back) or a group (its layers join one by one).
+    """
     raw = name if isinstance(name, str) else ""
     stripped = raw.strip()
     if not visible:
@@ -309,7 +323,7 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     role = "background" if m else "region"
     body = stripped[m.end() :] if m else stripped
     parts = body.split("|")
-    out = ParsedLayer(raw, role, prompt=parts[0].strip())
+    out = ParsedLayer(raw, role, prompt=parts[0].strip(), joins_background=role == "background")
     for part in parts[1:]:
         if not part.strip():
             continue
@@ -341,15 +355,6 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     if role == "region" and not out.prompt:
         return ignored(raw, "no_prompt", warnings=out)
     return out
-
-
-def joins_background_image(parsed: ParsedLayer) -> bool:
-    """Which layers make the background image: every visible layer that is not a region,
-    except those marked ``#``, the plugin's own (its preview must never feed back) and
-    groups (their layers join one by one)."""
-    if parsed.role == "region":
-        return False
-    return parsed.reason_code not in ("hidden", "marker", "plugin_layer", "group")
 
 
 def build_scene(

@@ -13,7 +13,7 @@ import time
 
 import zmq
 
-from . import protocol
+from . import framecheck, protocol
 from .events import StateCode, StateEvent
 
 CONNECTING = "connecting"
@@ -23,9 +23,31 @@ DISCONNECTED = "disconnected"
 AUTH = "auth"  # the daemon's ZAP handler refused our key
 MISMATCH = "mismatch"  # encryption on at one end only, or another handshake failure
 
+
+class ClientError(Exception):
+    """A call the client cannot make (e.g. an alpha plane of the wrong size)."""
+
+
+def curve_keys(server_public_key: bytes | None, client_secret_file: str | None) -> tuple | None:
+    """The client's CURVE key pair for a daemon with this public key (None: no encryption)."""
+    if server_public_key is None:
+        return None
+    if not client_secret_file:
+        raise ClientError("a CURVE server key needs a client key file (client_secret_file)")
+    from zmq.auth import load_certificate
+
+    keys = load_certificate(client_secret_file)
+    if not keys[1]:
+        raise ClientError(f"{client_secret_file} holds no secret key")
+    return keys
+
+
 # Handshake failures the socket monitor reports (libzmq >= 4.3; 0 where unknown).
 _FAILED_AUTH = getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
 _FAILED_OTHER = getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0) | getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
+# Errors that refuse the handshake or the session (the state code "refused").
+_REFUSALS = (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY, protocol.ErrorCode.QUOTA)
+_UP = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
 
 
 class Link:
@@ -38,9 +60,14 @@ class Link:
         address: str,
         server_public_key: bytes | None = None,
         keys: tuple[bytes, bytes] | None = None,
+        max_side: int = framecheck.DEFAULT_MAX_SIDE,
     ):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        # A part larger than the biggest frame this client can ask for closes
+        # the connection before ZeroMQ allocates it (whoever answers there).
+        self.max_side = max_side
+        sock.setsockopt(zmq.MAXMSGSIZE, framecheck.max_part_bytes(max_side))
         # Not IMMEDIATE: with it, messages already received (the daemon's
         # "bye") are discarded when the connection drops.
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -49,9 +76,10 @@ class Link:
             sock.curve_serverkey = server_public_key
             sock.curve_publickey, sock.curve_secretkey = keys
         self.monitor = None
+        self.dropped = False  # the connection closed and has not come back (read from the monitor)
         if _FAILED_AUTH | _FAILED_OTHER:
             try:
-                self.monitor = sock.get_monitor_socket(_FAILED_AUTH | _FAILED_OTHER)
+                self.monitor = sock.get_monitor_socket(_FAILED_AUTH | _FAILED_OTHER | _UP | zmq.EVENT_DISCONNECTED)
             except zmq.ZMQError:  # no socket monitors here: a refused key looks like silence
                 self.monitor = None
         if protocol.is_ipv6_endpoint(address):
@@ -78,7 +106,9 @@ class Link:
             return None
 
     def handshake_failure(self) -> str | None:
-        """``AUTH`` or ``MISMATCH`` if the monitor saw a handshake fail since the last call."""
+        """``AUTH`` or ``MISMATCH`` if the monitor saw a handshake fail since the last
+        call; also notes whether the connection has closed since it was last up
+        (``dropped``: ZeroMQ does not reconnect after refusing an oversized part)."""
         if self.monitor is None:
             return None
         from zmq.utils.monitor import recv_monitor_message
@@ -89,7 +119,12 @@ class Link:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
             except zmq.Again:
                 return failure
-            failure = AUTH if event & _FAILED_AUTH else MISMATCH
+            if event & zmq.EVENT_DISCONNECTED:
+                self.dropped = True
+            elif event & _UP:
+                self.dropped = False
+            else:
+                failure = AUTH if event & _FAILED_AUTH else MISMATCH
 
     def close(self, linger: int = 0) -> None:
         if self.monitor is not None:
@@ -125,22 +160,35 @@ class Connection:
         self.server_public_key, self.keys = server_public_key, keys
         self.heartbeat_interval, self.timeout, self.retry_interval = heartbeat_interval, timeout, retry_interval
         self.link: Link | None = None
+        self.max_side = framecheck.DEFAULT_MAX_SIDE  # the largest frames this client will ask for
         self.state, self.reason, self.code = DISCONNECTED, "closed", StateCode.CLOSED
         self.info: dict = {}
         self.session: str | None = None
         self.last_rx = self.last_tx = 0.0
+        self._ticked_at = time.monotonic()
         self._hello_at: float | None = None  # when hello went out on this socket
         self._retry_at = 0.0
         self._open_sent = False
+        self._acks: list[dict] = []  # acks that could not go out at once: the newest frame's, results'
 
     def open(self) -> None:
         if self.link is None:
-            self.link = Link(self.ctx, self.address, self.server_public_key, self.keys)
+            self.link = Link(self.ctx, self.address, self.server_public_key, self.keys, self.max_side)
 
     def connect(self) -> None:
         self.open()
         self.set_state(CONNECTING, f"connecting to {self.address}", StateCode.CONNECTING)
         self._hello_at, self._retry_at = None, 0.0
+
+    def expect_side(self, side: int) -> None:
+        """Frames up to ``side`` pixels per side will be asked for: a socket that
+        refuses them is replaced (reconnecting), if the daemon may draw them at all."""
+        if side <= self.max_side:
+            return
+        self.max_side = side
+        max_side = self.info.get("limits", {}).get("max_side")
+        if self.link is not None and isinstance(max_side, int) and side <= max_side:
+            self.reset(f"reconnecting to {self.address} to receive {side}-pixel frames", StateCode.CONNECTING)
 
     def close(self) -> None:
         if self.link is not None:
@@ -180,8 +228,19 @@ class Connection:
         self.forget_session(time.monotonic() + retry_in)
         self.set_state(DISCONNECTED, reason, StateCode.REFUSED)
 
+    def ack(self, **ack) -> None:
+        """Acknowledge a frame (``seq``) or result (``job``), and whatever could not
+        go out before (of frames only the newest)."""
+        if "seq" in ack:
+            self._acks = [a for a in self._acks if "seq" not in a]
+        self._acks += [ack] if ack else []
+        while self._acks and self.send("ack", **self._acks[0]):
+            self._acks.pop(0)
+
     def tick(self) -> None:
         """Heartbeats, hellos and timeouts; also reads the socket monitor."""
+        if self.session is None:
+            self._acks = []  # the session they were for is gone
         if self.link is None:
             return
         failure = self.link.handshake_failure()
@@ -194,9 +253,19 @@ class Connection:
                 why = f"the encrypted handshake with {self.address} failed: is encryption on at the daemon?"
             self.set_state(DISCONNECTED, why, StateCode.AUTH_FAILED)
         now = time.monotonic()
+        away, self._ticked_at = now - self._ticked_at, now
+        if away > self.heartbeat_interval:
+            # The caller did not poll meanwhile (a big scene read and compressed): nothing was
+            # read and no ping went out, so the daemon's silence then proves nothing.
+            self.last_rx = min(now, self.last_rx + away)
+            self._hello_at = None if self._hello_at is None else min(now, self._hello_at + away)
         if self.state == CONNECTED:
             if now - self.last_rx > self.timeout:
-                self.reset(f"no reply from the daemon for {self.timeout:g} s", StateCode.NO_ANSWER)
+                why = f"no reply from the daemon for {self.timeout:g} s"
+                if self.link.dropped:
+                    limit = framecheck.max_part_bytes(self.max_side) // 2**20
+                    why += f": the connection closed (the daemon stopped, or sent a part over {limit} MiB)"
+                self.reset(why, StateCode.NO_ANSWER)
             elif now - self.last_tx >= self.heartbeat_interval:
                 self.send("ping")
         elif self.code != StateCode.CLOSED:
@@ -241,14 +310,13 @@ class Connection:
             self.set_state(
                 DISCONNECTED, "the daemon restarted or dropped the session; reconnecting", StateCode.CONNECTING
             )
-        elif (
-            t == "error" and h["code"] in (protocol.ErrorCode.BAD_VERSION, protocol.ErrorCode.BUSY) and not self.session
-        ):
-            busy = h["code"] == protocol.ErrorCode.BUSY
+        elif t == "error" and h["code"] in _REFUSALS and not self.session:
+            busy = h["code"] != protocol.ErrorCode.BAD_VERSION  # busy or quota may change: try again later
             self.refused(h["message"], 5 * self.retry_interval if busy else float("inf"))
             return False  # also an error event
         elif t == "bye":
-            self.reset(f"daemon closed the connection: {h.get('reason', '')}".rstrip(": "), StateCode.BYE)
+            # The daemon's own reason alone: the code already says it closed the connection.
+            self.reset(h.get("reason") or "no reason given", StateCode.BYE)
         elif t == "closed":
             self.session = None
             if self.state == CONNECTED:

@@ -43,6 +43,10 @@ FRAME_ENCODINGS = ("raw", "png", "jpeg", "webp")
 # so the plugin can compress without an image library).
 PLANE_ENCODINGS = ("raw", "zlib", "png")
 IMAGE_ENCODINGS = ("raw", "zlib", "png", "jpeg", "webp")
+# How regions enter the model (docs/protocol.md), the default first. The one
+# list of the wire, the daemon and the plugin; the engine room, which may not
+# import this module, keeps its own, and a test holds the two equal.
+REGION_MODES = ("latent", "attention")
 
 
 class ErrorCode:
@@ -61,10 +65,13 @@ class ErrorCode:
     NO_SCENE = "no_scene"  # live or generate before the first scene
     STALE_REVISION = "stale_revision"  # revision not newer than the last one applied
     BUSY = "busy"  # no free session, too many jobs queued, updates arriving faster than they are decoded
+    QUOTA = "quota"  # this client's key (user, host) already holds its share of the sessions or connections
     NO_MEMORY = "no_memory"  # the daemon's memory budget cannot hold this scene beside the other sessions
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
     INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
+    # Never sent: the client library's own, for a frame or result it dropped (framecheck.py).
+    BAD_FRAME = "bad_frame"
 
 
 class ProtocolError(ValueError):
@@ -188,7 +195,7 @@ SETTINGS = {
     "steps": F("int", lo=1, hi=1000),
     "guidance_scale": F("num", lo=0, hi=100),
     "mask_mode": F("str", choices=("continuous", "discrete")),
-    "region_mode": F("str", choices=("latent", "attention")),  # see docs/protocol.md
+    "region_mode": F("str", choices=REGION_MODES),
     "negative_prompt": F("str", max_len=4096),
     "background": F("obj", fields=BACKGROUND),
 }

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 
-from smd_daemon.engine.scene import DEFAULT_STEPS
+from smd_daemon.engine.scene import DEFAULT_STEPS, REGION_MODES
 from smd_daemon.errors import UsageError
 from smd_daemon.options import (
     add_model_arguments,
@@ -21,7 +21,7 @@ from smd_daemon.options import (
     load_model_from_options,
     make_engine,
 )
-from smd_daemon.scenefile import Overrides, load_scene
+from smd_daemon.scenefile import Overrides, dockersettings, load_scene
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--region-mode",
-        metavar="latent|attention",
+        metavar="|".join(REGION_MODES),
         help="how regions enter the model: 'latent' (one UNet sample per region, follows shapes "
         "tightly; the default) or 'attention' (one sample for all regions, much faster)",
     )
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     scene = loaded.scene
+    docker = dockersettings.find(args.scene)
 
     components = load_model_from_options(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    if docker is not None:
+        _compare_with_docker(*docker, scene)
     d = components.describe()
     log.info(
         "rendering %dx%d, %d region(s) (%s mode), %d steps, seed %d with %s on %s %s",
@@ -102,6 +107,21 @@ def run(args: argparse.Namespace) -> int:
     _write_image(image, args.output, out_format)
     log.info("wrote %s (%.1f s)", args.output, time.perf_counter() - start)
     return 0
+
+
+def _compare_with_docker(where: str, settings: dict, scene) -> None:
+    """Say where this render differs from the SMD Live docker's settings saved with the document."""
+    diff = dockersettings.differences(settings, scene)
+    if not diff:
+        log.info("%s holds the SMD Live docker's settings for this document: this render matches them", where)
+        return
+    log.warning(
+        "%s holds the SMD Live docker's settings for this document, and this render differs: %s. "
+        "To render as the docker does, add: %s",
+        where,
+        "; ".join(f"{d.what} {d.docker} there, {d.render} here" for d in diff),
+        " ".join(d.flag for d in diff),
+    )
 
 
 def _check_output(path: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from . import protocol
 
@@ -206,14 +207,16 @@ def layer_changes(state: SceneState, layers) -> tuple:
     return tuple(out)
 
 
-def header_fields(change: SceneChange, compress: bool = False) -> tuple[dict, list]:
+def header_fields(change: SceneChange, compress: bool = False, compress_image: bool | None = None) -> tuple[dict, list]:
     """An ``update``'s header fields (without ``revision`` and ``full``) and binary parts
     for ``change``, whose planes are bytes and whose image is ``(bytes, encoding)``.
-    ``compress`` sends raw planes and images zlib-compressed."""
+    ``compress`` sends raw planes zlib-compressed, and a raw image too unless
+    ``compress_image`` says otherwise."""
     parts: list = []
+    squeeze_image = compress if compress_image is None else compress_image
 
-    def ref(data: bytes, encoding: str) -> dict:
-        if compress and encoding == "raw":
+    def ref(data: bytes, encoding: str, squeeze: bool) -> dict:
+        if squeeze and encoding == "raw":
             data, encoding = zlib.compress(data, 1), "zlib"
         parts.append(data)
         return {"part": len(parts) - 1, "encoding": encoding}
@@ -222,7 +225,7 @@ def header_fields(change: SceneChange, compress: bool = False) -> tuple[dict, li
     background = dict(change.background)
     if change.background_image is not KEEP:
         image = change.background_image
-        background["image"] = None if image is None else ref(*image)
+        background["image"] = None if image is None else ref(*cast("tuple[bytes, str]", image), squeeze=squeeze_image)
     if background or change.full:
         fields["background"] = background
     entries = []
@@ -233,7 +236,7 @@ def header_fields(change: SceneChange, compress: bool = False) -> tuple[dict, li
         if c.visible is not None:
             entry["visible"] = c.visible
         if c.alpha is not KEEP:
-            entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw")
+            entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw", squeeze=compress)
         if c.group:
             entry["group"] = True
         entries.append(entry)

@@ -9,6 +9,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# The plugin's unit tests import the fake ``krita`` (tests/plugin_unit/krita.py) by that name, in whatever
+# order their imports are sorted: a module anywhere on the path wins over the tests/krita folder (the
+# real-Krita harness), which Python would otherwise take for a namespace package.
+PLUGIN_UNIT = os.path.join(ROOT, "tests", "plugin_unit")
+if PLUGIN_UNIT not in sys.path:
+    sys.path.append(PLUGIN_UNIT)
 
 
 @pytest.fixture(scope="session")

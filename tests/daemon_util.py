@@ -37,7 +37,9 @@ def daemon_env() -> dict:
 class Daemon:
     """One daemon process; its log goes to a temporary file shown on failure."""
 
-    def __init__(self, *extra: str, port: int | None = None, bind: str | None = None, env: dict | None = None):
+    def __init__(
+        self, *extra: str, port: int | None = None, bind: str | None = None, env: dict | None = None, stdin=None
+    ):
         self.port = port or free_port()
         self.address = bind or f"tcp://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="smd-daemon-", suffix=".log", delete=False)
@@ -55,7 +57,7 @@ class Daemon:
             *extra,
         ]
         self.proc = subprocess.Popen(
-            cmd, env={**daemon_env(), **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
+            cmd, env={**daemon_env(), **(env or {})}, stdin=stdin, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
         )
 
     def wait_serving(self, timeout: float = 120) -> None:
@@ -90,6 +92,18 @@ class Daemon:
         self.log.close()
         if os.path.exists(self.log.name):  # close() may be called twice
             os.unlink(self.log.name)
+
+
+@contextlib.contextmanager
+def running(*extra: str, **kw):
+    """A ``Daemon`` serving for the duration of the block, stopped and cleaned up after it."""
+    d = Daemon(*extra, **kw)
+    try:
+        d.wait_serving()
+        yield d
+    finally:
+        d.stop()
+        d.close()
 
 
 def run_cli(*args, timeout=60):
@@ -221,3 +235,21 @@ def serving(srv):
         srv.stopping.set()
         t.join(10)
         srv.shutdown()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False

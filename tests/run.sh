@@ -27,6 +27,12 @@ fi
 echo "== installing the daemon, its cluster extra (Ray) and test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cluster]"
 
+echo "== static checks: ruff (lint, format) and pyright"
+STATIC="smd_daemon krita_plugin install.py benchmarks"
+.venv/bin/ruff check $STATIC
+.venv/bin/ruff format --check $STATIC
+.venv/bin/pyright --pythonpath .venv/bin/python $STATIC
+
 # Krita and Ray were installed above: their tests must run, not skip.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SMD_REQUIRE_KRITA=1 SMD_REQUIRE_RAY=1
 set +e

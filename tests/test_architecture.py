@@ -213,3 +213,22 @@ def test_region_mode_names_are_compared_only_where_a_plan_picks_its_strategy():
                     if where != allowed:
                         found.append(f"{where[0]}:{node.lineno}")
     assert not found, f"region mode names compared at {sorted(set(found))}"
+
+
+def test_the_region_mode_vocabulary_is_written_once_per_room():
+    """The wire's list (protocol.py: the daemon and the plugin) and the engine's own (the engine may
+    not import the wire) are equal, and no other module spells the list again."""
+    from smd_daemon import protocol
+    from smd_daemon.engine import scene
+
+    assert protocol.REGION_MODES == scene.REGION_MODES
+    owners = {ROOT / "smd_daemon" / "protocol.py", ROOT / "smd_daemon" / "engine" / "scene.py"}
+    files = [*(ROOT / "smd_daemon").rglob("*.py"), *(ROOT / "krita_plugin").rglob("*.py"), ROOT / "install.py"]
+    files += list((ROOT / "benchmarks").rglob("*.py"))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                words = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+                assert not set(scene.REGION_MODES) <= words or path in owners, (
+                    f"{path.relative_to(ROOT)}:{node.lineno} spells the region modes again"
+                )

@@ -8,7 +8,6 @@ its model, the last worker lost and back), without Ray. Then real
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -18,15 +17,14 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import pytest
+from cluster_util import ClusterDaemon, alive, family_of, frames_of, kill_all, private_env, ray_missing
 from daemon_util import ROOT, Daemon, Raw, S, connect, daemon_env, free_port, half_mask
 
 from smd_daemon import protocol
-from smd_daemon.client import ErrorEvent, FrameEvent, Layer
+from smd_daemon.client import Layer
 from smd_daemon.server import messages as m
 from smd_daemon.server.frames import FrameFlow
-from smd_daemon.server.images import EncodedImage
 from smd_daemon.server.limits import GIB, Limits
 
 E = protocol.ErrorCode
@@ -35,23 +33,7 @@ E = protocol.ErrorCode
 # --- parts -------------------------------------------------------------------------------
 
 
-def test_messages_cross_the_wire_with_arrays_beside_the_pickle():
-    from smd_daemon.cluster import wire
-
-    image = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
-    frame = m.FrameReady("s1", image, 3, 7, True, 4, 12.5, 2, worker="w1")
-    frames = wire.dumps(frame)
-    assert len(frames) == 2 and len(frames[1]) == image.nbytes  # the pixels travel as their own frame
-    back = wire.loads(frames)
-    assert back.worker == "w1" and back.index == 3 and np.array_equal(back.image, image)
-    encoded = wire.loads(
-        wire.dumps(m.FrameReady("s1", EncodedImage(b"jpegbytes", "jpeg", (64, 64, 3)), 1, 1, True, 1, 1.0, 1))
-    )
-    assert encoded.image.data == b"jpegbytes" and encoded.image.shape == (64, 64, 3)
-    assert isinstance(wire.loads(wire.dumps(m.SetScene("s", None, 1, wire.PLAN_ON_WORKER))).plan, wire.PlanOnWorker)
-
-
-def test_a_worker_makes_frames_only_within_the_front_ends_credit():
+def test_a_worker_makesframes_of_only_within_the_front_ends_credit():
     from smd_daemon.cluster.worker import RemoteFlow
 
     delivered = []
@@ -223,22 +205,6 @@ class InProcessCluster:
         self.server.shutdown()
 
 
-def _frames(clients, n: int, timeout: float, worker=None, errors: list | None = None) -> list[list]:
-    """Poll every client (they must keep pinging) until each has ``n`` frames (from
-    ``worker`` if given) or ``timeout`` passes; errors go to ``errors``, else fail."""
-    got = [[] for _ in clients]
-    deadline = time.monotonic() + timeout
-    while any(len(g) < n for g in got) and time.monotonic() < deadline:
-        for c, g in zip(clients, got):
-            for ev in c.poll(timeout_ms=5):
-                if isinstance(ev, FrameEvent) and (worker is None or ev.header.get("worker") == worker):
-                    g.append(ev)
-                elif isinstance(ev, ErrorEvent):
-                    assert errors is not None, f"unexpected error {ev.code}: {ev.message}"
-                    errors.append(ev)
-    return got
-
-
 def _open_refused(address: str) -> str:
     """The error code a new session gets (after a welcome)."""
     raw = Raw(address)
@@ -269,7 +235,7 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
         for i, cl in enumerate(clients):
             cl.set_scene(S, S, [Layer("1", f"a red fox {i}", half_mask())], background_prompt="snow")
             cl.start_live("jpeg" if i else "raw")
-        got = _frames(clients, 2, 60)
+        got = frames_of(clients, 2, 60)
         for frames in got:
             assert len(frames) >= 2 and {f.header["worker"] for f in frames} == {"w0"}
         assert got[1][-1].encoding == "jpeg" and got[1][-1].data[:2] == b"\xff\xd8"  # compressed on the worker
@@ -280,13 +246,13 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
         errors: list = []
         deadline = time.monotonic() + 20
         while len(errors) < 2 and time.monotonic() < deadline:
-            _frames(clients, 1, 0.2, worker="none", errors=errors)
+            frames_of(clients, 1, 0.2, worker="none", errors=errors)
         assert len(errors) == 2
         for e in errors:
             assert e.code == E.ENGINE_ERROR and "no engine worker" in e.message
         back = c.worker("w0")  # a new process for w0, as Ray restarts one
         back.serve(make_engine(tiny_components), tiny_components.describe())
-        assert all(len(g) >= 2 for g in _frames(clients, 2, 60, worker="w0")), "frames did not resume"
+        assert all(len(g) >= 2 for g in frames_of(clients, 2, 60, worker="w0")), "frames did not resume"
     finally:
         for cl in clients:
             cl.close()
@@ -294,96 +260,6 @@ def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker
 
 
 # --- the real daemon with a private Ray instance --------------------------------------------
-
-# tests/run.sh installs Ray (the cluster extra) and requires these tests to run.
-ray_missing = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None and os.environ.get("SMD_REQUIRE_RAY") != "1",
-    reason="Ray is not installed (pip install -e '.[cluster]')",
-)
-
-
-def _processes() -> dict[int, tuple[int, str, bytes]]:
-    """Every process: pid -> (parent pid, start time, command line)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                out[int(pid)] = (int(fields[1]), fields[19], f.read())
-        except (OSError, IndexError):
-            pass
-    return out
-
-
-def _family(root: int, tmp: str) -> set[tuple[int, str]]:
-    """(pid, start time) of ``root``, of the processes naming ``tmp`` (Ray's own,
-    even once orphaned) and of all their descendants (actors rename themselves
-    "ray::...")."""
-    procs = _processes()
-    todo = [pid for pid, (_, _, cmd) in procs.items() if tmp.encode() in cmd and pid != os.getpid()]
-    found = set(todo) | ({root} if root in procs else set())
-    todo.append(root)
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, _, _) in procs.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return {(pid, procs[pid][1]) for pid in found if pid in procs}
-
-
-def _alive(family: set[tuple[int, str]], named: bytes = b"") -> list[int]:
-    """The processes of ``family`` still running (whose command line starts with ``named``)."""
-    procs = _processes()
-    return [
-        pid for pid, started in family if pid in procs and procs[pid][1] == started and procs[pid][2].startswith(named)
-    ]
-
-
-def _private_env() -> tuple[str, dict]:
-    """A short temp dir (Ray's socket paths go below it) the daemon and its Ray instance use."""
-    tmp = tempfile.mkdtemp(prefix="smdt-", dir="/tmp")
-    return tmp, {"TMPDIR": tmp}
-
-
-def _kill(family: set[tuple[int, str]], tmp: str) -> None:
-    for pid in _alive(family):  # a failed test must not leave Ray running
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    subprocess.run(["rm", "-rf", tmp])
-
-
-class ClusterDaemon(Daemon):
-    """``smd-daemon serve --ray local`` with a private temp dir, so that every
-    process it starts can be found (and killed should a test fail)."""
-
-    def __init__(self, *extra: str):
-        self.tmp, env = _private_env()
-        super().__init__("--ray", "local", *extra, env=env)
-
-    def family(self) -> set[tuple[int, str]]:
-        return _family(self.proc.pid, self.tmp)
-
-    def worker_pid(self, wid: str, after: int = 0) -> int:
-        import re
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = re.findall(rf"worker {wid} ready on node \S+ \(pid (\d+)", self.text())
-            if len(found) > after:
-                return int(found[after])
-            time.sleep(0.2)
-        raise AssertionError(f"worker {wid} never became ready:\n{self.text()}")
-
-    def close(self) -> None:
-        family = self.family()
-        super().close()
-        _kill(family, self.tmp)
 
 
 @ray_missing
@@ -398,7 +274,7 @@ def test_cluster_spreads_artists_over_workers_survives_a_killed_worker_and_stops
             clients.append(cl)
             cl.set_scene(S, S, [Layer("1", f"a red fox {i}", half_mask())], background_prompt="snow")
             cl.start_live("raw")
-            frames = _frames(clients, 2, 60)[-1]
+            frames = frames_of(clients, 2, 60)[-1]
             assert len(frames) >= 2, f"client {i} got no frames:\n{d.text()}"
             placed[i] = frames[-1].header["worker"]
             if i == 2:  # with a session free for it: check lists the workers
@@ -424,7 +300,7 @@ def test_cluster_spreads_artists_over_workers_survives_a_killed_worker_and_stops
         os.kill(d.worker_pid(victim), signal.SIGKILL)
         killed_at = time.monotonic()
         errors: list = []
-        got = _frames(clients, 2, 30, worker=survivor, errors=errors)
+        got = frames_of(clients, 2, 30, worker=survivor, errors=errors)
         assert all(len(g) >= 2 for g in got), f"not every client streams 30 s after the kill:\n{d.text()}"
         assert time.monotonic() - killed_at < 30 and errors == []  # a gap, not an error
         assert f"worker {victim} lost" in d.text()
@@ -438,8 +314,8 @@ def test_cluster_spreads_artists_over_workers_survives_a_killed_worker_and_stops
         assert d.stop(timeout=30) == 0, d.text()
         assert time.monotonic() - t0 < 15
         time.sleep(0.5)
-        assert _alive(family) == [], "Ray processes were left behind"
-        assert [n for n in os.listdir(d.tmp) if n.startswith("smd-ray-")] == [], "Ray's temp dir was left behind"
+        assert alive(family) == [], "Ray processes were left behind"
+        assert [n for n in os.listdir(d.tmp) if n.startswith("smd-")] == [], "Ray's or the socket's folder was left"
     finally:
         for cl in clients:
             cl.close()
@@ -488,17 +364,17 @@ def test_bad_or_unreachable_ray_addresses_fail_at_start_in_one_line():
 
 @ray_missing
 def test_a_cluster_where_no_worker_can_load_the_model_fails_at_start_with_the_models_error():
-    tmp, env = _private_env()
+    tmp, env = private_env()
     try:
         line, _ = _serve_fails("--ray", "local", "--workers", "1", "--model", "/nonexistent/model", env=env)
         assert "no engine worker could start: w0: ModelLoadError: model '/nonexistent/model'" in line
-        assert _family(-1, tmp) == set() and [n for n in os.listdir(tmp) if n.startswith("smd-ray-")] == []
+        assert family_of(-1, tmp) == set() and [n for n in os.listdir(tmp) if n.startswith("smd-")] == []
         # The speed switches travel to the workers, which refuse what their device cannot do.
         line, _ = _serve_fails("--ray", "local", "--workers", "1", "--compile", env=env)
         assert "no engine worker could start: w0: UsageError: torch.compile needs a CUDA device" in line
-        assert _family(-1, tmp) == set()
+        assert family_of(-1, tmp) == set()
     finally:
-        _kill(_family(-1, tmp), tmp)
+        kill_all(family_of(-1, tmp), tmp)
 
 
 def test_ray_missing_is_one_line_saying_how_to_install_it(tmp_path):
@@ -614,13 +490,13 @@ def test_two_nodes_a_lost_node_moves_its_artists_to_the_other():
             clients.append(cl)
             cl.set_scene(S, S, [Layer("1", f"a red fox {i}", half_mask())], background_prompt="snow")
             cl.start_live("jpeg")  # over the link, as a remote artist would
-        got = _frames(clients, 2, 90)
+        got = frames_of(clients, 2, 90)
         assert {f.header["worker"] for g in got for f in g} == {near, far}, d.text()
 
         node.cut()  # the far node is lost
         cut_at = time.monotonic()
         errors: list = []
-        got = _frames(clients, 2, 30, worker=near, errors=errors)
+        got = frames_of(clients, 2, 30, worker=near, errors=errors)
         assert all(len(g) >= 2 for g in got), f"not every client streams 30 s after the node was lost:\n{d.text()}"
         assert time.monotonic() - cut_at < 30 and errors == [] and f"worker {far} lost" in d.text()
 
@@ -628,23 +504,23 @@ def test_two_nodes_a_lost_node_moves_its_artists_to_the_other():
             cl.close()
         clients = []
         node.mend()  # so that the daemon can stop its worker there too
-        family = _family(-1, tmp)
+        family = family_of(-1, tmp)
         near_pid = int(re.search(rf"worker {near} ready on node \S+ \(pid (\d+)", d.text()).group(1))
         t0 = time.monotonic()
         assert d.stop(timeout=30) == 0, d.text()
         assert time.monotonic() - t0 < 15
         time.sleep(0.5)
-        assert near_pid not in _alive(family), f"the daemon left its worker running:\n{d.text()}"
+        assert near_pid not in alive(family), f"the daemon left its worker running:\n{d.text()}"
         # The far worker's node was lost for a while: Ray may take some seconds more to end it there.
         deadline = time.monotonic() + 20
-        while (left := _alive(family, b"ray::WorkerActor")) and time.monotonic() < deadline:
+        while (left := alive(family, b"ray::WorkerActor")) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert left == [], f"a worker outlived the daemon:\n{d.text()}"
-        assert _alive(family), "the daemon stopped a cluster it did not start"
+        assert alive(family), "the daemon stopped a cluster it did not start"
     finally:
         for cl in clients:
             cl.close()
         if d is not None:
             d.close()
-        _kill(_family(-1, tmp), tmp)
+        kill_all(family_of(-1, tmp), tmp)
         node.down()

@@ -5,11 +5,27 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import zmq
 import zmq.auth
-from daemon_util import Daemon, Raw, S, connect, free_port, half_mask, keys_and_stranger, run_cli
+from daemon_util import (
+    ROOT,
+    Daemon,
+    Raw,
+    S,
+    connect,
+    daemon_env,
+    free_port,
+    half_mask,
+    keys_and_stranger,
+    process_alive,
+    run_cli,
+    wait_gone,
+)
 
 from smd_daemon import protocol
 from smd_daemon.client import Client, FrameEvent, Layer, SceneEvent, StateEvent
@@ -38,6 +54,7 @@ def test_busy_port_fails_before_the_model_loads():
     [
         ('modle = "tiny"\n', "unknown setting 'modle'"),
         ("max_sessions = 'many'\n", "max_sessions must be int"),
+        ("max_sessions_per_origin = 0\n", "max-sessions-per-origin must be >= 1"),
         ("bind = [\n", "not valid TOML"),
         ('bind = "tcp://0.0.0.0:7555"\n', "--keys"),  # read from the file, then refused
     ],
@@ -69,7 +86,7 @@ def test_keys_are_private_and_in_pyzmq_format(tmp_path):
 def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
     # Settings from a config file; the --bind flag wins over the file's non-loopback bind.
     cfg = tmp_path / "smd.toml"
-    cfg.write_text('bind = "tcp://0.0.0.0:1"\nmax_sessions = 3\nheartbeat_timeout = 5\n')
+    cfg.write_text('bind = "tcp://0.0.0.0:1"\nmax_sessions = 3\nmax_sessions_per_origin = 2\nheartbeat_timeout = 5\n')
     port = free_port()
     first = Daemon("--config", str(cfg), port=port)
     client = None
@@ -77,6 +94,7 @@ def test_sigterm_then_restart_client_reconnects_and_resumes(tmp_path):
         first.wait_serving()
         client = connect(first.address, name="survivor", timeout=30)
         assert client.limits["max_sessions"] == 3 and client.limits["heartbeat_timeout"] == 5
+        assert client.limits["max_sessions_per_origin"] == 2
         rev = client.set_scene(S, S, [Layer("1", "a red fox", half_mask())], background_prompt="forest")
         client.start_live("raw")
         assert client.wait_for(lambda e: isinstance(e, FrameEvent), 30) is not None
@@ -181,7 +199,6 @@ def test_client_recovers_from_a_daemon_crash():
 def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
     # A 4096x4096 background image is 121 VAE tiles to encode: half a minute of
     # planning on a CPU, which must stop at the next tile, not run on.
-    import time
     import zlib
 
     from smd_daemon.client import ErrorEvent
@@ -216,3 +233,64 @@ def test_sigterm_while_a_huge_canvas_is_planned_stops_the_plan_and_exits_0():
         if c is not None:
             c.close()
         d.close()
+
+
+def test_watch_stdin_stops_cleanly_when_the_pipe_closes():
+    """--watch-stdin (what the docker starts its daemon with): the parent's end of the pipe closing
+    is a clean stop, as SIGTERM is."""
+    d = Daemon("--watch-stdin", stdin=subprocess.PIPE)
+    try:
+        d.wait_serving()
+        client = connect(d.address, name="watcher")
+        client.close()
+        d.proc.stdin.close()
+        assert d.proc.wait(30) == 0, d.text()[-2000:]
+        log = d.text()
+        assert "standard input closed" in log and log.rstrip().endswith("stopped"), log[-2000:]
+        assert "without waiting" not in log and "Traceback" not in log, log[-2000:]
+    finally:
+        d.close()
+
+
+# A parent that starts the daemon with a pipe on its stdin, as Krita's docker does, says the
+# daemon's pid, then waits to be killed.
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=sys.stdout, stderr=subprocess.STDOUT)
+print("daemon pid", child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_watch_stdin_daemon_ends_when_its_parent_is_killed(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "daemon.log"
+    cmd = [sys.executable, "-m", "smd_daemon", "serve", "--model", "tiny", "--threads", "1", "--watch-stdin"]
+    with open(log_path, "w") as log:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, *cmd, "--bind", f"tcp://127.0.0.1:{port}"],
+            env=daemon_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "serving on" not in log_path.read_text():
+            assert parent.poll() is None, log_path.read_text()
+            time.sleep(0.1)
+        text = log_path.read_text()
+        assert "serving on" in text, text
+        pid = int(text.split("daemon pid ")[1].split()[0])
+        parent.kill()  # SIGKILL: no handler, no clean-up in the parent
+        parent.wait()
+        assert wait_gone(pid, 30), log_path.read_text()[-2000:]
+        text = log_path.read_text()
+        assert "standard input closed" in text and text.rstrip().endswith("stopped"), text[-2000:]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if pid is not None and process_alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -176,6 +176,24 @@ def test_hidden_layers_are_ignored():
     assert (p.reason_code, p.reason) == ("hidden", REASON_CODES["hidden"])
 
 
+@pytest.mark.parametrize(
+    "name, joins",
+    [
+        ("bg: a meadow", True),
+        ("Filter Layer 1 (Levels)", True),  # an automatic name: a picture (a Krita filter layer is never sent)
+        ("", True),
+        ("a red fox", False),
+        ("# sketch lines", False),
+        ("SMD Preview", False),
+        ("| blur: 4", False),  # options but no prompt: meant as a region
+    ],
+)
+def test_which_names_join_the_background_image(name, joins):
+    p = parse_layer_name(name)
+    assert p.joins_background is joins and p.to_dict()["joins_background"] is joins
+    assert parse_layer_name(name, visible=False).joins_background is False
+
+
 def test_reason_codes_are_the_documented_closed_set():
     doc = (REPO / "docs" / "protocol.md").read_text()
     assert set(REASON_CODES) >= {
@@ -277,10 +295,13 @@ def test_build_scene_reads_layers_bottom_to_top():
         "empty",
     ]
     assert parsed[6].reason == "its pixels do not match the canvas size (16x32, the canvas is 64x64)"
+    # The background image: layers whose names are no prompts; never a region, even empty or mis-sized.
+    assert [p.joins_background for p in parsed] == [True, True, False, False, False, False, False, False, False]
     assert parsed[7].to_dict() == {
         "name": "characters",
         "role": "ignored",
         "prompt": "",
+        "joins_background": False,
         "reason_code": "group",
         "reason": "a group: its layers are read one by one",
     }

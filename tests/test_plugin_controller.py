@@ -10,6 +10,7 @@ from plugin_unit.fakes import (
     ErrorEvent,
     FakeClient,
     add,
+    background,
     bgra,
     frame_event,
     ignored,
@@ -58,16 +59,24 @@ def test_full_scene_then_only_changed_layers_after_a_pause(setup):
     ctl._send(force=True)
     kind, layers, kw = client.calls[-1]
     assert kind == "full" and layers == [("Background", True), ("a fox", True)]
-    assert kw["background_image"] is not None
-    n = len(client.calls)
+    assert kw["background_image"] is None, "no background image before the daemon says which layers join it"
+    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name"), region("a fox")))
     later(ctl, clock)
-    assert len(client.calls) == n, "nothing changed: nothing sent"
+    kind, layers, order, kw = client.calls[-1]
+    assert (kind, layers) == ("update", []) and kw["background_image"] is not None, "it follows the reading"
+    ctl._handle(frame_event(client.revision))
+    n = len(client.calls)
     fox.setPixelData(bgra(0, 0, 255, 255, 1), 5, 5, 1, 1)
     ctl._scan()  # seen, but held back: too soon after the last update
     assert len(client.calls) == n
     later(ctl, clock)
     kind, layers, order, kw = client.calls[-1]
     assert (kind, layers, order) == ("update", [("a fox", True)], None)
+    assert kw["background_image"] is None, "painting a region needs no new background image"
+    ctl._handle(frame_event(client.revision))
+    n = len(client.calls)
+    later(ctl, clock)
+    assert len(client.calls) == n, "nothing changed: nothing sent"
 
 
 def test_first_change_after_a_pause_goes_out_at_once(setup):
@@ -132,10 +141,9 @@ def test_roles_come_from_codes_never_from_sentences(setup):
     sketch.setPixelData(bgra(0, 0, 0, 255, 1), 15, 0, 1, 1)
     go_live(ctl)
     ctl._send(force=True)
-    first = client.calls[-1][2]["background_image"]
     px = (1 * 64 + 62) * 3  # the sketch's pixel, at the 64x64 output size
-    assert first[px : px + 3] == b"\x00\x00\x00", "before the daemon's reading, everything is canvas"
-    # The sentences are anything at all: only the codes count.
+    assert client.calls[-1][2]["background_image"] is None, "before the daemon's reading, no picture at all"
+    # The sentences are anything at all: only the codes and flags count.
     ctl._handle(
         scene_event(
             client.revision,
@@ -149,7 +157,7 @@ def test_roles_come_from_codes_never_from_sentences(setup):
     kind, layers, order, kw = client.calls[-1]
     assert layers == []
     bg_image = kw["background_image"]
-    assert bg_image[:3] == b"\xff\xff\xff", "the red fox region is not part of the canvas image"
+    assert bg_image[:3] == b"\xff\xff\xff", "the red fox region is not part of the background image"
     assert bg_image[px : px + 3] == b"\xff\xff\xff", "nor is the # sketch"
     ctl._handle(frame_event(client.revision))
     bg.setPixelData(bgra(0, 0, 0, 255, 1), 15, 15, 1, 1)
@@ -451,3 +459,130 @@ def test_no_document(setup):
     ctl._send(force=True)
     ctl._scan()
     assert ctl.output_size() == (0, 0) and ctl.rows == []
+
+
+def test_the_background_image_is_exactly_what_the_daemon_flags(setup):
+    """A filter layer's pixels are the whole picture below it: it is never sent nor composited, and
+    neither regions nor # layers reach the background image, in any update."""
+    ctl, client, clock, doc, bg, fox = setup
+    fox.setPixelData(bgra(0, 0, 255, 255, 16), 0, 0, 4, 4)
+    sketch = add(doc, "# sketch lines")
+    sketch.setPixelData(bgra(0, 0, 0, 255, 16), 12, 0, 4, 4)
+    meadow = add(doc, "bg: a meadow | strength: 0.5")
+    meadow.setPixelData(bgra(0, 160, 0, 255, 16 * 4), 0, 12, 16, 4)
+    add(doc, "Filter Layer 1 (Levels)", kind="filterlayer")
+    go_live(ctl)
+    ctl._send(force=True)
+    kind, layers, kw = client.calls[-1]
+    assert [n for n, _ in layers] == ["Background", "a fox", "# sketch lines", "bg: a meadow | strength: 0.5"]
+    readings = (
+        ignored("Background", "automatic_name"),
+        region("a fox"),
+        ignored("# sketch lines", "marker"),
+        background("bg: a meadow | strength: 0.5", "a meadow"),
+    )
+    ctl._handle(scene_event(client.revision, *readings))
+    later(ctl, clock)
+    image = client.calls[-1][-1]["background_image"]
+
+    def at(x, y):  # a canvas pixel at the 64x64 output size
+        o = (y * 4 * 64 + x * 4) * 3
+        return image[o : o + 3]
+
+    assert at(1, 1) == b"\xff\xff\xff", "the fox region is not in it"
+    assert at(14, 1) == b"\xff\xff\xff", "nor the # sketch"
+    assert at(1, 14) == b"\x00\xa0\x00", "the bg: layer is"
+    assert [r.role for r in ctl.rows][:1] == ["filter"] and "never read" in ctl.rows[0].text
+    # Painting the bg: layer sends a new image; still without regions, sketch or filter.
+    ctl._handle(frame_event(client.revision))
+    meadow.setPixelData(bgra(0, 160, 0, 255, 4), 0, 0, 2, 2)
+    later(ctl, clock)
+    image = client.calls[-1][-1]["background_image"]
+    assert at(0, 0) == b"\x00\xa0\x00" and at(14, 1) == b"\xff\xff\xff"
+
+
+def test_unusable_saved_settings_fall_back_to_the_defaults_and_are_said_once(setup):
+    """A .kra whose settings hold NaN or 1e400 (JSON readers take both): defaults, one notice, Live works."""
+    ctl, client, clock, doc, bg, fox = setup
+    other, _ = new_doc(16, 16)
+    add(other, "a cat").setPixelData(bgra(0, 0, 255, 255, 4), 0, 0, 2, 2)
+    other.setAnnotation(
+        kritaapi.ANNOTATION,
+        "",
+        b'{"preview_opacity": NaN, "seed": 1e400, "size": 1e400, "steps": -Infinity, "strength": NaN,'
+        b' "background_prompt": "a meadow", "preview_show": "preview"}',
+    )
+    other.setModified(False)
+    ctl._follow_document()
+    s = ctl.settings
+    assert (s["preview_opacity"], s["seed"], s["steps"], s["strength"]) == (0.5, 0, None, None)
+    assert (s["background_prompt"], s["preview_show"]) == ("a meadow", "preview"), "usable ones are kept"
+    assert s["size"] == settings.DEFAULTS["size"]
+    assert "unusable values (preview_opacity, seed, size, steps, strength)" in ctl.notice
+    stored = kritaapi.load_document_settings(other)
+    assert stored["preview_opacity"] == 0.5 and stored["seed"] == 0, "cleaned in the document"
+    assert not other.modified(), "cleaning is no edit"
+    go_live(ctl)
+    ctl._send(force=True)
+    ctl._handle(frame_event(client.revision))
+    assert ctl.error == "" and kritaapi.find_preview(other).opacity() == 255  # "preview" shows it alone
+    ctl._follow_document()
+    assert ctl.notice, "said while this document is active"
+    krita.Krita.instance()._doc = doc
+    ctl._follow_document()
+    krita.Krita.instance()._doc = other
+    ctl._follow_document()
+    assert ctl.notice == "", "said once: the document holds clean values now"
+
+
+def test_the_canvas_shows_both_by_default_and_one_key_swaps(setup):
+    ctl, client, clock, doc, bg, fox = setup
+    assert ctl.settings["preview_show"] == "both" and ctl.settings["preview_opacity"] == 0.5
+    go_live(ctl)
+    ctl._send(force=True)
+    ctl._handle(frame_event(client.revision))
+    krita.Krita.instance().process_queued()
+    ctl._handle(frame_event(client.revision))
+    preview = kritaapi.find_preview(doc)
+    assert preview.visible() and preview.opacity() == 128, "painting and preview both seen"
+    looks = []
+    for _ in range(3):
+        ctl.swap_show()
+        looks.append((ctl.settings["preview_show"], preview.visible(), preview.opacity() if preview.visible() else 0))
+    assert looks == [("preview", True, 255), ("painting", False, 0), ("both", True, 128)]
+
+
+def test_looking_differently_does_not_mark_the_document_modified(setup):
+    ctl, client, clock, doc, bg, fox = setup
+    doc.setModified(False)
+    for key, value in (("preview_mode", "docker"), ("preview_show", "painting"), ("preview_opacity", 0.3)):
+        ctl.set_setting(key, value)
+        assert not doc.modified(), key
+    assert kritaapi.load_document_settings(doc)["preview_mode"] == "docker", "still saved with the document"
+    ctl.set_setting("seed", 77)
+    assert doc.modified(), "a scene setting is an edit"
+
+
+def test_latency_counts_from_the_request_never_from_before_it(setup):
+    """Live pressed 15 s after the last edit, and a Generate meanwhile: latency is the wait for the frame."""
+    ctl, client, clock, doc, bg, fox = setup
+    ctl._scan()  # connected: the document is read without Live
+    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name"), region("a fox")))
+    later(ctl, clock)
+    ctl._handle(scene_event(client.revision, ignored("Background", "automatic_name"), region("a fox")))
+    clock.advance(40.0)
+    ctl.generate()
+    clock.advance(2.0)
+    ctl._handle(frame_event(client.revision, job=1))
+    clock.advance(15.0)  # the artist looks, then presses Live
+    ctl.set_live(True)
+    clock.advance(0.4)
+    ctl._handle(frame_event(client.revision))
+    assert ctl.stats.latency_ms == pytest.approx(400)
+
+
+def test_the_daemons_goodbye_is_said_once(setup):
+    ctl, client, clock, doc, bg, fox = setup
+    ctl._handle(state_event("disconnected", "daemon shutting down", "bye"))
+    text = ctl.status_text()[0]
+    assert text.count("closed the connection") == 1 and "daemon shutting down" in text

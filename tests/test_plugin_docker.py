@@ -44,13 +44,19 @@ def test_usable_at_350_px_high(dock):
     assert not d.findChild(QLabel, "smd_output_size").isVisible(), "scene settings fold away by default"
 
 
-def test_every_layer_in_its_row_with_warnings_and_the_full_name_on_hover(dock):
-    d, ctl, doc = dock
-    client = FakeClient()
+def connected(ctl, **client_kw) -> FakeClient:
+    """The controller connected to a fake daemon, the document read once."""
+    client = FakeClient(**client_kw)
     ctl.conn.client = client
     ctl.conn.set_state("connected", "", "connected")
     ctl._follow_document()
     ctl._scan()
+    return client
+
+
+def test_every_layer_in_its_row_with_warnings_and_the_full_name_on_hover(dock):
+    d, ctl, doc = dock
+    client = connected(ctl)
     long_name = doc.rootNode().childNodes()[-1].name()
     ctl._handle(
         scene_event(
@@ -97,6 +103,92 @@ def test_region_choice_only_where_the_daemon_offers_it(dock):
     assert ctl.settings["steps"] is None
 
 
+DEFAULT_COLUMN = 260  # Krita's default dock column at first start (262 px measured, 1366x768 and 1920x1080)
+
+
+def test_fits_krita_default_dock_column(dock):
+    """Every button whole at Krita's default width, every section open (the real-Krita test takes screenshots)."""
+    from PyQt5.QtWidgets import QAbstractButton
+
+    d, ctl, doc = dock
+    ctl.conn.client = FakeClient(capabilities={"region_modes": ["latent", "attention"]})
+    ctl.conn.set_state("connected", "", "connected")
+    for section in (d.preview_section, d.settings_section, d.daemon_section):
+        section.set_open(True)
+    d.refresh()
+    d.resize(DEFAULT_COLUMN, 900)
+    d.show()
+    QApplication.processEvents()
+    scroll = d.widget()
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width(), "nothing is squeezed"
+    for b in d.findChildren(QAbstractButton):
+        if b.isVisible() and scroll.widget().isAncestorOf(b):
+            left = b.mapTo(scroll.viewport(), QPoint(0, 0)).x()
+            assert 0 <= left and left + b.width() <= scroll.viewport().width(), b.objectName() or b.text()
+            need = b.minimumWidth() or b.minimumSizeHint().width()  # compact buttons: their text's width
+            assert b.width() >= need and b.width() >= b.fontMetrics().horizontalAdvance(b.text()), b.objectName()
+
+
+def test_live_on_is_seen_at_a_glance(dock):
+    d, ctl, doc = dock
+    ctl.live = True
+    d.refresh()
+    assert d.live_btn.isChecked() and d.live_btn.text() == "Live \u25cf"
+    assert "background-color" in d.live_btn.styleSheet() and ":checked" in d.live_btn.styleSheet()
+    ctl.live = False
+    d.refresh()
+    assert d.live_btn.text() == "Live"
+
+
+def test_warnings_are_shown_in_full_below_the_list(dock):
+    d, ctl, doc = dock
+    client = connected(ctl)
+    name = doc.rootNode().childNodes()[-1].name()
+    warning = "unknown option 'strenght' (ignored; did you mean 'strength'?)"
+    ctl._handle(
+        scene_event(
+            client.revision,
+            ignored("Background", "automatic_name"),
+            {"name": name, "role": "background", "prompt": "x", "warnings": [warning]},
+        )
+    )
+    d.resize(DEFAULT_COLUMN, 600)
+    d.show()
+    QApplication.processEvents()
+    label = d.findChild(QLabel, "smd_warnings")
+    assert label.isVisible() and warning in label.text().replace("\u200b", "")
+    assert label.height() >= label.heightForWidth(label.width()), "every line of it shown"
+
+
+def test_the_wheel_over_the_layer_list_scrolls_the_docker(dock):
+    from PyQt5.QtCore import QPointF, Qt
+    from PyQt5.QtGui import QWheelEvent
+
+    d, ctl, doc = dock
+    for section in (d.preview_section, d.settings_section, d.daemon_section):
+        section.set_open(True)
+    d.setFloating(True)
+    d.resize(DEFAULT_COLUMN, 350)
+    d.show()
+    QApplication.processEvents()
+    bar = d.widget().verticalScrollBar()
+    assert bar.maximum() > 0, "the docker has more than it shows"
+    tree = d.findChild(QTreeWidget, "smd_layers")
+    at = QPointF(tree.viewport().width() / 2, 5)
+    down = QWheelEvent(
+        at,
+        tree.viewport().mapToGlobal(at.toPoint()),
+        QPoint(),
+        QPoint(0, -120),
+        Qt.NoButton,
+        Qt.NoModifier,
+        Qt.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(tree.viewport(), down)
+    assert bar.value() > 0, "the list had nothing to scroll: the docker scrolled"
+
+
 def test_preview_choices_reach_the_settings(dock):
     d, ctl, doc = dock
     d.preview_section.set_open(True)
@@ -104,9 +196,13 @@ def test_preview_choices_reach_the_settings(dock):
     d.preview_opacity.setValue(40)
     assert ctl.settings["preview_mode"] == "docker"
     assert not d.preview_opacity.isEnabled(), "opacity is for the canvas layer"
+    assert not d.show_choice.isEnabled(), "nothing to choose on the canvas"
     d.preview_mode.setCurrentIndex(d.preview_mode.findData("canvas"))
     d.preview_opacity.setValue(40)
     assert ctl.settings["preview_opacity"] == 0.4
+    assert d.show_choice.buttons["both"].isChecked(), "the default shows painting and preview"
+    d.show_choice.buttons["painting"].click()  # one click
+    assert ctl.settings["preview_show"] == "painting"
 
 
 def test_unsupported_krita_gets_a_docker_saying_so():

@@ -23,7 +23,7 @@ def test_layers_bottom_to_top_groups_hidden_preview_and_masks_left_out():
     grp = add(doc, "a house", kind="grouplayer")
     win = add(doc, "a window", parent=grp)
     grp.setVisible(False)
-    add(doc, kritaapi.PREVIEW_NAME)
+    kritaapi.write_preview(doc, frame())  # the plugin's own preview: never input
     add(doc, "Transparency Mask 1", parent=fox, kind="transparencymask")
     got = [(l.name, l.kind, l.visible, l.depth) for l in kritaapi.layers(doc)]
     assert got == [
@@ -158,11 +158,41 @@ def test_preview_is_added_once_complete_locked_and_never_removed():
     again, previous = kritaapi.write_preview(doc, frame((1, 2, 3)))
     assert again is node and previous is None
     assert [s[0] for s in app.undo_stack] == ["add"], "one undo step for the whole of Live"
+    refreshes = doc.refreshes
     assert kritaapi.hide_preview(doc) and not node.visible()
+    assert doc.refreshes == refreshes + 1, "the canvas is redrawn without it, not only where painted next"
     assert kritaapi.find_preview(doc) is node, "Live off hides: removing would be an undo step"
     assert [s[0] for s in app.undo_stack] == ["add"]
+    kritaapi.set_preview_look(doc, True, 1.0)
+    assert doc.refreshes == refreshes + 2, "a new look is redrawn at once"
     node.remove()
     assert kritaapi.write_preview(doc, frame(), create=False) == (None, None)
+
+
+def test_the_preview_is_known_by_its_id_never_by_its_name():
+    """A layer the artist named "SMD Preview" is theirs: never written, hidden or left out of the scene."""
+    doc, bg = new_doc(8, 8)
+    app = krita.Krita.instance()
+    mine = add(doc, kritaapi.PREVIEW_NAME)
+    mine.setPixelData(bgra(1, 2, 3, 255, 64), 0, 0, 8, 8)
+    before = bytes(mine.pixelData(0, 0, 8, 8))
+    assert kritaapi.find_preview(doc) is None
+    assert not kritaapi.hide_preview(doc) and mine.visible()
+    node, _ = kritaapi.write_preview(doc, frame())
+    assert node is not mine and bytes(mine.pixelData(0, 0, 8, 8)) == before
+    assert kritaapi.own_layer_uid(doc, "preview") == node.uniqueId().toString(), "kept in the document"
+    kritaapi.write_preview(doc, frame((9, 9, 9)))
+    kritaapi.hide_preview(doc)
+    assert bytes(mine.pixelData(0, 0, 8, 8)) == before and mine.visible() and not mine.locked()
+    assert [l.name for l in kritaapi.layers(doc)] == ["Background", kritaapi.PREVIEW_NAME], "the artist's is read"
+    node.setName("renamed by the artist")
+    assert kritaapi.find_preview(doc) is node, "the plugin's own, whatever its name"
+    app.action("edit_undo").trigger()  # the preview's creation undone: its id finds nothing
+    assert kritaapi.find_preview(doc) is None
+    # Settings written later keep the record of the plugin's own layers.
+    kritaapi.save_document_settings(doc, {"seed": 3})
+    assert kritaapi.own_layer_uid(doc, "preview") == node.uniqueId().toString()
+    assert kritaapi.load_document_settings(doc) == {"seed": 3}
 
 
 def test_adding_a_layer_gives_the_artists_layer_back():
@@ -198,6 +228,9 @@ def test_apply_is_one_undo_step_numbered_from_one_below_the_preview():
 
 def test_document_settings_round_trip_and_bad_values():
     doc, _ = new_doc()
+    doc.setModified(False)
+    kritaapi.save_document_settings(doc, {"preview_mode": "docker"}, edit=False)
+    assert not doc.modified(), "how the document is looked at is no edit"
     kritaapi.save_document_settings(doc, {"seed": 7, "steps": 3})
     assert kritaapi.load_document_settings(doc) == {"seed": 7, "steps": 3}
     doc.setAnnotation(kritaapi.ANNOTATION, "", b"not json")

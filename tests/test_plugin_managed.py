@@ -91,3 +91,52 @@ def test_environment_of_krita_python_is_not_passed_on(tmp_path, monkeypatch):
     d.start()
     assert d.process.waitForFinished(10000)
     assert "PP=" in log.read_text() and "/krita/python/path" not in log.read_text()
+
+
+def test_the_address_defaults_to_the_daemon_install_py_recorded(tmp_path, monkeypatch):
+    """Until the artist types another address, the docker uses the one install.py recorded (and follows
+    a later install that serves elsewhere); an address the artist chose is kept."""
+    from smd_krita import kritaapi, settings
+
+    monkeypatch.setattr(managed, "PACKAGE_DIR", str(tmp_path))
+    settings.save_global(dict(settings.DEFAULTS))  # what an older plugin stored: the built-in address
+    assert settings.load_global()["address"] == settings.DEFAULTS["address"]  # nothing recorded yet
+    write_config(tmp_path, ["smd-daemon", "serve"], tmp_path / "d.log")  # install.py --serve, port 7999
+    assert settings.load_global()["address"] == "tcp://127.0.0.1:7999"
+    settings.save_global({**settings.load_global(), "seed": 5})
+    stored = json.loads(kritaapi.read_setting(settings.GROUP, "settings"))
+    assert "address" not in stored and stored["seed"] == 5
+    config = json.loads((tmp_path / managed.CONFIG).read_text())
+    (tmp_path / managed.CONFIG).write_text(json.dumps({**config, "address": "tcp://127.0.0.1:7591"}))
+    assert settings.load_global()["address"] == "tcp://127.0.0.1:7591"
+    settings.save_global({**settings.load_global(), "address": "10.0.0.2:7555"})
+    (tmp_path / managed.CONFIG).write_text(json.dumps({**config, "address": "tcp://127.0.0.1:7600"}))
+    assert settings.load_global()["address"] == "10.0.0.2:7555"
+
+
+# A daemon stand-in that, like `serve --watch-stdin`, stops when its standard input closes, and
+# (like a console program on Windows) does not hear QProcess.terminate().
+WATCHING_SERVE = r"""
+import os, signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("serving", flush=True)
+while os.read(0, 1024):
+    pass
+print("standard input closed", flush=True)
+"""
+
+
+def test_stop_closes_the_daemons_standard_input(tmp_path):
+    """Stop ends the input the daemon watches (how Stop reaches it on Windows), besides SIGTERM; the
+    pipe stays open while it runs."""
+    log = tmp_path / "d.log"
+    write_config(tmp_path, [sys.executable, "-c", WATCHING_SERVE], log)
+    d = managed.ManagedDaemon(folder=str(tmp_path))
+    d.start()
+    assert d.process.waitForStarted(10000)
+    assert run_until(lambda: "serving" in log.read_text())
+    assert not run_until(lambda: "closed" in log.read_text(), timeout=1.0), "its standard input stays open"
+    d.stop(wait=True)
+    assert d.process.state() == QProcess.NotRunning
+    assert d.process.exitStatus() == QProcess.NormalExit and d.process.exitCode() == 0, "not killed"
+    assert "standard input closed" in log.read_text()

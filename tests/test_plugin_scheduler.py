@@ -95,6 +95,25 @@ def test_latency_is_measured_from_noticing_once_per_revision():
     assert s.answered(1) is None, "a later frame of the same revision measures nothing"
 
 
+def test_a_request_without_an_edit_is_timed_from_the_request():
+    """Live pressed (or Generate) long after the last edit: the latency is not the time since that edit."""
+    s, clock = make()
+    s.notice("a")
+    s.sent(1)
+    s.answered(1)
+    clock.advance(15.0)  # the artist looks at the painting, then presses Live
+    s.notice("a")  # nothing changed
+    s.sent(2)
+    clock.advance(0.3)
+    assert abs(s.answered(2) - 0.3) < 1e-9
+    clock.advance(40.0)
+    s.notice("b")  # an edit, noticed now
+    clock.advance(0.1)
+    s.sent(3)
+    clock.advance(0.2)
+    assert abs(s.answered(3) - 0.3) < 1e-9, "timed from the edit it carries"
+
+
 def test_reset_forgets_unanswered_revisions():
     s, clock = make()
     s.notice("a")

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from install import VENDORED
 from smd_daemon import protocol
 from smd_daemon.protocol import ErrorCode as E
 from smd_daemon.protocol import ProtocolError
@@ -222,7 +223,7 @@ def test_vendored_copies_work_as_a_package_of_their_own(tmp_path):
     pkg = tmp_path / "vendored_smd"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name in ("protocol.py", "scenestate.py", "events.py", "link.py", "client.py"):
+    for name in VENDORED:
         shutil.copyfile(os.path.join(ROOT, "smd_daemon", name), pkg / name)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     r = subprocess.run(

@@ -22,7 +22,7 @@ from PIL import Image
 
 from smd_daemon.engine.masks import as_float_mask
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
-from smd_daemon.scenefile import Overrides, load_scene
+from smd_daemon.scenefile import Overrides, dockersettings, load_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -663,6 +663,38 @@ def test_cli_renders_json(tmp_path):
         assert np.asarray(im).std() > 0  # an image, not a blank
 
 
+def test_json_keys_nothing_reads_are_named_in_one_warning_line(tmp_path):
+    mask = np.full((64, 64), 255, np.uint8)
+    doc = {
+        "width": 64,
+        "height": 64,
+        "controls": [{"type": "depth"}],
+        "backgroud": {"prompt": "a meadow"},
+        "regions": [{"prompt": "a fox", "mask": "m.png", "stength": 0.5}],
+    }
+    loaded = load_scene(make_json(tmp_path, doc, {"m.png": mask}))
+    assert loaded.scene.background.prompt == "" and loaded.scene.regions[0].mask_strength == 1  # as if absent
+    (line,) = loaded.warnings
+    assert "'controls'" in line and "'backgroud' (did you mean 'background'?)" in line
+    assert "'stength' in region 1 (did you mean 'strength'?)" in line
+    doc = {
+        "width": 64,
+        "height": 64,
+        "background": {"prompt": "a meadow"},
+        "regions": [{"prompt": "a", "mask": "m.png"}],
+    }
+    assert load_scene(make_json(tmp_path, doc, {"m.png": mask})).warnings == []  # a clean file says nothing
+
+    out = tmp_path / "out.png"
+    proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
+    assert proc.returncode == 0 and "does not know" not in proc.stderr, proc.stderr
+    make_json(tmp_path, {**doc, "backgroud": {}, "controls": []}, {})
+    proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
+    told = [line for line in proc.stderr.splitlines() if "does not know" in line]
+    assert proc.returncode == 0 and len(told) == 1 and "WARNING" in told[0], proc.stderr
+    assert "'backgroud'" in told[0] and "'controls'" in told[0]
+
+
 # ---------------------------------------------------------------- a file written by real Krita
 
 KRITA_EXPORT = """
@@ -803,6 +835,86 @@ def test_krita_export_of_groups_masks_and_a_filter_layer_reads_as_the_artist_see
         ours = ora_reader.background_image(zf, tree, everything, 64, 64, 64, 64, str(ora))
         krita = np.asarray(Image.open(io.BytesIO(zf.read("mergedimage.png"))).convert("RGB"))
     assert np.abs(ours.astype(int) - krita.astype(int)).max() <= 1
+
+
+# The plugin saves its per-document settings as it does in kritaapi.document.save_document_settings.
+KRITA_SAVE_WITH_DOCKER_SETTINGS = """
+import os
+from krita import Krita, InfoObject
+from PyQt5.QtCore import QByteArray
+
+
+def save(*_):
+    k = Krita.instance()
+    k.setBatchmode(True)
+    doc = k.createDocument(256, 128, "drawing", "RGBA", "U8", "", 300.0)
+    doc.setBatchmode(True)
+    fox = doc.createNode("a red fox", "paintlayer")
+    fox.setPixelData(bytes((0, 0, 255, 255)) * (64 * 64), 32, 32, 64, 64)
+    doc.rootNode().addChildNode(fox, None)
+    doc.setAnnotation(os.environ["NAME"], "SMD Live settings", QByteArray(os.environ["SETTINGS"].encode()))
+    doc.refreshProjection()
+    doc.waitForDone()
+    print("saved", doc.saveAs(os.environ["KRA_OUT"]), doc.exportImage(os.environ["ORA_OUT"], InfoObject()))
+    doc.setModified(False)
+    doc.close()
+"""
+
+
+def test_the_docker_settings_name_is_the_plugins():
+    source = open(os.path.join(ROOT, "krita_plugin", "smd_krita", "kritaapi", "document.py"), encoding="utf-8").read()
+    assert re.search(r'^ANNOTATION = "([^"]+)"', source, re.M).group(1) == dockersettings.ANNOTATION
+
+
+@pytest.mark.krita
+@krita_missing
+def test_render_says_where_it_differs_from_the_docker_settings_saved_in_the_kra(tmp_path):
+    settings = {"size": 128, "region_mode": "attention", "steps": 2, "seed": 42, "seed_locked": True, "strength": None}
+    kra, ora = tmp_path / "drawing.kra", tmp_path / "drawing.ora"
+    proc = kritarunner(
+        tmp_path,
+        KRITA_SAVE_WITH_DOCKER_SETTINGS,
+        "save",
+        NAME=dockersettings.ANNOTATION,
+        SETTINGS=json.dumps(settings, sort_keys=True),
+        KRA_OUT=str(kra),
+        ORA_OUT=str(ora),
+    )
+    assert kra.exists() and ora.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    # What Krita writes: the settings inside the .kra, none in its OpenRaster export.
+    assert dockersettings.read(str(kra)) == settings and dockersettings.read(str(ora)) is None
+    assert "drawing/annotations/smd-live" in zipfile.ZipFile(kra).namelist()
+
+    out = tmp_path / "out.png"
+    proc = run_render(ora, "-o", out, "--model", "tiny", "--no-progress")
+    told = [line for line in proc.stderr.splitlines() if "docker's settings" in line]
+    assert proc.returncode == 0 and len(told) == 1 and "WARNING" in told[0], proc.stderr
+    assert "long side 128 px there, 256 px here; region mode attention there, latent here" in told[0], told
+    assert "steps 2 there, 4 here; seed 42 there, 0 here" in told[0], told
+    flags = told[0].split("add: ")[1].split()
+    assert flags == ["--width", "128", "--region-mode", "attention", "--steps", "2", "--seed", "42"], told
+
+    proc = run_render(ora, "-o", out, "--model", "tiny", "--no-progress", *flags)
+    assert proc.returncode == 0 and "this render matches them" in proc.stderr, proc.stderr
+    with Image.open(out) as im:
+        assert im.size == (128, 64)
+
+    line = assert_one_line_error(render_here(kra, "-o", out, "--model", "tiny"))
+    assert "export it as OpenRaster" in line
+
+
+def test_damaged_docker_settings_are_skipped(tmp_path):
+    ora = make_ora(tmp_path / "s.ora", 64, 64, _ok_layers())
+    kra = tmp_path / "s.kra"
+    for payload in (b"[1, 2]", b"\xff\xfe", b"{" * 70000, b'{"size": NaN, "region_mode": "attention", "steps": 1e400}'):
+        with zipfile.ZipFile(kra, "w") as zf:
+            zf.writestr("s/annotations/smd-live", payload)
+        found = dockersettings.find(str(ora))
+        assert (found is None) == (not payload.startswith(b'{"')), payload[:20]
+    where, values = found
+    assert where == str(kra)
+    scene = load_scene(ora).scene
+    assert [d.what for d in dockersettings.differences(values, scene)] == ["region mode"]  # NaN, 1e400: unset
 
 
 # ---------------------------------------------------------------- region modes

@@ -4,11 +4,12 @@ flow, admission, throttled logging and the memory budget."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
-from smd_daemon.server.admission import LogThrottle, PeerTable
+from smd_daemon.server.admission import LogThrottle, Origin, PeerTable, origin_of, printable
 from smd_daemon.server.frames import FrameFlow
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.messages import FrameReady, Job
@@ -131,7 +132,68 @@ def test_peers_before_hello_are_bounded_and_each_has_its_own_budget():
         table.admit(b"stranger%d" % i, 1.0 + i)
     assert len(table) == 3 and table.get(b"flood") is None  # the least recently heard went first
     peer = table.admit(b"stranger4", 10.0)
-    assert table.welcome(peer, 10.0) and peer.bucket.rate == 100
+    table.welcome(peer, 10.0)
+    assert peer.welcomed and peer.bucket.rate == 100
+
+
+def test_one_origin_has_at_most_its_share_of_the_connections():
+    table = PeerTable(max_clients=4, max_pending=10, rate=100, hello_rate=5, max_per_origin=2)
+    alice, bob = Origin("key", "alice"), Origin("key", "bob")
+
+    def hello(identity, origin):
+        peer = table.admit(identity, 0.0)
+        peer.origin = origin
+        table.welcome(peer, 0.0)
+
+    hello(b"a1", alice)
+    hello(b"a2", alice)
+    with pytest.raises(ProtocolError) as e:
+        hello(b"a3", alice)
+    assert e.value.code == ErrorCode.QUOTA and "client key alice" in e.value.message
+    hello(b"b1", bob)  # others still get in
+    hello(b"b2", bob)
+    table.remove(b"a1")  # a connection that leaves gives its place back
+    hello(b"a3", alice)
+    with pytest.raises(ProtocolError) as e:
+        hello(b"c1", Origin("key", "carol"))
+    assert e.value.code == ErrorCode.BUSY  # all four places taken
+
+
+class Frame:
+    """What ``origin_of`` reads of a zmq.Frame: its properties (absent ones raise, as libzmq's EINVAL)."""
+
+    def __init__(self, **props):
+        self.props = props
+
+    def get(self, name):
+        if name not in self.props:
+            raise OSError("EINVAL")
+        return self.props[name]
+
+
+@pytest.mark.parametrize(
+    "props,transport,origin",
+    [
+        ({"User-Id": "alice", "Peer-Address": "10.0.0.5"}, "tcp", Origin("key", "alice")),  # the key wins
+        ({"Peer-Address": "10.0.0.5"}, "tcp", Origin("host", "10.0.0.5")),
+        ({"Peer-Address": "::ffff:10.0.0.5"}, "tcp", Origin("host", "::ffff:10.0.0.5")),
+        ({"Peer-Address": "127.0.0.1"}, "tcp", Origin("connection", "0000c0de")),  # every local process alike
+        ({"Peer-Address": "::1"}, "tcp", Origin("connection", "0000c0de")),
+        ({"Peer-Address": "::ffff:127.0.0.1"}, "tcp", Origin("connection", "0000c0de")),
+        ({"Peer-Address": "localhost:1000:1000:4242"}, "ipc", Origin("user", "1000")),
+        ({}, "tcp", Origin("connection", "0000c0de")),
+        ({}, "inproc", Origin("connection", "0000c0de")),
+    ],
+)
+def test_a_connection_is_counted_by_its_key_its_local_user_or_its_host(props, transport, origin):
+    assert origin_of(Frame(**props), b"\x00\x00\xc0\xde", transport) == origin
+
+
+def test_text_a_peer_chose_is_logged_on_one_line_without_terminal_codes():
+    shown = printable("krita\x1b[2J\nFAKE 12:00 INFO refused\u202e\r\x00" + "x" * 200, 60)
+    assert shown.isprintable() and "\n" not in shown and "\x1b" not in shown and len(shown) < 100
+    assert shown.startswith("krita\\x1b[2J\\nFAKE") and "\\u202e" in shown and shown.endswith("...")
+    assert printable("Füchse im Schnee") == "Füchse im Schnee"  # letters of any language stay as they are
 
 
 def test_log_throttle_says_it_once_per_interval_with_a_count(caplog):
@@ -160,3 +222,52 @@ def test_memory_budget_per_session_and_in_all():
     budget.reserve("b", 60)
     budget.release("a")
     assert budget.used == 60
+
+
+def test_session_order_runs_each_sessions_tasks_in_order_and_sessions_side_by_side():
+    import threading
+
+    from smd_daemon.server.ordered import SessionOrder
+
+    order = SessionOrder(2, "test")
+    started, gate, ran = threading.Event(), threading.Event(), []
+
+    def task(session, i):
+        if (session, i) == ("a", 0):
+            started.set()
+            gate.wait(10)  # a's first task holds a's queue, not b's
+        ran.append((session, i))
+
+    def wait_for(n):
+        deadline = time.monotonic() + 10
+        while len(ran) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    try:
+        assert order.submit("a", task, "a", 0, cost=10, max_tasks=2, max_cost=25)
+        assert started.wait(10)  # running: no longer waiting, nor counted
+        assert order.submit("a", task, "a", 1, cost=10, max_tasks=2, max_cost=25)
+        assert not order.submit("a", task, "a", 9, cost=20, max_tasks=2, max_cost=25)  # 10 + 20 waiting > 25
+        assert order.submit("a", task, "a", 2, cost=15, max_tasks=2, max_cost=25)
+        assert not order.submit("a", task, "a", 9, max_tasks=2)  # two already wait
+        assert [args[1] for args in order.waiting("a")] == [1, 2]
+        for i in range(3):
+            order.submit("b", task, "b", i)
+        wait_for(3)
+        assert ran == [("b", 0), ("b", 1), ("b", 2)]  # b went on while a's first task waited
+        gate.set()
+        wait_for(6)
+        assert ran[3:] == [("a", 0), ("a", 1), ("a", 2)]
+        assert not order.drop("a")  # nothing runs for it any more
+        started.clear()
+        gate.clear()
+        order.submit("a", task, "a", 0)
+        assert started.wait(10)
+        order.submit("a", task, "a", 5)
+        assert order.drop("a") and order.waiting("a") == []  # the running one finishes, the waiting one is gone
+        gate.set()
+        wait_for(7)
+        time.sleep(0.1)
+        assert ran[6:] == [("a", 0)]
+    finally:
+        order.shutdown()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .kritaapi import PREVIEW_NAME
 
 GROUP_TEXT = "group: its layers are read one by one, as you see them"
+FILTER_TEXT = "filter layer: never read (the background image has the layers below it unfiltered)"
 PREVIEW_TEXT = "the live preview (never read)"
 
 
@@ -17,7 +18,7 @@ class Row:
     uid: str
     name: str
     parent: str  # uid of the enclosing group, "" at the top
-    role: str  # "region", "background", "ignored", "group", "preview" or "" (not read yet)
+    role: str  # "region", "background", "ignored", "group", "filter", "preview" or "" (not read yet)
     code: str  # the daemon's reason_code for an ignored layer
     text: str  # how it is read, in words
     warnings: list = field(default_factory=list)
@@ -55,6 +56,9 @@ def rows(layers: list, reading_of, connected: bool, preview: bool = False) -> li
             if layer.is_group:
                 out.append(Row(layer.uid, layer.name, layer.parent, "group", "group", GROUP_TEXT))
                 emit(layer.uid)
+                continue
+            if layer.is_filter:
+                out.append(Row(layer.uid, layer.name, layer.parent, "filter", "filter", FILTER_TEXT))
                 continue
             reading = reading_of(layer.uid)
             if reading is None or reading.get("name") != layer.name:

@@ -21,8 +21,8 @@ import time
 from PyQt5.QtCore import QCoreApplication, QObject, QTimer, pyqtSignal
 from PyQt5.QtGui import QImage
 
-from . import kritaapi, layerlist, pixels, settings, status
-from .connection import Connection
+from . import kritaapi, pixels, settings, status
+from .connection import Connection, same_address
 from .managed import ManagedDaemon
 from .output import PreviewOutput
 from .sync import SceneSync
@@ -39,21 +39,19 @@ class Controller(QObject):
     def __init__(self, parent=None, clock=time.monotonic, managed: ManagedDaemon | None = None):
         super().__init__(parent)
         self.clock = clock
-        self.settings = settings.load_global()
+        self.store = settings.Store()
         self.conn = Connection(lambda: self._guarded(self._service), self)
         self.error = ""
         self.live = False
         self.doc = None
         self.rows: list = []  # layerlist.Row, how every layer is read
         self.frame_event = None  # newest live frame
-        self.result: QImage | None = None  # newest one-shot result, until applied
         self.progress = ""
         self.stats = status.Stats(clock)
         self.sync = SceneSync(clock)
         self.output = PreviewOutput(clock)
         self.guard = kritaapi.SaveGuard(self)
         self.managed = managed if managed is not None else ManagedDaemon(parent=self)
-        self.write_ms = 0.0
         app = QCoreApplication.instance()
         if app is not None:  # Krita quits: stop the daemon this plugin started, and only that one
             app.aboutToQuit.connect(lambda: self.managed.stop(wait=True))
@@ -64,18 +62,30 @@ class Controller(QObject):
 
     # ---------------------------------------------------------- settings
 
+    @property
+    def settings(self) -> dict:
+        return self.store.values
+
+    @property
+    def notice(self) -> str:
+        return self.store.notice
+
+    @property
+    def result(self) -> QImage | None:
+        """The newest one-shot result, until applied."""
+        return self.output.result
+
     def set_setting(self, key: str, value) -> None:
         self._follow_document()  # the docker may be faster than the timer after a document change
-        if self.settings.get(key) == value:
+        if not self.store.set(key, value, self.doc, self.limits):
             return
-        self.settings[key] = value
-        self.settings = settings.clean(self.settings, self.limits)
-        settings.save_global(self.settings)
-        if key in settings.DOCUMENT_KEYS and self.doc is not None:
-            kritaapi.save_document_settings(self.doc, settings.document_part(self.settings))
         if key.startswith("preview_"):
             self.output.restyle(self.doc, self.settings)
         self.changed.emit()
+
+    def swap_show(self) -> None:
+        """The one-key swap of what the canvas shows: both, the preview, the painting, both..."""
+        self.set_setting("preview_show", settings.next_show(self.settings["preview_show"]))
 
     def randomize_seed(self) -> None:
         self.set_setting("seed", random.randrange(0, settings.MAX_SEED))
@@ -135,6 +145,13 @@ class Controller(QObject):
             self.set_setting("address", self.managed.address)
             self.connect_daemon()
 
+    def stop_managed(self) -> None:
+        """Stop the local daemon; connected to it, disconnect first: the artist stopped it, so
+        nothing reconnects (and the status does not say it will)."""
+        if self.client is not None and same_address(self.client.address, self.managed.address):
+            self.disconnect_daemon()
+        self.managed.stop()
+
     # ---------------------------------------------------------- live / generate / apply
 
     def set_live(self, on: bool) -> None:
@@ -176,24 +193,15 @@ class Controller(QObject):
     def apply(self) -> bool:
         """Copy the newest result (or live frame) into a new paint layer, one undo step."""
         self._follow_document()
-        img = self.result if self.result is not None else self.output.image
-        if self.doc is None or img is None:
-            self.error = "nothing to apply yet: press Live or Generate first"
-            self.changed.emit()
-            return False
-        try:
-            node, previous = kritaapi.apply_frame(self.doc, img)
-        except kritaapi.Unsupported as e:
-            self.error = str(e)
-            self.changed.emit()
-            return False
-        self.output.keeper.added(self.doc, node, previous)
-        if self.result is not None:
-            self.result, self.progress = None, ""
+        problem = self.output.apply(self.doc)
+        if problem:
+            self.error = problem
+        elif self.result is not None:
+            self.output.result, self.progress = None, ""
             if not self.live:
                 self.output.stop(self.doc)  # the result is a layer now
         self.changed.emit()
-        return True
+        return not problem
 
     # ---------------------------------------------------------- the loop
 
@@ -223,12 +231,12 @@ class Controller(QObject):
         if self.doc is not None and kritaapi.is_open(self.doc):  # Krita crashes on a closed one
             self.output.stop(self.doc)
         self.doc = doc
-        self.frame_event, self.result, self.progress = None, None, ""
+        self.frame_event, self.output.result, self.progress = None, None, ""
         self.output.start()
         self.sync.reset()
+        self.store.notice = ""
         if doc is not None:
-            stored = kritaapi.load_document_settings(doc)
-            self.settings.update(settings.document_part({**self.settings, **stored}))
+            self.store.follow(doc, self.limits)
         self.changed.emit()
 
     def _service(self) -> None:
@@ -267,7 +275,7 @@ class Controller(QObject):
             self.error = f"could not decode a {ev.encoding} frame"
             return
         if ev.job is not None:
-            self.result, self.progress = img, "result ready: press Apply"
+            self.output.result, self.progress = img, "result ready: press Apply"
             if not self.live and self.doc is not None:
                 self._show(img)  # with Live off the preview shows the result
             return
@@ -283,25 +291,19 @@ class Controller(QObject):
         self.sync.shown(ev, handled)
 
     def _show(self, img: QImage) -> bool:
-        t0 = time.perf_counter()
         try:
             self.output.show(self.doc, img, self.settings)
         except kritaapi.Unsupported as e:
             self.error = str(e)
             return False
-        self.write_ms = (time.perf_counter() - t0) * 1000
         return True
 
     # ---------------------------------------------------------- reading the document
 
     def _scan(self) -> None:
         """Notice changes; send them once the artist pauses (scheduler)."""
-        if self.doc is None:
-            if self.sync.follow([]):
-                self._update_rows()
-            return
-        if not self.conn.connected:
-            if self.sync.follow(kritaapi.layers(self.doc)):  # names only: nothing is read while nobody listens
+        if self.doc is None or not self.conn.connected:
+            if self.sync.follow_names(self.doc):
                 self._update_rows()
             return
         self._send(force=False)
@@ -321,8 +323,7 @@ class Controller(QObject):
             self._update_rows()
 
     def _update_rows(self) -> None:
-        preview = self.doc is not None and kritaapi.find_preview(self.doc) is not None
-        self.rows = layerlist.rows(self.sync.layers, self.sync.reader.reading, self.conn.connected, preview)
+        self.rows = self.sync.rows(self.doc, self.conn.connected)
         self.changed.emit()
 
 

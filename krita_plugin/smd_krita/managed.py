@@ -9,6 +9,12 @@ beside this package::
 The docker offers Start and Stop, shows how far the model has loaded and the
 last lines of the log. When Krita quits, the plugin stops the process it
 started, and only that one: a daemon started any other way is never touched.
+
+The daemon's standard input is a pipe from Krita (QProcess's default), and
+install.py's command has ``--watch-stdin``: the system closes that pipe
+whenever Krita ends, a crash or SIGKILL included, and the daemon then stops
+as on SIGTERM. Closing it is also how Stop reaches the daemon on Windows,
+where QProcess.terminate() cannot signal a console program.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class ManagedDaemon(QObject):
         proc.setProcessEnvironment(env)
         proc.setProcessChannelMode(QProcess.MergedChannels)
         proc.setStandardOutputFile(log, QIODevice.Append)
+        # stdin stays a pipe from Krita (never closed until Stop): when Krita ends, it reaches end of file.
         proc.setProgram(self.config["command"][0])
         proc.setArguments(self.config["command"][1:])
         proc.finished.connect(self._finished)
@@ -99,6 +106,7 @@ class ManagedDaemon(QObject):
         proc = self.process
         if proc is None or proc.state() == QProcess.NotRunning:
             return
+        proc.closeWriteChannel()  # end of input: --watch-stdin stops the daemon, on every platform
         proc.terminate()
         if wait:
             if not proc.waitForFinished(STOP_WAIT_MS):

@@ -1,5 +1,6 @@
-"""Where frames are shown: the preview layer on the canvas (with the
-document's visibility and opacity) or a view inside the docker.
+"""Where frames and results are shown: the preview layer on the canvas (as
+the document's "show" choice says) or a view inside the docker; and Apply,
+which copies the newest result (or frame) into a layer of its own.
 
 Never in the artist's way (see kritaapi.preview): the layer is added once
 per document and never removed (Live off hides it), and Krita's habit of
@@ -15,13 +16,15 @@ import time
 
 from PyQt5.QtGui import QImage
 
-from . import kritaapi
+from . import kritaapi, settings
 
 
 class PreviewOutput:
     def __init__(self, clock=time.monotonic):
         self.keeper = kritaapi.ActiveKeeper(clock)
         self.image: QImage | None = None  # the newest picture, for the docker's view
+        self.result: QImage | None = None  # the newest one-shot result, until applied
+        self.write_ms = 0.0  # how long showing the last picture took
         self.lost = False  # the canvas layer vanished during this session
         self._written = False  # the canvas layer was written during this session
 
@@ -34,15 +37,19 @@ class PreviewOutput:
         return values["preview_mode"] == "docker" or self.lost
 
     def show(self, doc, img: QImage, values: dict) -> None:
-        """Show a frame (or a generated result) as the document's settings say."""
+        """Show a frame (or a generated result) as the document's settings say.
+        Raises kritaapi.Unsupported when the document cannot show it."""
+        t0 = time.perf_counter()
+        self._show(doc, img, values)
+        self.write_ms = (time.perf_counter() - t0) * 1000
+
+    def _show(self, doc, img: QImage, values: dict) -> None:
         self.image = img
         if self.in_docker(values):
             kritaapi.hide_preview(doc)
             return
-        visible = values["preview_visible"]
-        node, previous = kritaapi.write_preview(
-            doc, img, visible, values["preview_opacity"], create=visible and not self._written
-        )
+        visible, opacity = settings.canvas_look(values)
+        node, previous = kritaapi.write_preview(doc, img, visible, opacity, create=visible and not self._written)
         if node is None and not visible:
             return  # hidden: no layer is added for it
         if node is None:
@@ -57,8 +64,8 @@ class PreviewOutput:
             return
         if self.in_docker(values):
             kritaapi.hide_preview(doc)
-        elif self.image is not None:
-            kritaapi.set_preview_look(doc, values["preview_visible"], values["preview_opacity"])
+        elif self.image is not None:  # the newest picture (frames meanwhile went to the docker), as chosen
+            kritaapi.write_preview(doc, self.image, *settings.canvas_look(values), create=False)
 
     def stop(self, doc) -> None:
         """Live off, or the result was applied: hide the layer, forget the picture."""
@@ -66,3 +73,16 @@ class PreviewOutput:
         self.start()
         if doc is not None:
             kritaapi.hide_preview(doc)
+
+    def apply(self, doc) -> str:
+        """Copy the newest result (or, without one, the frame shown) into a new paint layer, one
+        undo step; '' or why not."""
+        img = self.result if self.result is not None else self.image
+        if doc is None or img is None:
+            return "nothing to apply yet: press Live or Generate first"
+        try:
+            node, previous = kritaapi.apply_frame(doc, img)
+        except kritaapi.Unsupported as e:
+            return str(e)
+        self.keeper.added(doc, node, previous)
+        return ""

@@ -6,8 +6,8 @@ frames three (RGB) or four (BGRA, Krita's order for RGBA/U8 documents).
 
 from __future__ import annotations
 
-from PyQt5.QtCore import QByteArray, QRectF, Qt
-from PyQt5.QtGui import QImage, QPainter
+from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, QRectF, QSize, Qt
+from PyQt5.QtGui import QImage, QImageReader, QPainter
 
 
 def packed_bytes(img: QImage, bytes_per_pixel: int, qt: bool = False):
@@ -64,14 +64,30 @@ def frame_image(data: bytes, width: int, height: int, channels: int = 3) -> QIma
     return from_bytes(data, width, height, fmt, channels)
 
 
+_QT_FORMATS = {"png": b"png", "jpeg": b"jpeg", "webp": b"webp"}
+
+
 def decode_frame(encoding: str, data: bytes, width: int, height: int, channels: int) -> QImage:
-    """A daemon frame or result as a QImage (a null image when it does not decode)."""
+    """A daemon frame or result as a QImage of exactly ``width`` x ``height`` (a
+    null image when it is not one). An encoded frame is decoded only with the
+    reader of its own format, and only once its file header has named that size:
+    a small file that names a huge image allocates nothing."""
     if encoding == "raw":
         try:
             return frame_image(data, width, height, channels)
         except ValueError:
             return QImage()
-    return QImage.fromData(data)
+    if encoding not in _QT_FORMATS:
+        return QImage()
+    buffer = QBuffer()
+    buffer.setData(QByteArray(data))
+    buffer.open(QIODevice.ReadOnly)
+    reader = QImageReader(buffer, _QT_FORMATS[encoding])
+    reader.setAutoDetectImageFormat(False)  # a PNG sent as "jpeg" is not decoded as a PNG
+    if reader.size() != QSize(width, height):
+        return QImage()
+    img = reader.read()
+    return img if img.size() == QSize(width, height) else QImage()
 
 
 def to_canvas_bgra(img: QImage, width: int, height: int):

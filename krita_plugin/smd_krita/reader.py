@@ -1,10 +1,15 @@
 """Reading the document into scene updates: which layers changed, their
-alpha planes, and the canvas image of the layers that are not regions.
+alpha planes, and the background image.
 
 Groups are not sent: a group's name is never read, its layers are, each as
-the artist sees it (kritaapi.reading). How the daemon read each layer comes
-back in its ``scene`` reply; the reader decides on the reply's codes
-(``role``, ``reason_code``), never on its sentences.
+the artist sees it (kritaapi.reading). Filter layers are not sent either:
+their pixels are the layers below them, filtered, not a picture of their own
+(docs/plugin.md). How the daemon read each layer comes back in its ``scene``
+reply; the reader decides on the reply's codes and flags (``role``,
+``reason_code``, ``joins_background``), never on its sentences. The
+background image is composited from exactly the layers the daemon flags
+``joins_background``: the grammar decides it, once, for the plugin and for
+``smd-daemon render``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ from .transport import client as client_mod
 
 # Ignored by the daemon whatever their pixels: no alpha plane needed.
 NO_PIXELS_NEEDED = frozenset({"automatic_name", "marker", "plugin_layer", "no_name"})
-# Never part of the canvas image (sketches, the plugin's own results).
-NOT_CANVAS = frozenset({"marker", "plugin_layer"})
 # Scene settings that travel inside the update's "background" object.
 _BACKGROUND_KEYS = {"background_prompt": "prompt", "background_strength": "strength"}
 
@@ -29,7 +32,7 @@ class Snapshot:
 
     layers: list  # every kritaapi.Layer, groups included, bottom to top
     fps: dict  # uid -> fingerprint, for the layers sent
-    order: list  # uids of the layers sent (every layer but groups), bottom to top
+    order: list  # uids of the layers sent (every layer but groups and filter layers), bottom to top
     size: tuple
     settings: dict
 
@@ -38,7 +41,7 @@ class Snapshot:
 
     @property
     def sent_layers(self) -> list:
-        return [layer for layer in self.layers if not layer.is_group]
+        return [layer for layer in self.layers if layer.is_sent]
 
 
 @dataclass
@@ -80,13 +83,15 @@ class LayerReader:
         self._sent_bg_crc = None
         self._roles: dict = {}  # uid -> the daemon's reading of that layer
         self._order_at: dict = {}  # revision -> the order it sent
-        self.bg_dirty = True  # the canvas image must be recomposed
+        self.bg_dirty = True  # the background image must be recomposed
+        self._bg_waiting = False  # held back until the daemon has read every visible layer
+        self._last_revision = 0
 
     # ---------------------------------------------------------------- noticing
 
     def snapshot(self, doc, size: tuple, settings: dict) -> Snapshot:
         layers = kritaapi.layers(doc)
-        sent = [layer for layer in layers if not layer.is_group]
+        sent = [layer for layer in layers if layer.is_sent]
         return Snapshot(
             layers, {l.uid: kritaapi.fingerprint(l) for l in sent}, [l.uid for l in sent], tuple(size), dict(settings)
         )
@@ -117,8 +122,8 @@ class LayerReader:
         if full:
             self._sent_bg_crc = None
         background = None
-        # Regions are not part of the canvas image: painting on one needs no new image.
-        if canvas_image and (full or self.bg_dirty or any(self.role(l.uid) != "region" for l in changed)):
+        # Only layers that join the background image change it: painting on a region needs no new image.
+        if canvas_image and (full or self.bg_dirty or any(self._joins(l) is not False for l in changed)):
             background = self._background(doc, snap)
         if full:
             settings = dict(snap.settings)
@@ -134,13 +139,25 @@ class LayerReader:
         reading = self._roles.get(layer.uid)
         return not (reading and reading.get("name") == layer.name and reading.get("reason_code") in NO_PIXELS_NEEDED)
 
+    def _joins(self, layer) -> bool | None:
+        """Whether the layer's pixels join the background image, as the daemon read it; None while
+        its reading does not match the layer as it is now (new, renamed, shown or hidden since)."""
+        reading = self._roles.get(layer.uid)
+        if reading is None or reading.get("name") != layer.name:
+            return None
+        if (reading.get("reason_code") == "hidden") == layer.visible:
+            return None
+        return reading.get("joins_background") is True  # a daemon without the flag: none joins
+
     def _background(self, doc, snap: Snapshot) -> bytes | None:
-        """The canvas (visible layers that are not regions) as RGB bytes, or None if unchanged."""
-        chosen = {
-            l.uid
-            for l in snap.sent_layers
-            if l.visible and self.role(l.uid) != "region" and self.code(l.uid) not in NOT_CANVAS
-        }
+        """The layers the daemon flags ``joins_background`` as RGB bytes, or None if unchanged or
+        not known yet (then it follows the daemon's reading of this update)."""
+        joins = [(l.uid, self._joins(l)) for l in snap.sent_layers if l.visible]
+        if any(j is None for _, j in joins):
+            self._bg_waiting = True
+            return None
+        self._bg_waiting = False
+        chosen = {uid for uid, j in joins if j}
         data = kritaapi.read_composite(doc, snap.layers, chosen, *snap.size)
         crc = zlib.crc32(data)
         if crc == self._sent_bg_crc:
@@ -152,6 +169,7 @@ class LayerReader:
         self._sent_fp, self._sent_order = dict(snap.fps), list(snap.order)
         self._sent_size, self._sent_settings = snap.size, dict(snap.settings)
         self._order_at[revision] = list(snap.order)
+        self._last_revision = revision
         for r in [r for r in self._order_at if r < revision - 20]:
             del self._order_at[r]
         self.bg_dirty = False
@@ -159,8 +177,8 @@ class LayerReader:
     # ---------------------------------------------------------------- the daemon's reading
 
     def read(self, revision: int, parsed: list) -> bool:
-        """Take the daemon's reading of ``revision``; True when a role changed
-        (the canvas image leaves regions out, so it must be recomposed)."""
+        """Take the daemon's reading of ``revision``; True when a reading changed (which layers
+        join the background image may have: it is recomposed)."""
         order = self._order_at.get(revision)
         if order is None or len(order) != len(parsed):
             if len(self._sent_order) != len(parsed):
@@ -169,11 +187,13 @@ class LayerReader:
         roles = dict(zip(order, parsed))
 
         def reading(r):
-            return {k: (d.get("role"), d.get("reason_code")) for k, d in r.items()}
+            return {k: (d.get("role"), d.get("reason_code"), d.get("joins_background")) for k, d in r.items()}
 
         changed = reading(roles) != reading(self._roles)
         self._roles = roles
-        if changed:
+        # A held-back image goes with the next update once the newest revision is read (not on older
+        # replies: a reading that still does not match must not make updates chase each other).
+        if changed or (self._bg_waiting and revision == self._last_revision):
             self.bg_dirty = True
         return changed
 

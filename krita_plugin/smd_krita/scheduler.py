@@ -70,10 +70,15 @@ class LiveScheduler:
         return idle or quiet or overdue
 
     def sent(self, revision: int) -> tuple[float, float]:
-        """Record a send; returns (when the change was first noticed, when it last changed)."""
+        """Record a send; returns (when the change was first noticed, when it last changed).
+
+        A send that carries no change noticed since the previous one (Live pressed, Generate, a
+        reconnection) is timed from now, the request: never from an edit made before it.
+        """
         now = self.clock()
-        first = self._dirty_since if self._dirty_since is not None else now
-        last = self._last_change or now
+        carries_change = self._dirty_since is not None
+        first = self._dirty_since if carries_change else now
+        last = self._last_change if carries_change else now
         self._last_send = now
         self._sent_at[revision] = last
         self._dirty_since = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from . import kritaapi
+from . import kritaapi, layerlist
 from .reader import LayerReader
 from .scheduler import LiveScheduler
 
@@ -36,6 +36,15 @@ class SceneSync:
             return False
         self.layers = layers
         return True
+
+    def follow_names(self, doc) -> bool:
+        """Nobody listens (no document, or no connection): names and structure only, no pixels read."""
+        return self.follow(kritaapi.layers(doc) if doc is not None else [])
+
+    def rows(self, doc, connected: bool) -> list:
+        """How every layer is read, for the docker's list."""
+        preview = doc is not None and kritaapi.find_preview(doc) is not None
+        return layerlist.rows(self.layers, self.reader.reading, connected, preview)
 
     def step(self, doc, client, size: tuple, scene_settings: dict, canvas_image: bool, force: bool) -> bool:
         """Notice changes and send them when due (always when ``force``).

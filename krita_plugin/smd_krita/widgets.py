@@ -1,14 +1,28 @@
-"""Widgets the docker is built from (Qt only, no behaviour)."""
+"""Widgets the docker is built from (Qt only, no behaviour).
+
+Everything fits Krita's default dock column (about 260 px wide, measured on
+1366x768 and 1920x1080 screens): rows of at most three short buttons, combo
+boxes that shrink to a few characters, form labels that go above their field
+when the column is narrow, and word-wrapped text that may break inside long
+addresses and paths.
+"""
 
 from __future__ import annotations
 
 from PyQt5.QtCore import QSize, Qt, pyqtSignal
-from PyQt5.QtGui import QColor, QPixmap
+from PyQt5.QtGui import QColor, QFontMetrics, QPixmap
 from PyQt5.QtWidgets import (
     QAbstractItemView,
+    QAbstractScrollArea,
+    QApplication,
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QSizePolicy,
+    QStyle,
     QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
@@ -26,6 +40,102 @@ ROLE_COLORS = {
 }
 WARNING_COLOR = "#c07000"
 VIEW_MIN = 64  # the docker's preview view, in pixels
+COMBO_CHARS = 8  # a combo box shrinks to this many characters; its list still shows every choice in full
+LONG_WORD = 20  # longer words get break opportunities after / : . _ -
+_BREAK_AFTER = "/:._-"
+ZWSP = "\u200b"  # a break opportunity that shows nothing
+
+
+def breakable(text: str) -> str:
+    """Text a word-wrapped label can break inside long words (addresses, paths) instead of growing wider."""
+
+    def word(w: str) -> str:
+        if len(w) <= LONG_WORD:
+            return w
+        return "".join(c + ZWSP if c in _BREAK_AFTER else c for c in w)
+
+    return "\n".join(" ".join(word(w) for w in line.split(" ")) for line in text.split("\n"))
+
+
+def wrapping_label(name: str) -> QLabel:
+    label = QLabel()
+    label.setObjectName(name)
+    label.setWordWrap(True)
+    label.setMinimumWidth(1)  # its words wrap; it never widens the docker
+    return label
+
+
+def compact(button, *texts: str):
+    """A push button as narrow as its longest text allows: Qt's styles make a push button at least
+    80 px wide, and three of those do not fit Krita's default dock column."""
+    metrics = button.fontMetrics()
+    if button.styleSheet():  # a bold checked state must fit as well
+        font = button.font()
+        font.setBold(True)
+        metrics = QFontMetrics(font)
+    widest = max(metrics.horizontalAdvance(t) for t in (texts or (button.text(),)))
+    style = button.style()
+    frame = 2 * style.pixelMetric(QStyle.PixelMetric.PM_DefaultFrameWidth, None, button)
+    margin = style.pixelMetric(QStyle.PixelMetric.PM_ButtonMargin, None, button)
+    button.setMinimumWidth(widest + 2 * margin + frame)
+    button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+    return button
+
+
+def combo(name: str, choices) -> QComboBox:
+    """A combo box of (value, text) choices that shrinks with the docker."""
+    box = QComboBox()
+    box.setObjectName(name)
+    box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.setMinimumContentsLength(COMBO_CHARS)
+    for value, text in choices:
+        box.addItem(text, value)
+        box.setItemData(box.count() - 1, text, Qt.ItemDataRole.ToolTipRole)
+    return box
+
+
+def narrow_form(body: QWidget) -> QFormLayout:
+    """A form whose labels go above their fields when the docker is too narrow for both on one row."""
+    form = QFormLayout(body)
+    form.setContentsMargins(4, 0, 0, 0)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    return form
+
+
+class Choice(QWidget):
+    """A row of checkable buttons, one of them on: a choice made in one click."""
+
+    chosen = pyqtSignal(str)
+    # The choice in force stands out as a selection does in Krita's theme.
+    STYLE = "QToolButton:checked { background-color: palette(highlight); color: palette(highlighted-text); }"
+
+    def __init__(self, name: str, choices, parent=None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setStyleSheet(self.STYLE)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(2)
+        self.group = QButtonGroup(self)
+        self.group.setExclusive(True)
+        self.buttons = {}
+        for value, text, tip in choices:
+            b = QToolButton(self)
+            b.setObjectName(f"{name}_{value}")
+            b.setText(text)
+            b.setToolTip(tip)
+            b.setCheckable(True)
+            b.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+            self.group.addButton(b)
+            row.addWidget(b)
+            self.buttons[value] = b
+            b.clicked.connect(lambda _=False, value=value: self.chosen.emit(value))
+
+    def set_value(self, value: str) -> None:
+        b = self.buttons.get(value)
+        if b is not None and not b.isChecked():
+            b.setChecked(True)
 
 
 class Section(QWidget):
@@ -65,8 +175,10 @@ class Section(QWidget):
 class LayerList(QTreeWidget):
     """Every layer, as Krita's layer docker orders them, with how it is read.
 
-    Warnings show as a mark and their text in the row; the name column can
-    be widened, and hovering a row shows the full name and reading.
+    Warnings show as a mark and their text in the row (and in full below the
+    list, see ``warning_text``); the name column can be widened, and hovering a
+    row shows the full name and reading. The wheel scrolls the list while it
+    can, then the docker around it.
     """
 
     def __init__(self, parent=None):
@@ -86,6 +198,26 @@ class LayerList(QTreeWidget):
         header.resizeSection(0, 130)
         header.setMinimumSectionSize(40)
         self._shown = None
+
+    def wheelEvent(self, event) -> None:
+        # At either end of the list (or when it has nothing to scroll), the wheel scrolls the docker.
+        dy = event.angleDelta().y()
+        if self._at_end(dy):
+            outer = self.parentWidget()
+            while outer is not None and not isinstance(outer, QAbstractScrollArea):
+                outer = outer.parentWidget()
+            if outer is not None:
+                bar = outer.verticalScrollBar()
+                before = bar.value()
+                bar.setValue(before - round(dy / 120 * bar.singleStep() * QApplication.wheelScrollLines()))
+                if bar.value() != before:
+                    event.accept()
+                    return
+        super().wheelEvent(event)
+
+    def _at_end(self, dy: int) -> bool:
+        bar = self.verticalScrollBar()
+        return dy == 0 or (dy > 0 and bar.value() <= bar.minimum()) or (dy < 0 and bar.value() >= bar.maximum())
 
     def sizeHint(self) -> QSize:
         return QSize(260, 140)
@@ -120,6 +252,11 @@ class LayerList(QTreeWidget):
             if r.role == "group":
                 items[r.uid] = item
         self.expandAll()
+
+
+def warning_text(rows: list) -> str:
+    """Every warning in full, one line each, for below the list (a row is too narrow for them)."""
+    return "\n".join(f"{WARNING_MARK} {r.name}: {w}" for r in rows for w in r.warnings)
 
 
 class PreviewView(QLabel):

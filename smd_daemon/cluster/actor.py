@@ -18,7 +18,7 @@ class WorkerActor:
         self,
         worker_id: str,
         front_address: str,
-        keys,
+        keys: tuple,  # wire.Keys' four fields (bytes): what the worker needs to connect
         opts: dict,
         max_session_bytes: int,
         max_memory_bytes: int | None,
@@ -32,12 +32,13 @@ class WorkerActor:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import ray
 
+        from smd_daemon.cluster.wire import Keys
         from smd_daemon.cluster.worker import EngineWorker
 
         self.worker = EngineWorker(
             worker_id,
             front_address,
-            keys,
+            Keys(*keys),
             max_session_bytes,
             max_memory_bytes,
             node=ray.util.get_node_ip_address(),

@@ -10,7 +10,8 @@ events coming back are handed to the sessions as the engine loop's would be.
 The dispatcher keeps, per session, what a worker needs to take the session
 over: the newest scene (built from the front end's ``scenestate`` copy),
 live mode, and unfinished jobs. When a worker is lost (silent for
-``WORKER_TIMEOUT_S``, unreachable, or restarted by Ray) its sessions are
+``WORKER_TIMEOUT_S``, unreachable, restarted by Ray, or gone with its
+private Ray instance: ``recovery``) its sessions are
 placed on the others and replayed there; with no worker left, their clients
 get one ``engine_error`` and frames resume by themselves once a worker is
 back.
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from smd_daemon.cluster import wire
+from smd_daemon.cluster.codec import CodecError
+from smd_daemon.cluster.routes import FrontEngine, Route, Worker
+from smd_daemon.cluster.worker_socket import WorkerSocket
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.router import Server
@@ -34,86 +36,6 @@ log = logging.getLogger("smd_daemon.cluster")
 
 WORKER_TIMEOUT_S = 5.0  # a worker silent this long is lost (it reports every wire.HEARTBEAT_S)
 RECV_BATCH = 200
-EWMA = 0.3
-
-
-class FrontEngine:
-    """What the front end's scene workers ask of an engine. Plans are made by the
-    worker that draws the scene, and the engine's bytes are counted there, in the
-    worker's own memory budget; here only the planes and frames are kept. What
-    the model can do (region modes, steps) is what the workers reported."""
-
-    def __init__(self):
-        self.region_modes, self.max_steps, self.kind = ("latent",), None, ""
-
-    def learn(self, can: dict) -> None:
-        if can:
-            self.region_modes = tuple(can.get("region_modes") or ("latent",))
-            self.max_steps, self.kind = can.get("max_steps"), can.get("kind", "")
-
-    def check(self, scene):
-        """The engine's own check, on the reported capabilities (the same sentences)."""
-        if self.max_steps is None:
-            return scene.validate()
-        return scene.check_model(self.region_modes, self.max_steps, self.kind)
-
-    def plan(self, scene, cancel=None):
-        return wire.PLAN_ON_WORKER
-
-    def session_bytes(self, scene) -> int:
-        return 0
-
-
-@dataclass(eq=False)
-class Worker:
-    id: str
-    state: str = "starting"  # starting, loading, ready, failed, lost
-    identity: bytes | None = None  # ZeroMQ identity of its current process
-    node: str = ""
-    device: str = ""
-    pid: int = 0
-    model: dict = field(default_factory=dict)
-    error: str = ""
-    starts: int = 0  # processes that said hello (Ray restarts a dead one)
-    started: float = 0.0  # when its current process started (time.time() there)
-    sessions: set = field(default_factory=set)
-    last_seen: float = 0.0
-    frames: int = 0
-    engine_s: float = 0.0
-    stats_at: float = 0.0
-    fps: float = 0.0
-    load: float = 0.0  # engine seconds per second, recently
-    placed: int = 0  # sessions placed since its last stats (their load is not measured yet)
-
-    def describe(self) -> dict:
-        out = {
-            "id": self.id,
-            "state": self.state,
-            "node": self.node,
-            "device": self.device,
-            "sessions": len(self.sessions),
-            "fps": round(self.fps, 2),
-            "load": round(self.load, 3),
-        }
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
-@dataclass(eq=False)
-class Route:
-    """One session as the dispatcher keeps it: where it runs and what replays it."""
-
-    session: str
-    flow: object  # the session's FrameFlow
-    worker: Worker | None = None
-    scene: m.SetScene | None = None
-    live: m.SetLive | None = None
-    jobs: dict = field(default_factory=dict)  # job id -> QueueJob not finished yet
-    cancelling: dict = field(default_factory=dict)  # job id -> cancel request id, not confirmed yet
-    received: int = 0  # frames received from its worker since it was placed there
-    allowed: int = 0  # the credit last granted to that worker
-    told_no_worker: bool = False
 
 
 class Dispatcher:
@@ -229,12 +151,24 @@ class Dispatcher:
                 log.info("session %s placed on worker %s", r.session[:8], w.id)
 
     def _lose(self, w: Worker, why: str) -> None:
-        if w.state in ("lost", "failed"):
-            return
-        moved = [r for r in self.routes.values() if r.worker is w]
-        log.warning("worker %s lost (%s)%s", w.id, why, f": moving its {len(moved)} session(s)" if moved else "")
-        w.state = "lost"
-        w.sessions.clear()
+        self.lose([w], why)
+
+    def lose_all(self, why: str) -> None:
+        """Every worker's process is going away (its Ray node is gone): never hear them again."""
+        for w in self.workers.values():
+            if w.identity is not None:
+                self._stale.add(w.identity)
+        self.lose(list(self.workers.values()), why)
+
+    def lose(self, workers: list, why: str) -> None:
+        """Stop counting on these workers: their sessions move to the others, or wait for one."""
+        workers = [w for w in workers if w.state not in ("lost", "failed")]
+        moved = [r for r in self.routes.values() if r.worker in workers]
+        for w in workers:
+            n = len(w.sessions)
+            log.warning("worker %s lost (%s)%s", w.id, why, f": moving its {n} session(s)" if n else "")
+            w.state = "lost"
+            w.sessions.clear()
         for r in moved:
             r.worker = None
             for job, re in r.cancelling.items():  # its worker will never confirm these
@@ -266,6 +200,8 @@ class Dispatcher:
             return
         try:
             self.sock.send_multipart([w.identity, *wire.dumps(obj)], zmq.NOBLOCK, copy=False)
+        except CodecError as e:  # a bug must cost one message, not the session
+            log.error("cannot send %s to worker %s: %s", type(obj).__name__, w.id, e)
         except zmq.ZMQError as e:  # gone (EHOSTUNREACH) or not reading (EAGAIN)
             if w not in self._suspects:
                 self._suspects.append(w)
@@ -294,6 +230,12 @@ class Dispatcher:
             identity = frames[0].bytes
             try:
                 msg = wire.loads(frames[1:])
+            except CodecError as e:
+                self.server.throttled_log(
+                    logging.WARNING, "worker-message", identity, "refused a message from a worker: %s", e
+                )
+                continue
+            try:
                 self._from_worker(identity, msg)
             except Exception:  # a bug must cost one message, not the front end
                 log.exception("cannot handle a message from a worker")
@@ -301,10 +243,10 @@ class Dispatcher:
 
     def _from_worker(self, identity: bytes, msg) -> None:
         now = time.monotonic()
+        if identity in self._stale:
+            return
         if isinstance(msg, wire.Hello):
             self._hello(identity, msg, now)
-            return
-        if identity in self._stale:
             return
         w = self.by_identity.get(identity)
         if w is None or w.identity != identity or w.state == "lost":
@@ -320,7 +262,7 @@ class Dispatcher:
             return
         w.last_seen = now
         if isinstance(msg, wire.Stats):
-            self._stats(w, msg, now)
+            w.note_stats(msg, now)
             return
         r = self.routes.get(getattr(msg, "session", None))
         if r is None or r.worker is not w:
@@ -356,12 +298,8 @@ class Dispatcher:
                 self._lose(w, "Ray restarted it")
             self.by_identity.pop(w.identity, None)
             w.starts += 1
-        w.identity, w.last_seen, w.started = identity, now, h.started
+        w.adopt(identity, h, now)
         self.by_identity[identity] = w
-        w.node, w.device, w.pid, w.error = h.node, h.device or w.device, h.pid, h.error
-        w.model = h.model or w.model
-        w.stats_at, w.placed, w.fps, w.load = 0.0, 0, 0.0, 0.0
-        w.state = h.state
         if h.state == "loading":
             log.info("worker %s loading the model on node %s (pid %d)", w.id, w.node, w.pid)
         elif h.state == "ready":
@@ -377,13 +315,6 @@ class Dispatcher:
             self._place_waiting()
         else:
             log.error("worker %s on node %s cannot load the model: %s", w.id, w.node, w.error)
-
-    def _stats(self, w: Worker, s: wire.Stats, now: float) -> None:
-        if w.stats_at:
-            dt = max(1e-3, now - w.stats_at)
-            w.fps = (1 - EWMA) * w.fps + EWMA * max(0, s.frames - w.frames) / dt
-            w.load = (1 - EWMA) * w.load + EWMA * max(0.0, s.engine_s - w.engine_s) / dt
-        w.frames, w.engine_s, w.stats_at, w.placed = s.frames, s.engine_s, now, 0
 
     # --- upkeep -----------------------------------------------------------------------------
 
@@ -407,56 +338,28 @@ class Dispatcher:
         return [w.describe() for w in self.workers.values()]
 
 
-class _OneKey:
-    """Admits the one CURVE key this run's workers hold."""
-
-    def __init__(self, public: bytes):
-        self.public = public
-
-    def callback(self, domain, key) -> bool:
-        return key == self.public
-
-
 class ClusterServer(Server):
     def __init__(self, bind: str, limits, keys_dir: str | None, per_worker: int):
         super().__init__(FrontEngine(), {}, bind, limits, keys_dir)
         self.keys = wire.Keys.generate()
         self.per_worker = per_worker
         self._worker_ctx = zmq.Context()
-        self._worker_auth = None
+        self.worker_socket = WorkerSocket(self._worker_ctx, self.keys, self.throttled_log)
         self.dispatcher: Dispatcher | None = None
         self.cluster = None  # what started the workers (ray_workers.RayCluster); stopped with the server
+        self.recovery = None  # recovery.NodeRecovery of a private Ray instance
 
     def open_worker_socket(self, endpoint: str) -> str:
-        """Listen for this run's workers; returns the address they connect to.
-
-        ``tcp://HOST``: on the cluster's network, CURVE-encrypted, admitting only
-        this run's worker key. ``ipc://PATH`` (workers on this machine): a socket
-        file in a folder only this user can enter, unencrypted (raw frames cost
-        half the CPU)."""
-        sock = self._worker_ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 10000)
-        sock.setsockopt(zmq.RCVHWM, 10000)
-        if endpoint.startswith("tcp://"):
-            self._worker_auth = ThreadAuthenticator(self._worker_ctx)
-            self._worker_auth.start()
-            self._worker_auth.configure_curve_callback("*", _OneKey(self.keys.worker_public))
-            sock.curve_server = True
-            sock.curve_secretkey = self.keys.server_secret
-            sock.curve_publickey = self.keys.server_public
-            host = endpoint[len("tcp://") :]
-            sock.bind(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
-        else:
-            sock.bind(endpoint)
+        """Listen for this run's workers (``worker_socket``); returns the address they connect to."""
+        sock, monitor = self.worker_socket.open(endpoint)
         self.dispatcher = Dispatcher(self, sock, self.per_worker)
         self.extra_sockets[sock] = self.dispatcher.on_readable
+        self.extra_sockets[monitor] = self.worker_socket.log_refusals
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def worker_keys(self) -> wire.Keys | None:
-        """What workers need to connect (None on an unencrypted ipc channel)."""
-        return self.keys.for_worker() if self._worker_auth is not None else None
+    def worker_keys(self) -> wire.Keys:
+        """What workers need to connect."""
+        return self.keys.for_worker()
 
     def make_engine_loop(self):
         return self.dispatcher
@@ -466,7 +369,11 @@ class ClusterServer(Server):
 
     def _sweep(self) -> None:
         super()._sweep()
-        self.dispatcher.tick(time.monotonic())
+        now = time.monotonic()
+        if self.recovery is not None:
+            self.recovery.check(now)
+        self.dispatcher.tick(now)
+        self.worker_socket.check()
 
     def shutdown(self, engine_timeout: float = 3.0) -> bool:
         stopped = super().shutdown(engine_timeout)
@@ -474,7 +381,6 @@ class ClusterServer(Server):
             self.cluster.stop()
         for sock in self.extra_sockets:
             sock.close(0)
-        if self._worker_auth is not None:
-            self._worker_auth.stop()
+        self.worker_socket.close()
         self._worker_ctx.destroy(linger=0)
         return stopped

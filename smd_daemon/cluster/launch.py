@@ -9,12 +9,15 @@ is logged, and a worker that failed gets no sessions).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
 
 from smd_daemon.cluster.frontend import ClusterServer
+from smd_daemon.cluster.private_ray import PrivateRay
 from smd_daemon.cluster.ray_workers import RayCluster, parse_target
+from smd_daemon.cluster.recovery import NodeRecovery
 from smd_daemon.errors import UsageError
 from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, check_kind
 from smd_daemon.server.limits import GIB
@@ -41,7 +44,8 @@ def check_options(opts: dict) -> None:
 
 
 def make_server(opts: dict, limits) -> ClusterServer:
-    cluster = RayCluster(opts["ray"])  # says how to install Ray when it is missing
+    # Either says how to install Ray when it is missing.
+    cluster = PrivateRay() if opts["ray"].strip() == "local" else RayCluster(opts["ray"])
     server = ClusterServer(opts["bind"], limits, opts["keys"], per_worker=limits.max_sessions)
     server.cluster = cluster
     return server
@@ -95,7 +99,7 @@ def start(server: ClusterServer, opts: dict) -> None:
             wid,
             each,
             address,
-            server.worker_keys(),
+            dataclasses.astuple(server.worker_keys()),
             worker_opts,
             server.limits.max_session_bytes,
             max_memory,
@@ -105,6 +109,9 @@ def start(server: ClusterServer, opts: dict) -> None:
     ready = [w for w in server.dispatcher.workers.values() if w.state == "ready"]
     server.model_info = dict(ready[0].model)
     server.limits.max_sessions = server.per_worker * n
+    if cluster.kind == "local":
+        server.recovery = NodeRecovery(server, cluster)
+        cluster.prepare_standby()  # now that the workers' model load no longer competes with it
 
 
 def _connect(cluster: RayCluster, num_cpus: int, gpus: bool) -> None:

@@ -73,6 +73,14 @@ def _route_ip(host: str, port: int) -> str:
         return s.getsockname()[0]
 
 
+def short_temp_parent() -> str:
+    """The temp folder, or ``/tmp`` where its path is too long to hold socket files: a socket
+    path has at most 107 characters, and Ray's go ~64 below its temp dir
+    (``PARENT/smd-ray-XXXXXXXX/ray``: ``private_ray``)."""
+    parent = tempfile.gettempdir()
+    return parent if len(parent) <= 20 else "/tmp"
+
+
 class RayCluster:
     """The Ray instance a daemon uses (its own with ``local``, else a cluster it joins)
     and the workers it started there."""
@@ -97,14 +105,13 @@ class RayCluster:
 
     # --- joining ---------------------------------------------------------------------------
 
-    def connect(self, num_cpus: int, gpus: bool) -> None:
-        """``ray.init``: a private instance (``local``) or the cluster; one line when it fails."""
+    def connect(self, num_cpus: int, gpus: bool, temp_dir: str | None = None) -> None:
+        """``ray.init``: a private instance (``local``, in ``temp_dir`` or a new folder) or the
+        cluster; one line when it fails."""
         ray = self.ray
         common = dict(logging_level=logging.WARNING, log_to_driver=True)
         if self.kind == "local":
-            # Ray's socket paths go ~64 characters below it, and a socket path has at most 107.
-            parent = tempfile.gettempdir()
-            self.temp_dir = tempfile.mkdtemp(prefix="smd-ray-", dir=parent if len(parent) <= 24 else "/tmp")  # 0700
+            self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="smd-ray-", dir=short_temp_parent())
             args = dict(
                 address="local",
                 num_cpus=num_cpus,
@@ -147,10 +154,8 @@ class RayCluster:
         return dict(self.ray.cluster_resources())
 
     def worker_endpoint(self) -> str:
-        """Where the front end listens for its workers: a socket file in the private
-        temp dir for a private instance, else this node's address on the cluster's network."""
-        if self.kind == "local":
-            return f"ipc://{self.temp_dir}/workers"
+        """Where the front end listens for its workers: this node's address on the cluster's network
+        (a private instance's workers use a socket file: ``private_ray``)."""
         if self.kind == "client":
             return f"tcp://{_route_ip(self.host, self.port)}"
         return f"tcp://{self.ray.util.get_node_ip_address()}"
@@ -180,6 +185,21 @@ class RayCluster:
             except Exception as e:
                 out[wid] = _error_line(e)
         return out
+
+    # --- a private instance's own processes ------------------------------------------------
+
+    def dead_node_processes(self) -> list[tuple[str, int, int]]:
+        """(kind, pid, exit status) of each process of the private instance that exited
+        (Ray's own handles of the processes ``ray.init`` started: Ray 2.60's ``Node``)."""
+        node = getattr(self.ray._private.worker, "_global_node", None) if self.kind == "local" else None
+        if node is None or not self.connected:
+            return []
+        return [
+            (kind, info.process.pid, info.process.returncode)
+            for kind, infos in list(node.all_processes.items())
+            for info in infos
+            if info.process.poll() is not None
+        ]
 
     def _wait_gone(self, wait_s: float) -> None:
         """Ask each killed worker until Ray answers that it is dead."""

@@ -2,22 +2,28 @@
 
 Over it travel the same typed messages the single-process daemon's threads
 exchange (``server/messages.py``: commands to the engine loop, frames and
-events back), plus the few below that only a cluster needs. Each message is
-pickled, its numpy arrays sent beside it as zero-copy ZeroMQ frames.
+events back), plus the few below that only a cluster needs. ``CODEC`` names
+every type that may cross; each message is JSON with its numpy arrays and
+bytes beside it as zero-copy ZeroMQ frames (``codec``): reading a message
+never runs code, whoever sent it.
 
-Pickle is read only from this run's workers. Across machines the front
-end's ROUTER is a CURVE server that admits the one worker key made for the
-run (the keys reach the workers through Ray, as actor arguments, never over
-this channel); with a private Ray instance the workers are on this machine
-and connect to a socket file in a folder only the daemon's user can enter.
+On every transport (TCP across machines, a socket file with a private Ray
+instance) the front end's ROUTER is a CURVE server that admits the one
+worker key made for the run, and each worker checks the front end's key:
+the keys reach the workers through Ray, as actor arguments, never over this
+channel. A peer without them is refused by ZeroMQ before any message.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 
 import zmq
+
+from smd_daemon.cluster.codec import Codec
+from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene
+from smd_daemon.server import messages as m
+from smd_daemon.server.images import EncodedImage
 
 HEARTBEAT_S = 0.5  # how often a worker reports (its stats double as heartbeats)
 
@@ -86,20 +92,38 @@ class Reset:
 
 # --- encoding --------------------------------------------------------------------
 
+# The largest array that crosses: a float32 mask, or a raw frame, at the largest canvas.
+MAX_ARRAY_BYTES = MAX_SIDE * MAX_SIDE * 4
+MAX_FRAME_BYTES = MAX_ARRAY_BYTES  # zmq.MAXMSGSIZE of both ends: any one frame of a message
 
-def dumps(obj) -> list:
-    """``obj`` as ZeroMQ frames: the pickle, then each array's buffer."""
-    buffers: list = []
-    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    return [head, *(b.raw() for b in buffers)]
-
-
-def loads(frames: list, writable: bool = False):
-    """The object ``dumps`` sent (frames from ``recv_multipart(copy=False)``).
-    Its arrays are read-only views of the received frames, or, with
-    ``writable``, copies (torch takes only writable arrays quietly)."""
-    views = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
-    return pickle.loads(views[0], buffers=[bytearray(v) for v in views[1:]] if writable else views[1:])
+CODEC = Codec(
+    [
+        Hello,
+        Stats,
+        Credit,
+        Reset,
+        m.OpenSession,
+        m.CloseSession,
+        m.SetScene,
+        m.SetLive,
+        m.QueueJob,
+        m.Job,
+        m.CancelJobs,
+        m.FrameReady,
+        m.JobProgress,
+        m.JobResult,
+        m.JobCancelled,
+        m.SessionError,
+        Scene,
+        Region,
+        Background,
+        EncodedImage,
+    ],
+    {"PlanOnWorker": PLAN_ON_WORKER},
+    MAX_ARRAY_BYTES,
+)
+dumps = CODEC.dumps
+loads = CODEC.loads
 
 
 @dataclass(frozen=True)
@@ -120,3 +144,37 @@ class Keys:
     def for_worker(self) -> Keys:
         """What a worker needs: no front-end secret."""
         return Keys(self.server_public, b"", self.worker_public, self.worker_secret)
+
+
+# --- refusals --------------------------------------------------------------------
+
+HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer does not speak CURVE with this run's keys",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the peer's key was refused",
+}
+
+
+def watch_handshakes(sock):
+    """A socket on which ``sock``'s failed handshakes are reported (``handshake_failures``)."""
+    return sock.get_monitor_socket(sum(HANDSHAKE_FAILURES))
+
+
+def handshake_failures(monitor) -> list[int]:
+    """The failed handshakes (``HANDSHAKE_FAILURES``' events) since the last call."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    out = []
+    while True:
+        try:
+            out.append(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
+        except zmq.Again:
+            return out
+
+
+def configure(sock) -> None:
+    """What both ends set on the channel's sockets."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 10000)
+    sock.setsockopt(zmq.RCVHWM, 10000)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)

@@ -13,8 +13,8 @@ sits around the loop, never inside it:
 - encoding: frames and results are compressed here, in the encoding the
   client asked for, so only what the artist will receive crosses the network.
 
-One thread owns the ZeroMQ socket (DEALER, CURVE client); everyone else hands
-it messages through ``_send``.
+One thread owns the ZeroMQ socket (DEALER, CURVE client, which checks the
+front end's key); everyone else hands it messages through ``_send``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zmq
 
 from smd_daemon.cluster import wire
+from smd_daemon.cluster.codec import CodecError
 from smd_daemon.cluster.timing import TimedEngine
 from smd_daemon.engine.scene import Cancelled
 from smd_daemon.protocol import ProtocolError
@@ -40,10 +40,13 @@ from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.ordered import SessionOrder
 from smd_daemon.server.ports import EnginePort
 from smd_daemon.server.scenes import plan_scene
 
 log = logging.getLogger("smd_daemon.cluster")
+
+REFUSED_LOG_S = 10.0
 
 
 class RemoteFlow:
@@ -79,46 +82,12 @@ class RemoteFlow:
             self.allowed = max(self.allowed, allowed)
 
 
-class SessionOrder:
-    """Tasks on a few threads; each session's tasks one at a time, in order."""
-
-    def __init__(self, threads: int, name: str):
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
-        self._lock = threading.Lock()
-        self._queues: dict[str, collections.deque] = {}
-
-    def submit(self, session: str, fn, *args) -> None:
-        with self._lock:
-            q = self._queues.get(session)
-            if q is not None:
-                q.append((fn, args))
-                return
-            self._queues[session] = collections.deque([(fn, args)])
-        self._pool.submit(self._drain, session)
-
-    def _drain(self, session: str) -> None:
-        while True:
-            with self._lock:
-                q = self._queues[session]
-                if not q:
-                    del self._queues[session]
-                    return
-                fn, args = q.popleft()
-            try:
-                fn(*args)
-            except Exception:  # a bug must cost one command, not the session's order
-                log.exception("internal error in a worker task")
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 class EngineWorker:
     def __init__(
         self,
         worker_id: str,
         front_address: str,
-        keys: wire.Keys | None,
+        keys: wire.Keys,
         max_session_bytes: int,
         max_memory_bytes: int | None = None,
         node: str = "",
@@ -143,6 +112,7 @@ class EngineWorker:
         self._planners = SessionOrder(2, "plan")
         self._encoders = SessionOrder(2, "encode")
         self._link: threading.Thread | None = None
+        self._refusals, self._refused_log_at = 0, 0.0
 
     # --- lifecycle (the process that hosts the worker calls these) -----------------
 
@@ -214,16 +184,16 @@ class EngineWorker:
     def _run_link(self) -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        wire.configure(sock)
         sock.setsockopt(zmq.IDENTITY, f"{self.id}/{self.incarnation}".encode())
-        sock.setsockopt(zmq.SNDHWM, 10000)
-        if self.keys is not None:  # None: an ipc channel on this machine
-            sock.curve_serverkey = self.keys.server_public
-            sock.curve_publickey = self.keys.worker_public
-            sock.curve_secretkey = self.keys.worker_secret
+        sock.curve_serverkey = self.keys.server_public
+        sock.curve_publickey = self.keys.worker_public
+        sock.curve_secretkey = self.keys.worker_secret
+        monitor = wire.watch_handshakes(sock)
         sock.connect(self.front_address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         next_stats = time.monotonic()
         try:
@@ -233,11 +203,15 @@ class EngineWorker:
                     os.read(self._wake_r, 4096)
                 if sock in ready:
                     self._receive(sock)
+                if monitor in ready:
+                    self._refused(wire.handshake_failures(monitor))
                 while self._outbox:
                     try:
                         sock.send_multipart(wire.dumps(self._outbox[0]), zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break  # the front end is not reading: keep it, try again
+                    except CodecError as e:  # a bug must cost one message, not the link
+                        log.error("cannot send %s to the front end: %s", type(self._outbox[0]).__name__, e)
                     self._outbox.popleft()
                 now = time.monotonic()
                 if now >= next_stats:
@@ -256,8 +230,24 @@ class EngineWorker:
             if self.on_link_failure is not None:
                 self.on_link_failure()
         finally:
+            monitor.close(0)
             sock.close(0)
             ctx.term()
+
+    def _refused(self, failures: list) -> None:
+        """Whatever answers at the front end's address failed the handshake: say so,
+        at first and then every ``REFUSED_LOG_S`` (ZeroMQ tries again and again)."""
+        self._refusals += len(failures)
+        now = time.monotonic()
+        if failures and now >= self._refused_log_at:
+            self._refused_log_at = now + REFUSED_LOG_S
+            log.warning(
+                "cannot reach the front end at %s: %s (%d time(s)); is another program listening there?",
+                self.front_address,
+                wire.HANDSHAKE_FAILURES[failures[-1]],
+                self._refusals,
+            )
+            self._refusals = 0
 
     def _receive(self, sock) -> None:
         for _ in range(200):
@@ -266,7 +256,12 @@ class EngineWorker:
             except zmq.Again:
                 return
             try:
-                self._command(wire.loads(frames, writable=True))
+                c = wire.loads(frames, writable=True)
+            except CodecError as e:
+                log.warning("refused a message from the front end: %s", e)
+                continue
+            try:
+                self._command(c)
             except Exception:  # a bug must cost one command, not the link
                 log.exception("cannot handle a command from the front end")
 

@@ -20,10 +20,12 @@ MAX_STEPS = 50
 MAX_PROMPT_CHARS = 1000
 # What a scene gets when nobody says otherwise (the daemon tells clients in its handshake).
 DEFAULT_STEPS = 4
-# How regions enter the model: one UNet sample per region and latent
-# pre-averaging (follows shapes tightly), or one sample for all regions with
-# per-region cross-attention (much faster with several regions). The engine
-# turns the name into a strategy once, when it plans (``modes.strategy_for``).
+# How regions enter the model, the default first: one UNet sample per region
+# and latent pre-averaging (follows shapes tightly), or one sample for all
+# regions with per-region cross-attention (much faster with several regions).
+# The engine turns the name into a strategy once, when it plans
+# (``modes.strategy_for``). The engine's own list (this room imports nothing
+# of the daemon's); the wire's, protocol.REGION_MODES, is held equal to it by a test.
 LATENT = "latent"
 ATTENTION = "attention"
 REGION_MODES = (LATENT, ATTENTION)
@@ -81,7 +83,7 @@ class Scene:
     guidance_scale: float = 1.0
     mask_mode: str = "continuous"  # or "discrete"
     cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
-    region_mode: str = LATENT  # or ATTENTION (see REGION_MODES)
+    region_mode: str = REGION_MODES[0]
 
     def validate(self) -> Scene:
         if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):

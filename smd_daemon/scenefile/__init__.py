@@ -8,7 +8,9 @@ documented in ``docs/render.md``.
 - ``ora``: OpenRaster files, each layer as the artist sees it in Krita;
 - ``jsonscene``: JSON scenes (prompts with mask images);
 - ``common``: what both share: command-line overrides, the output size,
-  limits, image decoding and the checks made before any pixels are decoded.
+  limits, image decoding and the checks made before any pixels are decoded;
+- ``dockersettings``: the SMD Live docker's settings saved in a ``.kra``,
+  which ``render`` compares with its own.
 
 Every problem is a :class:`SceneError` with a one-line message.
 """
@@ -34,6 +36,11 @@ def load_scene(path: str, overrides: Overrides | None = None) -> LoadedScene:
         loaded = read_ora(path, overrides)
     elif ext == ".json":
         loaded = read_json(path, overrides)
+    elif ext == ".kra":
+        raise SceneError(
+            f"{path}: a Krita document: export it as OpenRaster (File > Export..., .ora) beside it and render "
+            f"that (render reads the SMD Live docker's settings from the .kra beside it)"
+        )
     else:
         raise SceneError(f"{path}: unknown scene type {ext or '(no extension)'!r}; use an .ora or .json file")
     loaded.scene.validate()  # again: the background image has been added since

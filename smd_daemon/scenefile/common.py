@@ -4,7 +4,6 @@ are decoded (declared sizes, steps, seed)."""
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 
@@ -13,6 +12,7 @@ from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, Scene, SceneError
 from smd_daemon.grammar import ParsedLayer
+from smd_daemon.imagedecode import ImageError, decode_image
 
 # A layer may stick out of the canvas, but not absurdly: its decoded size is
 # bounded before decoding (a small PNG can declare a huge image).
@@ -28,6 +28,7 @@ class LoadedScene:
 
     scene: Scene
     layers: list[ParsedLayer] = field(default_factory=list)  # bottom to top
+    warnings: list[str] = field(default_factory=list)  # about the file as a whole, one line each
 
 
 @dataclass
@@ -79,22 +80,11 @@ def check_cheap(width: int, height: int, o: Overrides, **file_values) -> dict:
 
 
 def decode(data: bytes, formats: tuple[str, ...], what: str, max_side: int) -> Image.Image:
-    """Decode an image, refusing absurd declared sizes before decoding the pixels."""
+    """A file's image (``imagedecode``: absurd declared sizes refused before any pixel is decoded)."""
     try:
-        im = Image.open(io.BytesIO(data), formats=formats)
-        w, h = im.size
-        if w > max_side or h > max_side:
-            raise SceneError(f"{what} is {w}x{h} pixels; at most {max_side} per side is allowed")
-        im.load()
-    except SceneError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise SceneError(f"{what} is not a {'/'.join(formats)} image, or is damaged") from None
-    except Image.DecompressionBombError as e:
-        raise SceneError(f"{what}: {e}") from None
-    except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, zlib.error, ...)
-        raise SceneError(f"{what} does not decode ({type(e).__name__}: {e})") from None
-    return im
+        return decode_image(data, formats, what, max_side=max_side)
+    except ImageError as e:
+        raise SceneError(str(e)) from None
 
 
 def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -3,6 +3,7 @@ a background prompt and image, and scene settings (``docs/render.md``)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -114,6 +115,9 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
         parsed.append(p)
     scene = Scene(width=width, height=height, regions=regions, background=bg, **opts)
     check_scene(path, scene, parsed)
+    unknown = where.unknown(
+        [(doc, "")] + [(bg_doc, "background")] + [(e, f"region {i + 1}") for i, e in enumerate(entries)]
+    )
     if image_path is not None and bg.strength > 0:
         im = decode(
             _read_file(path, image_path, "background image"),
@@ -122,7 +126,7 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
             MAX_SIDE,
         )
         bg.image = np.array(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
-    return LoadedScene(scene, parsed)
+    return LoadedScene(scene, parsed, [unknown] if unknown else [])
 
 
 def _json_region_base(where: _Where, entry: dict, label: str) -> ParsedLayer:
@@ -143,14 +147,17 @@ def _json_region_base(where: _Where, entry: dict, label: str) -> ParsedLayer:
 
 
 class _Where:
-    """Typed field access with one-line errors that say where the problem is."""
+    """Typed field access with one-line errors that say where the problem is; it
+    remembers the keys it was asked for, so those it never was are told (``unknown``)."""
 
     _MISSING = object()
 
     def __init__(self, path: str):
         self.path = path
+        self._asked: dict[int, set] = {}  # id of a JSON object -> the keys read from it
 
     def get(self, obj: dict, key: str, typ: type, default=_MISSING, where: str = ""):
+        self._asked.setdefault(id(obj), set()).add(key)
         label = f"{where} " if where else ""
         if key not in obj or obj[key] is None:
             if default is self._MISSING:
@@ -165,6 +172,21 @@ class _Where:
         if not ok:
             raise SceneError(f"{self.path}: {label}field {key!r} must be {_TYPE_NAMES[typ]}, got {json.dumps(v)[:40]}")
         return v
+
+    def unknown(self, objects: list[tuple[dict, str]]) -> str:
+        """One line naming every key of ``objects`` (each with where it is) that nothing read, or ''."""
+        found = []
+        for obj, where in objects:
+            asked = self._asked.get(id(obj), set())
+            for key in obj:
+                if key not in asked:
+                    near = difflib.get_close_matches(key, asked, n=1)
+                    hint = f" (did you mean {near[0]!r}?)" if near else ""
+                    found.append(f"{key[:60]!r}{f' in {where}' if where else ''}{hint}")
+        if not found:
+            return ""
+        shown = ", ".join(found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
+        return f"{self.path}: ignored what this version does not know: {shown}"
 
 
 _TYPE_NAMES = {int: "a whole number", float: "a number", str: "text", list: "a list", dict: "an object"}

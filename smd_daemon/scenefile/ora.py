@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
-from smd_daemon.grammar import LayerInput, build_scene, joins_background_image, parse_layer_name
+from smd_daemon.grammar import LayerInput, build_scene, parse_layer_name
 
 from .common import (
     MAX_LAYER_SIDE,
@@ -91,7 +91,7 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
             scene.background.strength = o.background_strength
         check_scene(path, scene, parsed)
         if scene.background.strength > 0:
-            joins = {id(lay) for lay, p in zip(layers, parsed) if joins_background_image(p)}
+            joins = {id(lay) for lay, p in zip(layers, parsed) if p.joins_background}
             scene.background.image = background_image(zf, tree, joins, doc_w, doc_h, width, height, path)
     return LoadedScene(scene, parsed)
 

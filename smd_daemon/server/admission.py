@@ -9,6 +9,14 @@ from least recently is forgotten first (it only loses its bucket: its next
 message starts a fresh one). Connections that said hello are bounded by
 ``max_clients`` and leave only by heartbeat timeout.
 
+A process can open as many connections as it likes, so connections are also
+counted by their *origin*: the client key under CURVE, the local user behind
+an ``ipc://`` connection, the host behind a TCP one. One origin holds at
+most ``max_clients_per_origin`` of the connections (and, in ``sessions.py``,
+``max_sessions_per_origin`` of the sessions). Every process on loopback TCP
+has the same address, so there each connection is its own origin: telling
+local processes apart needs keys or ``ipc://``.
+
 Logging is throttled the same way: a connection that keeps sending bad or
 too many messages costs one log line per interval, with a count.
 """
@@ -16,10 +24,13 @@ too many messages costs one log line per interval, with a count.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import threading
 import time
 from dataclasses import dataclass
+
+from smd_daemon.protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger("smd_daemon.server")
 
@@ -27,6 +38,56 @@ log = logging.getLogger("smd_daemon.server")
 def label(identity: bytes) -> str:
     """A connection's name in logs: ZeroMQ's own identities differ in their last bytes."""
     return identity.hex()[-8:]
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """Text a peer chose, fit for one log line: line breaks, terminal escapes and
+    other control or format characters as Python escapes (``\\n``, ``\\x1b``,
+    ``\\u202e``), at most ``limit`` characters."""
+    cut = text[:limit]
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return shown + ("..." if len(text) > limit else "")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a connection comes from, as far as the daemon can tell (see the module's docstring)."""
+
+    kind: str  # "key", "user", "host" or "connection"
+    name: str
+
+    def __str__(self) -> str:
+        words = {"key": "client key", "user": "local user", "host": "host", "connection": "connection"}
+        return f"{words[self.kind]} {printable(self.name, 60)}"
+
+
+def origin_of(frame, identity: bytes, transport: str) -> Origin:
+    """The origin of the connection ``frame`` came on: ZAP's User-Id (the client
+    key's name) under CURVE, else libzmq's Peer-Address (``HOST:UID:GID:PID`` on
+    ipc, the IP address on TCP)."""
+    user_id = _property(frame, "User-Id")
+    if user_id:
+        return Origin("key", user_id)
+    address = _property(frame, "Peer-Address")
+    if transport == "ipc" and address.count(":") >= 3:
+        return Origin("user", address.rsplit(":", 3)[1])
+    if transport == "tcp" and address:
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            ip = None  # unreadable: count the connection alone
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if ip is not None and not (mapped or ip).is_loopback:
+            return Origin("host", address)
+    return Origin("connection", label(identity))
+
+
+def _property(frame, name: str) -> str:
+    try:
+        value = frame.get(name)
+    except Exception:  # not set on this transport (EINVAL), or not a zmq.Frame
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 class TokenBucket:
@@ -51,6 +112,7 @@ class Peer:
     bucket: TokenBucket
     welcomed: bool = False  # said hello and was answered
     session: object = None  # router.Session
+    origin: Origin | None = None  # set from its first message
     name: str = ""
     dropped: int = 0  # messages dropped since the last rate_limited reply
     warned_at: float = float("-inf")
@@ -63,11 +125,15 @@ class Peer:
 class PeerTable:
     """Connections the daemon has heard from, least recently heard first."""
 
-    def __init__(self, max_clients: int, max_pending: int, rate: float, hello_rate: float):
+    def __init__(
+        self, max_clients: int, max_pending: int, rate: float, hello_rate: float, max_per_origin: int | None = None
+    ):
         self.max_clients, self.max_pending = max_clients, max_pending
+        self.max_per_origin = max_per_origin or max_clients
         self.rate, self.hello_rate = rate, hello_rate
         self._peers: collections.OrderedDict[bytes, Peer] = collections.OrderedDict()
         self.welcomed = 0
+        self._welcomed_from: collections.Counter = collections.Counter()  # origin -> connections that said hello
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -93,21 +159,31 @@ class PeerTable:
             return None
         return peer
 
-    def welcome(self, peer: Peer, now: float) -> bool:
-        """Promote a peer that said hello; False when ``max_clients`` are already here."""
+    def welcome(self, peer: Peer, now: float) -> None:
+        """Promote a peer that said hello; ``busy`` when ``max_clients`` are already
+        here, ``quota`` when its origin already has ``max_per_origin`` of them."""
         if peer.welcomed:
-            return True
+            return
+        if self._welcomed_from[peer.origin] >= self.max_per_origin:
+            raise ProtocolError(
+                ErrorCode.QUOTA,
+                f"{peer.origin} already has {self._welcomed_from[peer.origin]} connections to this daemon, "
+                f"as many as one may have (max_clients_per_origin): close some",
+            )
         if self.welcomed >= self.max_clients:
-            return False
+            raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
         peer.welcomed = True
         peer.bucket = TokenBucket(self.rate, now)
         self.welcomed += 1
-        return True
+        self._welcomed_from[peer.origin] += 1
 
     def remove(self, identity: bytes) -> Peer | None:
         peer = self._peers.pop(identity, None)
         if peer is not None and peer.welcomed:
             self.welcomed -= 1
+            self._welcomed_from[peer.origin] -= 1
+            if not self._welcomed_from[peer.origin]:
+                del self._welcomed_from[peer.origin]
         return peer
 
     def idle(self, now: float, timeout: float) -> list[Peer]:

@@ -10,6 +10,7 @@ exits anyway, rather than being killed half way.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
 import os
@@ -40,6 +41,17 @@ OPTIONS = {
     "keys": (str, None, "folder from 'smd-daemon keys': enables CURVE encryption and client keys"),
     "insecure": (bool, False, "allow a non-loopback bind without encryption (anyone on the network can use it)"),
     "max_sessions": (int, Limits.max_sessions, "most sessions served at once"),
+    "max_sessions_per_origin": (
+        int,
+        None,
+        "most sessions one client key holds at once (without --keys: one local user on ipc://, one host on TCP; "
+        "docs/daemon.md); default: half of the sessions served",
+    ),
+    "max_clients_per_origin": (
+        int,
+        Limits.max_clients_per_origin,
+        f"most connections one client key (local user, host) may have open, of {Limits.max_clients} in all",
+    ),
     "max_fps": (float, Limits.max_fps, "most live frames per second per session"),
     "heartbeat_timeout": (float, Limits.heartbeat_timeout, "seconds without a message before a session is freed"),
     "max_message_mb": (float, Limits.max_message_bytes / MIB, "largest message part accepted, in MiB"),
@@ -63,6 +75,12 @@ OPTIONS = {
         "(Ray Client); see docs/cluster.md",
     ),
     "workers": (int, None, "engine workers with --ray (default: one per GPU; 1 on a CPU-only cluster)"),
+    "watch_stdin": (
+        bool,
+        False,
+        "shut down when standard input closes: the program that started the daemon with a pipe there "
+        "(Krita's docker) has ended, however it ended",
+    ),
 }
 
 
@@ -91,19 +109,25 @@ def resolve_options(args) -> dict:
 def make_limits(opts: dict) -> Limits:
     limits = Limits(
         max_sessions=opts["max_sessions"],
+        max_sessions_per_origin=opts["max_sessions_per_origin"] or 0,
+        max_clients_per_origin=opts["max_clients_per_origin"],
         max_fps=opts["max_fps"],
         heartbeat_timeout=opts["heartbeat_timeout"],
         max_message_bytes=int(opts["max_message_mb"] * MIB),
     )
     if (
         limits.max_sessions < 1
+        or opts["max_sessions_per_origin"] is not None
+        and limits.max_sessions_per_origin < 1
+        or not 1 <= limits.max_clients_per_origin <= limits.max_clients
         or not 0 < limits.max_fps <= 1000
         or not 0.5 <= limits.heartbeat_timeout <= 3600
         or not 2**16 <= limits.max_message_bytes <= 2**32
     ):
         raise UsageError(
-            "max-sessions must be >= 1, max-fps in (0, 1000], heartbeat-timeout in [0.5, 3600] s, "
-            "max-message-mb in [0.0625, 4096]"
+            f"max-sessions and max-sessions-per-origin must be >= 1, "
+            f"max-clients-per-origin between 1 and {limits.max_clients}, max-fps in (0, 1000], "
+            f"heartbeat-timeout in [0.5, 3600] s, max-message-mb in [0.0625, 4096]"
         )
     if opts["max_memory"] is not None:
         total = machine_memory()
@@ -168,6 +192,8 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if opts["watch_stdin"]:
+        watch_stdin()
     try:
         server.open_socket()
         if opts["ray"]:
@@ -204,9 +230,32 @@ def run(args) -> int:  # noqa: C901 - one linear story, start to stop
     finally:
         serving.set()  # a signal now only asks again
         stopped = server.shutdown(engine_timeout=_time_left(stop_at, 2.5))
-    _exit_in_time(stop_at, stopped)
+    _exit_in_time(stop_at, stopped, server.fatal)
     log.info("stopped")
-    _exit()
+    _exit(server.fatal)
+
+
+def watch_stdin(fd: int = 0) -> threading.Thread:
+    """Stop as SIGTERM does once ``fd`` reaches end of file. The parent holds the pipe's other end,
+    and the system closes it whenever the parent ends, a crash or SIGKILL included, on every
+    platform. Should the clean stop not end the process in time, it ends anyway."""
+
+    def watch():
+        try:
+            while os.read(fd, 65536):
+                pass
+            why = "standard input closed"
+        except OSError as e:
+            why = f"standard input unreadable ({e.strerror})"
+        log.info("%s (the program that started the daemon asks it to stop, or has ended): shutting down", why)
+        _thread.interrupt_main(signal.SIGTERM)
+        time.sleep(STOP_WITHIN_S + 2.0)
+        log.warning("still running %.0f s after standard input closed: exiting now", STOP_WITHIN_S + 2.0)
+        _exit()
+
+    thread = threading.Thread(target=watch, name="stdin-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _time_left(stop_at: list, share: float) -> float:
@@ -215,7 +264,7 @@ def _time_left(stop_at: list, share: float) -> float:
     return max(0.1, stop_at[0] + share - time.monotonic())
 
 
-def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
+def _exit_in_time(stop_at: list, engine_stopped: bool, fatal: str = "") -> None:
     """Exit now if some thread would keep the process alive past the deadline."""
     deadline = (stop_at[0] if stop_at else time.monotonic()) + STOP_WITHIN_S
     while True:
@@ -234,14 +283,18 @@ def _exit_in_time(stop_at: list, engine_stopped: bool) -> None:
         "stopping without waiting for %s: still busy after %.0f s", ", ".join(t.name for t in busy), STOP_WITHIN_S
     )
     log.info("stopped")
-    _exit()
+    _exit(fatal)
 
 
-def _exit() -> None:
+def _exit(fatal: str = "") -> None:
     """End the process, sockets closed and logs flushed. Not through the
     interpreter's own teardown: freeing the model and torch's thread pools
-    there takes seconds (and has aborted when a thread was still running)."""
+    there takes seconds (and has aborted when a thread was still running).
+    ``fatal``: why serving failed, the last line, and a non-zero status for
+    whoever supervises the daemon (and restarts it)."""
     logging.shutdown()
     sys.stdout.flush()
+    if fatal:
+        print(f"smd-daemon serve: error: {fatal}", file=sys.stderr)
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(1 if fatal else 0)

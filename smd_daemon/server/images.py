@@ -11,8 +11,9 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError, features
+from PIL import Image, features
 
+from smd_daemon.imagedecode import FORMATS, ImageError, decode_image
 from smd_daemon.protocol import ErrorCode, ProtocolError
 
 # What Pillow on this machine can write, in the protocol's names.
@@ -77,17 +78,7 @@ def decode_plane(data: memoryview, encoding: str, width: int, height: int, chann
         # Read-only over bytes of its own, copied no further: nothing writes to a plane.
         return np.frombuffer(raw, np.uint8).reshape(shape)
     try:
-        im = Image.open(io.BytesIO(data))
-        # Check the size from the file header before decoding any pixels.
-        if im.size != (width, height):
-            raise ProtocolError(
-                ErrorCode.BAD_IMAGE, f"{what}: image is {im.size[0]}x{im.size[1]}, expected {width}x{height}"
-            )
-        if im.format not in {"jpeg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}[encoding]:
-            raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: data is {im.format}, not {encoding}")
-        im = im.convert("L" if channels == 1 else "RGB")
-    except ProtocolError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{what}: cannot decode {encoding} image ({e})") from None
-    return np.array(im, dtype=np.uint8).reshape(shape)
+        im = decode_image(data, FORMATS[encoding], what, size=(width, height))
+    except ImageError as e:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, str(e)) from None
+    return np.array(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8).reshape(shape)

@@ -31,7 +31,11 @@ def default_max_memory() -> int:
 @dataclass
 class Limits:
     max_sessions: int = 8
+    # Of those, what one origin (client key, local user, host: admission.py) may hold at once;
+    # 0: half of max_sessions (a cluster sets max_sessions once it knows its workers).
+    max_sessions_per_origin: int = 0
     max_clients: int = 128  # handshaken connections, with or without a session
+    max_clients_per_origin: int = 16
     max_pending_clients: int = 256  # connections that have not said hello yet, tracked at once
     max_layers: int = 64  # layers per scene, regions or not
     max_regions: int = engine_scene.MAX_REGIONS
@@ -53,8 +57,12 @@ class Limits:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
 
+    @property
+    def sessions_per_origin(self) -> int:
+        return self.max_sessions_per_origin or max(1, self.max_sessions // 2)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "max_sessions_per_origin": self.sessions_per_origin}
 
 
 # Wire settings that go to the engine's Scene as they are.

@@ -8,12 +8,10 @@ at once whatever another client sends.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
 import time
-import uuid
 
 import zmq
 
@@ -21,11 +19,12 @@ from smd_daemon import __version__, protocol
 from smd_daemon.errors import UsageError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import curve
-from smd_daemon.server.admission import LogThrottle, PeerTable, label
+from smd_daemon.server.admission import LogThrottle, PeerTable, label, origin_of, printable
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget
+from smd_daemon.server.outbox import Outbox
 from smd_daemon.server.ports import EngineLoopPort, EnginePort, Planner
 from smd_daemon.server.scenes import SceneWorkers
 from smd_daemon.server.sessions import SessionManager
@@ -53,20 +52,21 @@ class Server:
         self.keys_dir = keys_dir
         self.ctx = context or zmq.Context()
         self.stopping = threading.Event()
+        self.fatal = ""  # why serving ended in failure: the command exits non-zero with it
         # A client may acknowledge every frame it is allowed: acks come on top of its requests.
         self.peers = PeerTable(
             self.limits.max_clients,
             self.limits.max_pending_clients,
             self.limits.max_requests_per_s + self.limits.max_fps,
             self.limits.max_hellos_per_s,
+            self.limits.max_clients_per_origin,
         )
         self.throttled_log = LogThrottle()
         self.budget = MemoryBudget(self.limits.max_memory_bytes, self.limits.max_session_bytes)
         self.sessions = SessionManager(self)
-        self._outbox: collections.deque = collections.deque()
-        self._wake_addr = f"inproc://wake-{uuid.uuid4().hex}"
-        self._thread_wake = threading.local()
+        self.outbox = Outbox(self.ctx, self.stopping)
         self._auth = None
+        self._refusals = None
         self.sock = None
         self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
         self.engine_loop: EngineLoopPort | None = None
@@ -89,21 +89,7 @@ class Server:
 
     def post(self, event) -> None:
         """Hand an event to the I/O thread (any thread); dropped once the daemon stops."""
-        if self.stopping.is_set():
-            return
-        self._outbox.append(event)
-        try:
-            sock = getattr(self._thread_wake, "sock", None)
-            if sock is None:
-                sock = self._thread_wake.sock = self.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.SNDHWM, 1)
-                sock.connect(self._wake_addr)
-            sock.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a wake-up is already pending
-        except zmq.ZMQError:
-            pass  # the context is closing: the daemon is stopping
+        self.outbox.post(event)
 
     def open_socket(self) -> None:
         """Bind first, so a busy port or bad keys fail before a long model load."""
@@ -122,9 +108,9 @@ class Server:
         except zmq.ZMQError as e:
             sock.close(0)
             raise UsageError(f"cannot bind {self.bind}: {e}") from None
+        self._refusals = curve.RefusalLog(sock, self.throttled_log, encrypted=self.keys_dir is not None)
         self.sock = sock
-        self.wake_sock = self.ctx.socket(zmq.PULL)
-        self.wake_sock.bind(self._wake_addr)
+        self.wake_sock = self.outbox.bind()
 
     def start(self) -> None:
         if self.sock is None:
@@ -152,11 +138,7 @@ class Server:
                 if sock in ready:
                     handle()
             if self.wake_sock in ready:
-                while True:
-                    try:
-                        self.wake_sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                self.outbox.clear_wakeups()
             self._drain_outbox()
             if self.sock in ready:
                 for _ in range(RECV_BATCH):
@@ -188,7 +170,9 @@ class Server:
         self.sessions.shutdown()
         if self.sock is not None:
             self.sock.close(linger=500)
-            self.wake_sock.close(linger=0)
+            self.outbox.close()
+        if self._refusals is not None:
+            self._refusals.stop()
         if self._auth is not None:
             self._auth.stop()
         self.ctx.destroy(linger=0)
@@ -210,7 +194,13 @@ class Server:
 
     def error(self, identity: bytes, code: str, message: str, re=None, **fields) -> None:
         self.throttled_log(
-            logging.INFO, "error:" + code, identity, "error for client %s: %s: %s", label(identity), code, message
+            logging.INFO,
+            "error:" + code,
+            identity,
+            "error for client %s: %s: %s",
+            label(identity),
+            code,
+            printable(message, 300),  # may quote what the client sent
         )
         if re is not None:
             fields["re"] = re
@@ -222,8 +212,7 @@ class Server:
         )
 
     def _drain_outbox(self) -> None:
-        while self._outbox:
-            self.sessions.event(self._outbox.popleft())
+        self.outbox.drain(self.sessions.event)
 
     # --- receiving --------------------------------------------------------------
 
@@ -236,6 +225,8 @@ class Server:
         if peer is None:
             self._rate_limited(self.peers.get(identity), now)
             return
+        if peer.origin is None:
+            peer.origin = origin_of(frames[1], identity, self.bind.partition("://")[0])
         total = sum(len(f.buffer) for f in frames[1:])
         try:
             if total > self.limits.max_message_bytes:
@@ -295,11 +286,11 @@ class Server:
                     f"protocol {msg.header['protocol']} is not supported; "
                     f"this daemon speaks {protocol.PROTOCOL_VERSION}",
                 )
-            if not self.peers.welcome(peer, now):
-                raise ProtocolError(ErrorCode.BUSY, "too many clients are connected")
+            self.peers.welcome(peer, now)
             if not peer.name:
                 peer.name = msg.header.get("client", "?")
-                log.info("client %s (%s) connected", peer.label, peer.name[:60])
+                origin = "" if peer.origin.kind == "connection" else f", {peer.origin}"
+                log.info("client %s (%s%s) connected", peer.label, printable(peer.name, 60), origin)
             self.send(
                 identity,
                 "welcome",
@@ -321,7 +312,7 @@ class Server:
             if peer.session is not None:
                 self.sessions.free(peer.session, "reopened")
                 peer.session = None
-            peer.session = self.sessions.open(identity)
+            peer.session = self.sessions.open(identity, peer.origin)
             self.send(identity, "opened", re=rid, session=peer.session.id)
         elif peer.session is None or peer.session.id not in self.sessions.sessions:
             peer.session = None

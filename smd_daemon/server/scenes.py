@@ -2,10 +2,11 @@
 
 Inflating planes and planning a scene can take seconds on a huge canvas. A
 small pool of worker threads does it, one request of a session at a time
-and in the order the session sent them (updates, and ``generate``s, which
-render the scene as it stands after the updates before them), so revisions
-are applied in order and each reply is all or nothing. Meanwhile the I/O
-thread keeps answering everyone and the engine keeps stepping every stream.
+and in the order the session sent them (``ordered.SessionOrder``: updates,
+and ``generate``s, which render the scene as it stands after the updates
+before them), so revisions are applied in order and each reply is all or
+nothing. Meanwhile the I/O thread keeps answering everyone and the engine
+keeps stepping every stream.
 
 The memory a scene will keep is reserved (``MemoryBudget``) from its sizes
 before any plane is decoded, and exactly once the scene is built.
@@ -13,11 +14,9 @@ before any plane is decoded, and exactly once the scene is built.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,7 @@ from smd_daemon.server import messages as m
 from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
 from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
+from smd_daemon.server.ordered import SessionOrder
 from smd_daemon.server.ports import Planner
 
 log = logging.getLogger("smd_daemon.server")
@@ -46,9 +46,6 @@ class SceneSession:
     revision: int = 0
     scene: object = None  # the engine Scene of ``revision``
     plan: object = None  # its plan, made when first needed
-    queue: collections.deque = field(default_factory=collections.deque)  # (kind, message, re, job id)
-    queued_bytes: int = 0
-    busy: bool = False
     closed: bool = False
 
 
@@ -64,72 +61,61 @@ class SceneWorkers:
     ):
         self.engine, self.limits, self.budget, self.post = engine, limits, budget, post
         self.stopping = stopping or threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scene")
+        self._order = SessionOrder(threads, "scene")
         self._defaults = scene_defaults()
 
     def submit(self, s: SceneSession, kind: str, msg, re, job_id: int | None = None) -> None:
         """Queue an ``update`` or ``generate`` of ``s`` (I/O thread); ``busy`` when too much waits."""
+        lim = self.limits
         size = sum(len(p) for p in msg.parts)
-        with self._lock:
-            if (
-                len(s.queue) >= self.limits.max_updates_queued
-                or s.queued_bytes + size > 2 * self.limits.max_message_bytes
-            ):
-                raise ProtocolError(
-                    E.BUSY, f"{len(s.queue)} updates of this session are still being decoded: send fewer"
-                )
-            s.queue.append((kind, msg, re, job_id))
-            s.queued_bytes += size
-            if s.busy:
-                return
-            s.busy = True
-        self._pool.submit(self._drain, s)
+        queued = self._order.submit(
+            s.id,
+            self._run,
+            s,
+            kind,
+            msg,
+            re,
+            job_id,
+            cost=size,
+            max_tasks=lim.max_updates_queued,
+            max_cost=2 * lim.max_message_bytes,
+        )
+        if not queued:
+            waiting = len(self._order.waiting(s.id))
+            raise ProtocolError(E.BUSY, f"{waiting} updates of this session are still being decoded: send fewer")
 
     def close(self, s: SceneSession) -> None:
-        """The session is gone: drop what waits and give back its memory."""
-        with self._lock:
-            s.closed = True
-            s.queue.clear()
-            s.queued_bytes = 0
-            if s.busy:
-                return  # the worker releases it when it notices
-        self.budget.release(s.id)
+        """The session is gone: drop what waits, and give back its memory once what runs is done."""
+        s.closed = True
+        if not self._order.drop(s.id) or not self._order.submit(s.id, self.budget.release, s.id):
+            self.budget.release(s.id)  # nothing runs for it (or the daemon is stopping): now
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._order.shutdown()
 
-    def _drain(self, s: SceneSession) -> None:
-        while True:
-            with self._lock:
-                if s.closed or not s.queue:
-                    s.busy = False
-                    if s.closed:
-                        self.budget.release(s.id)
-                    return
-                kind, msg, re, job_id = s.queue.popleft()
-                s.queued_bytes -= sum(len(p) for p in msg.parts)
-                # A scene that another update replaces at once is never drawn: plan only the last.
-                last = not any(k == "update" for k, *_ in s.queue)
-            try:
-                if kind == "update":
-                    done = self._update(s, msg, re, plan_now=last)
-                    self.post(done)
-                    if done.error is not None and last and s.scene is not None and s.plan is None:
-                        self._plan_late(s)
-                else:
-                    self.post(self._generate(s, msg, re, job_id))
-            except Cancelled:  # the daemon is stopping, or the session closed: nobody waits for it
-                if self.stopping.is_set():
-                    return
-            except Exception as e:  # a bug must cost one request, not the session's worker
-                log.exception("internal error building a scene")
-                error = (E.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}")
-                self.post(
-                    m.UpdateDone(s.id, re, msg.header.get("revision", 0), error=error)
-                    if kind == "update"
-                    else m.JobReady(s.id, re, None, error + (job_id,))
-                )
+    def _run(self, s: SceneSession, kind: str, msg, re, job_id) -> None:
+        if s.closed:
+            return
+        # A scene that another update replaces at once is never drawn: plan only the last.
+        last = not any(args[1] == "update" for args in self._order.waiting(s.id))
+        try:
+            if kind == "update":
+                done = self._update(s, msg, re, plan_now=last)
+                self.post(done)
+                if done.error is not None and last and s.scene is not None and s.plan is None:
+                    self._plan_late(s)
+            else:
+                self.post(self._generate(s, msg, re, job_id))
+        except Cancelled:  # the daemon is stopping, or the session closed: nobody waits for it
+            pass
+        except Exception as e:  # a bug must cost one request, not the session's worker
+            log.exception("internal error building a scene")
+            error = (E.INTERNAL, f"internal error: {type(e).__name__}: {str(e)[:200]}")
+            self.post(
+                m.UpdateDone(s.id, re, msg.header.get("revision", 0), error=error)
+                if kind == "update"
+                else m.JobReady(s.id, re, None, error + (job_id,))
+            )
 
     # --- update ---------------------------------------------------------------
 
@@ -179,17 +165,7 @@ class SceneWorkers:
             raise ProtocolError(E.STALE_REVISION, f"revision {h['revision']} is not newer than {s.revision}")
         change = SceneChange.from_header(h)
         w, h_ = s.state.next_size(change)
-        for side in (w, h_):
-            if side > lim.max_side:
-                raise ProtocolError(E.TOO_LARGE, f"output {w}x{h_} is larger than {lim.max_side} per side")
-            if side < lim.min_side or side % 8:
-                raise ProtocolError(
-                    E.BAD_FIELD,
-                    f"output {w}x{h_}: sides must be multiples of 8 between {lim.min_side} and {lim.max_side}",
-                )
         settings = {**({} if change.full else s.state.settings), **change.settings}
-        if settings.get("steps", self._defaults["steps"]) > lim.max_steps:
-            raise ProtocolError(E.BAD_FIELD, f"steps must be at most {lim.max_steps}")
         if len(change.layers) > lim.max_layers:
             raise ProtocolError(E.TOO_LARGE, f"{len(change.layers)} layers, at most {lim.max_layers} allowed")
         # Reserve what the session will keep before decoding anything, counting
@@ -205,6 +181,8 @@ class SceneWorkers:
             change.background_image is KEEP and not change.full and s.state.background_image is not None
         )
         shape = self._shape_scene(w, h_, min(planes, lim.max_regions), settings)
+        # Size, steps and modes, the engine's rules and what the model can do: once, before any plane is decoded.
+        self._check(shape)
         self.budget.reserve(
             s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_) + self.engine.session_bytes(shape)
         )
@@ -266,12 +244,16 @@ class SceneWorkers:
         if len(scene.regions) > lim.max_regions:
             raise ProtocolError(E.TOO_MANY_REGIONS, f"{len(scene.regions)} regions, at most {lim.max_regions} allowed")
         scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
-        scene.validate()
-        try:  # a setting this model cannot do (region mode, steps): refused before any work
+        scene.validate()  # what the settings' check before decoding could not see: the regions, the image
+        return scene, parsed
+
+    def _check(self, scene: Scene) -> None:
+        """The engine's check of a scene's settings (``Engine.check``), as a wire error."""
+        try:
             self.engine.check(scene)
         except SceneError as e:
-            raise ProtocolError(E.BAD_FIELD, str(e)) from None
-        return scene, parsed
+            too_large = max(scene.width, scene.height) > self.limits.max_side  # which code, not whether
+            raise ProtocolError(E.TOO_LARGE if too_large else E.BAD_FIELD, str(e)) from None
 
     def _plan(self, s: SceneSession, scene):
         # A plan of a huge canvas takes seconds: it stops when the daemon does.
@@ -292,10 +274,7 @@ class SceneWorkers:
             if changes:
                 scene = dataclasses.replace(scene, **changes)
                 scene.bootstrap_steps = min(scene.bootstrap_steps, scene.steps)
-                try:
-                    self.engine.check(scene)
-                except SceneError as e:
-                    raise ProtocolError(E.BAD_FIELD, str(e)) from None
+                self._check(scene)
                 plan = None
             if plan is None:
                 plan = self._plan(s, scene)

@@ -8,6 +8,7 @@ answers come back as typed events (``messages.py``) through ``Server.post``.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -31,6 +32,7 @@ E = ErrorCode
 class Session:
     id: str
     identity: bytes
+    origin: object  # admission.Origin: whose share of the sessions it takes
     flow: FrameFlow
     scene: SceneSession
     live: bool = False
@@ -46,24 +48,37 @@ class SessionManager:
         self.server = server
         self.limits = server.limits
         self.sessions: dict[str, Session] = {}
+        self._held_by: collections.Counter = collections.Counter()  # origin -> sessions
         self._job_ids = itertools.count(1)
         self._encoders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 
     # --- opening and closing ----------------------------------------------------
 
-    def open(self, identity: bytes) -> Session:
+    def open(self, identity: bytes, origin) -> Session:
+        """A new session for the connection ``identity`` (which holds none now)."""
+        held, share = self._held_by[origin], self.limits.sessions_per_origin
+        if held >= share:
+            raise ProtocolError(
+                E.QUOTA,
+                f"{origin} already holds {held} of the {self.limits.max_sessions} sessions, as many as one may hold "
+                f"(max_sessions_per_origin): close one of them (another window or script) first",
+            )
         if len(self.sessions) >= self.limits.max_sessions:
             raise ProtocolError(E.BUSY, f"all {self.limits.max_sessions} sessions are in use")
         sid = uuid.uuid4().hex
-        s = Session(sid, identity, FrameFlow(self.limits.frame_window), SceneSession(sid))
+        s = Session(sid, identity, origin, FrameFlow(self.limits.frame_window), SceneSession(sid))
         self.server.engine_loop.send(m.OpenSession(sid, s.flow))  # may refuse: a cluster with no room
         self.sessions[sid] = s
+        self._held_by[origin] += 1
         log.info("session %s opened for client %s", sid[:8], label(identity))
         return s
 
     def free(self, s: Session, why: str) -> None:
         if self.sessions.pop(s.id, None) is None:
             return
+        self._held_by[s.origin] -= 1
+        if not self._held_by[s.origin]:
+            del self._held_by[s.origin]
         s.live = False
         self.server.engine_loop.send(m.CloseSession(s.id))
         self.server.workers.close(s.scene)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,59 @@ def _run(home: Path, scenario: str, args, files, timeout: float, during, screen:
 
 def plugin_folder(home: Path) -> Path:
     return home / ".local/share/krita/pykrita" / "smd_krita"
+
+
+def copy_home(home: Path, dst: Path) -> Path:
+    """A copy of an initialised HOME (0.1 s, where a first Krita start takes 15-25 s)."""
+    subprocess.run(["cp", "-a", str(home), str(dst)], check=True)
+    # install.py's record names the paths it made: in the copy, the copy's own (as if installed there).
+    record = plugin_folder(dst).parent / "smd_krita.install.json"
+    if record.exists():
+        record.write_text(record.read_text().replace(json.dumps(str(home))[1:-1], json.dumps(str(dst))[1:-1]))
+    return dst
+
+
+def daemon_venv(path: Path) -> Path:
+    """A folder install.py takes as a venv (a pyvenv.cfg) whose smd-daemon is this checkout's daemon
+    (exec'd: the docker's process is the daemon) and whose pip does nothing: installing torch into a
+    new venv is not for a test."""
+    (path / "bin").mkdir(parents=True)
+    (path / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).parent}\n")
+    (path / "bin" / "python").write_text("#!/bin/sh\nexit 0\n")
+    (path / "bin" / "smd-daemon").write_text(
+        f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} -m smd_daemon "$@"\n'
+    )
+    for exe in ("python", "smd-daemon"):
+        (path / "bin" / exe).chmod(0o755)
+    return path
+
+
+class KillKrita:
+    """A ``during`` for run() with the driver's ``managed_killed`` scenario: once the driver has
+    written ``pids.json`` into ``sync``, SIGKILL Krita and time how long the daemon it started lives
+    on (``gone``, ``seconds``; up to ``wait`` s)."""
+
+    def __init__(self, sync: Path, wait: float = 30.0):
+        self.sync, self.wait = sync, wait
+        self.pids: dict = {}
+        self.gone, self.seconds = False, None
+
+    def __call__(self, proc) -> None:
+        from daemon_util import wait_gone  # tests/: on the path of the tests and the benchmarks
+
+        if self.pids or not (self.sync / "pids.json").exists():
+            return
+        self.pids = json.loads((self.sync / "pids.json").read_text())
+        t = time.monotonic()
+        os.kill(self.pids["krita"], 9)
+        self.gone = wait_gone(self.pids["daemon"], self.wait)
+        self.seconds = time.monotonic() - t
+
+    def clean_up(self) -> None:
+        from daemon_util import process_alive
+
+        if self.pids.get("daemon") and process_alive(self.pids["daemon"]):
+            os.kill(self.pids["daemon"], 9)
 
 
 def disable_plugin(home: Path) -> None:

@@ -3,6 +3,7 @@ clock (no sleeping) and a fake client recording what the plugin sends."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import krita  # the fake, put on sys.path by env.py
@@ -55,6 +56,29 @@ def add(doc, name, parent=None, kind="paintlayer", above="top"):
     app.undo_stack.clear()
     app._queued.clear()
     return node
+
+
+@contextlib.contextmanager
+def live_controller(folder: str, painted: str, *others: str):
+    """The plugin's controller with its real client, on a new 64² document with a layer named
+    ``painted`` holding a 16² red square and empty layers ``others``; stopped afterwards.
+    Yields (controller, document, the painted layer)."""
+    from smd_krita import live
+    from smd_krita.managed import ManagedDaemon
+
+    krita.Krita.instance().settings.clear()
+    doc, _ = new_doc(64, 64)
+    layer = add(doc, painted)
+    layer.setPixelData(bgra(0, 0, 255, 255, 16 * 16), 0, 0, 16, 16)
+    for name in others:
+        add(doc, name)
+    ctl = live.Controller(managed=ManagedDaemon(folder=folder))
+    ctl.settings["size"] = 64
+    try:
+        yield ctl, doc, layer
+    finally:
+        ctl.timer.stop()
+        ctl.disconnect_daemon()
 
 
 class FakeClient:
@@ -125,11 +149,25 @@ def scene_event(revision, *readings):
 
 
 def region(name, prompt=None, **extra):
-    return {"name": name, "role": "region", "prompt": prompt or name, **extra}
+    return {"name": name, "role": "region", "prompt": prompt or name, "joins_background": False, **extra}
+
+
+def background(name, prompt, **extra):
+    return {"name": name, "role": "background", "prompt": prompt, "joins_background": True, **extra}
 
 
 def ignored(name, code, reason="", **extra):
-    return {"name": name, "role": "ignored", "prompt": "", "reason_code": code, "reason": reason or code, **extra}
+    """As the daemon reads it: automatic names and unnamed layers join the background image."""
+    joins = code in ("automatic_name", "no_name")
+    return {
+        "name": name,
+        "role": "ignored",
+        "prompt": "",
+        "reason_code": code,
+        "reason": reason or code,
+        "joins_background": joins,
+        **extra,
+    }
 
 
 def state_event(state, reason, code):

@@ -7,7 +7,9 @@ pixelData is one byte per pixel; a paint layer's projection has its
 transparency masks applied; setPixelData is ignored on groups; adding or
 removing a layer is an undo step, marks the document modified and (adding)
 activates the new layer a moment later (``Krita.process_queued()``);
-setPixelData, visibility, opacity and lock changes are no undo steps.
+setPixelData, visibility, opacity and lock changes are no undo steps;
+a filter layer's projection is the whole picture below it; an annotation
+marks the document modified.
 """
 
 import uuid
@@ -106,7 +108,14 @@ class Node:
         return self._px.get((x, y), b"\x00")[0]
 
     def _pixels(self):
-        """What the node shows: a group its visible children, a layer its pixels through its masks."""
+        """What the node shows: a group its visible children, a layer its pixels through its masks,
+        a filter layer every visible layer below it (Krita filters them: the whole picture below)."""
+        if self._type == "filterlayer":
+            out = {}
+            for c in self._parent._children[: self._parent._children.index(self)]:
+                if c._visible and not c._is_mask():
+                    out.update({k: v for k, v in c._pixels().items() if any(v)})
+            return out
         if self._type == "grouplayer":
             out = {}
             for c in self._children:

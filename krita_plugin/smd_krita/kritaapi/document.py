@@ -13,12 +13,14 @@ import zlib
 from dataclasses import dataclass, field
 
 from krita import Krita
-from PyQt5.QtCore import QByteArray
+from PyQt5.QtCore import QByteArray, QTimer
 
 PREVIEW_NAME = "SMD Preview"
 RESULT_NAME = "SMD Result"
-PLUGIN_PREFIX = "SMD "  # the plugin's own layers (the grammar never reads them either)
-ANNOTATION = "smd-live"  # per-document settings, stored inside the .kra
+ANNOTATION = "smd-live"  # per-document settings and the plugin's own layers, stored inside the .kra
+# Inside the annotation: the unique ids of the layers the plugin made and may write into. A layer is
+# the plugin's by its id, never by its name: an artist's layer called "SMD Preview" is not touched.
+OWN_LAYERS = "own_layers"
 FINGERPRINT_SIZE = 96  # thumbnail side used only to notice pixel changes cheaply
 MASK_KINDS = ("transparencymask", "filtermask", "transformmask", "selectionmask", "colorizemask")
 
@@ -66,6 +68,16 @@ class Layer:
     @property
     def is_group(self) -> bool:
         return self.kind == "grouplayer"
+
+    @property
+    def is_filter(self) -> bool:
+        """A filter layer: its pixels are the layers below it, filtered, never a picture of its own."""
+        return self.kind == "filterlayer"
+
+    @property
+    def is_sent(self) -> bool:
+        """Sent to the daemon as a layer: groups and filter layers are listed by the plugin itself."""
+        return not (self.is_group or self.is_filter)
 
     @property
     def factor(self) -> float:
@@ -122,10 +134,6 @@ def color_problem(doc, writing: bool = False) -> str:
     return ""
 
 
-def is_plugin_layer(name: str) -> bool:
-    return name.startswith(PLUGIN_PREFIX)
-
-
 def layers(doc) -> list[Layer]:
     """All layers bottom to top; a group comes right before its children.
 
@@ -134,6 +142,7 @@ def layers(doc) -> list[Layer]:
     transparency masks are applied to everything inside it.
     """
     out: list[Layer] = []
+    preview = own_layer_uid(doc, "preview")
 
     def walk(parent, depth, parent_visible, outer, passing, parent_masks, parent_uid):
         # outer: each enclosing isolated group's opacity; passing: the pass-through group's around it
@@ -142,14 +151,14 @@ def layers(doc) -> list[Layer]:
             kind = node.type()
             if kind in MASK_KINDS:
                 continue
-            name = node.name()
-            if name == PREVIEW_NAME and depth == 0:
+            uid = node.uniqueId().toString()
+            if uid == preview:
                 continue
+            name = node.name()
             visible = parent_visible and node.visible()
             seen = node.opacity() * passing // 255  # Krita cuts the product down (measured)
             opacities = (seen, *outer)
             own = [m for m in node.childNodes() if m.type() in MASK_KINDS]
-            uid = node.uniqueId().toString()
             layer = Layer(
                 node,
                 name,
@@ -216,6 +225,12 @@ def activate(doc, uid: str) -> bool:
     return True
 
 
+def find_node(doc, uid: str):
+    """The node with this unique id anywhere in the document, or None."""
+    root = doc.rootNode()
+    return _find(root, uid) if uid and root is not None else None
+
+
 def _find(parent, uid: str):
     for node in parent.childNodes():
         if node.uniqueId().toString() == uid:
@@ -226,20 +241,72 @@ def _find(parent, uid: str):
     return None
 
 
-# ------------------------------------------------------------ per-document settings
+# ------------------------------------------------------------ the modified flag
 
 
-def load_document_settings(doc) -> dict:
+def keep_unmodified(doc, was_modified: bool) -> None:
+    """Something the plugin did is not an edit by the artist: leave the modified flag as it was.
+
+    Krita sets the flag through a queued signal after a layer is added, so
+    it is cleared again once that signal has been delivered.
+    """
+    if was_modified:
+        return
+    if doc.modified():
+        doc.setModified(False)
+    QTimer.singleShot(0, lambda: doc.setModified(False) if is_open(doc) and doc.modified() else None)
+
+
+# ------------------------------------------------------------ the per-document annotation
+
+
+def _annotation(doc) -> dict:
+    """The annotation's JSON object; {} when there is none or it is damaged (its values are
+    cleaned by whoever uses them: JSON readers take NaN and turn 1e400 into infinity)."""
+    if doc.rootNode() is None:  # a document still being made: asking for its annotation crashes Krita 5.1
+        return {}
     try:
         raw = bytes(doc.annotation(ANNOTATION))
         values = json.loads(raw.decode("utf-8")) if raw else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return values if isinstance(values, dict) else {}
 
 
-def save_document_settings(doc, settings: dict) -> None:
-    data = json.dumps(settings, sort_keys=True).encode("utf-8")
+def _write_annotation(doc, values: dict, edit: bool) -> None:
+    """Store ``values``; ``edit=False``: Krita marks the document modified, which is undone."""
+    data = json.dumps(values, sort_keys=True).encode("utf-8")
     if bytes(doc.annotation(ANNOTATION) or b"") == data:
         return
+    was_modified = doc.modified()
     doc.setAnnotation(ANNOTATION, "SMD Live settings", QByteArray(data))
+    if not edit:
+        keep_unmodified(doc, was_modified)
+
+
+def load_document_settings(doc) -> dict:
+    return {k: v for k, v in _annotation(doc).items() if k != OWN_LAYERS}
+
+
+def save_document_settings(doc, settings: dict, edit: bool = True) -> None:
+    """Store the document's settings; ``edit=False`` when only how it is looked at changed."""
+    current = _annotation(doc)
+    values = dict(settings)
+    if isinstance(current.get(OWN_LAYERS), dict):
+        values[OWN_LAYERS] = current[OWN_LAYERS]
+    _write_annotation(doc, values, edit)
+
+
+def own_layer_uid(doc, role: str) -> str:
+    """The unique id of the layer the plugin made for ``role`` ("preview") in this document, or ''."""
+    own = _annotation(doc).get(OWN_LAYERS)
+    uid = own.get(role) if isinstance(own, dict) else None
+    return uid if isinstance(uid, str) else ""
+
+
+def set_own_layer_uid(doc, role: str, uid: str) -> None:
+    """Remember that the plugin made this layer (no edit: the document stays as modified as it was)."""
+    values = _annotation(doc)
+    own = values.get(OWN_LAYERS) if isinstance(values.get(OWN_LAYERS), dict) else {}
+    values[OWN_LAYERS] = {**own, role: uid}
+    _write_annotation(doc, values, edit=False)

@@ -11,7 +11,11 @@ after.
 
 So the preview is added once per document, never removed: turning Live off
 hides it, and nothing the plugin does to it touches the artist's undo
-history or which layer is active.
+history or which layer is active. It is known by its unique id, kept in the
+document's annotation (it survives saving): a layer that merely has its name
+is the artist's, and never written into. Changing a layer's visibility or
+opacity does not redraw the canvas (measured: the projection keeps the old
+picture until ``refreshProjection``), so every change of look refreshes it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,19 @@ from PyQt5.QtCore import QTimer
 from PyQt5.QtGui import QImage
 
 from .. import pixels
-from .document import PREVIEW_NAME, RESULT_NAME, Unsupported, activate, active_uid, color_problem, is_open
+from .document import (
+    PREVIEW_NAME,
+    RESULT_NAME,
+    Unsupported,
+    activate,
+    active_uid,
+    color_problem,
+    find_node,
+    is_open,
+    keep_unmodified,
+    own_layer_uid,
+    set_own_layer_uid,
+)
 
 HELD: set[str] = set()  # previews hidden while Krita saves (see saving.py): not shown again by frames
 # Set while the plugin itself adds a layer: Krita then builds the same wait dialog it builds
@@ -42,26 +58,8 @@ def _canvas_bytes(doc, frame: QImage):
 
 
 def find_preview(doc):
-    root = doc.rootNode()
-    if root is None:  # a document still loading
-        return None
-    for node in root.childNodes():
-        if node.name() == PREVIEW_NAME:
-            return node
-    return None
-
-
-def keep_unmodified(doc, was_modified: bool) -> None:
-    """Something the plugin did is not an edit by the artist: leave the modified flag as it was.
-
-    Krita sets the flag through a queued signal after a layer is added, so
-    it is cleared again once that signal has been delivered.
-    """
-    if was_modified:
-        return
-    if doc.modified():
-        doc.setModified(False)
-    QTimer.singleShot(0, lambda: doc.setModified(False) if doc.modified() else None)
+    """The preview layer the plugin made in this document (by its unique id), or None."""
+    return find_node(doc, own_layer_uid(doc, "preview"))
 
 
 def _set_look(node, visible: bool, opacity: float) -> bool:
@@ -104,6 +102,7 @@ def write_preview(doc, frame: QImage, visible: bool = True, opacity: float = 1.0
         root = doc.rootNode()
         children = root.childNodes()
         _add(root, node, children[-1] if children else None)
+        set_own_layer_uid(doc, "preview", node.uniqueId().toString())
         keep_unmodified(doc, was_modified)
         QTimer.singleShot(LOOK_DELAY_MS, lambda: _settle(doc, node, visible, opacity))
         return node, previous
@@ -132,6 +131,7 @@ def set_preview_look(doc, visible: bool, opacity: float) -> None:
     held = node.uniqueId().toString() in HELD
     if _set_look(node, visible and not held, opacity):
         keep_unmodified(doc, was_modified)
+        doc.refreshProjection()  # the canvas shows the new look everywhere, not only where painted next
 
 
 def hide_preview(doc) -> bool:
@@ -142,6 +142,7 @@ def hide_preview(doc) -> bool:
     was_modified = doc.modified()
     node.setVisible(False)
     keep_unmodified(doc, was_modified)
+    doc.refreshProjection()  # without it the last frame stays on the canvas until strokes repaint it
     return True
 
 
@@ -173,7 +174,8 @@ def apply_frame(doc, frame: QImage):
     node.setPixelData(data, 0, 0, w, h)
     previous = active_uid(doc)
     root = doc.rootNode()
-    artist = [n for n in root.childNodes() if n.name() != PREVIEW_NAME]
+    preview = own_layer_uid(doc, "preview")
+    artist = [n for n in root.childNodes() if n.uniqueId().toString() != preview]
     _add(root, node, artist[-1] if artist else None)
     return node, previous
 

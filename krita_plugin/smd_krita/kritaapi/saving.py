@@ -119,3 +119,4 @@ class SaveGuard(QObject):
             was_modified = doc.modified()
             node.setVisible(True)
             keep_unmodified(doc, was_modified)
+            doc.refreshProjection()  # the canvas shows the preview again at once, not where painted next

@@ -24,15 +24,20 @@ def log(msg):
     RESULT["log"].append(f"{time.monotonic():.3f} {msg}")
 
 
+def checkpoint():
+    """Write the results so far: for a scenario whose Krita is killed rather than quit."""
+    with open(OUT + ".tmp", "w") as f:
+        json.dump(RESULT, f, indent=1)
+    os.replace(OUT + ".tmp", OUT)
+
+
 def finish(code=0):
     try:
         for doc in Krita.instance().documents():
             doc.setModified(False)
     except Exception:
         pass
-    with open(OUT + ".tmp", "w") as f:
-        json.dump(RESULT, f, indent=1)
-    os.replace(OUT + ".tmp", OUT)
+    checkpoint()
     sys.stderr.flush()
     if code == 0 and RESULT.get("quit"):
         # Quit as an artist does (File > Quit), so the plugin sees Krita quitting.

@@ -39,7 +39,8 @@ def startup(args, out):
     out["checks"]["krita_version"] = app.version()
     out["checks"]["docker_present"] = d is not None
     out["checks"]["status"] = status()
-    out["checks"]["actions"] = [n for n in ("smd_live_toggle", "smd_generate", "smd_apply") if app.action(n)]
+    names = ("smd_live_toggle", "smd_generate", "smd_apply", "smd_show_swap")
+    out["checks"]["actions"] = [n for n in names if app.action(n)]
     yield 0.1
 
 
@@ -337,3 +338,47 @@ def documents(args, out):
     for d in (doc, d16, f32):
         d.setModified(False)
     yield 0.1
+
+
+def hostile_frames(args, out):
+    """Live against a fake daemon that sends a 1 GiB part, a huge declared size, the wrong size,
+    the wrong byte count and a PNG bomb, then good frames: Krita's memory, the status line, the
+    preview and the artist's layer."""
+
+    def peak_mb():  # Krita's own peak RSS (VmHWM)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+    c = out["checks"]
+    doc, root, bg = new_document(256, "hostile")
+    fox = doc.createNode("a red fox", "paintlayer")
+    root.addChildNode(fox, bg)
+    fox.setPixelData(_square(64, 64, (0, 0, 255, 255)), 32, 32, 64, 64)
+    doc.refreshProjection()
+    doc.waitForDone()
+    painted = bytes(fox.pixelData(0, 0, 256, 256))
+    ctl = controller()
+    ctl.set_setting("address", args["address"])
+    ctl.set_setting("size", 256)
+    ctl.connect_daemon()
+    yield ("connected", lambda: ctl.state == "connected", 60)
+    yield 0.5
+    c["peak_before_mb"] = peak_mb()
+    errors = []
+
+    def shown_after_the_bad_ones():
+        if ctl.error and ctl.error not in errors:
+            errors.append(ctl.error)
+        return ctl.frame_event is not None and ctl.frame_event.seq > 5
+
+    ctl.set_live(True)
+    yield ("a good frame after the bad ones", shown_after_the_bad_ones, 90)
+    c["peak_after_mb"] = peak_mb()
+    c["errors"] = errors
+    c["status"] = status()
+    c["frame_pixel"] = list(ctl.output.image.pixelColor(5, 5).getRgb()[:3])
+    c["fox_untouched"] = bytes(fox.pixelData(0, 0, 256, 256)) == painted
+    ctl.set_live(False)
+    ctl.disconnect_daemon()
+    yield 0.3
+    doc.setModified(False)

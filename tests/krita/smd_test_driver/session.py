@@ -1,6 +1,7 @@
 """An artist's session in real Krita, and the local daemon managed from the
 docker. Run by tests/test_plugin_krita.py (see scenarios.py for the form)."""
 
+import json
 import os
 import shutil
 import time
@@ -8,11 +9,12 @@ import time
 from krita import Krita
 from PyQt5.QtCore import QPoint, Qt
 from PyQt5.QtTest import QTest
-from PyQt5.QtWidgets import QApplication, QLabel, QLineEdit, QPushButton, QTreeWidget, QWidget
+from PyQt5.QtWidgets import QApplication, QLabel, QLineEdit, QPushButton, QToolButton, QTreeWidget, QWidget
 
 from .scenarios import _square, controller, docker, new_document, status, top_names
 
 SHOWN = ("smd_status", "smd_connect", "smd_live", "smd_generate", "smd_apply", "smd_layers", "smd_stats")
+PROBE_BGRA = [200, 220, 240, 255]  # the painting at the probe: the light "Background"
 
 
 def find(name, kind=QWidget):
@@ -80,6 +82,41 @@ def visible_in_docker(name):
     return 0 <= y < scroll.viewport().height()
 
 
+def whole_buttons():
+    """[(name, whole)] for every button shown in the docker: entirely inside its visible width, and at
+    least as wide as its text needs."""
+    from PyQt5.QtWidgets import QAbstractButton
+
+    d = docker()
+    scroll = d.widget()
+    out = []
+    for b in d.findChildren(QAbstractButton):
+        if not (b.isVisible() and scroll.widget().isAncestorOf(b)):
+            continue
+        left = b.mapTo(scroll.viewport(), QPoint(0, 0)).x()
+        need = max(b.minimumWidth(), b.fontMetrics().horizontalAdvance(b.text()))
+        out.append([b.objectName(), 0 <= left and left + b.width() <= scroll.viewport().width() and b.width() >= need])
+    return out
+
+
+def mean_difference(a, b) -> float:
+    """Mean absolute difference of two same-sized images' RGB values, in 255ths."""
+    a, b = a.toImage(), b.toImage()
+    total = n = 0
+    for y in range(0, min(a.height(), b.height()), 2):
+        for x in range(0, min(a.width(), b.width()), 2):
+            p, q = a.pixelColor(x, y), b.pixelColor(x, y)
+            total += abs(p.red() - q.red()) + abs(p.green() - q.green()) + abs(p.blue() - q.blue())
+            n += 3
+    return total / max(n, 1)
+
+
+def projection_at(doc, x, y):
+    """What the canvas shows at (x, y), B, G, R, A. (Read after a pause, never after waitForDone: that
+    builds the wait dialog Krita builds before saving, which hides the preview.)"""
+    return list(bytes(doc.pixelData(x, y, 1, 1)))
+
+
 def rows_in_docker():
     tree = find("smd_layers", QTreeWidget)
     out = []
@@ -128,13 +165,39 @@ def session(args, out):
     c["docker_rows"] = rows_in_docker()
 
     # Live: the artist's layer stays active and a stroke lands on it.
+    live_off = find("smd_live", QPushButton).grab()
+    yield 2.0  # the artist looks a while before pressing Live: no part of that is latency
+    t_live = time.monotonic()
     click("smd_live")
     yield ("first frame", lambda: ctl.frame_event is not None and node_named(doc, "SMD Preview"), 120)
+    yield ("latency measured", lambda: ctl.stats.latency_ms > 0, 60)
+    c["since_live_ms"] = (time.monotonic() - t_live) * 1000
+    c["latency_first_live_ms"] = ctl.stats.latency_ms
     yield 1.0  # Krita activates the new preview layer a moment later; the plugin gives the fox back
     preview = node_named(doc, "SMD Preview")
     c["active_after_live"] = doc.activeNode().name()
     c["preview_on_top"] = top_names(doc)[-1] == "SMD Preview"
     c["preview_locked"] = preview.locked()
+    c["live_button_contrast"] = mean_difference(live_off, find("smd_live", QPushButton).grab())
+    c["live_button_text"] = find("smd_live", QPushButton).text()
+    # Both by default: the preview at half opacity over the painting; one click shows either alone.
+    c["preview_opacity_live"] = preview.opacity()
+    probe = (size - 4, size // 2)
+    holds = ctl.guard.holds
+    doc.setModified(False)
+    looks = {}
+    for choice in ("painting", "preview", "both"):
+        find(f"smd_show_{choice}", QToolButton).click()
+        yield 0.5
+        looks[choice] = [preview.visible(), preview.opacity(), projection_at(doc, *probe)]
+    c["looks"] = looks
+    app.action("smd_show_swap").trigger()  # the action an artist gives a key to
+    yield 0.3
+    c["after_swap_action"] = [ctl.settings["preview_show"], preview.opacity()]
+    find("smd_show_both", QToolButton).click()
+    yield 0.3
+    c["modified_after_show_choices"] = doc.modified()
+    c["holds_while_looking"] = ctl.guard.holds - holds  # no save meanwhile: nothing hid the preview
     canvas = [
         w
         for w in window.findChildren(QWidget)
@@ -204,6 +267,10 @@ def session(args, out):
     c["window"] = [window.width(), window.height()]
     c["docker_size"] = [d.width(), d.height()]
     c["shown_at_full_height"] = {n: visible_in_docker(n) for n in SHOWN}
+    c["whole_buttons"] = whole_buttons()
+    warnings = find("smd_warnings", QLabel)
+    c["warnings_label"] = [warnings.isVisible(), warnings.text().replace("\u200b", "")]
+    c["warnings_fit"] = warnings.height() >= warnings.heightForWidth(warnings.width())
     window.grab().save(os.path.join(shots, "krita-1366x768.png"))
     d.grab().save(os.path.join(shots, "docker-1366x768.png"))
     d.setFloating(True)
@@ -214,10 +281,26 @@ def session(args, out):
     d.grab().save(os.path.join(shots, "docker-350px.png"))
     d.setFloating(False)
 
-    # Live off: the preview is hidden, never removed (no undo step), the fox untouched by the plugin.
+    # The preview moved into the docker: the canvas shows the painting again, everywhere.
+    from PyQt5.QtWidgets import QComboBox
+
+    mode = find("smd_preview_mode", QComboBox)
+    mode.setCurrentIndex(mode.findData("docker"))
+    yield 0.5
+    c["probe_in_docker"] = projection_at(doc, *probe)
+    c["modified_after_mode"] = doc.modified()
+    mode.setCurrentIndex(mode.findData("canvas"))
+    yield ("a frame on the canvas again", lambda: node_named(doc, "SMD Preview").visible(), 30)
+    yield 0.5
+    c["probe_back_on_canvas"] = projection_at(doc, *probe)
+
+    # Live off: the preview is hidden, never removed (no undo step), the fox untouched by the plugin;
+    # the whole canvas shows the painting again, not only where the next stroke lands.
+    c["probe_before_live_off"] = projection_at(doc, *probe)
     click("smd_live")
-    yield 0.3
+    yield 0.5
     c["preview_hidden_after_live"] = not node_named(doc, "SMD Preview").visible()
+    c["probe_after_live_off"] = projection_at(doc, *probe)
     c["stats_after_live_off"] = find("smd_stats", QLabel).text()
     c["history"] = undo_history()
     c["active_at_end"] = doc.activeNode().name()
@@ -263,9 +346,29 @@ def opened_without_plugin(args, out):
 
 def managed(args, out):
     """Start the daemon install.py set up from the docker; quitting Krita stops it (only it)."""
+    yield from _start_managed(out["checks"])
+    out["quit"] = True  # the driver quits Krita through File > Quit
+
+
+def managed_killed(args, out):
+    """Start the daemon install.py set up from the docker, then say the pids and wait: the test
+    kills Krita with SIGKILL (nothing of Krita or the plugin runs after that)."""
+    from . import checkpoint
+
     c = out["checks"]
+    yield from _start_managed(c)
+    c["krita_pid"] = os.getpid()
+    checkpoint()
+    with open(os.path.join(args["sync"], "pids.tmp"), "w") as f:
+        json.dump({"krita": os.getpid(), "daemon": c["pid"]}, f)
+    os.replace(os.path.join(args["sync"], "pids.tmp"), os.path.join(args["sync"], "pids.json"))
+    yield ("killed by the test", lambda: False, 600)
+
+
+def _start_managed(c):
     ctl = controller()
     c["offered"] = find("smd_daemon_start", QPushButton).isVisible() or ctl.managed.available
+    c["address_before_start"] = find("smd_address", QLineEdit).text()
     click("smd_daemon_start")
     yield ("process running", lambda: ctl.managed.running, 20)
     c["pid"] = ctl.managed.process.processId()
@@ -280,7 +383,6 @@ def managed(args, out):
     c["state_running"] = find("smd_daemon_state", QLabel).text()
     c["log_shown"] = find("smd_daemon_log", QLabel).text()
     c["address"] = ctl.settings["address"]
-    out["quit"] = True  # the driver quits Krita through File > Quit
 
 
 def save_settings(args, out):
@@ -300,3 +402,150 @@ def save_settings(args, out):
     doc.setFileName(args["kra"])
     out["checks"]["saved"] = doc.save()
     out["quit"] = True  # Krita writes its config (kritarc) when it quits
+
+
+def layout(args, out):
+    """The docker as Krita first shows it (its default dock column), every section open: every
+    button whole, warnings in full, the wheel over the layer list reaching the docker; a screenshot."""
+    from PyQt5.QtCore import QPointF
+    from PyQt5.QtGui import QWheelEvent
+
+    app = Krita.instance()
+    c = out["checks"]
+    window = app.activeWindow().qwindow()
+    window.setGeometry(QApplication.primaryScreen().availableGeometry())  # maximised (Xvfb has no window manager)
+    doc, root, bg = new_document(64, "layout")
+    for i in range(3):
+        node = doc.createNode(f"a cat {i} | strenght: 2", "paintlayer")
+        node.setPixelData(_square(8, 8, (255, 0, 0, 255)), 8 * i, 0, 8, 8)
+        root.addChildNode(node, root.childNodes()[-1])
+    yield ("document active", lambda: app.activeDocument() == doc, 10)
+    controller().set_setting("address", "127.0.0.1:1")  # a long status line: nothing answers there
+    controller().connect_daemon()
+    yield ("the longest status", lambda: "no answer" in status(), 30)
+    yield 0.3
+    d = docker()
+    c["screen"] = [QApplication.primaryScreen().size().width(), QApplication.primaryScreen().size().height()]
+    c["docker_width"] = d.width()
+    c["font"] = [d.font().family(), d.font().pointSizeF()]
+    c["whole_buttons_folded"] = whole_buttons()
+    d.grab().save(os.path.join(args["shots"], f"docker-default-{c['screen'][0]}x{c['screen'][1]}.png"))
+    for name in ("smd_preview_toggle", "smd_settings_toggle", "smd_daemon_toggle"):
+        toggle = find(name, QToolButton)
+        if not toggle.isChecked():
+            toggle.click()
+    yield 0.5
+    scroll = d.widget()
+    c["content_min_width"] = scroll.widget().minimumSizeHint().width()
+    c["viewport_width"] = scroll.viewport().width()
+    c["horizontal_scroll"] = scroll.horizontalScrollBar().maximum()
+    c["whole_buttons_open"] = whole_buttons()
+    bar = scroll.verticalScrollBar()
+    tree = find("smd_layers", QTreeWidget)
+    bar.setValue(0)
+    at = QPointF(tree.viewport().width() / 2, 5)
+    wheel = QWheelEvent(
+        at,
+        QPointF(tree.viewport().mapToGlobal(at.toPoint())),
+        QPoint(),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(tree.viewport(), wheel)  # as Qt delivers it: to the list's viewport, then up
+    c["wheel"] = [bar.maximum(), bar.value(), tree.verticalScrollBar().maximum()]
+    # The whole of it, as it scrolls: every section open.
+    scroll.widget().grab().save(os.path.join(args["shots"], f"docker-open-{c['screen'][0]}x{c['screen'][1]}.png"))
+    controller().disconnect_daemon()
+    doc.setModified(False)
+
+
+def _named_nodes(doc, name):
+    stack, out = list(doc.rootNode().childNodes()), []
+    while stack:
+        node = stack.pop()
+        if node.name() == name:
+            out.append(node)
+        stack.extend(node.childNodes())
+    return out
+
+
+def saved_document(args, out):
+    """A .kra the plugin worked on: the artist's own layer called "SMD Preview" is never written; the
+    plugin's preview is found again by its id after saving and reopening; settings damaged in the file
+    (NaN, 1e400) fall back to the defaults, said once, and Live works."""
+    from PyQt5.QtCore import QByteArray
+    from smd_krita import kritaapi
+
+    app = Krita.instance()
+    c = out["checks"]
+    ctl = controller()
+    doc, root, bg = new_document(64, "saved")
+    fox = doc.createNode("a red fox", "paintlayer")
+    fox.setPixelData(_square(32, 32, (0, 0, 255, 255)), 0, 16, 32, 32)
+    root.addChildNode(fox, bg)
+    mine = doc.createNode("SMD Preview", "paintlayer")  # the artist's, whatever its name
+    mine.setPixelData(_square(16, 16, (10, 200, 10, 255)), 48, 0, 16, 16)
+    root.addChildNode(mine, fox)
+    doc.waitForDone()
+    yield ("document active", lambda: app.activeDocument() == doc, 10)
+    before = bytes(mine.pixelData(0, 0, 64, 64))
+
+    def untouched(node):
+        return bytes(node.pixelData(0, 0, 64, 64)) == before and node.visible() and not node.locked()
+
+    ctl.set_setting("address", args["address"])
+    ctl.set_setting("size", 64)
+    ctl.set_setting("steps", 2)
+    ctl.connect_daemon()
+    yield ("connected", lambda: ctl.state == "connected", 90)
+    ctl.set_live(True)
+    yield ("the plugin's own preview", lambda: ctl.frame_event is not None and kritaapi.find_preview(doc), 90)
+    yield 1.0
+    own = kritaapi.find_preview(doc)
+    c["own_is_not_the_artists"] = own.uniqueId().toString() != mine.uniqueId().toString()
+    c["artists_untouched_during_live"] = untouched(mine)
+    c["previews_after_live"] = len(_named_nodes(doc, "SMD Preview"))
+    own_uid = own.uniqueId().toString()
+    ctl.set_live(False)
+    yield 0.3
+
+    # The settings damaged in the file, as a hand edit or another program might leave them.
+    raw = bytes(doc.annotation("smd-live")).decode()
+    damaged = raw.replace('"preview_opacity": 0.5', '"preview_opacity": NaN').replace('"seed": 0', '"seed": 1e400')
+    c["damaged"] = damaged != raw and "NaN" in damaged and "1e400" in damaged
+    doc.setAnnotation("smd-live", "SMD Live settings", QByteArray(damaged.encode()))
+    doc.setFileName(args["kra"])
+    c["saved"] = doc.save()
+    doc.close()
+    yield 0.5
+
+    doc = app.openDocument(args["kra"])
+    doc.setBatchmode(True)
+    app.activeWindow().addView(doc)
+    yield ("reopened", lambda: app.activeDocument() == doc and ctl.doc == doc, 30)
+    yield 0.5
+    c["notice"] = ctl.notice
+    c["error_label"] = find("smd_error", QLabel).text().replace("\u200b", "")
+    c["settings_after_open"] = [ctl.settings["preview_opacity"], ctl.settings["seed"]]
+    c["modified_after_open"] = doc.modified()
+    c["own_found_again"] = (
+        kritaapi.find_preview(doc) is not None and kritaapi.find_preview(doc).uniqueId().toString() == own_uid
+    )
+    ctl.set_live(True)
+    yield ("a frame in the reopened document", lambda: ctl.frame_event is not None, 90)
+    yield 1.0
+    own = kritaapi.find_preview(doc)
+    mine = [n for n in _named_nodes(doc, "SMD Preview") if n.uniqueId().toString() != own_uid][0]
+    c["previews_after_reopen"] = len(_named_nodes(doc, "SMD Preview"))
+    c["artists_untouched_after_reopen"] = untouched(mine)
+    c["own_look"] = [own.visible(), own.opacity()]
+    c["error"] = ctl.error
+    c["history_after_reopen"] = undo_history()
+    ctl.set_live(False)
+    yield 0.3
+    clean = bytes(doc.annotation("smd-live")).decode()
+    c["annotation_clean"] = "NaN" not in clean and "Infinity" not in clean and "1e400" not in clean
+    doc.setModified(False)
