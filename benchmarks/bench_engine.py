@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import cast
 
 import numpy as np
 import torch
@@ -114,7 +115,8 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
 
     model = engine.model
     c = model.components
-    sched = DDIMScheduler.from_config(model.scheduler.config)
+    # from_config returns (scheduler, unused keys) only when asked to; its annotation always says both.
+    sched = cast(DDIMScheduler, DDIMScheduler.from_config(model.scheduler.config))
     sched.set_timesteps(steps)
     h, w = scene.height // model.factor, scene.width // model.factor
     prompts = [scene.background.prompt] + [r.prompt for r in scene.regions]
@@ -137,7 +139,7 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
         samples += 2 * P
         eu, ec = eps.chunk(2)
         eps = eu + guidance * (ec - eu)
-        stepped = torch.cat([sched.step(eps[p : p + 1], t, x).prev_sample for p in range(P)])
+        stepped = torch.cat([sched.step(eps[p : p + 1], int(t), x, return_dict=False)[0] for p in range(P)])
         x = (masks * stepped).sum(0, keepdim=True) / masks.sum(0, keepdim=True)
     return model.decode(x), samples
 
@@ -147,6 +149,18 @@ def samples_per_generate(engine: Engine, scene: Scene) -> int:
     return sum(level.n for level in plan.levels) * (2 if plan.cfg else 1)
 
 
+class RecordingRunner(DenoiserRunner):
+    """An eager runner that keeps the inputs of each call."""
+
+    def __init__(self, model):
+        super().__init__(model.family, model.region_ctx)
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.seen.append(inputs)
+        return super().__call__(inputs)
+
+
 class Floor:
     """The bare work of one steady-state frame: the frame's own UNet call
     (same inputs, region weights included) run directly, plus one decode of
@@ -154,14 +168,13 @@ class Floor:
 
     def __init__(self, engine: Engine, stream):
         model = engine.model
-        seen = []
-        runner = model.runner
-        model.runner = lambda inputs: (seen.append(inputs), runner(inputs))[1]
+        runner, recorder = model.runner, RecordingRunner(model)
+        model.runner = recorder
         try:
             stream.step()
         finally:
             model.runner = runner
-        self.calls = seen
+        self.calls = recorder.seen
         self.plain = DenoiserRunner(model.family, model.region_ctx)
         self.autoencoder = model.autoencoder
         self.tokens = model.family.tokens

@@ -50,7 +50,11 @@ class Conditioning:
     def toward(self, other: Conditioning, strength: torch.Tensor) -> Conditioning:
         """lerp(self, other, strength), row by row: a region's prompt strength."""
         s = strength.view(-1, 1, 1)
-        pooled = None if self.pooled is None else self.pooled + s[:, 0] * (other.pooled - self.pooled)
+        pooled = (
+            None
+            if self.pooled is None or other.pooled is None
+            else self.pooled + s[:, 0] * (other.pooled - self.pooled)
+        )
         return Conditioning(self.tokens + s * (other.tokens - self.tokens), pooled)
 
     def joined(self) -> Conditioning:
@@ -72,8 +76,12 @@ class Conditioning:
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
-        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
-        return Conditioning(torch.cat([p.tokens for p in parts]), pooled, parts[0].prompts)
+        pooled = [p.pooled for p in parts if p.pooled is not None]
+        if len(pooled) not in (0, len(parts)):
+            raise ValueError("conditioning rows of two families joined")
+        return Conditioning(
+            torch.cat([p.tokens for p in parts]), torch.cat(pooled) if pooled else None, parts[0].prompts
+        )
 
     def inputs(self) -> dict[str, torch.Tensor]:
         """The denoiser inputs these rows give (``Family.denoise`` reads them)."""
@@ -142,7 +150,7 @@ class StableDiffusion:
         self.resolutions = len(cfg.block_out_channels)
         self.tokens = int(self.tokenizer.model_max_length)
         self.width = int(cfg.cross_attention_dim)
-        self._guidance_dim = getattr(cfg, "time_cond_proj_dim", None)
+        self._guidance_dim: int | None = getattr(cfg, "time_cond_proj_dim", None)
         self.embeds_guidance = self._guidance_dim is not None
 
     @torch.no_grad()
@@ -159,7 +167,7 @@ class StableDiffusion:
         return Conditioning(self.text_encoder(ids, attention_mask=mask)[0].to(self.dtype))
 
     def guidance_inputs(self, scale: float) -> dict[str, torch.Tensor]:
-        if not self.embeds_guidance:
+        if self._guidance_dim is None:  # the model does not embed the guidance scale
             return {}
         from diffusers.models.embeddings import get_timestep_embedding
 

@@ -88,7 +88,7 @@ class LatentRegions:
     def weights(self, plan: Plan, level: Level, i: int, j0: int, j1: int) -> torch.Tensor:
         """A region's sample by its mask, the background's by 1 (its row)."""
         r, W = level.row[j0:j1], plan.windows
-        if W.tiled:
+        if level.window is not None:  # a tiled canvas
             return W.crop_rows(plan.masks[i], r, level.window[j0:j1])[:, None] * W.weight
         return plan.masks[i][r][:, None]  # the sample's estimate is already back in canvas coordinates
 
@@ -167,6 +167,7 @@ class AttentionRegions:
         if prompts == 1:  # no region anywhere in the batch: plain cross-attention
             return cond, neg, {}
         windows = None if level.window is None else level.window[j0:j1]
+        assert level.weights is not None, "attention-mode levels carry their region weights"
         extras = {}
         for wk in level.weights.rows(windows, m):
             if wk.shape[1] < prompts:  # the empty prompts weigh nothing

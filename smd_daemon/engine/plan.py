@@ -43,22 +43,28 @@ class Windows:
     def tiled(self) -> bool:
         return self.index is not None
 
+    def positions(self, windows: torch.Tensor) -> torch.Tensor:
+        """(m, th*tw): the canvas positions of each of ``windows``' pixels."""
+        if self.index is None:
+            raise ValueError("a one-window canvas is not cropped: its samples see the whole latent")
+        return self.index[windows]
+
     def crop(self, x: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """(K, h, w) -> (m, K, th, tw): each of ``windows``' pixels."""
         k = x.shape[0]
-        picked = torch.index_select(x.reshape(k, -1), 1, self.index[windows].reshape(-1))
+        picked = torch.index_select(x.reshape(k, -1), 1, self.positions(windows).reshape(-1))
         return picked.view(k, -1, *self.size).transpose(0, 1)
 
     def crop_rows(self, table: torch.Tensor, rows: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """(R, h, w) -> (m, th, tw): row ``rows[j]`` of ``table`` inside window ``windows[j]``."""
         hw = table.shape[-2] * table.shape[-1]
-        return torch.take(table, rows[:, None] * hw + self.index[windows]).view(-1, *self.size)
+        return torch.take(table, rows[:, None] * hw + self.positions(windows)).view(-1, *self.size)
 
     def add(self, acc: torch.Tensor, windows: torch.Tensor, values: torch.Tensor, slot: torch.Tensor | None) -> None:
         """acc (K, slots, h, w) += ``values`` (K, m, th, tw): sample j's at its
         window, into its slot (``slot``: (m,); None: the first)."""
         k, hw = acc.shape[0], acc.shape[-2] * acc.shape[-1]
-        index = self.index[windows]
+        index = self.positions(windows)
         if slot is not None:
             index = index + (slot * hw)[:, None]
         acc.view(k, -1).index_add_(1, index.reshape(-1), values.reshape(k, -1))

@@ -79,9 +79,7 @@ class StreamSession:
             check(self.model, scene)
         self._pending = (scene if plan is None else plan.scene, revision, plan)
 
-    def _apply_pending(self) -> None:
-        scene, revision, plan = self._pending
-        self._pending = None
+    def _apply(self, scene: Scene, revision: int, plan: Plan | None) -> None:
         old = self.plan.scene
         plan = plan if plan is not None else make_plan(self.model, scene)
         self.revision = revision
@@ -100,8 +98,9 @@ class StreamSession:
 
     def begin(self) -> Job:
         """Apply a pending edit: this frame's job, over every level."""
-        if self._pending is not None:
-            self._apply_pending()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._apply(*pending)
         self._since[0] = self.revision
         return Job(self.plan, self.x, 0, self.white_noise)
 

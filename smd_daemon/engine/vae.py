@@ -70,18 +70,20 @@ class Autoencoder:
 
     def _blend(self, tiles, h: int, w: int, between, tile_latent) -> torch.Tensor:
         """Overlapping tile latents blended with ramp weights into (1, C, h, w)."""
-        acc = wsum = None
+        sums: tuple[torch.Tensor, torch.Tensor] | None = None  # weighted latents, weights
         for y, x, a, b in tiles:
             if between is not None:
                 between()
             z = tile_latent(y, x, a, b).float()
-            if acc is None:
-                acc = z.new_zeros((1, z.shape[1], h, w))
-                wsum = z.new_zeros((1, 1, h, w))
+            if sums is None:  # the first tile tells the latent's channels
+                sums = z.new_zeros((1, z.shape[1], h, w)), z.new_zeros((1, 1, h, w))
+            acc, wsum = sums
             wt = M.ramp_weights(a, b).to(z.device)
             acc[..., y : y + a, x : x + b] += wt * z
             wsum[..., y : y + a, x : x + b] += wt
-        return (acc / wsum).to(self.dtype)
+        if sums is None:
+            raise ValueError("no tiles to blend")
+        return (sums[0] / sums[1]).to(self.dtype)
 
     def _encode(self, image: np.ndarray) -> torch.Tensor:
         # Converted while copied: a read-only image (decoded from a message) is only read.
@@ -105,12 +107,13 @@ class Decoder:
     def __init__(self, autoencoder: Autoencoder, latent: torch.Tensor, side_stream=None):
         self.ae = autoencoder
         self.side = side_stream
-        self.latent = latent
+        self.latent: torch.Tensor | None = latent  # dropped once decoded
         self.finite = torch.isfinite(latent).all()
         self.tiles = tile_grid(latent.shape[-2], latent.shape[-1], autoencoder.window)
         self.next = 0
-        self._acc = self._wsum = None
-        self._host = self._event = None
+        self._sums: tuple[torch.Tensor, torch.Tensor] | None = None  # tiled: weighted pixels, weights
+        self._host: torch.Tensor | None = None
+        self._event: torch.cuda.Event | None = None
         if self.side is not None:
             self.side.wait_stream(torch.cuda.current_stream(latent.device))
             latent.record_stream(self.side)
@@ -129,6 +132,8 @@ class Decoder:
                 self._piece()
 
     def _piece(self) -> None:
+        if self.latent is None:
+            raise RuntimeError("the decoder has no pieces left to run")
         y, x, a, b = self.tiles[self.next]
         self.next += 1
         z = self.latent[..., y : y + a, x : x + b] / self.ae.scale
@@ -139,15 +144,15 @@ class Decoder:
             self._to_host(img)
             return
         s = img.shape[-2] // a
-        if self._acc is None:
+        if self._sums is None:
             h, w = self.latent.shape[-2:]
-            self._acc = img.new_zeros((3, h * s, w * s))
-            self._wsum = img.new_zeros((1, h * s, w * s))
+            self._sums = img.new_zeros((3, h * s, w * s)), img.new_zeros((1, h * s, w * s))
+        acc, wsum = self._sums
         wt = M.ramp_weights(a * s, b * s).to(img.device)
-        self._acc[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt * img
-        self._wsum[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt
+        acc[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt * img
+        wsum[:, y * s : (y + a) * s, x * s : (x + b) * s] += wt
         if self.done:
-            self._to_host(self._acc / self._wsum)
+            self._to_host(acc / wsum)
 
     def _to_host(self, img: torch.Tensor) -> None:
         img = (img / 2 + 0.5).clamp(0, 1)
@@ -157,8 +162,8 @@ class Decoder:
         if self.side is not None:
             self._host = torch.empty(flat.shape, dtype=torch.uint8, pin_memory=True)
             self._host.copy_(flat, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record(self.side)
+            self._event = event = torch.cuda.Event()
+            event.record(self.side)
         else:
             self._host = flat.cpu()  # on a GPU, the frame's one wait
         self.latent = None
@@ -169,7 +174,7 @@ class Decoder:
 
     def result(self) -> tuple[np.ndarray, bool]:
         """(uint8 image, whether the latent was finite)."""
-        if not self.done:
+        if not self.done or self._host is None:
             raise RuntimeError("the decoder has pieces left to run")
         if self._event is not None:
             self._event.synchronize()

@@ -45,6 +45,7 @@ class Job:
         xin = x.expand(j1 - j0, -1, -1, -1) if windows is None else W.crop(x, windows)
         if L.boot:
             s = p.schedule
+            assert p.white is not None, "a plan with bootstrap steps has the white latent"
             white = s.signal[lv] * p.white[0] + s.noise[lv] * self.white_noise[lv]
             rows = L.row[j0:j1]
             if windows is None:
@@ -53,6 +54,7 @@ class Job:
                 m, white = W.crop_rows(p.masks[lv], rows, windows)[:, None], W.crop(white, windows)
             xin = torch.lerp(white, xin, m)  # the background's mask row is all ones: its sample keeps the latent
         if L.roll is not None:
+            assert p.rolls is not None, "a level with centred samples has the plan's rolls"
             xin = Rolls.gather(xin, p.rolls.index[L.roll[j0:j1]])
         return xin
 
@@ -61,6 +63,7 @@ class Job:
         p, L, k = self.plan, self.plan.levels[lv], lv - self.first
         x0 = p.schedule.clean(lv, x_in, out)
         if L.roll is not None:
+            assert p.rolls is not None, "a level with centred samples has the plan's rolls"
             x0 = Rolls.gather(x0, p.rolls.inverse[L.roll[j0:j1]])
         w = p.strategy.weights(p, L, lv, j0, j1).expand(x0.shape[0], 1, -1, -1)  # (m, 1, th, tw)
         if L.window is not None:  # channels first: what index_add_ adds, in one copy
@@ -233,6 +236,6 @@ class GenerateWork(Work):
         return 0
 
     def image(self) -> np.ndarray:
-        if not self.done:
+        if self._decoder is None or not self._decoder.done:
             raise RuntimeError("image() before the work is done")
         return checked_image(self._decoder)
