@@ -4,22 +4,29 @@ StreamMultiDiffusion against MultiDiffusion as published.
 
     python benchmarks/bench_engine.py --model tiny --size 512 --regions 1 3 6
     python benchmarks/bench_engine.py --model random-sd15 --size 256 --regions 3 --frames 3
+    python benchmarks/bench_engine.py --model tiny --size 256 --width 1024 --before main   # a tiled canvas,
+                                        # against the engine of another git revision, side by side
     bash benchmarks/gpu_figures.sh     # the prepared GPU run (see docs/benchmarks.md)
 
 Everything is measured side by side in one run (for each region count both
-modes, every variant and the bare floor are timed in turn, frame by frame,
-so machine noise hits all alike); figures are medians.
+modes, every variant, the other revision's engine and the bare floor are
+timed in turn, frame by frame, so machine noise hits all alike); figures are
+medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,8 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
-from smd_daemon.engine.runner import UNetRunner  # noqa: E402
+from smd_daemon.engine.runner import WEIGHTS, DenoiserRunner  # noqa: E402
 from smd_daemon.engine.scene import REGION_MODES, Background, Region, Scene  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROMPTS = ["a red fox", "snowy pine forest", "a castle on a hill", "a hot air balloon", "a river", "an old oak tree"]
 VARIANTS = {
@@ -40,22 +49,47 @@ VARIANTS = {
 }
 
 
-def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = REGION_MODES[0]) -> Scene:
-    """``n`` overlapping regions spread over the canvas, plus a background prompt."""
+def scene_with(n: int, size: int, steps: int = 4, seed: int = 0, mode: str = REGION_MODES[0], width: int = 0) -> Scene:
+    """``n`` overlapping regions spread over the canvas (``size`` high, ``width``
+    or ``size`` wide), plus a background prompt."""
+    width = width or size
     regions = []
     for k in range(n):
-        m = np.zeros((size, size), np.uint8)
-        x0 = int(k * size / (n + 1))
-        m[size // 8 : size - size // 8, x0 : x0 + 2 * size // (n + 1)] = 255
+        m = np.zeros((size, width), np.uint8)
+        left = int(k * width / (n + 1))
+        m[size // 8 : size - size // 8, left : left + 2 * width // (n + 1)] = 255
         regions.append(Region(PROMPTS[k % len(PROMPTS)], m))
     return Scene(
-        size, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps, region_mode=mode
+        width, size, regions, background=Background("a wide landscape"), seed=seed, steps=steps, region_mode=mode
     )
 
 
+def engine_of_revision(rev: str):
+    """The ``Engine`` class of git revision ``rev``: its engine room copied into a
+    package of its own (imports renamed), so it runs beside this one on the
+    same loaded components."""
+    files = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, "smd_daemon/engine/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    package = "smd_engine_" + "".join(c if c.isalnum() else "_" for c in rev)
+    folder = tempfile.mkdtemp(prefix="bench-engine-")
+    os.makedirs(os.path.join(folder, package))
+    for path in files:
+        text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True)
+        with open(os.path.join(folder, package, os.path.basename(path)), "w") as f:
+            f.write(text.stdout.replace("smd_daemon.engine", package))
+    sys.path.insert(0, folder)
+    return importlib.import_module(f"{package}.core").Engine
+
+
 class Timer:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, cpu_time: bool = False):
         self.cuda = device.type == "cuda"
+        self.clock = time.process_time if cpu_time and not self.cuda else time.perf_counter
 
     def __call__(self, fn, repeat: int = 1, warmup: int = 0) -> float:
         for _ in range(warmup):
@@ -64,11 +98,11 @@ class Timer:
         for _ in range(repeat):
             if self.cuda:
                 torch.cuda.synchronize()
-            t = time.perf_counter()
+            t = self.clock()
             fn()
             if self.cuda:
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+            times.append(self.clock() - t)
         return statistics.median(times)
 
 
@@ -79,13 +113,15 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
     with the masks after every scheduler step. Returns (image, UNet samples)."""
     from diffusers import DDIMScheduler
 
-    c = engine.c
-    sched = DDIMScheduler.from_config(engine.scheduler.config)
+    model = engine.model
+    c = model.components
+    # from_config returns (scheduler, unused keys) only when asked to; its annotation always says both.
+    sched = cast(DDIMScheduler, DDIMScheduler.from_config(model.scheduler.config))
     sched.set_timesteps(steps)
-    h, w = scene.height // engine.vae_scale, scene.width // engine.vae_scale
+    h, w = scene.height // model.factor, scene.width // model.factor
     prompts = [scene.background.prompt] + [r.prompt for r in scene.regions]
-    cond = engine.encode_prompts(prompts)
-    uncond = engine.encode_prompts([""] * len(prompts))
+    cond = model.encode_prompts(prompts).tokens
+    uncond = model.encode_prompts([""] * len(prompts)).tokens
     masks = [torch.ones(h, w)] + [
         torch.nn.functional.interpolate(torch.from_numpy(r.mask)[None, None].float(), (h, w), mode="nearest")[
             0, 0
@@ -103,14 +139,26 @@ def multidiffusion(engine: Engine, scene: Scene, steps: int = 50, guidance: floa
         samples += 2 * P
         eu, ec = eps.chunk(2)
         eps = eu + guidance * (ec - eu)
-        stepped = torch.cat([sched.step(eps[p : p + 1], t, x).prev_sample for p in range(P)])
+        stepped = torch.cat([sched.step(eps[p : p + 1], int(t), x, return_dict=False)[0] for p in range(P)])
         x = (masks * stepped).sum(0, keepdim=True) / masks.sum(0, keepdim=True)
-    return engine.decode(x), samples
+    return model.decode(x), samples
 
 
 def samples_per_generate(engine: Engine, scene: Scene) -> int:
     plan = engine.plan(scene)
     return sum(level.n for level in plan.levels) * (2 if plan.cfg else 1)
+
+
+class RecordingRunner(DenoiserRunner):
+    """An eager runner that keeps the inputs of each call."""
+
+    def __init__(self, model):
+        super().__init__(model.family, model.region_ctx)
+        self.seen: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.seen.append(inputs)
+        return super().__call__(inputs)
 
 
 class Floor:
@@ -119,39 +167,39 @@ class Floor:
     its latent, with no engine code around them."""
 
     def __init__(self, engine: Engine, stream):
-        seen = []
-        runner = engine.runner
-        orig = runner.__call__
-        engine.runner = lambda *a, **k: (seen.append((a, k)), orig(*a, **k))[1]
+        model = engine.model
+        runner, recorder = model.runner, RecordingRunner(model)
+        model.runner = recorder
         try:
             stream.step()
         finally:
-            engine.runner = runner
-        self.calls = seen
-        self.plain = UNetRunner(engine.c.unet, engine._region_ctx)
-        self.vae = engine.c.vae
-        self.tokens = engine.c.tokenizer.model_max_length
-        h, w = stream.plan.latent_hw
-        self.z = torch.zeros((1, 4, h, w), dtype=engine.c.dtype, device=engine.c.device)
+            model.runner = runner
+        self.calls = recorder.seen
+        self.plain = DenoiserRunner(model.family, model.region_ctx)
+        self.autoencoder = model.autoencoder
+        self.tokens = model.family.tokens
+        self.z = torch.zeros((1, model.channels, *stream.plan.latent_hw), dtype=model.dtype, device=model.device)
 
     @torch.no_grad()
     def __call__(self) -> None:
-        for a, k in self.calls:
-            self.plain(*a, **k)
-        img = self.vae.decode(self.z / self.vae.config.scaling_factor, return_dict=False)[0]
+        self.unet_call()
+        ae = self.autoencoder
+        img = ae.vae.decode(self.z / ae.scale + ae.shift, return_dict=False)[0]
         img.float().cpu()
 
     @torch.no_grad()
     def without_regions(self) -> None:
         """The same UNet call with plain cross-attention to one prompt (attention
         mode: what the regional attention itself costs, against ``unet_call``)."""
-        for (x, t, emb, *rest), _ in self.calls:
-            self.plain(x, t, emb[:, : self.tokens].contiguous(), *rest[:1])
+        for inputs in self.calls:
+            plain = {k: v for k, v in inputs.items() if not k.startswith(WEIGHTS)}
+            plain["emb"] = plain["emb"][:, : self.tokens].contiguous()
+            self.plain(plain)
 
     @torch.no_grad()
     def unet_call(self) -> None:
-        for a, k in self.calls:
-            self.plain(*a, **k)
+        for inputs in self.calls:
+            self.plain(inputs)
 
 
 @torch.no_grad()
@@ -182,7 +230,8 @@ def main() -> None:
     ap.add_argument("--model-kind", default=None)
     ap.add_argument("--device")
     ap.add_argument("--dtype")
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, default=512, help="canvas height, and width unless --width")
+    ap.add_argument("--width", type=int, default=0, help="canvas width; above the model's native size it is tiled")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--regions", type=int, nargs="+", default=[1, 3, 6])
     ap.add_argument("--modes", nargs="+", default=list(REGION_MODES), choices=REGION_MODES)
@@ -208,16 +257,32 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument(
+        "--before", metavar="REV", help="also time the engine of this git revision (e.g. main), side by side"
+    )
+    ap.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="the denoiser and the decoder answer at once, so only the engine's own work is timed "
+        "(in CPU time of this process on a CPU); for --before comparisons",
+    )
     args = ap.parse_args()
     start = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind)
+    if args.engine_only:
+        args.no_locality = True
+        answer_at_once(comps)
     engines = {v: Engine(comps, **VARIANTS[v]) for v in args.variants}
-    timer = Timer(comps.device)
+    if args.before:
+        # Made last, so its attention-region processors wrap this engine's: this
+        # engine's calls pass through them, never the other way round.
+        engines["before"] = engine_of_revision(args.before)(comps)
+    timer = Timer(comps.device, cpu_time=args.engine_only)
     print(
-        f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.size}x{args.size}, "
+        f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.width or args.size}x{args.size}, "
         f"{args.steps} steps, torch threads {torch.get_num_threads()}, variants {', '.join(args.variants)}\n",
         flush=True,
     )
@@ -231,7 +296,7 @@ def main() -> None:
         # Both modes (and every variant) are set up first, then timed in turn, frame by frame.
         cases = {}
         for mode in args.modes:
-            scene = scene_with(n, args.size, args.steps, mode=mode)
+            scene = scene_with(n, args.size, args.steps, mode=mode, width=args.width)
             row = dict(regions=n, mode=mode, gen_samples=samples_per_generate(eager, scene))
             streams = {}
             for v, e in list(engines.items()):
@@ -249,6 +314,8 @@ def main() -> None:
             first = streams[args.variants[0]]
             row["T"] = first.steps_in_flight
             row["frame_samples"] = eager.begin_streams([first]).samples_total  # dropped: nothing changes
+            if "before" in streams:
+                row["frame_samples_before"] = engines["before"].begin_streams([streams["before"]]).samples_total
             cases[mode] = dict(
                 scene=scene,
                 row=row,
@@ -295,13 +362,43 @@ def main() -> None:
                 row["md_samples"] = out["samples"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print_tables(rows, args.variants)
+    if not args.engine_only:
+        print_tables(rows, args.variants)
+    if args.before:
+        print_before(rows, args.variants[0], args.before)
     if skipped:
         print(f"\nskipped (time limit {args.time_limit:g} s): {'; '.join(skipped)}")
     print(f"\ntotal {time.monotonic() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": comps.describe(), "args": vars(args), "rows": rows, "skipped": skipped}, f, indent=1)
+
+
+def answer_at_once(comps) -> None:
+    """The denoiser returns half its input and the decoder a black image, at once."""
+    factor = comps.vae_scale_factor
+    comps.unet.forward = lambda sample, *a, **k: (sample * 0.5,)
+
+    def black(z, return_dict=False):
+        return (z.new_zeros((z.shape[0], 3, z.shape[2] * factor, z.shape[3] * factor)),)
+
+    comps.vae.decode = black
+
+
+def print_before(rows: list[dict], v0: str, rev: str) -> None:
+    print(
+        f"\n| regions | mode | UNet samples / frame, {rev} → this | stream frame, {rev} → this | change "
+        f"| max pixel difference |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "frame_before_s" in r:
+            old, new = r["frame_before_s"], r[f"frame_{v0}_s"]
+            print(
+                f"| {r['regions']} | {r['mode']} | {r['frame_samples_before']} → {r['frame_samples']} | "
+                f"{old * 1000:.{1 if old < 0.1 else 0}f} → {new * 1000:.{1 if old < 0.1 else 0}f} ms | "
+                f"{(new / old - 1) * 100:+.1f}% | {r['diff_before']} |"
+            )
 
 
 def print_tables(rows: list[dict], variants: list[str]) -> None:

@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from smd_daemon.engine import vae as V  # noqa: E402
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
 from smd_daemon.engine.scene import Background, Cancelled, Region, Scene  # noqa: E402
@@ -88,10 +87,10 @@ def main() -> None:
             e = Engine(components)
             first.append(seconds(lambda: e.plan(scene)))
             again.append(seconds(lambda: e.plan(scene)))
-            white.append(seconds(lambda: Engine(components).white_latent(size, size)))
+            white.append(seconds(lambda: Engine(components).model.white_latent(size, size)))
             if not args.no_full:
                 image = np.full((size, size, 3), 255, np.uint8)
-                full.append(seconds(lambda: V.encode(e.c.vae, image, e.c.device, e.c.dtype, e.vae_scale, e.native)))
+                full.append(seconds(lambda: e.model.autoencoder.encode(image)))
             if not args.no_cancel:
                 picture = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
                 latency = cancel_latency(Engine(components), scene_at(size, picture), after=0.5)

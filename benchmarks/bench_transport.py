@@ -73,6 +73,14 @@ def region_mask(side: int, i: int) -> bytes:
 class StillEngine:
     """Returns the same frame at once: the engine costs nothing, only the daemon is measured."""
 
+    max_steps, kind = 50, "still"
+
+    @property
+    def region_modes(self) -> tuple[str, ...]:
+        from smd_daemon.protocol import REGION_MODES
+
+        return REGION_MODES
+
     def __init__(self, side: int, kind: str):
         self.image = test_image(side, kind)
 
@@ -91,20 +99,41 @@ class StillEngine:
     def begin_streams(self, streams):
         return _StillWork(streams)
 
+    def begin_generate(self, scene, plan=None):
+        return _StillImage(self.image)
+
 
 class _StillWork:
     """One pass that makes every stream's frame."""
 
     def __init__(self, streams):
         self.streams, self.done, self.samples_total, self.samples_left = streams, False, len(streams), len(streams)
+        self.share = [1 / len(streams)] * len(streams)
 
     def run(self, max_samples=None):
         self._frames = [s.step() for s in self.streams]
         self.done, self.samples_left = True, 0
         return len(self.streams)
 
+    def ready(self):
+        return self.done
+
     def frames(self):
         return self._frames
+
+
+class _StillImage:
+    """A generate that is done in one pass."""
+
+    def __init__(self, image):
+        self._image, self.done, self.samples_total, self.samples_left, self.progress = image, False, 1, 1, (0, 1)
+
+    def run(self, max_samples=None):
+        self.done, self.samples_left, self.progress = True, 0, (1, 1)
+        return 1
+
+    def image(self):
+        return self._image
 
 
 class _StillStream:

@@ -1,8 +1,10 @@
-"""Command-line options shared by several commands, defined once.
+"""Command-line options shared by several commands, defined once, and the
+engine they describe.
 
 Each option is ``name: (type, default, help)``; the same table drives the
 flags (``--model-config`` for ``model_config``) and the keys of ``serve``'s
-TOML config file. The engine room knows no argparse: it gets plain values.
+TOML config file. The engine room knows no argparse: it gets plain values
+(``load_engine``, which ``serve`` and a cluster's workers share).
 """
 
 from __future__ import annotations
@@ -124,3 +126,19 @@ def engine_options(values, overlap_decode: bool = False) -> dict:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return chosen
+
+
+def load_engine(opts):
+    """The engine for the model and speed flags in ``opts`` (a dict or an
+    argparse namespace), and the model's description (``welcome.model``).
+    A speed switch the device cannot do is refused before the model loads."""
+    speed = engine_options(opts, overlap_decode=bool(_getter(opts)("overlap_decode")))
+    components = load_model_from_options(opts)
+    return make_engine(components, **speed), components.describe()
+
+
+def make_engine(components, **speed):
+    """The engine on loaded components (``speed``: the CUDA switches)."""
+    from smd_daemon.engine.core import Engine
+
+    return Engine(components, **speed)

@@ -14,7 +14,13 @@ import time
 
 from smd_daemon.engine.scene import DEFAULT_STEPS, REGION_MODES
 from smd_daemon.errors import UsageError
-from smd_daemon.options import add_model_arguments, add_speed_arguments, engine_options, load_model_from_options
+from smd_daemon.options import (
+    add_model_arguments,
+    add_speed_arguments,
+    engine_options,
+    load_model_from_options,
+    make_engine,
+)
 from smd_daemon.scenefile import Overrides, dockersettings, load_scene
 
 log = logging.getLogger(__name__)
@@ -66,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
     scene = loaded.scene
     docker = dockersettings.find(args.scene)
 
-    from smd_daemon.engine.core import Engine
-
     components = load_model_from_options(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
     for p in loaded.layers:
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         d["device"],
         d["dtype"],
     )
-    engine = Engine(components, **speed)
+    engine = make_engine(components, **speed)
     engine.check(scene)  # what this model cannot do (region mode, steps): one line, exit 2
     bar = _ProgressBar(disable=True if args.no_progress else None)
     start = time.perf_counter()

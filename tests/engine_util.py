@@ -28,7 +28,7 @@ def recording(obj, method: str, measure):
 
 def count_unet_forwards(engine):
     """(batch sizes of the UNet forwards from now on, a function that stops counting)."""
-    ctx = recording(engine.c.unet, "forward", lambda sample: sample.shape[0])
+    ctx = recording(engine.model.components.unet, "forward", lambda sample: sample.shape[0])
     return ctx.__enter__(), lambda: ctx.__exit__(None, None, None)
 
 

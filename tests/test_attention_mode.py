@@ -154,14 +154,14 @@ def test_background_image_fills_the_uncovered_area(engine):
     rng = np.random.default_rng(0)
     img = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((16, 16, 1))).astype(np.uint8)
     scene = Scene(S, S, [], background=Background(image=img, strength=1.0), seed=0, region_mode="attention")
-    assert np.array_equal(engine.generate(scene), engine.decode(engine.encode_image(img)))
+    assert np.array_equal(engine.generate(scene), engine.model.decode(engine.model.encode_image(img)))
 
 
 def test_a_model_without_cross_attention_refuses_attention_mode(tiny_components):
     from smd_daemon.engine.scene import SceneError
 
     engine = Engine(tiny_components)
-    engine.region_modes = ("latent",)  # what install() leaves for a UNet it cannot hook
+    engine.model.region_ctx = None  # what install() leaves for a model it cannot hook
     with pytest.raises(SceneError, match="region mode 'attention' is not available"):
         engine.open_stream(_scene())
 
@@ -175,7 +175,7 @@ def test_the_daemon_refuses_a_mode_its_model_cannot_do(tiny_components):
     from smd_daemon.server import Server
 
     engine = Engine(tiny_components)
-    engine.region_modes = ("latent",)
+    engine.model.region_ctx = None
     with serving(Server(engine, {"name": "tiny"}, f"tcp://127.0.0.1:{free_port()}")) as srv:
         c = connect(srv.bind, name="artist")
         try:

@@ -217,7 +217,7 @@ def _open_refused(address: str) -> str:
 
 
 def test_in_process_worker_that_cannot_load_gets_no_sessions_and_the_last_worker_lost_comes_back(tiny_components):
-    from smd_daemon.server.command import make_engine
+    from smd_daemon.options import make_engine
 
     c = InProcessCluster(["w0", "w1"], per_worker=2)
     clients = []

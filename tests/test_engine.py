@@ -123,7 +123,7 @@ def test_background_image_at_full_strength_is_reproduced(engine):
     img = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((16, 16, 1))).astype(np.uint8)
     scene = Scene(S, S, [], background=Background(image=img, strength=1.0), seed=0)
     out = engine.generate(scene)
-    assert np.array_equal(out, engine.decode(engine.encode_image(img)))
+    assert np.array_equal(out, engine.model.decode(engine.model.encode_image(img)))
 
 
 def test_large_canvas_uses_overlapping_windows(engine):
@@ -139,7 +139,7 @@ def test_large_canvas_uses_overlapping_windows(engine):
         restore()
     assert out.shape == (128, 1024, 3)
     plan = engine.plan(scene)
-    assert len(plan.tiles) == 3  # 128-latent-wide canvas, 64-wide windows, stride 32
+    assert len(plan.windows.origins) == 3  # 128-latent-wide canvas, 64-wide windows, stride 32
     assert len(calls) == 2 and max(calls) <= 3 * 2  # the region only enters windows it touches
 
 
@@ -158,7 +158,7 @@ def test_classifier_free_guidance_doubles_the_batch_only_above_one(engine):
 
 
 def test_prompt_embeddings_are_cached(engine):
-    calls, te = [], engine.c.text_encoder
+    calls, te = [], engine.model.components.text_encoder
     orig = te.forward
     te.forward = lambda *a, **k: (calls.append(1), orig(*a, **k))[1]
     try:
@@ -248,7 +248,7 @@ def test_streams_of_several_clients_share_one_unet_call_and_match_solo_runs(engi
 
 
 def test_non_finite_model_output_is_an_error_not_a_black_frame(engine):
-    unet = engine.c.unet
+    unet = engine.model.components.unet
     orig = unet.forward
     unet.forward = lambda sample, *a, **k: (orig(sample, *a, **k)[0] * float("nan"),)
     try:
@@ -315,3 +315,31 @@ def test_planes_decoded_from_a_message_reach_the_engine_without_a_copy_or_a_warn
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode, guidance", [("latent", 1.0), ("attention", 2.0)])
+def test_what_a_family_says_of_each_window_reaches_the_denoiser_with_its_samples(tiny_components, mode, guidance):
+    # SDXL is told each window's size and crop; here a family that is told its origin.
+    engine = Engine(tiny_components)
+    family, calls = engine.model.family, []
+    family.window_inputs = lambda canvas, origins, size: {"origin": torch.tensor(origins, dtype=torch.float32)}
+    denoise = family.denoise
+    family.denoise = lambda fn, inputs: (calls.append(inputs["origin"].tolist()), denoise(fn, inputs))[1]
+    m = np.zeros((128, 1024), np.float32)
+    m[:, 400:700] = 1
+    scene = Scene(
+        1024,
+        128,
+        [Region("a fox", m)],
+        background=Background("a beach"),
+        steps=2,
+        region_mode=mode,
+        guidance_scale=guidance,
+        bootstrap_steps=1,
+    )
+    engine.generate(scene)
+    plan = engine.plan(scene)
+    for call, level in zip(calls, plan.levels):
+        origins = [list(map(float, plan.windows.origins[v])) for v in level.window.tolist()]
+        assert call == origins * (2 if plan.cfg else 1)
+    assert len(calls) == 2 and plan.cfg == (guidance > 1)

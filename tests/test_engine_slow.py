@@ -18,4 +18,4 @@ def test_stream_runs_on_real_sd15_architecture():
     stream = engine.open_stream(scene)
     frames = [stream.step() for _ in range(3)]
     assert frames[-1].settled and frames[-1].image.shape == (256, 256, 3)
-    assert engine.unet_calls == 3
+    assert engine.model.runner.calls == 3

@@ -83,7 +83,7 @@ def test_one_and_two_step_streams_in_both_modes(engine, steps, mode):
 
 def test_lcm_timesteps_for_one_two_and_four_steps(engine):
     assert engine.kind == "lcm"
-    assert [engine.timesteps(n) for n in (1, 2, 4)] == [[999], [999, 499], [999, 759, 499, 259]]
+    assert [engine.model.timesteps(n) for n in (1, 2, 4)] == [[999], [999, 499], [999, 759, 499, 259]]
 
 
 def test_a_turbo_style_config_is_detected_with_its_own_timesteps(turbo):
@@ -92,10 +92,10 @@ def test_a_turbo_style_config_is_detected_with_its_own_timesteps(turbo):
     assert turbo.kind == "turbo" and turbo.describe()["kind"] == "turbo"
     assert isinstance(turbo.scheduler, EulerDiscreteScheduler)
     engine = Engine(turbo)
-    assert [engine.timesteps(n) for n in (1, 2, 4)] == [[999], [999, 499], [999, 749, 499, 249]]
+    assert [engine.model.timesteps(n) for n in (1, 2, 4)] == [[999], [999, 499], [999, 749, 499, 249]]
     plan = engine.plan(_scene(4))
     # No LCM boundary condition: the clean estimate is the plain one.
-    assert torch.equal(plan.c_skip, torch.zeros(4)) and torch.equal(plan.c_out, torch.ones(4))
+    assert torch.equal(plan.schedule.c_skip, torch.zeros(4)) and torch.equal(plan.schedule.c_out, torch.ones(4))
     assert engine.max_steps == 1000
 
 
@@ -141,7 +141,7 @@ def test_the_kind_can_be_overridden(turbo_folder, caplog):
     assert "looks like a turbo model; treated as lcm" in caplog.text
     as_turbo = load_model("tiny", kind="turbo")
     assert as_turbo.kind == "turbo" and isinstance(as_turbo.scheduler, EulerDiscreteScheduler)
-    assert Engine(as_turbo).timesteps(4) == [999, 749, 499, 249]
+    assert Engine(as_turbo).model.timesteps(4) == [999, 749, 499, 249]
     assert load_model("tiny", kind="auto").kind == "lcm"
     with pytest.raises(ModelLoadError, match="unknown model kind 'sdxl': use auto, lcm or turbo"):
         load_model("tiny", kind="sdxl")
@@ -149,7 +149,7 @@ def test_the_kind_can_be_overridden(turbo_folder, caplog):
 
 def test_steps_the_model_cannot_do_are_refused_before_any_work(engine):
     # An LCM model was distilled on original_inference_steps (50) timesteps: no more.
-    engine.scheduler.register_to_config(original_inference_steps=8)
+    engine.model.scheduler.register_to_config(original_inference_steps=8)
     try:
         with pytest.raises(SceneError, match="this lcm model takes at most 8 steps, got 10"):
             engine.open_stream(_scene(10))
@@ -157,7 +157,7 @@ def test_steps_the_model_cannot_do_are_refused_before_any_work(engine):
         with pytest.raises(SceneError, match="at most 8 steps"):
             stream.update(_scene(12), revision=1)
     finally:
-        engine.scheduler.register_to_config(original_inference_steps=50)
+        engine.model.scheduler.register_to_config(original_inference_steps=50)
 
 
 @pytest.mark.parametrize(

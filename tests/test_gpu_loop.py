@@ -38,9 +38,14 @@ def _explodes(scene) -> bool:
 class FakeWork:
     """Engine work done in one pass."""
 
+    share = [1.0]
+
     def __init__(self, run):
         self._run, self.done, self.samples_total, self.samples_left = run, False, 1, 1
         self.progress = (0, 1)
+
+    def ready(self):
+        return self.done
 
     def run(self, max_samples=None):
         self.result = self._run()
@@ -56,6 +61,8 @@ class FakeWork:
 
 class FakeEngine:
     """Fails like CUDA does when a scene asks for too much."""
+
+    region_modes, max_steps, kind = ("latent",), 50, "lcm"
 
     def plan(self, scene, cancel=None):
         return ("plan", scene)
@@ -141,3 +148,67 @@ def test_partial_updates_cannot_grow_a_scene_past_its_budget(server):
         assert err.code == "too_large" and "MiB" in err.message and err.header["revision"] == 4
     finally:
         c.close()
+
+
+class OverlapEngine(FakeEngine):
+    """Steps whose frames reach the host only once the next step has begun, as
+    decoding on a side stream does (``--overlap-decode``); logs the order."""
+
+    def __init__(self):
+        self.log = []
+
+    def begin_streams(self, streams):
+        self.log.append("begin")
+        engine, begun = self, self.log.count("begin")
+
+        class Step(FakeWork):
+            def ready(self):
+                return self.done and engine.log.count("begin") > begun
+
+            def frames(self):
+                engine.log.append("frames")
+                return self.result
+
+        def run():
+            time.sleep(0.005)  # longer than a frame interval at max_fps 1000: the next step is due at once
+            return [s.frame() for s in streams]
+
+        return Step(run)
+
+
+def test_the_engine_loop_begins_the_next_step_before_it_collects_the_frames():
+    engine = OverlapEngine()
+    with serving(Server(engine, {"name": "fake"}, f"tcp://127.0.0.1:{free_port()}", Limits(max_fps=1000))) as srv:
+        c = connect(srv.bind, name="artist")
+        try:
+            c.set_scene(S, S, [Layer("1", "a fox", half_mask())])
+            c.start_live("raw")
+            indices = []
+            while len(indices) < 6:
+                ev = c.wait_for(lambda e: isinstance(e, FrameEvent), 10)
+                assert ev is not None
+                indices.append(ev.header["index"])
+        finally:
+            c.close()
+    assert indices == sorted(indices)
+    first = engine.log.index("frames")
+    assert engine.log[:first] == ["begin", "begin"]  # the second step began before the first's frames
+
+
+def test_engines_loops_and_frame_flows_fit_the_ports_the_server_declares(engine):
+    import threading
+
+    from smd_daemon.cluster.frontend import FrontEngine
+    from smd_daemon.cluster.timing import TimedEngine
+    from smd_daemon.cluster.worker import RemoteFlow
+    from smd_daemon.server.engine_loop import EngineLoop
+    from smd_daemon.server.frames import FrameFlow
+    from smd_daemon.server.ports import EngineLoopPort, EnginePort, FramePort, Planner
+
+    for e in (engine, TimedEngine(engine), FakeEngine(), OverlapEngine()):
+        assert isinstance(e, EnginePort), type(e).__name__
+    assert isinstance(FrontEngine(), Planner) and not isinstance(FrontEngine(), EnginePort)
+    assert isinstance(EngineLoop(engine, print, threading.Event()), EngineLoopPort)
+    assert isinstance(FrameFlow(2), FramePort) and isinstance(RemoteFlow("s", print), FramePort)
+    with pytest.raises(TypeError, match="cannot run an engine loop"):
+        Server(FrontEngine(), {}, "tcp://127.0.0.1:1").make_engine_loop()

@@ -113,13 +113,13 @@ def test_large_canvas_decodes_one_tile_per_pass(engine):
     scene = Scene(
         1024, 128, [Region("a red fox", m)], background=Background("a long beach"), steps=2, bootstrap_steps=0
     )
-    with recording(engine.c.vae, "decode", lambda z: tuple(z.shape[-2:])) as decoded:
+    with recording(engine.model.components.vae, "decode", lambda z: tuple(z.shape[-2:])) as decoded:
         stream = engine.open_stream(scene)
         work = engine.begin_streams([stream])
         ran = _run_passes(work, None)
         frame = work.frames()[0]
     assert frame.image.shape == (128, 1024, 3)
-    tiles = V.tile_grid(16, 128, engine.native)
+    tiles = V.tile_grid(16, 128, engine.model.window)
     assert len(tiles) == 3 and decoded == [(16, 64)] * 3
     assert ran == [work.samples_total, 0, 0, 0]  # one UNet pass, then one pass per decoder tile
 
@@ -131,11 +131,11 @@ def test_tiled_decode_blends_tiles_without_seams():
 
     vae = build_tiny_autoencoder()
     z = torch.linspace(-1, 1, 128).view(1, 1, 1, 128).expand(1, 4, 16, 128).contiguous()
-    dec = V.Decoder(vae, z, 64)
+    dec = V.Autoencoder(vae, torch.device("cpu"), torch.float32, 8, 64, 1.0).decoder(z)
     while not dec.done:
         dec.run()
     img, finite = dec.result()
-    whole = V.Decoder(vae, z, 1024)
+    whole = V.Autoencoder(vae, torch.device("cpu"), torch.float32, 8, 1024, 1.0).decoder(z)
     whole.run()
     ref, _ = whole.result()
     assert finite and img.shape == ref.shape == (128, 1024, 3)
@@ -146,33 +146,26 @@ def test_tiled_decode_blends_tiles_without_seams():
 def test_large_background_image_is_encoded_in_tiles(engine):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (128, 1024, 3), dtype=np.uint8)
-    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as sizes:
-        z = engine.encode_image(img)
+    with recording(engine.model.components.vae, "encode", lambda x: tuple(x.shape[-2:])) as sizes:
+        z = engine.model.encode_image(img)
     assert z.shape == (1, 4, 16, 128)
     assert len(sizes) == 3 and all(h <= 512 and w <= 512 for h, w in sizes)
 
 
 @pytest.mark.parametrize("height, width", [(768, 640), (128, 1024), (256, 256)])
 def test_white_latent_is_one_tile_encode_that_equals_the_full_encode(engine, height, width):
-    full = V.encode(
-        engine.c.vae,
-        np.full((height, width, 3), 255, np.uint8),
-        engine.c.device,
-        engine.c.dtype,
-        engine.vae_scale,
-        engine.native,
-    )
-    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
-        white = engine.white_latent(height, width)
+    full = engine.model.autoencoder.encode(np.full((height, width, 3), 255, np.uint8))
+    with recording(engine.model.components.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.model.white_latent(height, width)
     assert encoded == [(min(height, 512), min(width, 512))]  # one tile, whatever the canvas
     assert white.shape == full.shape
     assert torch.allclose(white.float(), full.float(), rtol=0, atol=1e-5)
 
 
 def test_a_new_canvas_size_with_the_same_tiles_needs_no_vae_call(engine):
-    engine.white_latent(768, 640)
-    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
-        white = engine.white_latent(2048, 1536)
+    engine.model.white_latent(768, 640)
+    with recording(engine.model.components.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+        white = engine.model.white_latent(2048, 1536)
     assert encoded == [] and white.shape == (1, 4, 256, 192)
 
 
@@ -180,7 +173,7 @@ def test_a_plan_stops_between_image_tiles_when_cancelled(engine):
     img = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # nine VAE tiles
     scene = _scene(size=1024)
     scene.background = Background("a blue sky", image=img, strength=0.5)
-    with recording(engine.c.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
+    with recording(engine.model.components.vae, "encode", lambda x: tuple(x.shape[-2:])) as encoded:
         with pytest.raises(Cancelled):
             engine.plan(scene, cancel=lambda: len(encoded) >= 3)  # the white tile, then two of the image's
         assert len(encoded) == 3
@@ -190,7 +183,7 @@ def test_a_plan_stops_between_image_tiles_when_cancelled(engine):
 
 def test_a_cancelled_plan_asks_before_any_work(engine):
     calls, restore = count_unet_forwards(engine)
-    with recording(engine.c.text_encoder, "forward", lambda ids: ids.shape[0]) as encoded:
+    with recording(engine.model.components.text_encoder, "forward", lambda ids: ids.shape[0]) as encoded:
         with pytest.raises(Cancelled):
             engine.generate(_scene(prompt_b="a prompt never encoded before"), cancel=lambda: True)
     restore()
@@ -260,12 +253,12 @@ def _tensor_bytes(*objs) -> int:
 @pytest.mark.parametrize("mode", ["latent", "attention"])
 def test_session_bytes_is_an_upper_estimate_from_shapes_alone(engine, mode):
     scene = _scene(size=256, region_mode=mode, guidance_scale=2.0)
-    with recording(engine.c.text_encoder, "forward", len) as calls:
+    with recording(engine.model.components.text_encoder, "forward", len) as calls:
         estimate = engine.session_bytes(scene)
     assert not calls  # nothing planned or encoded
     stream = engine.open_stream(scene)
     stream.step()
-    kept = _tensor_bytes(stream.plan, stream._slots, stream._entry, stream._renoise, stream._white_noise)
+    kept = _tensor_bytes(stream.plan, stream.x, stream.noise, stream.white_noise)
     assert kept < estimate < 20 * kept
     bigger = _scene(size=512, region_mode=mode)
     assert engine.session_bytes(bigger) > 3 * engine.session_bytes(_scene(size=256, region_mode=mode))

@@ -33,7 +33,7 @@ def graph_engine(tiny_components):
     """An engine whose UNet calls go through the graph path: static input
     buffers per shape, replayed (eagerly, on this CPU)."""
     e = Engine(tiny_components)
-    e.runner = R.UNetRunner(tiny_components.unet, e._region_ctx, cuda_graphs=True)
+    e.model.runner = R.DenoiserRunner(e.model.family, e.model.region_ctx, cuda_graphs=True)
     return e
 
 
@@ -46,17 +46,17 @@ def test_graph_path_frames_equal_the_plain_paths(engine, graph_engine):
         for g, e in zip(got, expect):
             assert np.array_equal(g.image, e.image), k
     # Warm-up batches grow for T frames; only shapes seen twice are captured, at most MAX_GRAPHS kept.
-    assert 0 < graph_engine.runner.captures <= 3 + 3
-    assert len(graph_engine.runner._graphs) <= R.MAX_GRAPHS
+    assert 0 < graph_engine.model.runner.captures <= 3 + 3
+    assert len(graph_engine.model.runner._graphs) <= R.MAX_GRAPHS
     # An edit that changes the batch shape: a new shape, recaptured when it repeats.
-    before = graph_engine.runner.captures
+    before = graph_engine.model.runner.captures
     edited = _scene(seed=2, region_mode="attention")
     edited.regions = edited.regions[:1]
     graphed[1].update(edited, revision=1)
     plain[1].update(edited, revision=1)
     for _ in range(3):
         assert np.array_equal(graph_engine.step_streams(graphed)[1].image, engine.step_streams(plain)[1].image)
-    assert graph_engine.runner.captures > before
+    assert graph_engine.model.runner.captures > before
 
 
 def test_generate_on_the_graph_path_equals_plain(engine, graph_engine):
@@ -74,14 +74,14 @@ def test_failed_capture_falls_back_to_eager_with_one_warning(engine, graph_engin
         for _ in range(5):
             assert np.array_equal(graph_engine.step_streams([graphed])[0].image, engine.step_streams([plain])[0].image)
     warnings = [r for r in caplog.records if "CUDA graph" in r.getMessage()]
-    assert len(warnings) == 1 and not graph_engine.runner.cuda_graphs
+    assert len(warnings) == 1 and not graph_engine.model.runner.cuda_graphs
 
 
 def test_failed_compile_falls_back_to_eager_with_one_warning(engine, caplog):
     def broken(*a, **k):
         raise RuntimeError("inductor: no C++ compiler found")
 
-    engine.runner._compiled = broken
+    engine.model.runner._compiled = broken
     with caplog.at_level(logging.WARNING, logger="smd_daemon.engine.runner"):
         a = engine.generate(_scene())
         b = engine.generate(_scene())

@@ -50,7 +50,7 @@ class WorkerActor:
                 import torch
 
                 torch.set_num_threads(opts["threads"])
-            from smd_daemon.server.command import load_engine
+            from smd_daemon.options import load_engine
 
             engine, model = load_engine(opts)
         except Exception as e:  # ModelLoadError, out of memory, a missing file on this node...

@@ -311,7 +311,7 @@ class Dispatcher:
         if h.state == "loading":
             log.info("worker %s loading the model on node %s (pid %d)", w.id, w.node, w.pid)
         elif h.state == "ready":
-            self.server.engine.learn(h.can)
+            self.server.front.learn(h.can)
             log.info(
                 "worker %s ready on node %s (pid %d, %s): model %s",
                 w.id,
@@ -348,7 +348,8 @@ class Dispatcher:
 
 class ClusterServer(Server):
     def __init__(self, bind: str, limits, keys_dir: str | None, per_worker: int):
-        super().__init__(FrontEngine(), {}, bind, limits, keys_dir)
+        self.front = FrontEngine()  # what the workers can do, learnt from their hellos
+        super().__init__(self.front, {}, bind, limits, keys_dir)
         self.keys = wire.Keys.generate()
         self.per_worker = per_worker
         self._worker_ctx = zmq.Context()

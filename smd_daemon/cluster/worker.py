@@ -32,7 +32,8 @@ import zmq
 
 from smd_daemon.cluster import wire
 from smd_daemon.cluster.codec import CodecError
-from smd_daemon.engine.scene import REGION_MODES, Cancelled
+from smd_daemon.cluster.timing import TimedEngine
+from smd_daemon.engine.scene import Cancelled
 from smd_daemon.protocol import ProtocolError
 from smd_daemon.server import messages as m
 from smd_daemon.server.engine_loop import EngineLoop
@@ -40,6 +41,7 @@ from smd_daemon.server.images import EncodedImage, encode_frame
 from smd_daemon.server.limits import default_max_memory
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.ordered import SessionOrder
+from smd_daemon.server.ports import EnginePort
 from smd_daemon.server.scenes import plan_scene
 
 log = logging.getLogger("smd_daemon.cluster")
@@ -78,38 +80,6 @@ class RemoteFlow:
     def credit(self, allowed: int) -> None:
         with self._lock:
             self.allowed = max(self.allowed, allowed)
-
-
-class TimedEngine:
-    """The engine, adding up the seconds its passes take (placement reads them)."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.busy_s = 0.0
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def begin_streams(self, streams):
-        return _TimedWork(self, self._engine.begin_streams(streams))
-
-    def begin_generate(self, scene, plan=None):
-        return _TimedWork(self, self._engine.begin_generate(scene, plan))
-
-
-class _TimedWork:
-    def __init__(self, owner: TimedEngine, work):
-        self._owner, self._work = owner, work
-
-    def __getattr__(self, name):
-        return getattr(self._work, name)
-
-    def run(self, max_samples=None):
-        t0 = time.perf_counter()
-        try:
-            return self._work.run(max_samples)
-        finally:
-            self._owner.busy_s += time.perf_counter() - t0  # only the engine thread adds
 
 
 class EngineWorker:
@@ -152,7 +122,7 @@ class EngineWorker:
         self._link.start()
         self._hello()
 
-    def serve(self, engine, model: dict) -> None:
+    def serve(self, engine: EnginePort, model: dict) -> None:
         """The model is loaded: run the engine loop and take sessions."""
         self.engine, self.model = TimedEngine(engine), model
         self.loop = EngineLoop(self.engine, self._post, self.stopping)
@@ -177,15 +147,11 @@ class EngineWorker:
         self._encoders.shutdown()
 
     def _hello(self) -> None:
-        engine = self.engine._engine if self.engine is not None else None
+        engine = self.engine
         can = (
             {}
             if engine is None
-            else {
-                "region_modes": tuple(getattr(engine, "region_modes", REGION_MODES[:1])),
-                "max_steps": getattr(engine, "max_steps", None),
-                "kind": getattr(engine, "kind", ""),
-            }
+            else {"region_modes": tuple(engine.region_modes), "max_steps": engine.max_steps, "kind": engine.kind}
         )
         self._send(
             wire.Hello(
@@ -356,6 +322,7 @@ class EngineWorker:
 
     def _plan(self, session: str, scene):
         # A plan of a huge canvas takes seconds: it stops when the worker or the session does.
+        assert self.engine is not None, "scenes are planned only once serving (_command)"
         return plan_scene(self.engine, scene, cancel=lambda: self.stopping.is_set() or session not in self.flows)
 
     # --- what the engine loop posts ---------------------------------------------------------

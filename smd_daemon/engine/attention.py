@@ -97,12 +97,9 @@ def regional_attention(
     return out / attn.rescale_output_factor
 
 
-def install(unet) -> RegionContext | None:
-    """Wrap the processor of every cross-attention layer (once per UNet);
-    returns the shared context, or None when the UNet has no such layers."""
-    from diffusers.models.attention_processor import Attention
-
-    layers = [m for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+def install(layers) -> RegionContext | None:
+    """Wrap the processor of each cross-attention layer (``Family.region_layers``;
+    once per model); returns the shared context, or None without such layers."""
     if not layers:
         return None
     for m in layers:

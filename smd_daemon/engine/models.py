@@ -23,6 +23,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 
@@ -67,6 +68,7 @@ class Components:
     meaningful: bool = True  # False for random-weight presets
     info: dict = field(default_factory=dict)
     kind: str = "lcm"  # "lcm" | "turbo" (see the module docstring)
+    family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -80,17 +82,24 @@ class Components:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "meaningful": self.meaningful,
-            "native_size": int(self.unet.config.sample_size) * self.vae_scale_factor,
+            "native_size": int(config_of(self.unet).sample_size) * self.vae_scale_factor,
             "kind": self.kind,
             **info,
         }
 
     @property
     def vae_scale_factor(self) -> int:
-        cfg = self.vae.config
+        cfg = config_of(self.vae)
         if hasattr(cfg, "block_out_channels"):
             return 2 ** (len(cfg.block_out_channels) - 1)
         return 8
+
+
+def config_of(component: torch.nn.Module) -> Any:
+    """A diffusers component's config, whose keys are also attributes: torch
+    types unknown module attributes as tensors or modules, diffusers its
+    config as a plain dict, and neither says so."""
+    return cast(Any, component).config
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -154,7 +163,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _chain(e: BaseException):
+def _chain(e: BaseException | None):
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -233,7 +242,7 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
 
     _check_checkpoint_file(path)
-    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+    kw: dict[str, object] = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
     if config is not None:
         if not os.path.isdir(config) and not _HUB_ID.match(config):
             raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")

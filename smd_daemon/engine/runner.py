@@ -1,10 +1,12 @@
-"""The UNet call: eager, compiled (``torch.compile``) or replayed from a CUDA graph.
+"""The denoiser call: eager, compiled (``torch.compile``) or replayed from a CUDA graph.
 
-The engine's steps hand it device tensors only, so the steady-state call can
-be captured once and replayed: one graph per input shape (batch, window,
-prompts), captured the second time that shape is seen, so the warm-up frames
-of a stream (whose batch grows frame by frame) never pay for a capture. A
-compile or capture that fails falls back to eager with one warning.
+The engine's steps hand it a flat dict of device tensors (the sample, its
+timestep, the conditioning, attention-region weights), so the steady-state
+call can be captured once and replayed: one graph per input shape (batch,
+window, prompts), captured the second time that shape is seen, so a shape
+that occurs once (a pass cut short, an edit's first step) never pays for a
+capture. A compile or capture that fails falls back to eager with one
+warning. The model family maps the flat inputs to its denoiser's arguments.
 """
 
 from __future__ import annotations
@@ -43,59 +45,58 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-class UNetRunner:
-    """Calls the UNet with flat tensor inputs; sets the attention-region
-    weights (``RegionContext``) for the duration of the call."""
+WEIGHTS = "w:"  # input key prefix of attention-region weights: "w:<positions>"
 
-    def __init__(self, unet, region_ctx=None, compile: bool = False, cuda_graphs: bool = False):
-        self.unet = unet
+
+def weight_key(positions: int) -> str:
+    return f"{WEIGHTS}{positions}"
+
+
+class DenoiserRunner:
+    """Calls the family's denoiser with flat tensor inputs; sets the
+    attention-region weights (``RegionContext``) for the duration of the call."""
+
+    def __init__(self, family, region_ctx=None, compile: bool = False, cuda_graphs: bool = False):
+        self.family = family
+        self.denoiser = family.denoiser
         self.ctx = region_ctx
         # Default dynamic shapes: after a second batch size the compiled code
-        # generalises instead of recompiling for every warm-up batch.
-        self._compiled = torch.compile(unet) if compile else None
+        # generalises instead of recompiling for every new batch.
+        self._compiled = torch.compile(self.denoiser) if compile else None
         self.cuda_graphs = cuda_graphs
         self._graphs: OrderedDict[tuple, _Replay] = OrderedDict()
         self._seen: set[tuple] = set()
-        self.captures = 0  # counted for tests and benchmarks
+        self.calls = 0  # counted for tests and benchmarks
+        self.captures = 0
 
-    def __call__(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        emb: torch.Tensor,
-        time_cond: torch.Tensor | None = None,
-        region_weights: dict[int, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        inputs = {"sample": sample, "timestep": timestep, "emb": emb}
-        if time_cond is not None:
-            inputs["time_cond"] = time_cond
-        for size, w in (region_weights or {}).items():
-            inputs[f"w{size}"] = w
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``inputs``: ``sample``, ``timestep``, the conditioning's and the
+        guidance's (see ``Family.denoise``), and region weights (``weight_key``)."""
+        self.calls += 1
         if self.cuda_graphs:
             try:
                 out = self._replayed(inputs)
                 if out is not None:
                     return out
             except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
-                log.warning("CUDA graph capture failed (%s); the UNet runs without graphs from now on", _first_line(e))
+                log.warning(
+                    "CUDA graph capture failed (%s); the denoiser runs without graphs from now on", _first_line(e)
+                )
                 self.cuda_graphs = False
                 self._graphs.clear()
         return self.forward(inputs)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = {int(k[1:]): v for k, v in inputs.items() if k[0] == "w"}
-        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
-        fn = self._compiled if self._compiled is not None else self.unet
+        weights = {int(k[len(WEIGHTS) :]): v for k, v in inputs.items() if k.startswith(WEIGHTS)}
+        fn = self._compiled if self._compiled is not None else self.denoiser
         if self.ctx is not None:
             self.ctx.weights = weights or None
         try:
-            return fn(
-                inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw
-            )[0]
+            return self.family.denoise(fn, inputs)
         except Exception as e:  # noqa: BLE001 - a compile failure surfaces at the first call
-            if fn is self.unet:
+            if fn is self.denoiser:
                 raise
-            log.warning("torch.compile of the UNet failed (%s); running it eagerly", _first_line(e))
+            log.warning("torch.compile of the denoiser failed (%s); running it eagerly", _first_line(e))
             self._compiled = None
         finally:
             if self.ctx is not None:
@@ -123,7 +124,7 @@ class _Replay:
     device the graph is captured; elsewhere (tests) the same buffers are run
     eagerly, so the data flow around the graph is the one that gets tested."""
 
-    def __init__(self, runner: UNetRunner, inputs: dict[str, torch.Tensor]):
+    def __init__(self, runner: DenoiserRunner, inputs: dict[str, torch.Tensor]):
         self.runner = runner
         self.static = {k: v.clone() for k, v in inputs.items()}
         self.graph = None

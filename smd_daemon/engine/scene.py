@@ -23,9 +23,12 @@ DEFAULT_STEPS = 4
 # How regions enter the model, the default first: one UNet sample per region
 # and latent pre-averaging (follows shapes tightly), or one sample for all
 # regions with per-region cross-attention (much faster with several regions).
-# The engine's own list (this room imports nothing of the daemon's); the wire's,
-# protocol.REGION_MODES, is held equal to it by a test.
-REGION_MODES = ("latent", "attention")
+# The engine turns the name into a strategy once, when it plans
+# (``modes.strategy_for``). The engine's own list (this room imports nothing
+# of the daemon's); the wire's, protocol.REGION_MODES, is held equal to it by a test.
+LATENT = "latent"
+ATTENTION = "attention"
+REGION_MODES = (LATENT, ATTENTION)
 
 
 class SceneError(ValueError):

@@ -159,12 +159,13 @@ def build_tiny_pipeline(seed: int = 0):
         norm_num_groups=32,
         attention_head_dim=1,
     )
+    # diffusers annotates these tuples as Tuple[int] / Tuple[str] (one element) and takes any length.
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=16,
@@ -177,14 +178,16 @@ def build_tiny_pipeline(seed: int = 0):
 def _assemble(tokenizer, text_encoder, unet, vae):
     from diffusers import StableDiffusionPipeline
 
+    # diffusers' annotations are narrower than what the pipeline takes: any scheduler, and no
+    # safety checker or feature extractor when requires_safety_checker is False.
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=lcm_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
+        scheduler=lcm_scheduler(),  # pyright: ignore[reportArgumentType]
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
 

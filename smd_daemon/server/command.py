@@ -23,7 +23,7 @@ from typing import NoReturn
 from smd_daemon import protocol
 from smd_daemon.config import load_config
 from smd_daemon.errors import UsageError
-from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_model_from_options
+from smd_daemon.options import MODEL_OPTIONS, SPEED_OPTIONS, add_options, engine_options, load_engine
 from smd_daemon.server.limits import GIB, MIB, Limits, machine_memory
 from smd_daemon.server.router import DEFAULT_BIND, Server
 
@@ -66,7 +66,7 @@ OPTIONS = {
     "overlap_decode": (
         bool,
         False,
-        "CUDA only: decode frames and copy them to the host on a side stream, beside the next step",
+        "CUDA only: decode frames and copy them to the host on a side stream while the next step begins",
     ),
     "ray": (
         str,
@@ -258,21 +258,6 @@ def watch_stdin(fd: int = 0) -> threading.Thread:
     thread = threading.Thread(target=watch, name="stdin-watch", daemon=True)
     thread.start()
     return thread
-
-
-def load_engine(opts: dict):
-    """The engine for the model flags in ``opts``, and the model's description
-    (``welcome.model``); a cluster's workers load theirs the same way."""
-    speed = engine_options(opts, overlap_decode=bool(opts.get("overlap_decode")))
-    components = load_model_from_options(opts)
-    return make_engine(components, **speed), components.describe()
-
-
-def make_engine(components, **speed):
-    """The engine the daemon runs on loaded components (``speed``: the CUDA switches)."""
-    from smd_daemon.engine.core import Engine
-
-    return Engine(components, **speed)
 
 
 def _time_left(stop_at: list, share: float) -> float:

@@ -6,10 +6,15 @@ runs one pass at a time of whichever work the scheduler picks, and posts
 frames, progress, results and errors back. Scenes arrive already planned (a
 scene worker planned them), so applying one between two passes is cheap.
 It checks for a stop request between passes, so it stops within one pass.
+
+A step's frames are collected once their copy to the host is done
+(``StepWork.ready``): with ``--overlap-decode`` that copy runs on a side
+stream, and the loop begins the next step meanwhile.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -17,13 +22,14 @@ import time
 
 from smd_daemon.protocol import ErrorCode
 from smd_daemon.server import messages as m
-from smd_daemon.server.scheduler import EngineSession, Running, RunningJob, RunningStep, Scheduler, Work
+from smd_daemon.server.ports import EnginePort, GenerateWork, StepWork
+from smd_daemon.server.scheduler import EngineSession, Running, RunningJob, RunningStep, Scheduler
 
 log = logging.getLogger("smd_daemon.server")
 
 
 class EngineLoop(threading.Thread):
-    def __init__(self, engine, post, stopping: threading.Event, scheduler: Scheduler | None = None):
+    def __init__(self, engine: EnginePort, post, stopping: threading.Event, scheduler: Scheduler | None = None):
         super().__init__(name="engine-loop", daemon=True)
         self.engine = engine
         self.post = post  # hands an event to the I/O thread
@@ -31,6 +37,7 @@ class EngineLoop(threading.Thread):
         self.scheduler = scheduler or Scheduler()
         self.sessions: dict[str, EngineSession] = {}
         self.running: list[Running] = []
+        self.collecting: collections.deque[RunningStep] = collections.deque()  # steps done, frames on their way
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
 
@@ -56,9 +63,13 @@ class EngineLoop(threading.Thread):
     def _iteration(self) -> None:
         self._wake.clear()
         self._commands()
+        self._collect(wait=False)
         now = time.monotonic()
         candidates = self.scheduler.candidates(self.running, self.sessions.values(), now)
         if not candidates:
+            if self.collecting:
+                self._collect(wait=True)  # nothing else to run: wait for the copy
+                return
             waits = [s.next_step_at - now for s in self.sessions.values() if s.live and s.next_step_at > now]
             self._wake.wait(min(waits + [0.1]))
             return
@@ -95,12 +106,12 @@ class EngineLoop(threading.Thread):
         if r.kind == "generate":
             self._generate_progress(r)
         elif work.done:
-            self._frames(r)
+            self._step_done(r)
 
-    def _begin(self, r: Running) -> Work | None:
+    def _begin(self, r: Running) -> StepWork | GenerateWork | None:
         """Begin ``r``'s work; None if the engine refused it (the sessions are told)."""
         t0 = time.perf_counter()
-        work: Work
+        work: StepWork | GenerateWork
         try:
             if r.kind == "step":
                 for s in r.members:
@@ -131,18 +142,39 @@ class EngineLoop(threading.Thread):
         else:
             s.stream.update(scene, revision, plan=plan)
 
+    def _step_done(self, r: RunningStep) -> None:
+        """A step's passes have all run: its sessions may begin their next step
+        while its frames are still on their way to the host."""
+        work = r.work
+        assert work is not None, "a step is done only once its work ran"
+        self._finish(r)
+        for s, share in zip(r.members, work.share):
+            s.solo = False
+            if work.samples_total:
+                s.step_samples = max(1, round(share * work.samples_total))
+            s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
+        self.collecting.append(r)
+        self._collect(wait=False)
+
+    def _collect(self, wait: bool) -> None:
+        """Hand over the frames of steps whose copy to the host is done, oldest
+        first; with ``wait``, the oldest step's in any case."""
+        while self.collecting and (wait or _ready(self.collecting[0])):
+            self._frames(self.collecting.popleft())
+            wait = False
+
     def _frames(self, r: RunningStep) -> None:
         work = r.work
         assert work is not None, "frames are taken from a work that ran"
         t0 = time.perf_counter()
-        frames = work.frames()  # waits for the frames' copy to the host
+        try:
+            frames = work.frames()  # waits for the frames' copy to the host, if it is not done
+        except Exception as e:  # a non-finite frame: an error, never a black picture
+            self._work_failed(r, e)
+            return
         self.scheduler.charge(r, time.perf_counter() - t0, 0)
-        self._finish(r)
-        shares = getattr(work, "share", None) or [1 / len(r.members)] * len(r.members)
-        for s, frame, share in zip(r.members, frames, shares):
-            s.solo = False
-            s.step_samples = max(1, round(share * work.samples_total)) if work.samples_total else s.step_samples
-            s.next_step_at = r.began + s.min_interval  # max_fps caps the rate, it adds no pause
+        for s, frame in zip(r.members, frames):
+            assert frame.image is not None, "frames() hands over collected frames"
             s.flow.made(
                 m.FrameReady(
                     s.id,
@@ -150,7 +182,7 @@ class EngineLoop(threading.Thread):
                     int(frame.index),
                     int(frame.revision),
                     bool(frame.settled),
-                    int(getattr(s.stream, "steps_in_flight", 0) or 0),
+                    s.stream.steps_in_flight if s.stream is not None else 0,
                     r.seconds * 1000,
                     len(r.members),
                 )
@@ -254,3 +286,7 @@ class EngineLoop(threading.Thread):
             if job is not running:  # a running job reports its own cancellation between passes
                 s.jobs.remove(job)
                 self.post(m.JobCancelled(s.id, job.id, c.re))
+
+
+def _ready(r: RunningStep) -> bool:
+    return r.work is not None and r.work.ready()

@@ -2,27 +2,25 @@
 
 The I/O thread sends commands to the engine loop (``EngineLoop.send``); the
 engine loop, the scene workers and the frame encoders send events back to
-the I/O thread (``Server.post``). Nothing else is shared between them but
-each session's ``FrameFlow`` (``frames.py``), which has its own lock.
+the I/O thread (``Server.post``). A message's contents (scenes, plans,
+jobs, frames) are not changed by its sender once sent; only the engine
+thread sets ``Job.cancelled``. Besides messages, the threads share objects
+that lock for themselves: each session's ``FrameFlow`` (``frames.py``), the
+memory budget (``memory.py``), the scene workers' queues (``scenes.py``),
+and the engine, whose caches scene workers fill while they plan and the
+engine thread runs passes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from smd_daemon.engine.scene import Scene
-
-
-class Flow(Protocol):
-    """Where a session's frames go: ``frames.FrameFlow``, or a cluster worker's ``RemoteFlow``."""
-
-    def can_make(self) -> bool: ...
-    def start_making(self) -> None: ...
-    def made(self, frame: FrameReady | None) -> None: ...
+    from smd_daemon.server.ports import FramePort
 
 
 # --- I/O thread -> engine loop ------------------------------------------
@@ -45,7 +43,7 @@ class Job:
 @dataclass
 class OpenSession:
     session: str
-    flow: Flow | None  # None only on the cluster channel: the worker gives the session its own
+    flow: FramePort | None  # None only on the cluster channel: the worker gives the session its own
 
 
 @dataclass

@@ -25,6 +25,7 @@ from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.outbox import Outbox
+from smd_daemon.server.ports import EngineLoopPort, EnginePort, Planner
 from smd_daemon.server.scenes import SceneWorkers
 from smd_daemon.server.sessions import SessionManager
 
@@ -37,7 +38,7 @@ RECV_BATCH = 200  # messages read before outgoing events get a turn
 class Server:
     def __init__(
         self,
-        engine,
+        engine: Planner | None,  # None until the model is loaded (``start`` needs it)
         model_info: dict,
         bind: str = DEFAULT_BIND,
         limits: Limits | None = None,
@@ -68,7 +69,7 @@ class Server:
         self._refusals = None
         self.sock: zmq.Socket | None = None
         self.extra_sockets: dict = {}  # more sockets the I/O thread reads: socket -> handler (a cluster's workers)
-        self.engine_loop: EngineLoop | None = None
+        self.engine_loop: EngineLoopPort | None = None
         self.workers: SceneWorkers | None = None
         self.defaults = scene_defaults()
 
@@ -81,8 +82,15 @@ class Server:
             "generate": True,
             "cancel": True,
             "curve": self.keys_dir is not None,
-            "region_modes": list(getattr(self.engine, "region_modes", protocol.REGION_MODES[:1])),
+            "region_modes": list(self.planner.region_modes),
         }
+
+    @property
+    def planner(self) -> Planner:
+        """The engine, once the model is loaded (``serve`` answers nothing before)."""
+        if self.engine is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self.engine
 
     # --- threads ------------------------------------------------------------
 
@@ -114,12 +122,14 @@ class Server:
     def start(self) -> None:
         if self.sock is None:
             self.open_socket()
-        self.workers = SceneWorkers(self.engine, self.limits, self.budget, self.post, stopping=self.stopping)
+        self.workers = SceneWorkers(self.planner, self.limits, self.budget, self.post, stopping=self.stopping)
         self.engine_loop = self.make_engine_loop()
         self.engine_loop.start()
 
-    def make_engine_loop(self):
+    def make_engine_loop(self) -> EngineLoopPort:
         """What runs the engine: a thread here (a cluster sends the same messages to its workers)."""
+        if not isinstance(self.engine, EnginePort):
+            raise TypeError(f"{type(self.engine).__name__} cannot run an engine loop")
         return EngineLoop(self.engine, self.post, self.stopping)
 
     def serve_forever(self) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,9 +30,7 @@ from smd_daemon.server.images import FRAME_ENCODINGS, decode_plane
 from smd_daemon.server.limits import SCENE_SETTINGS, Limits, scene_defaults
 from smd_daemon.server.memory import MemoryBudget, frame_bytes
 from smd_daemon.server.ordered import SessionOrder
-
-if TYPE_CHECKING:
-    from smd_daemon.engine.plan import Plan
+from smd_daemon.server.ports import Planner
 
 log = logging.getLogger("smd_daemon.server")
 
@@ -48,14 +45,14 @@ class SceneSession:
     state: SceneState = field(default_factory=SceneState)
     revision: int = 0
     scene: Scene | None = None  # the engine Scene of ``revision``
-    plan: Plan | None = None  # its plan, made when first needed
+    plan: object = None  # its plan (the engine's, handed back to it unread), made when first needed
     closed: bool = False
 
 
 class SceneWorkers:
     def __init__(
         self,
-        engine,
+        engine: Planner,
         limits: Limits,
         budget: MemoryBudget,
         post,
@@ -290,7 +287,7 @@ class SceneWorkers:
         return m.JobReady(s.id, re, job)
 
 
-def plan_scene(engine, scene, cancel):
+def plan_scene(engine: Planner, scene, cancel):
     """``engine.plan`` with its failures as the wire's errors (``ProtocolError``),
     for this request only; ``Cancelled`` passes through. A cluster's workers plan
     the same way."""

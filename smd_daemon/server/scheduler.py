@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal
 
-from smd_daemon.server.messages import Flow, Job
+from smd_daemon.server.messages import Job
+from smd_daemon.server.ports import FramePort, GenerateWork, StepWork, Stream
 
 PASS_S = 0.1  # a pass's target length while other work waits
 SOLO_PASS_S = 1.0  # ...and while none does: long enough to batch well, short enough to stop promptly
@@ -36,41 +37,13 @@ CREDIT_S = 0.5  # engine time a session can save up while it waits (for an ack, 
 EWMA = 0.3  # weight of the newest measurement of seconds per sample
 
 
-class Stream(Protocol):
-    """What the engine thread does to an engine ``StreamSession`` itself (the engine steps it)."""
-
-    def update(self, scene: Any, revision: int, plan: Any = None) -> None: ...
-
-
-class Work(Protocol):
-    """An engine work (``Engine.begin_streams`` / ``begin_generate``), run in bounded passes."""
-
-    @property
-    def done(self) -> bool: ...
-    @property
-    def samples_left(self) -> int: ...
-    @property
-    def samples_total(self) -> int: ...
-    def run(self, max_samples: int | None = None) -> int: ...
-
-
-class StepWork(Work, Protocol):
-    def frames(self) -> list[Any]: ...  # engine StreamFrames, one per stream
-
-
-class GenerateWork(Work, Protocol):
-    @property
-    def progress(self) -> tuple[int, int]: ...
-    def image(self) -> Any: ...  # the finished image
-
-
 @dataclass(eq=False)
 class EngineSession:
     """What the engine thread knows of one session."""
 
     id: str
-    flow: Flow
-    stream: Stream | None = None  # engine StreamSession, opened while live
+    flow: FramePort  # frames.FrameFlow (a cluster worker's RemoteFlow)
+    stream: Stream | None = None  # the engine's stream, opened while live
     pending: tuple | None = None  # the newest (scene, revision, plan), applied when a step begins
     newest: tuple | None = None  # the same, kept after it is applied
     live: bool = False

@@ -1,0 +1,203 @@
+"""Model families: what the engine must know of one kind of diffusion model.
+
+A family adapter answers, for one loaded model, everything that differs
+between SD-1.5, SDXL and SD3:
+
+- its text conditioning: which encoders turn a prompt into per-token
+  embeddings (``Conditioning.tokens``) and, for families that have one, a
+  pooled embedding (``Conditioning.pooled``);
+- its latents: channels, and the VAE's scale and shift;
+- its denoiser: the module, its native window, its resolutions, how it is
+  called from the engine's flat inputs, whether it embeds the guidance
+  scale (LCM-distilled models) instead of doubling the batch, and what it
+  is told of each window of a large canvas (SDXL: size and crop);
+- which of its layers are cross-attention, where attention-region mode mixes
+  the prompts.
+
+Everything above (``model.Model``, plans, strategies, streams) asks the
+adapter and never looks at a model's classes itself. A family is named by
+``Components.family``; ``FAMILIES`` maps the name to its adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning, one row per sample (or per prompt)."""
+
+    tokens: torch.Tensor  # (N, L, D) per-token embeddings
+    pooled: torch.Tensor | None = None  # (N, Dp) pooled embedding, for families that use one
+    prompts: int = 1  # prompts per row: 1, or G for every prompt joined into one row
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def rows(self, index: torch.Tensor | slice) -> Conditioning:
+        pooled = None if self.pooled is None else self.pooled[index]
+        return Conditioning(self.tokens[index], pooled, self.prompts)
+
+    def expand(self, n: int) -> Conditioning:
+        """One row as ``n`` (no copy)."""
+        pooled = None if self.pooled is None else self.pooled.expand(n, -1)
+        return Conditioning(self.tokens.expand(n, -1, -1), pooled, self.prompts)
+
+    def toward(self, other: Conditioning, strength: torch.Tensor) -> Conditioning:
+        """lerp(self, other, strength), row by row: a region's prompt strength."""
+        s = strength.view(-1, 1, 1)
+        pooled = (
+            None
+            if self.pooled is None or other.pooled is None
+            else self.pooled + s[:, 0] * (other.pooled - self.pooled)
+        )
+        return Conditioning(self.tokens + s * (other.tokens - self.tokens), pooled)
+
+    def joined(self) -> Conditioning:
+        """Every prompt in one row (attention-region mode): their tokens one
+        after another, (1, N*L, D), and the first row's pooled embedding (the
+        background's: a pooled vector has no pixels to share out)."""
+        n, length, d = self.tokens.shape
+        pooled = None if self.pooled is None else self.pooled[:1]
+        return Conditioning(self.tokens.reshape(1, n * length, d), pooled, n)
+
+    def padded(self, prompts: int) -> Conditioning:
+        """Joined rows padded with empty prompts up to ``prompts`` (to share a
+        batch with a scene of more regions; they get no weight anywhere)."""
+        extra = (prompts - self.prompts) * (self.tokens.shape[1] // self.prompts)
+        if extra == 0:
+            return self
+        pad = self.tokens.new_zeros((self.tokens.shape[0], extra, self.tokens.shape[2]))
+        return Conditioning(torch.cat([self.tokens, pad], 1), self.pooled, prompts)
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        pooled = [p.pooled for p in parts if p.pooled is not None]
+        if len(pooled) not in (0, len(parts)):
+            raise ValueError("conditioning rows of two families joined")
+        return Conditioning(
+            torch.cat([p.tokens for p in parts]), torch.cat(pooled) if pooled else None, parts[0].prompts
+        )
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The denoiser inputs these rows give (``Family.denoise`` reads them)."""
+        return {"emb": self.tokens} if self.pooled is None else {"emb": self.tokens, "pooled": self.pooled}
+
+
+class Family(Protocol):
+    """One loaded model, as the engine sees it (see the module docstring)."""
+
+    name: str
+    denoiser: torch.nn.Module
+    vae: torch.nn.Module
+    latent_channels: int
+    latent_scale: float  # latent = (vae latent - shift) * scale
+    latent_shift: float
+    window: int  # native latent size per side: larger canvases are tiled
+    resolutions: int  # the denoiser's feature resolutions (attention-mode weights are made for each)
+    tokens: int  # L: tokens per prompt
+    width: int  # D: embedding size per token
+    embeds_guidance: bool  # the guidance scale is an input (no doubled batch for guidance)
+
+    def encode(self, prompts: list[str]) -> Conditioning: ...
+
+    def guidance_inputs(self, scale: float) -> dict[str, torch.Tensor]:
+        """(1, ...) inputs that carry the guidance scale, for models that embed it."""
+        ...
+
+    def window_inputs(
+        self, canvas: tuple[int, int], origins: list[tuple[int, int]], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """(V, ...) inputs per window of an (h, w) latent canvas, for models
+        conditioned on image size and crop (SDXL's time ids)."""
+        ...
+
+    def region_layers(self) -> list[torch.nn.Module]:
+        """The cross-attention layers (empty: attention-region mode is not available)."""
+        ...
+
+    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``fn`` (the denoiser, or its compiled form) on flat inputs: ``sample``,
+        ``timestep``, the conditioning's (``Conditioning.inputs``) and the
+        guidance's; returns the model output, shaped like ``sample``."""
+        ...
+
+
+# LCM-distilled UNets take the guidance scale as an embedding instead of a
+# doubled batch; this is the value such models were tuned around.
+DEFAULT_LCM_GUIDANCE = 8.5
+
+
+class StableDiffusion:
+    """SD-1.x and SD-2.x: one CLIP text encoder, a UNet with cross-attention, a
+    4-channel VAE; LCM-distilled UNets embed the guidance scale."""
+
+    name = "sd15"
+
+    def __init__(self, components):
+        self.tokenizer, self.text_encoder = components.tokenizer, components.text_encoder
+        self.denoiser, self.vae = components.unet, components.vae
+        self.device, self.dtype = components.device, components.dtype
+        cfg = self.denoiser.config
+        self.latent_channels = int(cfg.in_channels)
+        self.latent_scale = float(self.vae.config.scaling_factor)
+        self.latent_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.window = int(cfg.sample_size)
+        self.resolutions = len(cfg.block_out_channels)
+        self.tokens = int(self.tokenizer.model_max_length)
+        self.width = int(cfg.cross_attention_dim)
+        self._guidance_dim: int | None = getattr(cfg, "time_cond_proj_dim", None)
+        self.embeds_guidance = self._guidance_dim is not None
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        tok = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokens, truncation=True, return_tensors="pt"
+        )
+        ids = tok.input_ids.to(self.device)
+        mask = (
+            tok.attention_mask.to(self.device)
+            if getattr(self.text_encoder.config, "use_attention_mask", False)
+            else None
+        )
+        return Conditioning(self.text_encoder(ids, attention_mask=mask)[0].to(self.dtype))
+
+    def guidance_inputs(self, scale: float) -> dict[str, torch.Tensor]:
+        if self._guidance_dim is None:  # the model does not embed the guidance scale
+            return {}
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        g = scale if scale > 1 else DEFAULT_LCM_GUIDANCE
+        emb = get_timestep_embedding(
+            torch.tensor([(g - 1) * 1000.0]), self._guidance_dim, flip_sin_to_cos=False, downscale_freq_shift=1
+        )
+        return {"time_cond": emb.to(self.device, self.dtype)}
+
+    def window_inputs(
+        self, canvas: tuple[int, int], origins: list[tuple[int, int]], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        return {}  # not conditioned on size or crop
+
+    def region_layers(self) -> list[torch.nn.Module]:
+        from diffusers.models.attention_processor import Attention
+
+        return [m for m in self.denoiser.modules() if isinstance(m, Attention) and m.is_cross_attention]
+
+    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
+        return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw)[0]
+
+
+FAMILIES = {StableDiffusion.name: StableDiffusion}
+
+
+def family_of(components) -> Family:
+    """The adapter for loaded ``components`` (``Components.family`` names it)."""
+    name = components.family
+    if name not in FAMILIES:
+        raise ValueError(f"model family {name!r} is not supported (supported: {', '.join(FAMILIES)})")
+    return FAMILIES[name](components)

@@ -1,0 +1,234 @@
+"""The model and what outlives a scene.
+
+``Model`` holds the loaded components through their family adapter
+(``families.py``), the caches that outlive a scene (text conditioning per
+prompt, encoded images, the schedule of each step count), the noise, the
+autoencoder (``vae.py``) and the denoiser runner (``runner.py``). Plans,
+region strategies and streams are built on it; it knows none of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smd_daemon.engine import attention as A
+from smd_daemon.engine import masks as M
+from smd_daemon.engine import vae as V
+from smd_daemon.engine.families import Conditioning, family_of
+from smd_daemon.engine.runner import DenoiserRunner, check_speed_options
+from smd_daemon.engine.scene import cancel_check
+
+PREDICTIONS = ("epsilon", "v_prediction", "sample")  # what a denoiser may predict
+LATENT_CACHE = 8  # encoded images kept (white tiles and canvases, background images)
+
+
+@dataclass
+class Schedule:
+    """The noise levels of one step count, stacked (one entry per level):
+    a latent at level i is ``x = signal[i] * x0 + noise[i] * n``."""
+
+    timesteps: list[int]
+    t: torch.Tensor  # (T,) the denoiser's timestep input
+    signal: torch.Tensor  # (T,) sqrt(alpha_bar_t)
+    noise: torch.Tensor  # (T,) sqrt(1 - alpha_bar_t)
+    c_skip: torch.Tensor  # (T,) LCM boundary condition (0 for turbo models)
+    c_out: torch.Tensor  # (T,) (1 for turbo models)
+    sigmas: torch.Tensor  # (T,) float32 on the CPU: the noise levels masks are quantized against
+    entry_scale: float  # fresh noise entering level 0 is scaled by this
+    prediction: str  # what the denoiser predicts (one of PREDICTIONS)
+    clean_x: torch.Tensor  # (T,) x̂0 = clean_x * x + clean_out * out (see ``clean``)
+    clean_out: torch.Tensor  # (T,)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def clean(self, i: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The clean estimate x̂0 of samples ``x`` at level ``i`` from the
+        denoiser's output, with the LCM boundary condition: one fused
+        multiply-add with the coefficients ``clean_coefficients`` made."""
+        return torch.addcmul(self.clean_x[i] * x, self.clean_out[i], out)
+
+
+def clean_coefficients(
+    prediction: str, signal: torch.Tensor, noise: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b) with x̂0 = a * x + b * out, where x̂0 = c_out * predicted_original
+    + c_skip * x and the predicted original sample is, for a denoiser that
+    predicts the noise (epsilon): (x - noise * out) / signal; the velocity
+    (v_prediction): signal * x - noise * out; the sample itself: out."""
+    if prediction == "epsilon":
+        return c_out / signal + c_skip, -c_out * noise / signal
+    if prediction == "v_prediction":
+        return c_out * signal + c_skip, -c_out * noise
+    return c_skip, c_out  # "sample"
+
+
+class Model:
+    """A loaded model and the caches that outlive a scene. ``encode_prompts``,
+    ``encode_image``, ``white_latent`` and ``schedule`` may be called from
+    other threads while passes run (the caches are locked)."""
+
+    def __init__(
+        self,
+        components,
+        *,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        overlap_decode: bool = False,
+        prompt_cache_size: int = 256,
+    ):
+        check_speed_options(components.device, compile, cuda_graphs, overlap_decode)
+        self.components = components
+        self.family = f = family_of(components)
+        self.kind = components.kind
+        self.device, self.dtype = components.device, components.dtype
+        self.scheduler = copy.deepcopy(components.scheduler)
+        if self.scheduler.config.prediction_type not in PREDICTIONS:
+            raise ValueError(f"prediction type {self.scheduler.config.prediction_type!r} is not supported")
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        self.channels, self.window = f.latent_channels, f.window
+        self.factor = components.vae_scale_factor  # image pixels per latent pixel
+        self.autoencoder = V.Autoencoder(
+            f.vae, self.device, self.dtype, self.factor, self.window, f.latent_scale, f.latent_shift
+        )
+        self.region_ctx = A.install(f.region_layers())
+        self.runner = DenoiserRunner(f, self.region_ctx, compile=compile, cuda_graphs=cuda_graphs)
+        self.side_stream = torch.cuda.Stream(self.device) if overlap_decode else None
+        self._lock = threading.RLock()
+        self._prompts: OrderedDict[str, Conditioning] = OrderedDict()
+        self._prompt_cap = prompt_cache_size
+        self._latents: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._schedules: dict[int, Schedule] = {}
+
+    # ---- schedules -------------------------------------------------------
+    @property
+    def max_steps(self) -> int:
+        cfg = self.scheduler.config
+        if self.kind == "lcm":
+            return int(cfg.get("original_inference_steps", 50))
+        return int(cfg.num_train_timesteps)
+
+    def timesteps(self, steps: int) -> list[int]:
+        return list(self.schedule(steps).timesteps)
+
+    def schedule(self, steps: int) -> Schedule:
+        with self._lock:
+            if steps not in self._schedules:
+                self._schedules[steps] = self._make_schedule(steps)
+            return self._schedules[steps]
+
+    def _make_schedule(self, steps: int) -> Schedule:
+        self.scheduler.set_timesteps(steps)
+        ts = [int(t) for t in self.scheduler.timesteps]
+        ab = self.alphas_cumprod[ts]
+        if self.kind == "lcm":
+            scalings = [self.scheduler.get_scalings_for_boundary_condition_discrete(t) for t in ts]
+        else:
+            scalings = [(0.0, 1.0)] * len(ts)  # turbo: no boundary condition
+
+        def stack(values) -> torch.Tensor:
+            return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+        signal, noise = ab.double().sqrt(), (1 - ab.double()).sqrt()
+        c_skip, c_out = stack(s[0] for s in scalings), stack(s[1] for s in scalings)
+        prediction = self.scheduler.config.prediction_type
+        clean_x, clean_out = clean_coefficients(prediction, signal, noise, c_skip, c_out)
+
+        def on_device(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, self.dtype)
+
+        return Schedule(
+            timesteps=ts,
+            t=torch.tensor(ts, device=self.device, dtype=torch.long),
+            signal=on_device(ab.sqrt()),
+            noise=on_device((1 - ab).sqrt()),
+            c_skip=on_device(c_skip),
+            c_out=on_device(c_out),
+            sigmas=M.noise_levels(self.alphas_cumprod, ts),
+            # Turbo models start like diffusers' Euler schedulers: pure noise at level 0.
+            entry_scale=1.0 if self.kind == "lcm" else float((1 - ab[0]).sqrt()),
+            prediction=prediction,
+            clean_x=on_device(clean_x),
+            clean_out=on_device(clean_out),
+        )
+
+    # ---- conditioning ---------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """One row per prompt; each distinct prompt is encoded once and cached."""
+        with self._lock:
+            missing = [p for p in dict.fromkeys(prompts) if p not in self._prompts]
+            if missing:
+                encoded = self.family.encode(missing)
+                for k, p in enumerate(missing):
+                    self._prompts[p] = encoded.rows(slice(k, k + 1))
+            for p in prompts:
+                self._prompts.move_to_end(p)
+            found = [self._prompts[p] for p in prompts]
+            while len(self._prompts) > self._prompt_cap:
+                self._prompts.popitem(last=False)
+        return Conditioning.cat(found)
+
+    def encode_image(self, image: np.ndarray, cancel=None) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, C, h, w) clean latent, cached by content.
+        ``cancel()`` is asked before each tile (``Cancelled``)."""
+        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest() + repr(image.shape).encode()
+        return self._cached_latent(key, lambda: self.autoencoder.encode(image, cancel_check(cancel)))
+
+    def white_latent(self, height: int, width: int, cancel=None) -> torch.Tensor:
+        """The bootstrap background: the latent of an all-white image, cached by
+        size. Its tiles are all one white tile, encoded once per tile size: a
+        new canvas size costs a blend, not a canvas-sized encode."""
+
+        def tile(shape, encode):
+            return self._cached_latent(b"white tile" + repr(shape).encode(), encode)
+
+        cancel_check(cancel)()
+        return self._cached_latent(
+            b"white" + repr((height, width)).encode(),
+            lambda: self.autoencoder.encode_uniform(height, width, 255, tile),
+        )
+
+    def _cached_latent(self, key: bytes, encode) -> torch.Tensor:
+        with self._lock:
+            if key in self._latents:
+                self._latents.move_to_end(key)
+                return self._latents[key]
+        z = encode()  # outside the lock: a large image takes a while
+        with self._lock:
+            self._latents[key] = z
+            while len(self._latents) > LATENT_CACHE:
+                self._latents.popitem(last=False)
+        return z
+
+    # ---- noise and decoding ------------------------------------------------
+    def noise(self, latent_hw: tuple[int, int], generator: torch.Generator, n: int | None = None) -> torch.Tensor:
+        """One latent of noise (1, C, h, w), or ``n`` of them (n, C, h, w).
+
+        Drawn on the CPU so a seed gives the same image on every device
+        (and the same draws as diffusers' pipelines with a CPU generator)."""
+        shape = (1 if n is None else n, self.channels, *latent_hw)
+        return torch.randn(shape, generator=generator, dtype=self.dtype).to(self.device)
+
+    def bootstrap_noise(self, latent_hw: tuple[int, int], seed: int, steps: int) -> torch.Tensor:
+        """Fixed noise for the white bootstrap background, one per step (n, C, h, w);
+        its own generator, so the image noise does not depend on it. Drawn even
+        without bootstrap steps: a stream's later edit may turn them on."""
+        return self.noise(latent_hw, torch.Generator().manual_seed(int(seed) + 1), steps)
+
+    def decoder(self, latent: torch.Tensor) -> V.Decoder:
+        return self.autoencoder.decoder(latent, self.side_stream)
+
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        """(1, C, h, w) clean latent -> uint8 (H, W, 3), all pieces at once."""
+        dec = self.decoder(latent)
+        while not dec.done:
+            dec.run()
+        return dec.result()[0]
