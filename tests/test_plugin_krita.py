@@ -344,9 +344,11 @@ def test_local_daemon_started_from_the_docker_stops_when_krita_quits(krita_home,
             assert c["address_before_start"] == config["address"], c  # not the built-in :7555
             assert c["offered"] and c["address"] == config["address"], c
             assert c["state_running"] == "running", c
-            assert "serving on" in c["log_shown"] or "loaded" in c["log_shown"], c
             assert wait_gone(c["pid"], 10), "the daemon the plugin started outlived Krita"
             text = log.read_text()
+            # The docker shows the daemon's own last lines (which ones depends on what it logged since).
+            shown = [line for line in c["log_shown"].replace("\u200b", "").splitlines() if line.strip()]
+            assert shown and all(line in text for line in shown), (shown, text[-2000:])
             assert "shutting down" in text and text.rstrip().endswith("stopped"), text[-2000:]  # cleanly
             assert other.poll() is None, "a daemon the plugin did not start was stopped"
         finally:

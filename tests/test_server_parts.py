@@ -9,8 +9,9 @@ import time
 import pytest
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
-from smd_daemon.server.admission import LogThrottle, Origin, PeerTable, origin_of, printable
+from smd_daemon.server.admission import LogThrottle, Origin, PeerTable, origin_of
 from smd_daemon.server.frames import FrameFlow
+from smd_daemon.server.logtext import printable
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.messages import FrameReady, Job
 from smd_daemon.server.scheduler import EngineSession, Scheduler

@@ -32,25 +32,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
+from smd_daemon.server.logtext import label, printable
 
 if TYPE_CHECKING:
     from smd_daemon.server.sessions import Session
 
 log = logging.getLogger("smd_daemon.server")
-
-
-def label(identity: bytes) -> str:
-    """A connection's name in logs: ZeroMQ's own identities differ in their last bytes."""
-    return identity.hex()[-8:]
-
-
-def printable(text: str, limit: int = 80) -> str:
-    """Text a peer chose, fit for one log line: line breaks, terminal escapes and
-    other control or format characters as Python escapes (``\\n``, ``\\x1b``,
-    ``\\u202e``), at most ``limit`` characters."""
-    cut = text[:limit]
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
-    return shown + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from zmq.utils import z85
 
 from smd_daemon.errors import UsageError
 from smd_daemon.keys import fingerprint
-from smd_daemon.server.admission import printable
+from smd_daemon.server.logtext import printable
 
 log = logging.getLogger("smd_daemon.server")
 

@@ -19,10 +19,11 @@ from smd_daemon import __version__, protocol
 from smd_daemon.errors import UsageError
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import curve
-from smd_daemon.server.admission import LogThrottle, PeerTable, label, origin_of, printable
+from smd_daemon.server.admission import LogThrottle, PeerTable, origin_of
 from smd_daemon.server.engine_loop import EngineLoop
 from smd_daemon.server.images import FRAME_ENCODINGS
 from smd_daemon.server.limits import Limits, scene_defaults
+from smd_daemon.server.logtext import label, printable
 from smd_daemon.server.memory import MemoryBudget
 from smd_daemon.server.outbox import Outbox
 from smd_daemon.server.ports import EngineLoopPort, EnginePort, Planner
@@ -245,7 +246,7 @@ class Server:
                 )
             msg = protocol.decode(frames[1:], protocol.REQUESTS)
         except ProtocolError as e:
-            self.error(identity, e.code, e.message, self._header_id(frames[1]))
+            self.error(identity, e.code, e.message, _header_id(frames[1]))
             return
         rid = protocol.request_id(msg.header)
         try:
@@ -278,14 +279,6 @@ class Server:
                 message=f"more than {rate:g} requests per second; {peer.dropped} were dropped",
             )
         peer.dropped = 0
-
-    @staticmethod
-    def _header_id(frame):
-        """The request id of a message that failed its checks, if it can be read at all."""
-        try:
-            return protocol.request_id(json.loads(frame.bytes[: protocol.MAX_HEADER_BYTES]))
-        except (ValueError, RecursionError):
-            return None
 
     def _dispatch(self, peer, msg, rid, now: float) -> None:
         t, identity = msg.type, peer.identity
@@ -343,3 +336,11 @@ class Server:
                 self.sessions.free(peer.session, f"no heartbeat for {timeout:g} s")
             if peer.welcomed:
                 self.send(peer.identity, "bye", reason=f"no heartbeat for {timeout:g} s")
+
+
+def _header_id(frame):
+    """The request id of a message that failed its checks, if it can be read at all."""
+    try:
+        return protocol.request_id(json.loads(frame.bytes[: protocol.MAX_HEADER_BYTES]))
+    except (ValueError, RecursionError):
+        return None

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.server import messages as m
-from smd_daemon.server.admission import label
 from smd_daemon.server.frames import FrameFlow
 from smd_daemon.server.images import FRAME_ENCODINGS, encode_frame
+from smd_daemon.server.logtext import label
 from smd_daemon.server.scenes import SceneSession
 
 log = logging.getLogger("smd_daemon.server")
