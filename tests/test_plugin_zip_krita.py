@@ -19,7 +19,7 @@ import plugin_zip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "krita"))
 import harness  # noqa: E402
-from daemon_util import free_port, running  # noqa: E402
+from daemon_util import running  # noqa: E402
 
 _SKIP = bool(harness.available()) and not os.environ.get("SMD_REQUIRE_KRITA")
 pytestmark = [pytest.mark.krita, pytest.mark.network, pytest.mark.skipif(_SKIP, reason=harness.available() or "ok")]
@@ -58,6 +58,12 @@ def release(tmp_path_factory):
 
 
 def test_zip_through_krita_importer_live_frame_vendored_pyzmq_update_keeps_settings(release, tmp_path):
+    # The daemon holds its port from the start: the address is chosen in the first Krita run.
+    with running() as daemon:
+        check_zip_in_krita(release, tmp_path, daemon.port)
+
+
+def check_zip_in_krita(release: dict, tmp_path: Path, port: int) -> None:
     importer = krita_importer()
     assert importer.is_file(), importer
     system_python = shutil.which("python3", path=harness.SYSTEM_PATH)
@@ -70,7 +76,6 @@ def test_zip_through_krita_importer_live_frame_vendored_pyzmq_update_keeps_setti
     resources = home / ".local/share/krita"  # Krita's app data folder: pykrita/ goes in it
     pkg = resources / "pykrita" / "smd_krita"
     kritarc = home / ".config" / "kritarc"
-    port = free_port()
 
     # An older release, imported with the importer run standalone, enabled as "Enable plugins now?" does.
     old = older_release(release["zip"], tmp_path / "smd_live-0.0.1.zip")
@@ -102,8 +107,7 @@ def test_zip_through_krita_importer_live_frame_vendored_pyzmq_update_keeps_setti
     assert "enable_smd_krita=true" in kritarc.read_text()
 
     # Krita restarted: pyzmq from the plugin's own folder, a live frame from a real daemon.
-    with running(port=port):
-        result = harness.run(home, "zip_live", {}, timeout=240)
+    result = harness.run(home, "zip_live", {}, timeout=240)
     assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
     c = result["checks"]
     why = json.dumps(c, indent=1) + "\n" + debian_zmq.stdout
