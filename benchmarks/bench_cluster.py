@@ -55,6 +55,7 @@ class StampEngine(StillEngine):
 class _StampStream(_StillStream):
     def step(self):
         frame = super().step()
+        assert frame.image is not None, "a still stream's frames carry the engine's picture"
         image = frame.image.copy()
         stamp = int(time.time() * 1e6)
         for k in range(BITS):

@@ -101,7 +101,7 @@ def krita_imports(starts: int, tmp: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--krita-starts", type=int, default=0)
     args = p.parse_args()
