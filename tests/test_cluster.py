@@ -355,7 +355,8 @@ def test_bad_or_unreachable_ray_addresses_fail_at_start_in_one_line():
     line, _ = _serve_fails("--ray", "ray://head")
     assert "--ray 'ray://head': give local, auto" in line
     line, seconds = _serve_fails("--ray", f"127.0.0.1:{free_port()}")
-    assert "cannot reach the Ray cluster at 127.0.0.1:" in line and seconds < 30
+    # Told at once, not after Ray's own retries (minutes); the bound leaves room for a loaded machine's start.
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in line and seconds < 90
     line, _ = _serve_fails("--workers", "2")
     assert "--workers needs --ray" in line
     line, _ = _serve_fails("--ray", "local", "--model-kind", "foo")  # before Ray starts
