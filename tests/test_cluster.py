@@ -103,7 +103,10 @@ def test_dispatcher_moves_sessions_from_a_restarted_or_silent_worker_and_ignores
     from smd_daemon.cluster.frontend import WORKER_TIMEOUT_S, Dispatcher, FrontEngine
 
     posted = []
-    server = SimpleNamespace(engine=FrontEngine(), post=posted.append, sessions=SimpleNamespace(event=posted.append))
+    front = FrontEngine()
+    server = SimpleNamespace(
+        engine=front, front=front, post=posted.append, sessions=SimpleNamespace(event=posted.append)
+    )
     sock = _Sent()
     d = Dispatcher(server, sock, per_worker=4)
     for wid in ("w0", "w1"):
