@@ -29,6 +29,11 @@ DEFAULT_STEPS = 4
 LATENT = "latent"
 ATTENTION = "attention"
 REGION_MODES = (LATENT, ATTENTION)
+# Control layers (a sketch, a depth map...) steer the whole canvas's shapes.
+# Line art and scribble are the artist's own strokes; depth and pose must
+# already be such maps; canny edges are found by the engine.
+CONTROL_KINDS = ("lineart", "scribble", "softedge", "depth", "canny", "pose")
+MAX_CONTROLS = 4
 
 
 class SceneError(ValueError):
@@ -72,6 +77,19 @@ class Background:
 
 
 @dataclass
+class Control:
+    """A control image for the whole canvas, as the artist sees it: the
+    engine preprocesses it for its kind's adapter or ControlNet."""
+
+    kind: str  # one of CONTROL_KINDS
+    image: np.ndarray  # uint8 (H, W, 3) at canvas size
+    strength: float = 1.0
+    start: float = 0.0  # the fraction of the denoising where it starts steering
+    end: float = 1.0  # ... and where it stops
+    name: str = ""  # the layer it came from, for messages
+
+
+@dataclass
 class Scene:
     width: int
     height: int
@@ -84,6 +102,7 @@ class Scene:
     mask_mode: str = "continuous"  # or "discrete"
     cover_alpha: float = 0.3  # lower masks' weight where an upper one covers them
     region_mode: str = REGION_MODES[0]
+    controls: list[Control] = field(default_factory=list)
 
     def validate(self) -> Scene:
         if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
@@ -130,6 +149,21 @@ class Scene:
             ]:
                 if not (np.isfinite(v) and 0 <= v <= hi):
                     raise SceneError(f"region {label!r}: {what} must be between 0 and {hi}, got {v}")
+        if len(self.controls) > MAX_CONTROLS:
+            raise SceneError(f"{len(self.controls)} control layers: at most {MAX_CONTROLS} are allowed")
+        for c in self.controls:
+            label = c.name or c.kind
+            if c.kind not in CONTROL_KINDS:
+                raise SceneError(f"control {label!r}: unknown kind {c.kind!r} (known: {', '.join(CONTROL_KINDS)})")
+            if c.image.dtype != np.uint8 or c.image.shape != (self.height, self.width, 3):
+                raise SceneError(
+                    f"control {label!r}: image must be uint8 {self.height}x{self.width}x3, "
+                    f"got {c.image.dtype} {tuple(c.image.shape)}"
+                )
+            if not (np.isfinite(c.strength) and 0 <= c.strength <= 2):
+                raise SceneError(f"control {label!r}: strength must be between 0 and 2, got {c.strength}")
+            if not (np.isfinite(c.start) and np.isfinite(c.end) and 0 <= c.start < c.end <= 1):
+                raise SceneError(f"control {label!r}: start and end must satisfy 0 <= start < end <= 1")
         return self
 
     def check_model(self, region_modes: tuple, max_steps: int, kind: str) -> Scene:
