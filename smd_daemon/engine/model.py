@@ -176,6 +176,13 @@ class Model:
                 self._prompts.popitem(last=False)
         return Conditioning.cat(found)
 
+    def encode_negative_prompts(self, prompts: list[str]) -> Conditioning:
+        """Negative prompts' rows: as ``encode_prompts``, but an empty one is
+        all zeros for families trained that way (SDXL)."""
+        cond = self.encode_prompts(prompts)
+        empty = [not p for p in prompts]
+        return cond.zeroed(empty) if self.family.zeros_for_empty_negative and any(empty) else cond
+
     def encode_image(self, image: np.ndarray, cancel=None) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, C, h, w) clean latent, cached by content.
         ``cancel()`` is asked before each tile (``Cancelled``)."""

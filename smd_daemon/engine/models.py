@@ -143,10 +143,14 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
+def family_of_unet_config(config) -> str:
+    """The engine family of a UNet config: SDXL's UNet is the one conditioned
+    on a pooled embedding and time ids (``text_time``)."""
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+
+
 def family_of_unet(unet) -> str:
-    """The engine family of a UNet, from its config: SDXL's UNet is the one
-    conditioned on a pooled embedding and time ids (``text_time``)."""
-    return "sdxl" if config_of(unet).get("addition_embed_type") == "text_time" else "sd15"
+    return family_of_unet_config(config_of(unet))
 
 
 FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL"}
@@ -158,8 +162,11 @@ def components_from_pipeline(
     family = family_of_unet(pipe.unet)
     second = getattr(pipe, "text_encoder_2", None)
     if family == "sdxl":
-        if second is None:
-            raise ModelLoadError(f"model {name!r} has an SDXL UNet but no second text encoder (text_encoder_2)")
+        if second is None or getattr(pipe, "text_encoder", None) is None:
+            raise ModelLoadError(
+                f"model {name!r} has an SDXL UNet but not both SDXL text encoders "
+                f"(an SDXL refiner is not a text-to-image model)"
+            )
     for part in (pipe.text_encoder, second, pipe.unet, pipe.vae):
         if part is None:
             continue
@@ -289,11 +296,37 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
         raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
 
 
+def _read_json(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path!r} is not readable JSON: {_first_line(e)}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def pipeline_family(index: dict, unet_config: dict | None = None) -> str:
+    """The family of a diffusers pipeline from its model_index.json (the
+    pipeline's ``_class_name``), else from its UNet's config."""
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    return "sd15" if unet_config is None else family_of_unet_config(unet_config)
+
+
+def _pipeline_class(family: str, dtype: torch.dtype):
+    """(diffusers pipeline class, its keyword arguments) for a family."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
+    return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+
 def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     """Returns (pipeline, source kind)."""
-    from diffusers import StableDiffusionPipeline
-
-    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -301,8 +334,14 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
                 f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
             )
+        unet_json = os.path.join(path, "unet", "config.json")
+        family = pipeline_family(
+            _read_json(os.path.join(path, "model_index.json")),
+            _read_json(unet_json) if os.path.isfile(unet_json) else None,
+        )
+        cls, kw = _pipeline_class(family, dtype)
         try:
-            return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
+            return cls.from_pretrained(path, local_files_only=True, **kw), "folder"
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
     if os.path.isfile(path):
@@ -317,8 +356,11 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     ):
         raise ModelLoadError(f"model {spec!r}: no such file or folder")
     if _HUB_ID.match(spec):
-        pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
-        return pipe, "hub"
+        from huggingface_hub import hf_hub_download
+
+        index = _from_hub("model", spec, lambda **k: hf_hub_download(spec, "model_index.json", **k))
+        cls, kw = _pipeline_class(pipeline_family(_read_json(index)), dtype)
+        return _from_hub("model", spec, lambda **k: cls.from_pretrained(spec, **kw, **k)), "hub"
     raise ModelLoadError(
         f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
     )
