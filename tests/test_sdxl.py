@@ -238,3 +238,184 @@ def test_each_window_of_a_panorama_gets_its_own_crop_coordinates(xl, mode):
     for _ in range(2 * stream.steps_in_flight):
         frame = stream.step()
     assert max_diff(frame.image, image) <= 1
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def test_an_sdxl_folder_is_told_from_its_index_or_its_unet(turbo_xl_folder, caplog):
+    import json
+    import logging
+
+    from smd_daemon.engine.models import load_model, pipeline_family
+
+    with caplog.at_level(logging.INFO, logger="smd_daemon.engine.models"):
+        c = load_model(str(turbo_xl_folder))
+    assert c.family == "sdxl" and c.text_encoder_2 is not None and "is an SDXL model" in caplog.text
+    index = json.loads((turbo_xl_folder / "model_index.json").read_text())
+    unet = json.loads((turbo_xl_folder / "unet" / "config.json").read_text())
+    assert pipeline_family(index) == "sdxl"
+    assert pipeline_family({"_class_name": "SomeCommunityPipeline"}, unet) == "sdxl"
+    assert pipeline_family({"_class_name": "StableDiffusionPipeline"}, {"cross_attention_dim": 768}) == "sd15"
+
+
+def test_dmd2_timesteps_are_fixed_and_match_diffusers_lcm_with_those_timesteps(xl_components):
+    import dataclasses
+
+    from smd_daemon.engine.models import parse_timesteps
+    from smd_daemon.engine.scene import SceneError
+
+    dmd2 = [999, 749, 499, 249]
+    engine = Engine(dataclasses.replace(xl_components, timesteps=parse_timesteps("999,749,499,249")))
+    assert engine.kind == "lcm" and engine.model.timesteps(4) == dmd2
+    assert [engine.model.timesteps(n) for n in (1, 2)] == [[999], [999, 499]]
+    with pytest.raises(SceneError, match="steps"):
+        engine.generate(_full_region(seed=3, steps=5))
+    ours = engine.generate(_full_region(seed=3, steps=4))
+    pipe = build_tiny_xl_pipeline()
+    ref = pipe(
+        "a red fox",
+        timesteps=dmd2,
+        guidance_scale=1.0,
+        height=256,
+        width=256,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images[0]
+    assert max_diff(ours, (ref * 255).round().astype(np.uint8)) <= 1
+
+
+@pytest.mark.parametrize("text", ["999,abc", "249,499", "1000", "", "999,999"])
+def test_bad_timesteps_are_one_line(text):
+    from smd_daemon.engine.models import ModelLoadError, parse_timesteps
+
+    if not text:
+        assert parse_timesteps(text) is None
+        return
+    with pytest.raises(ModelLoadError) as e:
+        parse_timesteps(text)
+    assert "\n" not in str(e.value) and "timesteps" in str(e.value)
+
+
+def _save_lora(builder, folder):
+    """A LoRA (non-zero) on the attention projections of ``builder``'s UNet, saved in diffusers' layout."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = builder(0).unet
+    torch.manual_seed(3)
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_a_lora_for_the_wrong_family_is_refused_in_one_line_and_the_right_one_fuses(tmp_path, xl_components):
+    from smd_daemon.engine.models import ModelLoadError, load_model
+    from smd_daemon.engine.tiny import build_tiny_pipeline
+
+    sd15_lora = _save_lora(build_tiny_pipeline, tmp_path / "sd15")
+    xl_lora = _save_lora(build_tiny_xl_pipeline, tmp_path / "sdxl")
+    with pytest.raises(ModelLoadError) as e:
+        load_model("tiny-xl", lora=str(sd15_lora))
+    assert "\n" not in str(e.value) and "not for this SDXL model" in str(e.value)
+    with pytest.raises(ModelLoadError) as e:
+        load_model("tiny", lora=str(xl_lora))
+    assert "\n" not in str(e.value) and "not for this SD-1.5 model" in str(e.value)
+    fused = load_model("tiny-xl", lora=str(xl_lora))
+    name = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_q.weight"  # in a 2-deep block
+    before, after = xl_components.unet.state_dict()[name], fused.unet.state_dict()[name]
+    assert after.shape == before.shape and not torch.allclose(after, before)
+
+
+# --- fp16 and non-finite frames ----------------------------------------------------
+
+
+def _save_vae(folder, **config):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(5)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        layers_per_block=1,
+        norm_num_groups=16,
+        scaling_factor=0.13025,
+        **config,
+    )
+    vae.save_pretrained(folder)
+    return vae
+
+
+def test_sdxls_vae_decodes_finished_images_in_fp32_and_a_given_fp16_safe_vae_in_fp16(tmp_path):
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from smd_daemon.engine.models import ModelLoadError, load_model
+
+    engine = Engine(load_model("tiny-xl", dtype="fp16", tiny_vae="tiny"))
+    m = engine.model
+    assert isinstance(m.autoencoder.vae, AutoencoderTiny) and m.autoencoder.vae_dtype == torch.float16  # live frames
+    assert isinstance(m.final_autoencoder.vae, AutoencoderKL) and m.final_autoencoder.vae_dtype == torch.float32
+    assert m.components.unet.dtype == torch.float16
+    image = engine.generate(_full_region(size=64, seed=2, steps=1))
+    assert image.shape == (64, 64, 3)
+    # A fixed fp16 VAE (force_upcast off in its config) stays in fp16.
+    _save_vae(tmp_path / "vae-fp16-fix", force_upcast=False)
+    fixed = Engine(load_model("tiny-xl", dtype="fp16", vae=str(tmp_path / "vae-fp16-fix")))
+    assert fixed.model.final_autoencoder.vae_dtype == torch.float16
+    assert not fixed.model.final_autoencoder.vae.config.force_upcast
+    _save_vae(tmp_path / "vae-16", latent_channels=16)
+    with pytest.raises(ModelLoadError, match="16 latent channels"):
+        load_model("tiny-xl", vae=str(tmp_path / "vae-16"))
+
+
+def test_a_vae_that_overflows_is_an_error_not_a_black_picture(xl):
+    vae = xl.model.final_autoencoder.vae
+    hook = vae.decoder.register_forward_hook(lambda mod, args, out: out * float("inf"))
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            xl.generate(_full_region(size=64, seed=2, steps=1))
+    finally:
+        hook.remove()
+
+
+def test_nan_from_the_unet_reaches_the_client_as_an_engine_error_with_a_sentence(xl):
+    from daemon_util import connect, free_port, half_mask, serving
+
+    from smd_daemon.client import ErrorEvent, FrameEvent, Layer, LiveEvent
+    from smd_daemon.server import Limits, Server
+
+    unet = xl.model.components.unet
+    hook = unet.register_forward_hook(lambda mod, args, out: (out[0] * float("nan"),))
+    with serving(Server(xl, xl.model.components.describe(), f"tcp://127.0.0.1:{free_port()}", Limits())) as srv:
+        client = connect(srv.bind)
+        try:
+            client.set_scene(64, 64, [Layer("1", "a red fox", half_mask(64))])
+            client.start_live("raw")
+            err = client.wait_for(lambda e: isinstance(e, ErrorEvent | FrameEvent), 120)
+            assert isinstance(err, ErrorEvent), "a NaN frame reached the client"
+            assert err.code == "engine_error" and "non-finite" in err.message and "live mode stopped" in err.message
+            assert client.wait_for(lambda e: isinstance(e, LiveEvent) and not e.active, 30) is not None
+            job = client.generate("png")
+            err = client.wait_for(lambda e: isinstance(e, ErrorEvent), 120)
+            assert err.code == "engine_error" and err.header.get("job") == job and "NaN" in err.message
+            hook.remove()  # the model is well again: the same session draws
+            client.start_live("raw")
+            frame = client.wait_for(lambda e: isinstance(e, FrameEvent), 120)
+            assert frame is not None
+        finally:
+            hook.remove()
+            client.close()

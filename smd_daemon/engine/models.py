@@ -50,6 +50,7 @@ _OFFLINE_HINTS = {
     "or use --model tiny for an offline smoke run",
     "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
     "LoRA": "point --lora at a local .safetensors file or folder",
+    "VAE": "point --vae at a local AutoencoderKL folder, or leave it out",
 }
 
 
@@ -75,6 +76,8 @@ class Components:
     family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
     tokenizer_2: object = None  # SDXL's second text encoder and its tokenizer
     text_encoder_2: torch.nn.Module | None = None
+    timesteps: list[int] | None = None  # fixed denoising timesteps (``parse_timesteps``); None: the scheduler's
+    full_vae: torch.nn.Module | None = None  # the full VAE for finished images, where ``vae`` is a tiny one
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -167,7 +170,8 @@ def components_from_pipeline(
                 f"model {name!r} has an SDXL UNet but not both SDXL text encoders "
                 f"(an SDXL refiner is not a text-to-image model)"
             )
-    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae):
+    full_vae, timesteps = info.pop("full_vae", None), info.pop("timesteps", None)
+    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae, full_vae):
         if part is None:
             continue
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
@@ -188,6 +192,8 @@ def components_from_pipeline(
         family,
         getattr(pipe, "tokenizer_2", None) if family == "sdxl" else None,
         second if family == "sdxl" else None,
+        timesteps,
+        full_vae,
     )
 
 
@@ -225,6 +231,8 @@ def _from_hub(what: str, repo: str, load):
 
     try:
         return load(local_files_only=True)
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
         if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
             raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
@@ -239,6 +247,8 @@ def _from_hub(what: str, repo: str, load):
 
         model_info(repo, timeout=10)
         return load(local_files_only=False)
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001 - reported as one line
         problem = _hub_problem(e)
         if problem == "unreachable":
@@ -384,24 +394,91 @@ def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
     return _from_hub("tiny autoencoder", spec, lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
 
 
-def _fuse_lora(pipe, spec: str, scale: float) -> None:
+def _load_vae(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
+    """``--vae``: an ``AutoencoderKL`` (hub id or diffusers folder) for the
+    model's own, e.g. madebyollin/sdxl-vae-fp16-fix; its latent layout must
+    be the model's."""
+    from diffusers import AutoencoderKL
+
     path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        try:
+            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"VAE folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    elif _HUB_ID.match(spec):
+        vae = _from_hub("VAE", spec, lambda **k: AutoencoderKL.from_pretrained(spec, dtype=dtype, **k))
+    else:
+        raise ModelLoadError(f"VAE {spec!r}: not a diffusers folder (with config.json) or a hub id (owner/name)")
+    want, got = config_of(current).get("latent_channels", 4), vae.config.get("latent_channels")
+    if got != want:
+        raise ModelLoadError(f"VAE {spec!r} has {got} latent channels; this model's latents have {want}")
+    return vae
+
+
+def _lora_width(state: dict) -> int | None:
+    """The text-conditioning width a LoRA was made for: the input width of its
+    cross-attention key projections (768 for SD-1.5, 2048 for SDXL), in any
+    of the layouts diffusers reads (its own, PEFT's, kohya's)."""
+    for key, value in state.items():
+        k = key.replace("_", ".")
+        if "attn2.to.k" in k and any(d in k for d in ("lora.A.", "lora.down.")) and getattr(value, "ndim", 0) == 2:
+            return int(value.shape[1])
+    return None
+
+
+def _check_lora_family(pipe, state: dict, spec: str, family: str) -> None:
+    """A LoRA made for another family is refused in one line (diffusers would
+    fail deep in a state-dict load, or skip the layers it cannot place)."""
+    want = int(config_of(pipe.unet).cross_attention_dim)
+    width = _lora_width(state)
+    second = any(k.startswith(("text_encoder_2.", "lora_te2_")) for k in state)
+    made_for = {768: "SD-1.5 models", 1024: "SD-2 models", 2048: "SDXL models"}
+    if (width is not None and width != want) or (second and family != "sdxl"):
+        other = made_for.get(width or 0) or ("SDXL models" if second else f"models with {width}-wide text conditioning")
+        raise ModelLoadError(
+            f"LoRA {spec!r} was made for {other}, not for this {FAMILY_NAMES[family]} model "
+            f"({want}-wide text conditioning): use the LoRA made for its family"
+        )
+
+
+# A file in a hub repository: owner/name/path/to/file.safetensors
+_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/([\w./-]+\.(?:safetensors|bin))$")
+
+
+def _fuse_lora(pipe, spec: str, scale: float, family: str) -> None:
+    path = os.path.expanduser(spec)
+
+    def load(source, **kw) -> None:
+        state = type(pipe).lora_state_dict(source, **kw)
+        _check_lora_family(pipe, state[0] if isinstance(state, tuple) else state, spec, family)
+        pipe.load_lora_weights(source, **kw)
+
     try:
         if os.path.exists(path):
-            pipe.load_lora_weights(path, local_files_only=True)
+            load(path, local_files_only=True)
+        elif _HUB_FILE.match(spec) and not spec.startswith((".", "/", "~")):
+            from huggingface_hub import hf_hub_download
+
+            m = _HUB_FILE.match(spec)
+            assert m is not None
+            repo, file = m.group(1), m.group(2)
+            load(_from_hub("LoRA", repo, lambda **k: hf_hub_download(repo, file, **k)), local_files_only=True)
         elif _HUB_ID.match(spec):
             # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
             _from_hub(
                 "LoRA",
                 spec,
-                lambda local_files_only: pipe.load_lora_weights(
+                lambda local_files_only: load(
                     spec,
                     local_files_only=local_files_only,
                     **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {}),
                 ),
             )
         else:
-            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
+            raise ModelLoadError(
+                f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name) or hub file (owner/name/file)"
+            )
         # Fused into the base weights, then the adapter layers are dropped: no
         # per-step cost from the LoRA afterwards.
         pipe.fuse_lora(lora_scale=scale)
@@ -423,6 +500,26 @@ def _build_preset(spec: str, seed: int):
     }[spec]
     log.warning("model %r: %s with random weights, produces no meaningful images", spec, what)
     return build(seed)
+
+
+MAX_TIMESTEPS = 50
+
+
+def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | None:
+    """``--timesteps 999,749,499,249``: the timesteps a model was distilled
+    at, descending (DMD2's four). A scene of N steps uses N of them, evenly
+    picked; more steps than given are refused. None or '' for the scheduler's."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        ts = [int(t) for t in str(text).replace(" ", "").split(",")]
+    except ValueError:
+        raise ModelLoadError(f"timesteps {text!r}: expected whole numbers separated by commas, e.g. 999,749,499,249")
+    if not 1 <= len(ts) <= MAX_TIMESTEPS:
+        raise ModelLoadError(f"timesteps {text!r}: give 1 to {MAX_TIMESTEPS} of them")
+    if any(not 0 <= t < train_steps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ModelLoadError(f"timesteps {text!r}: each in 0..{train_steps - 1}, strictly descending")
+    return ts
 
 
 def check_kind(kind: str | None) -> str | None:
@@ -476,6 +573,8 @@ def load_model(
     dtype: str | None = None,
     seed: int = 0,
     kind: str | None = None,
+    timesteps: str | None = None,
+    vae: str | None = None,
 ) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
@@ -484,8 +583,12 @@ def load_model(
     hub id or folder. ``config``: diffusers folder (or hub id) describing a
     single-file checkpoint's architecture, for offline use. ``kind``: ``lcm``
     or ``turbo`` overrides what the scheduler config says (None/'auto': detect).
+    ``timesteps``: the fixed timesteps a model was distilled at ('999,749,499,249'
+    for DMD2; ``parse_timesteps``). ``vae``: an ``AutoencoderKL`` (hub id or
+    folder) replacing the model's, e.g. an fp16-safe one for SDXL.
     """
     kind = check_kind(kind)
+    fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
@@ -503,8 +606,12 @@ def load_model(
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
     if lora is not None:
-        _fuse_lora(pipe, lora, lora_scale)
+        _fuse_lora(pipe, lora, lora_scale, family)
+    if vae is not None:
+        pipe.vae = _load_vae(vae, dt, pipe.vae)
+    full_vae = None
     if tiny_vae is not None:
+        full_vae = pipe.vae
         pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
     detected = detect_kind(pipe.scheduler, pipe.unet, lora)
     if kind is not None and kind != detected:
@@ -522,7 +629,10 @@ def load_model(
         spec=spec,
         lora=lora,
         tiny_vae=tiny_vae,
+        vae=vae,
         lcm=lcm or lora is not None,
+        full_vae=full_vae,
+        timesteps=fixed,
     )
     log.info(
         "loaded %s model %s (%s) on %s %s%s%s",
@@ -534,4 +644,6 @@ def load_model(
         f", LoRA {lora} fused" if lora else "",
         f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
     )
+    if fixed:
+        log.info("timesteps fixed at %s", ", ".join(map(str, fixed)))
     return comps
