@@ -63,6 +63,18 @@ MODEL_OPTIONS = {
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
         "from the model's scheduler config",
     ),
+    "unet": (
+        str,
+        None,
+        "distilled UNet replacing the model's: weights file (.safetensors/.bin, local or a hub file "
+        "owner/name/file), UNet folder or hub id (SDXL-Lightning, DMD2, LCM-SDXL)",
+    ),
+    "prediction": (
+        str,
+        None,
+        "what the UNet predicts where its scheduler config does not say: epsilon, v_prediction or "
+        "sample (SDXL-Lightning's 1-step UNet)",
+    ),
     "timesteps": (
         str,
         None,
@@ -124,6 +136,8 @@ def load_model_from_options(values, seed: int = 0):
         kind=get("model_kind"),
         timesteps=get("timesteps"),
         vae=get("vae"),
+        unet=get("unet"),
+        prediction=get("prediction"),
     )
 
 

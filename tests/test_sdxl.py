@@ -419,3 +419,25 @@ def test_nan_from_the_unet_reaches_the_client_as_an_engine_error_with_a_sentence
         finally:
             hook.remove()
             client.close()
+
+
+def test_a_distilled_unet_file_replaces_the_models_and_one_of_another_family_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from smd_daemon.engine.models import ModelLoadError, load_model
+    from smd_daemon.engine.tiny import build_tiny_pipeline
+
+    other = build_tiny_xl_pipeline(7).unet  # same architecture, other weights: a distilled UNet's stand-in
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, tmp_path / "lightning_unet.safetensors")
+    c = load_model("tiny-xl", unet=str(tmp_path / "lightning_unet.safetensors"), kind="turbo", prediction="sample")
+    name = "mid_block.attentions.0.transformer_blocks.1.attn2.to_k.weight"
+    assert torch.equal(c.unet.state_dict()[name], other.state_dict()[name])
+    assert c.kind == "turbo" and c.scheduler.config.prediction_type == "sample"
+    assert Engine(c).model.schedule(1).prediction == "sample"
+    sd15 = build_tiny_pipeline(0).unet
+    save_file({k: v.contiguous() for k, v in sd15.state_dict().items()}, tmp_path / "sd15_unet.safetensors")
+    with pytest.raises(ModelLoadError) as e:
+        load_model("tiny-xl", unet=str(tmp_path / "sd15_unet.safetensors"))
+    assert "\n" not in str(e.value) and "does not fit this model's UNet" in str(e.value)
+    with pytest.raises(ModelLoadError, match="unknown prediction"):
+        load_model("tiny-xl", prediction="x0")

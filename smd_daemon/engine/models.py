@@ -51,6 +51,7 @@ _OFFLINE_HINTS = {
     "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
     "LoRA": "point --lora at a local .safetensors file or folder",
     "VAE": "point --vae at a local AutoencoderKL folder, or leave it out",
+    "UNet": "point --unet at a local weights file or UNet folder",
 }
 
 
@@ -416,6 +417,56 @@ def _load_vae(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
     return vae
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _read_weights(path: str, what: str) -> dict:
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise several types
+        raise ModelLoadError(f"{what} {path!r} is not a readable weights file: {_first_line(e)}") from None
+
+
+def _load_unet(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
+    """``--unet``: a distilled UNet for the model's own (SDXL-Lightning's,
+    DMD2's, LCM-SDXL's): a weights file in diffusers' layout (.safetensors or
+    .bin; local, or a hub file owner/name/file), or a UNet folder or hub id
+    with its config. Weights that do not fit the model's UNet are refused."""
+    from diffusers import UNet2DConditionModel
+
+    path = os.path.expanduser(spec)
+    hub_file = _HUB_FILE.match(spec) if not spec.startswith((".", "/", "~")) else None
+    if os.path.isdir(path):
+        try:
+            return UNet2DConditionModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"UNet folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    if os.path.isfile(path) or hub_file:
+        if hub_file:
+            from huggingface_hub import hf_hub_download
+
+            repo, file = hub_file.group(1), hub_file.group(2)
+            path = _from_hub("UNet", repo, lambda **k: hf_hub_download(repo, file, **k))
+        state = _read_weights(path, "UNet")
+        own = current.state_dict()
+        unfit = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        missing = [k for k in own if k not in state]
+        if unfit or missing:
+            raise ModelLoadError(
+                f"UNet {spec!r} does not fit this model's UNet ({len(unfit)} tensors foreign or of other "
+                f"shapes, {len(missing)} missing): a UNet for another family or layout"
+            )
+        current.load_state_dict(state)
+        return current
+    if _HUB_ID.match(spec):
+        return _from_hub("UNet", spec, lambda **k: UNet2DConditionModel.from_pretrained(spec, dtype=dtype, **k))
+    raise ModelLoadError(f"UNet {spec!r}: no such file or folder, and not a hub id or hub file (owner/name/file)")
+
+
 def _lora_width(state: dict) -> int | None:
     """The text-conditioning width a LoRA was made for: the input width of its
     cross-attention key projections (768 for SD-1.5, 2048 for SDXL), in any
@@ -514,7 +565,9 @@ def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | No
     try:
         ts = [int(t) for t in str(text).replace(" ", "").split(",")]
     except ValueError:
-        raise ModelLoadError(f"timesteps {text!r}: expected whole numbers separated by commas, e.g. 999,749,499,249")
+        raise ModelLoadError(
+            f"timesteps {text!r}: expected whole numbers separated by commas, e.g. 999,749,499,249"
+        ) from None
     if not 1 <= len(ts) <= MAX_TIMESTEPS:
         raise ModelLoadError(f"timesteps {text!r}: give 1 to {MAX_TIMESTEPS} of them")
     if any(not 0 <= t < train_steps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
@@ -575,6 +628,8 @@ def load_model(
     kind: str | None = None,
     timesteps: str | None = None,
     vae: str | None = None,
+    unet: str | None = None,
+    prediction: str | None = None,
 ) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
@@ -585,9 +640,14 @@ def load_model(
     or ``turbo`` overrides what the scheduler config says (None/'auto': detect).
     ``timesteps``: the fixed timesteps a model was distilled at ('999,749,499,249'
     for DMD2; ``parse_timesteps``). ``vae``: an ``AutoencoderKL`` (hub id or
-    folder) replacing the model's, e.g. an fp16-safe one for SDXL.
+    folder) replacing the model's, e.g. an fp16-safe one for SDXL. ``unet``:
+    distilled UNet weights for the model's UNet (``_load_unet``).
+    ``prediction``: what the denoiser predicts, where the scheduler config
+    does not say it (SDXL-Lightning's 1-step UNet predicts the sample).
     """
     kind = check_kind(kind)
+    if prediction is not None and prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
     fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -601,6 +661,8 @@ def load_model(
         pipe, source = _load_pipeline(spec, config, dt)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if unet is not None:
+        pipe.unet = _load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
     log.info("model %s is an %s model", name, FAMILY_NAMES[family])
     if tiny_vae == "auto":
@@ -617,7 +679,10 @@ def load_model(
     if kind is not None and kind != detected:
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
     kind = kind or detected
-    lcm = _set_scheduler(pipe, name, kind, warn=source != "preset" and lora is None and detected == "lcm")
+    warn = source != "preset" and lora is None and unet is None and detected == "lcm"
+    lcm = _set_scheduler(pipe, name, kind, warn=warn)
+    if prediction is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     comps = components_from_pipeline(
         pipe,
         name,
@@ -630,6 +695,7 @@ def load_model(
         lora=lora,
         tiny_vae=tiny_vae,
         vae=vae,
+        unet=unet,
         lcm=lcm or lora is not None,
         full_vae=full_vae,
         timesteps=fixed,
