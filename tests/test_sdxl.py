@@ -441,3 +441,30 @@ def test_a_distilled_unet_file_replaces_the_models_and_one_of_another_family_is_
     assert "\n" not in str(e.value) and "does not fit this model's UNet" in str(e.value)
     with pytest.raises(ModelLoadError, match="unknown prediction"):
         load_model("tiny-xl", prediction="x0")
+
+
+def test_random_weights_for_large_modules_are_filled_fast_and_keep_activations_sane():
+    from diffusers import UNet2DConditionModel
+
+    from smd_daemon.engine.tiny_xl import fill_random
+
+    config = build_tiny_xl_pipeline(0).unet.config
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    fill_random(unet.to_empty(device="cpu"), seed=1, pool=1 << 12)  # a small pool: slices wrap around it
+    weights = dict(unet.named_parameters())
+    assert all(bool(p.isfinite().all()) for p in weights.values())
+    assert torch.equal(weights["conv_norm_out.weight"], torch.ones_like(weights["conv_norm_out.weight"]))
+    q = weights["mid_block.attentions.0.transformer_blocks.1.attn2.to_q.weight"]
+    assert abs(float(q.std()) * q.shape[1] ** 0.5 - 1) < 0.2  # 1/sqrt(fan-in)
+    with torch.no_grad():
+        out = unet(
+            torch.randn(1, 4, 16, 16),
+            torch.tensor([500]),
+            encoder_hidden_states=torch.randn(1, 77, 64),
+            added_cond_kwargs={
+                "text_embeds": torch.randn(1, 32),
+                "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]]),
+            },
+        ).sample
+    assert bool(out.isfinite().all()) and 0.05 < float(out.std()) < 20
