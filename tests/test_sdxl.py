@@ -468,3 +468,20 @@ def test_random_weights_for_large_modules_are_filled_fast_and_keep_activations_s
             },
         ).sample
     assert bool(out.isfinite().all()) and 0.05 < float(out.std()) < 20
+
+
+def test_an_lcm_distilled_sdxl_unet_gets_the_guidance_embedding_like_diffusers():
+    from diffusers import UNet2DConditionModel
+
+    from smd_daemon.engine.models import components_from_pipeline
+
+    pipe = build_tiny_xl_pipeline()
+    cfg = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}
+    cfg["time_cond_proj_dim"] = 32  # as latent-consistency/lcm-sdxl's UNet embeds the guidance scale
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(**cfg)
+    ref = _diffusers_image(pipe, 4, 8.5, seed=2, size=S)
+    engine = Engine(components_from_pipeline(pipe, "tiny-lcm-xl", torch.device("cpu"), torch.float32))
+    assert engine.model.family.embeds_guidance
+    ours = engine.generate(_full_region(size=S, seed=2, steps=4))
+    assert max_diff(ours, ref) <= 1
