@@ -409,6 +409,9 @@ def load_model(
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
     if tiny_vae in ("none", ""):
         tiny_vae = None
+    # A tiny autoencoder named outright is loaded first: a bad one is told
+    # before the model's minutes of loading, not after.
+    tiny = None if tiny_vae in (None, "auto") else load_tiny_vae(tiny_vae, dt, seed)
     if spec in PRESETS:
         pipe, source, meaningful = _build_preset(spec, seed), "preset", False
     else:
@@ -421,14 +424,14 @@ def load_model(
     log.info("model %s is an %s model", name, FAMILY_NAMES[family])
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
+        tiny = None if tiny_vae is None else load_tiny_vae(tiny_vae, dt, seed)
     if lora is not None:
         fuse_lora(pipe, lora, lora_scale, FAMILY_NAMES[family])
     if vae is not None:
         pipe.vae = load_vae(vae, dt, pipe.vae)
     full_vae = None
-    if tiny_vae is not None:
-        full_vae = pipe.vae
-        pipe.vae = load_tiny_vae(tiny_vae, dt, seed)
+    if tiny is not None:
+        full_vae, pipe.vae = pipe.vae, tiny
     detected = detect_kind(pipe.scheduler, pipe.unet, lora)
     if kind is not None and kind != detected:
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
