@@ -329,6 +329,12 @@ def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | No
     return ts
 
 
+def check_prediction(prediction: str | None) -> None:
+    """A ``prediction`` override is one the engine knows, or a one-line error."""
+    if prediction is not None and prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
+
+
 def check_kind(kind: str | None) -> str | None:
     """A ``kind`` override as given (None for auto), or a one-line error."""
     if kind in (None, "auto"):
@@ -400,8 +406,7 @@ def load_model(
     does not say it (SDXL-Lightning's 1-step UNet predicts the sample).
     """
     kind = check_kind(kind)
-    if prediction is not None and prediction not in PREDICTION_TYPES:
-        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
+    check_prediction(prediction)
     fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
