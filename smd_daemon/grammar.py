@@ -15,11 +15,8 @@ the same reading everywhere.
     Copy of a red fox                  Krita's duplicate: read as "a red fox"
     hidden, empty layers; groups       ignored (a group's layers are read
                                        one by one, as the artist sees them)
-    control: lineart | strength: 0.8   control layer: its pixels, as the artist
-                                       sees them over white paper, steer the
-                                       whole canvas's shapes (kinds:
-                                       CONTROL_KINDS); never a region, never
-                                       part of the background image
+    control: lineart | strength: 0.8   control layer (CONTROL_KINDS): its pixels
+                                       over white paper steer the whole canvas
 
 Options after ``|`` are ``key: value``:
     neg              negative prompt
@@ -498,14 +495,5 @@ def build_scene(
             if p.background_strength is not None:
                 bg.strength = p.background_strength
         parsed.append(p)
-    scene = Scene(
-        width=width,
-        height=height,
-        regions=regions,
-        background=bg,
-        seed=seed,
-        steps=steps,
-        controls=controls,
-        **scene_options,
-    )
+    scene = Scene(width, height, regions, bg, seed=seed, steps=steps, controls=controls, **scene_options)
     return scene, parsed
