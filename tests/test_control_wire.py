@@ -261,3 +261,21 @@ def test_a_real_daemon_accepts_control_layers_and_refuses_bad_ones_in_one_line()
             assert raw.expect("frame", 120).header["revision"] == 1
         finally:
             raw.close()
+
+
+def test_more_control_layers_than_the_engine_takes_are_refused_in_one_line(engine):
+    from smd_daemon.engine.scene import MAX_CONTROLS
+
+    limits = Limits()
+    workers = SceneWorkers(engine, limits, MemoryBudget(limits.max_memory_bytes, limits.max_session_bytes), post=None)
+    try:
+        n = MAX_CONTROLS + 1
+        layers = [{"key": "r", "name": "a fox", "alpha": {"part": 0}}] + [
+            {"key": f"c{i}", "name": "control: scribble", "alpha": {"part": 1}, "image": {"part": 2}} for i in range(n)
+        ]
+        done = workers._update(
+            SceneSession("s"), _update_msg(1, layers, [half_mask(), lines_alpha(), sketch()]), 1, False
+        )
+        assert done.error[0] == E.BAD_SCENE and f"at most {MAX_CONTROLS}" in done.error[1] and "\n" not in done.error[1]
+    finally:
+        workers.shutdown()

@@ -63,6 +63,8 @@ def controls(args, out):
     yield ("connected", lambda: ctl.state == "connected", 90)
     yield ("every layer read", lambda: ctl.rows and all(r.role for r in ctl.rows), 30)
     yield ("the control picture sent", lambda: any(n == LINES for n, _ in _pictures(sent)), 30)
+    # Its first update went before the daemon's reading (no picture: read `no_image`); then its picture.
+    yield ("read as a control", lambda: any(r.name == LINES and r.role == "control" for r in ctl.rows), 30)
     c["rows"] = [[r.name, r.role, r.code, r.text] for r in ctl.rows]
     c["first_updates"] = [[name for name, _ in update] for update in sent]
     first = [image for name, image in _pictures(sent) if name == LINES][-1]
