@@ -279,3 +279,38 @@ def test_more_control_layers_than_the_engine_takes_are_refused_in_one_line(engin
         assert done.error[0] == E.BAD_SCENE and f"at most {MAX_CONTROLS}" in done.error[1] and "\n" not in done.error[1]
     finally:
         workers.shutdown()
+
+
+def test_a_pictures_bytes_are_reserved_before_it_is_decoded(engine, monkeypatch):
+    """Pictures count three bytes a pixel in the session's reservation, made before any decoding: a
+    budget that holds the scene without them refuses it with them, and nothing is inflated."""
+    import smd_daemon.server.scenes as scenes_mod
+
+    limits = Limits()
+    layers = [{"key": "r", "name": "a fox", "alpha": {"part": 0}}] + [
+        {"key": f"c{i}", "name": "control: scribble", "alpha": {"part": 1}, "image": {"part": 2, "encoding": "zlib"}}
+        for i in range(4)
+    ]
+    bomb = zlib.compress(bytes(S * S * 3 * 100))  # inflates far past a picture
+
+    def held(budget_bytes: int):
+        workers = SceneWorkers(engine, limits, MemoryBudget(budget_bytes, budget_bytes), post=None)
+        try:
+            return workers._update(
+                SceneSession("s"), _update_msg(1, layers, [half_mask(), lines_alpha(), bomb]), 1, False
+            )
+        finally:
+            workers.shutdown()
+
+    without_pictures = SceneWorkers(engine, limits, MemoryBudget(10**9, 10**9), post=None)
+    try:
+        shape = without_pictures._shape_scene(S, S, 5, {})
+        need = 5 * S * S + without_pictures._frame_bytes(S, S) + engine.session_bytes(shape)
+    finally:
+        without_pictures.shutdown()
+    done = held(need + 4 * 3 * S * S)  # room for the four: reserved, then decoded, the bomb bounded
+    assert done.error[0] == E.BAD_IMAGE and "does not inflate to 64x64x3" in done.error[1]
+    decoded = []
+    monkeypatch.setattr(scenes_mod, "decode_plane", lambda *a: decoded.append(a) or None)
+    done = held(need + 3 * S * S)  # room for one picture, not four
+    assert done.error[0] == E.TOO_LARGE and "per session" in done.error[1] and decoded == []

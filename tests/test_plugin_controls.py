@@ -157,6 +157,8 @@ def test_the_docker_lists_a_control_layer_with_its_kind(setup):
     assert describe(control("control: depth", "depth", strength=0.8)) == "control layer: depth, strength 0.8"
     left_out = ignored("control: depth", "empty", "empty: nothing is painted on it", kind="depth")
     assert describe(left_out) == "control layer (depth) left out: empty: nothing is painted on it"
+    waiting = ignored("control: pose", "no_image", kind="pose")
+    assert describe(waiting) == "control layer: pose, its picture on its way"
     unknown = ignored("control: linart", "unknown_kind", "not a control kind: lineart, ...")
     assert describe(unknown) == "ignored: not a control kind: lineart, ..."
 

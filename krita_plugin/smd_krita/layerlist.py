@@ -40,6 +40,8 @@ def describe(reading: dict) -> str:
             text += f", from {start} to {end} of the denoising"
         return text
     reason = reading.get("reason") or reading.get("reason_code") or "ignored"
+    if reading.get("kind") and reading.get("reason_code") == "no_image":  # the plugin sends it next
+        return f"control layer: {reading['kind']}, its picture on its way"
     if reading.get("kind"):  # a control layer left out (empty...): said as such
         return f"control layer ({reading['kind']}) left out: {reason}"
     return f"ignored: {reason}"
