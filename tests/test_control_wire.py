@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from daemon_util import S, Raw, connect, free_port, half_mask, running, serving
+from daemon_util import Raw, S, connect, free_port, half_mask, running, serving
 
 from smd_daemon import protocol
 from smd_daemon.client import ErrorEvent, Layer, SceneEvent

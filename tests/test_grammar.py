@@ -380,4 +380,3 @@ def test_control_layers_fill_scene_controls_never_regions_nor_the_background():
     assert [p.to_dict().get("kind") for p in parsed] == ["lineart", "depth", "canny", "pose", None]
     assert not any(p.joins_background for p in parsed)
     scene.validate()
-

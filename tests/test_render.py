@@ -1023,7 +1023,7 @@ def test_json_controls(tmp_path):
     "control, message",
     [
         ({"kind": "linart", "image": "c.png"}, "control 1: unknown kind 'linart' (did you mean 'lineart'?)"),
-        ({"image": "c.png"}, "control 1 has no \"kind\" (one of lineart, scribble"),
+        ({"image": "c.png"}, 'control 1 has no "kind" (one of lineart, scribble'),
         ({"kind": "depth"}, 'control 1 has no "image"'),
         ({"kind": "depth", "image": "nope.png"}, "control 1 image 'nope.png' not found"),
         ({"kind": "depth", "image": "small.png"}, "control 1 image 'small.png' is 32x32, the scene is 64x64"),
