@@ -26,6 +26,8 @@ from typing import Protocol
 
 import torch
 
+from smd_daemon.engine.runner import control_arguments
+
 
 @dataclass
 class Conditioning:
@@ -122,8 +124,17 @@ class Family(Protocol):
 
     def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``fn`` (the denoiser, or its compiled form) on flat inputs: ``sample``,
-        ``timestep``, the conditioning's (``Conditioning.inputs``) and the
-        guidance's; returns the model output, shaped like ``sample``."""
+        ``timestep``, the conditioning's (``Conditioning.inputs``), the
+        guidance's and the controls' residuals (``runner.control_arguments``);
+        returns the model output, shaped like ``sample``."""
+        ...
+
+    def controlnet(
+        self, net: torch.nn.Module, inputs: dict[str, torch.Tensor], image: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A ControlNet of this family on the same samples as ``denoise``
+        (``image``: (N, 3, H, W) in [0, 1], each sample's window of the control
+        image): its residuals for the denoiser's skip connections and middle block."""
         ...
 
 
@@ -189,7 +200,26 @@ class StableDiffusion:
 
     def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
+        kw |= control_arguments(inputs)
         return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw)[0]
+
+    def controlnet(self, net, inputs, image):
+        # A ControlNet trained beside an LCM-distilled UNet embeds the guidance
+        # scale too; the public ones (trained on SD-1.5) do not.
+        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs and _embeds_guidance(net) else {}
+        down, mid = net(
+            inputs["sample"],
+            inputs["timestep"],
+            encoder_hidden_states=inputs["emb"],
+            controlnet_cond=image,
+            return_dict=False,
+            **kw,
+        )
+        return list(down), mid
+
+
+def _embeds_guidance(net: torch.nn.Module) -> bool:
+    return getattr(getattr(net, "config", None), "time_cond_proj_dim", None) is not None
 
 
 FAMILIES = {StableDiffusion.name: StableDiffusion}
