@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 
 from smd_daemon.engine.models import (
+    CONTROL_KINDS,
     DEFAULT_LCM_LORA,
     DEFAULT_MODEL,
     DEFAULT_TINY_VAE,
     PRESETS,
+    ModelLoadError,
     check_kind,
     load_model,
+    parse_controls,
     pick_device,
 )
 from smd_daemon.errors import UsageError
@@ -52,6 +55,13 @@ MODEL_OPTIONS = {
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
         "from the model's scheduler config",
     ),
+    "control": (
+        list,
+        None,
+        f"a control model, repeatable: KIND=SPEC (KIND one of {', '.join(CONTROL_KINDS)}; SPEC a hub id, "
+        f"folder or .safetensors file of a T2I-Adapter or ControlNet for the model's family, 'default' or "
+        f"'random'), KIND alone for the family's default, or 'all' for every default (docs/models.md)",
+    ),
 }
 
 # Engine speed switches: CUDA only, off until a GPU run shows them correct and faster.
@@ -72,6 +82,9 @@ def add_options(parser, options: dict, *, defaults: bool = True) -> None:
         shown = f" (default: {default})" if default not in (None, False) and "default" not in help_text else ""
         if kind is bool:
             parser.add_argument(flag(name), action="store_true", default=default if defaults else None, help=help_text)
+            continue
+        if kind is list:  # repeatable
+            parser.add_argument(flag(name), action="append", default=None, metavar="VALUE", help=help_text)
             continue
         extra = {"choices": DTYPES} if name == "dtype" else {}
         parser.add_argument(
@@ -105,6 +118,7 @@ def load_model_from_options(values, seed: int = 0):
         dtype=get("dtype"),
         seed=seed,
         kind=get("model_kind"),
+        controls=parse_controls(get("control")),
     )
 
 
@@ -116,6 +130,10 @@ def engine_options(values, overlap_decode: bool = False) -> dict:
 
     get = _getter(values)
     check_kind(get("model_kind"))
+    try:
+        parse_controls(get("control"))
+    except ModelLoadError as e:
+        raise UsageError(str(e)) from None
     chosen = {
         "compile": bool(get("compile")),
         "cuda_graphs": bool(get("cuda_graphs")),

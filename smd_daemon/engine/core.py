@@ -64,6 +64,11 @@ class Engine:
     def kind(self) -> str:
         return self.model.kind
 
+    @property
+    def control_kinds(self) -> tuple[str, ...]:
+        """The control kinds this model has a T2I-Adapter or ControlNet for."""
+        return self.model.control_kinds
+
     def check(self, scene: Scene) -> Scene:
         """Validate ``scene`` and refuse what this model cannot do, in one
         sentence, before any work (``SceneError``)."""

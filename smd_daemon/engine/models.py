@@ -434,6 +434,8 @@ def parse_controls(values: list[str] | None) -> dict[str, str]:
     one-line ``ModelLoadError``."""
     out: dict[str, str] = {}
     for value in values or []:
+        if not isinstance(value, str):
+            raise ModelLoadError(f"--control {value!r}: expected KIND=SPEC text")
         kind, _, spec = value.partition("=")
         kind, spec = kind.strip(), spec.strip() or "default"
         if kind == "all":

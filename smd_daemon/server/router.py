@@ -84,6 +84,8 @@ class Server:
             "cancel": True,
             "curve": self.keys_dir is not None,
             "region_modes": list(self.planner.region_modes),
+            # Stand-in engines of tests and benchmarks have no control models.
+            "controls": list(getattr(self.planner, "control_kinds", ())),
         }
 
     @property
