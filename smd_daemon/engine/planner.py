@@ -216,4 +216,25 @@ def session_bytes(model: Model, scene: Scene, max_batch: int | None) -> int:
     rows = samples if max_batch is None else min(samples, max_batch)
     step = T * strategy.slots * (C + 1) * hw * b + rows * (C + 1) * th * tw * b * 4
     frame = scene.height * scene.width * (3 * 4 + 4 + 2)  # decode sums, uint8 on device and host
-    return int(1.1 * (plan + session + step + frame)) + (1 << 16)
+    controls = _control_bytes(model, scene, T, V, rows, (th, tw), b)
+    return int(1.1 * (plan + session + step + frame + controls)) + (1 << 16)
+
+
+def _control_bytes(model: Model, scene: Scene, T: int, V: int, rows: int, window: tuple[int, int], b: int) -> int:
+    """What a scene's controls keep: an adapter's cached residuals, their sums
+    per level and one pass's rows of them; a ControlNet's image, its windows
+    and one pass's rows of them."""
+    h, w = scene.height // model.factor, scene.width // model.factor
+    total = 0
+    for c in scene.controls:
+        if c.kind not in model.controls:
+            continue  # refused when planned
+        if model.is_adapter(c.kind):
+            widths = list(getattr(model.controls[c.kind], "config").channels)
+            canvas = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(h, w, len(widths))))
+            per_window = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(*window, len(widths))))
+            total += (T + 1) * canvas * b + rows * per_window * b
+        else:
+            pixels = window[0] * window[1] * model.factor**2
+            total += 3 * (scene.height * scene.width * 4 + (V if V > 1 else 0) * pixels * b + rows * pixels * b)
+    return total
