@@ -339,3 +339,28 @@ def test_control_flags_parse_into_kinds_and_specs():
     assert parse_controls(["all", "depth=random"])["depth"] == "random"
     with pytest.raises(ModelLoadError, match="unknown control kind 'sketchy'"):
         parse_controls(["sketchy=x"])
+
+
+# ---- SDXL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xl_engine():
+    from smd_daemon.engine.models import load_model
+
+    return Engine(load_model("tiny-xl"))
+
+
+@pytest.mark.parametrize("kind", [ADAPTER_KIND, CONTROLNET_KIND])
+def test_sdxl_controls_steer_both_region_modes_and_a_tiled_canvas(xl_engine, kind):
+    e = xl_engine
+    assert e.control_kinds == K.STROKES[:1] + ("scribble", "softedge", "depth", "canny", "pose")
+    for mode in e.region_modes:
+        plain = e.generate(_scene(mode=mode, side=128))
+        zero = e.generate(_scene([Control(kind, _sketch(128), strength=0.0)], mode, side=128))
+        steered = e.generate(_scene([Control(kind, _sketch(128))], mode, side=128))
+        assert max_diff(plain, zero) <= 1 and max_diff(plain, steered) > 8
+    side = 320  # 40x40 latent: tiled in 32x32 windows
+    plain = e.generate(_scene(side=side, steps=1))
+    steered = e.generate(_scene([Control(kind, _sketch(side))], side=side, steps=1))
+    assert max_diff(plain, steered) > 8
