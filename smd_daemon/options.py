@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from smd_daemon.engine.control_models import CONTROL_KINDS, load_controls, parse_controls
 from smd_daemon.engine.models import (
-    CONTROL_KINDS,
     DEFAULT_LCM_LORA,
     DEFAULT_MODEL,
     DEFAULT_TINY_VAE,
@@ -20,7 +20,6 @@ from smd_daemon.engine.models import (
     ModelLoadError,
     check_kind,
     load_model,
-    parse_controls,
     pick_device,
 )
 from smd_daemon.errors import UsageError
@@ -109,8 +108,9 @@ def load_model_from_options(values, seed: int = 0):
     """Load the model named by an argparse namespace or a dict with the ``MODEL_OPTIONS`` keys."""
     get = _getter(values)
     model = get("model")
-    return load_model(
-        DEFAULT_MODEL if model is None else model,  # absent: the flag's default, as for every other option
+    spec = DEFAULT_MODEL if model is None else model  # absent: the flag's default, as for every other option
+    components = load_model(
+        spec,
         lora=get("lora"),
         tiny_vae=get("tiny_vae"),
         config=get("model_config"),
@@ -118,8 +118,9 @@ def load_model_from_options(values, seed: int = 0):
         dtype=get("dtype"),
         seed=seed,
         kind=get("model_kind"),
-        controls=parse_controls(get("control")),
     )
+    components.controls = load_controls(spec, parse_controls(get("control")), components, seed)
+    return components
 
 
 def engine_options(values, overlap_decode: bool = False) -> dict:

@@ -12,8 +12,9 @@ import torch
 from engine_util import max_diff
 
 from smd_daemon.engine import control as K
+from smd_daemon.engine.control_models import load_control, load_controls, parse_controls, random_control
 from smd_daemon.engine.core import Engine
-from smd_daemon.engine.models import ModelLoadError, load_control, parse_controls, random_control
+from smd_daemon.engine.models import ModelLoadError
 from smd_daemon.engine.planner import make_plan
 from smd_daemon.engine.scene import Background, Control, Region, Scene, SceneError, UnknownControl
 
@@ -44,6 +45,19 @@ def _scene(controls=(), mode="latent", side=S, mask=None, steps=2, **kw):
         controls=list(controls),
         **kw,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_components():
+    """The tiny preset with the control models it carries, as ``serve --model tiny`` loads them."""
+    from smd_daemon.options import load_model_from_options
+
+    return load_model_from_options({"model": "tiny"})
+
+
+@pytest.fixture
+def engine(tiny_components):
+    return Engine(tiny_components)
 
 
 @pytest.fixture
@@ -218,7 +232,9 @@ def test_a_kind_the_daemon_has_no_model_for_is_refused_on_the_wire(tiny_componen
     from smd_daemon.server import scenes
     from smd_daemon.server.router import Server
 
-    lines = Engine(dataclasses.replace(tiny_components, controls={ADAPTER_KIND: tiny_components.controls[ADAPTER_KIND]}))
+    lines = Engine(
+        dataclasses.replace(tiny_components, controls={ADAPTER_KIND: tiny_components.controls[ADAPTER_KIND]})
+    )
     asked: list[str] = []
     built = scenes.SceneWorkers._scene
 
@@ -306,7 +322,9 @@ def test_control_models_load_from_folders_and_files_and_say_which_they_are(tiny_
     assert type(load_control("canny", str(tmp_path / "net"), "sd15", unet, torch.float32)).__name__ == "ControlNetModel"
     # A single diffusers-layout file with its config beside it.
     os.makedirs(tmp_path / "file")
-    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp_path / "file" / "depth.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp_path / "file" / "depth.safetensors")
+    )
     with open(tmp_path / "adapter" / "config.json", encoding="utf-8") as f:
         (tmp_path / "file" / "config.json").write_text(f.read(), encoding="utf-8")
     from_file = load_control("depth", str(tmp_path / "file" / "depth.safetensors"), "sd15", unet, torch.float32)
@@ -333,7 +351,8 @@ def test_control_models_that_do_not_fit_are_refused_in_one_line(tiny_components,
         load_control("depth", "someone/t2i-depth", "sd15", unet, torch.float32)
 
 
-def test_control_flags_parse_into_kinds_and_specs():
+def test_control_flags_parse_into_kinds_and_specs(tiny_components):
+    assert set(tiny_components.controls) == set(K.STROKES + K.AS_GIVEN + ("canny",))
     assert parse_controls(["lineart=./sketch-adapter", "depth"]) == {"lineart": "./sketch-adapter", "depth": "default"}
     assert len(parse_controls(["all", "depth=random"])) == len(K.STROKES) + 4
     assert parse_controls(["all", "depth=random"])["depth"] == "random"
@@ -348,7 +367,9 @@ def test_control_flags_parse_into_kinds_and_specs():
 def xl_engine():
     from smd_daemon.engine.models import load_model
 
-    return Engine(load_model("tiny-xl"))
+    components = load_model("tiny-xl")
+    components.controls = load_controls("tiny-xl", {}, components)
+    return Engine(components)
 
 
 @pytest.mark.parametrize("kind", [ADAPTER_KIND, CONTROLNET_KIND])

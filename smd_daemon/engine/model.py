@@ -234,10 +234,7 @@ class Model:
         computed here and only here, once per image; or a ControlNet's
         preprocessed image, [(1, 3, H, W)] in [0, 1]."""
         image = np.ascontiguousarray(control.image)
-        key = (
-            hashlib.blake2b(image.data, digest_size=16).digest()
-            + repr((control.kind, image.shape)).encode()
-        )
+        key = hashlib.blake2b(image.data, digest_size=16).digest() + repr((control.kind, image.shape)).encode()
         with self._lock:
             if key in self._controls:
                 self._controls.move_to_end(key)
@@ -245,7 +242,7 @@ class Model:
         module = self.controls[control.kind]
         prepared = K.preprocess(control.kind, image)  # outside the lock: canny takes a while on a large canvas
         if self.is_adapter(control.kind):
-            x = K.control_tensor(prepared, int(getattr(module, "config").in_channels), self.device, self.dtype)
+            x = K.control_tensor(prepared, int(module.config.in_channels), self.device, self.dtype)
             value = list(module(x))
             self.adapter_calls += 1
         else:

@@ -99,7 +99,9 @@ class ControlPlan:
     adapter: list[list[torch.Tensor] | None]  # per level; None: no adapter steers it
     adapter_index: list[torch.Tensor] | None  # tiled: (V, a_k*b_k) per resolution; None: one window
     adapter_zeros: list[torch.Tensor]  # (1, C_k, a_k, b_k): a level no adapter steers, batched with one that is
-    nets: list[tuple[str, torch.Tensor, list[float], torch.Tensor]]  # key, (1 or V, 3, H, W) images, scale per level (host, device)
+    nets: list[
+        tuple[str, torch.Tensor, list[float], torch.Tensor]
+    ]  # key, (1 or V, 3, H, W) images, scale per level (host, device)
 
     def signature(self) -> tuple:
         """Plans whose samples share a UNet batch give the same input keys."""

@@ -162,11 +162,9 @@ def _control_plan(model: Model, scene: Scene, T: int, windows: Windows, between)
     for i in range(T):
         steering = tuple(j for j in adapters if active[i][j])
         if steering not in sums:  # levels steered by the same controls share one sum
-            sums[steering] = (
-                [sum(scene.controls[j].strength * features[j][k] for j in steering) for k in range(len(features[steering[0]]))]
-                if steering
-                else None
-            )
+            resolutions = range(len(features[steering[0]])) if steering else range(0)
+            summed = [sum(scene.controls[j].strength * features[j][k] for j in steering) for k in resolutions]
+            sums[steering] = summed if steering else None
         per_level.append(sums[steering])
     zeros, index = [], None
     if adapters:
@@ -230,7 +228,7 @@ def _control_bytes(model: Model, scene: Scene, T: int, V: int, rows: int, window
         if c.kind not in model.controls:
             continue  # refused when planned
         if model.is_adapter(c.kind):
-            widths = list(getattr(model.controls[c.kind], "config").channels)
+            widths = list(model.controls[c.kind].config.channels)
             canvas = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(h, w, len(widths))))
             per_window = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(*window, len(widths))))
             total += (T + 1) * canvas * b + rows * per_window * b

@@ -98,9 +98,7 @@ class DenoiserRunner:
     """Calls the family's denoiser with flat tensor inputs; sets the
     attention-region weights (``RegionContext``) for the duration of the call."""
 
-    def __init__(
-        self, family, region_ctx=None, compile: bool = False, cuda_graphs: bool = False, controlnets=None
-    ):
+    def __init__(self, family, region_ctx=None, compile: bool = False, cuda_graphs: bool = False, controlnets=None):
         self.family = family
         self.denoiser = family.denoiser
         self.ctx = region_ctx
