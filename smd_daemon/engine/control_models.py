@@ -244,7 +244,7 @@ def load_controls(model: str, specs: dict[str, str], components, seed: int = 0) 
     device, dtype, family, unet = components.device, components.dtype, components.family, components.unet
     out = {}
     for kind, spec in specs.items():
-        module = load_control(kind, spec, family, unet, dtype, seed)
+        module: Any = load_control(kind, spec, family, unet, dtype, seed)
         if module.dtype != dtype:  # casting to the same dtype only makes diffusers warn
             module.to(dtype=dtype)
         out[kind] = module.to(device=device).eval().requires_grad_(False)

@@ -14,6 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -242,7 +243,7 @@ class Model:
         module = self.controls[control.kind]
         prepared = K.preprocess(control.kind, image)  # outside the lock: canny takes a while on a large canvas
         if self.is_adapter(control.kind):
-            x = K.control_tensor(prepared, int(module.config.in_channels), self.device, self.dtype)
+            x = K.control_tensor(prepared, int(cast(Any, module).config.in_channels), self.device, self.dtype)
             value = list(module(x))
             self.adapter_calls += 1
         else:

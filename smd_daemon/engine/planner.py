@@ -9,6 +9,8 @@ live session of a scene will keep.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 from smd_daemon.engine import attention as A
@@ -228,7 +230,7 @@ def _control_bytes(model: Model, scene: Scene, T: int, V: int, rows: int, window
         if c.kind not in model.controls:
             continue  # refused when planned
         if model.is_adapter(c.kind):
-            widths = list(model.controls[c.kind].config.channels)
+            widths = list(cast(Any, model.controls[c.kind]).config.channels)
             canvas = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(h, w, len(widths))))
             per_window = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(*window, len(widths))))
             total += (T + 1) * canvas * b + rows * per_window * b

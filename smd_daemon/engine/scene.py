@@ -176,8 +176,8 @@ class Scene:
         do, in one sentence (the engine's own check, and a cluster front end's
         on what its workers reported; ``control_kinds`` None: not known here)."""
         self.validate()
-        for c in self.controls if control_kinds is not None else []:
-            if c.kind not in control_kinds:
+        for c in self.controls:
+            if control_kinds is not None and c.kind not in control_kinds:
                 have = f"it has {', '.join(control_kinds)}" if control_kinds else "it has none"
                 raise UnknownControl(
                     f"control {c.name or c.kind!r}: this daemon has no {c.kind} model ({have}; "
