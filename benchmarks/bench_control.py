@@ -29,14 +29,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_engine  # noqa: E402
 
 from smd_daemon.engine.control_models import load_controls  # noqa: E402
 from smd_daemon.engine.core import Engine  # noqa: E402
 from smd_daemon.engine.models import load_model  # noqa: E402
-from smd_daemon.engine.scene import REGION_MODES, Background, Control, Region, Scene  # noqa: E402
+from smd_daemon.engine.scene import REGION_MODES, Control, Scene  # noqa: E402
 
 ADAPTER, CONTROLNET = "lineart", "softedge"
-PROMPTS = ["a red fox", "snowy pine forest", "a castle on a hill", "a hot air balloon", "a river", "an old oak tree"]
 
 
 def sketch(size: int, shift: int = 0) -> np.ndarray:
@@ -51,15 +53,8 @@ def sketch(size: int, shift: int = 0) -> np.ndarray:
 
 
 def scene_with(n: int, size: int, steps: int, mode: str, controls: list[Control]) -> Scene:
-    regions = []
-    for k in range(n):
-        m = np.zeros((size, size), np.uint8)
-        left = int(k * size / (n + 1))
-        m[size // 8 : size - size // 8, left : left + 2 * size // (n + 1)] = 255
-        regions.append(Region(PROMPTS[k % len(PROMPTS)], m))
-    return Scene(
-        size, size, regions, background=Background("a wide landscape"), steps=steps, region_mode=mode, controls=controls
-    )
+    """The engine benchmark's scene of ``n`` regions, with ``controls``."""
+    return dataclasses.replace(bench_engine.scene_with(n, size, steps, mode=mode), controls=controls)
 
 
 def timed(device: torch.device, fn) -> float:

@@ -211,22 +211,20 @@ class StableDiffusion:
 
     def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
-        kw |= control_arguments(inputs)
+        kw |= control_arguments(inputs) | self.added_inputs(inputs)
         return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw)[0]
 
     def controlnet(self, net, inputs, image):
         # A ControlNet trained beside an LCM-distilled UNet embeds the guidance
         # scale too; the public ones (trained on SD-1.5) do not.
         kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs and _embeds_guidance(net) else {}
-        down, mid = net(
-            inputs["sample"],
-            inputs["timestep"],
-            encoder_hidden_states=inputs["emb"],
-            controlnet_cond=image,
-            return_dict=False,
-            **kw,
-        )
+        kw |= self.added_inputs(inputs) | {"encoder_hidden_states": inputs["emb"], "return_dict": False}
+        down, mid = net(inputs["sample"], inputs["timestep"], controlnet_cond=image, **kw)
         return list(down), mid
+
+    def added_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """The denoiser's (and its ControlNets') further keyword arguments."""
+        return {}
 
 
 def _embeds_guidance(net: torch.nn.Module) -> bool:
@@ -281,34 +279,8 @@ class StableDiffusionXL(StableDiffusion):
         ids = [[canvas[0] * f, canvas[1] * f, y * f, x * f, size[0] * f, size[1] * f] for y, x in origins]
         return {"time_ids": torch.tensor(ids, device=self.device, dtype=self.dtype)}
 
-    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
-        kw |= control_arguments(inputs)
-        return fn(
-            inputs["sample"],
-            inputs["timestep"],
-            encoder_hidden_states=inputs["emb"],
-            added_cond_kwargs=self._added(inputs),
-            return_dict=False,
-            **kw,
-        )[0]
-
-    def controlnet(self, net, inputs, image):
-        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs and _embeds_guidance(net) else {}
-        down, mid = net(
-            inputs["sample"],
-            inputs["timestep"],
-            encoder_hidden_states=inputs["emb"],
-            controlnet_cond=image,
-            added_cond_kwargs=self._added(inputs),
-            return_dict=False,
-            **kw,
-        )
-        return list(down), mid
-
-    @staticmethod
-    def _added(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}
+    def added_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        return {"added_cond_kwargs": {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}}
 
 
 FAMILIES = {f.name: f for f in (StableDiffusion, StableDiffusionXL)}
