@@ -126,11 +126,14 @@ def main(argv=None) -> None:
     p.add_argument("--modes", nargs="+", default=list(REGION_MODES), choices=REGION_MODES)
     p.add_argument("--frames", type=int, default=10, help="timed frames per stream")
     p.add_argument("--warmup", type=int, default=2, help="untimed frames once the stream is full")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", default=None, help="write the figures here")
     # gpu_figures.sh hands the engine benchmark's arguments to this one too: those it has no use for are ignored.
     args, _ = p.parse_known_args(argv)
     args.regions = args.regions[0]
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     components = load_model(args.model, device=args.device, dtype=args.dtype)
     components.controls = load_controls(args.model, {ADAPTER: "random", CONTROLNET: "random"}, components)
     engine = Engine(components)

@@ -385,3 +385,24 @@ def test_sdxl_controls_steer_both_region_modes_and_a_tiled_canvas(xl_engine, kin
     plain = e.generate(_scene(side=side, steps=1))
     steered = e.generate(_scene([Control(kind, _sketch(side))], side=side, steps=1))
     assert max_diff(plain, steered) > 8
+
+
+def test_serve_refuses_a_bad_control_flag_in_one_line_before_loading(tmp_path):
+    from daemon_util import free_port, run_cli
+
+    proc = run_cli("serve", "--model", "tiny", "--control", "sketchy=x", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown control kind 'sketchy'" in proc.stderr
+    missing = str(tmp_path / "no-such-adapter")
+    proc = run_cli(
+        "serve",
+        "--model",
+        "tiny",
+        "--bind",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--control",
+        f"depth={missing}",
+        timeout=180,
+    )
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "no such file or folder" in last and "depth=" in last
