@@ -84,6 +84,9 @@ class Layer:
     alpha: bytes | None = None  # height*width bytes, row-major
     visible: bool = True
     group: bool = False  # a group layer (send no alpha): listed with reason_code "group", never read
+    # A control layer's picture (height*width*3 bytes, RGB, as the artist sees the layer over white paper);
+    # None: none given (the daemon keeps the one it has).
+    image: bytes | None = None
 
 
 class Client:

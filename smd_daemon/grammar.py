@@ -15,6 +15,8 @@ the same reading everywhere.
     Copy of a red fox                  Krita's duplicate: read as "a red fox"
     hidden, empty layers; groups       ignored (a group's layers are read
                                        one by one, as the artist sees them)
+    control: lineart | strength: 0.8   control layer (CONTROL_KINDS): its pixels
+                                       over white paper steer the whole canvas
 
 Options after ``|`` are ``key: value``:
     neg              negative prompt
@@ -23,7 +25,10 @@ Options after ``|`` are ``key: value``:
     prompt-strength  how far the region's prompt moves away from the
                      background prompt, 0..1
 For a ``bg:`` layer, ``strength`` is how strongly the image of the
-non-region layers is followed (0 = ignore it).
+non-region layers is followed (0 = ignore it). A ``control:`` layer takes
+    strength         how strongly it steers, 0..2 (default 1)
+    start, end       the fractions of the denoising where it steers,
+                     0 <= start < end <= 1 (default 0 and 1)
 
 Every ignored layer carries a ``reason_code`` from :data:`REASON_CODES` and
 every option problem a code from :data:`WARNING_CODES`; clients decide on
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smd_daemon.engine.scene import DEFAULT_STEPS, Background, Region, Scene
+from smd_daemon.engine.scene import CONTROL_KINDS, DEFAULT_STEPS, Background, Control, Region, Scene
 
 DEFAULT_MASK_STD = 8.0
 DEFAULT_PROMPT_STRENGTH = 0.95
@@ -54,6 +59,8 @@ REASON_CODES = {
     "no_prompt": "no prompt before '|': write the prompt first",
     "size_mismatch": "its pixels do not match the canvas size",
     "group": "a group: its layers are read one by one",
+    "unknown_kind": "not a control kind: " + ", ".join(CONTROL_KINDS),
+    "no_image": "a control layer whose picture was not sent (only its alpha)",
 }
 # What is wrong with an option after '|': a closed set as well.
 WARNING_CODES = ("unknown_option", "bad_value", "not_key_value")
@@ -186,6 +193,7 @@ _AUTO_NAME = re.compile(
 # "copy of the mona lisa" stays a prompt.
 _COPY_PREFIX = re.compile(r"^(?:Copy of|Kopie von|Copier de|Copie de|Copia de|Copiar de) (?=\S)")
 _BG_PREFIX = re.compile(r"^\s*(bg|background)\s*:\s*", re.IGNORECASE)
+_CONTROL_PREFIX = re.compile(r"^\s*control\s*:\s*", re.IGNORECASE)
 _OPTION = re.compile(r"^\s*([a-z][a-z_ -]*?)\s*[:=]\s*(.*?)\s*$", re.IGNORECASE)
 # The plugin's own layers (the live preview, applied results) are never input.
 OWN_PREFIX = "SMD "
@@ -212,18 +220,25 @@ class LayerInput:
     alpha: np.ndarray | None = None  # uint8 (H, W) at output size
     visible: bool = True
     group: bool = False  # a group layer: never read itself (its children are sent as layers)
+    # A control layer's picture: uint8 (H, W, 3) at output size, its pixels as the artist sees them,
+    # over white paper (only control layers need one; the others' pixels join the background image).
+    image: np.ndarray | None = None
 
 
 @dataclass
 class ParsedLayer:
     name: str
-    role: str  # "region", "background" or "ignored"
+    role: str  # "region", "background", "control" or "ignored"
     prompt: str = ""
     negative_prompt: str = ""
     mask_strength: float = 1.0
     mask_std: float = DEFAULT_MASK_STD
     prompt_strength: float = DEFAULT_PROMPT_STRENGTH
     background_strength: float | None = None
+    kind: str = ""  # a control layer's kind (one of CONTROL_KINDS), kept when it is ignored (empty...)
+    control_strength: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
     reason_code: str = ""  # why it is ignored: a key of REASON_CODES
     reason: str = ""  # the same for people
     warnings: list[str] = field(default_factory=list)  # option problems, for people
@@ -243,6 +258,10 @@ class ParsedLayer:
             )
         elif self.role == "background":
             d.update(negative_prompt=self.negative_prompt, strength=self.background_strength)
+        if self.kind:  # a control layer, used or not: a client sends its picture
+            d["kind"] = self.kind
+            if self.role == "control":
+                d.update(strength=self.control_strength, start=self.control_start, end=self.control_end)
         if self.reason_code:
             d["reason_code"] = self.reason_code
             d["reason"] = self.reason
@@ -267,11 +286,13 @@ def ignored(name: str, code: str, detail: str = "", warnings: ParsedLayer | None
     p = ParsedLayer(name, "ignored", reason_code=code, reason=sentence, joins_background=code in _PICTURE_CODES)
     if warnings is not None:
         p.warnings, p.warning_codes = warnings.warnings, warnings.warning_codes
+        p.kind = warnings.kind if warnings.role == "control" else ""
     return p
 
 
 _REGION_OPTIONS = ("neg", "strength", "blur", "prompt-strength")
 _BACKGROUND_OPTIONS = ("neg", "strength")
+_CONTROL_OPTIONS = ("strength", "start", "end")
 
 
 def _number(out: ParsedLayer, value: str, lo: float, hi: float, key: str) -> float | None:
@@ -287,9 +308,10 @@ def _number(out: ParsedLayer, value: str, lo: float, hi: float, key: str) -> flo
 
 
 def _unknown_option(out: ParsedLayer, key: str) -> None:
-    known = _BACKGROUND_OPTIONS if out.role == "background" else _REGION_OPTIONS
-    if out.role == "background" and key in _REGION_OPTIONS:
-        out.warn("unknown_option", f"{key!r} applies to regions only, not to a bg: layer (ignored)")
+    known = {"background": _BACKGROUND_OPTIONS, "control": _CONTROL_OPTIONS}.get(out.role, _REGION_OPTIONS)
+    if out.role in ("background", "control") and key in _REGION_OPTIONS:
+        prefix = "bg:" if out.role == "background" else "control:"
+        out.warn("unknown_option", f"{key!r} applies to regions only, not to a {prefix} layer (ignored)")
         return
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "options are " + ", ".join(known)
@@ -319,6 +341,9 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     if _AUTO_NAME.match(stripped):
         return ignored(raw, "automatic_name")
 
+    c = _CONTROL_PREFIX.match(stripped)
+    if c:
+        return _parse_control(raw, stripped[c.end() :])
     m = _BG_PREFIX.match(stripped)
     role = "background" if m else "region"
     body = stripped[m.end() :] if m else stripped
@@ -357,6 +382,57 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     return out
 
 
+def _parse_control(raw: str, body: str) -> ParsedLayer:
+    """``control: KIND | options``: a control layer, or an ignored one when the kind is unknown."""
+    parts = body.split("|")
+    out = ParsedLayer(raw, "control", kind=parts[0].strip().lower())
+    start, end = out.control_start, out.control_end
+    for part in parts[1:]:
+        if not part.strip():
+            continue
+        om = _OPTION.match(part)
+        if not om:
+            out.warn("not_key_value", f"{part.strip()!r} is not 'key: value' (ignored)")
+            continue
+        key = om.group(1).strip().lower().replace("_", "-").replace(" ", "-")
+        if key in _CONTROL_OPTIONS:
+            v = _number(out, om.group(2), 0, 2 if key == "strength" else 1, key)
+            if v is not None and key == "strength":
+                out.control_strength = v
+            elif v is not None:
+                start, end = (v, end) if key == "start" else (start, v)
+        else:
+            _unknown_option(out, key)
+    if start < end:
+        out.control_start, out.control_end = start, end
+    else:
+        out.warn("bad_value", f"start: {start:g} is not before end: {end:g} (both ignored)")
+    if out.kind not in CONTROL_KINDS:
+        close = difflib.get_close_matches(out.kind, CONTROL_KINDS, n=1, cutoff=0.6)
+        detail = f"{out.kind!r}, did you mean {close[0]!r}?" if close else repr(out.kind) if out.kind else "none given"
+        out.role = "ignored"  # not a control the engine knows: no picture is asked for
+        return ignored(raw, "unknown_kind", detail, warnings=out)
+    return out
+
+
+def _control(layer: LayerInput, p: ParsedLayer, width: int, height: int) -> ParsedLayer | Control:
+    """A control layer's ``Control``, or why it is ignored (its kind kept, so a client sends its picture).
+
+    Empty means no painted pixel in its alpha plane, when one is given (the plugin's, an .ora layer's,
+    a JSON scene's image with an alpha channel): an empty layer is left out with a reason, it asks
+    nothing of the engine (a white picture would steer towards "no lines")."""
+    a, image = layer.alpha, layer.image
+    for pixels, shape in ((a, (height, width)), (image, (height, width, 3))):
+        if pixels is not None and pixels.shape != shape:
+            size = "x".join(map(str, pixels.shape[1::-1]))
+            return ignored(layer.name, "size_mismatch", f"{size}, the canvas is {width}x{height}", p)
+    if a is not None and not a.any():
+        return ignored(layer.name, "empty", warnings=p)
+    if image is None:
+        return ignored(layer.name, "no_image", warnings=p)
+    return Control(p.kind, image, p.control_strength, p.control_start, p.control_end, name=layer.name)
+
+
 def build_scene(
     layers: list[LayerInput],
     width: int,
@@ -378,6 +454,7 @@ def build_scene(
     """
     parsed: list[ParsedLayer] = []
     regions: list[Region] = []
+    controls: list[Control] = []
     bg = Background(
         prompt=background_prompt, negative_prompt=negative_prompt, image=background_image, strength=background_strength
     )
@@ -405,6 +482,12 @@ def build_scene(
                         name=layer.name,
                     )
                 )
+        elif p.role == "control":
+            made = _control(layer, p, width, height)
+            if isinstance(made, Control):
+                controls.append(made)
+            else:
+                p = made
         elif p.role == "background":
             bg.prompt = p.prompt
             if p.negative_prompt:
@@ -412,5 +495,5 @@ def build_scene(
             if p.background_strength is not None:
                 bg.strength = p.background_strength
         parsed.append(p)
-    scene = Scene(width=width, height=height, regions=regions, background=bg, seed=seed, steps=steps, **scene_options)
+    scene = Scene(width, height, regions, bg, seed=seed, steps=steps, controls=controls, **scene_options)
     return scene, parsed

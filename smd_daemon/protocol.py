@@ -181,6 +181,8 @@ LAYER = {
     "visible": F("bool"),
     "alpha": F("obj", fields=PLANE_REF, nullable=True),  # 8-bit plane at output size
     "group": F("bool"),  # a group layer: listed, never read (its children are layers of their own)
+    # A control layer's picture, RGB at output size, as the artist sees the layer over white paper.
+    "image": F("obj", fields=IMAGE_REF, nullable=True),
 }
 BACKGROUND = {
     "prompt": F("str", max_len=4096),

@@ -75,8 +75,20 @@ def run(args: argparse.Namespace) -> int:
     components = load_model_from_options(args)
     # Told after the model loads, so that a model error stays the only line on stderr.
     for p in loaded.layers:
-        how = p.role if p.role != "ignored" else f"ignored ({p.reason})"
-        log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
+        if p.role == "control":
+            log.info(
+                "layer %r: control %s, strength %g from %g to %g",
+                p.name,
+                p.kind,
+                p.control_strength,
+                p.control_start,
+                p.control_end,
+            )
+        elif p.kind:  # a control layer left out (empty, mis-sized): the artist meant it to steer
+            log.warning("layer %r: control %s left out: %s", p.name, p.kind, p.reason)
+        else:
+            how = p.role if p.role != "ignored" else f"ignored ({p.reason})"
+            log.info("layer %r: %s%s", p.name, how, f", prompt {p.prompt!r}" if p.role != "ignored" else "")
         for w in p.warnings:
             log.warning("layer %r: %s", p.name, w)
     for w in loaded.warnings:

@@ -9,7 +9,8 @@ bytes it sends), and both apply full and partial updates with these rules
 - a partial update needs a scene first, keeps every setting it leaves out,
   and cannot change the output size;
 - a layer named again keeps what its entry leaves out (a rename keeps the
-  plane); a new layer in a partial update must bring a plane;
+  plane and a control layer's picture); a new layer in a partial update must
+  bring a plane;
 - ``order`` lists every key bottom to top and removes the others; without
   it, new layers go on top.
 
@@ -50,6 +51,7 @@ class LayerState:
     visible: bool = True
     alpha: object = None  # the 8-bit plane at output size (bytes or a uint8 array), or None
     group: bool = False  # a group layer: listed in the reply, never read
+    image: object = None  # a control layer's RGB picture at output size (bytes or a uint8 array), or None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class LayerChange:
     visible: bool | None = None
     alpha: object = KEEP  # KEEP, None (no plane), or the new plane (or, before decoding, its reference)
     group: bool | None = None
+    image: object = KEEP  # KEEP, None (none), or a control layer's new picture (or its reference)
 
 
 @dataclass(frozen=True)
@@ -87,18 +90,32 @@ class SceneChange:
             background_image=bg["image"] if "image" in bg else KEEP,
             layers=tuple(
                 LayerChange(
-                    e["key"], e.get("name"), e.get("visible"), e["alpha"] if "alpha" in e else KEEP, e.get("group")
+                    e["key"],
+                    e.get("name"),
+                    e.get("visible"),
+                    e["alpha"] if "alpha" in e else KEEP,
+                    e.get("group"),
+                    e["image"] if "image" in e else KEEP,
                 )
                 for e in h.get("layers", ())
             ),
             order=tuple(h["order"]) if "order" in h else None,
         )
 
-    def resolve(self, alpha, image) -> SceneChange:
-        """The same change with every plane reference turned into a plane:
-        ``alpha(ref, layer_change)`` and ``image(ref)`` (None and KEEP stay)."""
+    def resolve(self, alpha, image, layer_image=None) -> SceneChange:
+        """The same change with every plane reference turned into a plane: ``alpha(ref, layer_change)``,
+        ``image(ref)`` and ``layer_image(ref, layer_change)`` (None and KEEP stay)."""
+
+        def given(v) -> bool:
+            return v is not KEEP and v is not None
+
         layers = tuple(
-            c if c.alpha is KEEP or c.alpha is None else replace(c, alpha=alpha(c.alpha, c)) for c in self.layers
+            replace(
+                c,
+                alpha=alpha(c.alpha, c) if given(c.alpha) else c.alpha,
+                image=(layer_image or (lambda ref, _: image(ref)))(c.image, c) if given(c.image) else c.image,
+            )
+            for c in self.layers
         )
         bg = self.background_image
         return replace(self, layers=layers, background_image=bg if bg is KEEP or bg is None else image(bg))
@@ -108,6 +125,10 @@ class SceneChange:
         n = sum(1 for c in self.layers if c.alpha is not KEEP and c.alpha is not None)
         bg = self.background_image
         return n, not (bg is KEEP or bg is None)
+
+    def new_images(self) -> int:
+        """The control layers' pictures this change brings (RGB, three bytes a pixel)."""
+        return sum(1 for c in self.layers if c.image is not KEEP and c.image is not None)
 
 
 @dataclass(frozen=True)
@@ -165,6 +186,7 @@ class SceneState:
                 c.visible if c.visible is not None else prior.visible if prior is not None else True,
                 alpha,
                 c.group if c.group is not None else prior is not None and prior.group,
+                (prior.image if prior is not None else None) if c.image is KEEP else c.image,
             )
         if change.order is not None:
             unknown = [k for k in change.order if k not in layers]
@@ -188,20 +210,28 @@ class SceneState:
             dict(self.settings),
             dict(self.background),
             self.background_image,
-            tuple(LayerChange(s.key, s.name, s.visible, s.alpha, s.group) for s in self.layers.values()),
+            tuple(LayerChange(s.key, s.name, s.visible, s.alpha, s.group, s.image) for s in self.layers.values()),
         )
 
 
 def layer_changes(state: SceneState, layers) -> tuple:
-    """Entries for ``layers`` (objects with ``key``, ``name``, ``visible``, ``alpha``, ``group``) on top
-    of ``state``: a plane the layer already has is left out (a rename costs no pixels)."""
+    """Entries for ``layers`` (objects with ``key``, ``name``, ``visible``, ``alpha``, ``group`` and
+    optionally ``image``) on top of ``state``: a plane or picture the layer already has is left out (a
+    rename costs no pixels), and so is a picture not given (None: the layer keeps the one it has)."""
     out = []
     for layer in layers:
         prior = state.layers.get(layer.key)
         same = prior is not None and layer.alpha is not None and prior.alpha == layer.alpha
+        image = getattr(layer, "image", None)
+        same_image = image is None or prior is not None and prior.image == image
         out.append(
             LayerChange(
-                layer.key, layer.name, layer.visible, KEEP if same else layer.alpha, getattr(layer, "group", False)
+                layer.key,
+                layer.name,
+                layer.visible,
+                KEEP if same else layer.alpha,
+                getattr(layer, "group", False),
+                KEEP if same_image else image,
             )
         )
     return tuple(out)
@@ -209,9 +239,9 @@ def layer_changes(state: SceneState, layers) -> tuple:
 
 def header_fields(change: SceneChange, compress: bool = False, compress_image: bool | None = None) -> tuple[dict, list]:
     """An ``update``'s header fields (without ``revision`` and ``full``) and binary parts
-    for ``change``, whose planes are bytes and whose image is ``(bytes, encoding)``.
-    ``compress`` sends raw planes zlib-compressed, and a raw image too unless
-    ``compress_image`` says otherwise."""
+    for ``change``, whose planes and control layers' pictures are bytes and whose image is
+    ``(bytes, encoding)``. ``compress`` sends raw planes zlib-compressed, and raw images (the
+    background's, control layers') too unless ``compress_image`` says otherwise."""
     parts: list = []
     squeeze_image = compress if compress_image is None else compress_image
 
@@ -239,6 +269,8 @@ def header_fields(change: SceneChange, compress: bool = False, compress_image: b
             entry["alpha"] = None if c.alpha is None else ref(c.alpha, "raw", squeeze=compress)
         if c.group:
             entry["group"] = True
+        if c.image is not KEEP and c.image is not None:  # a layer without a picture says nothing of one
+            entry["image"] = ref(c.image, "raw", squeeze=squeeze_image)
         entries.append(entry)
     fields["layers"] = entries
     if change.order is not None:

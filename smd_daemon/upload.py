@@ -40,7 +40,10 @@ class SceneUpload:
             settings,
             background,
             image,
-            tuple(scenestate.LayerChange(l.key, l.name, l.visible, l.alpha, l.group) for l in layers),
+            tuple(
+                scenestate.LayerChange(l.key, l.name, l.visible, l.alpha, l.group, getattr(l, "image", None))
+                for l in layers
+            ),
         )
         self.state = self._apply(scenestate.SceneState(), change)
         self.revision += 1
@@ -136,4 +139,10 @@ class SceneUpload:
                 raise ClientError(
                     f"layer {layer.name!r}: alpha plane has {len(layer.alpha)} bytes, "
                     f"expected {width}x{height} = {width * height}"
+                )
+            image = getattr(layer, "image", None)
+            if image is not None and len(image) != width * height * 3:
+                raise ClientError(
+                    f"layer {layer.name!r}: picture has {len(image)} bytes, "
+                    f"expected {width}x{height}x3 = {width * height * 3}"
                 )

@@ -29,7 +29,7 @@ from cluster_util import ClusterDaemon, ray_missing
 
 from smd_daemon.cluster import wire
 from smd_daemon.cluster.codec import CodecError
-from smd_daemon.engine.scene import Background, Region, Scene
+from smd_daemon.engine.scene import Background, Control, Region, Scene
 from smd_daemon.errors import UsageError
 from smd_daemon.server import messages as m
 from smd_daemon.server.images import EncodedImage
@@ -52,6 +52,7 @@ def _scene() -> Scene:
         seed=2**63 - 1,
         steps=4,
         region_mode="attention",
+        controls=[Control("lineart", image[::-1].copy(), 0.8, 0.0, 0.6, name="control: lineart")],
     )
 
 
@@ -111,7 +112,7 @@ def _same(a, b) -> bool:
 
 def test_every_message_kind_the_cluster_sends_round_trips_with_arrays_as_their_own_frames():
     sent = _messages()
-    assert {type(x) for x in sent} | {m.Job, Scene, Region, Background, EncodedImage} == set(
+    assert {type(x) for x in sent} | {m.Job, Scene, Region, Background, Control, EncodedImage} == set(
         wire.CODEC.types.values()
     ), "a type that may cross has no round trip here"
     for msg in sent:
@@ -121,7 +122,8 @@ def test_every_message_kind_the_cluster_sends_round_trips_with_arrays_as_their_o
             back = wire.loads([zmq.Frame(f) for f in frames], writable=writable)
             assert _same(msg, back), (msg, back)
     scene_frames = wire.dumps(sent[6])
-    assert [len(f) for f in scene_frames[1:]] == [64 * 96, 64 * 96 * 4, 64 * 96 * 3]  # masks and image, raw
+    # masks, image and control picture, raw
+    assert [len(f) for f in scene_frames[1:]] == [64 * 96, 64 * 96 * 4, 64 * 96 * 3, 64 * 96 * 3]
     back = wire.loads(scene_frames, writable=True)
     assert back.scene.regions[1].mask.flags.writeable and back.plan is wire.PLAN_ON_WORKER
     assert not wire.loads(scene_frames).scene.background.image.flags.writeable  # views of the frames

@@ -307,3 +307,76 @@ def test_build_scene_reads_layers_bottom_to_top():
     }
     assert parsed[2].to_dict()["blur"] == 2
     scene.validate()
+
+
+# ---------------------------------------------------------------- control layers
+
+
+@pytest.mark.parametrize("kind", ["lineart", "scribble", "softedge", "depth", "canny", "pose"])
+def test_a_control_layer_is_read_with_its_kind_and_options(kind):
+    p = parse_layer_name(f"Control: {kind.upper()} | strength: 0.8 | start: 0 | end: 0.6")
+    assert (p.role, p.kind, p.control_strength, p.control_start, p.control_end) == ("control", kind, 0.8, 0.0, 0.6)
+    assert not p.joins_background and not p.warnings
+    assert p.to_dict() == {
+        "name": f"Control: {kind.upper()} | strength: 0.8 | start: 0 | end: 0.6",
+        "role": "control",
+        "prompt": "",
+        "joins_background": False,
+        "kind": kind,
+        "strength": 0.8,
+        "start": 0.0,
+        "end": 0.6,
+    }
+
+
+@pytest.mark.parametrize(
+    "name, codes, sentence",
+    [
+        ("control: lineart | strength: 3", ["bad_value"], "strength: 3 is outside 0..2 (ignored)"),
+        ("control: lineart | end: 1.5", ["bad_value"], "end: 1.5 is outside 0..1 (ignored)"),
+        ("control: lineart | start: 0.7 | end: 0.6", ["bad_value"], "start: 0.7 is not before end: 0.6"),
+        ("control: lineart | strenght: 1", ["unknown_option"], "did you mean 'strength'?"),
+        ("control: lineart | blur: 1", ["unknown_option"], "'blur' applies to regions only, not to a control:"),
+        ("control: lineart | bold", ["not_key_value"], "'bold' is not 'key: value'"),
+    ],
+)
+def test_control_options_warn_like_other_layers(name, codes, sentence):
+    p = parse_layer_name(name)
+    assert p.role == "control" and p.warning_codes == codes and sentence in p.warnings[0]
+    assert (p.control_strength, p.control_start, p.control_end) == (1.0, 0.0, 1.0)  # the defaults stay
+
+
+def test_an_unknown_control_kind_is_ignored_with_a_suggestion():
+    p = parse_layer_name("control: linart | strength: 0.5")
+    assert (p.role, p.reason_code, p.kind, p.joins_background) == ("ignored", "unknown_kind", "", False)
+    assert "did you mean 'lineart'?" in p.reason and "kind" not in p.to_dict()
+    assert parse_layer_name("control:").reason_code == "unknown_kind"
+    assert parse_layer_name("# control: lineart").reason_code == "marker"
+    assert parse_layer_name("control: lineart", visible=False).reason_code == "hidden"
+
+
+def test_control_layers_fill_scene_controls_never_regions_nor_the_background():
+    W, H = 80, 64
+    painted = np.zeros((H, W), np.uint8)
+    painted[10:20, 5:30] = 255
+    picture = np.full((H, W, 3), 255, np.uint8)
+    picture[10:20, 5:30] = 0
+    layers = [
+        LayerInput("control: lineart | strength: 0.8 | end: 0.6", painted, image=picture),
+        LayerInput("control: depth", np.zeros((H, W), np.uint8), image=picture),  # nothing painted
+        LayerInput("control: canny", painted),  # only its alpha came (an old client, a first update)
+        LayerInput("control: pose", painted, image=picture[:32]),
+        LayerInput("a red fox", painted),
+    ]
+    scene, parsed = build_scene(layers, W, H)
+    assert [r.prompt for r in scene.regions] == ["a red fox"]
+    (c,) = scene.controls
+    assert (c.kind, c.strength, c.start, c.end, c.name) == ("lineart", 0.8, 0.0, 0.6, layers[0].name)
+    np.testing.assert_array_equal(c.image, picture)
+    assert [p.role for p in parsed] == ["control", "ignored", "ignored", "ignored", "region"]
+    assert [p.reason_code for p in parsed[1:4]] == ["empty", "no_image", "size_mismatch"]
+    assert parsed[3].reason == "its pixels do not match the canvas size (80x32, the canvas is 80x64)"
+    # Left out but still control layers: a client keeps sending their pictures.
+    assert [p.to_dict().get("kind") for p in parsed] == ["lineart", "depth", "canny", "pose", None]
+    assert not any(p.joins_background for p in parsed)
+    scene.validate()

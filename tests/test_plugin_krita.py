@@ -398,6 +398,24 @@ def test_a_hostile_daemon_costs_krita_no_memory(krita_home, tmp_path):
     assert c["peak_after_mb"] - c["peak_before_mb"] < 100, c  # the old client grew by a GiB
 
 
+def run_exporting(krita_home, tmp_path, scenario: str):
+    """A scenario that writes what the plugin sent under ``out`` and exports the document as
+    Krita's own .ora, against a real daemon: (its result, out, the .ora's path)."""
+    home = fresh(krita_home[0], tmp_path)
+    out, ora = tmp_path / "plugin", tmp_path / "krita-export.ora"
+    out.mkdir()
+    port = free_port()
+    with open(tmp_path / "daemon.log", "w") as log:
+        daemon = start_daemon(port, log)
+        try:
+            args = {"address": f"127.0.0.1:{port}", "out": str(out), "ora": str(ora)}
+            result = harness.run(home, scenario, args, timeout=180)
+        finally:
+            stop(daemon)
+    assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
+    return result, out, ora
+
+
 def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
     """Parity: the plugin in real Krita, and `render` on Krita's own .ora export of the same
     document, give the same scene: the same regions, masks equal pixel for pixel, the same
@@ -408,19 +426,7 @@ def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
 
     from smd_daemon.scenefile import Overrides, load_scene
 
-    home = fresh(krita_home[0], tmp_path)
-    out, ora = tmp_path / "plugin", tmp_path / "krita-export.ora"
-    out.mkdir()
-    port = free_port()
-    with open(tmp_path / "daemon.log", "w") as log:
-        daemon = start_daemon(port, log)
-        try:
-            result = harness.run(
-                home, "parity", {"address": f"127.0.0.1:{port}", "out": str(out), "ora": str(ora)}, timeout=180
-            )
-        finally:
-            stop(daemon)
-    assert result["errors"] == [], "\n".join(result["errors"] + result["log"][-20:])
+    result, out, ora = run_exporting(krita_home, tmp_path, "parity")
     c = result["checks"]
     assert c["exported"] and c["size"] == [128, 96], c
     w, h = c["size"]
@@ -475,3 +481,38 @@ def test_plugin_and_render_read_one_document_the_same(krita_home, tmp_path):
         "a red fox": False,
     }
     assert c["joins"]["Fill Layer 2"] and c["joins"]["Clone Layer 3"], "pictures of their own"
+
+
+def test_the_plugin_reads_a_control_layer_in_krita_and_sends_it(krita_home, tmp_path):
+    """A ``control:`` layer inside a 50 % group, painted in real Krita: the daemon reads it as a
+    control layer, the docker lists it with its kind, its picture (the layer alone over white, as
+    the artist sees it) goes as RGB and equals what `render` reads from Krita's own .ora export of
+    the same document; an edit of it alone resends it alone; an empty one is told, not sent."""
+    import numpy as np
+
+    from smd_daemon.scenefile import Overrides, load_scene
+
+    result, out, ora = run_exporting(krita_home, tmp_path, "controls")
+    c = result["checks"]
+    why = json.dumps(c, indent=1)[:4000]
+    lines = "control: lineart | strength: 0.8"
+    rows = {r[0]: r for r in c["rows"]}
+    assert rows[lines][1] == "control" and rows[lines][3] == "control layer: lineart, strength 0.8", why
+    assert rows["control: depth"][1:3] == ["ignored", "empty"], why
+    assert "left out" in rows["control: depth"][3], why
+    assert c["reading"] == {"role": "control", "kind": "lineart", "strength": 0.8, "start": 0.0, "end": 1.0}, why
+    # After the edit only the control layer travels (an update may also carry nothing but settings).
+    assert c["updates_after_edit"] and all(names in ([lines], []) for names in c["updates_after_edit"]), why
+
+    first = np.frombuffer((out / "picture-0.raw").read_bytes(), np.uint8).reshape(64, 64, 3)
+    edited = np.frombuffer((out / "picture-1.raw").read_bytes(), np.uint8).reshape(64, 64, 3)
+    assert abs(int(first[20, 5, 0]) - 128) <= 1 and first[0, 0].tolist() == [255, 255, 255], first[20, 5]
+    assert first[44].min() == 255 and abs(int(edited[44, 5, 0]) - 128) <= 1, "the edit reached the picture"
+
+    loaded = load_scene(str(ora), Overrides(width=64))
+    (control,) = loaded.scene.controls
+    assert (control.kind, control.strength, control.name) == ("lineart", 0.8, lines)
+    diff = np.abs(control.image.astype(int) - edited.astype(int))
+    assert diff.max() <= 1, (
+        f"render and the plugin differ by up to {diff.max()} at {np.argwhere(diff == diff.max())[:3]}"
+    )

@@ -668,14 +668,14 @@ def test_json_keys_nothing_reads_are_named_in_one_warning_line(tmp_path):
     doc = {
         "width": 64,
         "height": 64,
-        "controls": [{"type": "depth"}],
+        "loras": [{"name": "watercolor"}],
         "backgroud": {"prompt": "a meadow"},
         "regions": [{"prompt": "a fox", "mask": "m.png", "stength": 0.5}],
     }
     loaded = load_scene(make_json(tmp_path, doc, {"m.png": mask}))
     assert loaded.scene.background.prompt == "" and loaded.scene.regions[0].mask_strength == 1  # as if absent
     (line,) = loaded.warnings
-    assert "'controls'" in line and "'backgroud' (did you mean 'background'?)" in line
+    assert "'loras'" in line and "'backgroud' (did you mean 'background'?)" in line
     assert "'stength' in region 1 (did you mean 'strength'?)" in line
     doc = {
         "width": 64,
@@ -688,11 +688,11 @@ def test_json_keys_nothing_reads_are_named_in_one_warning_line(tmp_path):
     out = tmp_path / "out.png"
     proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
     assert proc.returncode == 0 and "does not know" not in proc.stderr, proc.stderr
-    make_json(tmp_path, {**doc, "backgroud": {}, "controls": []}, {})
+    make_json(tmp_path, {**doc, "backgroud": {}, "loras": []}, {})
     proc = run_render(tmp_path / "scene.json", "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
     told = [line for line in proc.stderr.splitlines() if "does not know" in line]
     assert proc.returncode == 0 and len(told) == 1 and "WARNING" in told[0], proc.stderr
-    assert "'backgroud'" in told[0] and "'controls'" in told[0]
+    assert "'backgroud'" in told[0] and "'loras'" in told[0]
 
 
 # ---------------------------------------------------------------- a file written by real Krita
@@ -945,3 +945,113 @@ def test_cli_renders_in_attention_mode_and_refuses_unknown_modes_in_one_line(tmp
     assert "attention mode" in proc.stderr
     with Image.open(out) as im:
         assert im.size == (64, 64) and np.asarray(im).std() > 0
+
+
+# ---------------------------------------------------------------- control layers
+
+
+def test_ora_control_layer_is_its_pixels_over_white_never_a_region_nor_background(tmp_path):
+    W = H = 64
+    lines = rgba(W, H, color=(0, 0, 0), box=(8, 8, 40, 12))
+    lines[30:34, 8:40] = (255, 0, 0, 128)  # a half-transparent red stroke
+    path = make_ora(
+        tmp_path / "c.ora",
+        W,
+        H,
+        [  # top first
+            Layer("control: lineart | strength: 0.8 | end: 0.6", lines),
+            Group("half", [Layer("control: depth", rgba(W, H, color=(0, 0, 0)))], opacity=0.5),
+            Layer("control: scribble", rgba(W, H, alpha=0)),
+            Layer("a red fox", rgba(W, H, box=(32, 32, 64, 64))),
+            Layer("Paint Layer 1", rgba(W, H, color=(0, 0, 255))),
+            Layer("bg: a meadow | strength: 0.5", rgba(W, H, alpha=0)),
+        ],
+    )
+    loaded = load_scene(path)
+    scene = loaded.scene
+    assert [r.prompt for r in scene.regions] == ["a red fox"]
+    depth, lineart = scene.controls  # bottom to top
+    assert (lineart.kind, lineart.strength, lineart.start, lineart.end) == ("lineart", 0.8, 0.0, 0.6)
+    assert lineart.image.dtype == np.uint8 and lineart.image.shape == (H, W, 3)
+    np.testing.assert_array_equal(lineart.image[10, 10], [0, 0, 0])
+    np.testing.assert_array_equal(lineart.image[0, 0], [255, 255, 255])  # unpainted: white paper
+    np.testing.assert_array_equal(lineart.image[31, 10], [255, 127, 127])  # red at 128/255 over white
+    # Seen through its group's opacity: black at half over white.
+    assert depth.kind == "depth" and set(np.unique(depth.image)) == {128}
+    empty = next(p for p in loaded.layers if p.name == "control: scribble")
+    assert (empty.role, empty.reason_code, empty.kind) == ("ignored", "empty", "scribble")
+    # The background image holds the blue paint layer only: no control layer's black.
+    np.testing.assert_array_equal(scene.background.image[10, 10], [0, 0, 255])
+    # At another output size the picture is resized like the background image.
+    big = load_scene(path, Overrides(width=96)).scene
+    assert big.controls[1].image.shape == (96, 96, 3)
+
+
+def test_json_controls(tmp_path):
+    W, H = 96, 64
+    sketch = np.full((H, W, 3), 255, np.uint8)
+    sketch[20:24, :] = 0
+    strokes = np.zeros((H, W, 4), np.uint8)
+    strokes[40:44, :] = (0, 0, 0, 255)
+    doc = {
+        "width": W,
+        "height": H,
+        "regions": [{"prompt": "a fox", "mask": "m.png"}],
+        "controls": [
+            {"kind": "lineart", "image": "sketch.png", "strength": 0.8, "start": 0, "end": 0.6},
+            {"kind": "scribble", "image": "strokes.png"},
+            {"kind": "depth", "image": "clear.png", "name": "an empty one"},
+        ],
+    }
+    images = {"m.png": np.full((H, W), 255, np.uint8), "sketch.png": sketch, "strokes.png": strokes}
+    images["clear.png"] = np.zeros((H, W, 4), np.uint8)
+    loaded = load_scene(make_json(tmp_path, doc, images))
+    lineart, scribble = loaded.scene.controls
+    assert (lineart.kind, lineart.strength, lineart.start, lineart.end) == ("lineart", 0.8, 0.0, 0.6)
+    np.testing.assert_array_equal(lineart.image, sketch)
+    assert scribble.kind == "scribble" and scribble.image[41].max() == 0 and scribble.image[0].min() == 255
+    empty = loaded.layers[-1]
+    assert (empty.name, empty.role, empty.reason_code, empty.kind) == ("an empty one", "ignored", "empty", "depth")
+    assert load_scene(make_json(tmp_path, doc, images), Overrides(width=192)).scene.controls[0].image.shape == (
+        128,
+        192,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    "control, message",
+    [
+        ({"kind": "linart", "image": "c.png"}, "control 1: unknown kind 'linart' (did you mean 'lineart'?)"),
+        ({"image": "c.png"}, 'control 1 has no "kind" (one of lineart, scribble'),
+        ({"kind": "depth"}, 'control 1 has no "image"'),
+        ({"kind": "depth", "image": "nope.png"}, "control 1 image 'nope.png' not found"),
+        ({"kind": "depth", "image": "small.png"}, "control 1 image 'small.png' is 32x32, the scene is 64x64"),
+        ({"kind": "depth", "image": "c.png", "strength": 3}, "control 1: strength must be between 0 and 2"),
+        ({"kind": "depth", "image": "c.png", "start": 0.5, "end": 0.5}, "0 <= start < end <= 1"),
+        ({"kind": "depth", "image": "m.png.txt"}, "control 1 image 'm.png.txt'"),
+        ("depth", "control 1 must be an object"),
+    ],
+)
+def test_json_bad_controls_one_line(tmp_path, control, message):
+    (tmp_path / "m.png.txt").write_text("not an image")
+    doc = {"width": 64, "height": 64, "regions": [{"prompt": "a fox", "mask": "m.png"}], "controls": [control]}
+    images = {"m.png": np.full((64, 64), 255, np.uint8), "c.png": np.zeros((64, 64, 3), np.uint8)}
+    images["small.png"] = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(SceneError, match=re.escape(message)) as e:
+        load_scene(make_json(tmp_path, doc, images))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_renders_a_scene_with_a_control_and_says_an_empty_one_is_left_out(tmp_path):
+    W = H = 64
+    path = make_ora(
+        tmp_path / "c.ora",
+        W,
+        H,
+        [Layer("control: scribble", rgba(W, H, alpha=0)), Layer("a red fox", rgba(W, H, box=(0, 0, 32, 64)))],
+    )
+    out = tmp_path / "out.png"
+    proc = run_render(path, "-o", out, "--model", "tiny", "--steps", "1", "--no-progress")
+    assert proc.returncode == 0 and out.exists(), proc.stderr
+    assert "control scribble left out: empty: nothing is painted on it" in proc.stderr

@@ -18,7 +18,7 @@ class Row:
     uid: str
     name: str
     parent: str  # uid of the enclosing group, "" at the top
-    role: str  # "region", "background", "ignored", "group", "filter", "preview" or "" (not read yet)
+    role: str  # "region", "background", "control", "ignored", "group", "filter", "preview" or "" (not read yet)
     code: str  # the daemon's reason_code for an ignored layer
     text: str  # how it is read, in words
     warnings: list = field(default_factory=list)
@@ -33,8 +33,22 @@ def describe(reading: dict) -> str:
         return text
     if role == "background":
         return f"background: {reading.get('prompt', '')}"
+    if role == "control":
+        text = f"control layer: {reading.get('kind', '')}, strength {_number(reading.get('strength'), 1)}"
+        start, end = _number(reading.get("start"), 0), _number(reading.get("end"), 1)
+        if (start, end) != ("0", "1"):
+            text += f", from {start} to {end} of the denoising"
+        return text
     reason = reading.get("reason") or reading.get("reason_code") or "ignored"
+    if reading.get("kind") and reading.get("reason_code") == "no_image":  # the plugin sends it next
+        return f"control layer: {reading['kind']}, its picture on its way"
+    if reading.get("kind"):  # a control layer left out (empty...): said as such
+        return f"control layer ({reading['kind']}) left out: {reason}"
     return f"ignored: {reason}"
+
+
+def _number(value, default) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{default:g}"
 
 
 def rows(layers: list, reading_of, connected: bool, preview: bool = False) -> list[Row]:

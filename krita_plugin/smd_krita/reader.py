@@ -1,5 +1,5 @@
 """Reading the document into scene updates: which layers changed, their
-alpha planes, and the background image.
+alpha planes, control layers' pictures, and the background image.
 
 Groups are not sent: a group's name is never read, its layers are, each as
 the artist sees it (kritaapi.reading). Filter layers are not sent either:
@@ -9,7 +9,9 @@ reply; the reader decides on the reply's codes and flags (``role``,
 ``reason_code``, ``joins_background``), never on its sentences. The
 background image is composited from exactly the layers the daemon flags
 ``joins_background``: the grammar decides it, once, for the plugin and for
-``smd-daemon render``.
+``smd-daemon render``. In the same way a layer is a control layer when the daemon's reading
+has a ``kind``: its picture (the layer alone over white paper, RGB) goes with its alpha plane
+whenever it changes, and only then (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def settings_delta(old: dict | None, new: dict) -> dict:
     return delta
 
 
+def _looks(fp: tuple) -> tuple:
+    """A fingerprint (kritaapi.fingerprint) without the name: a renamed control layer looks the same."""
+    return fp[1:]
+
+
 class LayerReader:
     def __init__(self):
         self.reset()
@@ -82,6 +89,7 @@ class LayerReader:
         self._sent_settings: dict | None = None
         self._sent_bg_crc = None
         self._roles: dict = {}  # uid -> the daemon's reading of that layer
+        self._pictured: dict = {}  # uid -> the control layer's fingerprint when its picture was last sent
         self._order_at: dict = {}  # revision -> the order it sent
         self.bg_dirty = True  # the background image must be recomposed
         self._bg_waiting = False  # held back until the daemon has read every visible layer
@@ -98,7 +106,7 @@ class LayerReader:
 
     def pending(self, snap: Snapshot) -> bool:
         sent = (self._sent_fp, self._sent_order, self._sent_size, self._sent_settings)
-        return snap.state() != sent or self.bg_dirty
+        return snap.state() != sent or self.bg_dirty or any(self._picture_due(l, snap) for l in snap.sent_layers)
 
     def needs_full(self, snap: Snapshot) -> bool:
         return self._sent_settings is None or self._sent_size != snap.size
@@ -109,7 +117,11 @@ class LayerReader:
         """Read what changed (everything when ``full``) into an update."""
         full = full or self.needs_full(snap)
         w, h = snap.size
-        changed = [l for l in snap.sent_layers if full or self._sent_fp.get(l.uid) != snap.fps[l.uid]]
+        changed = [
+            l
+            for l in snap.sent_layers
+            if full or self._sent_fp.get(l.uid) != snap.fps[l.uid] or self._picture_due(l, snap)
+        ]
         out = []
         for layer in changed:
             if self._pixels_needed(layer):
@@ -118,7 +130,11 @@ class LayerReader:
                 alpha = None  # the daemon keeps (or needs no) plane for it
             else:
                 alpha = bytes(w * h)  # a layer new to the daemon must come with a plane
-            out.append(client_mod.Layer(layer.uid, layer.name, alpha, layer.visible))
+            image = None  # none: the daemon keeps the picture it has
+            if self._is_control(layer):
+                image = kritaapi.read_picture(doc, snap.layers, layer, w, h)
+                self._pictured[layer.uid] = _looks(snap.fps[layer.uid])
+            out.append(client_mod.Layer(layer.uid, layer.name, alpha, layer.visible, image=image))
         if full:
             self._sent_bg_crc = None
         background = None
@@ -138,6 +154,15 @@ class LayerReader:
             return False
         reading = self._roles.get(layer.uid)
         return not (reading and reading.get("name") == layer.name and reading.get("reason_code") in NO_PIXELS_NEEDED)
+
+    def _is_control(self, layer) -> bool:
+        """Whether the daemon read the layer, as it is now, as a control layer (used or left out)."""
+        reading = self._roles.get(layer.uid)
+        return bool(layer.visible and reading and reading.get("name") == layer.name and reading.get("kind"))
+
+    def _picture_due(self, layer, snap: Snapshot) -> bool:
+        """A control layer whose picture the daemon lacks: it just became one, or changed since."""
+        return self._is_control(layer) and self._pictured.get(layer.uid) != _looks(snap.fps[layer.uid])
 
     def _joins(self, layer) -> bool | None:
         """Whether the layer's pixels join the background image, as the daemon read it; None while

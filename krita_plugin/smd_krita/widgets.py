@@ -38,6 +38,7 @@ WARNING_MARK = "\u26a0"  # ⚠
 ROLE_COLORS = {
     "region": "#3a8a3a",
     "background": "#3a6ab0",
+    "control": "#8a4ab0",
     "ignored": "#8a8a8a",
     "group": "#8a8a8a",
     "preview": "#8a8a8a",

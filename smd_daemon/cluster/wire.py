@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from smd_daemon.cluster.codec import Codec
-from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene
+from smd_daemon.engine.scene import MAX_SIDE, Background, Control, Region, Scene
 from smd_daemon.server import messages as m
 from smd_daemon.server.images import EncodedImage
 
@@ -117,6 +117,7 @@ CODEC = Codec(
         Scene,
         Region,
         Background,
+        Control,
         EncodedImage,
     ],
     {"PlanOnWorker": PLAN_ON_WORKER},

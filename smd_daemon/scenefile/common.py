@@ -94,6 +94,15 @@ def resize_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(alpha, "L").resize((width, height), Image.Resampling.BILINEAR))
 
 
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An RGB picture (the background image, a control layer's) at output size."""
+    if rgb.shape[:2] == (height, width):
+        return np.ascontiguousarray(rgb)
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(rgb), "RGB").resize((width, height), Image.Resampling.LANCZOS)
+    )
+
+
 def explain_no_regions(parsed: list[ParsedLayer]) -> str:
     if not parsed:
         return "the file has no layers"

@@ -63,6 +63,18 @@ def seen_alpha(alpha: np.ndarray, opacities: Sequence[int]) -> np.ndarray:
     return alpha_table(opacities)[alpha]
 
 
+def over_white(rgba: np.ndarray, opacities: Sequence[int] = ()) -> np.ndarray:
+    """A layer as the artist sees it alone on white paper (a control layer's picture): its straight
+    RGBA through its own and its groups' opacities, source-over onto opaque white; RGB out."""
+    src = rgba
+    if not all(n >= OPAQUE for n in opacities):
+        src = rgba.copy()
+        src[..., 3] = seen_alpha(rgba[..., 3], opacities)
+    paper = np.full(rgba.shape, OPAQUE, np.uint8)
+    over(paper, src, OPAQUE)
+    return paper[..., :3]
+
+
 def over(dst: np.ndarray, src: np.ndarray, opacity: int) -> None:
     """Source-over of ``src`` at ``opacity`` (0..255) onto ``dst`` in place; both straight
     (not premultiplied) 8-bit RGBA of the same shape, ``dst`` writable."""

@@ -12,7 +12,16 @@ from typing import Any, TypeVar, overload
 import numpy as np
 from PIL import Image
 
-from smd_daemon.engine.scene import MAX_SIDE, Background, Region, Scene, SceneError
+from smd_daemon.engine.scene import (
+    CONTROL_KINDS,
+    MAX_CONTROLS,
+    MAX_SIDE,
+    Background,
+    Control,
+    Region,
+    Scene,
+    SceneError,
+)
 from smd_daemon.grammar import ParsedLayer, ignored, parse_layer_name
 
 from .common import (
@@ -25,7 +34,9 @@ from .common import (
     decode,
     output_size,
     resize_alpha,
+    resize_rgb,
 )
+from .compositing import over_white
 
 MAX_JSON_BYTES = 4 << 20
 
@@ -114,10 +125,24 @@ def read_json(path: str, o: Overrides) -> LoadedScene:
                 )
             )
         parsed.append(p)
-    scene = Scene(width=width, height=height, regions=regions, background=bg, **opts)
+    control_entries = where.get(doc, "controls", list, [])
+    if len(control_entries) > MAX_CONTROLS:
+        raise SceneError(f"{path}: {len(control_entries)} controls, at most {MAX_CONTROLS} are allowed")
+    controls = [_json_control(where, e, i, doc_w, doc_h, width, height, parsed) for i, e in enumerate(control_entries)]
+    scene = Scene(
+        width=width,
+        height=height,
+        regions=regions,
+        background=bg,
+        controls=[c for c in controls if c is not None],
+        **opts,
+    )
     check_scene(path, scene, parsed)
     unknown = where.unknown(
-        [(doc, "")] + [(bg_doc, "background")] + [(e, f"region {i + 1}") for i, e in enumerate(entries)]
+        [(doc, "")]
+        + [(bg_doc, "background")]
+        + [(e, f"region {i + 1}") for i, e in enumerate(entries)]
+        + [(e, f"control {i + 1}") for i, e in enumerate(control_entries)]
     )
     if image_path is not None and bg.strength > 0:
         im = decode(
@@ -145,6 +170,45 @@ def _json_region_base(where: _Where, entry: dict, label: str) -> ParsedLayer:
     if prompt is None or not prompt.strip():
         raise SceneError(f"{where.path}: {label} has no prompt")
     return ParsedLayer(name=prompt, role="region", prompt=prompt)
+
+
+def _json_control(
+    where: _Where, entry, i: int, doc_w: int, doc_h: int, width: int, height: int, parsed: list
+) -> Control | None:
+    """One ``controls`` entry: its picture as the artist sees it over white paper, at output size; None
+    (and an ignored entry in ``parsed``, said as a warning) when nothing is painted on it."""
+    label = f"control {i + 1}"
+    if not isinstance(entry, dict):
+        raise SceneError(f'{where.path}: {label} must be an object {{"kind": ..., "image": ...}}')
+    kind = where.get(entry, "kind", str, None, label)
+    if kind is None:
+        raise SceneError(f'{where.path}: {label} has no "kind" (one of {", ".join(CONTROL_KINDS)})')
+    if kind not in CONTROL_KINDS:
+        close = difflib.get_close_matches(kind, CONTROL_KINDS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "kinds are " + ", ".join(CONTROL_KINDS)
+        raise SceneError(f"{where.path}: {label}: unknown kind {kind!r} ({hint})")
+    rel = where.get(entry, "image", str, None, label)
+    if rel is None:
+        raise SceneError(f'{where.path}: {label} has no "image" (a path relative to the JSON file)')
+    name = where.get(entry, "name", str, f"control: {kind}", label)
+    strength = where.get(entry, "strength", float, 1.0, label)
+    start = where.get(entry, "start", float, 0.0, label)
+    end = where.get(entry, "end", float, 1.0, label)
+    if not 0 <= strength <= 2:
+        raise SceneError(f"{where.path}: {label}: strength must be between 0 and 2, got {strength:g}")
+    if not 0 <= start < end <= 1:
+        raise SceneError(f"{where.path}: {label}: start and end must satisfy 0 <= start < end <= 1")
+    what = f"{where.path}: {label} image {rel!r}"
+    im = decode(_read_file(where.path, rel, f"{label} image"), ("PNG", "JPEG", "WEBP"), what, MAX_SIDE)
+    if im.size != (doc_w, doc_h):
+        raise SceneError(f"{what} is {im.size[0]}x{im.size[1]}, the scene is {doc_w}x{doc_h}")
+    pixels = np.asarray(im.convert("RGBA"))
+    p = ParsedLayer(name, "control", kind=kind, control_strength=strength, control_start=start, control_end=end)
+    if not pixels[..., 3].any():
+        parsed.append(ignored(name, "empty", "the image is fully transparent", warnings=p))
+        return None
+    parsed.append(p)
+    return Control(kind, resize_rgb(over_white(pixels), width, height), strength, start, end, name=name)
 
 
 _T = TypeVar("_T")

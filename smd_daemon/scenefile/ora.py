@@ -10,7 +10,6 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from smd_daemon.engine.scene import MAX_SIDE, SceneError
 from smd_daemon.grammar import LayerInput, build_scene, parse_layer_name
@@ -26,8 +25,9 @@ from .common import (
     decode,
     output_size,
     resize_alpha,
+    resize_rgb,
 )
-from .compositing import krita_opacity, merge_opacity, over, seen_alpha
+from .compositing import krita_opacity, merge_opacity, over, over_white, seen_alpha
 
 MAX_DEPTH = 16  # groups inside groups; each level may need a canvas to composite
 MAX_XML_BYTES = 4 << 20
@@ -74,12 +74,16 @@ def read_ora(path: str, o: Overrides) -> LoadedScene:
         # every enclosing group's (a hidden group hides it). A group itself is never read.
         layers = bottom_first(tree)
         inputs = []
+        # A control layer's picture is its pixels over white paper, at output size (docs/render.md).
         for layer in layers:
-            alpha = None
-            if not layer.group and parse_layer_name(layer.name, layer.visible).role == "region":
-                alpha = seen_alpha(_layer_rgba(zf, layer, doc_w, doc_h, path)[..., 3], layer.opacities)
-                alpha = resize_alpha(alpha, width, height)  # decode only what is needed
-            inputs.append(LayerInput(layer.name, alpha, layer.visible, group=layer.group))
+            alpha = image = None
+            role = "group" if layer.group else parse_layer_name(layer.name, layer.visible).role
+            if role in ("region", "control"):  # decode only what is needed
+                pixels = _layer_rgba(zf, layer, doc_w, doc_h, path)
+                alpha = resize_alpha(seen_alpha(pixels[..., 3], layer.opacities), width, height)
+                if role == "control":
+                    image = resize_rgb(over_white(pixels, layer.opacities), width, height)
+            inputs.append(LayerInput(layer.name, alpha, layer.visible, group=layer.group, image=image))
         scene, parsed = build_scene(inputs, width, height, negative_prompt=o.negative_prompt or "", **opts)
         for layer, p in zip(layers, parsed):
             if p.reason_code == "hidden" and layer.hidden_by:
@@ -240,10 +244,7 @@ def background_image(zf, tree: list[OraLayer], joins: set, doc_w, doc_h, width, 
     """The picture of the layers that join the background image, as the artist sees it, over white."""
     canvas = np.full((doc_h, doc_w, 4), 255, np.uint8)
     _composite_into(canvas, zf, tree, joins, path)
-    out = Image.fromarray(canvas[..., :3], "RGB")
-    if out.size != (width, height):
-        out = out.resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(out)
+    return resize_rgb(canvas[..., :3], width, height)
 
 
 def _composite_into(canvas: np.ndarray, zf, nodes: list[OraLayer], joins: set, path: str) -> None:

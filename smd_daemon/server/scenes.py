@@ -172,13 +172,20 @@ class SceneWorkers:
         if len(change.layers) > lim.max_layers:
             raise ProtocolError(E.TOO_LARGE, f"{len(change.layers)} layers, at most {lim.max_layers} allowed")
         # Reserve what the session will keep before decoding anything, counting
-        # every layer with a plane as a region (the engine's part from shapes alone).
+        # every layer with a plane as a region (the engine's part from shapes alone),
+        # and every control layer's picture at three bytes a pixel.
         n_new, new_bg = change.new_planes()
         kept = {c.key for c in change.layers}
         planes = n_new + (
             0
             if change.full
             else sum(1 for k, layer in s.state.layers.items() if k not in kept and layer.alpha is not None)
+        )
+        new_image = {c.key for c in change.layers if c.image is not KEEP}
+        images = change.new_images() + (
+            0
+            if change.full
+            else sum(1 for k, layer in s.state.layers.items() if k not in new_image and layer.image is not None)
         )
         has_bg = new_bg or (
             change.background_image is KEEP and not change.full and s.state.background_image is not None
@@ -187,7 +194,8 @@ class SceneWorkers:
         # Size, steps and modes, the engine's rules and what the model can do: once, before any plane is decoded.
         self._check(shape)
         self.budget.reserve(
-            s.id, (planes + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_) + self.engine.session_bytes(shape)
+            s.id,
+            (planes + 3 * images + 3 * has_bg) * w * h_ + self._frame_bytes(w, h_) + self.engine.session_bytes(shape),
         )
         change = change.resolve(
             alpha=lambda ref, c: decode_plane(
@@ -196,10 +204,18 @@ class SceneWorkers:
             image=lambda ref: decode_plane(
                 msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 3, "background image"
             ),
+            layer_image=lambda ref, c: decode_plane(
+                msg.part(ref["part"]), ref.get("encoding", "raw"), w, h_, 3, f"layer {(c.name or c.key)[:60]!r} image"
+            ),
         )
         state = s.state.apply(change, lim.max_layers)
         scene, parsed = self._scene(state)
-        pixels = sum(layer.alpha.nbytes for layer in state.layers.values() if layer.alpha is not None)
+        pixels = sum(
+            pixels.nbytes
+            for layer in state.layers.values()
+            for pixels in (layer.alpha, layer.image)
+            if pixels is not None
+        )
         image = _background_image(state)
         if image is not None:
             pixels += image.nbytes
@@ -225,7 +241,8 @@ class SceneWorkers:
         settings, bg = state.settings, state.background
         w, h = state.size
         inputs = [
-            LayerInput(layer.name, layer.alpha, layer.visible, group=layer.group) for layer in state.layers.values()
+            LayerInput(layer.name, layer.alpha, layer.visible, group=layer.group, image=layer.image)
+            for layer in state.layers.values()
         ]
         scene, parsed = build_scene(
             inputs,

@@ -5,7 +5,7 @@ changes in one place. (The docker and the extension subclass Krita's
 registers them.)
 
 - ``document``: documents, the layer tree, settings, the active layer;
-- ``reading``: layers as the artist sees them, as alpha planes and the canvas image;
+- ``reading``: layers as the artist sees them, as alpha planes, the canvas image and control layers' pictures;
 - ``preview``: the preview layer and applied results;
 - ``saving``: keeping the preview out of saved files.
 """
@@ -43,5 +43,5 @@ from .preview import (
     set_preview_look,
     write_preview,
 )
-from .reading import read_alpha, read_composite, scale_table
+from .reading import read_alpha, read_composite, read_picture, scale_table
 from .saving import SaveGuard

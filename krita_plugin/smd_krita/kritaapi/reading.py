@@ -1,5 +1,5 @@
-"""Reading layers as the artist sees them: alpha planes for regions and the
-canvas image, at the output size.
+"""Reading layers as the artist sees them: alpha planes for regions, the
+canvas image and control layers' pictures, at the output size.
 
 A layer is read from its projection (its own masks applied); its own
 opacity, then each enclosing group's, scales its alpha, rounded to 8 bits at
@@ -145,6 +145,16 @@ def read_composite(doc, layers: list[Layer], chosen: set, out_w: int, out_h: int
     p.drawImage(0, 0, img)
     p.end()
     return pixels.packed_bytes(flat.convertToFormat(QImage.Format.Format_RGB888), 3)
+
+
+def read_picture(doc, layers: list[Layer], layer: Layer, out_w: int, out_h: int) -> bytes | None:
+    """A control layer's picture: the layer alone as the artist sees it, over white paper (its own
+    and its groups' opacity and masks), RGB at output size; None where the document's colours
+    cannot be composited (the daemon then says the picture is missing)."""
+    try:
+        return read_composite(doc, layers, {layer.uid}, out_w, out_h)
+    except Unsupported:
+        return None
 
 
 def _at_opacity(img: QImage, opacity: int) -> QImage:

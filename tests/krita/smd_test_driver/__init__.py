@@ -80,11 +80,11 @@ class Runner:
             if self.gen is None:
                 if not self.ready():
                     return
-                from . import parity, scenarios, session, zipped
+                from . import controls, parity, scenarios, session, zipped
 
                 name = os.environ["SMD_TEST_SCENARIO"]
                 args = json.loads(os.environ.get("SMD_TEST_ARGS", "{}"))
-                module = next(m for m in (session, parity, scenarios, zipped) if hasattr(m, name))
+                module = next(m for m in (session, parity, scenarios, zipped, controls) if hasattr(m, name))
                 self.gen = getattr(module, name)(args, RESULT)
                 self.wait = None
             if self.wait is not None:
