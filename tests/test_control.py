@@ -47,19 +47,6 @@ def _scene(controls=(), mode="latent", side=S, mask=None, steps=2, **kw):
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_components():
-    """The tiny preset with the control models it carries, as ``serve --model tiny`` loads them."""
-    from smd_daemon.options import load_model_from_options
-
-    return load_model_from_options({"model": "tiny"})
-
-
-@pytest.fixture
-def engine(tiny_components):
-    return Engine(tiny_components)
-
-
 @pytest.fixture
 def adapter_calls(engine):
     """Forwards of the adapter module, counted with a forward hook."""
@@ -224,41 +211,32 @@ def test_bad_controls_are_refused_in_one_sentence(engine, tiny_components):
     lines.generate(_scene([Control(ADAPTER_KIND, _sketch())]))  # what it has still draws
 
 
-def test_a_kind_the_daemon_has_no_model_for_is_refused_on_the_wire(tiny_components, monkeypatch):
-    from daemon_util import connect, free_port, half_mask, serving
+def test_a_kind_the_daemon_has_no_model_for_is_refused_on_the_wire():
+    """A real ``smd-daemon serve`` without a depth model, a real client sending a depth control layer."""
+    from daemon_util import connect, half_mask, running
 
     from smd_daemon import protocol
-    from smd_daemon.client import ErrorEvent, Layer, SceneEvent
-    from smd_daemon.server import scenes
-    from smd_daemon.server.router import Server
+    from smd_daemon.client import ErrorEvent, FrameEvent, Layer, SceneEvent
 
-    lines = Engine(
-        dataclasses.replace(tiny_components, controls={ADAPTER_KIND: tiny_components.controls[ADAPTER_KIND]})
-    )
-    asked: list[str] = []
-    built = scenes.SceneWorkers._scene
-
-    def with_control(self, state):
-        # Stands in for the control layers' wire form: the scene the daemon
-        # builds carries the control the client asked for by name.
-        scene, parsed = built(self, state)
-        scene.controls = [Control(asked[-1], np.full((scene.height, scene.width, 3), 255, np.uint8))]
-        return scene, parsed
-
-    monkeypatch.setattr(scenes.SceneWorkers, "_scene", with_control)
-    with serving(Server(lines, {"name": "tiny"}, f"tcp://127.0.0.1:{free_port()}")) as srv:
-        c = connect(srv.bind, name="artist")
+    sketch = _sketch().tobytes()
+    with running("--control", "depth=none") as d:
+        c = connect(d.address, name="artist")
         try:
-            assert c.info["capabilities"]["controls"] == [ADAPTER_KIND]
-            asked.append("depth")
-            c.set_scene(S, S, [Layer("1", "a red fox", half_mask())])
-            err = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 20)
-            assert isinstance(err, ErrorEvent) and err.code == protocol.ErrorCode.UNKNOWN_CONTROL
-            assert "no depth model" in err.message and "\n" not in err.message
-            asked.append(ADAPTER_KIND)  # nothing was lost: the daemon keeps serving
-            c.set_scene(S, S, [Layer("1", "a red fox", half_mask())])
-            ok = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 20)
-            assert isinstance(ok, SceneEvent), ok
+            assert "depth" not in c.info["capabilities"]["controls"]
+            assert ADAPTER_KIND in c.info["capabilities"]["controls"]
+            fox = Layer("r", "a red fox", half_mask())
+            lines = Layer("c", f"control: {ADAPTER_KIND}", b"\xff" * (S * S), image=sketch)
+            rev = c.set_scene(S, S, [fox, lines])
+            ok = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 60)
+            assert isinstance(ok, SceneEvent) and ok.revision == rev, ok
+            c.update_scene([Layer("d", "control: depth", b"\xff" * (S * S), image=sketch)])
+            err = c.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 60)
+            assert isinstance(err, ErrorEvent) and err.code == protocol.ErrorCode.UNKNOWN_CONTROL, err
+            assert "no depth model" in err.message and "--control depth" in err.message and "\n" not in err.message
+            # Nothing was lost: the scene before keeps streaming.
+            c.start_live("raw")
+            frame = c.wait_for(lambda e: isinstance(e, FrameEvent), 60)
+            assert frame is not None and frame.revision == rev
         finally:
             c.close()
 

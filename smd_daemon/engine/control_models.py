@@ -4,7 +4,7 @@ They are told apart by their config's class. SPEC is a hub id, a folder, a
 ``.safetensors`` file (diffusers' layout with its ``config.json`` beside it,
 or a ControlNet in the original single-file layout), ``default``
 (``DEFAULT_CONTROLS``: the family's public model for the kind, downloaded
-once, like the tiny autoencoder) or ``random`` (random weights in the shapes
+once, like the tiny autoencoder), ``none`` (the kind left out) or ``random`` (random weights in the shapes
 the loaded denoiser takes: benchmarks). The ``tiny`` and ``tiny-xl``
 presets carry tiny random ones for every kind: adapters, and a ControlNet
 for ``softedge``.
@@ -244,6 +244,8 @@ def load_controls(model: str, specs: dict[str, str], components, seed: int = 0) 
     device, dtype, family, unet = components.device, components.dtype, components.family, components.unet
     out = {}
     for kind, spec in specs.items():
+        if spec == "none":  # a kind left out (of a preset's, or of ``all``)
+            continue
         module: Any = load_control(kind, spec, family, unet, dtype, seed)
         if module.dtype != dtype:  # casting to the same dtype only makes diffusers warn
             module.to(dtype=dtype)
