@@ -18,15 +18,12 @@ from typing import Any, cast
 
 import torch
 
-from smd_daemon.engine.models import (
-    _HUB_ID,
-    _OFFLINE_HINTS,
-    ModelLoadError,
-    _first_line,
-    _from_hub,
-    config_of,
-    family_of_unet,
-)
+from smd_daemon.engine.hub import HUB_ID as _HUB_ID
+from smd_daemon.engine.hub import OFFLINE_HINTS as _OFFLINE_HINTS
+from smd_daemon.engine.hub import ModelLoadError, config_of
+from smd_daemon.engine.hub import first_line as _first_line
+from smd_daemon.engine.hub import from_hub as _from_hub
+from smd_daemon.engine.models import family_of_unet
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 import torch
+
+from smd_daemon.engine.hub import HUB_ID as _HUB_ID
+from smd_daemon.engine.hub import ModelLoadError, config_of
+from smd_daemon.engine.hub import first_line as _first_line
+from smd_daemon.engine.hub import from_hub as _from_hub
+from smd_daemon.engine.hub import hub_problem as _hub_problem
+from smd_daemon.engine.parts import PREDICTION_TYPES, fuse_lora, load_tiny_vae, load_unet, load_vae
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +48,6 @@ DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
 KINDS = ("lcm", "turbo")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# How to do without the hub, per kind of download.
-_OFFLINE_HINTS = {
-    "model": "point --model at a local diffusers folder or a .safetensors/.ckpt file, "
-    "or use --model tiny for an offline smoke run",
-    "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
-    "LoRA": "point --lora at a local .safetensors file or folder",
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A model that could not be loaded; the message is one line for the user."""
 
 
 @dataclass
@@ -75,6 +68,8 @@ class Components:
     family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
     tokenizer_2: object = None  # SDXL's second text encoder and its tokenizer
     text_encoder_2: torch.nn.Module | None = None
+    timesteps: list[int] | None = None  # fixed denoising timesteps (``parse_timesteps``); None: the scheduler's
+    full_vae: torch.nn.Module | None = None  # the full VAE for finished images, where ``vae`` is a tiny one
     controls: dict = field(default_factory=dict)  # control kind -> T2IAdapter or ControlNetModel (control_models)
 
     def describe(self) -> dict:
@@ -101,13 +96,6 @@ class Components:
         if hasattr(cfg, "block_out_channels"):
             return 2 ** (len(cfg.block_out_channels) - 1)
         return 8
-
-
-def config_of(component: torch.nn.Module) -> Any:
-    """A diffusers component's config, whose keys are also attributes: torch
-    types unknown module attributes as tensors or modules, diffusers its
-    config as a plain dict, and neither says so."""
-    return cast(Any, component).config
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -144,10 +132,14 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
+def family_of_unet_config(config) -> str:
+    """The engine family of a UNet config: SDXL's UNet is the one conditioned
+    on a pooled embedding and time ids (``text_time``)."""
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+
+
 def family_of_unet(unet) -> str:
-    """The engine family of a UNet, from its config: SDXL's UNet is the one
-    conditioned on a pooled embedding and time ids (``text_time``)."""
-    return "sdxl" if config_of(unet).get("addition_embed_type") == "text_time" else "sd15"
+    return family_of_unet_config(config_of(unet))
 
 
 FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL"}
@@ -159,9 +151,13 @@ def components_from_pipeline(
     family = family_of_unet(pipe.unet)
     second = getattr(pipe, "text_encoder_2", None)
     if family == "sdxl":
-        if second is None:
-            raise ModelLoadError(f"model {name!r} has an SDXL UNet but no second text encoder (text_encoder_2)")
-    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae):
+        if second is None or getattr(pipe, "text_encoder", None) is None:
+            raise ModelLoadError(
+                f"model {name!r} has an SDXL UNet but not both SDXL text encoders "
+                f"(an SDXL refiner is not a text-to-image model)"
+            )
+    full_vae, timesteps = info.pop("full_vae", None), info.pop("timesteps", None)
+    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae, full_vae):
         if part is None:
             continue
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
@@ -182,70 +178,9 @@ def components_from_pipeline(
         family,
         getattr(pipe, "tokenizer_2", None) if family == "sdxl" else None,
         second if family == "sdxl" else None,
+        timesteps,
+        full_vae,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _chain(e: BaseException | None):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _hub_problem(e: BaseException) -> str | None:
-    """Classify a failed hub access: 'unreachable', 'missing' or None."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    for x in _chain(e):
-        if isinstance(x, RepositoryNotFoundError):
-            return "missing"
-        if isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
-            return "unreachable"
-        if type(x).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-            return "unreachable"
-    return None
-
-
-def _from_hub(what: str, repo: str, load):
-    """``load(local_files_only=...)``: cached copies never touch the network;
-    otherwise download once (huggingface_hub shows tqdm progress)."""
-    from huggingface_hub import constants
-
-    try:
-        return load(local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
-        if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
-            raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
-    if constants.is_offline_mode():
-        raise ModelLoadError(
-            f"{what} {repo!r} is not in the local cache and offline mode is on (HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}"
-        )
-    log.info("%s %r is not cached: downloading it from the Hugging Face hub (first use only)", what, repo)
-    try:
-        # One quick request first: file downloads retry for ~20 s when the hub is unreachable.
-        from huggingface_hub import model_info
-
-        model_info(repo, timeout=10)
-        return load(local_files_only=False)
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        problem = _hub_problem(e)
-        if problem == "unreachable":
-            raise ModelLoadError(
-                f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
-                f"cannot be reached: {_OFFLINE_HINTS[what]}"
-            ) from None
-        if problem == "missing":
-            raise ModelLoadError(
-                f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
-                f"log in with `hf auth login`)"
-            ) from None
-        raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
 
 
 def _check_checkpoint_file(path: str) -> None:
@@ -290,11 +225,37 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
         raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
 
 
+def _read_json(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path!r} is not readable JSON: {_first_line(e)}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def pipeline_family(index: dict, unet_config: dict | None = None) -> str:
+    """The family of a diffusers pipeline from its model_index.json (the
+    pipeline's ``_class_name``), else from its UNet's config."""
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    return "sd15" if unet_config is None else family_of_unet_config(unet_config)
+
+
+def _pipeline_class(family: str, dtype: torch.dtype):
+    """(diffusers pipeline class, its keyword arguments) for a family."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
+    return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+
 def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     """Returns (pipeline, source kind)."""
-    from diffusers import StableDiffusionPipeline
-
-    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -302,8 +263,14 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
                 f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
             )
+        unet_json = os.path.join(path, "unet", "config.json")
+        family = pipeline_family(
+            _read_json(os.path.join(path, "model_index.json")),
+            _read_json(unet_json) if os.path.isfile(unet_json) else None,
+        )
+        cls, kw = _pipeline_class(family, dtype)
         try:
-            return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
+            return cls.from_pretrained(path, local_files_only=True, **kw), "folder"
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
     if os.path.isfile(path):
@@ -318,57 +285,14 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     ):
         raise ModelLoadError(f"model {spec!r}: no such file or folder")
     if _HUB_ID.match(spec):
-        pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
-        return pipe, "hub"
+        from huggingface_hub import hf_hub_download
+
+        index = _from_hub("model", spec, lambda **k: hf_hub_download(spec, "model_index.json", **k))
+        cls, kw = _pipeline_class(pipeline_family(_read_json(index)), dtype)
+        return _from_hub("model", spec, lambda **k: cls.from_pretrained(spec, **kw, **k)), "hub"
     raise ModelLoadError(
         f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
     )
-
-
-def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
-    from diffusers import AutoencoderTiny
-
-    if spec == "tiny":
-        from smd_daemon.engine.tiny import build_tiny_autoencoder
-
-        return build_tiny_autoencoder(seed)
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        try:
-            return AutoencoderTiny.from_pretrained(path, local_files_only=True, dtype=dtype)
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            raise ModelLoadError(f"tiny autoencoder folder {spec!r} could not be loaded: {_first_line(e)}") from None
-    if not _HUB_ID.match(spec):
-        raise ModelLoadError(f"tiny autoencoder {spec!r}: not a folder, a hub id (owner/name) or 'tiny'")
-    return _from_hub("tiny autoencoder", spec, lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
-
-
-def _fuse_lora(pipe, spec: str, scale: float) -> None:
-    path = os.path.expanduser(spec)
-    try:
-        if os.path.exists(path):
-            pipe.load_lora_weights(path, local_files_only=True)
-        elif _HUB_ID.match(spec):
-            # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
-            _from_hub(
-                "LoRA",
-                spec,
-                lambda local_files_only: pipe.load_lora_weights(
-                    spec,
-                    local_files_only=local_files_only,
-                    **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {}),
-                ),
-            )
-        else:
-            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
-        # Fused into the base weights, then the adapter layers are dropped: no
-        # per-step cost from the LoRA afterwards.
-        pipe.fuse_lora(lora_scale=scale)
-        pipe.unload_lora_weights()
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
 
 
 def _build_preset(spec: str, seed: int):
@@ -382,6 +306,28 @@ def _build_preset(spec: str, seed: int):
     }[spec]
     log.warning("model %r: %s with random weights, produces no meaningful images", spec, what)
     return build(seed)
+
+
+MAX_TIMESTEPS = 50
+
+
+def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | None:
+    """``--timesteps 999,749,499,249``: the timesteps a model was distilled
+    at, descending (DMD2's four). A scene of N steps uses N of them, evenly
+    picked; more steps than given are refused. None or '' for the scheduler's."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        ts = [int(t) for t in str(text).replace(" ", "").split(",")]
+    except ValueError:
+        raise ModelLoadError(
+            f"timesteps {text!r}: expected whole numbers separated by commas, e.g. 999,749,499,249"
+        ) from None
+    if not 1 <= len(ts) <= MAX_TIMESTEPS:
+        raise ModelLoadError(f"timesteps {text!r}: give 1 to {MAX_TIMESTEPS} of them")
+    if any(not 0 <= t < train_steps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ModelLoadError(f"timesteps {text!r}: each in 0..{train_steps - 1}, strictly descending")
+    return ts
 
 
 def check_kind(kind: str | None) -> str | None:
@@ -435,6 +381,10 @@ def load_model(
     dtype: str | None = None,
     seed: int = 0,
     kind: str | None = None,
+    timesteps: str | None = None,
+    vae: str | None = None,
+    unet: str | None = None,
+    prediction: str | None = None,
 ) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
@@ -443,33 +393,54 @@ def load_model(
     hub id or folder. ``config``: diffusers folder (or hub id) describing a
     single-file checkpoint's architecture, for offline use. ``kind``: ``lcm``
     or ``turbo`` overrides what the scheduler config says (None/'auto': detect).
+    ``timesteps``: the fixed timesteps a model was distilled at ('999,749,499,249'
+    for DMD2; ``parse_timesteps``). ``vae``: an ``AutoencoderKL`` (hub id or
+    folder) replacing the model's, e.g. an fp16-safe one for SDXL. ``unet``:
+    distilled UNet weights for the model's UNet (``_load_unet``).
+    ``prediction``: what the denoiser predicts, where the scheduler config
+    does not say it (SDXL-Lightning's 1-step UNet predicts the sample).
     """
     kind = check_kind(kind)
+    if prediction is not None and prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
+    fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
     if tiny_vae in ("none", ""):
         tiny_vae = None
+    # A tiny autoencoder named outright is loaded first: a bad one is told
+    # before the model's minutes of loading, not after.
+    tiny = None if tiny_vae in (None, "auto") else load_tiny_vae(tiny_vae, dt, seed)
     if spec in PRESETS:
         pipe, source, meaningful = _build_preset(spec, seed), "preset", False
     else:
         pipe, source = _load_pipeline(spec, config, dt)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if unet is not None:
+        pipe.unet = load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
     log.info("model %s is an %s model", name, FAMILY_NAMES[family])
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
+        tiny = None if tiny_vae is None else load_tiny_vae(tiny_vae, dt, seed)
     if lora is not None:
-        _fuse_lora(pipe, lora, lora_scale)
-    if tiny_vae is not None:
-        pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
+        fuse_lora(pipe, lora, lora_scale, FAMILY_NAMES[family])
+    if vae is not None:
+        pipe.vae = load_vae(vae, dt, pipe.vae)
+    full_vae = None
+    if tiny is not None:
+        full_vae, pipe.vae = pipe.vae, tiny
     detected = detect_kind(pipe.scheduler, pipe.unet, lora)
     if kind is not None and kind != detected:
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
     kind = kind or detected
-    lcm = _set_scheduler(pipe, name, kind, warn=source != "preset" and lora is None and detected == "lcm")
+    warn = source != "preset" and lora is None and unet is None and detected == "lcm"
+    lcm = _set_scheduler(pipe, name, kind, warn=warn)
+    if prediction is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     comps = components_from_pipeline(
         pipe,
         name,
@@ -481,7 +452,11 @@ def load_model(
         spec=spec,
         lora=lora,
         tiny_vae=tiny_vae,
+        vae=vae,
+        unet=unet,
         lcm=lcm or lora is not None,
+        full_vae=full_vae,
+        timesteps=fixed,
     )
     log.info(
         "loaded %s model %s (%s) on %s %s%s%s",
@@ -493,4 +468,6 @@ def load_model(
         f", LoRA {lora} fused" if lora else "",
         f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
     )
+    if fixed:
+        log.info("timesteps fixed at %s", ", ".join(map(str, fixed)))
     return comps
