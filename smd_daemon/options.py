@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from smd_daemon.engine.control_models import CONTROL_KINDS, load_controls, parse_controls
 from smd_daemon.engine.models import (
     DEFAULT_LCM_LORA,
     DEFAULT_MODEL,
     DEFAULT_TINY_VAE,
     PRESETS,
+    ModelLoadError,
     check_kind,
     check_prediction,
     load_model,
@@ -65,6 +67,13 @@ MODEL_OPTIONS = {
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
         "from the model's scheduler config",
     ),
+    "control": (
+        list,
+        None,
+        f"a control model, repeatable: KIND=SPEC (KIND one of {', '.join(CONTROL_KINDS)}; SPEC a hub id, "
+        f"folder or .safetensors file of a T2I-Adapter or ControlNet for the model's family, 'default' or "
+        f"'random'), KIND alone for the family's default, or 'all' for every default (docs/models.md)",
+    ),
     "unet": (
         str,
         None,
@@ -104,6 +113,9 @@ def add_options(parser, options: dict, *, defaults: bool = True) -> None:
         if kind is bool:
             parser.add_argument(flag(name), action="store_true", default=default if defaults else None, help=help_text)
             continue
+        if kind is list:  # repeatable
+            parser.add_argument(flag(name), action="append", default=None, metavar="VALUE", help=help_text)
+            continue
         extra = {"choices": DTYPES} if name == "dtype" else {}
         parser.add_argument(
             flag(name), type=kind, default=default if defaults else None, help=help_text + shown, **extra
@@ -127,8 +139,9 @@ def load_model_from_options(values, seed: int = 0):
     """Load the model named by an argparse namespace or a dict with the ``MODEL_OPTIONS`` keys."""
     get = _getter(values)
     model = get("model")
-    return load_model(
-        DEFAULT_MODEL if model is None else model,  # absent: the flag's default, as for every other option
+    spec = DEFAULT_MODEL if model is None else model  # absent: the flag's default, as for every other option
+    components = load_model(
+        spec,
         lora=get("lora"),
         tiny_vae=get("tiny_vae"),
         config=get("model_config"),
@@ -141,6 +154,8 @@ def load_model_from_options(values, seed: int = 0):
         unet=get("unet"),
         prediction=get("prediction"),
     )
+    components.controls = load_controls(spec, parse_controls(get("control")), components, seed)
+    return components
 
 
 def engine_options(values, overlap_decode: bool = False) -> dict:
@@ -154,6 +169,10 @@ def engine_options(values, overlap_decode: bool = False) -> dict:
     check_kind(get("model_kind"))
     check_prediction(get("prediction"))
     parse_timesteps(get("timesteps"))
+    try:
+        parse_controls(get("control"))
+    except ModelLoadError as e:
+        raise UsageError(str(e)) from None
     chosen = {
         "compile": bool(get("compile")),
         "cuda_graphs": bool(get("cuda_graphs")),

@@ -68,6 +68,7 @@ class ErrorCode:
     QUOTA = "quota"  # this client's key (user, host) already holds its share of the sessions or connections
     NO_MEMORY = "no_memory"  # the daemon's memory budget cannot hold this scene beside the other sessions
     RATE_LIMITED = "rate_limited"  # flood of requests; some were dropped
+    UNKNOWN_CONTROL = "unknown_control"  # a control layer of a kind the daemon has no model for
     ENGINE_ERROR = "engine_error"  # the engine failed for this session (out of memory, ...)
     INTERNAL = "internal_error"  # a bug in the daemon; the request was dropped, the daemon keeps serving
     # Never sent: the client library's own, for a frame or result it dropped (framecheck.py).

@@ -19,9 +19,10 @@ if PLUGIN_UNIT not in sys.path:
 
 @pytest.fixture(scope="session")
 def tiny_components():
-    from smd_daemon.engine.models import load_model
+    """The tiny preset as ``serve --model tiny`` loads it: with its random control models."""
+    from smd_daemon.options import load_model_from_options
 
-    return load_model("tiny")
+    return load_model_from_options({"model": "tiny"})
 
 
 @pytest.fixture

@@ -181,6 +181,7 @@ def test_the_engine_room_is_layered_without_back_doors():
         "scene",
         "masks",
         "attention",
+        "control",
         "vae",
         "runner",
         "families",

@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
     out = tmp_path / "figures.json"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    control = tmp_path / "control.json"
+    env = {**os.environ, "OUT": str(out), "OUT_CONTROL": str(control), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
             "bash",
@@ -47,6 +48,14 @@ def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
     latent, attention = rows
     assert attention["frame_samples"] == attention["T"] == 4 < latent["frame_samples"]
     assert "| regions | UNet samples / frame, attention : latent |" in proc.stdout
+    # The control case: no control, a T2I-Adapter, a ControlNet, in both modes.
+    rows = json.loads(control.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["latent", "attention"]
+    for r in rows:
+        assert set(r["frame_s"]) == {"none", "adapter", "controlnet"}
+        assert r["adapter_forwards_per_frame"] == 0 and r["adapter_forwards_after_control_edit"] == 1
+        assert r["adapter_forwards_after_region_edit"] == 0 and r["controlnet_forwards_per_frame"] == 1
+    assert "| mode | frame, no control | T2I-Adapter |" in proc.stdout
 
 
 def test_plan_benchmark_dry_runs_on_cpu():

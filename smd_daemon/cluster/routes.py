@@ -20,17 +20,19 @@ class FrontEngine:
 
     def __init__(self):
         self.region_modes, self.max_steps, self.kind = REGION_MODES[:1], None, ""
+        self.control_kinds: tuple[str, ...] = ()
 
     def learn(self, can: dict) -> None:
         if can:
             self.region_modes = tuple(can.get("region_modes") or REGION_MODES[:1])
             self.max_steps, self.kind = can.get("max_steps"), can.get("kind", "")
+            self.control_kinds = tuple(can.get("control_kinds") or ())
 
     def check(self, scene):
         """The engine's own check, on the reported capabilities (the same sentences)."""
         if self.max_steps is None:
             return scene.validate()
-        return scene.check_model(self.region_modes, self.max_steps, self.kind)
+        return scene.check_model(self.region_modes, self.max_steps, self.kind, self.control_kinds)
 
     def plan(self, scene, cancel=None):
         return wire.PLAN_ON_WORKER

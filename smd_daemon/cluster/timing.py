@@ -27,6 +27,10 @@ class TimedEngine:
     def kind(self) -> str:
         return self.engine.kind
 
+    @property
+    def control_kinds(self) -> tuple[str, ...]:
+        return tuple(getattr(self.engine, "control_kinds", ()))
+
     def check(self, scene):
         return self.engine.check(scene)
 

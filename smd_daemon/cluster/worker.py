@@ -151,7 +151,12 @@ class EngineWorker:
         can = (
             {}
             if engine is None
-            else {"region_modes": tuple(engine.region_modes), "max_steps": engine.max_steps, "kind": engine.kind}
+            else {
+                "region_modes": tuple(engine.region_modes),
+                "max_steps": engine.max_steps,
+                "kind": engine.kind,
+                "control_kinds": tuple(getattr(engine, "control_kinds", ())),
+            }
         )
         self._send(
             wire.Hello(

@@ -3,8 +3,8 @@
 ``Engine`` is the facade the daemon uses: it checks and plans scenes
 (``planner.py``), opens streams (``stream.py``) and begins work
 (``StepWork``, ``GenerateWork``) on one ``Model`` (``model.py``). Rooms below
-it, each importing only those below itself: scene, masks, attention, vae,
-runner -> families -> model -> plan -> modes -> planner -> work -> stream.
+it, each importing only those below itself: scene, masks, attention,
+control, vae, runner -> families -> model -> plan -> modes -> planner -> work -> stream.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ class Engine:
     @property
     def kind(self) -> str:
         return self.model.kind
+
+    @property
+    def control_kinds(self) -> tuple[str, ...]:
+        """The control kinds this model has a T2I-Adapter or ControlNet for."""
+        return self.model.control_kinds
 
     def check(self, scene: Scene) -> Scene:
         """Validate ``scene`` and refuse what this model cannot do, in one

@@ -26,6 +26,8 @@ from typing import Protocol
 
 import torch
 
+from smd_daemon.engine.runner import control_arguments
+
 
 @dataclass
 class Conditioning:
@@ -132,8 +134,17 @@ class Family(Protocol):
 
     def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``fn`` (the denoiser, or its compiled form) on flat inputs: ``sample``,
-        ``timestep``, the conditioning's (``Conditioning.inputs``) and the
-        guidance's; returns the model output, shaped like ``sample``."""
+        ``timestep``, the conditioning's (``Conditioning.inputs``), the
+        guidance's and the controls' residuals (``runner.control_arguments``);
+        returns the model output, shaped like ``sample``."""
+        ...
+
+    def controlnet(
+        self, net: torch.nn.Module, inputs: dict[str, torch.Tensor], image: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A ControlNet of this family on the same samples as ``denoise``
+        (``image``: (N, 3, H, W) in [0, 1], each sample's window of the control
+        image): its residuals for the denoiser's skip connections and middle block."""
         ...
 
 
@@ -200,7 +211,24 @@ class StableDiffusion:
 
     def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
+        kw |= control_arguments(inputs) | self.added_inputs(inputs)
         return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw)[0]
+
+    def controlnet(self, net, inputs, image):
+        # A ControlNet trained beside an LCM-distilled UNet embeds the guidance
+        # scale too; the public ones (trained on SD-1.5) do not.
+        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs and _embeds_guidance(net) else {}
+        kw |= self.added_inputs(inputs) | {"encoder_hidden_states": inputs["emb"], "return_dict": False}
+        down, mid = net(inputs["sample"], inputs["timestep"], controlnet_cond=image, **kw)
+        return list(down), mid
+
+    def added_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """The denoiser's (and its ControlNets') further keyword arguments."""
+        return {}
+
+
+def _embeds_guidance(net: torch.nn.Module) -> bool:
+    return getattr(getattr(net, "config", None), "time_cond_proj_dim", None) is not None
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -251,17 +279,8 @@ class StableDiffusionXL(StableDiffusion):
         ids = [[canvas[0] * f, canvas[1] * f, y * f, x * f, size[0] * f, size[1] * f] for y, x in origins]
         return {"time_ids": torch.tensor(ids, device=self.device, dtype=self.dtype)}
 
-    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
-        added = {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}
-        return fn(
-            inputs["sample"],
-            inputs["timestep"],
-            encoder_hidden_states=inputs["emb"],
-            added_cond_kwargs=added,
-            return_dict=False,
-            **kw,
-        )[0]
+    def added_inputs(self, inputs: dict[str, torch.Tensor]) -> dict:
+        return {"added_cond_kwargs": {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}}
 
 
 FAMILIES = {f.name: f for f in (StableDiffusion, StableDiffusionXL)}

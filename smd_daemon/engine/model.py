@@ -14,19 +14,22 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from smd_daemon.engine import attention as A
+from smd_daemon.engine import control as K
 from smd_daemon.engine import masks as M
 from smd_daemon.engine import vae as V
 from smd_daemon.engine.families import Conditioning, family_of
 from smd_daemon.engine.runner import DenoiserRunner, check_speed_options
-from smd_daemon.engine.scene import cancel_check
+from smd_daemon.engine.scene import MAX_CONTROLS, Control, cancel_check
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample")  # what a denoiser may predict
 LATENT_CACHE = 8  # encoded images kept (white tiles and canvases, background images)
+CONTROL_CACHE = 2 * MAX_CONTROLS  # control images kept as their models take them (a scene's, and its last edit's)
 
 
 @dataclass
@@ -117,13 +120,19 @@ class Model:
             )
         self.final_autoencoder.upcast_if_needed()
         self.region_ctx = A.install(f.region_layers())
-        self.runner = DenoiserRunner(f, self.region_ctx, compile=compile, cuda_graphs=cuda_graphs)
+        self.controls: dict[str, torch.nn.Module] = dict(getattr(components, "controls", None) or {})
+        controlnets = {k: m for k, m in self.controls.items() if not self.is_adapter(k)}
+        self.runner = DenoiserRunner(
+            f, self.region_ctx, compile=compile, cuda_graphs=cuda_graphs, controlnets=controlnets
+        )
         self.side_stream = torch.cuda.Stream(self.device) if overlap_decode else None
         self._lock = threading.RLock()
         self._prompts: OrderedDict[str, Conditioning] = OrderedDict()
         self._prompt_cap = prompt_cache_size
         self._latents: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._schedules: dict[int, Schedule] = {}
+        self._controls: OrderedDict[bytes, list[torch.Tensor]] = OrderedDict()
+        self.adapter_calls = 0  # T2I-Adapter forwards, counted for tests and benchmarks
 
     # ---- schedules -------------------------------------------------------
     @property
@@ -238,6 +247,43 @@ class Model:
             while len(self._latents) > LATENT_CACHE:
                 self._latents.popitem(last=False)
         return z
+
+    # ---- control layers ---------------------------------------------------
+    @property
+    def control_kinds(self) -> tuple[str, ...]:
+        """The control kinds this model has a T2I-Adapter or ControlNet for."""
+        return tuple(self.controls)
+
+    def is_adapter(self, kind: str) -> bool:
+        """A T2I-Adapter (residuals once per control image), else a ControlNet (per sample)."""
+        return type(self.controls[kind]).__name__ == "T2IAdapter"
+
+    @torch.no_grad()
+    def control_input(self, control: Control) -> list[torch.Tensor]:
+        """A control image as its model takes it, cached by the image's content
+        and kind (not its strength, which scales the result): a T2I-Adapter's
+        residuals, unscaled, one (1, C_k, h_k, w_k) per denoiser resolution,
+        computed here and only here, once per image; or a ControlNet's
+        preprocessed image, [(1, 3, H, W)] in [0, 1]."""
+        image = np.ascontiguousarray(control.image)
+        key = hashlib.blake2b(image.data, digest_size=16).digest() + repr((control.kind, image.shape)).encode()
+        with self._lock:
+            if key in self._controls:
+                self._controls.move_to_end(key)
+                return self._controls[key]
+        module = self.controls[control.kind]
+        prepared = K.preprocess(control.kind, image)  # outside the lock: canny takes a while on a large canvas
+        if self.is_adapter(control.kind):
+            x = K.control_tensor(prepared, int(cast(Any, module).config.in_channels), self.device, self.dtype)
+            value = list(module(x))
+            self.adapter_calls += 1
+        else:
+            value = [K.control_tensor(prepared, 3, self.device, self.dtype)]
+        with self._lock:
+            self._controls[key] = value
+            while len(self._controls) > CONTROL_CACHE:
+                self._controls.popitem(last=False)
+        return value
 
     # ---- noise and decoding ------------------------------------------------
     def noise(self, latent_hw: tuple[int, int], generator: torch.Generator, n: int | None = None) -> torch.Tensor:

@@ -70,6 +70,7 @@ class Components:
     text_encoder_2: torch.nn.Module | None = None
     timesteps: list[int] | None = None  # fixed denoising timesteps (``parse_timesteps``); None: the scheduler's
     full_vae: torch.nn.Module | None = None  # the full VAE for finished images, where ``vae`` is a tiny one
+    controls: dict = field(default_factory=dict)  # control kind -> T2IAdapter or ControlNetModel (control_models)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to

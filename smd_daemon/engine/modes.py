@@ -22,7 +22,7 @@ import torch
 
 from smd_daemon.engine import attention as A
 from smd_daemon.engine.families import Conditioning
-from smd_daemon.engine.plan import Coverage, Level, Plan, RegionStrategy, RegionWeights
+from smd_daemon.engine.plan import Coverage, Level, Plan, RegionStrategy, RegionWeights, window_rows
 from smd_daemon.engine.runner import weight_key
 from smd_daemon.engine.scene import ATTENTION, LATENT, Scene, SceneError
 
@@ -147,13 +147,7 @@ class AttentionRegions:
         maps = [m.to(dev, dt).flatten(2) for m in maps]  # (T, G, positions) per resolution
         index = None
         if W.tiled:
-            index = []
-            for (H, Wk), (a, b), k in zip(canvas, A.layer_sizes(*W.size, coverage.resolutions), range(len(canvas))):
-                rows = []
-                for y, x in W.origins:
-                    yk, xk = min(y >> k, H - a), min(x >> k, Wk - b)  # windows not on a coarse pixel snap to it
-                    rows.append(((yk + torch.arange(a))[:, None] * Wk + xk + torch.arange(b)).flatten())
-                index.append(torch.stack(rows).to(dev))
+            index = [window_rows(W.origins, W.size, size, k).to(dev) for k, size in enumerate(canvas)]
         n = len(W.origins)
         return [
             Level(

@@ -19,6 +19,7 @@ import torch
 
 from smd_daemon.engine.families import Conditioning
 from smd_daemon.engine.model import Schedule
+from smd_daemon.engine.runner import ADAPTER, CONTROLNET, adapter_key, scale_key
 from smd_daemon.engine.scene import Scene
 
 TILE_STRIDE = 32  # latent pixels between overlapping windows on large canvases
@@ -68,6 +69,82 @@ class Windows:
         if slot is not None:
             index = index + (slot * hw)[:, None]
         acc.view(k, -1).index_add_(1, index.reshape(-1), values.reshape(k, -1))
+
+
+def window_rows(origins: list[tuple[int, int]], size: tuple[int, int], canvas: tuple[int, int], k: int) -> torch.Tensor:
+    """(V, a*b): the positions of each window (latent ``origins``, ``size``)
+    in a feature map of the canvas ``k`` halvings down (``canvas``: its (H, W));
+    a window that does not start on a coarse pixel snaps to one."""
+    (H, W), (th, tw) = canvas, size
+    a, b = -(-th // 2**k), -(-tw // 2**k)
+    rows = []
+    for y, x in origins:
+        yk, xk = min(y >> k, H - a), min(x >> k, W - b)
+        rows.append(((yk + torch.arange(a))[:, None] * W + xk + torch.arange(b)).flatten())
+    return torch.stack(rows)
+
+
+@dataclass
+class ControlPlan:
+    """A scene's control layers compiled for a plan.
+
+    T2I-Adapters: per noise level, the residuals of every control steering
+    that level, scaled by its strength and summed, one (1, C_k, h_k, w_k)
+    per denoiser resolution over the whole canvas (levels with the same
+    controls share them); a tiled canvas's window takes its crop at each
+    resolution (``adapter_index``). ControlNets: each control's image (one,
+    or each window's crop) and its scale at each level; the runner runs
+    the ControlNet with the UNet's samples."""
+
+    adapter: list[list[torch.Tensor] | None]  # per level; None: no adapter steers it
+    adapter_index: list[torch.Tensor] | None  # tiled: (V, a_k*b_k) per resolution; None: one window
+    adapter_zeros: list[torch.Tensor]  # (1, C_k, a_k, b_k): a level no adapter steers, batched with one that is
+    nets: list[
+        tuple[str, torch.Tensor, list[float], torch.Tensor]
+    ]  # key, (1 or V, 3, H, W) images, scale per level (host, device)
+
+    def signature(self) -> tuple:
+        """Plans whose samples share a UNet batch give the same input keys."""
+        return bool(self.adapter_zeros), tuple(key for key, *_ in self.nets)
+
+    def inputs(self, level: int, windows: torch.Tensor | None, m: int) -> tuple[dict[str, torch.Tensor], set[str]]:
+        """Samples' control inputs at ``level`` (of ``windows``; None: the
+        whole canvas), and the keys that steer them at all (the others carry zeros)."""
+        out: dict[str, torch.Tensor] = {}
+        steering: set[str] = set()
+        if self.adapter_zeros:
+            residuals = self.adapter[level]
+            for k, zero in enumerate(self.adapter_zeros):
+                key = adapter_key(k)
+                if residuals is None:
+                    out[key] = zero.expand(m, -1, -1, -1)
+                    continue
+                steering.add(key)
+                r = residuals[k]
+                if windows is None or self.adapter_index is None:
+                    out[key] = r.expand(m, -1, -1, -1)
+                else:
+                    c = r.shape[1]
+                    picked = torch.index_select(r.reshape(c, -1), 1, self.adapter_index[k][windows].reshape(-1))
+                    out[key] = picked.view(c, m, *zero.shape[2:]).transpose(0, 1)
+        for key, images, scales, scale_t in self.nets:
+            out[key] = images.expand(m, -1, -1, -1) if windows is None else images[windows]
+            out[scale_key(key)] = scale_t[level].expand(m)
+            if scales[level] != 0:
+                steering.add(key)
+        return out, steering
+
+    @staticmethod
+    def unused(keys, steering: set[str]) -> list[str]:
+        """Of a pass's control input ``keys``, those no sample needs: a
+        ControlNet or the adapters that steer none of its levels are not run."""
+        drop = []
+        for key in keys:
+            if key.startswith(ADAPTER) and not any(s.startswith(ADAPTER) for s in steering):
+                drop.append(key)
+            elif key.startswith(CONTROLNET) and key not in steering:
+                drop += [key, scale_key(key)]
+        return drop
 
 
 @dataclass
@@ -150,11 +227,13 @@ class Plan:
     rolls: Rolls | None
     levels: list[Level]
     prompts: int  # G: prompts per sample (attention mode: background + regions; else 1)
+    controls: ControlPlan | None = None  # the scene's control layers; None: none
 
     def batch_key(self) -> tuple:
         """Plans whose samples can share one UNet batch have equal keys."""
         guided = self.cfg or bool(self.guidance)
-        return type(self.strategy), self.windows.size, self.cfg, self.scene.guidance_scale if guided else 0
+        controls = None if self.controls is None else self.controls.signature()
+        return type(self.strategy), self.windows.size, self.cfg, self.scene.guidance_scale if guided else 0, controls
 
 
 class RegionStrategy(Protocol):

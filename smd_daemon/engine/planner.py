@@ -9,19 +9,24 @@ live session of a scene will keep.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
+from smd_daemon.engine import attention as A
+from smd_daemon.engine import control as K
 from smd_daemon.engine import masks as M
 from smd_daemon.engine.model import Model
 from smd_daemon.engine.modes import available, strategy_for
-from smd_daemon.engine.plan import TILE_STRIDE, Coverage, Plan, Rolls, Windows
+from smd_daemon.engine.plan import TILE_STRIDE, ControlPlan, Coverage, Plan, Rolls, Windows, window_rows
+from smd_daemon.engine.runner import controlnet_key
 from smd_daemon.engine.scene import Scene, cancel_check
 
 
 def check(model: Model, scene: Scene) -> Scene:
     """Validate ``scene`` and refuse what ``model`` cannot do, in one sentence,
     before any work (``SceneError``)."""
-    return scene.check_model(available(model), model.max_steps, model.kind)
+    return scene.check_model(available(model), model.max_steps, model.kind, model.control_kinds)
 
 
 def windows_of(model: Model, h: int, w: int) -> Windows:
@@ -103,9 +108,12 @@ def make_plan(model: Model, scene: Scene, cancel=None) -> Plan:
     peak = torch.stack([both[..., y : y + th, x : x + tw].amax(dim=(-2, -1)) for y, x in windows.origins], 1) > 0
     neg = None if negs is None else strategy.conditioning(negs.rows(slice(0, 1)), negs.rows(slice(1, None)), shares)
     # Centring moves a region within the whole canvas; on a tiled canvas
-    # a window is not the canvas, so only the white bootstrap applies.
+    # a window is not the canvas, so only the white bootstrap applies. A
+    # control layer fixes where things are drawn: centring would move a
+    # region's samples away from its sketch.
     boot = strategy.bootstrap_steps(scene, T)
-    offsets = [[(0, 0) if windows.tiled else M.center_offset(masks[i, p]) for p in range(P)] for i in range(boot)]
+    fixed = windows.tiled or any(c.strength > 0 for c in scene.controls)
+    offsets = [[(0, 0) if fixed else M.center_offset(masks[i, p]) for p in range(P)] for i in range(boot)]
     rolls, roll_ids = _rolls(model, offsets, h, w)
     white = model.white_latent(scene.height, scene.width, cancel) if boot else None
     bg_image = model.encode_image(bg.image, cancel) if bg.image is not None and bg.strength > 0 else None
@@ -128,12 +136,62 @@ def make_plan(model: Model, scene: Scene, cancel=None) -> Plan:
         rolls=rolls,
         levels=[],
         prompts=strategy.prompts(P),
+        controls=_control_plan(model, scene, T, windows, between) if scene.controls else None,
     )
     coverage = Coverage(
         masks, uncovered, peak[..., :P].tolist(), peak[..., P].tolist(), roll_ids, model.family.resolutions
     )
     plan.levels = strategy.levels(plan, coverage)
     return plan
+
+
+def _control_plan(model: Model, scene: Scene, T: int, windows: Windows, between) -> ControlPlan:
+    """The scene's controls for a plan (``ControlPlan``): adapter residuals
+    come from the model's cache (computed once per control image), scaled and
+    summed here per set of controls steering a level."""
+    dev, dt, f = model.device, model.dtype, model.factor
+    active = [[K.level_active(c.start, c.end, i, T) for c in scene.controls] for i in range(T)]
+    adapters = [j for j, c in enumerate(scene.controls) if model.is_adapter(c.kind)]
+    features: dict[int, list] = {}
+    nets = []
+    for j, c in enumerate(scene.controls):
+        between()
+        if j in adapters:
+            features[j] = model.control_input(c)
+            continue
+        image = model.control_input(c)[0]
+        if windows.tiled:
+            (th, tw), image = windows.size, image[0]
+            image = torch.stack([image[:, y * f : (y + th) * f, x * f : (x + tw) * f] for y, x in windows.origins])
+        scales = [c.strength if active[i][j] else 0.0 for i in range(T)]
+        nets.append((controlnet_key(c.kind, j), image, scales, torch.tensor(scales, device=dev, dtype=dt)))
+    sums: dict[tuple, list | None] = {}
+    per_level: list[list | None] = []
+    for i in range(T):
+        steering = tuple(j for j in adapters if active[i][j])
+        if steering not in sums:  # levels steered by the same controls share one sum
+            resolutions = range(len(features[steering[0]])) if steering else range(0)
+            summed = [sum(scene.controls[j].strength * features[j][k] for j in steering) for k in resolutions]
+            sums[steering] = summed if steering else None
+        per_level.append(sums[steering])
+    zeros, index = [], None
+    if adapters:
+        h, w = scene.height // f, scene.width // f
+        shapes = [r.shape for r in features[adapters[0]]]
+        ks = [_halvings(h, w, s[-2], s[-1]) for s in shapes]
+        th, tw = windows.size
+        zeros = [torch.zeros(1, s[1], -(-th // 2**k), -(-tw // 2**k), device=dev, dtype=dt) for s, k in zip(shapes, ks)]
+        if windows.tiled:
+            index = [window_rows(windows.origins, windows.size, s[-2:], k).to(dev) for s, k in zip(shapes, ks)]
+    return ControlPlan(per_level, index, zeros, nets)
+
+
+def _halvings(h: int, w: int, hk: int, wk: int) -> int:
+    """How many halvings (rounding up) take an (h, w) latent to an adapter residual's (hk, wk)."""
+    for k, size in enumerate(A.layer_sizes(h, w, 8)):
+        if size == (hk, wk):
+            return k
+    raise ValueError(f"an adapter residual of {hk}x{wk} does not fit a {h}x{w} latent")
 
 
 def session_bytes(model: Model, scene: Scene, max_batch: int | None) -> int:
@@ -164,4 +222,25 @@ def session_bytes(model: Model, scene: Scene, max_batch: int | None) -> int:
     rows = samples if max_batch is None else min(samples, max_batch)
     step = T * strategy.slots * (C + 1) * hw * b + rows * (C + 1) * th * tw * b * 4
     frame = scene.height * scene.width * (3 * 4 + 4 + 2)  # decode sums, uint8 on device and host
-    return int(1.1 * (plan + session + step + frame)) + (1 << 16)
+    controls = _control_bytes(model, scene, T, V, rows, (th, tw), b)
+    return int(1.1 * (plan + session + step + frame + controls)) + (1 << 16)
+
+
+def _control_bytes(model: Model, scene: Scene, T: int, V: int, rows: int, window: tuple[int, int], b: int) -> int:
+    """What a scene's controls keep: an adapter's cached residuals, their sums
+    per level and one pass's rows of them; a ControlNet's image, its windows
+    and one pass's rows of them."""
+    h, w = scene.height // model.factor, scene.width // model.factor
+    total = 0
+    for c in scene.controls:
+        if c.kind not in model.controls:
+            continue  # refused when planned
+        if model.is_adapter(c.kind):
+            widths = list(cast(Any, model.controls[c.kind]).config.channels)
+            canvas = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(h, w, len(widths))))
+            per_window = sum(ck * hk * wk for ck, (hk, wk) in zip(widths, A.layer_sizes(*window, len(widths))))
+            total += (T + 1) * canvas * b + rows * per_window * b
+        else:
+            pixels = window[0] * window[1] * model.factor**2
+            total += 3 * (scene.height * scene.width * 4 + (V if V > 1 else 0) * pixels * b + rows * pixels * b)
+    return total

@@ -46,20 +46,63 @@ def _first_line(e: BaseException) -> str:
 
 
 WEIGHTS = "w:"  # input key prefix of attention-region weights: "w:<positions>"
+# Control inputs. A T2I-Adapter's residuals, already summed over the
+# controls and scaled, one per denoiser resolution: "adapter:<k>". A
+# ControlNet's control image per sample, "controlnet:<kind>:<j>", and its
+# scale per sample, "scale:controlnet:<kind>:<j>"; the runner turns these
+# into the ControlNets' summed residuals, "residual:<k>" and "residual:mid".
+ADAPTER = "adapter:"
+CONTROLNET = "controlnet:"
+SCALE = "scale:"
+RESIDUAL = "residual:"
+MID_RESIDUAL = "residual:mid"
 
 
 def weight_key(positions: int) -> str:
     return f"{WEIGHTS}{positions}"
 
 
+def adapter_key(k: int) -> str:
+    return f"{ADAPTER}{k}"
+
+
+def controlnet_key(kind: str, j: int) -> str:
+    return f"{CONTROLNET}{kind}:{j}"
+
+
+def scale_key(key: str) -> str:
+    return SCALE + key
+
+
+def _numbered(inputs: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
+    keys = [k for k in inputs if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+    return [inputs[k] for k in sorted(keys, key=lambda k: int(k[len(prefix) :]))]
+
+
+def control_arguments(inputs: dict[str, torch.Tensor]) -> dict:
+    """The UNet keyword arguments of the control inputs (any family whose
+    denoiser is diffusers' ``UNet2DConditionModel``): T2I-Adapter residuals,
+    added inside the down blocks, and ControlNet residuals, added to the
+    skip connections and the middle block's output."""
+    kw: dict = {}
+    adapter = _numbered(inputs, ADAPTER)
+    if adapter:  # a fresh list each call: the UNet pops from it
+        kw["down_intrablock_additional_residuals"] = adapter
+    if MID_RESIDUAL in inputs:
+        kw["down_block_additional_residuals"] = tuple(_numbered(inputs, RESIDUAL))
+        kw["mid_block_additional_residual"] = inputs[MID_RESIDUAL]
+    return kw
+
+
 class DenoiserRunner:
     """Calls the family's denoiser with flat tensor inputs; sets the
     attention-region weights (``RegionContext``) for the duration of the call."""
 
-    def __init__(self, family, region_ctx=None, compile: bool = False, cuda_graphs: bool = False):
+    def __init__(self, family, region_ctx=None, compile: bool = False, cuda_graphs: bool = False, controlnets=None):
         self.family = family
         self.denoiser = family.denoiser
         self.ctx = region_ctx
+        self.controlnets: dict[str, torch.nn.Module] = dict(controlnets or {})  # kind -> ControlNet
         # Default dynamic shapes: after a second batch size the compiled code
         # generalises instead of recompiling for every new batch.
         self._compiled = torch.compile(self.denoiser) if compile else None
@@ -68,11 +111,13 @@ class DenoiserRunner:
         self._seen: set[tuple] = set()
         self.calls = 0  # counted for tests and benchmarks
         self.captures = 0
+        self.controlnet_calls = 0  # ControlNet forwards (one per control per call that has one)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``inputs``: ``sample``, ``timestep``, the conditioning's and the
         guidance's (see ``Family.denoise``), and region weights (``weight_key``)."""
         self.calls += 1
+        self.controlnet_calls += sum(1 for k in inputs if k.startswith(CONTROLNET))
         if self.cuda_graphs:
             try:
                 out = self._replayed(inputs)
@@ -92,7 +137,7 @@ class DenoiserRunner:
         if self.ctx is not None:
             self.ctx.weights = weights or None
         try:
-            return self.family.denoise(fn, inputs)
+            return self.family.denoise(fn, self._with_controlnets(inputs))
         except Exception as e:  # noqa: BLE001 - a compile failure surfaces at the first call
             if fn is self.denoiser:
                 raise
@@ -102,6 +147,28 @@ class DenoiserRunner:
             if self.ctx is not None:
                 self.ctx.weights = None
         return self.forward(inputs)
+
+    def _with_controlnets(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs`` with each ControlNet's residuals for the same samples,
+        scaled per sample and summed (``RESIDUAL`` keys) in place of the
+        control images: one ControlNet forward per control, in the batch."""
+        nets = [k for k in inputs if k.startswith(CONTROLNET)]
+        if not nets:
+            return inputs
+        out = {k: v for k, v in inputs.items() if not k.startswith((CONTROLNET, SCALE))}
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for key in nets:
+            kind = key[len(CONTROLNET) :].rsplit(":", 1)[0]
+            d, m = self.family.controlnet(self.controlnets[kind], inputs, inputs[key])
+            s = inputs[scale_key(key)].view(-1, 1, 1, 1)
+            d = [r * s for r in d]
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m * s if mid is None else mid + m * s
+        assert down is not None and mid is not None
+        out |= {f"{RESIDUAL}{k}": r for k, r in enumerate(down)}
+        out[MID_RESIDUAL] = mid
+        return out
 
     def _replayed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         key = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in inputs.items())

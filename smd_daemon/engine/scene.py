@@ -40,6 +40,11 @@ class SceneError(ValueError):
     """A scene the engine cannot draw, with a message fit for an artist."""
 
 
+class UnknownControl(SceneError):
+    """A control layer of a kind this daemon has no model for (the wire's
+    ``unknown_control``)."""
+
+
 class Cancelled(Exception):
     """Planning or generation stopped between two pieces of work because the
     caller's ``cancel()`` said so (defined here so the daemon can catch it
@@ -166,11 +171,18 @@ class Scene:
                 raise SceneError(f"control {label!r}: start and end must satisfy 0 <= start < end <= 1")
         return self
 
-    def check_model(self, region_modes: tuple, max_steps: int, kind: str) -> Scene:
+    def check_model(self, region_modes: tuple, max_steps: int, kind: str, control_kinds: tuple | None = None) -> Scene:
         """``validate``, then refuse what a model with these abilities cannot
         do, in one sentence (the engine's own check, and a cluster front end's
-        on what its workers reported)."""
+        on what its workers reported; ``control_kinds`` None: not known here)."""
         self.validate()
+        for c in self.controls:
+            if control_kinds is not None and c.kind not in control_kinds:
+                have = f"it has {', '.join(control_kinds)}" if control_kinds else "it has none"
+                raise UnknownControl(
+                    f"control {c.name or c.kind!r}: this daemon has no {c.kind} model ({have}; "
+                    f"start it with --control {c.kind})"
+                )
         if self.region_mode not in region_modes:
             raise SceneError(
                 f"region mode {self.region_mode!r} is not available with this model "

@@ -16,7 +16,7 @@ import torch
 from smd_daemon.engine import vae as V
 from smd_daemon.engine.families import Conditioning
 from smd_daemon.engine.model import Model
-from smd_daemon.engine.plan import Plan, Rolls
+from smd_daemon.engine.plan import ControlPlan, Plan, Rolls
 
 
 class Job:
@@ -127,6 +127,7 @@ class Passes:
         all of one batch key; each job adds its share to its sums."""
         plan0 = segments[0][0].plan
         xs, ts, conds, negs, extras = [], [], [], [], []
+        steering: set[str] = set()
         for job, lv, j0, j1 in segments:
             p = job.plan
             xs.append(job.inputs(lv, j0, j1))
@@ -136,13 +137,21 @@ class Passes:
             for key, per_window in p.window_inputs.items():
                 windows = level.window[j0:j1] if level.window is not None else level.row.new_zeros(j1 - j0)
                 extra = extra | {key: per_window[windows]}
+            if p.controls is not None:
+                control, steers = p.controls.inputs(lv, None if level.window is None else level.window[j0:j1], j1 - j0)
+                extra = extra | control
+                steering |= steers
             conds.append(cond)
             negs.append(neg)
             extras.append(extra)
         x = torch.cat(xs)
         n = x.shape[0]
+        keys = list(extras[0])
+        if plan0.controls is not None:  # a control that steers none of these samples is not computed
+            unused = set(ControlPlan.unused(keys, steering))
+            keys = [k for k in keys if k not in unused]
         inputs = {"sample": x, "timestep": torch.cat(ts)}
-        inputs |= {k: torch.cat([e[k] for e in extras]) for k in extras[0]}
+        inputs |= {k: torch.cat([e[k] for e in extras]) for k in keys}
         inputs |= {k: v.expand(n, *v.shape[1:]) for k, v in plan0.guidance.items()}
         cond = Conditioning.cat(conds).inputs()
         if plan0.cfg:

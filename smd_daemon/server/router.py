@@ -36,6 +36,12 @@ DEFAULT_BIND = "tcp://127.0.0.1:7555"
 RECV_BATCH = 200  # messages read before outgoing events get a turn
 
 
+def model_abilities(planner: Planner) -> dict:
+    """What the hello's capabilities say the model can draw: its region modes
+    and the control kinds it has a model for (stand-in engines have none)."""
+    return {"region_modes": list(planner.region_modes), "controls": list(getattr(planner, "control_kinds", ()))}
+
+
 class Server:
     def __init__(
         self,
@@ -83,7 +89,7 @@ class Server:
             "generate": True,
             "cancel": True,
             "curve": self.keys_dir is not None,
-            "region_modes": list(self.planner.region_modes),
+            **model_abilities(self.planner),
         }
 
     @property

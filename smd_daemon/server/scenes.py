@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smd_daemon.engine.scene import Cancelled, Region, Scene, SceneError
+from smd_daemon.engine.scene import Cancelled, Region, Scene, SceneError, UnknownControl
 from smd_daemon.grammar import LayerInput, build_scene
 from smd_daemon.protocol import ErrorCode, ProtocolError
 from smd_daemon.scenestate import KEEP, SceneChange, SceneState
@@ -129,6 +129,9 @@ class SceneWorkers:
         except ProtocolError as e:
             self._restore(s, old_bytes)
             return m.UpdateDone(s.id, re, revision, error=(e.code, e.message))
+        except UnknownControl as e:
+            self._restore(s, old_bytes)
+            return m.UpdateDone(s.id, re, revision, error=(E.UNKNOWN_CONTROL, str(e)))
         except SceneError as e:
             self._restore(s, old_bytes)
             return m.UpdateDone(s.id, re, revision, error=(E.BAD_SCENE, str(e)))
@@ -269,6 +272,8 @@ class SceneWorkers:
         """The engine's check of a scene's settings (``Engine.check``), as a wire error."""
         try:
             self.engine.check(scene)
+        except UnknownControl as e:
+            raise ProtocolError(E.UNKNOWN_CONTROL, str(e)) from None
         except SceneError as e:
             too_large = max(scene.width, scene.height) > self.limits.max_side  # which code, not whether
             raise ProtocolError(E.TOO_LARGE if too_large else E.BAD_FIELD, str(e)) from None
@@ -312,6 +317,8 @@ def plan_scene(engine: Planner, scene, cancel):
         return engine.plan(scene, cancel=cancel)
     except (ProtocolError, Cancelled):
         raise
+    except UnknownControl as e:
+        raise ProtocolError(E.UNKNOWN_CONTROL, str(e)) from None
     except SceneError as e:
         raise ProtocolError(E.BAD_SCENE, str(e)) from None
     except Exception as e:  # the engine cannot draw it (out of memory...)
