@@ -57,13 +57,22 @@ class Conditioning:
         )
         return Conditioning(self.tokens + s * (other.tokens - self.tokens), pooled)
 
-    def joined(self) -> Conditioning:
+    def joined(self, shares: torch.Tensor | None = None) -> Conditioning:
         """Every prompt in one row (attention-region mode): their tokens one
-        after another, (1, N*L, D), and the first row's pooled embedding (the
-        background's: a pooled vector has no pixels to share out)."""
+        after another, (1, N*L, D), and one pooled embedding: the rows'
+        pooled embeddings weighted by ``shares`` (N,), each prompt's share
+        of the picture (None: the first row's)."""
         n, length, d = self.tokens.shape
-        pooled = None if self.pooled is None else self.pooled[:1]
+        pooled = self.pooled
+        if pooled is not None:
+            pooled = pooled[:1] if shares is None else (shares.to(pooled).view(-1, 1) * pooled).sum(0, keepdim=True)
         return Conditioning(self.tokens.reshape(1, n * length, d), pooled, n)
+
+    def zeroed(self, which: list[bool]) -> Conditioning:
+        """These rows with the ``which`` ones all zeros (tokens and pooled)."""
+        keep = torch.tensor([not w for w in which], device=self.tokens.device, dtype=self.tokens.dtype)
+        pooled = None if self.pooled is None else self.pooled * keep.view(-1, 1)
+        return Conditioning(self.tokens * keep.view(-1, 1, 1), pooled, self.prompts)
 
     def padded(self, prompts: int) -> Conditioning:
         """Joined rows padded with empty prompts up to ``prompts`` (to share a
@@ -102,6 +111,7 @@ class Family(Protocol):
     tokens: int  # L: tokens per prompt
     width: int  # D: embedding size per token
     embeds_guidance: bool  # the guidance scale is an input (no doubled batch for guidance)
+    zeros_for_empty_negative: bool  # an empty negative prompt is all zeros, not the encoded ""
 
     def encode(self, prompts: list[str]) -> Conditioning: ...
 
@@ -152,6 +162,7 @@ class StableDiffusion:
         self.width = int(cfg.cross_attention_dim)
         self._guidance_dim: int | None = getattr(cfg, "time_cond_proj_dim", None)
         self.embeds_guidance = self._guidance_dim is not None
+        self.zeros_for_empty_negative = False
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
@@ -192,7 +203,68 @@ class StableDiffusion:
         return fn(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["emb"], return_dict=False, **kw)[0]
 
 
-FAMILIES = {StableDiffusion.name: StableDiffusion}
+class StableDiffusionXL(StableDiffusion):
+    """SDXL: two CLIP text encoders whose penultimate hidden states are
+    joined per token (768 + 1280 = 2048 wide), the second's pooled (projected)
+    embedding, and size/crop time ids, both through the UNet's ``text_time``
+    added conditioning; a 4-channel VAE. LCM-distilled SDXL UNets embed the
+    guidance scale as SD-1.5's do."""
+
+    name = "sdxl"
+
+    def __init__(self, components):
+        super().__init__(components)
+        self.encoders = [
+            (components.tokenizer, components.text_encoder),
+            (components.tokenizer_2, components.text_encoder_2),
+        ]
+        self.width = int(self.denoiser.config.cross_attention_dim)
+        # As diffusers' SDXL text-to-image pipelines (force_zeros_for_empty_prompt,
+        # on in every SDXL base model's config): zeros for an empty negative prompt.
+        self.zeros_for_empty_negative = True
+        self.factor = components.vae_scale_factor
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        tokens, pooled = [], None
+        for tokenizer, encoder in self.encoders:
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            out = encoder(ids, output_hidden_states=True)
+            tokens.append(out.hidden_states[-2])  # SDXL conditions on the penultimate layer
+            pooled = out[0]  # the last encoder's projected embedding
+        assert pooled is not None and pooled.ndim == 2, "SDXL's second text encoder has a projection"
+        return Conditioning(torch.cat(tokens, -1).to(self.dtype), pooled.to(self.dtype))
+
+    def window_inputs(
+        self, canvas: tuple[int, int], origins: list[tuple[int, int]], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """SDXL's time ids, in pixels: original size = the canvas, crop
+        top/left = the window's origin, target size = the window. One window
+        on the whole canvas gets (H, W, 0, 0, H, W), as diffusers gives."""
+        f = self.factor
+        ids = [[canvas[0] * f, canvas[1] * f, y * f, x * f, size[0] * f, size[1] * f] for y, x in origins]
+        return {"time_ids": torch.tensor(ids, device=self.device, dtype=self.dtype)}
+
+    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        kw = {"timestep_cond": inputs["time_cond"]} if "time_cond" in inputs else {}
+        added = {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}
+        return fn(
+            inputs["sample"],
+            inputs["timestep"],
+            encoder_hidden_states=inputs["emb"],
+            added_cond_kwargs=added,
+            return_dict=False,
+            **kw,
+        )[0]
+
+
+FAMILIES = {f.name: f for f in (StableDiffusion, StableDiffusionXL)}
 
 
 def family_of(components) -> Family:

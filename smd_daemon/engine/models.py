@@ -2,6 +2,8 @@
 
     tiny            tiny random SD-1.5-shaped pipeline, offline (tests, smoke runs)
     random-sd15     real SD-1.5 architecture, random weights, offline (benchmarks)
+    tiny-xl         tiny random SDXL-shaped pipeline, offline (tests, smoke runs)
+    random-sdxl     real SDXL UNet architecture, random weights, offline (benchmarks)
     DIR             a local diffusers folder (model_index.json)
     FILE            a single .safetensors / .ckpt checkpoint
     owner/name      a Hugging Face hub id (downloaded with progress, then cached)
@@ -29,11 +31,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "random-sd15")
+PRESETS = ("tiny", "random-sd15", "tiny-xl", "random-sdxl")
 
 # What an artist gets with no --model: an LCM-distilled SD-1.5 model and TAESD.
 DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_TINY_VAE = "madebyollin/taesd"
+# ...per family: SDXL's latents need TAESDXL.
+DEFAULT_TINY_VAES = {"sd15": DEFAULT_TINY_VAE, "sdxl": "madebyollin/taesdxl"}
 # For plain SD-1.5 models: makes them few-step capable.
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
@@ -69,6 +73,8 @@ class Components:
     info: dict = field(default_factory=dict)
     kind: str = "lcm"  # "lcm" | "turbo" (see the module docstring)
     family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
+    tokenizer_2: object = None  # SDXL's second text encoder and its tokenizer
+    text_encoder_2: torch.nn.Module | None = None
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -84,6 +90,7 @@ class Components:
             "meaningful": self.meaningful,
             "native_size": int(config_of(self.unet).sample_size) * self.vae_scale_factor,
             "kind": self.kind,
+            "family": self.family,
             **info,
         }
 
@@ -136,10 +143,26 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
+def family_of_unet(unet) -> str:
+    """The engine family of a UNet, from its config: SDXL's UNet is the one
+    conditioned on a pooled embedding and time ids (``text_time``)."""
+    return "sdxl" if config_of(unet).get("addition_embed_type") == "text_time" else "sd15"
+
+
+FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL"}
+
+
 def components_from_pipeline(
     pipe, name: str, device: torch.device, dtype: torch.dtype, meaningful: bool = True, kind: str = "lcm", **info
 ) -> Components:
-    for part in (pipe.text_encoder, pipe.unet, pipe.vae):
+    family = family_of_unet(pipe.unet)
+    second = getattr(pipe, "text_encoder_2", None)
+    if family == "sdxl":
+        if second is None:
+            raise ModelLoadError(f"model {name!r} has an SDXL UNet but no second text encoder (text_encoder_2)")
+    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae):
+        if part is None:
+            continue
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
             part.to(dtype=dtype)
         part.to(device=device).eval().requires_grad_(False)
@@ -155,6 +178,9 @@ def components_from_pipeline(
         meaningful,
         dict(info),
         kind,
+        family,
+        getattr(pipe, "tokenizer_2", None) if family == "sdxl" else None,
+        second if family == "sdxl" else None,
     )
 
 
@@ -344,6 +370,19 @@ def _fuse_lora(pipe, spec: str, scale: float) -> None:
         raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
 
 
+def _build_preset(spec: str, seed: int):
+    from smd_daemon.engine import tiny, tiny_xl
+
+    build, what = {
+        "tiny": (tiny.build_tiny_pipeline, "a tiny SD-1.5-shaped model for tests and smoke runs"),
+        "random-sd15": (tiny.build_random_sd15, "the SD-1.5 architecture"),
+        "tiny-xl": (tiny_xl.build_tiny_xl_pipeline, "a tiny SDXL-shaped model for tests and smoke runs"),
+        "random-sdxl": (tiny_xl.build_random_sdxl, "the SDXL UNet architecture"),
+    }[spec]
+    log.warning("model %r: %s with random weights, produces no meaningful images", spec, what)
+    return build(seed)
+
+
 def check_kind(kind: str | None) -> str | None:
     """A ``kind`` override as given (None for auto), or a one-line error."""
     if kind in (None, "auto"):
@@ -409,24 +448,18 @@ def load_model(
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
-    if tiny_vae == "auto":
-        tiny_vae = None if spec in PRESETS else DEFAULT_TINY_VAE
-    elif tiny_vae in ("none", ""):
+    if tiny_vae in ("none", ""):
         tiny_vae = None
-    if spec == "tiny":
-        from smd_daemon.engine.tiny import build_tiny_pipeline
-
-        log.warning("model 'tiny': random weights, produces no meaningful images (tests and smoke runs)")
-        pipe, source, meaningful = build_tiny_pipeline(seed), "preset", False
-    elif spec == "random-sd15":
-        from smd_daemon.engine.tiny import build_random_sd15
-
-        log.warning("model 'random-sd15': SD-1.5 architecture with random weights, produces no meaningful images")
-        pipe, source, meaningful = build_random_sd15(seed), "preset", False
+    if spec in PRESETS:
+        pipe, source, meaningful = _build_preset(spec, seed), "preset", False
     else:
         pipe, source = _load_pipeline(spec, config, dt)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    family = family_of_unet(pipe.unet)
+    log.info("model %s is an %s model", name, FAMILY_NAMES[family])
+    if tiny_vae == "auto":
+        tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
     if lora is not None:
         _fuse_lora(pipe, lora, lora_scale)
     if tiny_vae is not None:
