@@ -38,8 +38,6 @@ _SD_TEXT = ("cond_stage_model.transformer.", "cond_stage_model.model.")
 _SD3_DENOISER = ("joint_blocks.", UNET + "joint_blocks.")
 _LORA_MARKS = ("lora_down", "lora_up", "lora_A", "lora_B", "lora_te", "lora_unet", ".alpha")
 
-FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL", "sd3": "SD3"}
-
 
 def checkpoint_family(keys) -> str | None:
     """``sd15``, ``sdxl`` or ``sd3`` for a checkpoint's keys; None when they do
