@@ -20,11 +20,7 @@ def _mismatched(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
     return sorted(
         k
         for k in sa.keys() | sb.keys()
-        if k not in sa
-        or k not in sb
-        or sa[k].shape != sb[k].shape
-        or sb[k].is_meta
-        or not torch.equal(sa[k], sb[k])
+        if k not in sa or k not in sb or sa[k].shape != sb[k].shape or sb[k].is_meta or not torch.equal(sa[k], sb[k])
     )
 
 

@@ -381,8 +381,7 @@ def _check_loaded(pipe, path: str) -> None:
     for name, part in pipe.components.items():
         if isinstance(part, torch.nn.Module) and any(t.is_meta for t in part.state_dict().values()):
             raise ModelLoadError(
-                f"checkpoint {path!r}: its {name} weights are missing or do not fit the architecture "
-                f"of --model-config"
+                f"checkpoint {path!r}: its {name} weights are missing or do not fit the architecture of --model-config"
             )
 
 
