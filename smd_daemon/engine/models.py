@@ -21,6 +21,7 @@ their own timesteps, 999 for one step, and no boundary condition).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -360,7 +361,8 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
     try:
         # With no config, diffusers infers the architecture and reads its config
         # files from the cache, or fetches them (a few kB) once.
-        pipe = pipeline.from_single_file(path, local_files_only=config is None or os.path.isdir(config), **kw)
+        with _quiet_diffusers():
+            pipe = pipeline.from_single_file(path, local_files_only=config is None or os.path.isdir(config), **kw)
     except Exception as e:  # noqa: BLE001 - reported as one line
         if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
             raise ModelLoadError(
@@ -373,6 +375,25 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
         ) from None
     _check_loaded(pipe, path)
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """No progress bar for a local file's components (seconds), and none of
+    diffusers' warnings about its own casts ("modules that should be kept in
+    float32: []") or a checkpoint's unused extras (EMA copies): nothing a user
+    can act on, and what goes wrong is checked and told in one line here."""
+    from diffusers.utils import logging as dlog
+
+    level, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+        if bars:
+            dlog.enable_progress_bar()
 
 
 def _check_loaded(pipe, path: str) -> None:
