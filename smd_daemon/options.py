@@ -31,12 +31,23 @@ MODEL_OPTIONS = {
         f"a preset ({', '.join(PRESETS)}: random weights, offline), a diffusers folder, "
         f"a .safetensors/.ckpt file or a hub id",
     ),
-    "lora": (str, None, f"LoRA to fuse at load: hub id, folder or file (plain SD-1.5 models need {DEFAULT_LCM_LORA})"),
+    "lora": (
+        str,
+        None,
+        f"LoRA to fuse at load: hub id, hub file (owner/name/file.safetensors), folder or file "
+        f"(plain SD-1.5 models need {DEFAULT_LCM_LORA})",
+    ),
     "tiny_vae": (
         str,
         "auto",
-        f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
-        f"({DEFAULT_TINY_VAE} for real models, none for presets)",
+        f"tiny autoencoder for live frames: hub id, folder, 'none' or 'auto' "
+        f"({DEFAULT_TINY_VAE}, or madebyollin/taesdxl for SDXL, for real models; none for presets)",
+    ),
+    "vae": (
+        str,
+        None,
+        "full VAE (AutoencoderKL hub id or folder) replacing the model's, for finished images: "
+        "e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16 (else SDXL's VAE decodes in fp32)",
     ),
     "model_config": (
         str,
@@ -51,6 +62,24 @@ MODEL_OPTIONS = {
         "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
         "from the model's scheduler config",
+    ),
+    "unet": (
+        str,
+        None,
+        "distilled UNet replacing the model's: weights file (.safetensors/.bin, local or a hub file "
+        "owner/name/file), UNet folder or hub id (SDXL-Lightning, DMD2, LCM-SDXL)",
+    ),
+    "prediction": (
+        str,
+        None,
+        "what the UNet predicts where its scheduler config does not say: epsilon, v_prediction or "
+        "sample (SDXL-Lightning's 1-step UNet)",
+    ),
+    "timesteps": (
+        str,
+        None,
+        "fixed timesteps the model was distilled at, descending, e.g. 999,749,499,249 for DMD2 "
+        "(a scene of fewer steps uses evenly picked ones; default: the scheduler's)",
     ),
 }
 
@@ -105,6 +134,10 @@ def load_model_from_options(values, seed: int = 0):
         dtype=get("dtype"),
         seed=seed,
         kind=get("model_kind"),
+        timesteps=get("timesteps"),
+        vae=get("vae"),
+        unet=get("unet"),
+        prediction=get("prediction"),
     )
 
 

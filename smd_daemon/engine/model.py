@@ -88,6 +88,8 @@ class Model:
         self.components = components
         self.family = f = family_of(components)
         self.kind = components.kind
+        # Timesteps the model was distilled at (``Components.timesteps``), else the scheduler's.
+        self.fixed_timesteps: list[int] | None = components.timesteps
         self.device, self.dtype = components.device, components.dtype
         self.scheduler = copy.deepcopy(components.scheduler)
         if self.scheduler.config.prediction_type not in PREDICTIONS:
@@ -98,6 +100,22 @@ class Model:
         self.autoencoder = V.Autoencoder(
             f.vae, self.device, self.dtype, self.factor, self.window, f.latent_scale, f.latent_shift
         )
+        # Finished images (generate) decode through the model's full VAE when a
+        # tiny autoencoder shows the live frames; fp16-safely (``upcast_if_needed``).
+        full = components.full_vae
+        self.final_autoencoder = self.autoencoder
+        if full is not None:
+            cfg = full.config
+            self.final_autoencoder = V.Autoencoder(
+                full,
+                self.device,
+                self.dtype,
+                self.factor,
+                self.window,
+                float(cfg.scaling_factor),
+                float(getattr(cfg, "shift_factor", None) or 0.0),
+            )
+        self.final_autoencoder.upcast_if_needed()
         self.region_ctx = A.install(f.region_layers())
         self.runner = DenoiserRunner(f, self.region_ctx, compile=compile, cuda_graphs=cuda_graphs)
         self.side_stream = torch.cuda.Stream(self.device) if overlap_decode else None
@@ -110,6 +128,8 @@ class Model:
     # ---- schedules -------------------------------------------------------
     @property
     def max_steps(self) -> int:
+        if self.fixed_timesteps:
+            return len(self.fixed_timesteps)
         cfg = self.scheduler.config
         if self.kind == "lcm":
             return int(cfg.get("original_inference_steps", 50))
@@ -125,8 +145,12 @@ class Model:
             return self._schedules[steps]
 
     def _make_schedule(self, steps: int) -> Schedule:
-        self.scheduler.set_timesteps(steps)
-        ts = [int(t) for t in self.scheduler.timesteps]
+        if self.fixed_timesteps:  # the model's own (DMD2: 999, 749, 499, 249), or as many of them
+            n = len(self.fixed_timesteps)
+            ts = [self.fixed_timesteps[(k * n) // steps] for k in range(steps)]
+        else:
+            self.scheduler.set_timesteps(steps)
+            ts = [int(t) for t in self.scheduler.timesteps]
         ab = self.alphas_cumprod[ts]
         if self.kind == "lcm":
             scalings = [self.scheduler.get_scalings_for_boundary_condition_discrete(t) for t in ts]
@@ -176,6 +200,13 @@ class Model:
                 self._prompts.popitem(last=False)
         return Conditioning.cat(found)
 
+    def encode_negative_prompts(self, prompts: list[str]) -> Conditioning:
+        """Negative prompts' rows: as ``encode_prompts``, but an empty one is
+        all zeros for families trained that way (SDXL)."""
+        cond = self.encode_prompts(prompts)
+        empty = [not p for p in prompts]
+        return cond.zeroed(empty) if self.family.zeros_for_empty_negative and any(empty) else cond
+
     def encode_image(self, image: np.ndarray, cancel=None) -> torch.Tensor:
         """uint8 (H, W, 3) -> (1, C, h, w) clean latent, cached by content.
         ``cancel()`` is asked before each tile (``Cancelled``)."""
@@ -223,8 +254,10 @@ class Model:
         without bootstrap steps: a stream's later edit may turn them on."""
         return self.noise(latent_hw, torch.Generator().manual_seed(int(seed) + 1), steps)
 
-    def decoder(self, latent: torch.Tensor) -> V.Decoder:
-        return self.autoencoder.decoder(latent, self.side_stream)
+    def decoder(self, latent: torch.Tensor, final: bool = False) -> V.Decoder:
+        """A live frame's decoder, or a finished image's (``final``: the full VAE)."""
+        ae = self.final_autoencoder if final else self.autoencoder
+        return ae.decoder(latent, self.side_stream)
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         """(1, C, h, w) clean latent -> uint8 (H, W, 3), all pieces at once."""

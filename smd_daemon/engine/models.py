@@ -54,6 +54,8 @@ _OFFLINE_HINTS = {
     "or use --model tiny for an offline smoke run",
     "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
     "LoRA": "point --lora at a local .safetensors file or folder",
+    "VAE": "point --vae at a local AutoencoderKL folder, or leave it out",
+    "UNet": "point --unet at a local weights file or UNet folder",
 }
 
 
@@ -79,6 +81,8 @@ class Components:
     family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
     tokenizer_2: object = None  # SDXL's second text encoder and its tokenizer
     text_encoder_2: torch.nn.Module | None = None
+    timesteps: list[int] | None = None  # fixed denoising timesteps (``parse_timesteps``); None: the scheduler's
+    full_vae: torch.nn.Module | None = None  # the full VAE for finished images, where ``vae`` is a tiny one
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -147,10 +151,14 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
+def family_of_unet_config(config) -> str:
+    """The engine family of a UNet config: SDXL's UNet is the one conditioned
+    on a pooled embedding and time ids (``text_time``)."""
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+
+
 def family_of_unet(unet) -> str:
-    """The engine family of a UNet, from its config: SDXL's UNet is the one
-    conditioned on a pooled embedding and time ids (``text_time``)."""
-    return "sdxl" if config_of(unet).get("addition_embed_type") == "text_time" else "sd15"
+    return family_of_unet_config(config_of(unet))
 
 
 FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL"}
@@ -162,9 +170,13 @@ def components_from_pipeline(
     family = family_of_unet(pipe.unet)
     second = getattr(pipe, "text_encoder_2", None)
     if family == "sdxl":
-        if second is None:
-            raise ModelLoadError(f"model {name!r} has an SDXL UNet but no second text encoder (text_encoder_2)")
-    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae):
+        if second is None or getattr(pipe, "text_encoder", None) is None:
+            raise ModelLoadError(
+                f"model {name!r} has an SDXL UNet but not both SDXL text encoders "
+                f"(an SDXL refiner is not a text-to-image model)"
+            )
+    full_vae, timesteps = info.pop("full_vae", None), info.pop("timesteps", None)
+    for part in (pipe.text_encoder, second, pipe.unet, pipe.vae, full_vae):
         if part is None:
             continue
         if part.dtype != dtype:  # casting to the same dtype only makes diffusers warn
@@ -185,6 +197,8 @@ def components_from_pipeline(
         family,
         getattr(pipe, "tokenizer_2", None) if family == "sdxl" else None,
         second if family == "sdxl" else None,
+        timesteps,
+        full_vae,
     )
 
 
@@ -222,6 +236,8 @@ def _from_hub(what: str, repo: str, load):
 
     try:
         return load(local_files_only=True)
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
         if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
             raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
@@ -236,6 +252,8 @@ def _from_hub(what: str, repo: str, load):
 
         model_info(repo, timeout=10)
         return load(local_files_only=False)
+    except ModelLoadError:
+        raise
     except Exception as e:  # noqa: BLE001 - reported as one line
         problem = _hub_problem(e)
         if problem == "unreachable":
@@ -406,11 +424,37 @@ def _check_loaded(pipe, path: str) -> None:
             )
 
 
+def _read_json(path: str) -> dict:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path!r} is not readable JSON: {_first_line(e)}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def pipeline_family(index: dict, unet_config: dict | None = None) -> str:
+    """The family of a diffusers pipeline from its model_index.json (the
+    pipeline's ``_class_name``), else from its UNet's config."""
+    name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    return "sd15" if unet_config is None else family_of_unet_config(unet_config)
+
+
+def _pipeline_class(family: str, dtype: torch.dtype):
+    """(diffusers pipeline class, its keyword arguments) for a family."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
+    return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+
 def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     """Returns (pipeline, source kind)."""
-    from diffusers import StableDiffusionPipeline
-
-    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -418,8 +462,14 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
                 f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
             )
+        unet_json = os.path.join(path, "unet", "config.json")
+        family = pipeline_family(
+            _read_json(os.path.join(path, "model_index.json")),
+            _read_json(unet_json) if os.path.isfile(unet_json) else None,
+        )
+        cls, kw = _pipeline_class(family, dtype)
         try:
-            return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
+            return cls.from_pretrained(path, local_files_only=True, **kw), "folder"
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
     if os.path.isfile(path):
@@ -434,8 +484,11 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     ):
         raise ModelLoadError(f"model {spec!r}: no such file or folder")
     if _HUB_ID.match(spec):
-        pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
-        return pipe, "hub"
+        from huggingface_hub import hf_hub_download
+
+        index = _from_hub("model", spec, lambda **k: hf_hub_download(spec, "model_index.json", **k))
+        cls, kw = _pipeline_class(pipeline_family(_read_json(index)), dtype)
+        return _from_hub("model", spec, lambda **k: cls.from_pretrained(spec, **kw, **k)), "hub"
     raise ModelLoadError(
         f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
     )
@@ -459,24 +512,141 @@ def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
     return _from_hub("tiny autoencoder", spec, lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
 
 
-def _fuse_lora(pipe, spec: str, scale: float) -> None:
+def _load_vae(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
+    """``--vae``: an ``AutoencoderKL`` (hub id or diffusers folder) for the
+    model's own, e.g. madebyollin/sdxl-vae-fp16-fix; its latent layout must
+    be the model's."""
+    from diffusers import AutoencoderKL
+
     path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        try:
+            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"VAE folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    elif _HUB_ID.match(spec):
+        vae = _from_hub("VAE", spec, lambda **k: AutoencoderKL.from_pretrained(spec, dtype=dtype, **k))
+    else:
+        raise ModelLoadError(f"VAE {spec!r}: not a diffusers folder (with config.json) or a hub id (owner/name)")
+    want, got = config_of(current).get("latent_channels", 4), vae.config.get("latent_channels")
+    if got != want:
+        raise ModelLoadError(f"VAE {spec!r} has {got} latent channels; this model's latents have {want}")
+    return vae
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _read_weights(path: str, what: str) -> dict:
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise several types
+        raise ModelLoadError(f"{what} {path!r} is not a readable weights file: {_first_line(e)}") from None
+
+
+def _load_unet(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
+    """``--unet``: a distilled UNet for the model's own (SDXL-Lightning's,
+    DMD2's, LCM-SDXL's): a weights file in diffusers' layout (.safetensors or
+    .bin; local, or a hub file owner/name/file), or a UNet folder or hub id
+    with its config. Weights that do not fit the model's UNet are refused."""
+    from diffusers import UNet2DConditionModel
+
+    path = os.path.expanduser(spec)
+    hub_file = _HUB_FILE.match(spec) if not spec.startswith((".", "/", "~")) else None
+    if os.path.isdir(path):
+        try:
+            return UNet2DConditionModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise ModelLoadError(f"UNet folder {spec!r} could not be loaded: {_first_line(e)}") from None
+    if os.path.isfile(path) or hub_file:
+        if hub_file:
+            from huggingface_hub import hf_hub_download
+
+            repo, file = hub_file.group(1), hub_file.group(2)
+            path = _from_hub("UNet", repo, lambda **k: hf_hub_download(repo, file, **k))
+        state = _read_weights(path, "UNet")
+        own = current.state_dict()
+        unfit = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        missing = [k for k in own if k not in state]
+        if unfit or missing:
+            raise ModelLoadError(
+                f"UNet {spec!r} does not fit this model's UNet ({len(unfit)} tensors foreign or of other "
+                f"shapes, {len(missing)} missing): a UNet for another family or layout"
+            )
+        current.load_state_dict(state)
+        return current
+    if _HUB_ID.match(spec):
+        return _from_hub("UNet", spec, lambda **k: UNet2DConditionModel.from_pretrained(spec, dtype=dtype, **k))
+    raise ModelLoadError(f"UNet {spec!r}: no such file or folder, and not a hub id or hub file (owner/name/file)")
+
+
+def _lora_width(state: dict) -> int | None:
+    """The text-conditioning width a LoRA was made for: the input width of its
+    cross-attention key projections (768 for SD-1.5, 2048 for SDXL), in any
+    of the layouts diffusers reads (its own, PEFT's, kohya's)."""
+    for key, value in state.items():
+        k = key.replace("_", ".")
+        if "attn2.to.k" in k and any(d in k for d in ("lora.A.", "lora.down.")) and getattr(value, "ndim", 0) == 2:
+            return int(value.shape[1])
+    return None
+
+
+def _check_lora_family(pipe, state: dict, spec: str, family: str) -> None:
+    """A LoRA made for another family is refused in one line (diffusers would
+    fail deep in a state-dict load, or skip the layers it cannot place)."""
+    want = int(config_of(pipe.unet).cross_attention_dim)
+    width = _lora_width(state)
+    second = any(k.startswith(("text_encoder_2.", "lora_te2_")) for k in state)
+    made_for = {768: "SD-1.5 models", 1024: "SD-2 models", 2048: "SDXL models"}
+    if (width is not None and width != want) or (second and family != "sdxl"):
+        other = made_for.get(width or 0) or ("SDXL models" if second else f"models with {width}-wide text conditioning")
+        raise ModelLoadError(
+            f"LoRA {spec!r} was made for {other}, not for this {FAMILY_NAMES[family]} model "
+            f"({want}-wide text conditioning): use the LoRA made for its family"
+        )
+
+
+# A file in a hub repository: owner/name/path/to/file.safetensors
+_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/([\w./-]+\.(?:safetensors|bin))$")
+
+
+def _fuse_lora(pipe, spec: str, scale: float, family: str) -> None:
+    path = os.path.expanduser(spec)
+
+    def load(source, **kw) -> None:
+        state = type(pipe).lora_state_dict(source, **kw)
+        _check_lora_family(pipe, state[0] if isinstance(state, tuple) else state, spec, family)
+        pipe.load_lora_weights(source, **kw)
+
     try:
         if os.path.exists(path):
-            pipe.load_lora_weights(path, local_files_only=True)
+            load(path, local_files_only=True)
+        elif _HUB_FILE.match(spec) and not spec.startswith((".", "/", "~")):
+            from huggingface_hub import hf_hub_download
+
+            m = _HUB_FILE.match(spec)
+            assert m is not None
+            repo, file = m.group(1), m.group(2)
+            load(_from_hub("LoRA", repo, lambda **k: hf_hub_download(repo, file, **k)), local_files_only=True)
         elif _HUB_ID.match(spec):
             # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
             _from_hub(
                 "LoRA",
                 spec,
-                lambda local_files_only: pipe.load_lora_weights(
+                lambda local_files_only: load(
                     spec,
                     local_files_only=local_files_only,
                     **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {}),
                 ),
             )
         else:
-            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
+            raise ModelLoadError(
+                f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name) or hub file (owner/name/file)"
+            )
         # Fused into the base weights, then the adapter layers are dropped: no
         # per-step cost from the LoRA afterwards.
         pipe.fuse_lora(lora_scale=scale)
@@ -498,6 +668,28 @@ def _build_preset(spec: str, seed: int):
     }[spec]
     log.warning("model %r: %s with random weights, produces no meaningful images", spec, what)
     return build(seed)
+
+
+MAX_TIMESTEPS = 50
+
+
+def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | None:
+    """``--timesteps 999,749,499,249``: the timesteps a model was distilled
+    at, descending (DMD2's four). A scene of N steps uses N of them, evenly
+    picked; more steps than given are refused. None or '' for the scheduler's."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        ts = [int(t) for t in str(text).replace(" ", "").split(",")]
+    except ValueError:
+        raise ModelLoadError(
+            f"timesteps {text!r}: expected whole numbers separated by commas, e.g. 999,749,499,249"
+        ) from None
+    if not 1 <= len(ts) <= MAX_TIMESTEPS:
+        raise ModelLoadError(f"timesteps {text!r}: give 1 to {MAX_TIMESTEPS} of them")
+    if any(not 0 <= t < train_steps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ModelLoadError(f"timesteps {text!r}: each in 0..{train_steps - 1}, strictly descending")
+    return ts
 
 
 def check_kind(kind: str | None) -> str | None:
@@ -551,6 +743,10 @@ def load_model(
     dtype: str | None = None,
     seed: int = 0,
     kind: str | None = None,
+    timesteps: str | None = None,
+    vae: str | None = None,
+    unet: str | None = None,
+    prediction: str | None = None,
 ) -> Components:
     """Load ``spec`` (see the module docstring) ready for the engine.
 
@@ -559,8 +755,17 @@ def load_model(
     hub id or folder. ``config``: diffusers folder (or hub id) describing a
     single-file checkpoint's architecture, for offline use. ``kind``: ``lcm``
     or ``turbo`` overrides what the scheduler config says (None/'auto': detect).
+    ``timesteps``: the fixed timesteps a model was distilled at ('999,749,499,249'
+    for DMD2; ``parse_timesteps``). ``vae``: an ``AutoencoderKL`` (hub id or
+    folder) replacing the model's, e.g. an fp16-safe one for SDXL. ``unet``:
+    distilled UNet weights for the model's UNet (``_load_unet``).
+    ``prediction``: what the denoiser predicts, where the scheduler config
+    does not say it (SDXL-Lightning's 1-step UNet predicts the sample).
     """
     kind = check_kind(kind)
+    if prediction is not None and prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
+    fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
@@ -573,19 +778,28 @@ def load_model(
         pipe, source = _load_pipeline(spec, config, dt)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if unet is not None:
+        pipe.unet = _load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
     log.info("model %s is an %s model", name, FAMILY_NAMES[family])
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
     if lora is not None:
-        _fuse_lora(pipe, lora, lora_scale)
+        _fuse_lora(pipe, lora, lora_scale, family)
+    if vae is not None:
+        pipe.vae = _load_vae(vae, dt, pipe.vae)
+    full_vae = None
     if tiny_vae is not None:
+        full_vae = pipe.vae
         pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
     detected = detect_kind(pipe.scheduler, pipe.unet, lora)
     if kind is not None and kind != detected:
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
     kind = kind or detected
-    lcm = _set_scheduler(pipe, name, kind, warn=source != "preset" and lora is None and detected == "lcm")
+    warn = source != "preset" and lora is None and unet is None and detected == "lcm"
+    lcm = _set_scheduler(pipe, name, kind, warn=warn)
+    if prediction is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     comps = components_from_pipeline(
         pipe,
         name,
@@ -597,7 +811,11 @@ def load_model(
         spec=spec,
         lora=lora,
         tiny_vae=tiny_vae,
+        vae=vae,
+        unet=unet,
         lcm=lcm or lora is not None,
+        full_vae=full_vae,
+        timesteps=fixed,
     )
     log.info(
         "loaded %s model %s (%s) on %s %s%s%s",
@@ -609,4 +827,6 @@ def load_model(
         f", LoRA {lora} fused" if lora else "",
         f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
     )
+    if fixed:
+        log.info("timesteps fixed at %s", ", ".join(map(str, fixed)))
     return comps

@@ -45,8 +45,9 @@ class LatentRegions:
     def prompts(self, regions: int) -> int:
         return 1
 
-    def conditioning(self, background: Conditioning, regions: Conditioning) -> Conditioning:
-        """Row p: region p; row P: the background."""
+    def conditioning(self, background: Conditioning, regions: Conditioning, shares: torch.Tensor) -> Conditioning:
+        """Row p: region p; row P: the background (each sample its own prompt's
+        embeddings, pooled embedding included)."""
         return Conditioning.cat([regions, background])
 
     def bootstrap_steps(self, scene: Scene, steps: int) -> int:
@@ -124,9 +125,17 @@ class AttentionRegions:
     def prompts(self, regions: int) -> int:
         return regions + 1
 
-    def conditioning(self, background: Conditioning, regions: Conditioning) -> Conditioning:
-        """One row: every prompt joined, the background's first."""
-        return Conditioning.cat([background, regions]).joined()
+    def conditioning(self, background: Conditioning, regions: Conditioning, shares: torch.Tensor) -> Conditioning:
+        """One row: every prompt joined, the background's first.
+
+        A pooled embedding (SDXL) conditions the whole sample, not a pixel,
+        so no mask can share it out: the sample gets the prompts' pooled
+        embeddings weighted by their ``shares`` of the picture (mask areas,
+        the background's uncovered area). The background's alone would let a
+        region that fills most of the canvas lose its global conditioning
+        (style, subject) to a prompt that covers a corner; with the shares,
+        one full-canvas region is exactly its own prompt, as in latent mode."""
+        return Conditioning.cat([background, regions]).joined(shares)
 
     def bootstrap_steps(self, scene: Scene, steps: int) -> int:
         return 0  # one sample holds every region: nothing to start from white

@@ -172,8 +172,10 @@ class RegionStrategy(Protocol):
         """Prompts per UNet sample."""
         ...
 
-    def conditioning(self, background: Conditioning, regions: Conditioning) -> Conditioning:
-        """The plan's conditioning table from the background's row and the regions' rows."""
+    def conditioning(self, background: Conditioning, regions: Conditioning, shares: torch.Tensor) -> Conditioning:
+        """The plan's conditioning table from the background's row and the
+        regions' rows; ``shares`` (P + 1,): each prompt's share of the picture,
+        the background's first."""
         ...
 
     def bootstrap_steps(self, scene: Scene, steps: int) -> int: ...

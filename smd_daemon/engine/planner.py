@@ -74,10 +74,9 @@ def make_plan(model: Model, scene: Scene, cancel=None) -> Plan:
         region_cond = bg_cond.toward(region_cond, strength)
     between()
     cfg = scene.guidance_scale > 1 and not model.family.embeds_guidance
-    neg = None
+    negs = None
     if cfg:
-        negs = model.encode_prompts([bg.negative_prompt] + [r.negative_prompt for r in regions])
-        neg = strategy.conditioning(negs.rows(slice(0, 1)), negs.rows(slice(1, None)))
+        negs = model.encode_negative_prompts([bg.negative_prompt] + [r.negative_prompt for r in regions])
         between()
 
     masks = M.quantize_masks(
@@ -91,11 +90,18 @@ def make_plan(model: Model, scene: Scene, cancel=None) -> Plan:
         between,
     )
     uncovered = (1 - masks.sum(1, keepdim=True)).clamp(0, 1)
+    # Each prompt's share of the picture (background first): its per-pixel
+    # weight in attention mode (``attention.region_weights``), averaged over
+    # the canvas and the levels. Attention mode's one sample gets the prompts'
+    # pooled embeddings in these shares (families that have one).
+    prompt_weights = torch.cat([uncovered, masks], 1)
+    shares = (prompt_weights / prompt_weights.sum(1, keepdim=True).clamp_min(1e-6)).mean((0, 2, 3))
     windows = windows_of(model, h, w)
     th, tw = windows.size
     # Which regions (and whether uncovered area) each window sees at each step.
     both = torch.cat([masks, uncovered], 1)
     peak = torch.stack([both[..., y : y + th, x : x + tw].amax(dim=(-2, -1)) for y, x in windows.origins], 1) > 0
+    neg = None if negs is None else strategy.conditioning(negs.rows(slice(0, 1)), negs.rows(slice(1, None)), shares)
     # Centring moves a region within the whole canvas; on a tiled canvas
     # a window is not the canvas, so only the white bootstrap applies.
     boot = strategy.bootstrap_steps(scene, T)
@@ -109,7 +115,7 @@ def make_plan(model: Model, scene: Scene, cancel=None) -> Plan:
         strategy=strategy,
         schedule=schedule,
         latent_hw=(h, w),
-        cond=strategy.conditioning(bg_cond, region_cond),
+        cond=strategy.conditioning(bg_cond, region_cond, shares),
         neg=neg,
         cfg=cfg,
         guidance=model.family.guidance_inputs(scene.guidance_scale),

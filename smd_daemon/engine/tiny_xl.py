@@ -106,6 +106,27 @@ def build_tiny_xl_pipeline(seed: int = 0):
     return _assemble(tokenizer, te1, te2, unet, vae)
 
 
+def fill_random(module: torch.nn.Module, seed: int, pool: int = 1 << 24) -> None:
+    """Random weights for a large module in seconds: each matrix is a slice of
+    one pool of standard normal draws (at a random offset), scaled by
+    1/sqrt(fan-in) so activations keep their size through the layers; norm
+    scales 1, biases 0. Drawing 2.6G fresh values would take a minute on a
+    CPU, and a benchmark needs only the shapes and sane activations."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randn(pool, generator=gen)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            flat = p.view(-1)
+            if p.ndim < 2:
+                flat.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+                continue
+            start, done, scale = int(torch.randint(pool, (1,), generator=gen)), 0, p[0].numel() ** -0.5
+            while done < flat.numel():
+                n = min(flat.numel() - done, pool - start)
+                torch.mul(draws[start : start + n], scale, out=flat[done : done + n])  # one pass over memory
+                done, start = done + n, 0
+
+
 def build_random_sdxl(seed: int = 0):
     """The real SDXL UNet architecture (2.6G parameters) with random weights,
     and a TAESDXL-sized decoder.
@@ -120,21 +141,23 @@ def build_random_sdxl(seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
     te1, te2 = _encoders(tokenizer, (768, 1280), (3072, 5120), (2, 2), (12, 20), 1280)
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        use_linear_projection=True,
-        cross_attention_dim=2048,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
+    with torch.device("meta"):  # shapes only: filled below, without 2.6G draws of torch's initialisers
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            cross_attention_dim=2048,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+    fill_random(unet.to_empty(device="cpu"), seed)
     # TAESDXL-sized decoder: the full KL VAE would dominate CPU frame times.
     return _assemble(tokenizer, te1, te2, unet, AutoencoderTiny(scaling_factor=1.0))

@@ -31,9 +31,20 @@ class Autoencoder:
     in blended tiles. Latents are scaled: ``(vae latent - shift) * scale``."""
 
     def __init__(self, vae, device, dtype, factor: int, window: int, scale: float, shift: float = 0.0):
-        self.vae, self.device, self.dtype = vae, device, dtype
+        self.vae, self.device, self.dtype = vae, device, dtype  # dtype: the engine's latents
         self.factor, self.window = factor, window  # pixels per latent pixel; native latent size
         self.scale, self.shift = scale, shift
+        # What the VAE computes in: float32 when it was upcast (``upcast_if_needed``).
+        self.vae_dtype = next(vae.parameters()).dtype
+
+    def upcast_if_needed(self) -> bool:
+        """A VAE whose config says it overflows in fp16 (SDXL's: ``force_upcast``)
+        computes in float32, as diffusers' pipelines decode it; returns whether it was."""
+        if self.vae_dtype != torch.float16 or not getattr(self.vae.config, "force_upcast", False):
+            return False
+        self.vae.to(dtype=torch.float32)
+        self.vae_dtype = torch.float32
+        return True
 
     @torch.no_grad()
     def encode(self, image: np.ndarray, between=None) -> torch.Tensor:
@@ -87,11 +98,11 @@ class Autoencoder:
 
     def _encode(self, image: np.ndarray) -> torch.Tensor:
         # Converted while copied: a read-only image (decoded from a message) is only read.
-        x = torch.asarray(image, dtype=self.dtype).to(self.device)
+        x = torch.asarray(image, dtype=self.vae_dtype).to(self.device)
         x = (x.permute(2, 0, 1)[None] / 127.5) - 1
         enc = self.vae.encode(x)
         z = enc.latent_dist.mean if hasattr(enc, "latent_dist") else enc.latents
-        return (z - self.shift if self.shift else z) * self.scale
+        return ((z - self.shift if self.shift else z) * self.scale).to(self.dtype)
 
     def decoder(self, latent: torch.Tensor, side_stream=None) -> Decoder:
         return Decoder(self, latent, side_stream)
@@ -136,7 +147,7 @@ class Decoder:
             raise RuntimeError("the decoder has no pieces left to run")
         y, x, a, b = self.tiles[self.next]
         self.next += 1
-        z = self.latent[..., y : y + a, x : x + b] / self.ae.scale
+        z = self.latent[..., y : y + a, x : x + b].to(self.ae.vae_dtype) / self.ae.scale
         if self.ae.shift:
             z = z + self.ae.shift
         img = self.ae.vae.decode(z, return_dict=False)[0][0].float()  # (3, a*s, b*s) in [-1, 1]
@@ -155,6 +166,8 @@ class Decoder:
             self._to_host(acc / wsum)
 
     def _to_host(self, img: torch.Tensor) -> None:
+        # A VAE that overflowed (fp16) gives NaN pixels from a finite latent: as bad.
+        self.finite = self.finite & torch.isfinite(img).all()
         img = (img / 2 + 0.5).clamp(0, 1)
         u8 = (img.permute(1, 2, 0) * 255).round().to(torch.uint8)
         self._shape = tuple(u8.shape)

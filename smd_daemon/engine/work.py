@@ -182,7 +182,10 @@ def checked_image(decoder: V.Decoder) -> np.ndarray:
     image, finite = decoder.result()
     if not finite:
         # fp16 overflow or a broken model gives NaN: say so rather than show black.
-        raise FloatingPointError("the model produced non-finite values (NaN/inf); try --dtype fp32")
+        raise FloatingPointError(
+            "the model produced non-finite values (NaN/inf) instead of a picture; "
+            "in fp16, try --dtype fp32 (or an fp16-safe VAE with --vae)"
+        )
     return image
 
 
@@ -229,7 +232,7 @@ class GenerateWork(Work):
                 i = self.step
                 self._start(s.signal[i] * x0 + s.noise[i] * self._renoise[i - 1])
                 return 0
-            self._decoder = self.model.decoder(x0)
+            self._decoder = self.model.decoder(x0, final=True)  # the full VAE, where a tiny one shows frames
         elif self._decoder.done:
             raise RuntimeError("the work is done")
         self._decoder.run()

@@ -199,7 +199,11 @@ class EngineLoop(threading.Thread):
             self.post(m.JobProgress(s.id, r.job.id, step, total))
         if work.done:
             t0 = time.perf_counter()
-            image = work.image()
+            try:
+                image = work.image()
+            except Exception as e:  # a non-finite image: an error, never a black picture
+                self._work_failed(r, e)
+                return
             self.scheduler.charge(r, time.perf_counter() - t0, 0)
             self._end_generate(r, m.JobResult(s.id, r.job, image, r.seconds * 1000))
 
