@@ -7,8 +7,13 @@ import logging
 import pytest
 import torch
 
-from smd_daemon.engine.models import ModelLoadError, checkpoint_file_family, load_model
-from smd_daemon.engine.single_file import checkpoint_family, save_sdxl_single_file, sgm_state_dict
+from smd_daemon.engine.models import ModelLoadError, load_model
+from smd_daemon.engine.single_file import (
+    checkpoint_family,
+    checkpoint_file_family,
+    save_sdxl_single_file,
+    sgm_state_dict,
+)
 from smd_daemon.engine.tiny import build_tiny_pipeline, ldm_state_dict, save_single_file
 from smd_daemon.engine.tiny_xl import build_tiny_xl_pipeline
 

@@ -21,8 +21,6 @@ their own timesteps, 999 for one step, and no boundary condition).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import re
@@ -31,7 +29,7 @@ from typing import Any, cast
 
 import torch
 
-from smd_daemon.engine.single_file import checkpoint_family, looks_like_lora
+from smd_daemon.engine.single_file import CheckpointError, checkpoint_file_family, read_single_file
 
 log = logging.getLogger(__name__)
 
@@ -269,161 +267,6 @@ def _from_hub(what: str, repo: str, load):
         raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
 
 
-# Single-file checkpoints: the diffusers pipeline that reads each family's layout (an SD3
-# loader joins here with the SD3 family), and the family a diffusers folder's class names.
-_SINGLE_FILE_PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
-_PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-}
-
-
-def _family_name(family: str) -> str:
-    return {**FAMILY_NAMES, "sd3": "SD3"}.get(family, family)
-
-
-def _checkpoint_keys(path: str) -> list[str]:
-    if path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                return list(f.keys())
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types
-            raise ModelLoadError(f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}") from None
-    try:
-        # Memory-mapped where the file allows it: only the key names are read here.
-        try:
-            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # the legacy, unzipped format
-    except Exception as e:  # noqa: BLE001 - pickle and zip raise many types
-        why = (
-            "corrupt, or it holds pickled objects besides tensors (never run here)"
-            if "weights only" in str(e).lower()
-            else _first_line(e)[:200]
-        )
-        raise ModelLoadError(f"checkpoint {path!r} is not a readable .ckpt file: {why}") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ModelLoadError(f"checkpoint {path!r} holds no state dict (a {type(sd).__name__})")
-    return [k for k in sd if isinstance(k, str)]
-
-
-def checkpoint_file_family(path: str) -> str:
-    """The family of a single-file checkpoint, told from its keys (checked before
-    diffusers sees it: it would guess an architecture for anything)."""
-    keys = _checkpoint_keys(path)
-    family = checkpoint_family(keys)
-    if family is None:
-        if looks_like_lora(keys):
-            raise ModelLoadError(
-                f"checkpoint {path!r} is a LoRA, not a model: pass it with --lora, and a model with --model"
-            )
-        raise ModelLoadError(
-            f"checkpoint {path!r}: its model family cannot be told from its keys (neither an SD-1.5 nor an "
-            f"SDXL single-file layout, e.g. no model.diffusion_model.* UNet): not a full model checkpoint"
-        )
-    if family not in _SINGLE_FILE_PIPELINES:
-        raise ModelLoadError(
-            f"checkpoint {path!r} is an {_family_name(family)} model: single-file {_family_name(family)} "
-            f"checkpoints are not supported; use its diffusers folder or hub id"
-        )
-    return family
-
-
-def _config_family(config: str) -> str | None:
-    """The family a diffusers folder (or a cached hub id) says it is, if it says."""
-    if os.path.isdir(config):
-        index = os.path.join(config, "model_index.json")
-        if not os.path.isfile(index):
-            raise ModelLoadError(f"model config {config!r} has no model_index.json: not a diffusers pipeline folder")
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(config, "model_index.json")
-        if not isinstance(cached, str):
-            return None  # not cached: diffusers fetches it, for the class picked from the file
-        index = cached
-    try:
-        with open(index, encoding="utf-8") as f:
-            name = json.load(f).get("_class_name")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ModelLoadError(f"model config {config!r}: unreadable model_index.json ({_first_line(e)})") from None
-    return _PIPELINE_FAMILIES.get(name)
-
-
-def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
-    import diffusers
-
-    family = checkpoint_file_family(path)
-    log.info("checkpoint %s is an %s single-file checkpoint", os.path.basename(path), _family_name(family))
-    pipeline = getattr(diffusers, _SINGLE_FILE_PIPELINES[family])
-    kw: dict[str, object] = dict(dtype=dtype)
-    if family == "sd15":
-        kw.update(safety_checker=None, requires_safety_checker=False)
-    if config is not None:
-        if not os.path.isdir(config) and not _HUB_ID.match(config):
-            raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
-        described = _config_family(config)
-        if described is not None and described != family:
-            raise ModelLoadError(
-                f"checkpoint {path!r} is an {_family_name(family)} model but --model-config {config!r} "
-                f"describes an {_family_name(described)} model: give a diffusers folder of the same family"
-            )
-        kw["config"] = config
-    try:
-        # With no config, diffusers infers the architecture and reads its config
-        # files from the cache, or fetches them (a few kB) once.
-        with _quiet_diffusers():
-            pipe = pipeline.from_single_file(path, local_files_only=config is None or os.path.isdir(config), **kw)
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
-            raise ModelLoadError(
-                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
-                f"pass --model-config DIR with any diffusers folder of the same architecture "
-                f"(an {_family_name(family)} one), or connect once so they are cached"
-            ) from None
-        raise ModelLoadError(
-            f"checkpoint {path!r} could not be loaded as an {_family_name(family)} model: {_first_line(e)}"
-        ) from None
-    _check_loaded(pipe, path)
-    return pipe
-
-
-@contextlib.contextmanager
-def _quiet_diffusers():
-    """No progress bar for a local file's components (seconds), and none of
-    diffusers' warnings about its own casts ("modules that should be kept in
-    float32: []") or a checkpoint's unused extras (EMA copies): nothing a user
-    can act on, and what goes wrong is checked and told in one line here."""
-    from diffusers.utils import logging as dlog
-
-    level, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(level)
-        if bars:
-            dlog.enable_progress_bar()
-
-
-def _check_loaded(pipe, path: str) -> None:
-    """diffusers leaves a weight the file lacks (or holds in another shape) unset on the
-    meta device, and the error would only come at the first frame."""
-    for name, part in pipe.components.items():
-        if isinstance(part, torch.nn.Module) and any(t.is_meta for t in part.state_dict().values()):
-            raise ModelLoadError(
-                f"checkpoint {path!r}: its {name} weights are missing or do not fit the architecture of --model-config"
-            )
-
-
 def _read_json(path: str) -> dict:
     import json
 
@@ -451,6 +294,60 @@ def _pipeline_class(family: str, dtype: torch.dtype):
     if family == "sdxl":
         return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
     return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+
+def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
+    """A single-file checkpoint, read with its family's pipeline (the family told from its keys)."""
+    try:
+        family = checkpoint_file_family(path)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from None
+    log.info("checkpoint %s is an %s single-file checkpoint", os.path.basename(path), FAMILY_NAMES[family])
+    cls, kw = _pipeline_class(family, dtype)
+    if config is not None:
+        _check_config_family(path, config, family)
+        kw["config"] = config
+    try:
+        # With no config, diffusers infers the architecture and reads its config
+        # files from the cache, or fetches them (a few kB) once.
+        return read_single_file(cls, path, local_files_only=config is None or os.path.isdir(config), **kw)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
+            raise ModelLoadError(
+                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
+                f"pass --model-config DIR with any diffusers folder of the same architecture "
+                f"(an {FAMILY_NAMES[family]} one), or connect once so they are cached"
+            ) from None
+        raise ModelLoadError(
+            f"checkpoint {path!r} could not be loaded as an {FAMILY_NAMES[family]} model: {_first_line(e)}"
+        ) from None
+
+
+def _check_config_family(path: str, config: str, family: str) -> None:
+    """--model-config must describe the checkpoint's family: diffusers would
+    otherwise build the other family's pipeline and take whatever fits."""
+    if os.path.isdir(config):
+        index, unet = (os.path.join(config, *p) for p in (("model_index.json",), ("unet", "config.json")))
+        if not os.path.isfile(index):
+            raise ModelLoadError(f"model config {config!r} has no model_index.json: not a diffusers pipeline folder")
+    elif _HUB_ID.match(config):
+        from huggingface_hub import try_to_load_from_cache
+
+        index, unet = (try_to_load_from_cache(config, p) for p in ("model_index.json", "unet/config.json"))
+        if not isinstance(index, str):
+            return  # not cached: diffusers fetches it for the pipeline the file's family picked
+    else:
+        raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
+    described = pipeline_family(
+        _read_json(index), _read_json(unet) if isinstance(unet, str) and os.path.isfile(unet) else None
+    )
+    if described != family:
+        raise ModelLoadError(
+            f"checkpoint {path!r} is an {FAMILY_NAMES[family]} model but --model-config {config!r} "
+            f"describes an {FAMILY_NAMES[described]} model: give a diffusers folder of the same family"
+        )
 
 
 def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):

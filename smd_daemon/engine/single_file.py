@@ -21,6 +21,8 @@ that layout, so that loading path is testable offline as SD-1.5's is.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from smd_daemon.engine.tiny import (
@@ -58,6 +60,108 @@ def checkpoint_family(keys) -> str | None:
 
 def looks_like_lora(keys) -> bool:
     return any(mark in k for k in keys for mark in _LORA_MARKS)
+
+
+# Families whose single files diffusers reads here (SD3's joins with its loader).
+SINGLE_FILE_FAMILIES = ("sd15", "sdxl")
+_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL", "sd3": "SD3"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as a model; the message is one line."""
+
+
+def checkpoint_keys(path: str) -> list[str]:
+    """A checkpoint's tensor names, without reading its tensors where the format allows."""
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return list(f.keys())
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types
+            raise CheckpointError(
+                f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}"
+            ) from None
+    try:
+        try:  # memory-mapped: the tensors stay on disk
+            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # the legacy, unzipped format
+    except Exception as e:  # noqa: BLE001 - pickle and zip raise many types
+        why = (
+            "corrupt, or it holds pickled objects besides tensors (never run here)"
+            if "weights only" in str(e).lower()
+            else _first_line(e)[:200]
+        )
+        raise CheckpointError(f"checkpoint {path!r} is not a readable .ckpt file: {why}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # as Lightning saves them
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"checkpoint {path!r} holds no state dict (a {type(sd).__name__})")
+    return [k for k in sd if isinstance(k, str)]
+
+
+def checkpoint_file_family(path: str) -> str:
+    """The family of a single-file checkpoint, told from its keys before
+    diffusers sees it (diffusers would guess an architecture for anything)."""
+    keys = checkpoint_keys(path)
+    family = checkpoint_family(keys)
+    if family is None:
+        if looks_like_lora(keys):
+            raise CheckpointError(
+                f"checkpoint {path!r} is a LoRA, not a model: pass it with --lora, and a model with --model"
+            )
+        raise CheckpointError(
+            f"checkpoint {path!r}: its model family cannot be told from its keys (neither an SD-1.5 nor an "
+            f"SDXL single-file layout, e.g. no model.diffusion_model.* UNet): not a full model checkpoint"
+        )
+    if family not in SINGLE_FILE_FAMILIES:
+        raise CheckpointError(
+            f"checkpoint {path!r} is an {_NAMES[family]} model: single-file {_NAMES[family]} "
+            f"checkpoints are not supported; use its diffusers folder or hub id"
+        )
+    return family
+
+
+def read_single_file(pipeline_class, path: str, **kw):
+    """``pipeline_class.from_single_file(path, **kw)``, quietly, and refused when
+    a weight was left unset: diffusers leaves what the file lacks (or holds in
+    another shape) on the meta device, and the error would come at the first frame."""
+    with _quiet_diffusers():
+        pipe = pipeline_class.from_single_file(path, **kw)
+    for name, part in pipe.components.items():
+        if isinstance(part, torch.nn.Module) and any(t.is_meta for t in part.state_dict().values()):
+            raise CheckpointError(
+                f"checkpoint {path!r}: its {name} weights are missing or do not fit the architecture of --model-config"
+            )
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """No progress bar for a local file's components (seconds), and none of
+    diffusers' warnings about its own casts ("modules that should be kept in
+    float32: []") or a checkpoint's unused extras (EMA copies): nothing a user
+    can act on, and what goes wrong is checked and told in one line."""
+    from diffusers.utils import logging as dlog
+
+    level, bars = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+        if bars:
+            dlog.enable_progress_bar()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
