@@ -261,7 +261,7 @@ def main() -> None:
         default=2,
         help="untimed frames after the T frames that fill the stream (compiles, captures)",
     )
-    ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case")
+    ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case (0: none)")
     ap.add_argument("--baseline", action="store_true", help="also time MultiDiffusion as published (slow)")
     ap.add_argument("--no-locality", action="store_true", help="skip the shape-locality measure")
     ap.add_argument(
@@ -359,7 +359,8 @@ def main() -> None:
         timed_peak = peak_memory(comps.device)  # while every mode, variant and floor ran
         for mode, c in cases.items():
             row, times = c["row"], c["times"]
-            row["gen_s"] = statistics.median(times["gen"])
+            if times["gen"]:  # --repeat 0 skips the one-shot generate (large models on a CPU)
+                row["gen_s"] = statistics.median(times["gen"])
             for v in engines:
                 if not times[v]:
                     continue
@@ -445,10 +446,11 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         loc = f"{r['locality']:.1f}" if "locality" in r else "-"
+        gen = f"{r['gen_s']:.3f} s" if "gen_s" in r else "-"
         print(
             f"| {r['regions']} | {r['mode']} | {r['frame_samples']} | {r[f'frame_{v0}_s'] * 1000:.0f} ms | "
             f"{r['floor_s'] * 1000:.0f} ms | {(r[f'frame_{v0}_s'] / r['floor_s'] - 1) * 100:+.1f}% | "
-            f"{1 / r[f'frame_{v0}_s']:.2f} | {r['gen_s']:.3f} s ({r['gen_samples']} samples) | {loc} |"
+            f"{1 / r[f'frame_{v0}_s']:.2f} | {gen} ({r['gen_samples']} samples) | {loc} |"
         )
     by = {(r["regions"], r["mode"]): r for r in rows}
     pairs = [
@@ -498,7 +500,7 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
         )
         print("|---|---|---|---|---|---|")
         for r in rows:
-            if "md_s" in r:
+            if "md_s" in r and "gen_s" in r:
                 print(
                     f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {r['md_s']:.2f} s | "
                     f"{r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x |"
