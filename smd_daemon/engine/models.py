@@ -306,11 +306,11 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
     cls, kw = _pipeline_class(family, dtype)
     if config is not None:
         _check_config_family(path, config, family)
-        kw["config"] = config
     try:
         # With no config, diffusers infers the architecture and reads its config
         # files from the cache, or fetches them (a few kB) once.
-        return read_single_file(cls, path, local_files_only=config is None or os.path.isdir(config), **kw)
+        local = config is None or os.path.isdir(config)
+        return read_single_file(cls, path, config=config, local_files_only=local, **kw)
     except CheckpointError as e:
         raise ModelLoadError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - reported as one line
