@@ -441,3 +441,47 @@ def test_a_distilled_unet_file_replaces_the_models_and_one_of_another_family_is_
     assert "\n" not in str(e.value) and "does not fit this model's UNet" in str(e.value)
     with pytest.raises(ModelLoadError, match="unknown prediction"):
         load_model("tiny-xl", prediction="x0")
+
+
+def test_random_weights_for_large_modules_are_filled_fast_and_keep_activations_sane():
+    from diffusers import UNet2DConditionModel
+
+    from smd_daemon.engine.tiny_xl import fill_random
+
+    config = build_tiny_xl_pipeline(0).unet.config
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    fill_random(unet.to_empty(device="cpu"), seed=1, pool=1 << 12)  # a small pool: slices wrap around it
+    weights = dict(unet.named_parameters())
+    assert all(bool(p.isfinite().all()) for p in weights.values())
+    assert torch.equal(weights["conv_norm_out.weight"], torch.ones_like(weights["conv_norm_out.weight"]))
+    q = weights["mid_block.attentions.0.transformer_blocks.1.attn2.to_q.weight"]
+    assert abs(float(q.std()) * q.shape[1] ** 0.5 - 1) < 0.2  # 1/sqrt(fan-in)
+    with torch.no_grad():
+        out = unet(
+            torch.randn(1, 4, 16, 16),
+            torch.tensor([500]),
+            encoder_hidden_states=torch.randn(1, 77, 64),
+            added_cond_kwargs={
+                "text_embeds": torch.randn(1, 32),
+                "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]]),
+            },
+        ).sample
+    assert bool(out.isfinite().all()) and 0.05 < float(out.std()) < 20
+
+
+def test_an_lcm_distilled_sdxl_unet_gets_the_guidance_embedding_like_diffusers():
+    from diffusers import UNet2DConditionModel
+
+    from smd_daemon.engine.models import components_from_pipeline
+
+    pipe = build_tiny_xl_pipeline()
+    cfg = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}
+    cfg["time_cond_proj_dim"] = 32  # as latent-consistency/lcm-sdxl's UNet embeds the guidance scale
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(**cfg)
+    ref = _diffusers_image(pipe, 4, 8.5, seed=2, size=S)
+    engine = Engine(components_from_pipeline(pipe, "tiny-lcm-xl", torch.device("cpu"), torch.float32))
+    assert engine.model.family.embeds_guidance
+    ours = engine.generate(_full_region(size=S, seed=2, steps=4))
+    assert max_diff(ours, ref) <= 1
