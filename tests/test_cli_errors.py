@@ -55,7 +55,7 @@ MODEL_CASES = {
     "a checkpoint whose family cannot be told": (["--model", "VAE_FILE"], "family cannot be told from its keys"),
     "an SD-1.5 LoRA on an SDXL checkpoint": (
         ["--model", "SDXL_FILE", "--model-config", "SDXL_DIR", "--lora", "SD15_LORA"],
-        "was made for SD-1.5 models, not for this SDXL model",
+        "not for this SDXL model",
     ),
 }
 
