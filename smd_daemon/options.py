@@ -17,7 +17,9 @@ from smd_daemon.engine.models import (
     DEFAULT_TINY_VAE,
     PRESETS,
     check_kind,
+    check_prediction,
     load_model,
+    parse_timesteps,
     pick_device,
 )
 from smd_daemon.errors import UsageError
@@ -143,12 +145,15 @@ def load_model_from_options(values, seed: int = 0):
 
 def engine_options(values, overlap_decode: bool = False) -> dict:
     """``Engine`` keyword arguments from the speed switches; a switch the
-    device cannot do, or an unknown model kind, is refused here, before any
-    work (one line, exit 2)."""
+    device cannot do, an unknown model kind or prediction, or timesteps that
+    are not a descending list, are refused here, before any work (one line,
+    exit 2)."""
     from smd_daemon.engine.runner import check_speed_options
 
     get = _getter(values)
     check_kind(get("model_kind"))
+    check_prediction(get("prediction"))
+    parse_timesteps(get("timesteps"))
     chosen = {
         "compile": bool(get("compile")),
         "cuda_graphs": bool(get("cuda_graphs")),

@@ -485,3 +485,19 @@ def test_an_lcm_distilled_sdxl_unet_gets_the_guidance_embedding_like_diffusers()
     assert engine.model.family.embeds_guidance
     ours = engine.generate(_full_region(size=S, seed=2, steps=4))
     assert max_diff(ours, ref) <= 1
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["serve", "--model", "tiny-xl", "--timesteps", "249,499"], "strictly descending"),
+        (["render", "scene.json", "-o", "out.png", "--model", "tiny-xl", "--prediction", "x0"], "unknown prediction"),
+    ],
+)
+def test_bad_few_step_flags_are_one_line_and_exit_2_before_the_model_loads(args, says):
+    from daemon_util import run_cli
+
+    res = run_cli(*args)
+    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[transformers] ")]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("smd-daemon") and says in lines[0]

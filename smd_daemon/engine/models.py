@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 import torch
 
+from smd_daemon.engine.hub import HUB_ID as _HUB_ID
+from smd_daemon.engine.hub import ModelLoadError, config_of
+from smd_daemon.engine.hub import first_line as _first_line
+from smd_daemon.engine.hub import from_hub as _from_hub
+from smd_daemon.engine.hub import hub_problem as _hub_problem
+from smd_daemon.engine.parts import PREDICTION_TYPES, fuse_lora, load_tiny_vae, load_unet, load_vae
 from smd_daemon.engine.single_file import CheckpointError, checkpoint_file_family, read_single_file
 
 log = logging.getLogger(__name__)
@@ -45,20 +49,6 @@ DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
 KINDS = ("lcm", "turbo")
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# How to do without the hub, per kind of download.
-_OFFLINE_HINTS = {
-    "model": "point --model at a local diffusers folder or a .safetensors/.ckpt file, "
-    "or use --model tiny for an offline smoke run",
-    "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
-    "LoRA": "point --lora at a local .safetensors file or folder",
-    "VAE": "point --vae at a local AutoencoderKL folder, or leave it out",
-    "UNet": "point --unet at a local weights file or UNet folder",
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A model that could not be loaded; the message is one line for the user."""
 
 
 @dataclass
@@ -106,13 +96,6 @@ class Components:
         if hasattr(cfg, "block_out_channels"):
             return 2 ** (len(cfg.block_out_channels) - 1)
         return 8
-
-
-def config_of(component: torch.nn.Module) -> Any:
-    """A diffusers component's config, whose keys are also attributes: torch
-    types unknown module attributes as tensors or modules, diffusers its
-    config as a plain dict, and neither says so."""
-    return cast(Any, component).config
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -198,73 +181,6 @@ def components_from_pipeline(
         timesteps,
         full_vae,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _chain(e: BaseException | None):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _hub_problem(e: BaseException) -> str | None:
-    """Classify a failed hub access: 'unreachable', 'missing' or None."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    for x in _chain(e):
-        if isinstance(x, RepositoryNotFoundError):
-            return "missing"
-        if isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
-            return "unreachable"
-        if type(x).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-            return "unreachable"
-    return None
-
-
-def _from_hub(what: str, repo: str, load):
-    """``load(local_files_only=...)``: cached copies never touch the network;
-    otherwise download once (huggingface_hub shows tqdm progress)."""
-    from huggingface_hub import constants
-
-    try:
-        return load(local_files_only=True)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
-        if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
-            raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
-    if constants.is_offline_mode():
-        raise ModelLoadError(
-            f"{what} {repo!r} is not in the local cache and offline mode is on (HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}"
-        )
-    log.info("%s %r is not cached: downloading it from the Hugging Face hub (first use only)", what, repo)
-    try:
-        # One quick request first: file downloads retry for ~20 s when the hub is unreachable.
-        from huggingface_hub import model_info
-
-        model_info(repo, timeout=10)
-        return load(local_files_only=False)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        problem = _hub_problem(e)
-        if problem == "unreachable":
-            raise ModelLoadError(
-                f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
-                f"cannot be reached: {_OFFLINE_HINTS[what]}"
-            ) from None
-        if problem == "missing":
-            raise ModelLoadError(
-                f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
-                f"log in with `hf auth login`)"
-            ) from None
-        raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
 
 
 def _read_json(path: str) -> dict:
@@ -391,169 +307,6 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     )
 
 
-def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
-    from diffusers import AutoencoderTiny
-
-    if spec == "tiny":
-        from smd_daemon.engine.tiny import build_tiny_autoencoder
-
-        return build_tiny_autoencoder(seed)
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        try:
-            return AutoencoderTiny.from_pretrained(path, local_files_only=True, dtype=dtype)
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            raise ModelLoadError(f"tiny autoencoder folder {spec!r} could not be loaded: {_first_line(e)}") from None
-    if not _HUB_ID.match(spec):
-        raise ModelLoadError(f"tiny autoencoder {spec!r}: not a folder, a hub id (owner/name) or 'tiny'")
-    return _from_hub("tiny autoencoder", spec, lambda **k: AutoencoderTiny.from_pretrained(spec, dtype=dtype, **k))
-
-
-def _load_vae(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
-    """``--vae``: an ``AutoencoderKL`` (hub id or diffusers folder) for the
-    model's own, e.g. madebyollin/sdxl-vae-fp16-fix; its latent layout must
-    be the model's."""
-    from diffusers import AutoencoderKL
-
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        try:
-            vae = AutoencoderKL.from_pretrained(path, local_files_only=True, dtype=dtype)
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            raise ModelLoadError(f"VAE folder {spec!r} could not be loaded: {_first_line(e)}") from None
-    elif _HUB_ID.match(spec):
-        vae = _from_hub("VAE", spec, lambda **k: AutoencoderKL.from_pretrained(spec, dtype=dtype, **k))
-    else:
-        raise ModelLoadError(f"VAE {spec!r}: not a diffusers folder (with config.json) or a hub id (owner/name)")
-    want, got = config_of(current).get("latent_channels", 4), vae.config.get("latent_channels")
-    if got != want:
-        raise ModelLoadError(f"VAE {spec!r} has {got} latent channels; this model's latents have {want}")
-    return vae
-
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
-def _read_weights(path: str, what: str) -> dict:
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - safetensors and torch raise several types
-        raise ModelLoadError(f"{what} {path!r} is not a readable weights file: {_first_line(e)}") from None
-
-
-def _load_unet(spec: str, dtype: torch.dtype, current) -> torch.nn.Module:
-    """``--unet``: a distilled UNet for the model's own (SDXL-Lightning's,
-    DMD2's, LCM-SDXL's): a weights file in diffusers' layout (.safetensors or
-    .bin; local, or a hub file owner/name/file), or a UNet folder or hub id
-    with its config. Weights that do not fit the model's UNet are refused."""
-    from diffusers import UNet2DConditionModel
-
-    path = os.path.expanduser(spec)
-    hub_file = _HUB_FILE.match(spec) if not spec.startswith((".", "/", "~")) else None
-    if os.path.isdir(path):
-        try:
-            return UNet2DConditionModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            raise ModelLoadError(f"UNet folder {spec!r} could not be loaded: {_first_line(e)}") from None
-    if os.path.isfile(path) or hub_file:
-        if hub_file:
-            from huggingface_hub import hf_hub_download
-
-            repo, file = hub_file.group(1), hub_file.group(2)
-            path = _from_hub("UNet", repo, lambda **k: hf_hub_download(repo, file, **k))
-        state = _read_weights(path, "UNet")
-        own = current.state_dict()
-        unfit = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
-        missing = [k for k in own if k not in state]
-        if unfit or missing:
-            raise ModelLoadError(
-                f"UNet {spec!r} does not fit this model's UNet ({len(unfit)} tensors foreign or of other "
-                f"shapes, {len(missing)} missing): a UNet for another family or layout"
-            )
-        current.load_state_dict(state)
-        return current
-    if _HUB_ID.match(spec):
-        return _from_hub("UNet", spec, lambda **k: UNet2DConditionModel.from_pretrained(spec, dtype=dtype, **k))
-    raise ModelLoadError(f"UNet {spec!r}: no such file or folder, and not a hub id or hub file (owner/name/file)")
-
-
-def _lora_width(state: dict) -> int | None:
-    """The text-conditioning width a LoRA was made for: the input width of its
-    cross-attention key projections (768 for SD-1.5, 2048 for SDXL), in any
-    of the layouts diffusers reads (its own, PEFT's, kohya's)."""
-    for key, value in state.items():
-        k = key.replace("_", ".")
-        if "attn2.to.k" in k and any(d in k for d in ("lora.A.", "lora.down.")) and getattr(value, "ndim", 0) == 2:
-            return int(value.shape[1])
-    return None
-
-
-def _check_lora_family(pipe, state: dict, spec: str, family: str) -> None:
-    """A LoRA made for another family is refused in one line (diffusers would
-    fail deep in a state-dict load, or skip the layers it cannot place)."""
-    want = int(config_of(pipe.unet).cross_attention_dim)
-    width = _lora_width(state)
-    second = any(k.startswith(("text_encoder_2.", "lora_te2_")) for k in state)
-    made_for = {768: "SD-1.5 models", 1024: "SD-2 models", 2048: "SDXL models"}
-    if (width is not None and width != want) or (second and family != "sdxl"):
-        other = made_for.get(width or 0) or ("SDXL models" if second else f"models with {width}-wide text conditioning")
-        raise ModelLoadError(
-            f"LoRA {spec!r} was made for {other}, not for this {FAMILY_NAMES[family]} model "
-            f"({want}-wide text conditioning): use the LoRA made for its family"
-        )
-
-
-# A file in a hub repository: owner/name/path/to/file.safetensors
-_HUB_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/([\w./-]+\.(?:safetensors|bin))$")
-
-
-def _fuse_lora(pipe, spec: str, scale: float, family: str) -> None:
-    path = os.path.expanduser(spec)
-
-    def load(source, **kw) -> None:
-        state = type(pipe).lora_state_dict(source, **kw)
-        _check_lora_family(pipe, state[0] if isinstance(state, tuple) else state, spec, family)
-        pipe.load_lora_weights(source, **kw)
-
-    try:
-        if os.path.exists(path):
-            load(path, local_files_only=True)
-        elif _HUB_FILE.match(spec) and not spec.startswith((".", "/", "~")):
-            from huggingface_hub import hf_hub_download
-
-            m = _HUB_FILE.match(spec)
-            assert m is not None
-            repo, file = m.group(1), m.group(2)
-            load(_from_hub("LoRA", repo, lambda **k: hf_hub_download(repo, file, **k)), local_files_only=True)
-        elif _HUB_ID.match(spec):
-            # Offline, diffusers needs the file name; LCM-LoRAs use the standard one.
-            _from_hub(
-                "LoRA",
-                spec,
-                lambda local_files_only: load(
-                    spec,
-                    local_files_only=local_files_only,
-                    **({"weight_name": "pytorch_lora_weights.safetensors"} if local_files_only else {}),
-                ),
-            )
-        else:
-            raise ModelLoadError(
-                f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name) or hub file (owner/name/file)"
-            )
-        # Fused into the base weights, then the adapter layers are dropped: no
-        # per-step cost from the LoRA afterwards.
-        pipe.fuse_lora(lora_scale=scale)
-        pipe.unload_lora_weights()
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
-
-
 def _build_preset(spec: str, seed: int):
     from smd_daemon.engine import tiny, tiny_xl
 
@@ -587,6 +340,12 @@ def parse_timesteps(text: str | None, train_steps: int = 1000) -> list[int] | No
     if any(not 0 <= t < train_steps for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
         raise ModelLoadError(f"timesteps {text!r}: each in 0..{train_steps - 1}, strictly descending")
     return ts
+
+
+def check_prediction(prediction: str | None) -> None:
+    """A ``prediction`` override is one the engine knows, or a one-line error."""
+    if prediction is not None and prediction not in PREDICTION_TYPES:
+        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
 
 
 def check_kind(kind: str | None) -> str | None:
@@ -660,8 +419,7 @@ def load_model(
     does not say it (SDXL-Lightning's 1-step UNet predicts the sample).
     """
     kind = check_kind(kind)
-    if prediction is not None and prediction not in PREDICTION_TYPES:
-        raise ModelLoadError(f"unknown prediction {prediction!r}: use one of {', '.join(PREDICTION_TYPES)}")
+    check_prediction(prediction)
     fixed = parse_timesteps(timesteps)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
@@ -669,6 +427,9 @@ def load_model(
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
     if tiny_vae in ("none", ""):
         tiny_vae = None
+    # A tiny autoencoder named outright is loaded first: a bad one is told
+    # before the model's minutes of loading, not after.
+    tiny = None if tiny_vae in (None, "auto") else load_tiny_vae(tiny_vae, dt, seed)
     if spec in PRESETS:
         pipe, source, meaningful = _build_preset(spec, seed), "preset", False
     else:
@@ -676,19 +437,19 @@ def load_model(
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
     if unet is not None:
-        pipe.unet = _load_unet(unet, dt, pipe.unet)
+        pipe.unet = load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
     log.info("model %s is an %s model", name, FAMILY_NAMES[family])
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAES[family]
+        tiny = None if tiny_vae is None else load_tiny_vae(tiny_vae, dt, seed)
     if lora is not None:
-        _fuse_lora(pipe, lora, lora_scale, family)
+        fuse_lora(pipe, lora, lora_scale, FAMILY_NAMES[family])
     if vae is not None:
-        pipe.vae = _load_vae(vae, dt, pipe.vae)
+        pipe.vae = load_vae(vae, dt, pipe.vae)
     full_vae = None
-    if tiny_vae is not None:
-        full_vae = pipe.vae
-        pipe.vae = _load_tiny_vae(tiny_vae, dt, seed)
+    if tiny is not None:
+        full_vae, pipe.vae = pipe.vae, tiny
     detected = detect_kind(pipe.scheduler, pipe.unet, lora)
     if kind is not None and kind != detected:
         log.info("model %r looks like a %s model; treated as %s as asked", name, detected, kind)
