@@ -4,6 +4,7 @@ StreamMultiDiffusion against MultiDiffusion as published.
 
     python benchmarks/bench_engine.py --model tiny --size 512 --regions 1 3 6
     python benchmarks/bench_engine.py --model random-sd15 --size 256 --regions 3 --frames 3
+    python benchmarks/bench_engine.py --model random-sdxl --size 256 --regions 3 --frames 3   # SDXL's UNet
     python benchmarks/bench_engine.py --model tiny --size 256 --width 1024 --before main   # a tiled canvas,
                                         # against the engine of another git revision, side by side
     bash benchmarks/gpu_figures.sh     # the prepared GPU run (see docs/benchmarks.md)
@@ -218,6 +219,12 @@ def locality(engine: Engine, scene: Scene) -> float:
     return float(change[inside].mean() / max(change[~inside].mean(), 1e-6))
 
 
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
@@ -228,6 +235,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--model-kind", default=None)
+    ap.add_argument(
+        "--tiny-vae",
+        default=None,
+        help="decode frames with this tiny autoencoder (hub id, folder); default: the model's",
+    )
     ap.add_argument("--device")
     ap.add_argument("--dtype")
     ap.add_argument("--size", type=int, default=512, help="canvas height, and width unless --width")
@@ -249,7 +261,7 @@ def main() -> None:
         default=2,
         help="untimed frames after the T frames that fill the stream (compiles, captures)",
     )
-    ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case")
+    ap.add_argument("--repeat", type=int, default=3, help="timed one-shot generations per case (0: none)")
     ap.add_argument("--baseline", action="store_true", help="also time MultiDiffusion as published (slow)")
     ap.add_argument("--no-locality", action="store_true", help="skip the shape-locality measure")
     ap.add_argument(
@@ -257,6 +269,8 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--goal-fps", type=float, help="print each attention-mode row against this frame rate")
+    ap.add_argument("--goal-gb", type=float, help="... and this peak memory, in GB (10^9 bytes)")
     ap.add_argument(
         "--before", metavar="REV", help="also time the engine of this git revision (e.g. main), side by side"
     )
@@ -271,7 +285,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind)
+    comps = load_model(args.model, device=args.device, dtype=args.dtype, kind=args.model_kind, tiny_vae=args.tiny_vae)
+    if args.baseline and comps.family != "sd15":
+        ap.error(f"--baseline: MultiDiffusion as published is timed on SD-1.5 models, not {comps.family}")
     if args.engine_only:
         args.no_locality = True
         answer_at_once(comps)
@@ -282,7 +298,8 @@ def main() -> None:
         engines["before"] = engine_of_revision(args.before)(comps)
     timer = Timer(comps.device, cpu_time=args.engine_only)
     print(
-        f"model {comps.name} ({comps.kind}) on {comps.device} {comps.dtype}, {args.width or args.size}x{args.size}, "
+        f"model {comps.name} ({comps.family}, {comps.kind}) on {comps.device} {comps.dtype}, "
+        f"{args.width or args.size}x{args.size}, "
         f"{args.steps} steps, torch threads {torch.get_num_threads()}, variants {', '.join(args.variants)}\n",
         flush=True,
     )
@@ -310,7 +327,7 @@ def main() -> None:
                 for _ in range(st.steps_in_flight + args.warmup):  # every level in flight from frame T on
                     st.step()
                 streams[v] = st
-                row[f"peak_{v}"] = peak_memory(comps.device)
+                row[f"peak_{v}"], row[f"peak_{v}_bytes"] = peak_memory(comps.device), peak_bytes(comps.device)
             first = streams[args.variants[0]]
             row["T"] = first.steps_in_flight
             row["frame_samples"] = eager.begin_streams([first]).samples_total  # dropped: nothing changes
@@ -342,7 +359,8 @@ def main() -> None:
         timed_peak = peak_memory(comps.device)  # while every mode, variant and floor ran
         for mode, c in cases.items():
             row, times = c["row"], c["times"]
-            row["gen_s"] = statistics.median(times["gen"])
+            if times["gen"]:  # --repeat 0 skips the one-shot generate (large models on a CPU)
+                row["gen_s"] = statistics.median(times["gen"])
             for v in engines:
                 if not times[v]:
                     continue
@@ -364,6 +382,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if not args.engine_only:
         print_tables(rows, args.variants)
+    if args.goal_fps or args.goal_gb:
+        print_goals(rows, args.variants, args.goal_fps, args.goal_gb, f"{args.width or args.size}x{args.size}")
     if args.before:
         print_before(rows, args.variants[0], args.before)
     if skipped:
@@ -383,6 +403,22 @@ def answer_at_once(comps) -> None:
         return (z.new_zeros((z.shape[0], 3, z.shape[2] * factor, z.shape[3] * factor)),)
 
     comps.vae.decode = black
+
+
+def print_goals(rows: list[dict], variants: list[str], fps: float | None, gb: float | None, size: str) -> None:
+    """Each attention-mode row's stream rate and peak memory beside the goals."""
+    goal = " and ".join(([f"≥ {fps:g} frames/s"] if fps else []) + ([f"≤ {gb:g} GB"] if gb else []))
+    print(f"\n| goal: attention mode, {size}, {goal} | frame rate | peak memory | goal met |")
+    print("|---|---|---|---|")
+    for r in rows:
+        if r["mode"] != "attention":
+            continue
+        for v in variants:
+            if f"frame_{v}_s" not in r:
+                continue
+            rate, peak = 1 / r[f"frame_{v}_s"], r[f"peak_{v}_bytes"] / 1e9
+            met = (not fps or rate >= fps) and (not gb or peak <= gb)
+            print(f"| {r['regions']} regions, {v} | {rate:.1f} FPS | {peak:.2f} GB | {'yes' if met else 'no'} |")
 
 
 def print_before(rows: list[dict], v0: str, rev: str) -> None:
@@ -410,10 +446,11 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         loc = f"{r['locality']:.1f}" if "locality" in r else "-"
+        gen = f"{r['gen_s']:.3f} s" if "gen_s" in r else "-"
         print(
             f"| {r['regions']} | {r['mode']} | {r['frame_samples']} | {r[f'frame_{v0}_s'] * 1000:.0f} ms | "
             f"{r['floor_s'] * 1000:.0f} ms | {(r[f'frame_{v0}_s'] / r['floor_s'] - 1) * 100:+.1f}% | "
-            f"{1 / r[f'frame_{v0}_s']:.2f} | {r['gen_s']:.3f} s ({r['gen_samples']} samples) | {loc} |"
+            f"{1 / r[f'frame_{v0}_s']:.2f} | {gen} ({r['gen_samples']} samples) | {loc} |"
         )
     by = {(r["regions"], r["mode"]): r for r in rows}
     pairs = [
@@ -463,7 +500,7 @@ def print_tables(rows: list[dict], variants: list[str]) -> None:
         )
         print("|---|---|---|---|---|---|")
         for r in rows:
-            if "md_s" in r:
+            if "md_s" in r and "gen_s" in r:
                 print(
                     f"| {r['regions']} | {r['gen_s']:.3f} s | {r['gen_samples']} | {r['md_s']:.2f} s | "
                     f"{r['md_samples']} | {r['md_s'] / r['gen_s']:.1f}x |"

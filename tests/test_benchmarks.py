@@ -10,15 +10,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
+    """Every case of the GPU run, on the tiny presets: SD-1.5, its control layers and the three SDXL ones."""
     out = tmp_path / "figures.json"
     control = tmp_path / "control.json"
-    env = {**os.environ, "OUT": str(out), "OUT_CONTROL": str(control), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "OUT_CONTROL": str(control),
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "SD15_MODEL": "tiny",
+        "SDXL_TURBO_MODEL": "tiny-xl",
+        "SDXL_MODEL": "tiny-xl",
+    }
     proc = subprocess.run(
         [
             "bash",
             "benchmarks/gpu_figures.sh",
-            "--model",
-            "tiny",
             "--device",
             "cpu",
             "--dtype",
@@ -40,7 +48,7 @@ def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -56,6 +64,17 @@ def test_gpu_figures_script_dry_runs_on_cpu(tmp_path):
         assert r["adapter_forwards_per_frame"] == 0 and r["adapter_forwards_after_control_edit"] == 1
         assert r["adapter_forwards_after_region_edit"] == 0 and r["controlnet_forwards_per_frame"] == 1
     assert "| mode | frame, no control | T2I-Adapter |" in proc.stdout
+    for case, steps in (("sdxl-turbo-1", 1), ("sdxl-turbo-4", 4), ("sdxl-1024", 4)):
+        figures = json.loads((tmp_path / f"figures-{case}.json").read_text())
+        assert figures["model"]["family"] == "sdxl" and figures["model"]["kind"] == "turbo", case
+        assert figures["args"]["steps"] == steps and figures["args"]["dtype"] == "fp32", case
+        latent, attention = figures["rows"]
+        assert attention["mode"] == "attention" and attention["frame_samples"] == attention["T"] == steps, case
+        assert latent["frame_samples"] > steps, case
+    # The goals are printed beside the figures, for the cases that have them.
+    assert "| goal: attention mode, 64x64, ≥ 20 frames/s and ≤ 12 GB |" in proc.stdout
+    assert "| goal: attention mode, 64x64, ≥ 5 frames/s and ≤ 12 GB |" in proc.stdout
+    assert proc.stdout.count("| goal: ") == 2 and proc.stdout.count("=== ") == 5
 
 
 def test_plan_benchmark_dry_runs_on_cpu():

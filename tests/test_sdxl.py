@@ -84,7 +84,7 @@ def test_tiny_xl_is_an_sdxl_model_with_two_encoders_and_deep_transformer_blocks(
     c, f = xl.model.components, xl.model.family
     assert c.family == "sdxl" and f.name == "sdxl" and c.describe()["family"] == "sdxl"
     cond = f.encode(["a red fox", ""])
-    assert cond.tokens.shape == (2, 77, 64) and cond.pooled is not None and cond.pooled.shape == (2, 32)
+    assert cond.tokens.shape == (2, 77, 80) and cond.pooled is not None and cond.pooled.shape == (2, 32)
     # Every cross-attention layer, those of the 2-layer transformer blocks included.
     blocks = [m for m in c.unet.modules() if isinstance(m, BasicTransformerBlock)]
     depths = [len(m.transformer_blocks) for m in c.unet.modules() if hasattr(m, "transformer_blocks")]
@@ -146,7 +146,7 @@ def test_attention_mode_gives_the_one_sample_the_area_weighted_pooled_embedding(
     sky, fox = xl.model.encode_prompts(["a blue sky", "a red fox"]).pooled
     assert plan.cond.pooled is not None and plan.cond.pooled.shape == (1, 32)
     torch.testing.assert_close(plan.cond.pooled[0], 0.75 * sky + 0.25 * fox)
-    assert plan.cond.tokens.shape == (1, 2 * 77, 64)
+    assert plan.cond.tokens.shape == (1, 2 * 77, 80)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
@@ -461,7 +461,7 @@ def test_random_weights_for_large_modules_are_filled_fast_and_keep_activations_s
         out = unet(
             torch.randn(1, 4, 16, 16),
             torch.tensor([500]),
-            encoder_hidden_states=torch.randn(1, 77, 64),
+            encoder_hidden_states=torch.randn(1, 77, 80),
             added_cond_kwargs={
                 "text_embeds": torch.randn(1, 32),
                 "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]]),

@@ -33,6 +33,7 @@ from smd_daemon.engine.hub import first_line as _first_line
 from smd_daemon.engine.hub import from_hub as _from_hub
 from smd_daemon.engine.hub import hub_problem as _hub_problem
 from smd_daemon.engine.parts import PREDICTION_TYPES, fuse_lora, load_tiny_vae, load_unet, load_vae
+from smd_daemon.engine.single_file import CheckpointError, checkpoint_file_family, read_single_file
 
 log = logging.getLogger(__name__)
 
@@ -183,48 +184,6 @@ def components_from_pipeline(
     )
 
 
-def _check_checkpoint_file(path: str) -> None:
-    if path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                keys = list(f.keys())
-        except Exception as e:  # noqa: BLE001 - safetensors raises several types
-            raise ModelLoadError(f"checkpoint {path!r} is not a readable .safetensors file: {_first_line(e)}") from None
-        # Checked here because diffusers would otherwise guess an architecture for it.
-        if not any(k.startswith("model.diffusion_model.") for k in keys):
-            raise ModelLoadError(
-                f"checkpoint {path!r} holds no Stable Diffusion UNet (model.diffusion_model.*): "
-                f"not a full SD-1.5 checkpoint (a LoRA goes to --lora)"
-            )
-
-
-def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
-    from diffusers import StableDiffusionPipeline
-
-    _check_checkpoint_file(path)
-    kw: dict[str, object] = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
-    if config is not None:
-        if not os.path.isdir(config) and not _HUB_ID.match(config):
-            raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
-        kw["config"] = config
-    try:
-        # With no config, diffusers infers the architecture and reads its config
-        # files from the cache, or fetches them (a few kB) once.
-        return StableDiffusionPipeline.from_single_file(
-            path, local_files_only=config is None or os.path.isdir(config), **kw
-        )
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
-            raise ModelLoadError(
-                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
-                f"pass --model-config DIR with any diffusers folder of the same architecture (e.g. SD-1.5), "
-                f"or connect once so they are cached"
-            ) from None
-        raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
-
-
 def _read_json(path: str) -> dict:
     import json
 
@@ -252,6 +211,60 @@ def _pipeline_class(family: str, dtype: torch.dtype):
     if family == "sdxl":
         return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
     return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+
+def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
+    """A single-file checkpoint, read with its family's pipeline (the family told from its keys)."""
+    try:
+        family = checkpoint_file_family(path)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from None
+    log.info("checkpoint %s is an %s single-file checkpoint", os.path.basename(path), FAMILY_NAMES[family])
+    cls, kw = _pipeline_class(family, dtype)
+    if config is not None:
+        _check_config_family(path, config, family)
+    try:
+        # With no config, diffusers infers the architecture and reads its config
+        # files from the cache, or fetches them (a few kB) once.
+        local = config is None or os.path.isdir(config)
+        return read_single_file(cls, path, config=config, local_files_only=local, **kw)
+    except CheckpointError as e:
+        raise ModelLoadError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
+            raise ModelLoadError(
+                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
+                f"pass --model-config DIR with any diffusers folder of the same architecture "
+                f"(an {FAMILY_NAMES[family]} one), or connect once so they are cached"
+            ) from None
+        raise ModelLoadError(
+            f"checkpoint {path!r} could not be loaded as an {FAMILY_NAMES[family]} model: {_first_line(e)}"
+        ) from None
+
+
+def _check_config_family(path: str, config: str, family: str) -> None:
+    """--model-config must describe the checkpoint's family: diffusers would
+    otherwise build the other family's pipeline and take whatever fits."""
+    if os.path.isdir(config):
+        index, unet = (os.path.join(config, *p) for p in (("model_index.json",), ("unet", "config.json")))
+        if not os.path.isfile(index):
+            raise ModelLoadError(f"model config {config!r} has no model_index.json: not a diffusers pipeline folder")
+    elif _HUB_ID.match(config):
+        from huggingface_hub import try_to_load_from_cache
+
+        index, unet = (try_to_load_from_cache(config, p) for p in ("model_index.json", "unet/config.json"))
+        if not isinstance(index, str):
+            return  # not cached: diffusers fetches it for the pipeline the file's family picked
+    else:
+        raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
+    described = pipeline_family(
+        _read_json(index), _read_json(unet) if isinstance(unet, str) and os.path.isfile(unet) else None
+    )
+    if described != family:
+        raise ModelLoadError(
+            f"checkpoint {path!r} is an {FAMILY_NAMES[family]} model but --model-config {config!r} "
+            f"describes an {FAMILY_NAMES[described]} model: give a diffusers folder of the same family"
+        )
 
 
 def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):

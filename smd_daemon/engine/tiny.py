@@ -311,24 +311,43 @@ def _rename(key: str, names: dict[str, str], leaves: dict[str, str]) -> str:
     return key
 
 
-def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    """The pipeline's weights in the original single-file (LDM) layout of SD-1.x,
-    as community checkpoints ship them and ``from_single_file`` reads them."""
+def ldm_unet_state_dict(unet, names: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """A diffusers UNet's weights under original LDM names (no prefix);
+    ``names`` adds module renames a family has beyond SD-1.x's."""
+    unet_names = _ldm_unet_names(unet.config) | (names or {})
+    return {_rename(k, unet_names, _LDM_LEAVES): v for k, v in unet.state_dict().items()}
+
+
+def ldm_vae_state_dict(vae) -> dict[str, torch.Tensor]:
+    """A diffusers ``AutoencoderKL``'s weights under original LDM names (no prefix)."""
     out: dict[str, torch.Tensor] = {}
-    unet_names = _ldm_unet_names(pipe.unet.config)
-    for k, v in pipe.unet.state_dict().items():
-        out["model.diffusion_model." + _rename(k, unet_names, _LDM_LEAVES)] = v
-    vae_names = _ldm_vae_names(pipe.vae.config)
-    for k, v in pipe.vae.state_dict().items():
+    vae_names = _ldm_vae_names(vae.config)
+    for k, v in vae.state_dict().items():
         new = _rename(k, vae_names, _LDM_VAE_LEAVES)
         if ".mid.attn_1." in new and v.ndim == 2:
             v = v[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
-        out["first_stage_model." + new] = v
-    for k, v in pipe.text_encoder.state_dict().items():
-        # transformers 5 flattened CLIPTextModel; the LDM layout keeps `text_model.`.
-        k = k if k.startswith("text_model.") else "text_model." + k
-        out["cond_stage_model.transformer." + k] = v
-    return {k: v.detach().contiguous() for k, v in out.items()}
+        out[new] = v
+    return out
+
+
+def clip_text_state_dict(text_encoder) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text encoder's weights as the LDM layout keeps them:
+    every key under ``text_model.`` (transformers 5 flattened ``CLIPTextModel``)."""
+    return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in text_encoder.state_dict().items()}
+
+
+def prefixed(prefix: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().contiguous() for k, v in weights.items()}
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights in the original single-file (LDM) layout of SD-1.x,
+    as community checkpoints ship them and ``from_single_file`` reads them."""
+    return (
+        prefixed("model.diffusion_model.", ldm_unet_state_dict(pipe.unet))
+        | prefixed("first_stage_model.", ldm_vae_state_dict(pipe.vae))
+        | prefixed("cond_stage_model.transformer.", clip_text_state_dict(pipe.text_encoder))
+    )
 
 
 def save_single_file(pipe, path: str) -> None:

@@ -62,15 +62,16 @@ def build_tiny_xl_pipeline(seed: int = 0):
     """A tiny SDXL-shaped ``StableDiffusionXLPipeline`` (random weights).
 
     Three resolutions like SDXL (the first without attention), transformer
-    depths 1, 2 and 2 in the middle block, two 32-wide text encoders (so
-    64-wide cross-attention), a 32-wide pooled embedding and 8-wide time-id
-    embeddings; a native window of 32 latent pixels (256 px) keeps tiled
+    depths 1, 2 and 2 in the middle block, 32- and 48-wide text encoders (so
+    80-wide cross-attention; of different widths as SDXL's 768 and 1280 are,
+    which is how single-file loaders tell the two apart), a 32-wide pooled
+    embedding and 8-wide time-id embeddings; a native window of 32 latent pixels (256 px) keeps tiled
     canvases cheap in tests."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
-    te1, te2 = _encoders(tokenizer, (32, 32), (37, 37), (2, 2), (4, 4), 32)
+    te1, te2 = _encoders(tokenizer, (32, 48), (37, 37), (2, 2), (4, 4), 32)
     time_dim = 8
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -84,7 +85,7 @@ def build_tiny_xl_pipeline(seed: int = 0):
         transformer_layers_per_block=(1, 1, 2),  # pyright: ignore[reportArgumentType]
         attention_head_dim=(1, 1, 2),  # pyright: ignore[reportArgumentType] (read as the number of heads)
         use_linear_projection=True,
-        cross_attention_dim=64,
+        cross_attention_dim=80,
         norm_num_groups=32,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
