@@ -2,6 +2,7 @@
 
     tiny            tiny random SD-1.5-shaped pipeline, offline (tests, smoke runs)
     random-sd15     real SD-1.5 architecture, random weights, offline (benchmarks)
+    tiny-sd3        tiny random SD3-shaped pipeline (MM-DiT, two CLIPs and T5), offline
     DIR             a local diffusers folder (model_index.json)
     FILE            a single .safetensors / .ckpt checkpoint
     owner/name      a Hugging Face hub id (downloaded with progress, then cached)
@@ -15,10 +16,17 @@ Few-step models come in two kinds, told apart by their scheduler config
 boundary condition) and ``turbo`` (SD-Turbo-style adversarially distilled
 models, shipped with an Euler scheduler and ``trailing`` timestep spacing:
 their own timesteps, 999 for one step, and no boundary condition).
+
+SD3 and SD3.5 models (a ``StableDiffusion3Pipeline`` folder or hub id,
+told by its model_index.json) are of kind ``flow``: flow matching with
+the model's own ``FlowMatchEulerDiscreteScheduler`` config; their LoRAs
+(Flash-SD3 ships one in PEFT's layout) fuse into the transformer. Options
+that only mean something for a UNet model are refused for them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,15 +37,16 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "random-sd15")
+PRESETS = ("tiny", "random-sd15", "tiny-sd3")
 
 # What an artist gets with no --model: an LCM-distilled SD-1.5 model and TAESD.
 DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_TINY_VAE = "madebyollin/taesd"
+DEFAULT_TINY_VAE_SD3 = "madebyollin/taesd3"  # SD3's 16-channel latents
 # For plain SD-1.5 models: makes them few-step capable.
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
-KINDS = ("lcm", "turbo")
+KINDS = ("lcm", "turbo")  # chosen with --model-kind; SD3 models are always "flow"
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # How to do without the hub, per kind of download.
@@ -67,8 +76,9 @@ class Components:
     name: str
     meaningful: bool = True  # False for random-weight presets
     info: dict = field(default_factory=dict)
-    kind: str = "lcm"  # "lcm" | "turbo" (see the module docstring)
+    kind: str = "lcm"  # "lcm" | "turbo" | "flow" (see the module docstring)
     family: str = "sd15"  # the engine's adapter for this architecture (``families.FAMILIES``)
+    parts: dict = field(default_factory=dict)  # further encoders by pipeline name (SD3: tokenizer_2, ...)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -263,11 +273,27 @@ def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
         raise ModelLoadError(f"checkpoint {path!r} could not be loaded as an SD-1.5 model: {_first_line(e)}") from None
 
 
-def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
-    """Returns (pipeline, source kind)."""
-    from diffusers import StableDiffusionPipeline
+SD3_PIPELINE = "StableDiffusion3Pipeline"
 
-    kw = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+
+def _pipeline_class(spec: str, index: str):
+    """The pipeline class a model_index.json names, and its keyword arguments:
+    SD3's, or SD-1.x/2.x's for every other name."""
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+
+    try:
+        with open(index, encoding="utf-8") as f:
+            name = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"model {spec!r}: its model_index.json is not readable: {_first_line(e)}") from None
+    if name == SD3_PIPELINE:
+        return StableDiffusion3Pipeline, {}
+    return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False)
+
+
+def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype, before=None):
+    """Returns (pipeline, source kind). ``before(cls)`` is told the pipeline
+    class of a folder or hub id before its weights load (to refuse options)."""
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -275,8 +301,11 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
                 f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
                 f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
             )
+        cls, kw = _pipeline_class(spec, os.path.join(path, "model_index.json"))
+        if before is not None:
+            before(cls)
         try:
-            return StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **kw), "folder"
+            return cls.from_pretrained(path, local_files_only=True, dtype=dtype, **kw), "folder"
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
     if os.path.isfile(path):
@@ -291,20 +320,26 @@ def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
     ):
         raise ModelLoadError(f"model {spec!r}: no such file or folder")
     if _HUB_ID.match(spec):
-        pipe = _from_hub("model", spec, lambda **k: StableDiffusionPipeline.from_pretrained(spec, **kw, **k))
+        from huggingface_hub import hf_hub_download
+
+        index = _from_hub("model", spec, lambda **k: hf_hub_download(spec, "model_index.json", **k))
+        cls, kw = _pipeline_class(spec, index)
+        if before is not None:
+            before(cls)
+        pipe = _from_hub("model", spec, lambda **k: cls.from_pretrained(spec, dtype=dtype, **kw, **k))
         return pipe, "hub"
     raise ModelLoadError(
         f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
     )
 
 
-def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
+def _load_tiny_vae(spec: str, dtype: torch.dtype, seed: int, latent_channels: int = 4):
     from diffusers import AutoencoderTiny
 
     if spec == "tiny":
         from smd_daemon.engine.tiny import build_tiny_autoencoder
 
-        return build_tiny_autoencoder(seed)
+        return build_tiny_autoencoder(seed, latent_channels=latent_channels)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         try:
@@ -409,6 +444,13 @@ def load_model(
     dt = pick_dtype(dev, dtype)
     if dt == torch.float16 and dev.type == "cpu":
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
+    sd3 = dict(lora=lora, lora_scale=lora_scale, tiny_vae=tiny_vae, kind=kind, dev=dev, dt=dt, seed=seed)
+    if spec == "tiny-sd3":
+        from smd_daemon.engine.tiny_sd3 import build_tiny_sd3
+
+        _refuse_unet_options(spec, kind)
+        log.warning("model 'tiny-sd3': SD3-shaped, random weights, produces no meaningful images (tests and smoke runs)")
+        return _sd3_components(build_tiny_sd3(seed), spec, "preset", False, **sd3)
     if tiny_vae == "auto":
         tiny_vae = None if spec in PRESETS else DEFAULT_TINY_VAE
     elif tiny_vae in ("none", ""):
@@ -424,9 +466,16 @@ def load_model(
         log.warning("model 'random-sd15': SD-1.5 architecture with random weights, produces no meaningful images")
         pipe, source, meaningful = build_random_sd15(seed), "preset", False
     else:
-        pipe, source = _load_pipeline(spec, config, dt)
+
+        def before(cls) -> None:
+            if cls.__name__ == SD3_PIPELINE:
+                _refuse_unet_options(spec, kind)
+
+        pipe, source = _load_pipeline(spec, config, dt, before)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if type(pipe).__name__ == SD3_PIPELINE:
+        return _sd3_components(pipe, name, source, meaningful, **sd3)
     if lora is not None:
         _fuse_lora(pipe, lora, lora_scale)
     if tiny_vae is not None:
@@ -460,3 +509,136 @@ def load_model(
         f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
     )
     return comps
+
+
+# ---- SD3 -------------------------------------------------------------------
+
+
+def _refuse_unet_options(spec: str, kind: str | None) -> None:
+    """Options that only mean something for a UNet model, refused for an SD3 one (one line)."""
+    if kind is not None:
+        raise ModelLoadError(
+            f"--model-kind {kind} is for UNet models (LCM or SD-Turbo sampling); {spec!r} is an SD3 "
+            f"flow-matching model, sampled with its own scheduler: leave --model-kind at auto"
+        )
+
+
+def _sd3_components(
+    pipe, name: str, source: str, meaningful: bool, *, lora, lora_scale, tiny_vae, kind, dev, dt, seed
+) -> Components:
+    """An SD3/SD3.5 pipeline as the engine's components (family ``sd3``, kind ``flow``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if tiny_vae == "auto":
+        tiny_vae = None if source == "preset" else DEFAULT_TINY_VAE_SD3
+    elif tiny_vae in ("none", ""):
+        tiny_vae = None
+    if lora is not None:
+        _fuse_sd3_lora(pipe, lora, lora_scale)
+    channels = int(pipe.transformer.config.in_channels)
+    if tiny_vae is not None:
+        tiny = _load_tiny_vae(tiny_vae, dt, seed, latent_channels=channels)
+        if int(tiny.config.latent_channels) != channels:
+            raise ModelLoadError(
+                f"tiny autoencoder {tiny_vae!r} makes {tiny.config.latent_channels}-channel latents; this SD3 "
+                f"model's have {channels}: use {DEFAULT_TINY_VAE_SD3} (or --tiny-vae none)"
+            )
+        pipe.vae = tiny
+    if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+        # The schedule is read from the model's own config; sampling is the engine's (``model.py``).
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    parts = {
+        "tokenizer_2": pipe.tokenizer_2,
+        "text_encoder_2": pipe.text_encoder_2,
+        "tokenizer_3": pipe.tokenizer_3,
+        "text_encoder_3": pipe.text_encoder_3,
+    }
+    for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.transformer, pipe.vae):
+        if part is None:  # SD3 runs without T5 (its tokens are then zeros)
+            continue
+        if part.dtype != dt:
+            part.to(dtype=dt)
+        part.to(device=dev).eval().requires_grad_(False)
+    info = dict(source=source, spec=name, lora=lora, tiny_vae=tiny_vae, family="sd3", t5=pipe.text_encoder_3 is not None)
+    comps = Components(
+        pipe.tokenizer,
+        pipe.text_encoder,
+        pipe.transformer,
+        pipe.vae,
+        pipe.scheduler,
+        dev,
+        dt,
+        name,
+        meaningful,
+        info,
+        kind="flow",
+        family="sd3",
+        parts=parts,
+    )
+    log.info(
+        "loaded SD3 (flow-matching) model %s (%s) on %s %s%s%s%s",
+        name,
+        source,
+        dev,
+        str(dt).replace("torch.", ""),
+        "" if pipe.text_encoder_3 is not None else ", without T5",
+        f", LoRA {lora} fused" if lora else "",
+        f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
+    )
+    return comps
+
+
+PEFT_PREFIX = "base_model.model."  # PEFT's saved adapters (Flash-SD3's layout)
+
+
+def _sd3_lora_state(pipe, spec: str) -> dict[str, torch.Tensor]:
+    """A LoRA for an SD3 transformer as diffusers' SD3 loader takes it:
+    diffusers' layout as it is; PEFT's layout (adapter_model.safetensors with
+    adapter_config.json) renamed, with PEFT's scale lora_alpha / r folded into
+    the up projections."""
+    path = os.path.expanduser(spec)
+    if not os.path.exists(path):
+        if not _HUB_ID.match(spec):
+            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
+        from huggingface_hub import snapshot_download
+
+        path = _from_hub(
+            "LoRA", spec, lambda **k: snapshot_download(spec, allow_patterns=["*.safetensors", "*.json"], **k)
+        )
+    state = pipe.lora_state_dict(path, local_files_only=True)
+    if not any(k.startswith(PEFT_PREFIX) for k in state):
+        return state
+    scale = 1.0
+    config = os.path.join(path, "adapter_config.json") if os.path.isdir(path) else None
+    if config is not None and os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+            raise ModelLoadError(f"LoRA {spec!r}: per-layer ranks or alphas (PEFT patterns) are not supported")
+        r = float(cfg["r"])
+        scale = float(cfg.get("lora_alpha", r)) / (r**0.5 if cfg.get("use_rslora") else r)
+    return {
+        "transformer." + k[len(PEFT_PREFIX) :]: v * scale if ".lora_B." in k else v
+        for k, v in state.items()
+        if k.startswith(PEFT_PREFIX)
+    }
+
+
+def _fuse_sd3_lora(pipe, spec: str, scale: float) -> None:
+    """Fuse an SD3 LoRA (file, folder or hub id) into the transformer; a LoRA
+    for a UNet model is refused in one line."""
+    try:
+        state = _sd3_lora_state(pipe, spec)
+        if not any(".transformer_blocks." in k or k.startswith("transformer_blocks.") for k in state):
+            unet = any(w in k for k in state for w in ("down_blocks", "up_blocks", "lora_unet_", "unet."))
+            raise ModelLoadError(
+                f"LoRA {spec!r} has no layers of an SD3 transformer"
+                + (": it is for a UNet model (SD-1.5 or SDXL)" if unet else "")
+            )
+        pipe.load_lora_weights(state)
+        pipe.fuse_lora(lora_scale=scale)
+        pipe.unload_lora_weights()
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None

@@ -192,8 +192,9 @@ def _assemble(tokenizer, text_encoder, unet, vae):
     )
 
 
-def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
-    """A TAESD-layout ``AutoencoderTiny`` (scale factor 8, random weights)."""
+def build_tiny_autoencoder(seed: int = 0, channels: int = 16, latent_channels: int = 4):
+    """A TAESD-layout ``AutoencoderTiny`` (scale factor 8, random weights);
+    16 latent channels for SD3 models."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed + 1)
@@ -202,7 +203,7 @@ def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
         decoder_block_out_channels=(channels,) * 4,
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
-        latent_channels=4,
+        latent_channels=latent_channels,
         scaling_factor=1.0,
     )
 

@@ -1,0 +1,136 @@
+"""Offline SD3 preset: a tiny random SD3-shaped pipeline (``tiny-sd3``).
+
+The real SD3 structure in miniature: an MM-DiT (``SD3Transformer2DModel``),
+two CLIP text encoders with projections (SD3's CLIP-L and CLIP-G) and a T5
+encoder, a 16-channel KL autoencoder with SD3's scaling and shift factors,
+and a flow-matching Euler scheduler with SD3's shift. Random weights: it
+produces no meaningful images; it exists so the SD3 code paths run offline.
+The tokenizers are generated here as ``tiny.py`` does for CLIP; T5's is a
+small Unigram (SentencePiece-style) vocabulary built from the same corpus.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import torch
+
+from smd_daemon.engine.tiny import _CORPUS, make_tokenizer
+
+# SD3's autoencoder (stabilityai/stable-diffusion-3-medium-diffusers, vae/config.json).
+SD3_SCALING_FACTOR = 1.5305
+SD3_SHIFT_FACTOR = 0.0609
+SD3_FLOW_SHIFT = 3.0  # the scheduler's timestep shift that SD3 and SD3.5 ship
+T5_TOKENS = 256  # the T5 sequence StableDiffusion3Pipeline pads to by default
+
+
+def make_t5_tokenizer():
+    """A T5 tokenizer (Unigram, SentencePiece-style '▁' word starts) whose
+    pieces are the corpus's words and every printable ASCII character, so
+    any prompt tokenizes without an unknown piece for ordinary text."""
+    from transformers import T5Tokenizer
+
+    words = Counter(re.findall(r"[a-z]+", _CORPUS.lower()))
+    total = sum(words.values())
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    # Unigram scores are log-probabilities: whole words beat their letters.
+    vocab += [("▁" + w, math.log(c / total)) for w, c in sorted(words.items())]
+    chars = [chr(c) for c in range(33, 127)]
+    vocab += [("▁", -8.0)] + [(c, -10.0) for c in chars] + [("▁" + c, -10.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def flow_scheduler(shift: float = SD3_FLOW_SHIFT):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def _clip_with_projection(tokenizer, hidden: int, projection: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=projection,
+    )
+    return CLIPTextModelWithProjection(cfg)
+
+
+def build_tiny_sd3(seed: int = 0):
+    """A tiny SD3-shaped ``StableDiffusion3Pipeline`` (random weights): a
+    32-latent-pixel native window (256 px), patch 2."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = make_tokenizer(), make_tokenizer(), make_t5_tokenizer()
+    text_encoder = _clip_with_projection(tokenizer, 32, 32)
+    text_encoder_2 = _clip_with_projection(tokenizer_2, 32, 32)
+    text_encoder_3 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3),
+            d_model=48,
+            d_kv=12,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer_3.pad_token_id,
+            eos_token_id=tokenizer_3.eos_token_id,
+            decoder_start_token_id=tokenizer_3.pad_token_id,
+        )
+    )
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=48,  # T5's width: the CLIP states are zero-padded to it
+        caption_projection_dim=32,
+        pooled_projection_dim=64,  # both CLIPs' pooled embeddings, concatenated
+        out_channels=16,
+        pos_embed_max_size=48,  # latents up to 96 pixels a side without tiling (768 px)
+    )
+    # diffusers annotates these tuples as Tuple[int] / Tuple[str] (one element) and takes any length.
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        latent_channels=16,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=256,
+        scaling_factor=SD3_SCALING_FACTOR,
+        shift_factor=SD3_SHIFT_FACTOR,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    for part in (text_encoder, text_encoder_2, text_encoder_3, transformer, vae):
+        part.eval()  # as from_pretrained leaves them: T5's dropout would otherwise be live
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=flow_scheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
