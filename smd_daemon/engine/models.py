@@ -283,11 +283,16 @@ def _pipeline_class(spec: str, index: str):
 
     try:
         with open(index, encoding="utf-8") as f:
-            name = json.load(f).get("_class_name")
+            entries = json.load(f)
+        name = entries.get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
         raise ModelLoadError(f"model {spec!r}: its model_index.json is not readable: {_first_line(e)}") from None
     if name == SD3_PIPELINE:
-        return StableDiffusion3Pipeline, {}
+        # SD3 runs without its T5 encoder (a folder saved without it): diffusers must be told so.
+        t5 = entries.get("text_encoder_3")
+        return StableDiffusion3Pipeline, {} if isinstance(t5, list) and t5[:1] != [None] else dict(
+            text_encoder_3=None, tokenizer_3=None
+        )
     return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False)
 
 
@@ -629,12 +634,10 @@ def _fuse_sd3_lora(pipe, spec: str, scale: float) -> None:
     for a UNet model is refused in one line."""
     try:
         state = _sd3_lora_state(pipe, spec)
-        if not any(".transformer_blocks." in k or k.startswith("transformer_blocks.") for k in state):
-            unet = any(w in k for k in state for w in ("down_blocks", "up_blocks", "lora_unet_", "unet."))
-            raise ModelLoadError(
-                f"LoRA {spec!r} has no layers of an SD3 transformer"
-                + (": it is for a UNet model (SD-1.5 or SDXL)" if unet else "")
-            )
+        if any(k.startswith(("unet.", "lora_unet_")) or ".down_blocks." in k or ".up_blocks." in k for k in state):
+            raise ModelLoadError(f"LoRA {spec!r} is for a UNet model (SD-1.5 or SDXL), not for this SD3 model")
+        if not any(k.startswith(("transformer.transformer_blocks.", "transformer_blocks.")) for k in state):
+            raise ModelLoadError(f"LoRA {spec!r} has no layers of an SD3 transformer (transformer_blocks)")
         pipe.load_lora_weights(state)
         pipe.fuse_lora(lora_scale=scale)
         pipe.unload_lora_weights()
