@@ -213,6 +213,14 @@ def test_a_peft_layout_lora_is_fused_with_its_alpha(sd3_components, tmp_path):
         expected = base.get_submodule(name).weight + b @ a * (8 / 4)
         torch.testing.assert_close(c.unet.get_submodule(name).weight, expected, rtol=1e-5, atol=1e-5)
     assert max_diff(Engine(c).generate(_single(1)), Engine(sd3_components).generate(_single(1))) > 0
+    # The same LoRA in diffusers' own layout (its scale folded in) fuses to the same weights.
+    from diffusers import StableDiffusion3Pipeline
+
+    layers = {k.removeprefix("base_model.model."): v * (2 if ".lora_B." in k else 1) for k, v in state.items()}
+    StableDiffusion3Pipeline.save_lora_weights(tmp_path / "diffusers", transformer_lora_layers=layers)
+    c2 = load_model("tiny-sd3", lora=str(tmp_path / "diffusers" / "pytorch_lora_weights.safetensors"))
+    for name in names:
+        torch.testing.assert_close(c2.unet.get_submodule(name).weight, c.unet.get_submodule(name).weight)
 
 
 def test_a_unet_lora_and_unet_only_options_are_refused_for_sd3(tmp_path):
@@ -240,7 +248,12 @@ def _cli(args, cwd):
     from daemon_util import daemon_env
 
     res = subprocess.run(
-        [sys.executable, "-m", "smd_daemon", *args], capture_output=True, text=True, env=daemon_env(), cwd=cwd, timeout=300
+        [sys.executable, "-m", "smd_daemon", *args],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        cwd=cwd,
+        timeout=300,
     )
     lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[transformers] ")]
     errors = [ln for ln in lines if "error: " in ln]

@@ -126,7 +126,7 @@ class Model:
             return int(cfg.get("original_inference_steps", 50))
         return int(cfg.num_train_timesteps)
 
-    def timesteps(self, steps: int) -> list[int]:
+    def timesteps(self, steps: int) -> list[int] | list[float]:
         return list(self.schedule(steps).timesteps)
 
     def schedule(self, steps: int) -> Schedule:

@@ -29,11 +29,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
+
+from smd_daemon.engine.hub import HUB_ID as _HUB_ID
+from smd_daemon.engine.hub import ModelLoadError
+from smd_daemon.engine.hub import first_line as _first_line
+from smd_daemon.engine.hub import from_hub as _from_hub
+from smd_daemon.engine.hub import hub_problem as _hub_problem
+from smd_daemon.engine.sd3_load import (
+    DEFAULT_TINY_VAE_SD3,
+    check_tiny_vae,
+    fuse_sd3_lora,
+    refuse_unet_options,
+    sd3_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +54,11 @@ PRESETS = ("tiny", "random-sd15", "tiny-sd3")
 # What an artist gets with no --model: an LCM-distilled SD-1.5 model and TAESD.
 DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_TINY_VAE = "madebyollin/taesd"
-DEFAULT_TINY_VAE_SD3 = "madebyollin/taesd3"  # SD3's 16-channel latents
 # For plain SD-1.5 models: makes them few-step capable.
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
 KINDS = ("lcm", "turbo")  # chosen with --model-kind; SD3 models are always "flow"
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# How to do without the hub, per kind of download.
-_OFFLINE_HINTS = {
-    "model": "point --model at a local diffusers folder or a .safetensors/.ckpt file, "
-    "or use --model tiny for an offline smoke run",
-    "tiny autoencoder": "point --tiny-vae at a local AutoencoderTiny folder, or use --tiny-vae none",
-    "LoRA": "point --lora at a local .safetensors file or folder",
-}
-
-
-class ModelLoadError(RuntimeError):
-    """A model that could not be loaded; the message is one line for the user."""
 
 
 @dataclass
@@ -166,69 +165,6 @@ def components_from_pipeline(
         dict(info),
         kind,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _chain(e: BaseException | None):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _hub_problem(e: BaseException) -> str | None:
-    """Classify a failed hub access: 'unreachable', 'missing' or None."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
-
-    for x in _chain(e):
-        if isinstance(x, RepositoryNotFoundError):
-            return "missing"
-        if isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, TimeoutError)):
-            return "unreachable"
-        if type(x).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-            return "unreachable"
-    return None
-
-
-def _from_hub(what: str, repo: str, load):
-    """``load(local_files_only=...)``: cached copies never touch the network;
-    otherwise download once (huggingface_hub shows tqdm progress)."""
-    from huggingface_hub import constants
-
-    try:
-        return load(local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - a cache miss falls through to the download
-        if _hub_problem(e) is None and "local_files_only" not in str(e) and "cache" not in str(e).lower():
-            raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
-    if constants.is_offline_mode():
-        raise ModelLoadError(
-            f"{what} {repo!r} is not in the local cache and offline mode is on (HF_HUB_OFFLINE): {_OFFLINE_HINTS[what]}"
-        )
-    log.info("%s %r is not cached: downloading it from the Hugging Face hub (first use only)", what, repo)
-    try:
-        # One quick request first: file downloads retry for ~20 s when the hub is unreachable.
-        from huggingface_hub import model_info
-
-        model_info(repo, timeout=10)
-        return load(local_files_only=False)
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        problem = _hub_problem(e)
-        if problem == "unreachable":
-            raise ModelLoadError(
-                f"{what} {repo!r} is not in the local cache and the Hugging Face hub "
-                f"cannot be reached: {_OFFLINE_HINTS[what]}"
-            ) from None
-        if problem == "missing":
-            raise ModelLoadError(
-                f"{what} {repo!r} was not found on the Hugging Face hub (misspelt, or private: "
-                f"log in with `hf auth login`)"
-            ) from None
-        raise ModelLoadError(f"{what} {repo!r}: {_first_line(e)}") from None
 
 
 def _check_checkpoint_file(path: str) -> None:
@@ -453,8 +389,10 @@ def load_model(
     if spec == "tiny-sd3":
         from smd_daemon.engine.tiny_sd3 import build_tiny_sd3
 
-        _refuse_unet_options(spec, kind)
-        log.warning("model 'tiny-sd3': SD3-shaped, random weights, produces no meaningful images (tests and smoke runs)")
+        refuse_unet_options(spec, kind)
+        log.warning(
+            "model 'tiny-sd3': SD3-shaped, random weights, produces no meaningful images (tests and smoke runs)"
+        )
         return _sd3_components(build_tiny_sd3(seed), spec, "preset", False, **sd3)
     if tiny_vae == "auto":
         tiny_vae = None if spec in PRESETS else DEFAULT_TINY_VAE
@@ -474,7 +412,7 @@ def load_model(
 
         def before(cls) -> None:
             if cls.__name__ == SD3_PIPELINE:
-                _refuse_unet_options(spec, kind)
+                refuse_unet_options(spec, kind)
 
         pipe, source = _load_pipeline(spec, config, dt, before)
         meaningful = True
@@ -519,129 +457,29 @@ def load_model(
 # ---- SD3 -------------------------------------------------------------------
 
 
-def _refuse_unet_options(spec: str, kind: str | None) -> None:
-    """Options that only mean something for a UNet model, refused for an SD3 one (one line)."""
-    if kind is not None:
-        raise ModelLoadError(
-            f"--model-kind {kind} is for UNet models (LCM or SD-Turbo sampling); {spec!r} is an SD3 "
-            f"flow-matching model, sampled with its own scheduler: leave --model-kind at auto"
-        )
-
-
 def _sd3_components(
     pipe, name: str, source: str, meaningful: bool, *, lora, lora_scale, tiny_vae, kind, dev, dt, seed
 ) -> Components:
     """An SD3/SD3.5 pipeline as the engine's components (family ``sd3``, kind ``flow``)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAE_SD3
     elif tiny_vae in ("none", ""):
         tiny_vae = None
     if lora is not None:
-        _fuse_sd3_lora(pipe, lora, lora_scale)
-    channels = int(pipe.transformer.config.in_channels)
+        fuse_sd3_lora(pipe, lora, lora_scale)
     if tiny_vae is not None:
-        tiny = _load_tiny_vae(tiny_vae, dt, seed, latent_channels=channels)
-        if int(tiny.config.latent_channels) != channels:
-            raise ModelLoadError(
-                f"tiny autoencoder {tiny_vae!r} makes {tiny.config.latent_channels}-channel latents; this SD3 "
-                f"model's have {channels}: use {DEFAULT_TINY_VAE_SD3} (or --tiny-vae none)"
-            )
-        pipe.vae = tiny
-    if not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
-        # The schedule is read from the model's own config; sampling is the engine's (``model.py``).
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    parts = {
-        "tokenizer_2": pipe.tokenizer_2,
-        "text_encoder_2": pipe.text_encoder_2,
-        "tokenizer_3": pipe.tokenizer_3,
-        "text_encoder_3": pipe.text_encoder_3,
-    }
-    for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.transformer, pipe.vae):
-        if part is None:  # SD3 runs without T5 (its tokens are then zeros)
-            continue
-        if part.dtype != dt:
-            part.to(dtype=dt)
-        part.to(device=dev).eval().requires_grad_(False)
-    info = dict(source=source, spec=name, lora=lora, tiny_vae=tiny_vae, family="sd3", t5=pipe.text_encoder_3 is not None)
-    comps = Components(
-        pipe.tokenizer,
-        pipe.text_encoder,
-        pipe.transformer,
-        pipe.vae,
-        pipe.scheduler,
-        dev,
-        dt,
-        name,
-        meaningful,
-        info,
-        kind="flow",
-        family="sd3",
-        parts=parts,
-    )
+        channels = int(pipe.transformer.config.in_channels)
+        pipe.vae = check_tiny_vae(_load_tiny_vae(tiny_vae, dt, seed, channels), tiny_vae, channels)
+    parts = sd3_parts(pipe, dev, dt)
+    t5 = pipe.text_encoder_3 is not None
+    info = dict(source=source, spec=name, lora=lora, tiny_vae=tiny_vae, family="sd3", t5=t5)
     log.info(
         "loaded SD3 (flow-matching) model %s (%s) on %s %s%s%s%s",
-        name,
-        source,
-        dev,
-        str(dt).replace("torch.", ""),
-        "" if pipe.text_encoder_3 is not None else ", without T5",
+        *(name, source, dev, str(dt).replace("torch.", ""), "" if t5 else ", without T5"),
         f", LoRA {lora} fused" if lora else "",
         f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
     )
-    return comps
-
-
-PEFT_PREFIX = "base_model.model."  # PEFT's saved adapters (Flash-SD3's layout)
-
-
-def _sd3_lora_state(pipe, spec: str) -> dict[str, torch.Tensor]:
-    """A LoRA for an SD3 transformer as diffusers' SD3 loader takes it:
-    diffusers' layout as it is; PEFT's layout (adapter_model.safetensors with
-    adapter_config.json) renamed, with PEFT's scale lora_alpha / r folded into
-    the up projections."""
-    path = os.path.expanduser(spec)
-    if not os.path.exists(path):
-        if not _HUB_ID.match(spec):
-            raise ModelLoadError(f"LoRA {spec!r}: no such file or folder, and not a hub id (owner/name)")
-        from huggingface_hub import snapshot_download
-
-        path = _from_hub(
-            "LoRA", spec, lambda **k: snapshot_download(spec, allow_patterns=["*.safetensors", "*.json"], **k)
-        )
-    state = pipe.lora_state_dict(path, local_files_only=True)
-    if not any(k.startswith(PEFT_PREFIX) for k in state):
-        return state
-    scale = 1.0
-    config = os.path.join(path, "adapter_config.json") if os.path.isdir(path) else None
-    if config is not None and os.path.isfile(config):
-        with open(config, encoding="utf-8") as f:
-            cfg = json.load(f)
-        if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-            raise ModelLoadError(f"LoRA {spec!r}: per-layer ranks or alphas (PEFT patterns) are not supported")
-        r = float(cfg["r"])
-        scale = float(cfg.get("lora_alpha", r)) / (r**0.5 if cfg.get("use_rslora") else r)
-    return {
-        "transformer." + k[len(PEFT_PREFIX) :]: v * scale if ".lora_B." in k else v
-        for k, v in state.items()
-        if k.startswith(PEFT_PREFIX)
-    }
-
-
-def _fuse_sd3_lora(pipe, spec: str, scale: float) -> None:
-    """Fuse an SD3 LoRA (file, folder or hub id) into the transformer; a LoRA
-    for a UNet model is refused in one line."""
-    try:
-        state = _sd3_lora_state(pipe, spec)
-        if any(k.startswith(("unet.", "lora_unet_")) or ".down_blocks." in k or ".up_blocks." in k for k in state):
-            raise ModelLoadError(f"LoRA {spec!r} is for a UNet model (SD-1.5 or SDXL), not for this SD3 model")
-        if not any(k.startswith(("transformer.transformer_blocks.", "transformer_blocks.")) for k in state):
-            raise ModelLoadError(f"LoRA {spec!r} has no layers of an SD3 transformer (transformer_blocks)")
-        pipe.load_lora_weights(state)
-        pipe.fuse_lora(lora_scale=scale)
-        pipe.unload_lora_weights()
-    except ModelLoadError:
-        raise
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        raise ModelLoadError(f"LoRA {spec!r} could not be loaded: {_first_line(e)}") from None
+    return Components(
+        pipe.tokenizer, pipe.text_encoder, pipe.transformer, pipe.vae, pipe.scheduler, dev, dt, name, meaningful, info,
+        kind="flow", family="sd3", parts=parts,
+    )  # fmt: skip

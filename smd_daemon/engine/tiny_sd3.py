@@ -89,7 +89,6 @@ def build_tiny_sd3(seed: int = 0):
             feed_forward_proj="gated-gelu",
             pad_token_id=tokenizer_3.pad_token_id,
             eos_token_id=tokenizer_3.eos_token_id,
-            decoder_start_token_id=tokenizer_3.pad_token_id,
         )
     )
     transformer = SD3Transformer2DModel(
