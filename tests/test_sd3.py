@@ -3,12 +3,11 @@ conditioning, the flow schedule, latent mode (generate, stream, tiled
 canvas) against diffusers' own pipeline, LoRAs, and the refusals."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from daemon_util import run_cli
 from engine_util import max_diff
 
 from smd_daemon.engine.core import Engine
@@ -244,33 +243,44 @@ def test_a_unet_lora_and_unet_only_options_are_refused_for_sd3(tmp_path):
     assert load_model("tiny-sd3", tiny_vae="tiny").vae.config.latent_channels == 16
 
 
-def _cli(args, cwd):
-    from daemon_util import daemon_env
-
-    res = subprocess.run(
-        [sys.executable, "-m", "smd_daemon", *args],
-        capture_output=True,
-        text=True,
-        env=daemon_env(),
-        cwd=cwd,
-        timeout=300,
-    )
-    lines = [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("[transformers] ")]
-    errors = [ln for ln in lines if "error: " in ln]
-    return res, errors
-
-
 def test_the_cli_refuses_attention_mode_and_a_unet_option_for_sd3_in_one_line(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.full((S, S), 255, np.uint8)).save(tmp_path / "fox.png")
     scene = {"width": S, "height": S, "steps": 1, "regions": [{"prompt": "a red fox", "mask": "fox.png"}]}
     (tmp_path / "scene.json").write_text(json.dumps(scene))
+    scene_file, out = str(tmp_path / "scene.json"), str(tmp_path / "out.png")
     for args, needle in [
-        (["render", "scene.json", "-o", "out.png", "--model", "tiny-sd3", "--region-mode", "attention"], "attention"),
+        (["render", scene_file, "-o", out, "--model", "tiny-sd3", "--region-mode", "attention"], "attention"),
         (["serve", "--model", "tiny-sd3", "--model-kind", "turbo"], "--model-kind turbo is for UNet models"),
     ]:
-        res, errors = _cli(args, tmp_path)
+        res = run_cli(*args, timeout=300)
+        # The model's load logs before a scene's refusal: the refusal is the one error line.
+        errors = [ln for ln in res.stderr.splitlines() if "error: " in ln]
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert len(errors) == 1 and errors[0].startswith("smd-daemon") and needle in errors[0], res.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_daemon_serving_sd3_offers_latent_mode_only_and_refuses_attention_scenes(sd3):
+    """Over real ZeroMQ: the capabilities say so, an attention scene gets one
+    error sentence, and the session goes on drawing in latent mode."""
+    from daemon_util import S as SIDE
+    from daemon_util import connect, free_port, half_mask, serving
+
+    from smd_daemon.client import ErrorEvent, Layer, SceneEvent
+    from smd_daemon.server import Server
+
+    with serving(Server(sd3, {"name": "tiny-sd3"}, f"tcp://127.0.0.1:{free_port()}")) as srv:
+        client = connect(srv.bind, name="artist")
+        try:
+            assert srv.capabilities()["region_modes"] == ["latent"]
+            replies = []
+            for mode in ("attention", "latent"):
+                rev = client.set_scene(SIDE, SIDE, [Layer("1", "a red fox", half_mask())], region_mode=mode, steps=1)
+                replies.append((rev, client.wait_for(lambda e: isinstance(e, (ErrorEvent, SceneEvent)), 30)))
+            (_, refused), (rev, accepted) = replies
+            assert isinstance(refused, ErrorEvent) and "region mode 'attention' is not available" in refused.message
+            assert isinstance(accepted, SceneEvent) and accepted.revision == rev
+        finally:
+            client.close()

@@ -128,6 +128,11 @@ class Family(Protocol):
         ...
 
 
+def vae_factors(vae) -> tuple[float, float]:
+    """(scale, shift) of an autoencoder's latents: latent = (vae latent - shift) * scale."""
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
 # LCM-distilled UNets take the guidance scale as an embedding instead of a
 # doubled batch; this is the value such models were tuned around.
 DEFAULT_LCM_GUIDANCE = 8.5
@@ -145,8 +150,7 @@ class StableDiffusion:
         self.device, self.dtype = components.device, components.dtype
         cfg = self.denoiser.config
         self.latent_channels = int(cfg.in_channels)
-        self.latent_scale = float(self.vae.config.scaling_factor)
-        self.latent_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.latent_scale, self.latent_shift = vae_factors(self.vae)
         self.window = int(cfg.sample_size)
         self.patch = 1
         self.resolutions = len(cfg.block_out_channels)
@@ -219,8 +223,7 @@ class StableDiffusion3:
         self.device, self.dtype = components.device, components.dtype
         cfg = self.denoiser.config
         self.latent_channels = int(cfg.in_channels)
-        self.latent_scale = float(self.vae.config.scaling_factor)
-        self.latent_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.latent_scale, self.latent_shift = vae_factors(self.vae)
         self.patch = int(cfg.patch_size)
         # Positions beyond pos_embed_max_size have no embedding: never a window larger than that.
         max_side = int(cfg.pos_embed_max_size or cfg.sample_size) * self.patch

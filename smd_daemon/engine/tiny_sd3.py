@@ -17,13 +17,13 @@ from collections import Counter
 
 import torch
 
-from smd_daemon.engine.tiny import _CORPUS, make_tokenizer
+from smd_daemon.engine.tiny import _CORPUS, clip_config, make_tokenizer, tiny_kl_vae
 
 # SD3's autoencoder (stabilityai/stable-diffusion-3-medium-diffusers, vae/config.json).
 SD3_SCALING_FACTOR = 1.5305
 SD3_SHIFT_FACTOR = 0.0609
 SD3_FLOW_SHIFT = 3.0  # the scheduler's timestep shift that SD3 and SD3.5 ship
-T5_TOKENS = 256  # the T5 sequence StableDiffusion3Pipeline pads to by default
+T5_PAD, T5_EOS = 0, 1  # T5's special pieces come first in its vocabulary, as in the real one
 
 
 def make_t5_tokenizer():
@@ -34,7 +34,7 @@ def make_t5_tokenizer():
 
     words = Counter(re.findall(r"[a-z]+", _CORPUS.lower()))
     total = sum(words.values())
-    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # ids T5_PAD, T5_EOS, 2
     # Unigram scores are log-probabilities: whole words beat their letters.
     vocab += [("▁" + w, math.log(c / total)) for w, c in sorted(words.items())]
     chars = [chr(c) for c in range(33, 127)]
@@ -49,28 +49,15 @@ def flow_scheduler(shift: float = SD3_FLOW_SHIFT):
 
 
 def _clip_with_projection(tokenizer, hidden: int, projection: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_dim=projection,
-    )
-    return CLIPTextModelWithProjection(cfg)
+    return CLIPTextModelWithProjection(clip_config(tokenizer, hidden, 37, 2, 4, act="gelu", projection=projection))
 
 
 def build_tiny_sd3(seed: int = 0):
     """A tiny SD3-shaped ``StableDiffusion3Pipeline`` (random weights): a
     32-latent-pixel native window (256 px), patch 2."""
-    from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -87,8 +74,8 @@ def build_tiny_sd3(seed: int = 0):
             num_heads=4,
             relative_attention_num_buckets=8,
             feed_forward_proj="gated-gelu",
-            pad_token_id=tokenizer_3.pad_token_id,
-            eos_token_id=tokenizer_3.eos_token_id,
+            pad_token_id=T5_PAD,
+            eos_token_id=T5_EOS,
         )
     )
     transformer = SD3Transformer2DModel(
@@ -104,20 +91,11 @@ def build_tiny_sd3(seed: int = 0):
         out_channels=16,
         pos_embed_max_size=48,  # latents up to 96 pixels a side without tiling (768 px)
     )
-    # diffusers annotates these tuples as Tuple[int] / Tuple[str] (one element) and takes any length.
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
-        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
-        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
-        latent_channels=16,
-        layers_per_block=1,
-        norm_num_groups=16,
-        sample_size=256,
+    vae = tiny_kl_vae(
+        16,
         scaling_factor=SD3_SCALING_FACTOR,
         shift_factor=SD3_SHIFT_FACTOR,
-        use_quant_conv=False,
+        use_quant_conv=False,  # as SD3's autoencoder
         use_post_quant_conv=False,
     )
     for part in (text_encoder, text_encoder_2, text_encoder_3, transformer, vae):
