@@ -3,6 +3,8 @@ conditioning, the flow schedule, latent mode (generate, stream, tiled
 canvas) against diffusers' own pipeline, LoRAs, and the refusals."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -284,3 +286,41 @@ def test_a_daemon_serving_sd3_offers_latent_mode_only_and_refuses_attention_scen
             assert isinstance(accepted, SceneEvent) and accepted.revision == rev
         finally:
             client.close()
+
+
+_HUB_SCRIPT = """
+import sys
+from smd_daemon.engine.models import load_model
+c = load_model("stabilityai/tiny-sd3", lora="jasperai/tiny-flash")
+print(c.family, c.kind, c.info["source"], c.info["lora"])
+"""
+
+
+def _cached_repo(hf_home, repo: str, files_from) -> None:
+    """``files_from``'s files as the Hugging Face cache holds a downloaded ``repo``."""
+    import shutil
+
+    revision = "0" * 40
+    cached = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(files_from, cached / "snapshots" / revision)
+    (cached / "refs").mkdir()
+    (cached / "refs" / "main").write_text(revision)
+
+
+def test_an_sd3_hub_id_and_a_hub_lora_load_from_the_cache_offline(sd3_folder, tmp_path):
+    """A cached SD3 repository is told by its model_index.json as a folder is,
+    and a cached PEFT-layout LoRA repository fuses, with no network."""
+    import os
+
+    from daemon_util import ROOT
+
+    _peft_lora(tmp_path / "flash", build_tiny_sd3(0).transformer)
+    _cached_repo(tmp_path / "hf", "stabilityai/tiny-sd3", sd3_folder)
+    _cached_repo(tmp_path / "hf", "jasperai/tiny-flash", tmp_path / "flash")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=ROOT)
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _HUB_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["sd3", "flow", "hub", "jasperai/tiny-flash"]
