@@ -20,6 +20,7 @@ from smd_daemon.engine.models import (
     load_model,
     pick_device,
 )
+from smd_daemon.engine.sd3_load import DEFAULT_TINY_VAE_SD3
 from smd_daemon.errors import UsageError
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -36,7 +37,7 @@ MODEL_OPTIONS = {
         str,
         "auto",
         f"tiny autoencoder for fast decoding: hub id, folder, 'none' or 'auto' "
-        f"({DEFAULT_TINY_VAE} for real models, none for presets)",
+        f"({DEFAULT_TINY_VAE} for real models, {DEFAULT_TINY_VAE_SD3} for SD3 ones, none for presets)",
     ),
     "model_config": (
         str,
@@ -50,7 +51,7 @@ MODEL_OPTIONS = {
         "auto",
         "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
-        "from the model's scheduler config",
+        "from the model's scheduler config (UNet models only: SD3 models are sampled by flow matching)",
     ),
 }
 
