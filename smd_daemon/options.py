@@ -24,6 +24,7 @@ from smd_daemon.engine.models import (
     parse_timesteps,
     pick_device,
 )
+from smd_daemon.engine.sd3_load import DEFAULT_TINY_VAE_SD3
 from smd_daemon.errors import UsageError
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -45,7 +46,8 @@ MODEL_OPTIONS = {
         str,
         "auto",
         f"tiny autoencoder for live frames: hub id, folder, 'none' or 'auto' "
-        f"({DEFAULT_TINY_VAE}, or madebyollin/taesdxl for SDXL, for real models; none for presets)",
+        f"({DEFAULT_TINY_VAE}, or madebyollin/taesdxl for SDXL and {DEFAULT_TINY_VAE_SD3} for SD3, "
+        f"for real models; none for presets)",
     ),
     "vae": (
         str,
@@ -65,7 +67,7 @@ MODEL_OPTIONS = {
         "auto",
         "few-step kind: 'lcm' (LCM timesteps and boundary condition) or 'turbo' "
         "(SD-Turbo style: trailing timesteps, 999 for one step); default: 'auto', read "
-        "from the model's scheduler config",
+        "from the model's scheduler config (UNet models only: SD3 models are sampled by flow matching)",
     ),
     "control": (
         list,

@@ -23,7 +23,7 @@ from smd_daemon.engine.hub import OFFLINE_HINTS as _OFFLINE_HINTS
 from smd_daemon.engine.hub import ModelLoadError, config_of
 from smd_daemon.engine.hub import first_line as _first_line
 from smd_daemon.engine.hub import from_hub as _from_hub
-from smd_daemon.engine.models import family_of_unet
+from smd_daemon.engine.pipelines import family_of_unet
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,11 @@ def load_controls(model: str, specs: dict[str, str], components, seed: int = 0) 
     if model in TINY_PRESETS:
         specs = {k: "random" for k in CONTROL_KINDS} | specs
     device, dtype, family, unet = components.device, components.dtype, components.family, components.unet
+    if family == "sd3" and any(spec != "none" for spec in specs.values()):
+        raise ModelLoadError(
+            f"--control: control models (T2I-Adapters, ControlNets) are for UNet models (SD-1.5, SDXL); "
+            f"{model!r} is an SD3 model: leave --control out"
+        )
     out = {}
     for kind, spec in specs.items():
         if spec == "none":  # a kind left out (of a preset's, or of ``all``)

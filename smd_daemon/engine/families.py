@@ -109,6 +109,7 @@ class Family(Protocol):
     latent_scale: float  # latent = (vae latent - shift) * scale
     latent_shift: float
     window: int  # native latent size per side: larger canvases are tiled
+    patch: int  # latent pixels per side of one denoiser token (UNets: 1); latent sides are multiples of it
     resolutions: int  # the denoiser's feature resolutions (attention-mode weights are made for each)
     tokens: int  # L: tokens per prompt
     width: int  # D: embedding size per token
@@ -148,6 +149,11 @@ class Family(Protocol):
         ...
 
 
+def vae_factors(vae) -> tuple[float, float]:
+    """(scale, shift) of an autoencoder's latents: latent = (vae latent - shift) * scale."""
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
 # LCM-distilled UNets take the guidance scale as an embedding instead of a
 # doubled batch; this is the value such models were tuned around.
 DEFAULT_LCM_GUIDANCE = 8.5
@@ -165,9 +171,9 @@ class StableDiffusion:
         self.device, self.dtype = components.device, components.dtype
         cfg = self.denoiser.config
         self.latent_channels = int(cfg.in_channels)
-        self.latent_scale = float(self.vae.config.scaling_factor)
-        self.latent_shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.latent_scale, self.latent_shift = vae_factors(self.vae)
         self.window = int(cfg.sample_size)
+        self.patch = 1
         self.resolutions = len(cfg.block_out_channels)
         self.tokens = int(self.tokenizer.model_max_length)
         self.width = int(cfg.cross_attention_dim)
@@ -283,7 +289,93 @@ class StableDiffusionXL(StableDiffusion):
         return {"added_cond_kwargs": {"text_embeds": inputs["pooled"], "time_ids": inputs["time_ids"]}}
 
 
-FAMILIES = {f.name: f for f in (StableDiffusion, StableDiffusionXL)}
+# The T5 tokens of an SD3 prompt: StableDiffusion3Pipeline's default max_sequence_length.
+SD3_T5_TOKENS = 256
+
+
+class StableDiffusion3:
+    """SD3 and SD3.5: an MM-DiT (``SD3Transformer2DModel``) over patches of a
+    16-channel latent, conditioned on CLIP-L, CLIP-G and T5 (optional: without
+    it its tokens are zeros, as in diffusers) and on both CLIPs' pooled
+    embeddings; sampled by flow matching (``model.Schedule``, kind ``flow``).
+
+    Its text and image tokens attend to each other jointly in every block:
+    there is no cross-attention layer where a pixel could mix prompts by its
+    mask, so attention-region mode is not available (``region_layers``)."""
+
+    name = "sd3"
+
+    def __init__(self, components):
+        parts = components.parts
+        self.tokenizers = (components.tokenizer, components.tokenizer_2)
+        self.clips = (components.text_encoder, components.text_encoder_2)
+        self.t5_tokenizer, self.t5 = parts.get("tokenizer_3"), parts.get("text_encoder_3")
+        self.denoiser, self.vae = components.unet, components.vae
+        self.device, self.dtype = components.device, components.dtype
+        cfg = self.denoiser.config
+        self.latent_channels = int(cfg.in_channels)
+        self.latent_scale, self.latent_shift = vae_factors(self.vae)
+        self.patch = int(cfg.patch_size)
+        # Positions beyond pos_embed_max_size have no embedding: never a window larger than that.
+        max_side = int(cfg.pos_embed_max_size or cfg.sample_size) * self.patch
+        self.window = min(int(cfg.sample_size), max_side)
+        self.resolutions = 1
+        self.clip_tokens = int(self.tokenizers[0].model_max_length)
+        self.tokens = self.clip_tokens + SD3_T5_TOKENS
+        self.width = int(cfg.joint_attention_dim)
+        self.embeds_guidance = False
+        self.zeros_for_empty_negative = False  # diffusers' SD3 pipeline encodes the empty prompt
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """As ``StableDiffusion3Pipeline.encode_prompt``: both CLIPs' penultimate
+        states side by side, zero-padded to T5's width, then T5's tokens after
+        them; the pooled embedding is both CLIPs' pooled (projected) outputs."""
+        states, pooled = [], []
+        for tokenizer, encoder in zip(self.tokenizers, self.clips):
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=self.clip_tokens, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            out = encoder(ids, output_hidden_states=True)
+            pooled.append(out[0])
+            states.append(out.hidden_states[-2])
+        clip = torch.cat(states, -1)
+        clip = torch.nn.functional.pad(clip, (0, self.width - clip.shape[-1]))
+        if self.t5 is None or self.t5_tokenizer is None:
+            t5 = clip.new_zeros((len(prompts), SD3_T5_TOKENS, self.width))
+        else:
+            ids = self.t5_tokenizer(
+                prompts, padding="max_length", max_length=SD3_T5_TOKENS, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            t5 = self.t5(ids)[0]
+        tokens = torch.cat([clip.to(self.dtype), t5.to(self.dtype)], 1)
+        return Conditioning(tokens, torch.cat(pooled, -1).to(self.dtype))
+
+    def guidance_inputs(self, scale: float) -> dict[str, torch.Tensor]:
+        return {}  # guidance is a doubled batch
+
+    def controlnet(self, net, inputs, image):
+        raise ValueError("control models are for UNet families (SD-1.5, SDXL), not SD3")  # refused at load
+
+    def window_inputs(
+        self, canvas: tuple[int, int], origins: list[tuple[int, int]], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        return {}  # not conditioned on size or crop
+
+    def region_layers(self) -> list[torch.nn.Module]:
+        return []  # joint attention only (see the class docstring)
+
+    def denoise(self, fn, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fn(
+            hidden_states=inputs["sample"],
+            timestep=inputs["timestep"],
+            encoder_hidden_states=inputs["emb"],
+            pooled_projections=inputs["pooled"],
+            return_dict=False,
+        )[0]
+
+
+FAMILIES = {f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3)}
 
 
 def family_of(components) -> Family:

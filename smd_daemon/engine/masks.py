@@ -39,6 +39,15 @@ def noise_levels(alphas_cumprod: torch.Tensor, timesteps: list[int]) -> torch.Te
     return torch.stack([(1 - alphas_cumprod[t]).sqrt() for t in timesteps]).float()
 
 
+def flow_noise_levels(sigmas: torch.Tensor) -> torch.Tensor:
+    """The σ_t masks are quantized against, for flow matching's x = (1 - σ) x0
+    + σ n: the noise share of a variance-preserving latent with the same
+    signal-to-noise ratio, σ / sqrt((1 - σ)² + σ²), so masks open up over
+    the steps as they do for SD-1.5."""
+    s = sigmas.double()
+    return (s / ((1 - s) ** 2 + s**2).sqrt()).float()
+
+
 def as_float_mask(mask) -> torch.Tensor:
     """A (H, W) mask as float32 in [0, 1]: uint8 planes (0..255) are scaled,
     float ones are taken as they are. Read-only arrays (planes decoded

@@ -27,7 +27,7 @@ from smd_daemon.engine.families import Conditioning, family_of
 from smd_daemon.engine.runner import DenoiserRunner, check_speed_options
 from smd_daemon.engine.scene import MAX_CONTROLS, Control, cancel_check
 
-PREDICTIONS = ("epsilon", "v_prediction", "sample")  # what a denoiser may predict
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow")  # what a denoiser may predict
 LATENT_CACHE = 8  # encoded images kept (white tiles and canvases, background images)
 CONTROL_CACHE = 2 * MAX_CONTROLS  # control images kept as their models take them (a scene's, and its last edit's)
 
@@ -35,10 +35,14 @@ CONTROL_CACHE = 2 * MAX_CONTROLS  # control images kept as their models take the
 @dataclass
 class Schedule:
     """The noise levels of one step count, stacked (one entry per level):
-    a latent at level i is ``x = signal[i] * x0 + noise[i] * n``."""
+    a latent at level i is ``x = signal[i] * x0 + noise[i] * n``.
 
-    timesteps: list[int]
-    t: torch.Tensor  # (T,) the denoiser's timestep input
+    Flow-matching models (``prediction == "flow"``, SD3) interpolate instead:
+    ``x = (1 - σ) * x0 + σ * n``, so signal is 1 - σ and noise σ; their
+    denoiser predicts the velocity v = n - x0, whence x̂0 = x - σ * v."""
+
+    timesteps: list[int] | list[float]
+    t: torch.Tensor  # (T,) the denoiser's timestep input (float32 for flow models: t = 1000 σ)
     signal: torch.Tensor  # (T,) sqrt(alpha_bar_t)
     noise: torch.Tensor  # (T,) sqrt(1 - alpha_bar_t)
     c_skip: torch.Tensor  # (T,) LCM boundary condition (0 for turbo models)
@@ -65,7 +69,10 @@ def clean_coefficients(
     """(a, b) with x̂0 = a * x + b * out, where x̂0 = c_out * predicted_original
     + c_skip * x and the predicted original sample is, for a denoiser that
     predicts the noise (epsilon): (x - noise * out) / signal; the velocity
-    (v_prediction): signal * x - noise * out; the sample itself: out."""
+    (v_prediction): signal * x - noise * out; the velocity of flow matching
+    (flow, noise = σ): x - σ * out; the sample itself: out."""
+    if prediction == "flow":
+        return c_out + c_skip, -c_out * noise
     if prediction == "epsilon":
         return c_out / signal + c_skip, -c_out * noise / signal
     if prediction == "v_prediction":
@@ -95,11 +102,15 @@ class Model:
         self.fixed_timesteps: list[int] | None = components.timesteps
         self.device, self.dtype = components.device, components.dtype
         self.scheduler = copy.deepcopy(components.scheduler)
-        if self.scheduler.config.prediction_type not in PREDICTIONS:
-            raise ValueError(f"prediction type {self.scheduler.config.prediction_type!r} is not supported")
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        # Flow-matching schedulers have no prediction type (the velocity) and no alphas.
+        self.flow = self.kind == "flow"
+        self.prediction = "flow" if self.flow else self.scheduler.config.prediction_type
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction type {self.prediction!r} is not supported")
+        self.alphas_cumprod = None if self.flow else self.scheduler.alphas_cumprod.to(torch.float32)
         self.channels, self.window = f.latent_channels, f.window
         self.factor = components.vae_scale_factor  # image pixels per latent pixel
+        self.size_multiple = self.factor * f.patch  # canvas sides are multiples of this many pixels
         self.autoencoder = V.Autoencoder(
             f.vae, self.device, self.dtype, self.factor, self.window, f.latent_scale, f.latent_shift
         )
@@ -144,7 +155,7 @@ class Model:
             return int(cfg.get("original_inference_steps", 50))
         return int(cfg.num_train_timesteps)
 
-    def timesteps(self, steps: int) -> list[int]:
+    def timesteps(self, steps: int) -> list[int] | list[float]:
         return list(self.schedule(steps).timesteps)
 
     def schedule(self, steps: int) -> Schedule:
@@ -154,6 +165,9 @@ class Model:
             return self._schedules[steps]
 
     def _make_schedule(self, steps: int) -> Schedule:
+        if self.flow:
+            return self._flow_schedule(steps)
+        assert self.alphas_cumprod is not None, "a diffusion (not flow) scheduler has its alphas"
         if self.fixed_timesteps:  # the model's own (DMD2: 999, 749, 499, 249), or as many of them
             n = len(self.fixed_timesteps)
             ts = [self.fixed_timesteps[(k * n) // steps] for k in range(steps)]
@@ -171,7 +185,7 @@ class Model:
 
         signal, noise = ab.double().sqrt(), (1 - ab.double()).sqrt()
         c_skip, c_out = stack(s[0] for s in scalings), stack(s[1] for s in scalings)
-        prediction = self.scheduler.config.prediction_type
+        prediction = self.prediction
         clean_x, clean_out = clean_coefficients(prediction, signal, noise, c_skip, c_out)
 
         def on_device(t: torch.Tensor) -> torch.Tensor:
@@ -188,6 +202,44 @@ class Model:
             # Turbo models start like diffusers' Euler schedulers: pure noise at level 0.
             entry_scale=1.0 if self.kind == "lcm" else float((1 - ab[0]).sqrt()),
             prediction=prediction,
+            clean_x=on_device(clean_x),
+            clean_out=on_device(clean_out),
+        )
+
+    def _flow_schedule(self, steps: int) -> Schedule:
+        """Flow matching (SD3): the model's own scheduler config sets the σ of
+        each step as diffusers' pipeline would for ``steps`` (shift included);
+        each level's estimate x̂0 is re-noised with fresh noise,
+        x' = (1 - σ') x̂0 + σ' n, as Flash-SD3's scheduler and the reference
+        stream do (``FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)``)."""
+        cfg, kw = self.scheduler.config, {}
+        if cfg.get("use_dynamic_shifting"):
+            # The shift depends on the image's tokens: the native window's (every tile's size).
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            seq = (self.window // self.family.patch) ** 2
+            kw["mu"] = calculate_shift(
+                seq, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift
+            )
+        self.scheduler.set_timesteps(steps, **kw)
+        ts = self.scheduler.timesteps[:steps].to(torch.float32)
+        sigma = self.scheduler.sigmas[:steps].double()
+        zeros, ones = torch.zeros_like(sigma), torch.ones_like(sigma)
+        clean_x, clean_out = clean_coefficients("flow", 1 - sigma, sigma, zeros, ones)
+
+        def on_device(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, self.dtype)
+
+        return Schedule(
+            timesteps=[float(t) for t in ts],
+            t=ts.to(self.device),  # float32: t near 1000 needs more than fp16's resolution
+            signal=on_device(1 - sigma),
+            noise=on_device(sigma),
+            c_skip=on_device(zeros),
+            c_out=on_device(ones),
+            sigmas=M.flow_noise_levels(sigma),
+            entry_scale=1.0,  # diffusers' SD3 pipeline starts from unscaled noise
+            prediction="flow",
             clean_x=on_device(clean_x),
             clean_out=on_device(clean_out),
         )

@@ -4,6 +4,7 @@
     random-sd15     real SD-1.5 architecture, random weights, offline (benchmarks)
     tiny-xl         tiny random SDXL-shaped pipeline, offline (tests, smoke runs)
     random-sdxl     real SDXL UNet architecture, random weights, offline (benchmarks)
+    tiny-sd3        tiny random SD3-shaped pipeline (MM-DiT, two CLIPs and T5), offline
     DIR             a local diffusers folder (model_index.json)
     FILE            a single .safetensors / .ckpt checkpoint
     owner/name      a Hugging Face hub id (downloaded with progress, then cached)
@@ -17,6 +18,12 @@ Few-step models come in two kinds, told apart by their scheduler config
 boundary condition) and ``turbo`` (SD-Turbo-style adversarially distilled
 models, shipped with an Euler scheduler and ``trailing`` timestep spacing:
 their own timesteps, 999 for one step, and no boundary condition).
+
+SD3 and SD3.5 models (a ``StableDiffusion3Pipeline`` folder or hub id,
+told by its model_index.json) are of kind ``flow``: flow matching with
+the model's own ``FlowMatchEulerDiscreteScheduler`` config; their LoRAs
+(Flash-SD3 ships one in PEFT's layout) fuse into the transformer. Options
+that only mean something for a UNet model are refused for them.
 """
 
 from __future__ import annotations
@@ -27,28 +34,36 @@ from dataclasses import dataclass, field
 
 import torch
 
-from smd_daemon.engine.hub import HUB_ID as _HUB_ID
 from smd_daemon.engine.hub import ModelLoadError, config_of
-from smd_daemon.engine.hub import first_line as _first_line
-from smd_daemon.engine.hub import from_hub as _from_hub
-from smd_daemon.engine.hub import hub_problem as _hub_problem
-from smd_daemon.engine.parts import PREDICTION_TYPES, fuse_lora, load_tiny_vae, load_unet, load_vae
-from smd_daemon.engine.single_file import CheckpointError, checkpoint_file_family, read_single_file
+from smd_daemon.engine.parts import (
+    PREDICTION_TYPES,
+    fuse_lora,
+    load_tiny_vae,
+    load_unet,
+    load_vae,
+)
+from smd_daemon.engine.pipelines import FAMILY_NAMES, family_of_unet, load_pipeline
+from smd_daemon.engine.sd3_load import (
+    DEFAULT_TINY_VAE_SD3,
+    check_tiny_vae,
+    fuse_sd3_lora,
+    refuse_unet_options,
+    sd3_parts,
+)
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "random-sd15", "tiny-xl", "random-sdxl")
+PRESETS = ("tiny", "random-sd15", "tiny-xl", "random-sdxl", "tiny-sd3")
 
 # What an artist gets with no --model: an LCM-distilled SD-1.5 model and TAESD.
 DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 DEFAULT_TINY_VAE = "madebyollin/taesd"
 # ...per family: SDXL's latents need TAESDXL.
-DEFAULT_TINY_VAES = {"sd15": DEFAULT_TINY_VAE, "sdxl": "madebyollin/taesdxl"}
+DEFAULT_TINY_VAES = {"sd15": DEFAULT_TINY_VAE, "sdxl": "madebyollin/taesdxl", "sd3": DEFAULT_TINY_VAE_SD3}
 # For plain SD-1.5 models: makes them few-step capable.
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 
-KINDS = ("lcm", "turbo")
-CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
+KINDS = ("lcm", "turbo")  # chosen with --model-kind; SD3 models are always "flow"
 
 
 @dataclass
@@ -72,6 +87,7 @@ class Components:
     timesteps: list[int] | None = None  # fixed denoising timesteps (``parse_timesteps``); None: the scheduler's
     full_vae: torch.nn.Module | None = None  # the full VAE for finished images, where ``vae`` is a tiny one
     controls: dict = field(default_factory=dict)  # control kind -> T2IAdapter or ControlNetModel (control_models)
+    parts: dict = field(default_factory=dict)  # further parts by pipeline name (SD3's T5: tokenizer_3, text_encoder_3)
 
     def describe(self) -> dict:
         """What clients may be told about the model: local paths are cut to
@@ -133,19 +149,6 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
-def family_of_unet_config(config) -> str:
-    """The engine family of a UNet config: SDXL's UNet is the one conditioned
-    on a pooled embedding and time ids (``text_time``)."""
-    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
-
-
-def family_of_unet(unet) -> str:
-    return family_of_unet_config(config_of(unet))
-
-
-FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL"}
-
-
 def components_from_pipeline(
     pipe, name: str, device: torch.device, dtype: torch.dtype, meaningful: bool = True, kind: str = "lcm", **info
 ) -> Components:
@@ -181,130 +184,6 @@ def components_from_pipeline(
         second if family == "sdxl" else None,
         timesteps,
         full_vae,
-    )
-
-
-def _read_json(path: str) -> dict:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path!r} is not readable JSON: {_first_line(e)}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def pipeline_family(index: dict, unet_config: dict | None = None) -> str:
-    """The family of a diffusers pipeline from its model_index.json (the
-    pipeline's ``_class_name``), else from its UNet's config."""
-    name = str(index.get("_class_name", ""))
-    if name.startswith("StableDiffusionXL"):
-        return "sdxl"
-    return "sd15" if unet_config is None else family_of_unet_config(unet_config)
-
-
-def _pipeline_class(family: str, dtype: torch.dtype):
-    """(diffusers pipeline class, its keyword arguments) for a family."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if family == "sdxl":
-        return StableDiffusionXLPipeline, dict(dtype=dtype, add_watermarker=False)
-    return StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
-
-
-def _load_single_file(path: str, config: str | None, dtype: torch.dtype):
-    """A single-file checkpoint, read with its family's pipeline (the family told from its keys)."""
-    try:
-        family = checkpoint_file_family(path)
-    except CheckpointError as e:
-        raise ModelLoadError(str(e)) from None
-    log.info("checkpoint %s is an %s single-file checkpoint", os.path.basename(path), FAMILY_NAMES[family])
-    cls, kw = _pipeline_class(family, dtype)
-    if config is not None:
-        _check_config_family(path, config, family)
-    try:
-        # With no config, diffusers infers the architecture and reads its config
-        # files from the cache, or fetches them (a few kB) once.
-        local = config is None or os.path.isdir(config)
-        return read_single_file(cls, path, config=config, local_files_only=local, **kw)
-    except CheckpointError as e:
-        raise ModelLoadError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        if _hub_problem(e) == "unreachable" or "local_files_only" in str(e):
-            raise ModelLoadError(
-                f"checkpoint {path!r}: its diffusers config files are not cached and the hub cannot be reached; "
-                f"pass --model-config DIR with any diffusers folder of the same architecture "
-                f"(an {FAMILY_NAMES[family]} one), or connect once so they are cached"
-            ) from None
-        raise ModelLoadError(
-            f"checkpoint {path!r} could not be loaded as an {FAMILY_NAMES[family]} model: {_first_line(e)}"
-        ) from None
-
-
-def _check_config_family(path: str, config: str, family: str) -> None:
-    """--model-config must describe the checkpoint's family: diffusers would
-    otherwise build the other family's pipeline and take whatever fits."""
-    if os.path.isdir(config):
-        index, unet = (os.path.join(config, *p) for p in (("model_index.json",), ("unet", "config.json")))
-        if not os.path.isfile(index):
-            raise ModelLoadError(f"model config {config!r} has no model_index.json: not a diffusers pipeline folder")
-    elif _HUB_ID.match(config):
-        from huggingface_hub import try_to_load_from_cache
-
-        index, unet = (try_to_load_from_cache(config, p) for p in ("model_index.json", "unet/config.json"))
-        if not isinstance(index, str):
-            return  # not cached: diffusers fetches it for the pipeline the file's family picked
-    else:
-        raise ModelLoadError(f"model config {config!r}: not a diffusers folder or a hub id")
-    described = pipeline_family(
-        _read_json(index), _read_json(unet) if isinstance(unet, str) and os.path.isfile(unet) else None
-    )
-    if described != family:
-        raise ModelLoadError(
-            f"checkpoint {path!r} is an {FAMILY_NAMES[family]} model but --model-config {config!r} "
-            f"describes an {FAMILY_NAMES[described]} model: give a diffusers folder of the same family"
-        )
-
-
-def _load_pipeline(spec: str, config: str | None, dtype: torch.dtype):
-    """Returns (pipeline, source kind)."""
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise ModelLoadError(
-                f"model folder {spec!r} has no model_index.json: it is not a diffusers pipeline "
-                f"folder (for a single checkpoint, pass the .safetensors/.ckpt file itself)"
-            )
-        unet_json = os.path.join(path, "unet", "config.json")
-        family = pipeline_family(
-            _read_json(os.path.join(path, "model_index.json")),
-            _read_json(unet_json) if os.path.isfile(unet_json) else None,
-        )
-        cls, kw = _pipeline_class(family, dtype)
-        try:
-            return cls.from_pretrained(path, local_files_only=True, **kw), "folder"
-        except Exception as e:  # noqa: BLE001 - reported as one line
-            raise ModelLoadError(f"model folder {spec!r} could not be loaded: {_first_line(e)}") from None
-    if os.path.isfile(path):
-        if not path.lower().endswith(CHECKPOINT_EXTENSIONS):
-            raise ModelLoadError(f"model file {spec!r}: expected a .safetensors or .ckpt checkpoint")
-        return _load_single_file(path, config, dtype), "single_file"
-    if (
-        path.lower().endswith(CHECKPOINT_EXTENSIONS)
-        or spec.startswith((".", "/", "~"))
-        or spec.count("/") > 1
-        or "\\" in spec
-    ):
-        raise ModelLoadError(f"model {spec!r}: no such file or folder")
-    if _HUB_ID.match(spec):
-        from huggingface_hub import hf_hub_download
-
-        index = _from_hub("model", spec, lambda **k: hf_hub_download(spec, "model_index.json", **k))
-        cls, kw = _pipeline_class(pipeline_family(_read_json(index)), dtype)
-        return _from_hub("model", spec, lambda **k: cls.from_pretrained(spec, **kw, **k)), "hub"
-    raise ModelLoadError(
-        f"model {spec!r}: not a preset ({', '.join(PRESETS)}), a local folder or file, or a hub id (owner/name)"
     )
 
 
@@ -428,15 +307,30 @@ def load_model(
         log.warning("fp16 on CPU is slow and poorly supported; fp32 is the CPU default")
     if tiny_vae in ("none", ""):
         tiny_vae = None
+    unet_only = dict(kind=kind, unet=unet, prediction=prediction, timesteps=timesteps)
+    sd3 = dict(lora=lora, lora_scale=lora_scale, tiny_vae=tiny_vae, dev=dev, dt=dt, seed=seed)
+    if spec == "tiny-sd3":
+        from smd_daemon.engine.tiny_sd3 import build_tiny_sd3
+
+        refuse_unet_options(spec, **unet_only)
+        log.warning("model 'tiny-sd3': SD3-shaped, random weights, produces no meaningful images (tests, smoke runs)")
+        return _sd3_components(build_tiny_sd3(seed), spec, "preset", False, **sd3)
     # A tiny autoencoder named outright is loaded first: a bad one is told
     # before the model's minutes of loading, not after.
     tiny = None if tiny_vae in (None, "auto") else load_tiny_vae(tiny_vae, dt, seed)
     if spec in PRESETS:
         pipe, source, meaningful = _build_preset(spec, seed), "preset", False
     else:
-        pipe, source = _load_pipeline(spec, config, dt)
+
+        def before(family: str) -> None:
+            if family == "sd3":
+                refuse_unet_options(spec, **unet_only)
+
+        pipe, source = load_pipeline(spec, config, dt, before, PRESETS)
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
+    if type(pipe).__name__ == "StableDiffusion3Pipeline":
+        return _sd3_components(pipe, name, source, meaningful, **sd3)
     if unet is not None:
         pipe.unet = load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
@@ -489,3 +383,28 @@ def load_model(
     if fixed:
         log.info("timesteps fixed at %s", ", ".join(map(str, fixed)))
     return comps
+
+
+def _sd3_components(pipe, name: str, source: str, meaningful: bool, *, lora, lora_scale, tiny_vae, dev, dt, seed):
+    """An SD3/SD3.5 pipeline as the engine's components (family ``sd3``, kind ``flow``)."""
+    if tiny_vae == "auto":
+        tiny_vae = None if source == "preset" else DEFAULT_TINY_VAE_SD3
+    if lora is not None:
+        fuse_sd3_lora(pipe, lora, lora_scale)
+    if tiny_vae is not None:
+        channels = int(pipe.transformer.config.in_channels)
+        pipe.vae = check_tiny_vae(load_tiny_vae(tiny_vae, dt, seed, channels), tiny_vae, channels)
+    parts = sd3_parts(pipe, dev, dt)
+    t5 = pipe.text_encoder_3 is not None
+    info = dict(source=source, spec=name, lora=lora, tiny_vae=tiny_vae, family="sd3", t5=t5)
+    log.info(
+        "loaded SD3 (flow-matching) model %s (%s) on %s %s%s%s%s",
+        *(name, source, dev, str(dt).replace("torch.", ""), "" if t5 else ", without T5"),
+        f", LoRA {lora} fused" if lora else "",
+        f", tiny autoencoder {tiny_vae}" if tiny_vae else "",
+    )
+    return Components(
+        pipe.tokenizer, pipe.text_encoder, pipe.transformer, pipe.vae, pipe.scheduler, dev, dt, name, meaningful, info,
+        kind="flow", family="sd3", tokenizer_2=parts.pop("tokenizer_2"), text_encoder_2=parts.pop("text_encoder_2"),
+        parts=parts,
+    )  # fmt: skip

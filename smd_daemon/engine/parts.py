@@ -14,13 +14,13 @@ import torch
 from smd_daemon.engine.hub import HUB_FILE, HUB_ID, ModelLoadError, config_of, first_line, from_hub
 
 
-def load_tiny_vae(spec: str, dtype: torch.dtype, seed: int):
+def load_tiny_vae(spec: str, dtype: torch.dtype, seed: int, latent_channels: int = 4):
     from diffusers import AutoencoderTiny
 
     if spec == "tiny":
         from smd_daemon.engine.tiny import build_tiny_autoencoder
 
-        return build_tiny_autoencoder(seed)
+        return build_tiny_autoencoder(seed, latent_channels=latent_channels)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         try:

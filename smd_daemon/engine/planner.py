@@ -20,13 +20,19 @@ from smd_daemon.engine.model import Model
 from smd_daemon.engine.modes import available, strategy_for
 from smd_daemon.engine.plan import TILE_STRIDE, ControlPlan, Coverage, Plan, Rolls, Windows, window_rows
 from smd_daemon.engine.runner import controlnet_key
-from smd_daemon.engine.scene import Scene, cancel_check
+from smd_daemon.engine.scene import Scene, SceneError, cancel_check
 
 
 def check(model: Model, scene: Scene) -> Scene:
     """Validate ``scene`` and refuse what ``model`` cannot do, in one sentence,
     before any work (``SceneError``)."""
-    return scene.check_model(available(model), model.max_steps, model.kind, model.control_kinds)
+    scene = scene.check_model(available(model), model.max_steps, model.kind, model.control_kinds)
+    m = model.size_multiple
+    if scene.width % m or scene.height % m:  # a patchifying transformer's latent is whole patches
+        raise SceneError(
+            f"canvas {scene.width}x{scene.height}: this model needs width and height in multiples of {m} pixels"
+        )
+    return scene
 
 
 def windows_of(model: Model, h: int, w: int) -> Windows:

@@ -121,28 +121,34 @@ def lcm_scheduler():
     )
 
 
-def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_config(tokenizer, hidden: int, inter: int, layers: int, heads: int, act: str = "quick_gelu", projection=None):
+    """A CLIP text encoder's config for a generated tokenizer (its special ids copied: pooling reads the eos id)."""
+    from transformers import CLIPTextConfig
 
-    cfg = CLIPTextConfig(
+    return CLIPTextConfig(
         hidden_size=hidden,
         intermediate_size=inter,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         max_position_embeddings=77,
-        hidden_act="quick_gelu",
+        hidden_act=act,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        projection_dim=hidden,
+        projection_dim=projection or hidden,
     )
-    return CLIPTextModel(cfg)
+
+
+def _text_encoder(tokenizer, hidden: int, inter: int, layers: int, heads: int):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(clip_config(tokenizer, hidden, inter, layers, heads))
 
 
 def build_tiny_pipeline(seed: int = 0):
     """A ~2M-parameter SD-1.5-shaped ``StableDiffusionPipeline`` (random weights)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
@@ -159,20 +165,26 @@ def build_tiny_pipeline(seed: int = 0):
         norm_num_groups=32,
         attention_head_dim=1,
     )
+    return _assemble(tokenizer, text_encoder, unet, tiny_kl_vae(4, scaling_factor=0.18215))
+
+
+def tiny_kl_vae(latent_channels: int, **config):
+    """A tiny four-level ``AutoencoderKL`` (scale factor 8, as the real ones; random weights)."""
+    from diffusers import AutoencoderKL
+
     # diffusers annotates these tuples as Tuple[int] / Tuple[str] (one element) and takes any length.
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=(16, 16, 32, 32),  # pyright: ignore[reportArgumentType]
         down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
         up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=16,
         sample_size=256,
-        scaling_factor=0.18215,
+        **config,
     )
-    return _assemble(tokenizer, text_encoder, unet, vae)
 
 
 def _assemble(tokenizer, text_encoder, unet, vae):
@@ -192,8 +204,9 @@ def _assemble(tokenizer, text_encoder, unet, vae):
     )
 
 
-def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
-    """A TAESD-layout ``AutoencoderTiny`` (scale factor 8, random weights)."""
+def build_tiny_autoencoder(seed: int = 0, channels: int = 16, latent_channels: int = 4):
+    """A TAESD-layout ``AutoencoderTiny`` (scale factor 8, random weights);
+    16 latent channels for SD3 models."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed + 1)
@@ -202,7 +215,7 @@ def build_tiny_autoencoder(seed: int = 0, channels: int = 16):
         decoder_block_out_channels=(channels,) * 4,
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
-        latent_channels=4,
+        latent_channels=latent_channels,
         scaling_factor=1.0,
     )
 
