@@ -247,7 +247,8 @@ def test_an_sdxl_folder_is_told_from_its_index_or_its_unet(turbo_xl_folder, capl
     import json
     import logging
 
-    from smd_daemon.engine.models import load_model, pipeline_family
+    from smd_daemon.engine.models import load_model
+    from smd_daemon.engine.pipelines import pipeline_family
 
     with caplog.at_level(logging.INFO, logger="smd_daemon.engine.models"):
         c = load_model(str(turbo_xl_folder))
