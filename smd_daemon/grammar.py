@@ -295,6 +295,19 @@ _BACKGROUND_OPTIONS = ("neg", "strength")
 _CONTROL_OPTIONS = ("strength", "start", "end")
 
 
+def _options(out: ParsedLayer, parts: list[str]):
+    """(key, value) of each ``| key: value`` part, keys normalised
+    (``Prompt_Strength`` -> ``prompt-strength``); a part that is not one is warned about."""
+    for part in parts:
+        if not part.strip():
+            continue
+        om = _OPTION.match(part)
+        if not om:
+            out.warn("not_key_value", f"{part.strip()!r} is not 'key: value' (ignored)")
+            continue
+        yield om.group(1).strip().lower().replace("_", "-").replace(" ", "-"), om.group(2)
+
+
 def _number(out: ParsedLayer, value: str, lo: float, hi: float, key: str) -> float | None:
     try:
         v = float(value)
@@ -349,15 +362,7 @@ def parse_layer_name(name: str, visible: bool = True) -> ParsedLayer:
     body = stripped[m.end() :] if m else stripped
     parts = body.split("|")
     out = ParsedLayer(raw, role, prompt=parts[0].strip(), joins_background=role == "background")
-    for part in parts[1:]:
-        if not part.strip():
-            continue
-        om = _OPTION.match(part)
-        if not om:
-            out.warn("not_key_value", f"{part.strip()!r} is not 'key: value' (ignored)")
-            continue
-        key = om.group(1).strip().lower().replace("_", "-").replace(" ", "-")
-        value = om.group(2)
+    for key, value in _options(out, parts[1:]):
         if key in ("neg", "negative", "negative-prompt"):
             out.negative_prompt = value
         elif key == "strength":
@@ -387,16 +392,9 @@ def _parse_control(raw: str, body: str) -> ParsedLayer:
     parts = body.split("|")
     out = ParsedLayer(raw, "control", kind=parts[0].strip().lower())
     start, end = out.control_start, out.control_end
-    for part in parts[1:]:
-        if not part.strip():
-            continue
-        om = _OPTION.match(part)
-        if not om:
-            out.warn("not_key_value", f"{part.strip()!r} is not 'key: value' (ignored)")
-            continue
-        key = om.group(1).strip().lower().replace("_", "-").replace(" ", "-")
+    for key, value in _options(out, parts[1:]):
         if key in _CONTROL_OPTIONS:
-            v = _number(out, om.group(2), 0, 2 if key == "strength" else 1, key)
+            v = _number(out, value, 0, 2 if key == "strength" else 1, key)
             if v is not None and key == "strength":
                 out.control_strength = v
             elif v is not None:
