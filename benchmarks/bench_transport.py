@@ -73,7 +73,7 @@ def region_mask(side: int, i: int) -> bytes:
 class StillEngine:
     """Returns the same frame at once: the engine costs nothing, only the daemon is measured."""
 
-    max_steps, kind = 50, "still"
+    max_steps, kind, control_kinds = 50, "still", ()
 
     @property
     def region_modes(self) -> tuple[str, ...]:

@@ -96,6 +96,29 @@ class _Sent:
         return [type(msg).__name__ for who, msg in self.log if who == identity]
 
 
+def test_the_front_end_learns_its_workers_control_kinds_and_refuses_another_kind_as_a_worker_would():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from smd_daemon.cluster import wire
+    from smd_daemon.cluster.frontend import Dispatcher, FrontEngine
+    from smd_daemon.engine.scene import Control, Scene, UnknownControl
+    from smd_daemon.server.router import model_abilities
+
+    front = FrontEngine()
+    server = SimpleNamespace(engine=front, front=front, post=[].append, sessions=SimpleNamespace(event=[].append))
+    d = Dispatcher(server, _Sent(), per_worker=4)
+    d.add_worker("w0")
+    can = {"region_modes": ("latent",), "max_steps": 50, "kind": "lcm", "control_kinds": ("lineart",)}
+    d._from_worker(b"a", wire.Hello("w0", "a", "ready", started=1.0, can=can))
+    assert model_abilities(front)["controls"] == ["lineart"]  # what the front's hello tells clients
+    image = np.zeros((64, 64, 3), np.uint8)
+    front.check(Scene(64, 64, controls=[Control("lineart", image)]))
+    with pytest.raises(UnknownControl, match="no depth model"):
+        front.check(Scene(64, 64, controls=[Control("depth", image)]))
+
+
 def test_dispatcher_moves_sessions_from_a_restarted_or_silent_worker_and_ignores_an_older_process():
     from types import SimpleNamespace
 

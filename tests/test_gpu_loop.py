@@ -62,7 +62,7 @@ class FakeWork:
 class FakeEngine:
     """Fails like CUDA does when a scene asks for too much."""
 
-    region_modes, max_steps, kind = ("latent",), 50, "lcm"
+    region_modes, max_steps, kind, control_kinds = ("latent",), 50, "lcm", ()
 
     def plan(self, scene, cancel=None):
         return ("plan", scene)

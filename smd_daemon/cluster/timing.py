@@ -29,7 +29,7 @@ class TimedEngine:
 
     @property
     def control_kinds(self) -> tuple[str, ...]:
-        return tuple(getattr(self.engine, "control_kinds", ()))
+        return tuple(self.engine.control_kinds)
 
     def check(self, scene):
         return self.engine.check(scene)

@@ -55,7 +55,7 @@ class Hello:
     pid: int = 0
     model: dict = field(default_factory=dict)  # Components.describe()
     error: str = ""  # why the model did not load
-    can: dict = field(default_factory=dict)  # what the model can do: region_modes, max_steps, kind
+    can: dict = field(default_factory=dict)  # what the model can do: region_modes, max_steps, kind, control_kinds
     started: float = 0.0  # time.time() when this process started: the newest process of a worker wins
 
 

@@ -155,7 +155,7 @@ class EngineWorker:
                 "region_modes": tuple(engine.region_modes),
                 "max_steps": engine.max_steps,
                 "kind": engine.kind,
-                "control_kinds": tuple(getattr(engine, "control_kinds", ())),
+                "control_kinds": tuple(engine.control_kinds),
             }
         )
         self._send(

@@ -26,6 +26,11 @@ class Planner(Protocol):
     @property
     def region_modes(self) -> tuple[str, ...]: ...
 
+    @property
+    def control_kinds(self) -> tuple[str, ...]:
+        """The control layer kinds it has a model for (docs/models.md#control-layers)."""
+        ...
+
     def check(self, scene, /) -> object:
         """The scene, or ``SceneError`` with a sentence for the artist."""
         ...

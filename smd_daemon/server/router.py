@@ -38,8 +38,8 @@ RECV_BATCH = 200  # messages read before outgoing events get a turn
 
 def model_abilities(planner: Planner) -> dict:
     """What the hello's capabilities say the model can draw: its region modes
-    and the control kinds it has a model for (stand-in engines have none)."""
-    return {"region_modes": list(planner.region_modes), "controls": list(getattr(planner, "control_kinds", ()))}
+    and the control kinds it has a model for."""
+    return {"region_modes": list(planner.region_modes), "controls": list(planner.control_kinds)}
 
 
 class Server:
