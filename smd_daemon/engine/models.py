@@ -330,7 +330,7 @@ def load_model(
         meaningful = True
     name = spec if source in ("preset", "hub") else os.path.basename(os.path.normpath(spec))
     if type(pipe).__name__ == "StableDiffusion3Pipeline":
-        return _sd3_components(pipe, name, source, meaningful, **sd3)
+        return _sd3_components(pipe, name, source, meaningful, tiny=tiny, **sd3)
     if unet is not None:
         pipe.unet = load_unet(unet, dt, pipe.unet)
     family = family_of_unet(pipe.unet)
@@ -385,15 +385,20 @@ def load_model(
     return comps
 
 
-def _sd3_components(pipe, name: str, source: str, meaningful: bool, *, lora, lora_scale, tiny_vae, dev, dt, seed):
-    """An SD3/SD3.5 pipeline as the engine's components (family ``sd3``, kind ``flow``)."""
+def _sd3_components(
+    pipe, name: str, source: str, meaningful: bool, *, lora, lora_scale, tiny_vae, dev, dt, seed, tiny=None
+):
+    """An SD3/SD3.5 pipeline as the engine's components (family ``sd3``, kind ``flow``);
+    ``tiny``: the tiny autoencoder ``tiny_vae`` names, when ``load_model`` has loaded it already."""
     if tiny_vae == "auto":
         tiny_vae = None if source == "preset" else DEFAULT_TINY_VAE_SD3
     if lora is not None:
         fuse_sd3_lora(pipe, lora, lora_scale)
     if tiny_vae is not None:
         channels = int(pipe.transformer.config.in_channels)
-        pipe.vae = check_tiny_vae(load_tiny_vae(tiny_vae, dt, seed, channels), tiny_vae, channels)
+        if tiny is None or tiny_vae == "tiny":  # a random one is built for the model's channels
+            tiny = load_tiny_vae(tiny_vae, dt, seed, channels)
+        pipe.vae = check_tiny_vae(tiny, tiny_vae, channels)
     parts = sd3_parts(pipe, dev, dt)
     t5 = pipe.text_encoder_3 is not None
     info = dict(source=source, spec=name, lora=lora, tiny_vae=tiny_vae, family="sd3", t5=t5)
